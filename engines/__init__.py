@@ -1,0 +1,1 @@
+"""Model runtimes behind small protocols, and the scheduler that owns device memory."""

@@ -1,0 +1,170 @@
+"""What every engine promises, independent of HTTP and of the library underneath."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+
+class ModelKind(enum.StrEnum):
+    CHAT = "chat"  # text generation; chat and completions
+    EMBEDDING = "embedding"
+    RERANK = "rerank"
+
+
+class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One catalog entry."""
+
+    name: str
+    kind: ModelKind
+    engine: str = "vllm"
+    path: str
+    # Passed to the engine library as they are (vLLM: AsyncEngineArgs fields).
+    options: dict[str, Any] = {}
+    # Declared device footprint; 0 means measure after load.
+    memory_bytes: int = 0
+    # Tool-call parser name for chat models (vLLM's parser names, e.g. "hermes").
+    tool_parser: str | None = None
+    # Whether the model honours a `dimensions` request (Matryoshka embeddings).
+    supports_dimensions: bool = False
+    aliases: list[str] = []
+
+
+class SamplingOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Engine-neutral sampling parameters."""
+
+    n: int = 1
+    max_tokens: int = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = []
+    stop_token_ids: list[int] = []
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    # Structured output: at most one of these.
+    json_schema: Any = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: list[str] | None = None
+
+
+class TokenChoice(msgspec.Struct, kw_only=True, array_like=True, gc=False):
+    token: str
+    logprob: float
+
+
+class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
+    """Log-probability of the chosen token and the top alternatives at one position."""
+
+    token: str
+    logprob: float
+    top: list[TokenChoice]
+
+
+class SequenceDelta(msgspec.Struct, kw_only=True, gc=False):
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprobs] | None = None
+    finish_reason: str | None = None
+
+
+class GenerationStep(msgspec.Struct, kw_only=True, gc=False):
+    """What one engine step produced for a request: new text per sequence."""
+
+    prompt_tokens: int
+    sequences: list[SequenceDelta]
+    # Only on the first step, when asked for (echo with logprobs).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+
+
+class EngineInfo(msgspec.Struct, kw_only=True):
+    max_model_len: int
+
+
+@runtime_checkable
+class Engine(Protocol):
+    spec: ModelSpec
+
+    async def load(self) -> None: ...
+
+    async def unload(self) -> None: ...
+
+    def memory_bytes(self) -> int: ...
+
+    async def health(self) -> bool: ...
+
+
+@runtime_checkable
+class TextGenerationEngine(Engine, Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]: ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
+    def detokenize(self, token_ids: Sequence[int]) -> str: ...
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]: ...
+
+    def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[GenerationStep]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def tool_parser(self) -> Any | None: ...
+
+
+class EmbeddingResult(msgspec.Struct, kw_only=True):
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class EmbeddingEngine(Engine, Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
+    async def embed(self, inputs: list[list[int]], request_id: str) -> EmbeddingResult: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+
+class ScoreResult(msgspec.Struct, kw_only=True):
+    scores: list[float]
+    prompt_tokens: int
+
+
+@runtime_checkable
+class ScoreEngine(Engine, Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult: ...
+
+    async def abort(self, request_id: str) -> None: ...

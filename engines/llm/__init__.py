@@ -1,0 +1,1 @@
+"""vLLM-backed engines: text generation, embeddings and cross-encoder scoring."""

@@ -1,0 +1,215 @@
+"""Text generation on vLLM: chat rendering, tokenization, streaming deltas, abort."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from engines.base import (
+    EngineInfo,
+    GenerationStep,
+    ModelSpec,
+    SamplingOptions,
+    SequenceDelta,
+    TokenChoice,
+    TokenLogprobs,
+)
+from engines.errors import engine_failed, invalid_input
+from engines.llm.runtime import VllmRuntime
+from schemas.errors import ApiError
+
+if TYPE_CHECKING:
+    from vllm import SamplingParams
+
+log = logging.getLogger("omniserve.engines.vllm")
+
+
+def to_sampling_params(options: SamplingOptions) -> SamplingParams:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    if options.json_schema is not None:
+        structured = StructuredOutputsParams(json=options.json_schema)
+    elif options.json_object:
+        structured = StructuredOutputsParams(json_object=True)
+    elif options.regex is not None:
+        structured = StructuredOutputsParams(regex=options.regex)
+    elif options.choice is not None:
+        structured = StructuredOutputsParams(choice=options.choice)
+    kwargs: dict[str, Any] = {
+        "n": options.n,
+        "max_tokens": options.max_tokens,
+        "seed": options.seed,
+        "stop": options.stop or None,
+        "stop_token_ids": options.stop_token_ids or None,
+        "logit_bias": options.logit_bias,
+        "logprobs": options.logprobs,
+        "prompt_logprobs": options.prompt_logprobs,
+        "min_tokens": options.min_tokens,
+        "ignore_eos": options.ignore_eos,
+        "skip_special_tokens": options.skip_special_tokens,
+        "include_stop_str_in_output": options.include_stop_str_in_output,
+        "structured_outputs": structured,
+        # Deltas: each step carries only new tokens, so nothing is re-sent or re-diffed.
+        "output_kind": RequestOutputKind.DELTA,
+    }
+    # Unset knobs keep vLLM's defaults (which already follow the model's generation config).
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+    ):
+        value = getattr(options, name)
+        if value is not None:
+            kwargs[name] = value
+    try:
+        return SamplingParams(**kwargs)
+    except ValueError as exc:
+        raise invalid_input(str(exc)) from exc
+
+
+def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> TokenLogprobs:
+    chosen_entry = entries.get(chosen)
+    ranked = sorted(entries.items(), key=lambda item: item[1].rank or 0)
+    top = [TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob) for _, entry in ranked[:top_n]]
+    return TokenLogprobs(
+        token=(chosen_entry.decoded_token or "") if chosen_entry else "",
+        logprob=chosen_entry.logprob if chosen_entry else float("-inf"),
+        top=top,
+    )
+
+
+class VllmTextEngine:
+    """Implements ``TextGenerationEngine`` on a vLLM AsyncLLM."""
+
+    def __init__(self, spec: ModelSpec, *, inline_engine: bool = True, cpu_threads: int = 0) -> None:
+        self.spec = spec
+        self.runtime = VllmRuntime(spec, inline_engine=inline_engine, cpu_threads=cpu_threads)
+        self.aborted_requests = 0
+        self._tokenizer: Any = None
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.runtime.info
+
+    async def load(self) -> None:
+        await self.runtime.load()
+        self._tokenizer = self.runtime.llm.get_tokenizer()
+
+    async def unload(self) -> None:
+        await self.runtime.unload()
+
+    def memory_bytes(self) -> int:
+        return self.runtime.memory_bytes()
+
+    async def health(self) -> bool:
+        return await self.runtime.health()
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError(f"model {self.spec.name} is not loaded")
+        return self._tokenizer
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+                **(template_kwargs or {}),
+            )
+        except Exception as exc:  # jinja errors: the template rejected these messages
+            raise invalid_input(f"The model's chat template cannot render these messages: {exc}", "messages") from exc
+        # The template already placed every special token it wants.
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(token_ids)))
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.decode([token]) for token in token_ids]
+
+    def tool_parser(self) -> Any | None:
+        if self.spec.tool_parser is None:
+            return None
+        from engines.llm.tools import ToolCallParser
+
+        return ToolCallParser(self.spec.tool_parser, self.tokenizer)
+
+    async def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[GenerationStep]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.inputs.engine import tokens_input
+
+        params = to_sampling_params(options)
+        first = True
+        finished = False
+        try:
+            async for output in self.runtime.llm.generate(tokens_input(prompt_token_ids), params, request_id):
+                step = GenerationStep(
+                    prompt_tokens=len(prompt_token_ids),
+                    sequences=[self._delta(seq, options.logprobs) for seq in output.outputs],
+                )
+                if first and options.prompt_logprobs is not None and output.prompt_logprobs is not None:
+                    step.prompt_logprobs = [
+                        None if entries is None else _position_logprobs(token, entries, options.prompt_logprobs)
+                        for token, entries in zip(prompt_token_ids, output.prompt_logprobs, strict=False)
+                    ]
+                first = False
+                finished = output.finished
+                yield step
+        except VLLMClientError as exc:
+            raise invalid_input(str(exc)) from exc
+        except ApiError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, GeneratorExit):
+                raise
+            log.exception("generation failed for %s", self.spec.name)
+            raise engine_failed(self.spec.name) from exc
+        finally:
+            if not finished:
+                # Cancelled (client gone) or closed early: free the sequence slots now.
+                self.aborted_requests += 1
+                await self.runtime.abort(request_id)
+
+    @staticmethod
+    def _delta(seq: Any, top_logprobs: int | None) -> SequenceDelta:
+        logprobs = None
+        if top_logprobs is not None and seq.logprobs is not None:
+            logprobs = [
+                _position_logprobs(token, entries, top_logprobs)
+                for token, entries in zip(seq.token_ids, seq.logprobs, strict=False)
+            ]
+        return SequenceDelta(
+            index=seq.index,
+            text=seq.text,
+            token_ids=list(seq.token_ids),
+            logprobs=logprobs,
+            finish_reason=seq.finish_reason,
+        )
+
+    async def abort(self, request_id: str) -> None:
+        await self.runtime.abort(request_id)
+
+    def unfinished_requests(self) -> int:
+        return self.runtime.unfinished_requests()

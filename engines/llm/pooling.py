@@ -1,0 +1,119 @@
+"""Embeddings and cross-encoder scores on vLLM's pooling runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from engines.base import EmbeddingResult, EngineInfo, ModelSpec, ScoreResult
+from engines.errors import engine_failed, invalid_input
+from engines.llm.runtime import VllmRuntime
+
+log = logging.getLogger("omniserve.engines.vllm")
+
+
+class _PoolingEngine:
+    def __init__(self, spec: ModelSpec, *, inline_engine: bool = True, cpu_threads: int = 0) -> None:
+        self.spec = spec
+        self.runtime = VllmRuntime(spec, inline_engine=inline_engine, cpu_threads=cpu_threads)
+        self._tokenizer: Any = None
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.runtime.info
+
+    async def load(self) -> None:
+        await self.runtime.load(runner="pooling")
+        self._tokenizer = self.runtime.llm.get_tokenizer()
+
+    async def unload(self) -> None:
+        await self.runtime.unload()
+
+    def memory_bytes(self) -> int:
+        return self.runtime.memory_bytes()
+
+    async def health(self) -> bool:
+        return await self.runtime.health()
+
+    async def abort(self, request_id: str) -> None:
+        await self.runtime.abort(request_id)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    async def _pool(self, prompt: Any, params: Any, request_id: str) -> Any:
+        """Run one pooling request to completion; cancelling this aborts it in the engine."""
+        from vllm.exceptions import VLLMClientError
+
+        result = None
+        try:
+            async for output in self.runtime.llm.encode(prompt, params, request_id):
+                result = output
+        except VLLMClientError as exc:
+            raise invalid_input(str(exc)) from exc
+        except asyncio.CancelledError:
+            await self.runtime.abort(request_id)
+            raise
+        except Exception as exc:
+            log.exception("pooling failed for %s", self.spec.name)
+            raise engine_failed(self.spec.name) from exc
+        if result is None:
+            raise engine_failed(self.spec.name)
+        return result
+
+    async def _pool_all(self, items: list[tuple[Any, Any]], request_id: str) -> list[Any]:
+        # Submit every input at once so vLLM batches them in the same engine steps.
+        tasks = [
+            asyncio.ensure_future(self._pool(prompt, params, f"{request_id}-{i}"))
+            for i, (prompt, params) in enumerate(items)
+        ]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+
+class VllmEmbeddingEngine(_PoolingEngine):
+    """Implements ``EmbeddingEngine``."""
+
+    async def embed(self, inputs: list[list[int]], request_id: str) -> EmbeddingResult:
+        from vllm import PoolingParams
+        from vllm.inputs.engine import tokens_input
+
+        params = PoolingParams(task="embed")
+        outputs = await self._pool_all([(tokens_input(ids), params) for ids in inputs], request_id)
+        vectors = [output.outputs.data.tolist() for output in outputs]
+        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(ids) for ids in inputs))
+
+
+class VllmScoreEngine(_PoolingEngine):
+    """Implements ``ScoreEngine`` with a cross-encoder (sequence classification, one label)."""
+
+    def _pair_prompt(self, query: str, document: str) -> tuple[list[int], int]:
+        encoded = self._tokenizer(
+            query, text_pair=document, truncation="only_second", max_length=self.info.max_model_len
+        )
+        ids = list(encoded["input_ids"])
+        type_ids = encoded.get("token_type_ids")
+        # vLLM takes BERT's segment ids compressed to where the second segment starts.
+        second_start = type_ids.index(1) if type_ids and 1 in type_ids else len(ids)
+        return ids, second_start
+
+    async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
+        from vllm import PoolingParams
+        from vllm.inputs.engine import tokens_input
+
+        items = []
+        prompt_tokens = 0
+        for query, document in pairs:
+            ids, second_start = self._pair_prompt(query, document)
+            prompt_tokens += len(ids)
+            params = PoolingParams(task="classify", extra_kwargs={"compressed_token_type_ids": second_start})
+            items.append((tokens_input(ids), params))
+        outputs = await self._pool_all(items, request_id)
+        scores = [float(output.outputs.data.reshape(-1)[0]) for output in outputs]
+        return ScoreResult(scores=scores, prompt_tokens=prompt_tokens)

@@ -1,0 +1,94 @@
+"""Starting and stopping one vLLM AsyncLLM, shared by the three vLLM engine kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from engines.base import EngineInfo, ModelSpec
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger("omniserve.engines.vllm")
+
+
+class VllmRuntime:
+    """Owns an AsyncLLM. vLLM binds it to the event loop it first runs on, so it is
+    created inside the serving loop and never shared across loops."""
+
+    def __init__(self, spec: ModelSpec, *, inline_engine: bool, cpu_threads: int = 0) -> None:
+        self.spec = spec
+        self.inline_engine = inline_engine
+        self.cpu_threads = cpu_threads
+        self._llm: AsyncLLM | None = None
+        self._info: EngineInfo | None = None
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise RuntimeError(f"model {self.spec.name} is not loaded")
+        return self._llm
+
+    @property
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            raise RuntimeError(f"model {self.spec.name} is not loaded")
+        return self._info
+
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    def _configure_process(self) -> None:
+        # vLLM reads these lazily from the environment at engine creation; they are
+        # process-wide, so the settings decide them once for every vLLM model.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.inline_engine else "1"
+        if self.cpu_threads:
+            os.environ.setdefault("OMP_NUM_THREADS", str(self.cpu_threads))
+
+    async def load(self, runner: str | None = None) -> None:
+        if self._llm is not None:
+            return
+        self._configure_process()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        options: dict[str, Any] = {"enable_log_requests": False, **self.spec.options}
+        if runner is not None:
+            options.setdefault("runner", runner)
+        args = AsyncEngineArgs(model=self.spec.path, **options)
+        log.info("loading model %s with vLLM", self.spec.name)
+        # Engine construction blocks for seconds (weights, profiling); off the loop it
+        # would lose vLLM's loop binding, so it runs here and the app loads models in
+        # a background task while /ready says 503.
+        llm = AsyncLLM.from_engine_args(args)
+        self._llm = llm
+        self._info = EngineInfo(max_model_len=llm.model_config.max_model_len)
+        await asyncio.sleep(0)
+
+    async def unload(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+
+    def memory_bytes(self) -> int:
+        return self.spec.memory_bytes
+
+    async def health(self) -> bool:
+        if self._llm is None:
+            return False
+        try:
+            await self._llm.check_health()
+        except Exception:
+            return False
+        return True
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    def unfinished_requests(self) -> int:
+        return self._llm.get_num_unfinished_requests() if self._llm is not None else 0

@@ -1,0 +1,54 @@
+"""The model catalog turned into engine instances, looked up by name or alias."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+from engines.base import Engine, ModelKind, ModelSpec
+
+EngineFactory = Callable[[ModelSpec], Engine]
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def vllm_factory(*, inline_engine: bool, cpu_threads: int) -> EngineFactory:
+    def build(spec: ModelSpec) -> Engine:
+        from engines.llm.generate import VllmTextEngine
+        from engines.llm.pooling import VllmEmbeddingEngine, VllmScoreEngine
+
+        engine_cls: type[Any] = {
+            ModelKind.CHAT: VllmTextEngine,
+            ModelKind.EMBEDDING: VllmEmbeddingEngine,
+            ModelKind.RERANK: VllmScoreEngine,
+        }[spec.kind]
+        return cast(Engine, engine_cls(spec, inline_engine=inline_engine, cpu_threads=cpu_threads))
+
+    return build
+
+
+class ModelRegistry:
+    def __init__(self, specs: list[ModelSpec], factories: dict[str, EngineFactory]) -> None:
+        self._engines: dict[str, Engine] = {}
+        self._names: dict[str, str] = {}
+        for spec in specs:
+            factory = factories.get(spec.engine)
+            if factory is None:
+                raise CatalogError(f"model {spec.name}: unknown engine {spec.engine!r}")
+            for name in (spec.name, *spec.aliases):
+                if name in self._names:
+                    raise CatalogError(f"model name {name!r} is used twice in the catalog")
+                self._names[name] = spec.name
+            self._engines[spec.name] = factory(spec)
+
+    def get(self, name: str) -> Engine | None:
+        canonical = self._names.get(name)
+        return None if canonical is None else self._engines[canonical]
+
+    def __iter__(self) -> Iterator[Engine]:
+        return iter(self._engines.values())
+
+    def __len__(self) -> int:
+        return len(self._engines)

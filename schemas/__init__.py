@@ -1,0 +1,1 @@
+"""Wire formats: msgspec Structs for every API omniserve speaks. No behaviour lives here."""

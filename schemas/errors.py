@@ -1,0 +1,82 @@
+"""One vocabulary of error codes for every route family.
+
+Each code carries its HTTP status; the envelopes (OpenAI, Novita v3, vendor) differ only in
+how they render a code, never in which code or status a failure gets.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_REQUEST_BODY = "INVALID_REQUEST_BODY"
+    MISSING_API_KEY = "MISSING_API_KEY"
+    INVALID_API_KEY = "INVALID_API_KEY"
+    API_NOT_FOUND = "API_NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    REQUEST_BODY_TOO_LARGE = "REQUEST_BODY_TOO_LARGE"
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+    TOKEN_LIMIT_EXCEEDED = "TOKEN_LIMIT_EXCEEDED"
+    QUEUE_FULL = "QUEUE_FULL"
+    BILLING_BALANCE_NOT_ENOUGH = "BILLING_BALANCE_NOT_ENOUGH"
+    SERVICE_NOT_AVAILABLE = "SERVICE_NOT_AVAILABLE"
+    TASK_FAILED = "TASK_FAILED"
+    ENGINE_ERROR = "ENGINE_ERROR"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self]
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_REQUEST_BODY: 400,
+    # Novita's table lists 400 for a missing key; every client library treats 401 as
+    # "authenticate first", which is what a missing key means, so omniserve answers 401.
+    ErrorCode.MISSING_API_KEY: 401,
+    ErrorCode.INVALID_API_KEY: 403,
+    ErrorCode.API_NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.TASK_NOT_FOUND: 404,
+    ErrorCode.REQUEST_BODY_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMIT_EXCEEDED: 429,
+    ErrorCode.TOKEN_LIMIT_EXCEEDED: 429,
+    ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.BILLING_BALANCE_NOT_ENOUGH: 400,
+    ErrorCode.SERVICE_NOT_AVAILABLE: 503,
+    ErrorCode.TASK_FAILED: 500,
+    ErrorCode.ENGINE_ERROR: 500,
+    ErrorCode.UNKNOWN: 500,
+}
+
+
+class ApiError(Exception):
+    """The one error type every layer raises; a handler per envelope renders it.
+
+    ``message`` must be safe to show a client: no paths, keys or tracebacks.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return self.code.http_status
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.code.value}, {self.message!r}, param={self.param!r})"

@@ -1,0 +1,1 @@
+"""OpenAI-compatible request and response bodies (served under /openai/v1 and /v1)."""

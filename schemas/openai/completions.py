@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from schemas.openai.common import SamplingExtras, StreamOptions, Usage
+
+# msgspec allows one array type per union; the service checks that a list is all
+# strings, all token ids, or all token-id lists.
+Prompt = str | list[str | int | list[int]]
+
+
+class CompletionRequest(SamplingExtras, kw_only=True):
+    model: str
+    prompt: Prompt
+    suffix: str | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    n: int = 1
+    best_of: int | None = None
+    max_tokens: int | None = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+
+class CompletionLogprobs(msgspec.Struct, kw_only=True):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(msgspec.Struct, kw_only=True):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class Completion(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None

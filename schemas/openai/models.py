@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class ModelCard(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    owned_by: str = "omniserve"
+    object: Literal["model"] = "model"
+    max_model_len: int | None = None
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    data: list[ModelCard]
+    object: Literal["list"] = "list"

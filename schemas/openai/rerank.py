@@ -1,0 +1,57 @@
+"""Rerank in the Cohere/Jina shape, and vLLM-style pairwise /score."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class RerankDocument(msgspec.Struct, kw_only=True):
+    text: str
+
+
+class RerankRequest(msgspec.Struct, kw_only=True):
+    model: str
+    query: str
+    documents: list[str | RerankDocument]
+    top_n: int | None = None
+    return_documents: bool = True
+
+
+class RerankResult(msgspec.Struct, kw_only=True):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankUsage(msgspec.Struct, kw_only=True):
+    total_tokens: int
+
+
+class RerankResponse(msgspec.Struct, kw_only=True):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: RerankUsage
+
+
+class ScoreRequest(msgspec.Struct, kw_only=True):
+    model: str
+    text_1: str | list[str]
+    text_2: str | list[str]
+
+
+class ScoreData(msgspec.Struct, kw_only=True):
+    index: int
+    score: float
+    object: Literal["score"] = "score"
+
+
+class ScoreResponse(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: RerankUsage
+    object: Literal["list"] = "list"

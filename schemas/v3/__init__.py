@@ -1,0 +1,1 @@
+"""Novita /v3 request and response bodies."""

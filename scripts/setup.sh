@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install omniserve with its CPU engines and test tools.
+# OMNISERVE_FLAVOR=gpu installs the CUDA build of vLLM instead (on an NVIDIA machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+flavor="${OMNISERVE_FLAVOR:-cpu}"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${flavor},test]"
+if [ "$flavor" = cpu ]; then
+    .venv/bin/python scripts/cpu_fixups.py
+fi

@@ -1,0 +1,1 @@
+"""omniserve's HTTP layer: the Litestar app, auth, errors and routes."""

@@ -1,0 +1,92 @@
+"""create_app(settings) -> Litestar: routes, auth, errors, and the engines' lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Response, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from engines.base import ModelSpec
+from engines.registry import EngineFactory, ModelRegistry, vllm_factory
+from engines.scheduler import AdmissionPolicy, Scheduler
+from server.auth import Authenticator, require_api_key
+from server.errors import handle_exception
+from server.keystore import KeyStore
+from server.routes.health import HealthController
+from server.routes.openai.models import ModelsController
+from server.routes.openai.text import TextController
+from server.services import Services
+from server.settings import Settings
+from server.state import AppState
+
+log = logging.getLogger("omniserve")
+
+VERSION = "0.1.0"
+
+
+def default_factories(settings: Settings) -> dict[str, EngineFactory]:
+    return {
+        "vllm": vllm_factory(
+            inline_engine=settings.vllm.engine_process == "inline", cpu_threads=settings.vllm.cpu_threads
+        )
+    }
+
+
+def build_state(
+    settings: Settings, specs: list[ModelSpec], factories: dict[str, EngineFactory] | None = None
+) -> AppState:
+    registry = ModelRegistry(specs, factories or default_factories(settings))
+    policy = AdmissionPolicy(
+        max_queue_depth=settings.limits.max_queue_depth, queue_timeout_s=settings.limits.queue_timeout_s
+    )
+    keystore = KeyStore(settings.data_path / "keys.sqlite3")
+    authenticator = Authenticator(
+        keystore, settings.auth.static_keys, open_when_no_keys=settings.is_loopback or settings.auth.allow_open
+    )
+    return AppState(settings, Scheduler(registry, policy), keystore, authenticator)
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
+async def metrics(app_state: AppState) -> Response[bytes]:
+    return Response(app_state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(state: AppState) -> Litestar:
+    @asynccontextmanager
+    async def engines_lifespan(_: Litestar) -> AsyncIterator[None]:
+        # Models load in the background: /health answers at once and /ready says 503
+        # until every model is resident.
+        state.load_task = asyncio.create_task(state.scheduler.load_all())
+        try:
+            yield
+        finally:
+            state.draining = True
+            state.load_task.cancel()
+            await asyncio.gather(state.load_task, return_exceptions=True)
+            await state.scheduler.unload_all()
+            state.keystore.close()
+
+    def openai_router(path: str) -> Router:
+        return Router(path=path, route_handlers=[TextController, ModelsController], guards=[require_api_key])
+
+    return Litestar(
+        route_handlers=[HealthController, metrics, openai_router("/openai/v1"), openai_router("/v1")],
+        dependencies={
+            "services": Provide(lambda: state.services, sync_to_thread=False, use_cache=True),
+            "app_state": Provide(lambda: state, sync_to_thread=False, use_cache=True),
+        },
+        exception_handlers={Exception: handle_exception},
+        lifespan=[engines_lifespan],
+        request_max_body_size=state.settings.limits.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="omniserve", version=VERSION, path="/schema"),
+        state=State({"omniserve": state}),
+        signature_types=[Services, AppState],
+        debug=False,
+        logging_config=None,
+    )

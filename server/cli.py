@@ -1,0 +1,136 @@
+"""`omniserve serve | demo | keys ...`"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from engines.base import ModelSpec
+from server.settings import Settings, SettingsError, load_settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _catalog(settings: Settings) -> list[ModelSpec]:
+    if settings.models:
+        return list(settings.models)
+    from engines.demo import build_demo_models
+
+    return build_demo_models(settings.data_path / "models" / "demo")
+
+
+def cmd_serve(settings: Settings) -> int:
+    import uvicorn
+
+    from server.app import build_state, create_app
+
+    # Catalog paths are local; a missing file should fail at once, not wait on a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    state = build_state(settings, _catalog(settings))
+    if not settings.is_loopback and not settings.auth.allow_open and not state.authenticator.keys_configured():
+        print(
+            f"refusing to serve on {settings.host} without API keys: create one with "
+            "`omniserve keys create NAME`, or set auth.allow_open = true to serve openly",
+            file=sys.stderr,
+        )
+        return 2
+    config = uvicorn.Config(
+        create_app(state),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def cmd_demo(settings: Settings, force: bool) -> int:
+    from engines.demo import build_demo_models
+
+    started = time.monotonic()
+    specs = build_demo_models(settings.data_path / "models" / "demo", force=force)
+    for spec in specs:
+        print(f"{spec.name:<14} {spec.kind.value:<10} {spec.path}")
+    print(f"demo catalog ready in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from server.keystore import KeyNotFound, KeyStore
+
+    store = KeyStore(settings.data_path / "keys.sqlite3")
+    try:
+        if args.keys_command == "create":
+            info, key = store.create(args.name)
+            print(f"id:  {info.id}\nkey: {key}\n(the key is shown once; only its hash is stored)")
+        elif args.keys_command == "list":
+            for info in store.list():
+                state = "revoked" if info.revoked_at else "active"
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created_at))
+                print(f"{info.id}  {state:<8} {created}  {info.name}")
+        elif args.keys_command == "revoke":
+            store.revoke(args.id)
+            print(f"revoked {args.id}")
+        elif args.keys_command == "rotate":
+            key = store.rotate(args.id)
+            print(f"id:  {args.id}\nkey: {key}\n(the old key no longer works)")
+    except KeyNotFound:
+        print(f"no active key with id {args.id}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omniserve", description="Serve every kind of model behind familiar APIs.")
+    parser.add_argument("--config", help="TOML settings file (default: $OMNISERVE_CONFIG, else built-in defaults)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server (the demo catalog when no models are configured)")
+    serve.add_argument("--config", dest="serve_config", help="TOML settings file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    demo = commands.add_parser("demo", help="build the demo models under the data dir")
+    demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    keys = commands.add_parser("keys", help="manage API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    key_commands.add_parser("create", help="create a key and print it once").add_argument("name")
+    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    key_commands.add_parser("revoke", help="revoke a key").add_argument("id")
+    key_commands.add_parser("rotate", help="replace a key's secret").add_argument("id")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "serve_config", None) or args.config)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        if args.host:
+            settings.host = args.host
+        if args.port:
+            settings.port = args.port
+    _setup_logging(settings.log_level)
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "demo":
+        return cmd_demo(settings, args.force)
+    return cmd_keys(settings, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""Render every failure in the envelope of the route family that was called.
+
+One handler per envelope: ``/openai`` and ``/v1`` speak OpenAI's error body, ``/v3``
+speaks Novita's, and anything else falls back to Novita's shape. Unexpected exceptions
+are logged with their traceback here and reach the client only as a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions.http_exceptions import MethodNotAllowedException
+
+from schemas.errors import ApiError, ErrorCode
+from schemas.openai.common import ErrorDetail, ErrorResponse
+from schemas.v3.common import V3Error
+
+log = logging.getLogger("omniserve.errors")
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+
+_STATUS_CODES = {
+    400: ErrorCode.INVALID_REQUEST_BODY,
+    401: ErrorCode.MISSING_API_KEY,
+    403: ErrorCode.INVALID_API_KEY,
+    404: ErrorCode.API_NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.REQUEST_BODY_TOO_LARGE,
+    429: ErrorCode.RATE_LIMIT_EXCEEDED,
+    503: ErrorCode.SERVICE_NOT_AVAILABLE,
+}
+
+
+def openai_error_body(error: ApiError) -> bytes:
+    detail = ErrorDetail(
+        message=error.message,
+        type=_OPENAI_TYPES.get(error.status, "server_error"),
+        param=error.param,
+        code=error.code.value,
+    )
+    return msgspec.json.encode(ErrorResponse(error=detail))
+
+
+def v3_error_body(error: ApiError) -> bytes:
+    metadata = {"param": error.param} if error.param else {}
+    return msgspec.json.encode(
+        V3Error(code=error.status, reason=error.code.value, message=error.message, metadata=metadata)
+    )
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(("/openai/", "/v1/")) or path in ("/openai", "/v1")
+
+
+def _body_for(path: str) -> Callable[[ApiError], bytes]:
+    return openai_error_body if is_openai_path(path) else v3_error_body
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """Map any exception onto the vocabulary; unknown ones become a generic 500."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, NotFoundException):
+        return ApiError(ErrorCode.API_NOT_FOUND, "No such API route.")
+    if isinstance(exc, MethodNotAllowedException):
+        return ApiError(ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed on this route.")
+    if isinstance(exc, ValidationException):
+        return _from_validation(exc)
+    if isinstance(exc, HTTPException):
+        code = _STATUS_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST_BODY)
+        if exc.status_code == 413:
+            return ApiError(code, "Request body is larger than the server accepts.")
+        if exc.status_code >= 500:
+            return ApiError(ErrorCode.UNKNOWN, "Internal server error.")
+        # Litestar's own messages (e.g. bad multipart, bad query parameter) carry no
+        # secrets; its ``extra`` may hold values, so it is not passed on.
+        return ApiError(code, str(exc.detail))
+    return ApiError(ErrorCode.UNKNOWN, "Internal server error.")
+
+
+def _from_validation(exc: ValidationException) -> ApiError:
+    """Litestar's body/parameter validation failure, naming the offending field."""
+    details = exc.extra if isinstance(exc.extra, list) else []
+    first = details[0] if details and isinstance(details[0], dict) else {}
+    param = first.get("key") or None
+    reason = str(first.get("message") or exc.detail)
+    if param:
+        param = param.removeprefix("$.") if isinstance(param, str) else str(param)
+        return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Invalid value for '{param}': {reason}", param=param)
+    return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Invalid request: {reason}")
+
+
+def error_response(path: str, error: ApiError) -> Response[bytes]:
+    headers = {}
+    if error.retry_after is not None:
+        seconds = max(1, round(error.retry_after))
+        headers["Retry-After"] = str(seconds)
+        headers["retry-after-ms"] = str(int(error.retry_after * 1000))
+    return Response(
+        content=_body_for(path)(error),
+        status_code=error.status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
+    error = as_api_error(exc)
+    if error.status >= 500 and not isinstance(exc, ApiError):
+        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request.url.path, error)
+
+
+def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
+    """Turn msgspec's message ("Expected `int`, got `str` - at `$.n`") into one naming the param."""
+    text = str(exc)
+    param = None
+    if " - at `$" in text:
+        text, _, where = text.partition(" - at `$")
+        param = where.rstrip("`").lstrip(".") or None
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Request body is not valid JSON: {text}")
+    message = f"Invalid value for '{param}': {text}" if param else f"Invalid request body: {text}"
+    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)

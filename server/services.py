@@ -1,0 +1,38 @@
+"""The services a request handler may use, built once per app."""
+
+from __future__ import annotations
+
+import time
+
+from engines.base import ModelKind, TextGenerationEngine
+from engines.scheduler import Residency, Scheduler
+from schemas.openai.models import ModelCard
+from server.serving.chat import ChatService
+from server.serving.completions import CompletionService
+from server.serving.embeddings import EmbeddingService
+from server.serving.rerank import RerankService
+from server.serving.tokenize import TokenizeService
+from server.settings import Limits
+
+
+class Services:
+    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+        self.scheduler = scheduler
+        self.chat = ChatService(scheduler, limits)
+        self.completions = CompletionService(scheduler, limits)
+        self.embeddings = EmbeddingService(scheduler, limits)
+        self.rerank = RerankService(scheduler, limits)
+        self.tokenize = TokenizeService(scheduler)
+        self.started_at = int(time.time())
+
+    def model_cards(self) -> list[ModelCard]:
+        cards = []
+        residency = self.scheduler.residency()
+        for engine in self.scheduler.registry:
+            spec = engine.spec
+            max_len = None
+            if spec.kind is ModelKind.CHAT and residency[spec.name] is Residency.RESIDENT:
+                max_len = engine.info.max_model_len if isinstance(engine, TextGenerationEngine) else None
+            for name in (spec.name, *spec.aliases):
+                cards.append(ModelCard(id=name, created=self.started_at, max_model_len=max_len))
+        return cards

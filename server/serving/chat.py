@@ -1,0 +1,349 @@
+"""POST /chat/completions: messages -> the model's chat template -> vLLM -> OpenAI shapes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import msgspec
+
+from engines.base import GenerationStep, ModelKind, SamplingOptions, TextGenerationEngine, TokenLogprobs
+from engines.llm.tools import calls_from_forced_output, forced_tool_schema
+from engines.scheduler import Scheduler
+from schemas.errors import ApiError
+from schemas.openai.chat import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessage,
+    ChoiceLogprobs,
+    DeltaFunctionCall,
+    DeltaToolCall,
+    FunctionCall,
+    TextPart,
+    ToolCall,
+)
+from schemas.openai.common import TokenLogprob, TopLogprob, Usage
+from server.serving.common import (
+    SSE_DONE,
+    bad_request,
+    check_n,
+    new_id,
+    require_kind,
+    resolve_max_tokens,
+    sampling_options,
+    sse_error,
+    sse_event,
+    unix_now,
+)
+from server.settings import Limits
+
+
+def message_to_template(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates expect it: plain-string content, parsed tool arguments."""
+    content = message.content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, TextPart):
+                raise bad_request("This model accepts text content parts only.", "messages")
+            texts.append(part.text)
+        content = "\n".join(texts)
+    rendered: dict[str, Any] = {"role": message.role, "content": content or ""}
+    if message.name is not None:
+        rendered["name"] = message.name
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            try:
+                arguments: Any = json.loads(call.function.arguments)
+            except ValueError:
+                arguments = call.function.arguments
+            calls.append(
+                {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
+            )
+        rendered["tool_calls"] = calls
+    return rendered
+
+
+def to_openai_logprobs(entries: list[TokenLogprobs]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=entry.token,
+                logprob=entry.logprob,
+                bytes=list(entry.token.encode()),
+                top_logprobs=[
+                    TopLogprob(token=top.token, logprob=top.logprob, bytes=list(top.token.encode()))
+                    for top in entry.top
+                ],
+            )
+            for entry in entries
+        ]
+    )
+
+
+class _ChatPlan(msgspec.Struct, kw_only=True):
+    """Everything decided before the engine runs."""
+
+    request_id: str
+    model: str
+    prompt_ids: list[int]
+    options: SamplingOptions
+    tool_mode: str  # "none" | "forced" | "parsed"
+    tool_choice: Any = None
+    parser_session: Any = None
+
+
+class ChatService:
+    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+        self.scheduler = scheduler
+        self.limits = limits
+
+    def _plan(self, request: ChatCompletionRequest, engine: TextGenerationEngine) -> _ChatPlan:
+        require_kind(request.model, ModelKind.CHAT, engine.spec.kind, "chat completions")
+        check_n(request.n, self.limits.max_n)
+        if not request.messages:
+            raise bad_request("messages must hold at least one message.", "messages")
+        request_dict = cast(dict[str, Any], msgspec.to_builtins(request))
+        tools = request_dict.get("tools")
+        tool_choice = request_dict.get("tool_choice")
+        if tools and tool_choice is None:
+            tool_choice = "auto"
+        messages = [message_to_template(message) for message in request.messages]
+        prompt_ids = engine.render_chat(
+            messages,
+            tools=tools if tools else None,
+            add_generation_prompt=request.add_generation_prompt,
+            template_kwargs=request.chat_template_kwargs,
+        )
+        max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+        budget = resolve_max_tokens(
+            max_tokens,
+            len(prompt_ids),
+            engine.info.max_model_len,
+            "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens",
+        )
+        top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        if request.top_logprobs and not request.logprobs:
+            raise bad_request("top_logprobs requires logprobs to be true.", "top_logprobs")
+        options = sampling_options(
+            request,
+            n=request.n,
+            max_tokens=budget,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=request.stop,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            logit_bias=request.logit_bias,
+            logprobs=top_logprobs,
+        )
+        fmt = request.response_format
+        if fmt is not None and fmt.type == "json_object":
+            options.json_object = True
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None or fmt.json_schema.schema is None:
+                raise bad_request("response_format json_schema needs json_schema.schema.", "response_format")
+            options.json_schema = fmt.json_schema.schema
+        plan = _ChatPlan(
+            request_id=new_id("chatcmpl"),
+            model=request.model,
+            prompt_ids=prompt_ids,
+            options=options,
+            tool_mode="none",
+            tool_choice=tool_choice,
+        )
+        if not tools or tool_choice == "none":
+            return plan
+        schema = forced_tool_schema(tools, tool_choice, request.parallel_tool_calls)
+        if schema is not None:
+            options.json_schema, options.json_object = schema, False
+            plan.tool_mode = "forced"
+            return plan
+        parser = engine.tool_parser()
+        if parser is None:
+            raise bad_request(
+                f"The model '{request.model}' has no tool-call parser configured, so tool_choice 'auto' is "
+                "unavailable; name a function in tool_choice, or use 'required' or 'none'.",
+                "tool_choice",
+            )
+        plan.parser_session = parser.start(request_dict)
+        options.skip_special_tokens = plan.parser_session.skip_special_tokens
+        plan.tool_mode = "parsed"
+        return plan
+
+    async def _prepare(self, request: ChatCompletionRequest) -> tuple[TextGenerationEngine, _ChatPlan]:
+        engine = cast(TextGenerationEngine, await self.scheduler.resident_engine(request.model))
+        return engine, self._plan(request, engine)
+
+    async def create(self, request: ChatCompletionRequest) -> ChatCompletion:
+        engine, plan = await self._prepare(request)
+        texts = [""] * request.n
+        token_counts = [0] * request.n
+        logprobs: list[list[TokenLogprobs]] = [[] for _ in range(request.n)]
+        finish: list[str | None] = [None] * request.n
+        async with self.scheduler.lease(request.model):
+            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+                for seq in step.sequences:
+                    texts[seq.index] += seq.text
+                    token_counts[seq.index] += len(seq.token_ids)
+                    if seq.logprobs:
+                        logprobs[seq.index].extend(seq.logprobs)
+                    if seq.finish_reason is not None:
+                        finish[seq.index] = seq.finish_reason
+        choices = []
+        for index in range(request.n):
+            message, reason = self._final_message(plan, texts[index], finish[index])
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=message,
+                    logprobs=to_openai_logprobs(logprobs[index]) if plan.options.logprobs is not None else None,
+                    finish_reason=reason,
+                )
+            )
+        prompt_tokens = len(plan.prompt_ids)
+        completion_tokens = sum(token_counts)
+        return ChatCompletion(
+            id=plan.request_id,
+            created=unix_now(),
+            model=request.model,
+            choices=choices,
+            usage=Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+        )
+
+    def _final_message(self, plan: _ChatPlan, text: str, reason: str | None) -> tuple[AssistantMessage, str | None]:
+        calls: list[tuple[str, str]] = []
+        content: str | None = text
+        if plan.tool_mode == "forced":
+            calls, content = calls_from_forced_output(text, plan.tool_choice), None
+        elif plan.tool_mode == "parsed":
+            content, calls = plan.parser_session.extract(text)
+        if not calls:
+            return AssistantMessage(content=content if content is not None else text), reason
+        tool_calls = [
+            ToolCall(id=new_id("call"), function=FunctionCall(name=name, arguments=arguments))
+            for name, arguments in calls
+        ]
+        return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+        """SSE bytes. Errors found before the first byte raise here (a normal error
+        response); errors after it go out as a final ``data:`` event."""
+        engine, plan = await self._prepare(request)
+        self.scheduler.check_admission(request.model)
+        return self._stream_events(request, plan, engine)
+
+    async def _stream_events(
+        self, request: ChatCompletionRequest, plan: _ChatPlan, engine: TextGenerationEngine
+    ) -> AsyncIterator[bytes]:
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        created = unix_now()
+
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+            return sse_event(
+                ChatCompletionChunk(
+                    id=plan.request_id, created=created, model=request.model, choices=choices, usage=usage
+                )
+            )
+
+        completion_tokens = 0
+        called_tools = [False] * request.n
+        forced_text = [""] * request.n
+        try:
+            async with self.scheduler.lease(request.model):
+                for index in range(request.n):
+                    yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+                step: GenerationStep
+                async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+                    choices = []
+                    for seq in step.sequences:
+                        completion_tokens += len(seq.token_ids)
+                        delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
+                        reason = seq.finish_reason
+                        if reason is not None:
+                            if plan.tool_mode == "forced" and plan.tool_choice == "required":
+                                delta = self._required_calls_delta(
+                                    forced_text[seq.index], plan, called_tools, seq.index
+                                )
+                            if called_tools[seq.index]:
+                                reason = "tool_calls"
+                        if delta is None and reason is None:
+                            continue
+                        logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
+                        choices.append(
+                            ChatChunkChoice(
+                                index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
+                            )
+                        )
+                    if choices:
+                        yield chunk(choices)
+                if include_usage:
+                    prompt_tokens = len(plan.prompt_ids)
+                    yield chunk(
+                        [],
+                        Usage(
+                            prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens,
+                            total_tokens=prompt_tokens + completion_tokens,
+                        ),
+                    )
+        except ApiError as error:
+            yield sse_error(error)
+        yield SSE_DONE
+
+    def _stream_delta(
+        self, plan: _ChatPlan, index: int, text: str, token_ids: list[int], forced_text: list[str], called: list[bool]
+    ) -> ChatDelta | None:
+        if plan.tool_mode == "none":
+            return ChatDelta(content=text) if text else None
+        if plan.tool_mode == "forced":
+            if plan.tool_choice == "required":
+                forced_text[index] += text  # emitted whole once complete
+                return None
+            # Named function: the generated text is the arguments object itself.
+            first = not called[index]
+            called[index] = True
+            function = DeltaFunctionCall(name=plan.tool_choice["function"]["name"] if first else None, arguments=text)
+            call = DeltaToolCall(
+                index=0, id=new_id("call") if first else None, type="function" if first else None, function=function
+            )
+            return ChatDelta(tool_calls=[call])
+        parsed = plan.parser_session.extract_delta(text, token_ids)
+        if parsed is None:
+            return None
+        delta = msgspec.convert(parsed, ChatDelta)
+        if delta.tool_calls:
+            called[index] = True
+        return delta
+
+    @staticmethod
+    def _required_calls_delta(text: str, plan: _ChatPlan, called: list[bool], index: int) -> ChatDelta | None:
+        calls = calls_from_forced_output(text, plan.tool_choice)
+        if not calls:
+            return None
+        called[index] = True
+        return ChatDelta(
+            tool_calls=[
+                DeltaToolCall(
+                    index=i,
+                    id=new_id("call"),
+                    type="function",
+                    function=DeltaFunctionCall(name=name, arguments=arguments),
+                )
+                for i, (name, arguments) in enumerate(calls)
+            ]
+        )

@@ -1,0 +1,68 @@
+"""POST /embeddings."""
+
+from __future__ import annotations
+
+import base64
+from typing import cast
+
+import numpy as np
+
+from engines.base import EmbeddingEngine, ModelKind
+from engines.scheduler import Scheduler
+from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from server.serving.common import bad_request, new_id, require_kind, split_inputs
+from server.settings import Limits
+
+
+def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        # What the openai SDK decodes: little-endian float32, base64.
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return cast(list[float], vector.tolist())
+
+
+class EmbeddingService:
+    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+        self.scheduler = scheduler
+        self.limits = limits
+
+    def _inputs(self, request: EmbeddingRequest, engine: EmbeddingEngine) -> list[list[int]]:
+        items = split_inputs(request.input, "input", self.limits.max_batch_inputs)
+        limit = engine.info.max_model_len
+        token_lists = []
+        for position, item in enumerate(items):
+            ids = engine.tokenize(item) if isinstance(item, str) else list(item)
+            if not ids:
+                raise bad_request(f"input[{position}] is empty.", "input")
+            if len(ids) > limit:
+                raise bad_request(
+                    f"This model's maximum context length is {limit} tokens, "
+                    f"but input[{position}] has {len(ids)} tokens.",
+                    "input",
+                )
+            token_lists.append(ids)
+        return token_lists
+
+    async def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        engine = cast(EmbeddingEngine, await self.scheduler.resident_engine(request.model))
+        require_kind(request.model, ModelKind.EMBEDDING, engine.spec.kind, "embeddings")
+        if request.dimensions is not None and not engine.spec.supports_dimensions:
+            raise bad_request(f"The model '{request.model}' does not support the dimensions parameter.", "dimensions")
+        inputs = self._inputs(request, engine)
+        async with self.scheduler.lease(request.model):
+            result = await engine.embed(inputs, new_id("embd"))
+        vectors = np.asarray(result.vectors, dtype=np.float32)
+        if request.dimensions is not None:
+            if not 1 <= request.dimensions <= vectors.shape[1]:
+                raise bad_request(f"dimensions must be between 1 and {vectors.shape[1]}.", "dimensions")
+            # Matryoshka models: keep the leading dimensions, then renormalise.
+            vectors = vectors[:, : request.dimensions]
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return EmbeddingResponse(
+            data=[
+                Embedding(index=i, embedding=encode_vector(vector, request.encoding_format))
+                for i, vector in enumerate(vectors)
+            ],
+            model=request.model,
+            usage=EmbeddingUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
+        )

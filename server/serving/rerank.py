@@ -1,0 +1,76 @@
+"""POST /rerank (Cohere/Jina shape) and /score (pairwise)."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from engines.base import ModelKind, ScoreEngine, ScoreResult
+from engines.scheduler import Scheduler
+from schemas.openai.rerank import (
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+)
+from server.serving.common import bad_request, new_id, require_kind, unix_now
+from server.settings import Limits
+
+
+class RerankService:
+    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+        self.scheduler = scheduler
+        self.limits = limits
+
+    async def _score(self, model: str, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
+        engine = cast(ScoreEngine, await self.scheduler.resident_engine(model))
+        require_kind(model, ModelKind.RERANK, engine.spec.kind, "rerank or score")
+        async with self.scheduler.lease(model):
+            return await engine.score(pairs, request_id)
+
+    async def rerank(self, request: RerankRequest) -> RerankResponse:
+        documents = [doc if isinstance(doc, str) else doc.text for doc in request.documents]
+        if not documents or len(documents) > self.limits.max_batch_inputs:
+            raise bad_request(f"documents must hold between 1 and {self.limits.max_batch_inputs} items.", "documents")
+        if request.top_n is not None and request.top_n < 1:
+            raise bad_request("top_n must be at least 1.", "top_n")
+        request_id = new_id("rerank")
+        result = await self._score(request.model, [(request.query, doc) for doc in documents], request_id)
+        ranked = sorted(enumerate(result.scores), key=lambda item: item[1], reverse=True)
+        if request.top_n is not None:
+            ranked = ranked[: request.top_n]
+        return RerankResponse(
+            id=request_id,
+            model=request.model,
+            results=[
+                RerankResult(
+                    index=index,
+                    relevance_score=score,
+                    document=RerankDocument(text=documents[index]) if request.return_documents else None,
+                )
+                for index, score in ranked
+            ],
+            usage=RerankUsage(total_tokens=result.prompt_tokens),
+        )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        left = [request.text_1] if isinstance(request.text_1, str) else request.text_1
+        right = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+        if len(left) == 1:
+            left = left * len(right)
+        if len(left) != len(right) or not right:
+            raise bad_request("text_1 must be one text or as many texts as text_2.", "text_1")
+        if len(right) > self.limits.max_batch_inputs:
+            raise bad_request(f"At most {self.limits.max_batch_inputs} pairs per request.", "text_2")
+        request_id = new_id("score")
+        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id)
+        return ScoreResponse(
+            id=request_id,
+            created=unix_now(),
+            model=request.model,
+            data=[ScoreData(index=i, score=score) for i, score in enumerate(result.scores)],
+            usage=RerankUsage(total_tokens=result.prompt_tokens),
+        )

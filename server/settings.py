@@ -1,0 +1,107 @@
+"""Typed settings: one msgspec Struct, loaded once from TOML plus ``OMNISERVE_*`` variables.
+
+Nested fields are reached from the environment with ``__``:
+``OMNISERVE_LIMITS__MAX_BODY_BYTES=1048576`` sets ``limits.max_body_bytes``.
+The model catalog is only configurable in TOML (it is a list of tables).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from engines.base import ModelSpec
+
+ENV_PREFIX = "OMNISERVE_"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    max_body_bytes: int = 10 * 1024 * 1024
+    # Requests waiting for a model beyond those it runs; a full queue answers 429.
+    max_queue_depth: int = 512
+    # Longest a request waits for admission before a 503 with Retry-After.
+    queue_timeout_s: float = 30.0
+    # Upper bound for n (chat/completions) and for the inputs of one embedding request.
+    max_n: int = 16
+    max_batch_inputs: int = 2048
+
+
+class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Serve without keys on a non-loopback address only when this is set on purpose.
+    allow_open: bool = False
+    # Extra keys given in configuration (for containers); held in memory as hashes only.
+    static_keys: list[str] = []
+
+
+class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # "inline" runs vLLM's engine core in the server process; "separate" in its own
+    # process. On a machine with few cores inline is faster (measured); on a GPU
+    # machine separate keeps the event loop free.
+    engine_process: str = "inline"
+    # Threads for CPU inference; 0 leaves the library's default.
+    cpu_threads: int = 0
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "~/.local/share/omniserve"
+    log_level: str = "info"
+    limits: Limits = msgspec.field(default_factory=Limits)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
+    # Empty means: serve the built-in demo catalog, built under data_dir when missing.
+    models: list[ModelSpec] = []
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
+    for key in path[:-1]:
+        node = target.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SettingsError(f"{'.'.join(path)} conflicts with a scalar setting")
+        target = node
+    leaf = path[-1]
+    # Lists from the environment are comma-separated.
+    target[leaf] = value.split(",") if leaf in _LIST_FIELDS else value
+
+
+_LIST_FIELDS = frozenset({"static_keys"})
+
+
+def load_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_file:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config {config_file}: {exc}") from exc
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        _set_path(raw, path, value)
+    try:
+        # strict=False lets "8080" from the environment become an int.
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from exc

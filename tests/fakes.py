@@ -1,0 +1,124 @@
+"""Engines that implement the protocols without a model: for fast unit tests only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from engines.base import (
+    EmbeddingResult,
+    EngineInfo,
+    GenerationStep,
+    ModelKind,
+    ModelSpec,
+    SamplingOptions,
+    ScoreResult,
+    SequenceDelta,
+)
+
+
+class _FakeBase:
+    def __init__(self, spec: ModelSpec, max_model_len: int = 64, fail_load: bool = False) -> None:
+        self.spec = spec
+        self.info = EngineInfo(max_model_len=max_model_len)
+        self.loaded = False
+        self.fail_load = fail_load
+        self.aborted: list[str] = []
+
+    async def load(self) -> None:
+        if self.fail_load:
+            raise RuntimeError("weights at /secret/path are corrupt")
+        self.loaded = True
+
+    async def unload(self) -> None:
+        self.loaded = False
+
+    def memory_bytes(self) -> int:
+        return 0
+
+    async def health(self) -> bool:
+        return self.loaded
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return [ord(char) for char in text]
+
+
+class FakeTextEngine(_FakeBase):
+    """Characters are tokens; generation emits "ab" repeated, one token per step."""
+
+    step_delay = 0.0
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        text = "".join(f"{m['role']}:{m['content']}\n" for m in messages)
+        return self.tokenize(text + ("assistant:" if add_generation_prompt else ""))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return "".join(chr(token) for token in token_ids)
+
+    def token_strings(self, token_ids: Sequence[int]) -> list[str]:
+        return [chr(token) for token in token_ids]
+
+    def tool_parser(self) -> Any | None:
+        return None
+
+    async def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[GenerationStep]:
+        finished = False
+        try:
+            for position in range(options.max_tokens):
+                await asyncio.sleep(self.step_delay)
+                last = position == options.max_tokens - 1
+                char = "ab"[position % 2]
+                yield GenerationStep(
+                    prompt_tokens=len(prompt_token_ids),
+                    sequences=[
+                        SequenceDelta(
+                            index=i, text=char, token_ids=[ord(char)], finish_reason="length" if last else None
+                        )
+                        for i in range(options.n)
+                    ],
+                )
+            finished = True
+        finally:
+            if not finished:
+                await self.abort(request_id)
+
+
+class FakeEmbeddingEngine(_FakeBase):
+    async def embed(self, inputs: list[list[int]], request_id: str) -> EmbeddingResult:
+        vectors = [[float(len(ids)), float(sum(ids) % 7), 1.0, 0.5] for ids in inputs]
+        return EmbeddingResult(vectors=vectors, prompt_tokens=sum(len(ids) for ids in inputs))
+
+
+class FakeScoreEngine(_FakeBase):
+    async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
+        scores = [len(set(query.split()) & set(doc.split())) / 10 for query, doc in pairs]
+        return ScoreResult(scores=scores, prompt_tokens=sum(len(q) + len(d) for q, d in pairs))
+
+
+FAKE_SPECS = [
+    ModelSpec(name="fake-chat", kind=ModelKind.CHAT, engine="fake", path="-", aliases=["fake-chat-alias"]),
+    ModelSpec(name="fake-embed", kind=ModelKind.EMBEDDING, engine="fake", path="-"),
+    ModelSpec(name="fake-rerank", kind=ModelKind.RERANK, engine="fake", path="-"),
+]
+
+
+def fake_factory(spec: ModelSpec) -> Any:
+    engine_cls = {
+        ModelKind.CHAT: FakeTextEngine,
+        ModelKind.EMBEDDING: FakeEmbeddingEngine,
+        ModelKind.RERANK: FakeScoreEngine,
+    }[spec.kind]
+    return engine_cls(spec, fail_load=spec.options.get("fail_load", False))
