@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -16,7 +17,7 @@ ClientFactory = Callable[..., AsyncTestClient]
 
 
 def make_state(tmp_path: Path, specs: list[ModelSpec] | None = None, **settings: object) -> AppState:
-    config = Settings(data_dir=str(tmp_path), **settings)  # type: ignore[arg-type]
+    config = msgspec.convert({"data_dir": str(tmp_path), **settings}, Settings)
     return build_state(config, specs if specs is not None else FAKE_SPECS, {"fake": fake_factory})
 
 
