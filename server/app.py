@@ -32,9 +32,7 @@ VERSION = "0.1.0"
 
 def default_factories(settings: Settings) -> dict[str, EngineFactory]:
     return {
-        "vllm": vllm_factory(
-            inline_engine=settings.vllm.engine_process == "inline", cpu_threads=settings.vllm.cpu_threads
-        )
+        "vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads)
     }
 
 

@@ -40,11 +40,7 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # "inline" runs vLLM's engine core in the server process; "separate" in its own
-    # process. On a machine with few cores inline is faster (measured); on a GPU
-    # machine separate keeps the event loop free.
-    engine_process: str = "inline"
-    # Threads for CPU inference; 0 leaves the library's default.
+    # Threads for CPU inference in each engine process; 0 leaves the library's default.
     cpu_threads: int = 0
 
 

@@ -31,7 +31,7 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 
     structured = None
     if options.json_schema is not None:
-        structured = StructuredOutputsParams(json=options.json_schema)
+        structured = StructuredOutputsParams(json=options.json_schema, disable_any_whitespace=options.compact_json)
     elif options.json_object:
         structured = StructuredOutputsParams(json_object=True)
     elif options.regex is not None:
@@ -88,9 +88,9 @@ def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> Toke
 class VllmTextEngine:
     """Implements ``TextGenerationEngine`` on a vLLM AsyncLLM."""
 
-    def __init__(self, spec: ModelSpec, *, inline_engine: bool = True, cpu_threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, *, cpu_threads: int = 0) -> None:
         self.spec = spec
-        self.runtime = VllmRuntime(spec, inline_engine=inline_engine, cpu_threads=cpu_threads)
+        self.runtime = VllmRuntime(spec, cpu_threads=cpu_threads)
         self.aborted_requests = 0
         self._tokenizer: Any = None
 
@@ -101,6 +101,10 @@ class VllmTextEngine:
     async def load(self) -> None:
         await self.runtime.load()
         self._tokenizer = self.runtime.llm.get_tokenizer()
+        # One token end to end, so that "ready" means the first real request is fast.
+        warmup = SamplingOptions(max_tokens=1)
+        async for _ in self.generate(self.tokenize("warm up"), warmup, f"warmup-{self.spec.name}"):
+            pass
 
     async def unload(self) -> None:
         await self.runtime.unload()

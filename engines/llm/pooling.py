@@ -14,9 +14,9 @@ log = logging.getLogger("omniserve.engines.vllm")
 
 
 class _PoolingEngine:
-    def __init__(self, spec: ModelSpec, *, inline_engine: bool = True, cpu_threads: int = 0) -> None:
+    def __init__(self, spec: ModelSpec, *, cpu_threads: int = 0) -> None:
         self.spec = spec
-        self.runtime = VllmRuntime(spec, inline_engine=inline_engine, cpu_threads=cpu_threads)
+        self.runtime = VllmRuntime(spec, cpu_threads=cpu_threads)
         self._tokenizer: Any = None
 
     @property
@@ -80,6 +80,10 @@ class _PoolingEngine:
 class VllmEmbeddingEngine(_PoolingEngine):
     """Implements ``EmbeddingEngine``."""
 
+    async def load(self) -> None:
+        await super().load()
+        await self.embed([self.tokenize("warm up")], f"warmup-{self.spec.name}")
+
     async def embed(self, inputs: list[list[int]], request_id: str) -> EmbeddingResult:
         from vllm import PoolingParams
         from vllm.inputs.engine import tokens_input
@@ -92,6 +96,10 @@ class VllmEmbeddingEngine(_PoolingEngine):
 
 class VllmScoreEngine(_PoolingEngine):
     """Implements ``ScoreEngine`` with a cross-encoder (sequence classification, one label)."""
+
+    async def load(self) -> None:
+        await super().load()
+        await self.score([("warm", "up")], f"warmup-{self.spec.name}")
 
     def _pair_prompt(self, query: str, document: str) -> tuple[list[int], int]:
         encoded = self._tokenizer(

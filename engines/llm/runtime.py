@@ -16,12 +16,13 @@ log = logging.getLogger("omniserve.engines.vllm")
 
 
 class VllmRuntime:
-    """Owns an AsyncLLM. vLLM binds it to the event loop it first runs on, so it is
-    created inside the serving loop and never shared across loops."""
+    """Owns an AsyncLLM, whose engine core always runs in a process of its own.
 
-    def __init__(self, spec: ModelSpec, *, inline_engine: bool, cpu_threads: int = 0) -> None:
+    vLLM binds the AsyncLLM to the event loop it first runs on, so it is created inside
+    the serving loop and never shared across loops."""
+
+    def __init__(self, spec: ModelSpec, *, cpu_threads: int = 0) -> None:
         self.spec = spec
-        self.inline_engine = inline_engine
         self.cpu_threads = cpu_threads
         self._llm: AsyncLLM | None = None
         self._info: EngineInfo | None = None
@@ -43,11 +44,9 @@ class VllmRuntime:
         return self._llm is not None
 
     def _configure_process(self) -> None:
-        # vLLM reads these lazily from the environment at engine creation; they are
-        # process-wide, so the settings decide them once for every vLLM model.
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.inline_engine else "1"
+        # Read by the engine-core process vLLM spawns, which inherits our environment.
         if self.cpu_threads:
-            os.environ.setdefault("OMP_NUM_THREADS", str(self.cpu_threads))
+            os.environ["OMP_NUM_THREADS"] = str(self.cpu_threads)
 
     async def load(self, runner: str | None = None) -> None:
         if self._llm is not None:
@@ -61,13 +60,13 @@ class VllmRuntime:
             options.setdefault("runner", runner)
         args = AsyncEngineArgs(model=self.spec.path, **options)
         log.info("loading model %s with vLLM", self.spec.name)
-        # Engine construction blocks for seconds (weights, profiling); off the loop it
-        # would lose vLLM's loop binding, so it runs here and the app loads models in
-        # a background task while /ready says 503.
-        llm = AsyncLLM.from_engine_args(args)
+        # Construction blocks while the engine process starts (tens of seconds on a
+        # small CPU machine), so it runs on a worker thread and the event loop keeps
+        # answering /health. The AsyncLLM binds to the loop at its first request, which
+        # happens on the serving loop.
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self._llm = llm
         self._info = EngineInfo(max_model_len=llm.model_config.max_model_len)
-        await asyncio.sleep(0)
 
     async def unload(self) -> None:
         llm, self._llm = self._llm, None

@@ -166,7 +166,7 @@ class ChatService:
             return plan
         schema = forced_tool_schema(tools, tool_choice, request.parallel_tool_calls)
         if schema is not None:
-            options.json_schema, options.json_object = schema, False
+            options.json_schema, options.json_object, options.compact_json = schema, False, True
             plan.tool_mode = "forced"
             return plan
         parser = engine.tool_parser()
