@@ -1,0 +1,81 @@
+"""One real omniserve process per test session, started through its CLI on the demo catalog."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+READY_TIMEOUT_S = 420
+
+
+class RunningServer(msgspec.Struct):
+    base_url: str
+    api_key: str
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.base_url}/openai/v1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli(*args: str, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", *args], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[RunningServer]:
+    data_dir = tmp_path_factory.mktemp("omniserve-data")
+    # Reuse the session's demo build: the server finds it complete and skips building.
+    (data_dir / "models").mkdir()
+    (data_dir / "models" / "demo").symlink_to(demo_root)
+    port = _free_port()
+    env = {**os.environ, "OMNISERVE_DATA_DIR": str(data_dir), "OMNISERVE_PORT": str(port)}
+    created = _cli("keys", "create", "e2e", env=env)
+    match = re.search(r"key: (\S+)", created)
+    assert match, created
+    log_path = data_dir / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready in {READY_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+        yield RunningServer(base_url=base_url, api_key=match.group(1), data_dir=data_dir, log_path=log_path)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
