@@ -31,9 +31,7 @@ VERSION = "0.1.0"
 
 
 def default_factories(settings: Settings) -> dict[str, EngineFactory]:
-    return {
-        "vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads)
-    }
+    return {"vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads)}
 
 
 def build_state(

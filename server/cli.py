@@ -24,22 +24,34 @@ def _catalog(settings: Settings) -> list[ModelSpec]:
     return build_demo_models(settings.data_path / "models" / "demo")
 
 
+def _keys_exist(settings: Settings) -> bool:
+    from server.keystore import KeyStore
+
+    if settings.auth.static_keys:
+        return True
+    store = KeyStore(settings.data_path / "keys.sqlite3")
+    try:
+        return store.has_active_keys()
+    finally:
+        store.close()
+
+
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
     from server.app import build_state, create_app
 
-    # Catalog paths are local; a missing file should fail at once, not wait on a hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    state = build_state(settings, _catalog(settings))
-    if not settings.is_loopback and not settings.auth.allow_open and not state.authenticator.keys_configured():
+    if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
         print(
             f"refusing to serve on {settings.host} without API keys: create one with "
             "`omniserve keys create NAME`, or set auth.allow_open = true to serve openly",
             file=sys.stderr,
         )
         return 2
+    # Catalog paths are local; a missing file should fail at once, not wait on a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    state = build_state(settings, _catalog(settings))
     config = uvicorn.Config(
         create_app(state),
         host=settings.host,

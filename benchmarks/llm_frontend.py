@@ -1,0 +1,234 @@
+"""omniserve's OpenAI front end against vLLM's own OpenAI server, same model, same engine.
+
+Starts each server in turn on the tiny demo chat model with identical engine settings,
+drives it with the same streaming-chat load at each concurrency, and prints
+requests/s, time to first token (p50/p99) and inter-token latency (p50), with the
+omniserve/vLLM ratio for each (for latencies, vLLM/omniserve, so above 1 is better).
+
+    python benchmarks/llm_frontend.py [--duration 20] [--concurrency 1,16,64]
+
+The servers run one at a time so they never share the cores; the load generator runs
+in this process on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = "demo-chat"
+ENGINE_OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20}
+PROMPT = [{"role": "user", "content": "Tell me a long story about the river and the old library."}]
+
+
+class Result(msgspec.Struct):
+    concurrency: int
+    requests_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    itl_p50_ms: float
+    completed: int
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def omniserve_command(model_path: str, data_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    config = data_dir / "bench.toml"
+    options = ", ".join(f"{key} = {msgspec.json.encode(value).decode()}" for key, value in ENGINE_OPTIONS.items())
+    config.write_text(
+        f'port = {port}\ndata_dir = "{data_dir}"\nlog_level = "warning"\n\n'
+        f'[[models]]\nname = "{MODEL}"\nkind = "chat"\npath = "{model_path}"\noptions = {{ {options} }}\n'
+    )
+    return [sys.executable, "-m", "server", "serve", "--config", str(config)], {}
+
+
+def vllm_command(model_path: str, port: int) -> tuple[list[str], dict[str, str]]:
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_path, "--served-model-name", MODEL, "--port", str(port), "--host", "127.0.0.1",
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", str(ENGINE_OPTIONS["max_model_len"]),
+        "--kv-cache-memory-bytes", str(ENGINE_OPTIONS["kv_cache_memory_bytes"]),
+        "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",
+    ]  # fmt: skip
+    return command, {}
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                async with session.post(
+                    f"{url}/v1/chat/completions", json={"model": MODEL, "messages": PROMPT, "max_tokens": 2}
+                ) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(1)
+    raise TimeoutError("server not ready")
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, max_tokens: int) -> tuple[float, list[float]]:
+    """Time to first token and inter-token gaps (seconds) of one streamed chat."""
+    body = {"model": MODEL, "messages": PROMPT, "max_tokens": max_tokens, "stream": True, "ignore_eos": True}
+    started = time.perf_counter()
+    first = 0.0
+    last = 0.0
+    gaps: list[float] = []
+    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for raw in response.content:
+            line = raw.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = msgspec.json.decode(line[6:])
+            choices = chunk.get("choices") or []
+            if not choices or not choices[0].get("delta", {}).get("content"):
+                continue
+            now = time.perf_counter()
+            if first == 0.0:
+                first = now - started
+            else:
+                gaps.append(now - last)
+            last = now
+    return first, gaps
+
+
+async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: int) -> Result:
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        stop_at = time.perf_counter() + duration_s
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                try:
+                    first, request_gaps = await one_request(session, url, max_tokens)
+                except (TimeoutError, aiohttp.ClientError):
+                    errors += 1
+                    continue
+                ttfts.append(first)
+                gaps.extend(request_gaps)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(ttfts)
+    return Result(
+        concurrency=concurrency,
+        requests_per_s=len(ttfts) / elapsed,
+        ttft_p50_ms=1000 * statistics.median(ordered) if ordered else float("nan"),
+        ttft_p99_ms=1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else float("nan"),
+        itl_p50_ms=1000 * statistics.median(gaps) if gaps else float("nan"),
+        completed=len(ttfts),
+        errors=errors,
+    )
+
+
+async def bench_server(
+    name: str, command: list[str], env: dict[str, str], port: int, levels: list[int], duration_s: float, max_tokens: int
+) -> list[Result]:
+    log = open(Path(tempfile.gettempdir()) / f"bench-{name}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=log, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        await wait_ready(url, process)
+        print(f"{name}: ready in {time.monotonic() - started:.0f} s", flush=True)
+        await run_load(url, 4, 3, max_tokens)  # warm-up
+        results = []
+        for level in levels:
+            result = await run_load(url, level, duration_s, max_tokens)
+            print(f"  {name} c={level}: {msgspec.json.encode(result).decode()}", flush=True)
+            results.append(result)
+        return results
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def ratio(ours: float, theirs: float, higher_is_better: bool) -> str:
+    if not ours or not theirs:
+        return "n/a"
+    return f"{(ours / theirs) if higher_is_better else (theirs / ours):.2f}"
+
+
+def print_table(ours: list[Result], theirs: list[Result]) -> None:
+    header = (
+        "| concurrency | server | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | done | errors |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    print(header)
+    for a, b in zip(ours, theirs, strict=True):
+        for name, r in (("omniserve", a), ("vLLM", b)):
+            print(
+                f"| {r.concurrency} | {name} | {r.requests_per_s:.2f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} "
+                f"| {r.itl_p50_ms:.2f} | {r.completed} | {r.errors} |"
+            )
+        print(
+            f"| {a.concurrency} | **ratio** | {ratio(a.requests_per_s, b.requests_per_s, True)} "
+            f"| {ratio(a.ttft_p50_ms, b.ttft_p50_ms, False)} | {ratio(a.ttft_p99_ms, b.ttft_p99_ms, False)} "
+            f"| {ratio(a.itl_p50_ms, b.itl_p50_ms, False)} | | |"
+        )
+    print("\nratios: req/s omniserve/vLLM; latencies vLLM/omniserve (above 1.0 means omniserve is better)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per concurrency level")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--model-path", help="a chat model folder (default: build the demo chat model)")
+    args = parser.parse_args()
+    levels = [int(level) for level in args.concurrency.split(",")]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    work = Path(tempfile.mkdtemp(prefix="omniserve-bench-"))
+    model_path = args.model_path
+    if model_path is None:
+        from engines.demo import build_demo_models
+
+        model_path = next(spec.path for spec in build_demo_models(work / "models") if spec.name == MODEL)
+    port = free_port()
+    command, env = omniserve_command(model_path, work, port)
+    ours = asyncio.run(bench_server("omniserve", command, env, port, levels, args.duration, args.max_tokens))
+    port = free_port()
+    command, env = vllm_command(model_path, port)
+    theirs = asyncio.run(bench_server("vllm", command, env, port, levels, args.duration, args.max_tokens))
+    print()
+    print_table(ours, theirs)
+
+
+if __name__ == "__main__":
+    main()
