@@ -40,6 +40,7 @@ def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
     from server.app import build_state, create_app
+    from server.runner import DrainingServer
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
         print(
@@ -63,7 +64,7 @@ def cmd_serve(settings: Settings) -> int:
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, state).run()
     return 0
 
 

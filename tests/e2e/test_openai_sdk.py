@@ -142,3 +142,23 @@ def test_disconnect_mid_stream_aborts_the_engine_request(server: RunningServer) 
         time.sleep(0.1)
     assert _metric(server, "omniserve_engine_unfinished_requests") == 0
     assert _metric(server, "omniserve_engine_aborted_requests") == aborted_before + 1
+
+
+def _wait_for_no_unfinished(server: RunningServer) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _metric(server, "omniserve_engine_unfinished_requests") != 0:
+        time.sleep(0.1)
+
+
+def test_disconnect_while_waiting_for_a_full_response_aborts_it(server: RunningServer) -> None:
+    _wait_for_no_unfinished(server)
+    aborted_before = _metric(server, "omniserve_engine_aborted_requests")
+    # Eight sequences of 480 tokens take seconds on the tiny model; the client gives up
+    # after half a second and closes its connection.
+    body = {"model": "demo-chat", "messages": MESSAGES, "max_tokens": 480, "n": 8, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.openai_url}/chat/completions", json=body, headers=headers, timeout=0.5)
+    _wait_for_no_unfinished(server)
+    assert _metric(server, "omniserve_engine_unfinished_requests") == 0
+    assert _metric(server, "omniserve_engine_aborted_requests") == aborted_before + 1
