@@ -1,14 +1,14 @@
 """omniserve's OpenAI front end against vLLM's own OpenAI server, same model, same engine.
 
-Starts each server in turn on the tiny demo chat model with identical engine settings,
-drives it with the same streaming-chat load at each concurrency, and prints
+Starts both servers on the tiny demo chat model with identical engine settings, drives
+them in turns with the same streaming-chat load at each concurrency, and prints
 requests/s, time to first token (p50/p99) and inter-token latency (p50), with the
 omniserve/vLLM ratio for each (for latencies, vLLM/omniserve, so above 1 is better).
 
     python benchmarks/llm_frontend.py [--duration 20] [--concurrency 1,16,64]
 
-The servers run one at a time so they never share the cores; the load generator runs
-in this process on the same machine.
+Only one server is under load at a time; the load generator runs in this process on the
+same machine.
 """
 
 from __future__ import annotations
@@ -52,17 +52,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def omniserve_command(model_path: str, data_dir: Path, port: int) -> tuple[list[str], dict[str, str]]:
+def omniserve_command(model_path: str, data_dir: Path, port: int) -> list[str]:
     config = data_dir / "bench.toml"
     options = ", ".join(f"{key} = {msgspec.json.encode(value).decode()}" for key, value in ENGINE_OPTIONS.items())
     config.write_text(
         f'port = {port}\ndata_dir = "{data_dir}"\nlog_level = "warning"\n\n'
         f'[[models]]\nname = "{MODEL}"\nkind = "chat"\npath = "{model_path}"\noptions = {{ {options} }}\n'
     )
-    return [sys.executable, "-m", "server", "serve", "--config", str(config)], {}
+    return [sys.executable, "-m", "server", "serve", "--config", str(config)]
 
 
-def vllm_command(model_path: str, port: int) -> tuple[list[str], dict[str, str]]:
+def vllm_command(model_path: str, port: int) -> list[str]:
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model_path, "--served-model-name", MODEL, "--port", str(port), "--host", "127.0.0.1",
@@ -70,7 +70,7 @@ def vllm_command(model_path: str, port: int) -> tuple[list[str], dict[str, str]]
         "--kv-cache-memory-bytes", str(ENGINE_OPTIONS["kv_cache_memory_bytes"]),
         "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",
     ]  # fmt: skip
-    return command, {}
+    return command
 
 
 async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
@@ -152,30 +152,56 @@ async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: in
     )
 
 
-async def bench_server(
-    name: str, command: list[str], env: dict[str, str], port: int, levels: list[int], duration_s: float, max_tokens: int
-) -> list[Result]:
-    log = open(Path(tempfile.gettempdir()) / f"bench-{name}.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=log, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        started = time.monotonic()
-        await wait_ready(url, process)
-        print(f"{name}: ready in {time.monotonic() - started:.0f} s", flush=True)
-        await run_load(url, 4, 3, max_tokens)  # warm-up
-        results = []
-        for level in levels:
-            result = await run_load(url, level, duration_s, max_tokens)
-            print(f"  {name} c={level}: {msgspec.json.encode(result).decode()}", flush=True)
-            results.append(result)
-        return results
-    finally:
-        process.send_signal(signal.SIGINT)
+class Server:
+    def __init__(self, name: str, command: list[str], port: int) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(Path(tempfile.gettempdir()) / f"bench-{name}.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, cwd=ROOT)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=60)
+            self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+            self.process.kill()
+        self.log.close()
+
+
+def mean_result(results: list[Result]) -> Result:
+    return Result(
+        concurrency=results[0].concurrency,
+        requests_per_s=statistics.mean(r.requests_per_s for r in results),
+        ttft_p50_ms=statistics.mean(r.ttft_p50_ms for r in results),
+        ttft_p99_ms=statistics.mean(r.ttft_p99_ms for r in results),
+        itl_p50_ms=statistics.mean(r.itl_p50_ms for r in results),
+        completed=sum(r.completed for r in results),
+        errors=sum(r.errors for r in results),
+    )
+
+
+async def bench(
+    servers: list[Server], levels: list[int], rounds: int, duration_s: float, max_tokens: int
+) -> dict[str, list[Result]]:
+    """Both servers stay up (an idle server costs next to nothing); at each level they take
+    turns, alternating who goes first, so drift on the machine hits both alike."""
+    for server in servers:
+        started = time.monotonic()
+        await wait_ready(server.url, server.process)
+        print(f"{server.name}: ready in {time.monotonic() - started:.0f} s", flush=True)
+        await run_load(server.url, 4, 3, max_tokens)  # warm-up
+    summary: dict[str, list[Result]] = {server.name: [] for server in servers}
+    for level in levels:
+        runs: dict[str, list[Result]] = {server.name: [] for server in servers}
+        for round_index in range(rounds):
+            order = servers if round_index % 2 == 0 else list(reversed(servers))
+            for server in order:
+                result = await run_load(server.url, level, duration_s, max_tokens)
+                print(f"  {server.name} c={level} round {round_index + 1}: {msgspec.json.encode(result).decode()}")
+                runs[server.name].append(result)
+        for name, results in runs.items():
+            summary[name].append(mean_result(results))
+    return summary
 
 
 def ratio(ours: float, theirs: float, higher_is_better: bool) -> str:
@@ -209,6 +235,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per concurrency level")
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="turns per server at each level (results averaged)")
     parser.add_argument("--model-path", help="a chat model folder (default: build the demo chat model)")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
@@ -220,12 +247,17 @@ def main() -> None:
         from engines.demo import build_demo_models
 
         model_path = next(spec.path for spec in build_demo_models(work / "models") if spec.name == MODEL)
-    port = free_port()
-    command, env = omniserve_command(model_path, work, port)
-    ours = asyncio.run(bench_server("omniserve", command, env, port, levels, args.duration, args.max_tokens))
-    port = free_port()
-    command, env = vllm_command(model_path, port)
-    theirs = asyncio.run(bench_server("vllm", command, env, port, levels, args.duration, args.max_tokens))
+    omniserve_port, vllm_port = free_port(), free_port()
+    servers = [
+        Server("omniserve", omniserve_command(model_path, work, omniserve_port), omniserve_port),
+        Server("vllm", vllm_command(model_path, vllm_port), vllm_port),
+    ]
+    try:
+        summary = asyncio.run(bench(servers, levels, args.rounds, args.duration, args.max_tokens))
+    finally:
+        for server in servers:
+            server.stop()
+    ours, theirs = summary["omniserve"], summary["vllm"]
     print()
     print_table(ours, theirs)
 

@@ -55,7 +55,10 @@ class VllmRuntime:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        options: dict[str, Any] = {"enable_log_requests": False, **self.spec.options}
+        # vLLM's own stat loggers feed a Prometheus registry omniserve does not serve and
+        # cost the serving process several percent of a core under load; a catalog entry
+        # can turn them back on with options.disable_log_stats = false.
+        options: dict[str, Any] = {"enable_log_requests": False, "disable_log_stats": True, **self.spec.options}
         if runner is not None:
             options.setdefault("runner", runner)
         args = AsyncEngineArgs(model=self.spec.path, **options)

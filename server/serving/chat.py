@@ -112,7 +112,9 @@ class ChatService:
         check_n(request.n, self.limits.max_n)
         if not request.messages:
             raise bad_request("messages must hold at least one message.", "messages")
-        request_dict = cast(dict[str, Any], msgspec.to_builtins(request))
+        # Tools travel as plain dicts (to the template and to vLLM's parsers); most
+        # requests have none, so the conversion is skipped for them.
+        request_dict = cast(dict[str, Any], msgspec.to_builtins(request)) if request.tools else {}
         tools = request_dict.get("tools")
         tool_choice = request_dict.get("tool_choice")
         if tools and tool_choice is None:
