@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engines.base import (
-    EngineInfo,
     GenerationStep,
     ModelSpec,
     SamplingOptions,
@@ -16,7 +15,7 @@ from engines.base import (
     TokenLogprobs,
 )
 from engines.errors import engine_failed, invalid_input
-from engines.llm.runtime import VllmRuntime
+from engines.llm.runtime import VllmEngineBase
 from schemas.errors import ApiError
 
 if TYPE_CHECKING:
@@ -85,41 +84,19 @@ def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> Toke
     )
 
 
-class VllmTextEngine:
+class VllmTextEngine(VllmEngineBase):
     """Implements ``TextGenerationEngine`` on a vLLM AsyncLLM."""
 
     def __init__(self, spec: ModelSpec, *, cpu_threads: int = 0) -> None:
-        self.spec = spec
-        self.runtime = VllmRuntime(spec, cpu_threads=cpu_threads)
+        super().__init__(spec, cpu_threads=cpu_threads)
         self.aborted_requests = 0
-        self._tokenizer: Any = None
-
-    @property
-    def info(self) -> EngineInfo:
-        return self.runtime.info
 
     async def load(self) -> None:
-        await self.runtime.load()
-        self._tokenizer = self.runtime.llm.get_tokenizer()
+        await self._start()
         # One token end to end, so that "ready" means the first real request is fast.
         warmup = SamplingOptions(max_tokens=1)
         async for _ in self.generate(self.tokenize("warm up"), warmup, f"warmup-{self.spec.name}"):
             pass
-
-    async def unload(self) -> None:
-        await self.runtime.unload()
-
-    def memory_bytes(self) -> int:
-        return self.runtime.memory_bytes()
-
-    async def health(self) -> bool:
-        return await self.runtime.health()
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            raise RuntimeError(f"model {self.spec.name} is not loaded")
-        return self._tokenizer
 
     def render_chat(
         self,
@@ -141,9 +118,6 @@ class VllmTextEngine:
             raise invalid_input(f"The model's chat template cannot render these messages: {exc}", "messages") from exc
         # The template already placed every special token it wants.
         return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(token_ids)))
@@ -168,7 +142,7 @@ class VllmTextEngine:
         first = True
         finished = False
         try:
-            async for output in self.runtime.llm.generate(tokens_input(prompt_token_ids), params, request_id):
+            async for output in self.llm.generate(tokens_input(prompt_token_ids), params, request_id):
                 step = GenerationStep(
                     prompt_tokens=len(prompt_token_ids),
                     sequences=[self._delta(seq, options.logprobs) for seq in output.outputs],
@@ -194,7 +168,7 @@ class VllmTextEngine:
             if not finished:
                 # Cancelled (client gone) or closed early: free the sequence slots now.
                 self.aborted_requests += 1
-                await self.runtime.abort(request_id)
+                await self.abort(request_id)
 
     @staticmethod
     def _delta(seq: Any, top_logprobs: int | None) -> SequenceDelta:
@@ -211,9 +185,3 @@ class VllmTextEngine:
             logprobs=logprobs,
             finish_reason=seq.finish_reason,
         )
-
-    async def abort(self, request_id: str) -> None:
-        await self.runtime.abort(request_id)
-
-    def unfinished_requests(self) -> int:
-        return self.runtime.unfinished_requests()

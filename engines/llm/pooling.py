@@ -6,41 +6,16 @@ import asyncio
 import logging
 from typing import Any
 
-from engines.base import EmbeddingResult, EngineInfo, ModelSpec, ScoreResult
+from engines.base import EmbeddingResult, ScoreResult
 from engines.errors import engine_failed, invalid_input
-from engines.llm.runtime import VllmRuntime
+from engines.llm.runtime import VllmEngineBase
 
 log = logging.getLogger("omniserve.engines.vllm")
 
 
-class _PoolingEngine:
-    def __init__(self, spec: ModelSpec, *, cpu_threads: int = 0) -> None:
-        self.spec = spec
-        self.runtime = VllmRuntime(spec, cpu_threads=cpu_threads)
-        self._tokenizer: Any = None
-
-    @property
-    def info(self) -> EngineInfo:
-        return self.runtime.info
-
+class _PoolingEngine(VllmEngineBase):
     async def load(self) -> None:
-        await self.runtime.load(runner="pooling")
-        self._tokenizer = self.runtime.llm.get_tokenizer()
-
-    async def unload(self) -> None:
-        await self.runtime.unload()
-
-    def memory_bytes(self) -> int:
-        return self.runtime.memory_bytes()
-
-    async def health(self) -> bool:
-        return await self.runtime.health()
-
-    async def abort(self, request_id: str) -> None:
-        await self.runtime.abort(request_id)
-
-    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
-        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+        await self._start(runner="pooling")
 
     async def _pool(self, prompt: Any, params: Any, request_id: str) -> Any:
         """Run one pooling request to completion; cancelling this aborts it in the engine."""
@@ -48,12 +23,12 @@ class _PoolingEngine:
 
         result = None
         try:
-            async for output in self.runtime.llm.encode(prompt, params, request_id):
+            async for output in self.llm.encode(prompt, params, request_id):
                 result = output
         except VLLMClientError as exc:
             raise invalid_input(str(exc)) from exc
         except asyncio.CancelledError:
-            await self.runtime.abort(request_id)
+            await self.abort(request_id)
             raise
         except Exception as exc:
             log.exception("pooling failed for %s", self.spec.name)
@@ -102,7 +77,7 @@ class VllmScoreEngine(_PoolingEngine):
         await self.score([("warm", "up")], f"warmup-{self.spec.name}")
 
     def _pair_prompt(self, query: str, document: str) -> tuple[list[int], int]:
-        encoded = self._tokenizer(
+        encoded = self.tokenizer(
             query, text_pair=document, truncation="only_second", max_length=self.info.max_model_len
         )
         ids = list(encoded["input_ids"])

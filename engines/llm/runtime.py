@@ -1,4 +1,4 @@
-"""Starting and stopping one vLLM AsyncLLM, shared by the three vLLM engine kinds."""
+"""What the three vLLM engine kinds share: one AsyncLLM, its lifecycle and tokenizer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("omniserve.engines.vllm")
 
 
-class VllmRuntime:
+class VllmEngineBase:
     """Owns an AsyncLLM, whose engine core always runs in a process of its own.
 
     vLLM binds the AsyncLLM to the event loop it first runs on, so it is created inside
@@ -26,6 +26,7 @@ class VllmRuntime:
         self.cpu_threads = cpu_threads
         self._llm: AsyncLLM | None = None
         self._info: EngineInfo | None = None
+        self._tokenizer: Any = None
 
     @property
     def llm(self) -> AsyncLLM:
@@ -48,7 +49,7 @@ class VllmRuntime:
         if self.cpu_threads:
             os.environ["OMP_NUM_THREADS"] = str(self.cpu_threads)
 
-    async def load(self, runner: str | None = None) -> None:
+    async def _start(self, runner: str | None = None) -> None:
         if self._llm is not None:
             return
         self._configure_process()
@@ -70,6 +71,7 @@ class VllmRuntime:
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self._llm = llm
         self._info = EngineInfo(max_model_len=llm.model_config.max_model_len)
+        self._tokenizer = llm.get_tokenizer()
 
     async def unload(self) -> None:
         llm, self._llm = self._llm, None
@@ -94,3 +96,12 @@ class VllmRuntime:
 
     def unfinished_requests(self) -> int:
         return self._llm.get_num_unfinished_requests() if self._llm is not None else 0
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise RuntimeError(f"model {self.spec.name} is not loaded")
+        return self._tokenizer
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))

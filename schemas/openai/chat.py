@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.openai.common import SamplingExtras, StreamOptions, TokenLogprob, Usage
+from schemas.openai.common import SamplingRequest, TokenLogprob, Usage
 
 
 class ImageUrl(msgspec.Struct, kw_only=True):
@@ -84,28 +84,16 @@ class ResponseFormat(msgspec.Struct, kw_only=True):
     json_schema: JsonSchemaFormat | None = None
 
 
-class ChatCompletionRequest(SamplingExtras, kw_only=True):
-    model: str
+class ChatCompletionRequest(SamplingRequest, kw_only=True):
     messages: list[ChatMessage]
-    n: int = 1
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
 

@@ -54,3 +54,20 @@ class SamplingExtras(msgspec.Struct, kw_only=True):
     guided_json: Any = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
+
+
+class SamplingRequest(SamplingExtras, kw_only=True):
+    """The sampling fields chat and completions requests share."""
+
+    model: str
+    n: int = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None

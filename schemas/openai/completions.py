@@ -4,32 +4,20 @@ from typing import Literal
 
 import msgspec
 
-from schemas.openai.common import SamplingExtras, StreamOptions, Usage
+from schemas.openai.common import SamplingRequest, Usage
 
 # msgspec allows one array type per union; the service checks that a list is all
 # strings, all token ids, or all token-id lists.
 Prompt = str | list[str | int | list[int]]
 
 
-class CompletionRequest(SamplingExtras, kw_only=True):
-    model: str
+class CompletionRequest(SamplingRequest, kw_only=True):
     prompt: Prompt
     suffix: str | None = None
     echo: bool = False
     logprobs: int | None = None
-    n: int = 1
     best_of: int | None = None
     max_tokens: int | None = 16
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
 
 
 class CompletionLogprobs(msgspec.Struct, kw_only=True):

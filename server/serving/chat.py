@@ -136,19 +136,7 @@ class ChatService:
         top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         if request.top_logprobs and not request.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true.", "top_logprobs")
-        options = sampling_options(
-            request,
-            n=request.n,
-            max_tokens=budget,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=request.stop,
-            presence_penalty=request.presence_penalty,
-            frequency_penalty=request.frequency_penalty,
-            logit_bias=request.logit_bias,
-            logprobs=top_logprobs,
-        )
+        options = sampling_options(request, max_tokens=budget, logprobs=top_logprobs)
         fmt = request.response_format
         if fmt is not None and fmt.type == "json_object":
             options.json_object = True

@@ -12,7 +12,7 @@ import msgspec
 
 from engines.base import ModelKind, SamplingOptions
 from schemas.errors import ApiError, ErrorCode
-from schemas.openai.common import SamplingExtras
+from schemas.openai.common import SamplingRequest
 from server.errors import openai_error_body
 
 T = TypeVar("T")
@@ -97,32 +97,19 @@ def normalize_stop(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def sampling_options(
-    request: SamplingExtras,
-    *,
-    n: int,
-    max_tokens: int,
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
-    stop: str | list[str] | None,
-    presence_penalty: float | None,
-    frequency_penalty: float | None,
-    logit_bias: dict[str, float] | None,
-    logprobs: int | None,
-) -> SamplingOptions:
+def sampling_options(request: SamplingRequest, *, max_tokens: int, logprobs: int | None) -> SamplingOptions:
     options = SamplingOptions(
-        n=n,
+        n=request.n,
         max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        temperature=request.temperature,
+        top_p=request.top_p,
         top_k=request.top_k,
         min_p=request.min_p,
-        seed=seed,
-        stop=normalize_stop(stop),
+        seed=request.seed,
+        stop=normalize_stop(request.stop),
         stop_token_ids=request.stop_token_ids or [],
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
         repetition_penalty=request.repetition_penalty,
         logprobs=logprobs,
         min_tokens=request.min_tokens or 0,
@@ -133,9 +120,9 @@ def sampling_options(
         regex=request.guided_regex,
         choice=request.guided_choice,
     )
-    if logit_bias:
+    if request.logit_bias:
         try:
-            options.logit_bias = {int(token): bias for token, bias in logit_bias.items()}
+            options.logit_bias = {int(token): bias for token, bias in request.logit_bias.items()}
         except ValueError:
             raise bad_request("logit_bias keys must be token ids.", "logit_bias") from None
     if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:

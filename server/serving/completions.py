@@ -79,19 +79,7 @@ class CompletionService:
             if not ids:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
-            options = sampling_options(
-                request,
-                n=request.n,
-                max_tokens=budget,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                seed=request.seed,
-                stop=request.stop,
-                presence_penalty=request.presence_penalty,
-                frequency_penalty=request.frequency_penalty,
-                logit_bias=request.logit_bias,
-                logprobs=request.logprobs,
-            )
+            options = sampling_options(request, max_tokens=budget, logprobs=request.logprobs)
             if request.echo and request.logprobs is not None:
                 options.prompt_logprobs = request.logprobs
             echo_text = (item if isinstance(item, str) else engine.detokenize(ids)) if request.echo else ""
