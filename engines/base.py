@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -13,6 +13,7 @@ class ModelKind(enum.StrEnum):
     CHAT = "chat"  # text generation; chat and completions
     EMBEDDING = "embedding"
     RERANK = "rerank"
+    IMAGE = "image"  # diffusers text-to-image checkpoints (img2img/inpaint derive from them)
 
 
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -170,3 +171,43 @@ class ScoreEngine(Engine, Protocol):
     async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult: ...
 
     async def abort(self, request_id: str) -> None: ...
+
+
+class LoraWeight(msgspec.Struct, kw_only=True):
+    name: str
+    strength: float = 1.0
+
+
+class ImageGeneration(msgspec.Struct, kw_only=True):
+    """One image job in engine terms: already validated, seed already drawn."""
+
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    image_num: int = 1
+    sampler: str | None = None  # A1111 name, e.g. "Euler a"; None keeps the pipeline's own
+    clip_skip: int | None = None
+    loras: list[LoraWeight] = []
+    embeddings: list[str] = []
+    # img2img / inpainting: encoded image bytes (PNG/JPEG/WebP) and denoising strength.
+    init_image: bytes | None = None
+    mask_image: bytes | None = None
+    strength: float | None = None
+
+
+class ImageResult(msgspec.Struct, kw_only=True):
+    images: list[Any]  # PIL.Image.Image, encoded by the caller into the requested format
+    seed: int
+
+
+# Called from the worker thread with the fraction done (0..1); must be thread-safe.
+ProgressCallback = Callable[[float], None]
+
+
+@runtime_checkable
+class ImageEngine(Engine, Protocol):
+    async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult: ...
