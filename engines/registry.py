@@ -29,6 +29,15 @@ def vllm_factory(*, cpu_threads: int) -> EngineFactory:
     return build
 
 
+def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
+    def build(spec: ModelSpec) -> Engine:
+        from engines.image.pipelines import DiffusersImageEngine
+
+        return cast(Engine, DiffusersImageEngine(spec, device=device))
+
+    return build
+
+
 class ModelRegistry:
     def __init__(self, specs: list[ModelSpec], factories: dict[str, EngineFactory]) -> None:
         self._engines: dict[str, Engine] = {}

@@ -13,7 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from engines.base import ModelSpec
-from engines.registry import EngineFactory, ModelRegistry, vllm_factory
+from engines.registry import EngineFactory, ModelRegistry, diffusers_factory, vllm_factory
 from engines.scheduler import AdmissionPolicy, Scheduler
 from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception
@@ -21,6 +21,7 @@ from server.keystore import KeyStore
 from server.routes.health import HealthController
 from server.routes.openai.models import ModelsController
 from server.routes.openai.text import TextController
+from server.routes.v3.tasks import AsyncTaskController, FilesController
 from server.services import Services
 from server.settings import Settings
 from server.state import AppState
@@ -31,7 +32,7 @@ VERSION = "0.1.0"
 
 
 def default_factories(settings: Settings) -> dict[str, EngineFactory]:
-    return {"vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads)}
+    return {"vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads), "diffusers": diffusers_factory()}
 
 
 def build_state(
@@ -59,20 +60,29 @@ def create_app(state: AppState) -> Litestar:
         # Models load in the background: /health answers at once and /ready says 503
         # until every model is resident.
         state.load_task = asyncio.create_task(state.scheduler.load_all())
+        await state.start()
         try:
             yield
         finally:
             state.draining = True
             state.load_task.cancel()
             await asyncio.gather(state.load_task, return_exceptions=True)
+            await state.stop()
             await state.scheduler.unload_all()
-            state.keystore.close()
 
     def openai_router(path: str) -> Router:
         return Router(path=path, route_handlers=[TextController, ModelsController], guards=[require_api_key])
 
+    v3_router = Router(path="/", route_handlers=[AsyncTaskController], guards=[require_api_key])
     return Litestar(
-        route_handlers=[HealthController, metrics, openai_router("/openai/v1"), openai_router("/v1")],
+        route_handlers=[
+            HealthController,
+            metrics,
+            openai_router("/openai/v1"),
+            openai_router("/v1"),
+            v3_router,
+            FilesController,
+        ],
         dependencies={
             "services": Provide(lambda: state.services, sync_to_thread=False, use_cache=True),
             "app_state": Provide(lambda: state, sync_to_thread=False, use_cache=True),

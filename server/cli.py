@@ -19,9 +19,12 @@ def _setup_logging(level: str) -> None:
 def _catalog(settings: Settings) -> list[ModelSpec]:
     if settings.models:
         return list(settings.models)
+    from engines.image.demo import build_image_demo_models
+
     from engines.demo import build_demo_models
 
-    return build_demo_models(settings.data_path / "models" / "demo")
+    root = settings.data_path / "models" / "demo"
+    return build_demo_models(root) + build_image_demo_models(root)
 
 
 def _keys_exist(settings: Settings) -> bool:
@@ -69,10 +72,13 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_demo(settings: Settings, force: bool) -> int:
+    from engines.image.demo import build_image_demo_models
+
     from engines.demo import build_demo_models
 
     started = time.monotonic()
-    specs = build_demo_models(settings.data_path / "models" / "demo", force=force)
+    root = settings.data_path / "models" / "demo"
+    specs = build_demo_models(root, force=force) + build_image_demo_models(root, force=force)
     for spec in specs:
         print(f"{spec.name:<14} {spec.kind.value:<10} {spec.path}")
     print(f"demo catalog ready in {time.monotonic() - started:.1f} s")

@@ -44,14 +44,28 @@ class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cpu_threads: int = 0
 
 
+class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Concurrent /v3 tasks; image engines also serialise on their device lock.
+    workers: int = 2
+    # Lifetime of signed output URLs (the seed's image_url_ttl) and of the files.
+    url_ttl_s: int = 3600
+    output_max_age_s: int = 86400
+    # Webhook targets and fetched URLs may point at private or loopback addresses.
+    allow_private_urls: bool = False
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "~/.local/share/omniserve"
     log_level: str = "info"
+    # The address clients use to reach this server (behind a proxy); used for output
+    # URLs in webhook payloads. Empty: http://<host>:<port>.
+    public_url: str = ""
     limits: Limits = msgspec.field(default_factory=Limits)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
+    tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 

@@ -1,8 +1,10 @@
-"""What the running app holds: built once in create_app, reached by handlers via DI."""
+"""What the running app holds: built once in build_state, reached by handlers via DI."""
 
 from __future__ import annotations
 
 import asyncio
+
+import httpx
 
 from engines.scheduler import Scheduler
 from server.auth import Authenticator
@@ -10,6 +12,13 @@ from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
+from server.storage.local import LocalStorage, load_or_create_secret
+from server.tasks.images import ImageTasks
+from server.tasks.models import Task
+from server.tasks.results import build_result, encode_result
+from server.tasks.runner import TaskRunner
+from server.tasks.store import SqliteTaskStore
+from server.tasks.webhooks import WebhookSender
 
 
 class AppState:
@@ -24,3 +33,33 @@ class AppState:
         self.metrics = Metrics(scheduler)
         self.draining = False
         self.load_task: asyncio.Task[None] | None = None
+
+        data = settings.data_path
+        tasks = settings.tasks
+        self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
+        self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)
+        self.task_runner = TaskRunner(self.task_store, self.webhooks, self._webhook_payload, workers=tasks.workers)
+        self.image_tasks = ImageTasks(
+            scheduler, self.task_runner, self.storage, allow_private_urls=tasks.allow_private_urls
+        )
+
+    @property
+    def public_url(self) -> str:
+        """Where clients reach this server, for URLs in webhook payloads (a polled task
+        result uses the URL the client called instead)."""
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        return self.settings.public_url or f"http://{host}:{self.settings.port}"
+
+    def _webhook_payload(self, task: Task) -> bytes:
+        return encode_result(build_result(task, self.storage, self.public_url))
+
+    async def start(self) -> None:
+        await self.task_runner.start()
+
+    async def stop(self) -> None:
+        await self.task_runner.stop()
+        await self.http.aclose()
+        self.task_store.close()
+        self.keystore.close()

@@ -10,8 +10,11 @@ from engines.base import (
     EmbeddingResult,
     EngineInfo,
     GenerationStep,
+    ImageGeneration,
+    ImageResult,
     ModelKind,
     ModelSpec,
+    ProgressCallback,
     SamplingOptions,
     ScoreResult,
     SequenceDelta,
@@ -108,10 +111,27 @@ class FakeScoreEngine(_FakeBase):
         return ScoreResult(scores=scores, prompt_tokens=sum(len(q) + len(d) for q, d in pairs))
 
 
+class FakeImageEngine(_FakeBase):
+    """A solid colour derived from the seed, one image per requested seed."""
+
+    async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult:
+        from PIL import Image
+
+        for step in range(1, job.steps + 1):
+            await asyncio.sleep(0)
+            if progress is not None:
+                progress(step / job.steps)
+        images = [
+            Image.new("RGB", (job.width, job.height), ((job.seed + i) % 256, 40, 90)) for i in range(job.image_num)
+        ]
+        return ImageResult(images=images, seed=job.seed)
+
+
 FAKE_SPECS = [
     ModelSpec(name="fake-chat", kind=ModelKind.CHAT, engine="fake", path="-", aliases=["fake-chat-alias"]),
     ModelSpec(name="fake-embed", kind=ModelKind.EMBEDDING, engine="fake", path="-"),
     ModelSpec(name="fake-rerank", kind=ModelKind.RERANK, engine="fake", path="-"),
+    ModelSpec(name="fake-sd", kind=ModelKind.IMAGE, engine="fake", path="-", options={"loras": {"ok-lora": "-"}}),
 ]
 
 
@@ -120,5 +140,6 @@ def fake_factory(spec: ModelSpec) -> Any:
         ModelKind.CHAT: FakeTextEngine,
         ModelKind.EMBEDDING: FakeEmbeddingEngine,
         ModelKind.RERANK: FakeScoreEngine,
+        ModelKind.IMAGE: FakeImageEngine,
     }[spec.kind]
     return engine_cls(spec, fail_load=spec.options.get("fail_load", False))

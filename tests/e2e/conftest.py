@@ -50,7 +50,13 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterato
     (data_dir / "models").mkdir()
     (data_dir / "models" / "demo").symlink_to(demo_root)
     port = _free_port()
-    env = {**os.environ, "OMNISERVE_DATA_DIR": str(data_dir), "OMNISERVE_PORT": str(port)}
+    env = {
+        **os.environ,
+        "OMNISERVE_DATA_DIR": str(data_dir),
+        "OMNISERVE_PORT": str(port),
+        # The webhook receivers in these tests listen on loopback.
+        "OMNISERVE_TASKS__ALLOW_PRIVATE_URLS": "true",
+    }
     created = _cli("keys", "create", "e2e", env=env)
     match = re.search(r"key: (\S+)", created)
     assert match, created

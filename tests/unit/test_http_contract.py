@@ -124,7 +124,7 @@ async def test_engine_crash_is_a_generic_500_without_internals(tmp_path: Path) -
 async def test_models_list_includes_aliases(client: AsyncTestClient) -> None:
     response = await client.get("/v1/models")
     ids = [card["id"] for card in response.json()["data"]]
-    assert ids == ["fake-chat", "fake-chat-alias", "fake-embed", "fake-rerank"]
+    assert ids == ["fake-chat", "fake-chat-alias", "fake-embed", "fake-rerank", "fake-sd"]
     one = await client.get("/openai/v1/models/fake-embed")
     assert one.json()["id"] == "fake-embed"
     missing = await client.get("/openai/v1/models/none")

@@ -1,0 +1,252 @@
+"""Tiny random Stable Diffusion models for the demo catalog and tests, built locally in about a second.
+
+`demo-sd` is an SD 1.x layout (one CLIP text encoder) and carries a LoRA and a textual-inversion
+embedding made for it; `demo-sdxl` is an SDXL layout (two text encoders, pooled text-time
+conditioning). Weights are random but seeded, so every build is identical and pixel comparisons
+between runs are meaningful. Building follows engines/demo.py: each model is assembled in a hidden
+sibling directory and renamed into place with a marker written last.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engines.base import ModelKind, ModelSpec
+
+# Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
+BUILD_VERSION = "omniserve-image-demo-1"
+MARKER = ".omniserve-built"
+
+LORA_NAME = "demo-lora"
+EMBEDDING_NAME = "demo-embedding"
+_LORA_FILE = f"loras/{LORA_NAME}.safetensors"
+_EMBEDDING_FILE = f"embeddings/{EMBEDDING_NAME}.safetensors"
+
+_HIDDEN = 32  # text encoder width; the UNet's cross-attention width follows it
+_TEXT_LAYERS = 4  # enough layers for clip_skip up to 4 to mean something
+
+
+def _clip_tokenizer() -> Any:
+    """CLIP's byte-level BPE with no merges: every character is one token, any text encodes."""
+    from transformers import CLIPTokenizer
+
+    # GPT-2's byte-to-symbol table: printable bytes stand for themselves, the rest move to U+0100 on.
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    shifted = iter(range(256, 512))
+    symbols = [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+    # CLIP marks the last symbol of each word with "</w>", so both forms are needed (514 entries).
+    tokens = [*symbols, *(s + "</w>" for s in symbols), "<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def _text_config(tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=_TEXT_LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=_HIDDEN,
+        bos_token_id=tokenizer.bos_token_id,
+        # The pooled output is read at the first eos token; a wrong id would pool position 0.
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _vae() -> Any:
+    from diffusers import AutoencoderKL
+
+    # Four blocks keep the real x8 latent scale, so width/height rules match real checkpoints.
+    return AutoencoderKL(
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+
+
+def _unet(**extra: Any) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        norm_num_groups=4,
+        **{"cross_attention_dim": _HIDDEN, **extra},
+    )
+
+
+def _sd15_scheduler_config() -> dict[str, Any]:
+    # What SD 1.5 ships: PNDM on the scaled-linear schedule.
+    return {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+    }
+
+
+def _build_sd(out: Path) -> None:
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)  # same weights on every build
+    tokenizer = _clip_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        unet=_unet(),
+        scheduler=PNDMScheduler(**_sd15_scheduler_config()),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+
+    # A LoRA on the UNet's attention projections. Random (not zero) B matrices, so that it
+    # visibly changes the output at strength 1 and a test can tell it is applied.
+    pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
+    (out / "loras").mkdir()
+    # save_lora_weights writes one file into a directory; rename it to the catalog's name.
+    StableDiffusionPipeline.save_lora_weights(
+        out / "loras", unet_lora_layers=get_peft_model_state_dict(pipe.unet), safe_serialization=True
+    )
+    (out / "loras" / "pytorch_lora_weights.safetensors").rename(out / _LORA_FILE)
+
+    # Textual inversion in A1111's safetensors layout ("emb_params", one row per vector); two
+    # vectors so the multi-vector expansion is exercised too.
+    (out / "embeddings").mkdir()
+    save_file({"emb_params": torch.randn(2, _HIDDEN)}, str(out / _EMBEDDING_FILE))
+
+
+def _build_sdxl(out: Path) -> None:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    config = _text_config(tokenizer)
+    time_embed_dim = 8
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=_clip_tokenizer(),
+        # Cross-attention sees both encoders side by side; the added embedding gets the pooled
+        # text (projection_dim) plus six micro-conditioning numbers (sizes, crop) embedded each.
+        unet=_unet(
+            cross_attention_dim=2 * _HIDDEN,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed_dim,
+            projection_class_embeddings_input_dim=6 * time_embed_dim + _HIDDEN,
+            use_linear_projection=True,
+        ),
+        # What SDXL base ships: Euler on the same scaled-linear schedule.
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(out)
+
+
+_BUILDERS: dict[str, Callable[[Path], None]] = {"demo-sd": _build_sd, "demo-sdxl": _build_sdxl}
+
+
+def image_demo_catalog(root: Path) -> list[ModelSpec]:
+    """The image demo specs; built models live under `root` (see `build_image_demo_models`)."""
+    root = Path(root)
+    sd = root / "demo-sd"
+    return [
+        ModelSpec(
+            name="demo-sd",
+            kind=ModelKind.IMAGE,
+            engine="diffusers",
+            path=str(sd),
+            options={
+                "loras": {LORA_NAME: str(sd / _LORA_FILE)},
+                "embeddings": {EMBEDDING_NAME: str(sd / _EMBEDDING_FILE)},
+            },
+        ),
+        ModelSpec(name="demo-sdxl", kind=ModelKind.IMAGE, engine="diffusers", path=str(root / "demo-sdxl")),
+    ]
+
+
+def _is_built(path: Path) -> bool:
+    marker = path / MARKER
+    return marker.is_file() and marker.read_text().strip() == BUILD_VERSION
+
+
+def _build_one(target: Path, builder: Callable[[Path], None], force: bool) -> None:
+    if not force and _is_built(target):
+        return
+    # A sibling temp dir: same filesystem, so the final rename is atomic and a crash leaves
+    # at most a hidden temp dir, never a half model at `target`.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        builder(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
+        (tmp / MARKER).write_text(BUILD_VERSION + "\n")  # last: means "complete"
+        if not force and _is_built(target):
+            return  # another process finished it meanwhile; don't pull it from under a reader
+        if target.exists():
+            shutil.rmtree(target)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _is_built(target):  # lost a race to an equally good build: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpec]:
+    """Build missing (or, with `force`, all) image demo models under `root`; return the specs."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, builder in _BUILDERS.items():
+        _build_one(root / name, builder, force)
+    specs = image_demo_catalog(root)
+    for spec in specs:
+        if not Path(spec.path, "model_index.json").is_file():
+            raise FileNotFoundError(f"{spec.name}: no pipeline at {spec.path}")
+    return specs
+
+
+if __name__ == "__main__":
+    import sys
+
+    for s in build_image_demo_models(Path(sys.argv[1] if len(sys.argv) > 1 else "demo-models")):
+        print(f"{s.name}\t{s.kind}\t{s.path}")

@@ -1,0 +1,366 @@
+"""DiffusersImageEngine: SD 1.x and SDXL checkpoints behind the ImageEngine protocol.
+
+A pipeline call is seconds of CPU-bound work, so it runs on a worker thread and the event loop
+keeps serving. One lock per device serializes jobs there: two pipelines on one device only slow
+each other down, and a job sets shared pipeline state (scheduler, active LoRAs) for its duration.
+Prompts go through compel (A1111 emphasis, prompts longer than CLIP's 77-token window); without
+compel they go to diffusers as they are, and a prompt over the window is refused, never truncated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import io
+import json
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from engines.base import ImageGeneration, ImageResult, ModelSpec, ProgressCallback
+from engines.image.samplers import SAMPLERS, make_scheduler
+from schemas.errors import ApiError, ErrorCode
+
+log = logging.getLogger("omniserve.engines.diffusers")
+
+_DEVICE_LOCKS: dict[str, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def _device_lock(device: str) -> threading.Lock:
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+
+
+class _Cancelled(Exception):
+    """Raised from the step callback to stop a pipeline whose caller has gone away."""
+
+
+def _invalid(message: str, param: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
+
+
+# A1111 emphasis tokens: escaped bracket or backslash, a lone backslash, an opening bracket,
+# ":weight)" closing a weighted group, a closing bracket, plain text, a stray colon.
+_EMPHASIS = re.compile(r"\\[()\[\]\\]|\\|[(\[]|:\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*\)|[)\]]|[^\\()\[\]:]+|:")
+
+
+def parse_emphasis(prompt: str) -> list[tuple[str, float]]:
+    """Split an A1111 prompt into (text, weight) runs: (x) is x1.1, [x] is x/1.1, (x:w) is xw; nesting multiplies."""
+    runs: list[list[Any]] = []  # [text, weight]
+    groups: list[tuple[str, int]] = []  # open bracket, index of the first run inside it
+
+    def scale(start: int, factor: float) -> None:
+        for run in runs[start:]:
+            run[1] *= factor
+
+    for match in _EMPHASIS.finditer(prompt):
+        token, weight = match.group(0), match.group(1)
+        opener = groups[-1][0] if groups else None
+        if token in ("(", "["):
+            groups.append((token, len(runs)))
+        elif opener == "(" and (weight is not None or token == ")"):
+            scale(groups.pop()[1], float(weight) if weight is not None else 1.1)
+        elif opener == "[" and token == "]":
+            scale(groups.pop()[1], 1 / 1.1)
+        else:  # text, escapes, and brackets that close nothing
+            runs.append([token[1:] if len(token) == 2 and token[0] == "\\" else token, 1.0])
+    for opener, start in groups:  # unclosed groups still count, as in A1111
+        scale(start, 1.1 if opener == "(" else 1 / 1.1)
+    merged: list[tuple[str, float]] = []
+    for text, weight in runs:
+        # Whitespace alone holds no tokens and compel cannot place it: it joins the run before,
+        # which keeps words apart where the runs are joined again (SDXL's pooled text).
+        if merged and (merged[-1][1] == weight or not text.strip()):
+            merged[-1] = (merged[-1][0] + text, merged[-1][1])
+        elif text.strip():
+            merged.append((text, weight))
+    return merged or [("", 1.0)]
+
+
+@functools.cache
+def _compel_provider() -> Any:
+    """compel's embeddings provider with A1111 clip skip, or None when compel is missing."""
+    try:
+        from compel import EmbeddingsProvider
+    except ImportError as exc:
+        log.warning("compel unavailable (%s): prompts are neither weighted nor longer than 77 tokens", exc)
+        return None
+
+    class ClipSkipProvider(EmbeddingsProvider):
+        # compel itself reads only the last or the penultimate layer; this reads `skip` layers
+        # below the last (hidden_states[-1] is the last layer before CLIP's final norm).
+        def __init__(self, tokenizer: Any, encoder: Any, manager: Any, *, skip: int, normalize: bool) -> None:
+            super().__init__(tokenizer, encoder, textual_inversion_manager=manager, truncate=False)
+            self.skip, self.normalize = skip, normalize
+
+        def _encode_token_ids_to_embeddings(self, token_ids: Any, attention_mask: Any = None) -> Any:
+            out = self.text_encoder(token_ids, attention_mask, output_hidden_states=True, return_dict=True)
+            hidden = out.hidden_states[-1 - self.skip]
+            if not self.normalize:
+                return hidden
+            # transformers 5 flattened CLIPTextModel (no .text_model); compel's and diffusers' own
+            # clip-skip paths still look for it and fail with AttributeError.
+            encoder: Any = self.text_encoder
+            return getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+
+    return ClipSkipProvider
+
+
+def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: Any) -> dict[str, Any]:
+    """prompt_embeds (and SDXL's pooled embeds) for both prompts, through compel."""
+    import torch
+
+    provider_class = _compel_provider()
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    encoders = [(pipe.tokenizer, pipe.text_encoder, manager)]
+    if xl:  # the textual-inversion manager speaks the first tokenizer only
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2, None))
+    # SD 1.x conditions on the normalized last layer, SDXL on each encoder's raw penultimate one.
+    providers = [provider_class(t, e, m, skip=skip + xl, normalize=not xl) for t, e, m in encoders]
+    runs = {"prompt": parse_emphasis(prompt), "negative_prompt": parse_emphasis(negative)}
+    embeds = {
+        key: [
+            p.get_embeddings_for_weighted_prompt_fragments([[t for t, _ in r]], [[w for _, w in r]], device=pipe.device)
+            for p in providers
+        ]
+        for key, r in runs.items()
+    }
+    # CFG batches positive and negative together, so both must be equally long: pad in whole
+    # 77-token chunks with the empty prompt's embedding, as compel does.
+    length = max(e.shape[1] for per in embeds.values() for e in per)
+
+    def pad(e: Any, provider: Any) -> Any:
+        empty = provider.empty_z.to(e.dtype)
+        return torch.cat([e, empty.repeat(1, (length - e.shape[1]) // empty.shape[1], 1)], dim=1)
+
+    out = {
+        f"{key}_embeds": torch.cat([pad(e, p) for e, p in zip(per, providers, strict=True)], -1)
+        for key, per in embeds.items()
+    }
+    if xl:  # pooled text of the second encoder; like compel and A1111, of the first 77 tokens
+        plain = {key: "".join(t for t, _ in r) for key, r in runs.items()}
+        out["pooled_prompt_embeds"] = providers[1].get_pooled_embeddings([plain["prompt"]], device=pipe.device)
+        out["negative_pooled_prompt_embeds"] = providers[1].get_pooled_embeddings([plain["negative_prompt"]])
+        if not negative and pipe.config.get("force_zeros_for_empty_prompt", False):
+            # What SDXL itself does for no negative prompt: zeros, not the encoding of "".
+            for key in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):
+                out[key] = torch.zeros_like(out[key])
+    return out
+
+
+def _decode_image(data: bytes, size: tuple[int, int], mode: str, param: str) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert(mode).resize(size, Image.Resampling.LANCZOS)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+        raise _invalid(f"{param} is not a readable PNG, JPEG or WebP image", param) from exc
+
+
+class DiffusersImageEngine:
+    """One diffusers text-to-image pipeline; img2img and inpainting pipelines share its modules."""
+
+    def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
+        self.spec = spec
+        self.device = device
+        self._lock = _device_lock(device)
+        self._pipe: Any = None
+        self._derived: dict[str, Any] = {}  # "img2img" / "inpaint" -> pipeline built with from_pipe
+        self._scheduler_config: Any = None  # the checkpoint's own, base of every sampler
+        self._loras: set[str] = set()  # adapters loaded into the modules so far
+        self._embeddings: set[str] = set()  # textual-inversion tokens added so far
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    async def load(self) -> None:
+        if self._pipe is None:
+            self._pipe = await asyncio.to_thread(self._load_pipeline)
+            self._scheduler_config = self._pipe.scheduler.config
+
+    def _load_pipeline(self) -> Any:
+        import torch
+        from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        # Half precision only where kernels for it exist; CPU runs float32.
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        path = Path(self.spec.path)
+        log.info("loading image model %s with diffusers", self.spec.name)
+        if path.suffix == ".safetensors":
+            # One-file (A1111-style) checkpoint. diffusers takes the component configs from the hub
+            # unless options.config names a local diffusers folder of the same architecture.
+            xl = self.spec.options.get("architecture") == "sdxl"
+            single = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+            pipe = single.from_single_file(str(path), config=self.spec.options.get("config"), dtype=dtype)
+        else:
+            class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+            known = {cls.__name__: cls for cls in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+            pipe = known.get(class_name, AutoPipelineForText2Image).from_pretrained(str(path), dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)  # progress goes to the callback, not to stderr
+        return pipe.to(self.device)
+
+    async def unload(self) -> None:
+        self._pipe, self._scheduler_config = None, None
+        self._derived.clear()
+        self._loras.clear()
+        self._embeddings.clear()
+        gc.collect()  # pipelines hold reference cycles; free the weights now, not at some later GC
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def memory_bytes(self) -> int:
+        if self._pipe is None:
+            return self.spec.memory_bytes
+        modules = [c for c in self._pipe.components.values() if hasattr(c, "parameters")]
+        return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+    async def health(self) -> bool:
+        return self._pipe is not None
+
+    async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult:
+        """Images for `job`; image i is drawn from a CPU generator seeded with `job.seed + i`."""
+        if self._pipe is None:
+            raise RuntimeError(f"model {self.spec.name} is not loaded")
+        self._validate(job)  # before queueing for the device: bad input fails at once
+        cancelled = threading.Event()
+        try:
+            images = await asyncio.to_thread(self._run, job, progress, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()  # a thread cannot be interrupted; the pipeline stops at its next step
+            raise
+        return ImageResult(images=images, seed=job.seed)
+
+    def _validate(self, job: ImageGeneration) -> None:
+        if job.sampler is not None and job.sampler not in SAMPLERS:
+            raise _invalid(f"unknown sampler {job.sampler!r}; known: {', '.join(SAMPLERS)}", "sampler_name")
+        for param, names, known in (
+            ("loras", [lora.name for lora in job.loras], self.spec.options.get("loras", {})),
+            ("embeddings", job.embeddings, self.spec.options.get("embeddings", {})),
+        ):
+            for name in names:
+                if name not in known:
+                    raise _invalid(f"{name!r} is not available for model {self.spec.name}", param)
+            if len(set(names)) != len(names):
+                raise _invalid(f"{param} lists a name twice", param)
+        factor = self._pipe.vae_scale_factor
+        for param, value in (("width", job.width), ("height", job.height)):
+            if value % factor:
+                raise _invalid(f"{param} must be a multiple of {factor}", param)
+        layers = self._pipe.text_encoder.config.num_hidden_layers - (1 if self._is_xl else 0)
+        if job.clip_skip is not None and not 1 <= job.clip_skip <= layers:
+            raise _invalid(f"clip_skip must be between 1 and {layers} for this model", "clip_skip")
+        if job.mask_image is not None and job.init_image is None:
+            raise _invalid("mask_image needs an init_image to inpaint", "init_image")
+        if job.init_image is not None and job.strength is not None and int(job.steps * job.strength) < 1:
+            raise _invalid("steps * strength must leave at least one denoising step", "strength")
+
+    @property
+    def _is_xl(self) -> bool:
+        return getattr(self._pipe, "text_encoder_2", None) is not None
+
+    def _run(self, job: ImageGeneration, progress: ProgressCallback | None, cancelled: threading.Event) -> list[Any]:
+        import torch
+
+        size = (job.width, job.height)
+        inputs: dict[str, Any] = {}
+        if job.init_image is not None:  # decoded before taking the device: it needs no device
+            inputs["image"] = _decode_image(job.init_image, size, "RGB", "init_image")
+            if job.mask_image is not None:
+                inputs["mask_image"] = _decode_image(job.mask_image, size, "L", "mask_image")
+            if job.strength is not None:
+                inputs["strength"] = job.strength
+        if job.init_image is None or job.mask_image is not None:
+            # img2img takes its size from the (resized) image and has no width/height arguments.
+            inputs.update(width=job.width, height=job.height)
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancelled.is_set():
+                raise _Cancelled
+            if progress is not None:  # num_timesteps counts the steps left after img2img strength
+                progress(min(1.0, (step + 1) / max(1, pipe.num_timesteps)))
+            return tensors
+
+        with self._lock:
+            if cancelled.is_set():
+                raise _Cancelled
+            pipe = self._pipeline_for(job)
+            if job.sampler is None:  # a fresh copy: schedulers keep per-run state
+                pipe.scheduler = type(self._pipe.scheduler).from_config(self._scheduler_config)
+            else:
+                pipe.scheduler = make_scheduler(job.sampler, self._scheduler_config, seed=job.seed)
+            self._activate_loras(job)
+            self._add_embeddings(job)
+            result = pipe(
+                **self._prompt_inputs(job),
+                **inputs,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                num_images_per_prompt=job.image_num,
+                # One CPU generator per image: the same pixels on any device, and image i of a
+                # batch starts from the noise of a one-image job with seed + i.
+                generator=[torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.image_num)],
+                callback_on_step_end=on_step_end,
+                output_type="pil",
+            )
+        return list(result.images)
+
+    def _pipeline_for(self, job: ImageGeneration) -> Any:
+        if job.init_image is None:
+            return self._pipe
+        kind = "img2img" if job.mask_image is None else "inpaint"
+        if kind not in self._derived:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            auto = AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting
+            derived = auto.from_pipe(self._pipe)  # shares the modules: no second copy of the weights
+            derived.set_progress_bar_config(disable=True)
+            self._derived[kind] = derived
+        return self._derived[kind]
+
+    def _activate_loras(self, job: ImageGeneration) -> None:
+        if not job.loras:
+            if self._loras:  # adapters live in the shared modules; switch them off for this job
+                self._pipe.disable_lora()
+            return
+        paths = self.spec.options.get("loras", {})
+        for lora in job.loras:
+            if lora.name not in self._loras:
+                self._pipe.load_lora_weights(paths[lora.name], adapter_name=lora.name)
+                self._loras.add(lora.name)
+        self._pipe.enable_lora()
+        self._pipe.set_adapters(
+            [lora.name for lora in job.loras], adapter_weights=[lora.strength for lora in job.loras]
+        )
+
+    def _add_embeddings(self, job: ImageGeneration) -> None:
+        # Added once and kept: the token only means something when a prompt uses it.
+        paths = self.spec.options.get("embeddings", {})
+        for name in job.embeddings:
+            if name not in self._embeddings:
+                self._pipe.load_textual_inversion(paths[name], token=name)
+                self._embeddings.add(name)
+
+    def _prompt_inputs(self, job: ImageGeneration) -> dict[str, Any]:
+        skip = (job.clip_skip or 1) - 1  # A1111 numbering: clip_skip 1 is the last layer
+        if _compel_provider() is not None:
+            from compel import DiffusersTextualInversionManager
+
+            # The manager expands multi-vector embedding tokens; without embeddings it only costs time.
+            manager = DiffusersTextualInversionManager(self._pipe) if self._embeddings else None
+            return _encode_prompts(self._pipe, job.prompt, job.negative_prompt, skip, manager)
+        tokenizers = [t for t in (self._pipe.tokenizer, getattr(self._pipe, "tokenizer_2", None)) if t is not None]
+        for param, text in (("prompt", job.prompt), ("negative_prompt", job.negative_prompt)):
+            for tokenizer in tokenizers:
+                count = len(tokenizer(self._pipe.maybe_convert_prompt(text, tokenizer)).input_ids)
+                if count > tokenizer.model_max_length:
+                    raise _invalid(f"{param} is {count} tokens; this server takes {tokenizer.model_max_length}", param)
+        # diffusers counts clip_skip as layers skipped below the last; None keeps the default.
+        return {"prompt": job.prompt, "negative_prompt": job.negative_prompt or None, "clip_skip": skip or None}

@@ -1,0 +1,1 @@
+"""Novita-compatible /v3 routes."""

@@ -1,0 +1,75 @@
+"""Async image task submission, task results, and the signed output files."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.response import File
+
+from schemas.errors import ApiError, ErrorCode
+from schemas.v3.common import TaskSubmitted
+from schemas.v3.images import Txt2ImgBody
+from schemas.v3.tasks import TaskResult
+from server.errors import validation_error
+from server.state import AppState
+from server.tasks.results import build_result
+
+_CONTENT_TYPES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "wav": "audio/wav",
+    "mp3": "audio/mpeg",
+}
+
+
+def _decode(raw: bytes, body_type: type[Txt2ImgBody]) -> Txt2ImgBody:
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise validation_error(exc) from None
+
+
+def _caller(request: Request) -> str | None:
+    key_id: str | None = request.scope.get("state", {}).get("api_key_id")
+    return key_id
+
+
+class AsyncTaskController(Controller):
+    path = "/v3/async"
+    tags = ["v3: async tasks"]
+
+    @post("/txt2img", status_code=200, summary="Submit a text-to-image task")
+    async def txt2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        task_id = await app_state.image_tasks.submit_txt2img(raw, _decode(raw, Txt2ImgBody), _caller(request))
+        return TaskSubmitted(task_id=task_id)
+
+    @get("/task-result", summary="Poll an async task")
+    async def task_result(self, request: Request, task_id: str, app_state: AppState) -> TaskResult:
+        task = await app_state.task_store.get(task_id)
+        # Another key's task is reported as missing, not as forbidden: ids are not probes.
+        if task is None or (task.owner_key_id is not None and task.owner_key_id != _caller(request)):
+            raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Task '{task_id}' does not exist.", param="task_id")
+        progress = app_state.task_runner.progress.get(task_id)
+        return build_result(task, app_state.storage, str(request.base_url), progress)
+
+
+class FilesController(Controller):
+    """Task outputs. The signature in the URL is the credential (SDKs download without
+    their API key), so these routes sit outside the key guard."""
+
+    path = "/v3/files"
+    tags = ["v3: files"]
+
+    @get("/{task_id:str}/{name:str}", summary="Download a task output by its signed URL")
+    async def download(self, task_id: str, name: str, expires: int, signature: str, app_state: AppState) -> File:
+        key = f"{task_id}/{name}"
+        if not app_state.storage.verify(key, expires, signature):
+            raise ApiError(ErrorCode.ACCESS_DENY, "This URL is invalid or has expired.")
+        path = app_state.storage.open_path(key)
+        if path is None:
+            raise ApiError(ErrorCode.TASK_NOT_FOUND, "This output no longer exists.")
+        media_type = _CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
+        return File(path=path, media_type=media_type, content_disposition_type="inline")

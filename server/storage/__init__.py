@@ -1,0 +1,1 @@
+"""Where task outputs (images, videos, audio) live until their signed URLs expire."""

@@ -1,0 +1,155 @@
+"""/v3 image tasks: validate and submit, then execute on the image engine."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+from typing import Any, cast
+
+import msgspec
+
+from engines.base import ImageEngine, ImageGeneration, LoraWeight, ModelKind
+from engines.scheduler import Scheduler
+from schemas.errors import ApiError, ErrorCode
+from schemas.v3.common import CommonExtra
+from schemas.v3.images import Txt2ImgBody
+from server.netguard import check_public_url_async
+from server.storage.local import LocalStorage
+from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
+from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
+
+MIN_SIDE, MAX_SIDE = 128, 2048
+MAX_IMAGE_NUM = 8
+MAX_STEPS = 100
+MAX_PROMPT_CHARS = 4096
+SEED_LIMIT = 2**32 - 1
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def _invalid(message: str, param: str, code: ErrorCode = ErrorCode.INVALID_REQUEST_BODY) -> ApiError:
+    return ApiError(code, message, param=param)
+
+
+def encode_image(image: Any, image_type: str) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=_PIL_FORMATS[image_type])
+    return buffer.getvalue()
+
+
+class ImageTasks:
+    def __init__(
+        self, scheduler: Scheduler, runner: TaskRunner, storage: LocalStorage, *, allow_private_urls: bool
+    ) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.storage = storage
+        self.allow_private_urls = allow_private_urls
+        runner.register(TaskType.TXT_TO_IMG, self.execute)
+
+    async def _check_extra(self, extra: CommonExtra) -> None:
+        if extra.webhook is not None:
+            await check_public_url_async(
+                extra.webhook.url, allow_private=self.allow_private_urls, param="extra.webhook.url"
+            )
+        if extra.custom_storage is not None and extra.custom_storage.aws_s3 is not None:
+            raise _invalid("custom_storage.aws_s3 is not supported by this server yet.", "extra.custom_storage")
+        if extra.enable_nsfw_detection:
+            raise _invalid("NSFW detection is not available on this server yet.", "extra.enable_nsfw_detection")
+        if not 0 <= extra.nsfw_detection_level <= 2:
+            raise _invalid("nsfw_detection_level must be 0, 1 or 2.", "extra.nsfw_detection_level")
+
+    def _check_request(self, body: Txt2ImgBody, engine: ImageEngine) -> None:
+        request = body.request
+        for side, name in ((request.width, "request.width"), (request.height, "request.height")):
+            if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+                raise _invalid(
+                    f"{name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}.",
+                    name,
+                    ErrorCode.INVALID_IMAGE_SIZE,
+                )
+        if not request.prompt.strip() or len(request.prompt) > MAX_PROMPT_CHARS:
+            raise _invalid(f"prompt must hold 1 to {MAX_PROMPT_CHARS} characters.", "request.prompt")
+        if not 1 <= request.image_num <= MAX_IMAGE_NUM:
+            raise _invalid(f"image_num must be between 1 and {MAX_IMAGE_NUM}.", "request.image_num")
+        if not 1 <= request.steps <= MAX_STEPS:
+            raise _invalid(f"steps must be between 1 and {MAX_STEPS}.", "request.steps")
+        if not 0 <= request.guidance_scale <= 30:
+            raise _invalid("guidance_scale must be between 0 and 30.", "request.guidance_scale")
+        if request.clip_skip is not None and not 0 <= request.clip_skip <= 12:
+            raise _invalid("clip_skip must be between 0 and 12.", "request.clip_skip")
+        if request.seed is not None and not -1 <= request.seed <= SEED_LIMIT:
+            raise _invalid(f"seed must be -1 or between 0 and {SEED_LIMIT}.", "request.seed")
+        for unsupported in ("hires_fix", "refiner"):
+            if getattr(request, unsupported) is not None:
+                raise _invalid(f"{unsupported} is not supported by this server yet.", f"request.{unsupported}")
+        if request.sd_vae:
+            raise _invalid("sd_vae is not supported by this server yet.", "request.sd_vae")
+        options = engine.spec.options
+        for lora in request.loras or []:
+            if lora.model_name not in options.get("loras", {}):
+                raise _invalid(f"Unknown LoRA '{lora.model_name}'.", "request.loras")
+            if not 0 <= lora.strength <= 1:
+                raise _invalid("LoRA strength must be between 0 and 1.", "request.loras")
+        for embedding in request.embeddings or []:
+            if embedding.model_name not in options.get("embeddings", {}):
+                raise _invalid(f"Unknown embedding '{embedding.model_name}'.", "request.embeddings")
+        from engines.image.samplers import SAMPLERS
+
+        if request.sampler_name and request.sampler_name not in SAMPLERS:
+            raise _invalid(f"Unknown sampler '{request.sampler_name}'.", "request.sampler_name")
+
+    async def submit_txt2img(self, raw: bytes, body: Txt2ImgBody, owner: str | None) -> str:
+        engine = self.scheduler.engine(body.request.model_name)
+        if engine.spec.kind is not ModelKind.IMAGE:
+            raise _invalid(f"The model '{body.request.model_name}' is not an image model.", "request.model_name")
+        await self._check_extra(body.extra)
+        self._check_request(body, cast(ImageEngine, engine))
+        seed = body.request.seed
+        task = Task(
+            task_type=TaskType.TXT_TO_IMG,
+            model=engine.spec.name,
+            request=raw,
+            owner_key_id=owner,
+            seed=secrets.randbelow(SEED_LIMIT) if seed is None or seed < 0 else seed,
+            webhook_url=body.extra.webhook.url if body.extra.webhook else None,
+        )
+        test_mode = body.extra.webhook.test_mode if body.extra.webhook else None
+        if test_mode is not None and test_mode.enabled:
+            # A mock event of the chosen status; no inference runs.
+            task.status = TaskStatus(test_mode.return_task_status)
+            task.execute_time_ms = task.complete_time_ms = now_ms()
+            if task.status is TaskStatus.FAILED:
+                task.reason = "Webhook test mode: a mock failure."
+            await self.runner.record_finished(task)
+        else:
+            await self.runner.submit(task)
+        return task.task_id
+
+    async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
+        body = msgspec.json.decode(task.request, type=Txt2ImgBody)
+        request = body.request
+        job = ImageGeneration(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt or "",
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            seed=task.seed or 0,
+            image_num=request.image_num,
+            sampler=request.sampler_name or None,
+            clip_skip=request.clip_skip or None,
+            loras=[LoraWeight(name=lora.model_name, strength=lora.strength) for lora in request.loras or []],
+            embeddings=[embedding.model_name for embedding in request.embeddings or []],
+        )
+        async with self.scheduler.lease(task.model) as leased:
+            result = await cast(ImageEngine, leased).generate(job, progress)
+        image_type = body.extra.response_image_type
+        outputs = []
+        for index, image in enumerate(result.images):
+            data = await asyncio.to_thread(encode_image, image, image_type)
+            key = f"{task.task_id}/{index}.{image_type}"
+            await asyncio.to_thread(self.storage.put, key, data)
+            outputs.append(OutputFile(kind="image", key=key, media_type=image_type))
+        return TaskOutcome(outputs=outputs, seed=result.seed)

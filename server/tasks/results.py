@@ -1,0 +1,69 @@
+"""The task-result body, in the seed's exact shape, with signed URLs that resolve."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.v3.tasks import DebugInfo, NsfwResult, TaskAudio, TaskExtra, TaskImage, TaskInfo, TaskResult, TaskVideo
+from server.storage.local import LocalStorage
+from server.tasks.models import Task, TaskStatus
+
+_encoder = msgspec.json.Encoder()
+
+
+def _ms(value: int | None) -> str:
+    return str(value) if value is not None else ""
+
+
+def build_result(
+    task: Task, storage: LocalStorage, base_url: str, progress: tuple[int, int] | None = None
+) -> TaskResult:
+    percent, eta = progress if progress is not None else (0, 0)
+    if task.status is TaskStatus.SUCCEED:
+        percent, eta = 100, 0
+    images: list[TaskImage] = []
+    videos: list[TaskVideo] = []
+    audios: list[TaskAudio] = []
+    if task.status is TaskStatus.SUCCEED:
+        ttl = str(task.url_ttl_s)
+        for output in task.outputs:
+            url = base_url.rstrip("/") + storage.signed_path(output.key, task.url_ttl_s)
+            if output.kind == "image":
+                nsfw = msgspec.convert(output.nsfw, NsfwResult) if output.nsfw else None
+                images.append(
+                    TaskImage(
+                        image_url=url, image_url_ttl=ttl, image_type=output.media_type, nsfw_detection_result=nsfw
+                    )
+                )
+            elif output.kind == "video":
+                videos.append(TaskVideo(video_url=url, video_url_ttl=ttl, video_type=output.media_type))
+            elif output.kind == "audio":
+                audios.append(TaskAudio(audio_url=url, audio_url_ttl=ttl, audio_type=output.media_type))
+    request_info = task.request.decode("utf-8", errors="replace")
+    return TaskResult(
+        extra=TaskExtra(
+            seed=str(task.seed) if task.seed is not None else "",
+            enable_nsfw_detection=any(output.nsfw is not None for output in task.outputs),
+            debug_info=DebugInfo(
+                request_info=request_info,
+                submit_time_ms=_ms(task.submit_time_ms),
+                execute_time_ms=_ms(task.execute_time_ms),
+                complete_time_ms=_ms(task.complete_time_ms),
+            ),
+        ),
+        task=TaskInfo(
+            task_id=task.task_id,
+            task_type=task.task_type.value,
+            status=task.status.value,
+            reason=task.reason,
+            eta=eta,
+            progress_percent=percent,
+        ),
+        images=images,
+        videos=videos,
+        audios=audios,
+    )
+
+
+def encode_result(result: TaskResult) -> bytes:
+    return _encoder.encode(result)

@@ -1,0 +1,140 @@
+"""Runs /v3 tasks: takes queued tasks, executes them through the scheduler, stores the
+outputs, records the result, and notifies webhooks.
+
+Tasks live in the TaskStore, so the in-memory queue only carries ids: after a restart
+the queued ones are re-read from the store, and the ones that were running are FAILED
+with a reason (``recover_interrupted``), never left PROCESSING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from schemas.errors import ApiError
+from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
+from server.tasks.store import TaskStore
+from server.tasks.webhooks import WebhookSender
+
+log = logging.getLogger("omniserve.tasks")
+
+INTERRUPTED_REASON = "The server restarted while this task was running; submit it again."
+
+
+class TaskOutcome(msgspec.Struct, kw_only=True):
+    outputs: list[OutputFile]
+    seed: int | None = None
+
+
+class ProgressReporter:
+    """Thread-safe progress for one running task, kept in memory (polled often, worth
+    nothing after a restart, so never written to the store)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, board: dict[str, tuple[int, int]], task_id: str) -> None:
+        self._loop = loop
+        self._board = board
+        self._task_id = task_id
+        self._started = time.monotonic()
+
+    def __call__(self, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        elapsed = time.monotonic() - self._started
+        eta = round(elapsed / fraction - elapsed) if fraction > 0 else 0
+        self._loop.call_soon_threadsafe(self._board.__setitem__, self._task_id, (int(fraction * 100), eta))
+
+
+Executor = Callable[[Task, ProgressReporter], Awaitable[TaskOutcome]]
+ResultRenderer = Callable[[Task], bytes]
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        store: TaskStore,
+        webhooks: WebhookSender,
+        render_result: ResultRenderer,
+        *,
+        workers: int = 2,
+    ) -> None:
+        self.store = store
+        self.webhooks = webhooks
+        self.render_result = render_result
+        self.workers = workers
+        self.executors: dict[TaskType, Executor] = {}
+        self.progress: dict[str, tuple[int, int]] = {}
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deliveries: set[asyncio.Task[None]] = set()
+
+    def register(self, task_type: TaskType, executor: Executor) -> None:
+        self.executors[task_type] = executor
+
+    async def start(self) -> None:
+        failed = await self.store.recover_interrupted(INTERRUPTED_REASON)
+        if failed:
+            log.warning("%d tasks were running when the server stopped; marked failed", failed)
+        for task in await self.store.next_queued(10_000):
+            self._queue.put_nowait(task.task_id)
+        self._tasks = [asyncio.create_task(self._work(), name=f"task-worker-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for worker in self._tasks:
+            worker.cancel()
+        await asyncio.gather(*self._tasks, *self._deliveries, return_exceptions=True)
+
+    async def submit(self, task: Task) -> None:
+        await self.store.create(task)
+        self._queue.put_nowait(task.task_id)
+
+    async def record_finished(self, task: Task) -> None:
+        """A task that needs no execution (webhook test mode): store it and notify."""
+        await self.store.create(task)
+        self._notify(task.task_id)
+
+    async def _work(self) -> None:
+        while True:
+            task_id = await self._queue.get()
+            try:
+                await self._run(task_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one task must not stop the worker
+                log.exception("task %s crashed its worker", task_id)
+
+    async def _run(self, task_id: str) -> None:
+        task = await self.store.get(task_id)
+        if task is None or task.status is not TaskStatus.QUEUED:
+            return
+        await self.store.mark_processing(task_id, now_ms())
+        self.progress[task_id] = (0, 0)
+        reporter = ProgressReporter(asyncio.get_running_loop(), self.progress, task_id)
+        try:
+            outcome = await self.executors[task.task_type](task, reporter)
+        except asyncio.CancelledError:
+            # Shutdown mid-task: the restart recovery marks it failed with a reason.
+            raise
+        except ApiError as error:
+            await self.store.fail(task_id, error.message)
+        except Exception:
+            log.exception("task %s failed", task_id)
+            await self.store.fail(task_id, "The engine failed while running this task.")
+        else:
+            await self.store.finish(task_id, outcome.outputs, outcome.seed)
+        finally:
+            self.progress.pop(task_id, None)
+        self._notify(task_id)
+
+    def _notify(self, task_id: str) -> None:
+        delivery = asyncio.create_task(self._deliver(task_id))
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._deliveries.discard)
+
+    async def _deliver(self, task_id: str) -> None:
+        task = await self.store.get(task_id)
+        if task is None or not task.webhook_url:
+            return
+        await self.webhooks.deliver(task.webhook_url, self.render_result(task))

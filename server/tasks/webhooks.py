@@ -1,0 +1,101 @@
+"""Deliver task results to a client's webhook, Novita style.
+
+The body is ``{"event_type": "ASYNC_TASK_RESULT", "payload": <task-result body>}``; a
+timeout, a connection error or a non-2xx answer is retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit
+
+import httpx
+
+from schemas.errors import ApiError
+from server.netguard import check_public_url_async
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPE = "ASYNC_TASK_RESULT"
+MAX_BACKOFF_S = 30.0
+
+_ENVELOPE_HEAD = b'{"event_type":"' + EVENT_TYPE.encode() + b'","payload":'
+
+
+def envelope(payload_json: bytes) -> bytes:
+    """Wrap an encoded task-result body without decoding it again (it can hold base64 media)."""
+    return _ENVELOPE_HEAD + payload_json + b"}"
+
+
+def _redacted(url: str) -> str:
+    # Webhook URLs often carry a token in the query or userinfo: keep those out of logs.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        allow_private: bool,
+        timeout_s: float = 5.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._allow_private = allow_private
+        self._timeout_s = timeout_s
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        # Deliveries, not attempts: one webhook counts once, whatever its retries.
+        self.delivered = 0
+        self.failed = 0
+
+    async def deliver(self, url: str, payload_json: bytes, headers: dict[str, str] | None = None) -> bool:
+        """POST the result; True once an attempt gets a 2xx, False after the last retry."""
+        body = envelope(payload_json)
+        request_headers = {**(headers or {}), "content-type": "application/json"}
+        for attempt in range(self._max_retries + 1):
+            if attempt:
+                await asyncio.sleep(min(self._backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
+            failure = await self._attempt(url, body, request_headers)
+            if failure is None:
+                self.delivered += 1
+                return True
+            logger.warning(
+                "webhook to %s failed (attempt %d of %d): %s",
+                _redacted(url),
+                attempt + 1,
+                self._max_retries + 1,
+                failure,
+            )
+        self.failed += 1
+        return False
+
+    async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
+        """One POST; None on success, else why it failed (for the log)."""
+        try:
+            # Checked before every attempt: the name may resolve elsewhere by now. A refusal
+            # is retried like any failure, and nothing is ever sent to a refused address.
+            await check_public_url_async(url, allow_private=self._allow_private)
+        except ApiError as exc:
+            return f"refused: {exc.message}"
+        try:
+            # httpx's timeout bounds each phase (connect, each read); the outer one bounds
+            # the whole attempt, so a receiver that trickles bytes cannot hold it open.
+            async with asyncio.timeout(self._timeout_s):
+                # Redirects are not followed: the new location was never checked by netguard.
+                # Streaming without reading the body: the answer's status is all we need.
+                async with self._client.stream(
+                    "POST", url, content=body, headers=headers, timeout=self._timeout_s, follow_redirects=False
+                ) as response:
+                    status = response.status_code
+        except (TimeoutError, httpx.TimeoutException):
+            return f"no answer within {self._timeout_s:g} s"
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if 200 <= status < 300:
+            return None
+        return f"HTTP {status}"

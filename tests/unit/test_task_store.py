@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.tasks.models import OutputFile, Task, TaskStatus, TaskType
+from server.tasks.store import SqliteTaskStore, TaskStore
+
+
+def _task(**fields: object) -> Task:
+    defaults: dict[str, object] = {
+        "task_type": TaskType.TXT_TO_IMG,
+        "model": "tiny-sd",
+        "request": b'{"request": {"prompt": "a cat"}}',
+    }
+    return Task(**{**defaults, **fields})  # type: ignore[arg-type]
+
+
+async def test_create_get_round_trip(tmp_path: Path) -> None:
+    store: TaskStore = SqliteTaskStore(tmp_path / "tasks.sqlite3")
+    task = _task(
+        owner_key_id="k1",
+        webhook_url="https://example.com/hook",
+        trace_context={"traceparent": "00-abc-def-01"},
+        url_ttl_s=600,
+        seed=7,
+    )
+    await store.create(task)
+    assert await store.get(task.task_id) == task
+    assert await store.get("no-such-task") is None
+
+
+async def test_transitions_and_finished_tasks_are_final(tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3")
+    task = _task(trace_context={"traceparent": "t"})
+    await store.create(task)
+    assert not await store.update_progress(task.task_id, 50, 3)  # not running yet
+    assert await store.mark_processing(task.task_id, 1234)
+    assert not await store.mark_processing(task.task_id, 1235)  # a second runner loses
+    assert await store.update_progress(task.task_id, 150, -1)
+    running = await store.get(task.task_id)
+    assert running is not None
+    assert (running.status, running.progress_percent, running.eta) == (TaskStatus.PROCESSING, 100, 0)
+    assert (running.execute_time_ms, running.attempts) == (1234, 1)
+
+    outputs = [OutputFile(kind="image", key=f"{task.task_id}/0.png", media_type="png", nsfw={"valid": True})]
+    assert await store.finish(task.task_id, outputs, seed=42)
+    assert not await store.fail(task.task_id, "late failure")
+    assert not await store.finish(task.task_id, [], seed=1)
+    assert not await store.update_progress(task.task_id, 10, 5)
+    done = await store.get(task.task_id)
+    assert done is not None
+    assert done.status is TaskStatus.SUCCEED
+    assert (done.outputs, done.seed, done.reason, done.progress_percent) == (outputs, 42, "", 100)
+    assert done.trace_context == {"traceparent": "t"}
+    assert done.complete_time_ms is not None
+
+    failed = _task()
+    await store.create(failed)
+    assert await store.fail(failed.task_id, "engine exploded")
+    assert not await store.finish(failed.task_id, outputs, seed=1)
+    assert not await store.mark_processing(failed.task_id, 1)
+    after = await store.get(failed.task_id)
+    assert after is not None
+    assert (after.status, after.reason, after.outputs) == (TaskStatus.FAILED, "engine exploded", [])
+
+
+async def test_recover_interrupted_fails_only_processing(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    store = SqliteTaskStore(path)
+    queued, running, done = _task(submit_time_ms=1), _task(submit_time_ms=2), _task(submit_time_ms=3)
+    for task in (queued, running, done):
+        await store.create(task)
+    await store.mark_processing(running.task_id, 10)
+    await store.mark_processing(done.task_id, 10)
+    await store.finish(done.task_id, [], seed=None)
+    store.close()
+
+    reopened = SqliteTaskStore(path)  # the process restarted
+    assert await reopened.recover_interrupted("interrupted by a restart") == 1
+    assert await reopened.recover_interrupted("again") == 0
+    states = {t.task_id: t for t in [await reopened.get(x.task_id) for x in (queued, running, done)] if t}
+    assert states[queued.task_id].status is TaskStatus.QUEUED
+    assert states[running.task_id].status is TaskStatus.FAILED
+    assert states[running.task_id].reason == "interrupted by a restart"
+    assert states[done.task_id].status is TaskStatus.SUCCEED
+    assert [t.task_id for t in await reopened.next_queued(10)] == [queued.task_id]
+    assert [t.task_id for t in await reopened.list_by_status(TaskStatus.FAILED, 10)] == [running.task_id]
+
+
+async def test_next_queued_oldest_first_with_limit(tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3")
+    tasks = [_task(submit_time_ms=t) for t in (30, 10, 20)]
+    for task in tasks:
+        await store.create(task)
+    oldest = await store.next_queued(2)
+    assert [t.submit_time_ms for t in oldest] == [10, 20]
