@@ -19,8 +19,10 @@ from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception
 from server.keystore import KeyStore
 from server.routes.health import HealthController
+from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
 from server.routes.openai.text import TextController
+from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.tasks import AsyncTaskController, FilesController
 from server.services import Services
 from server.settings import Settings
@@ -71,9 +73,11 @@ def create_app(state: AppState) -> Litestar:
             await state.scheduler.unload_all()
 
     def openai_router(path: str) -> Router:
-        return Router(path=path, route_handlers=[TextController, ModelsController], guards=[require_api_key])
+        return Router(
+            path=path, route_handlers=[TextController, ImagesController, ModelsController], guards=[require_api_key]
+        )
 
-    v3_router = Router(path="/", route_handlers=[AsyncTaskController], guards=[require_api_key])
+    v3_router = Router(path="/", route_handlers=[AsyncTaskController, ModelsV3Controller], guards=[require_api_key])
     return Litestar(
         route_handlers=[
             HealthController,

@@ -10,19 +10,29 @@ from schemas.openai.models import ModelCard
 from server.serving.chat import ChatService
 from server.serving.completions import CompletionService
 from server.serving.embeddings import EmbeddingService
+from server.serving.images import ImageService
 from server.serving.rerank import RerankService
 from server.serving.tokenize import TokenizeService
-from server.settings import Limits
+from server.settings import Limits, TaskSettings
+from server.storage.local import LocalStorage
 
 
 class Services:
-    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        limits: Limits,
+        *,
+        storage: LocalStorage | None = None,
+        url_ttl_s: int = TaskSettings().url_ttl_s,
+    ) -> None:
         self.scheduler = scheduler
         self.chat = ChatService(scheduler, limits)
         self.completions = CompletionService(scheduler, limits)
         self.embeddings = EmbeddingService(scheduler, limits)
         self.rerank = RerankService(scheduler, limits)
         self.tokenize = TokenizeService(scheduler)
+        self.images = ImageService(scheduler, storage, limits, url_ttl_s=url_ttl_s)
         self.started_at = int(time.time())
 
     def model_cards(self) -> list[ModelCard]:

@@ -29,14 +29,14 @@ class AppState:
         self.scheduler = scheduler
         self.keystore = keystore
         self.authenticator = authenticator
-        self.services = Services(scheduler, settings.limits)
+        data = settings.data_path
+        tasks = settings.tasks
+        self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
+        self.services = Services(scheduler, settings.limits, storage=self.storage, url_ttl_s=tasks.url_ttl_s)
         self.metrics = Metrics(scheduler)
         self.draining = False
         self.load_task: asyncio.Task[None] | None = None
 
-        data = settings.data_path
-        tasks = settings.tasks
-        self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
         self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
         self.http = httpx.AsyncClient(follow_redirects=False)
         self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)

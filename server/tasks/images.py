@@ -1,8 +1,10 @@
-"""/v3 image tasks: validate and submit, then execute on the image engine."""
+"""/v3 image tasks (txt2img, img2img, inpainting): validate and submit, then execute on the image engine."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import secrets
 from typing import Any, cast
@@ -13,8 +15,9 @@ from engines.base import ImageEngine, ImageGeneration, LoraWeight, ModelKind
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CommonExtra
-from schemas.v3.images import Txt2ImgBody
+from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody
 from server.netguard import check_public_url_async
+from server.serving.image_inputs import decode_input_image
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
@@ -25,6 +28,13 @@ MAX_STEPS = 100
 MAX_PROMPT_CHARS = 4096
 SEED_LIMIT = 2**32 - 1
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+ImageBody = Txt2ImgBody | Img2ImgBody | InpaintingBody
+BODY_TYPES: dict[TaskType, type[Txt2ImgBody] | type[Img2ImgBody] | type[InpaintingBody]] = {
+    TaskType.TXT_TO_IMG: Txt2ImgBody,
+    TaskType.IMG_TO_IMG: Img2ImgBody,
+    TaskType.INPAINTING: InpaintingBody,
+}
 
 
 def _invalid(message: str, param: str, code: ErrorCode = ErrorCode.INVALID_REQUEST_BODY) -> ApiError:
@@ -37,6 +47,32 @@ def encode_image(image: Any, image_type: str) -> bytes:
     return buffer.getvalue()
 
 
+def check_size(width: int, height: int, prefix: str = "request.") -> None:
+    for side, name in ((width, f"{prefix}width"), (height, f"{prefix}height")):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
+            message = f"{name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}."
+            raise _invalid(message, name, ErrorCode.INVALID_IMAGE_SIZE)
+
+
+def _base64_image(value: str, param: str) -> bytes:
+    if "," in value[:100] and value.startswith("data:"):
+        value = value.split(",", 1)[1]  # data URLs are common in browser clients
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid("The image is not valid base64.", param, ErrorCode.INVALID_IMAGE_FORMAT) from None
+    return decode_input_image(data, param)
+
+
+def _image_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    # The pipelines need multiples of 8; keep the input's size as closely as allowed.
+    return (min(max(width // 8 * 8, MIN_SIDE), MAX_SIDE), min(max(height // 8 * 8, MIN_SIDE), MAX_SIDE))
+
+
 class ImageTasks:
     def __init__(
         self, scheduler: Scheduler, runner: TaskRunner, storage: LocalStorage, *, allow_private_urls: bool
@@ -45,7 +81,8 @@ class ImageTasks:
         self.runner = runner
         self.storage = storage
         self.allow_private_urls = allow_private_urls
-        runner.register(TaskType.TXT_TO_IMG, self.execute)
+        for task_type in BODY_TYPES:
+            runner.register(task_type, self.execute)
 
     async def _check_extra(self, extra: CommonExtra) -> None:
         if extra.webhook is not None:
@@ -59,15 +96,7 @@ class ImageTasks:
         if not 0 <= extra.nsfw_detection_level <= 2:
             raise _invalid("nsfw_detection_level must be 0, 1 or 2.", "extra.nsfw_detection_level")
 
-    def _check_request(self, body: Txt2ImgBody, engine: ImageEngine) -> None:
-        request = body.request
-        for side, name in ((request.width, "request.width"), (request.height, "request.height")):
-            if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
-                raise _invalid(
-                    f"{name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}.",
-                    name,
-                    ErrorCode.INVALID_IMAGE_SIZE,
-                )
+    def _check_common(self, request: ImageTaskRequest, engine: ImageEngine) -> None:
         if not request.prompt.strip() or len(request.prompt) > MAX_PROMPT_CHARS:
             raise _invalid(f"prompt must hold 1 to {MAX_PROMPT_CHARS} characters.", "request.prompt")
         if not 1 <= request.image_num <= MAX_IMAGE_NUM:
@@ -80,9 +109,6 @@ class ImageTasks:
             raise _invalid("clip_skip must be between 0 and 12.", "request.clip_skip")
         if request.seed is not None and not -1 <= request.seed <= SEED_LIMIT:
             raise _invalid(f"seed must be -1 or between 0 and {SEED_LIMIT}.", "request.seed")
-        for unsupported in ("hires_fix", "refiner"):
-            if getattr(request, unsupported) is not None:
-                raise _invalid(f"{unsupported} is not supported by this server yet.", f"request.{unsupported}")
         if request.sd_vae:
             raise _invalid("sd_vae is not supported by this server yet.", "request.sd_vae")
         options = engine.spec.options
@@ -99,19 +125,41 @@ class ImageTasks:
         if request.sampler_name and request.sampler_name not in SAMPLERS:
             raise _invalid(f"Unknown sampler '{request.sampler_name}'.", "request.sampler_name")
 
-    async def submit_txt2img(self, raw: bytes, body: Txt2ImgBody, owner: str | None) -> str:
-        engine = self.scheduler.engine(body.request.model_name)
+    def _check_specific(self, body: ImageBody) -> None:
+        if isinstance(body, Txt2ImgBody):
+            check_size(body.request.width, body.request.height)
+            for unsupported in ("hires_fix", "refiner"):
+                if getattr(body.request, unsupported) is not None:
+                    raise _invalid(f"{unsupported} is not supported by this server yet.", f"request.{unsupported}")
+            return
+        request = body.request
+        if not 0 <= request.strength <= 1:
+            raise _invalid("strength must be between 0 and 1.", "request.strength")
+        image = _base64_image(request.image_base64, "request.image_base64")
+        if isinstance(body, Img2ImgBody):
+            if body.request.controlnet:
+                raise _invalid("controlnet is not supported by this server yet.", "request.controlnet")
+            if body.request.width is not None or body.request.height is not None:
+                default_width, default_height = _image_size(image)
+                check_size(body.request.width or default_width, body.request.height or default_height)
+        else:
+            _base64_image(body.request.mask_image_base64, "request.mask_image_base64")
+
+    async def submit(self, task_type: TaskType, raw: bytes, body: ImageBody, owner: str | None) -> str:
+        request = body.request
+        engine = self.scheduler.engine(request.model_name)
         if engine.spec.kind is not ModelKind.IMAGE:
-            raise _invalid(f"The model '{body.request.model_name}' is not an image model.", "request.model_name")
+            raise _invalid(f"The model '{request.model_name}' is not an image model.", "request.model_name")
         await self._check_extra(body.extra)
-        self._check_request(body, cast(ImageEngine, engine))
-        seed = body.request.seed
+        self._check_common(request, cast(ImageEngine, engine))
+        # Decoding input images costs milliseconds per megapixel: off the event loop.
+        await asyncio.to_thread(self._check_specific, body)
         task = Task(
-            task_type=TaskType.TXT_TO_IMG,
+            task_type=task_type,
             model=engine.spec.name,
             request=raw,
             owner_key_id=owner,
-            seed=secrets.randbelow(SEED_LIMIT) if seed is None or seed < 0 else seed,
+            seed=secrets.randbelow(SEED_LIMIT) if request.seed is None or request.seed < 0 else request.seed,
             webhook_url=body.extra.webhook.url if body.extra.webhook else None,
         )
         test_mode = body.extra.webhook.test_mode if body.extra.webhook else None
@@ -126,23 +174,40 @@ class ImageTasks:
             await self.runner.submit(task)
         return task.task_id
 
-    async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
-        body = msgspec.json.decode(task.request, type=Txt2ImgBody)
+    def _job(self, body: ImageBody, seed: int) -> ImageGeneration:
         request = body.request
         job = ImageGeneration(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or "",
-            width=request.width,
-            height=request.height,
+            width=0,
+            height=0,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
-            seed=task.seed or 0,
+            seed=seed,
             image_num=request.image_num,
             sampler=request.sampler_name or None,
             clip_skip=request.clip_skip or None,
             loras=[LoraWeight(name=lora.model_name, strength=lora.strength) for lora in request.loras or []],
             embeddings=[embedding.model_name for embedding in request.embeddings or []],
         )
+        if isinstance(body, Txt2ImgBody):
+            job.width, job.height = body.request.width, body.request.height
+            return job
+        job.init_image = base64.b64decode(body.request.image_base64.split(",", 1)[-1])
+        job.strength = body.request.strength
+        width, height = _image_size(job.init_image)
+        if isinstance(body, Img2ImgBody):
+            job.width, job.height = body.request.width or width, body.request.height or height
+        else:
+            job.width, job.height = width, height
+            job.mask_image = base64.b64decode(body.request.mask_image_base64.split(",", 1)[-1])
+            if body.request.inpainting_mask_invert:
+                job.mask_image = _inverted(job.mask_image)
+        return job
+
+    async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
+        body = msgspec.json.decode(task.request, type=BODY_TYPES[task.task_type])
+        job = await asyncio.to_thread(self._job, body, task.seed or 0)
         async with self.scheduler.lease(task.model) as leased:
             result = await cast(ImageEngine, leased).generate(job, progress)
         image_type = body.extra.response_image_type
@@ -153,3 +218,12 @@ class ImageTasks:
             await asyncio.to_thread(self.storage.put, key, data)
             outputs.append(OutputFile(kind="image", key=key, media_type=image_type))
         return TaskOutcome(outputs=outputs, seed=result.seed)
+
+
+def _inverted(mask: bytes) -> bytes:
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(mask)) as image:
+        buffer = io.BytesIO()
+        ImageOps.invert(image.convert("L")).save(buffer, format="PNG")
+    return buffer.getvalue()

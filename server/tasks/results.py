@@ -15,6 +15,26 @@ def _ms(value: int | None) -> str:
     return str(value) if value is not None else ""
 
 
+def _without_images(value: object) -> object:
+    if isinstance(value, dict):
+        return {
+            key: f"<{len(item)} base64 characters>"
+            if key.endswith("base64") and isinstance(item, str)
+            else _without_images(item)
+            for key, item in value.items()
+        }
+    return value
+
+
+def _request_info(raw: bytes) -> str:
+    """The request as submitted, with input images elided: the seed's debug info echoes the
+    parameters, and megabytes of base64 in every poll would help no one."""
+    try:
+        return _encoder.encode(_without_images(msgspec.json.decode(raw))).decode()
+    except msgspec.DecodeError:
+        return ""
+
+
 def build_result(
     task: Task, storage: LocalStorage, base_url: str, progress: tuple[int, int] | None = None
 ) -> TaskResult:
@@ -39,7 +59,7 @@ def build_result(
                 videos.append(TaskVideo(video_url=url, video_url_ttl=ttl, video_type=output.media_type))
             elif output.kind == "audio":
                 audios.append(TaskAudio(audio_url=url, audio_url_ttl=ttl, audio_type=output.media_type))
-    request_info = task.request.decode("utf-8", errors="replace")
+    request_info = _request_info(task.request)
     return TaskResult(
         extra=TaskExtra(
             seed=str(task.seed) if task.seed is not None else "",

@@ -194,3 +194,65 @@ def test_bad_input_in_the_v3_envelope(server: RunningServer) -> None:
     assert missing.status_code == 404 and missing.json()["reason"] == "TASK_NOT_FOUND"
     no_key = httpx.get(f"{server.base_url}/v3/async/task-result", params={"task_id": "nope"})
     assert no_key.status_code == 401 and no_key.json()["reason"] == "MISSING_API_KEY"
+
+
+def _png(color: tuple[int, int, int], size: tuple[int, int] = (136, 128)) -> Image.Image:
+    return Image.new("RGB", size, color)
+
+
+def test_img2img_and_inpainting_with_the_novita_sdk(novita: NovitaClient) -> None:
+    source = _png((200, 30, 30))
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    image_b64 = base64.b64encode(buffer.getvalue()).decode()
+    result = novita.img2img_v3(
+        model_name="demo-sd",
+        input_image=image_b64,
+        prompt="a red square, painted",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=2,
+        strength=0.6,
+        seed=5,
+        response_image_type="png",
+    )
+    assert result.task.task_type == "IMG_TO_IMG"
+    produced = Image.open(io.BytesIO(base64.b64decode(result.images_encoded[0])))
+    assert produced.size == (128, 128)
+
+    mask = Image.new("L", (136, 128), 0)
+    mask.paste(255, (32, 32, 96, 96))
+    mask_buffer = io.BytesIO()
+    mask.save(mask_buffer, format="PNG")
+    inpainted = novita.inpainting(
+        model_name="demo-sd",
+        image=image_b64,
+        mask=base64.b64encode(mask_buffer.getvalue()).decode(),
+        prompt="a blue circle",
+        image_num=1,
+        sampler_name="Euler a",
+        steps=2,
+        guidance_scale=7.5,
+        seed=9,
+    )
+    assert inpainted.task.task_type == "INPAINTING"
+    # The input's 136x128 is kept (a multiple of 8).
+    assert Image.open(io.BytesIO(base64.b64decode(inpainted.images_encoded[0]))).size == (136, 128)
+
+
+def test_not_an_image_is_refused(server: RunningServer) -> None:
+    body = {
+        "request": {
+            "model_name": "demo-sd",
+            "prompt": "x",
+            "image_base64": base64.b64encode(b"definitely not an image").decode(),
+        }
+    }
+    response = httpx.post(f"{server.base_url}/v3/async/img2img", json=body, headers=_auth(server))
+    assert response.status_code == 400
+    assert response.json()["reason"] == "INVALID_IMAGE_FORMAT"
+    assert response.json()["metadata"]["param"] == "request.image_base64"
+    body["request"]["image_base64"] = "%%% not base64 %%%"
+    response = httpx.post(f"{server.base_url}/v3/async/img2img", json=body, headers=_auth(server))
+    assert response.status_code == 400 and response.json()["reason"] == "INVALID_IMAGE_FORMAT"

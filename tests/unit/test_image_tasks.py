@@ -99,3 +99,51 @@ async def test_restart_fails_running_tasks_and_runs_queued_ones(tmp_path: Path) 
         finished = await poll(client, queued.task_id)
         assert finished["task"]["status"] == TaskStatus.SUCCEED
         assert finished["extra"]["seed"] == "2"
+
+
+async def test_model_listing_route_reads_novita_query_names(client: AsyncTestClient) -> None:
+    response = await client.get("/v3/model", params={"filter.type": "lora", "pagination.limit": "10"})
+    assert response.status_code == 200
+    assert [model["sd_name_in_api"] for model in response.json()["models"]] == ["ok-lora"]
+    bad = await client.get("/v3/model", params={"pagination.cursor": "nope"})
+    assert bad.status_code == 400 and bad.json()["metadata"]["param"] == "pagination.cursor"
+
+
+async def test_img2img_and_inpainting_tasks(client: AsyncTestClient) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(mode: str, size: tuple[int, int]) -> str:
+        buffer = io.BytesIO()
+        Image.new(mode, size).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    img2img = {"request": {**REQUEST, "image_base64": png("RGB", (200, 130)), "width": None, "height": None}}
+    img2img["request"].pop("width")
+    img2img["request"].pop("height")
+    submitted = await client.post("/v3/async/img2img", json=img2img)
+    assert submitted.status_code == 200, submitted.text
+    result = await poll(client, submitted.json()["task_id"])
+    assert result["task"]["task_type"] == "IMG_TO_IMG" and result["task"]["status"] == "TASK_STATUS_SUCCEED"
+    assert "<" in json_of(result["extra"]["debug_info"]["request_info"])["request"]["image_base64"]
+    inpainting = {
+        "request": {
+            **REQUEST,
+            "image_base64": png("RGB", (128, 128)),
+            "mask_image_base64": png("L", (128, 128)),
+            "inpainting_mask_invert": 1,
+        }
+    }
+    submitted = await client.post("/v3/async/inpainting", json=inpainting)
+    assert submitted.status_code == 200, submitted.text
+    assert (await poll(client, submitted.json()["task_id"]))["task"]["task_type"] == "INPAINTING"
+    broken = await client.post("/v3/async/img2img", json={"request": {**REQUEST, "image_base64": "bm90IGFuIGltYWdl"}})
+    assert broken.status_code == 400 and broken.json()["reason"] == "INVALID_IMAGE_FORMAT"
+
+
+def json_of(text: str) -> Any:
+    import json
+
+    return json.loads(text)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.response import File
 
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import TaskSubmitted
-from schemas.v3.images import Txt2ImgBody
+from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
 from schemas.v3.tasks import TaskResult
 from server.errors import validation_error
 from server.state import AppState
+from server.tasks.models import TaskType
 from server.tasks.results import build_result
+
+BodyT = TypeVar("BodyT", Txt2ImgBody, Img2ImgBody, InpaintingBody)
 
 _CONTENT_TYPES = {
     "png": "image/png",
@@ -24,7 +29,7 @@ _CONTENT_TYPES = {
 }
 
 
-def _decode(raw: bytes, body_type: type[Txt2ImgBody]) -> Txt2ImgBody:
+def _decode(raw: bytes, body_type: type[BodyT]) -> BodyT:
     try:
         return msgspec.json.decode(raw, type=body_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -43,8 +48,26 @@ class AsyncTaskController(Controller):
     @post("/txt2img", status_code=200, summary="Submit a text-to-image task")
     async def txt2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
         raw = await request.body()
-        task_id = await app_state.image_tasks.submit_txt2img(raw, _decode(raw, Txt2ImgBody), _caller(request))
-        return TaskSubmitted(task_id=task_id)
+        body = _decode(raw, Txt2ImgBody)
+        return TaskSubmitted(
+            task_id=await app_state.image_tasks.submit(TaskType.TXT_TO_IMG, raw, body, _caller(request))
+        )
+
+    @post("/img2img", status_code=200, summary="Submit an image-to-image task")
+    async def img2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        body = _decode(raw, Img2ImgBody)
+        return TaskSubmitted(
+            task_id=await app_state.image_tasks.submit(TaskType.IMG_TO_IMG, raw, body, _caller(request))
+        )
+
+    @post("/inpainting", status_code=200, summary="Submit an inpainting task")
+    async def inpainting(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        body = _decode(raw, InpaintingBody)
+        return TaskSubmitted(
+            task_id=await app_state.image_tasks.submit(TaskType.INPAINTING, raw, body, _caller(request))
+        )
 
     @get("/task-result", summary="Poll an async task")
     async def task_result(self, request: Request, task_id: str, app_state: AppState) -> TaskResult:

@@ -1,0 +1,346 @@
+"""Image throughput: the diffusers engine called directly against the same engine behind omniserve's /v3 API.
+
+The same tiny pipeline (demo-sd, built into a temp dir) is driven two ways, one after the other:
+
+  direct     `DiffusersImageEngine` loaded in this process, `generate` in a loop, one job at a time,
+             each image encoded to PNG with `server.tasks.images.encode_image` (the work the server
+             does too);
+  omniserve  `python -m server serve` with a catalog of demo-sd alone, and N concurrent clients
+             (default 8), each POSTing /v3/async/txt2img, polling /v3/async/task-result every 20 ms
+             until TASK_STATUS_SUCCEED, then downloading the image URL: the whole client path.
+
+Both sides run identical jobs (same prompt, sampler, guidance, steps and seeds). For each size it
+prints images/s direct and via omniserve, the ratio omniserve/direct, and the time omniserve adds
+per task, in ms ((1/ips_omni - 1/ips_direct) * 1000) and as a share of the direct per-image time.
+
+Goal: omniserve adds under 5% to the direct loop's per-image time at 512x512.
+
+    python benchmarks/image_throughput.py [--sizes 128,512] [--steps 4] [--jobs N] [--concurrency 8]
+
+The small size is 128x128, not 64x64: the /v3 API refuses sides below 128
+(`server.tasks.images.MIN_SIDE`), and the comparison needs the same job on both sides. Images per
+size default to 48 below 512x512 and 16 from 512x512 up (`--jobs` sets one count for every size);
+warm-up jobs run first on each side and size and are not counted. The direct loop and the server
+are never under load at the same time; the load generator runs in this process on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engines.base import ImageGeneration, ModelSpec  # noqa: E402
+from server.tasks.images import MIN_SIDE, encode_image  # noqa: E402
+
+MODEL = "demo-sd"
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+SAMPLER = "Euler a"  # what a /v3 request without sampler_name gets; named on both sides
+GUIDANCE = 7.5
+IMAGE_TYPE = "png"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GOAL_PERCENT = 5.0
+GOAL_SIZE = 512
+
+
+class Result(msgspec.Struct):
+    size: int
+    images: int
+    direct_ips: float
+    omni_ips: float
+
+    @property
+    def ratio(self) -> float:
+        return self.omni_ips / self.direct_ips
+
+    @property
+    def direct_ms(self) -> float:
+        return 1000 / self.direct_ips
+
+    @property
+    def overhead_ms(self) -> float:
+        return (1 / self.omni_ips - 1 / self.direct_ips) * 1000
+
+    @property
+    def overhead_percent(self) -> float:
+        return 100 * self.overhead_ms / self.direct_ms
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def default_jobs(size: int) -> int:
+    return 16 if size >= 512 else 48
+
+
+def job_for(size: int, steps: int, seed: int) -> ImageGeneration:
+    return ImageGeneration(
+        prompt=PROMPT, width=size, height=size, steps=steps, guidance_scale=GUIDANCE, seed=seed, sampler=SAMPLER
+    )
+
+
+# ---------------------------------------------------------------- direct
+
+
+async def run_direct(spec: ModelSpec, plan: list[tuple[int, int]], steps: int, warmup: int) -> dict[int, float]:
+    """images/s for each (size, jobs) of `plan`, one job at a time in this process."""
+    from engines.image.pipelines import DiffusersImageEngine
+
+    engine = DiffusersImageEngine(spec)
+    started = time.monotonic()
+    await engine.load()
+    print(f"direct: loaded in {time.monotonic() - started:.1f} s", flush=True)
+
+    async def one(size: int, seed: int) -> int:
+        result = await engine.generate(job_for(size, steps, seed))
+        for image in result.images:
+            if not encode_image(image, IMAGE_TYPE).startswith(PNG_MAGIC):
+                raise RuntimeError("encode_image returned no PNG")
+        return len(result.images)
+
+    out: dict[int, float] = {}
+    try:
+        for size, jobs in plan:
+            for seed in range(warmup):
+                await one(size, 1_000_000 + seed)
+            started = time.perf_counter()
+            images = 0
+            for seed in range(jobs):
+                images += await one(size, seed)
+            elapsed = time.perf_counter() - started
+            out[size] = images / elapsed
+            print(f"  direct {size}x{size}: {images} images in {elapsed:.2f} s = {out[size]:.2f} img/s", flush=True)
+    finally:
+        await engine.unload()  # frees the weights (and collects) before the server starts
+    return out
+
+
+# ---------------------------------------------------------------- omniserve
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for a JSON-like value (inline tables for dicts)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, bool | int | float | str):
+        # JSON's string escapes are valid in TOML basic strings; true/false and numbers read alike.
+        return msgspec.json.encode(value).decode()
+    raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def omniserve_command(spec: ModelSpec, work: Path, port: int) -> list[str]:
+    config = work / "bench.toml"
+    config.write_text(
+        f'host = "127.0.0.1"\nport = {port}\ndata_dir = {toml_value(str(work / "data"))}\nlog_level = "warning"\n\n'
+        f"[[models]]\nname = {toml_value(spec.name)}\nkind = {toml_value(spec.kind.value)}\n"
+        f"engine = {toml_value(spec.engine)}\npath = {toml_value(spec.path)}\noptions = {toml_value(spec.options)}\n"
+    )
+    return [sys.executable, "-m", "server", "serve", "--config", str(config)]
+
+
+class Server:
+    def __init__(self, command: list[str], port: int, log_path: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.log = open(log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, cwd=ROOT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+async def wait_ready(server: Server, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with {server.process.returncode}; see {server.log_path}")
+            try:
+                async with session.get(f"{server.url}/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"server not ready in {timeout_s:.0f} s; see {server.log_path}")
+
+
+async def one_task(session: aiohttp.ClientSession, url: str, size: int, steps: int, seed: int, poll_s: float) -> int:
+    """Submit one txt2img task, poll it to the end, download its images; returns the image count."""
+    body = {
+        "request": {
+            "model_name": MODEL,
+            "prompt": PROMPT,
+            "width": size,
+            "height": size,
+            "steps": steps,
+            "seed": seed,
+            "guidance_scale": GUIDANCE,
+            "sampler_name": SAMPLER,
+            "image_num": 1,
+        },
+        "extra": {"response_image_type": IMAGE_TYPE},
+    }
+    async with session.post(f"{url}/v3/async/txt2img", json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"txt2img answered {response.status}: {await response.text()}")
+        task_id = msgspec.json.decode(await response.read())["task_id"]
+    while True:
+        async with session.get(f"{url}/v3/async/task-result", params={"task_id": task_id}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"task-result answered {response.status}: {await response.text()}")
+            result = msgspec.json.decode(await response.read())
+        status = result["task"]["status"]
+        if status == "TASK_STATUS_SUCCEED":
+            break
+        if status == "TASK_STATUS_FAILED":
+            raise RuntimeError(f"task {task_id} failed: {result['task']['reason']}")
+        await asyncio.sleep(poll_s)
+    for image in result["images"]:
+        async with session.get(image["image_url"]) as response:
+            if response.status != 200:
+                raise RuntimeError(f"image download answered {response.status}")
+            if not (await response.read()).startswith(PNG_MAGIC):
+                raise RuntimeError("downloaded image is no PNG")
+    return len(result["images"])
+
+
+async def run_clients(
+    url: str, size: int, steps: int, jobs: int, concurrency: int, poll_s: float, seed0: int
+) -> tuple[int, float]:
+    """`jobs` tasks shared by `concurrency` clients; returns the images downloaded and the seconds from the
+    first submit to the last download."""
+    seeds = iter(range(seed0, seed0 + jobs))
+    images = 0
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client() -> None:
+            nonlocal images
+            for seed in seeds:  # one shared iterator: each job is taken by exactly one client
+                # Await first, add after: `images += await ...` reads `images` before the await
+                # and would drop the counts other clients add meanwhile.
+                done = await one_task(session, url, size, steps, seed, poll_s)
+                images += done
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(min(concurrency, jobs))))
+        elapsed = time.perf_counter() - started
+    return images, elapsed
+
+
+async def run_omniserve(
+    server: Server, plan: list[tuple[int, int]], steps: int, warmup: int, concurrency: int, poll_s: float
+) -> dict[int, float]:
+    started = time.monotonic()
+    await wait_ready(server)
+    print(f"omniserve: ready in {time.monotonic() - started:.1f} s", flush=True)
+    out: dict[int, float] = {}
+    for size, jobs in plan:
+        if warmup:
+            await run_clients(server.url, size, steps, warmup, concurrency, poll_s, 1_000_000)
+        images, elapsed = await run_clients(server.url, size, steps, jobs, concurrency, poll_s, 0)
+        if images != jobs:
+            raise RuntimeError(f"{jobs} tasks gave {images} images")
+        out[size] = images / elapsed
+        print(
+            f"  omniserve {size}x{size}: {images} images in {elapsed:.2f} s = {out[size]:.2f} img/s "
+            f"({concurrency} clients, poll {poll_s * 1000:.0f} ms)",
+            flush=True,
+        )
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_table(results: list[Result]) -> None:
+    print(
+        "| size | images | direct img/s | omniserve img/s | ratio omni/direct | direct ms/img "
+        "| overhead ms/task | overhead % of direct |\n|---|---|---|---|---|---|---|---|"
+    )
+    for r in results:
+        print(
+            f"| {r.size}x{r.size} | {r.images} | {r.direct_ips:.2f} | {r.omni_ips:.2f} | {r.ratio:.3f} "
+            f"| {r.direct_ms:.1f} | {r.overhead_ms:+.1f} | {r.overhead_percent:+.1f}% |"
+        )
+    goal = next((r for r in results if r.size == GOAL_SIZE), None)
+    if goal is not None:
+        verdict = "met" if goal.overhead_percent < GOAL_PERCENT else "NOT met"
+        print(
+            f"\ngoal: overhead under {GOAL_PERCENT:.0f}% of the direct per-image time at {GOAL_SIZE}x{GOAL_SIZE}: "
+            f"{verdict} ({goal.overhead_percent:+.1f}%)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="128,512", help="square sides, comma-separated (at least 128)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--jobs", type=int, help="images per size (default: 48 below 512x512, 16 from 512x512)")
+    parser.add_argument("--warmup", type=int, default=2, help="uncounted jobs per size and side before timing")
+    parser.add_argument("--concurrency", type=int, default=8, help="concurrent /v3 clients")
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="task-result polling interval")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",")]
+    for size in sizes:
+        if size < MIN_SIDE or size % 8:
+            parser.error(f"size {size}: the /v3 API takes multiples of 8 from {MIN_SIDE} up")
+    plan = [(size, args.jobs or default_jobs(size)) for size in sizes]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    wall_started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="omniserve-image-bench-"))
+    from engines.image.demo import build_image_demo_models
+
+    spec = next(s for s in build_image_demo_models(work / "models") if s.name == MODEL)
+    print(f"built {MODEL} under {work / 'models'} in {time.monotonic() - wall_started:.1f} s", flush=True)
+
+    direct = asyncio.run(run_direct(spec, plan, args.steps, args.warmup))
+
+    port = free_port()
+    server = Server(omniserve_command(spec, work, port), port, work / "omniserve.log")
+    try:
+        omni = asyncio.run(run_omniserve(server, plan, args.steps, args.warmup, args.concurrency, args.poll_ms / 1000))
+    finally:
+        server.stop()
+
+    results = [Result(size=s, images=jobs, direct_ips=direct[s], omni_ips=omni[s]) for s, jobs in plan]
+    print(
+        f"\nsteps {args.steps}, sampler {SAMPLER}, guidance {GUIDANCE}, {args.concurrency} clients, "
+        f"poll {args.poll_ms:.0f} ms, warm-up {args.warmup} jobs per size and side\n"
+    )
+    print_table(results)
+    print(f"\ntotal wall time: {time.monotonic() - wall_started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Images: generations (JSON) and edits (multipart): parse, call the service, encode."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.datastructures import FormMultiDict, UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response.base import ASGIResponse
+
+from schemas.openai.images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
+from server.errors import validation_error
+from server.routes.disconnect import until_disconnect
+from server.services import Services
+from server.serving.common import bad_request
+from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES
+
+# An edit uploads an image and a mask; the form fields beside them are small.
+EDIT_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES + 1024 * 1024
+_FILE_FIELDS = ("image", "image[]", "mask")
+_encoder = msgspec.json.Encoder()
+_RESPONSES = {200: ResponseSpec(data_container=ImagesResponse, description="Success")}
+
+
+async def _json(request: Request, work: Awaitable[ImagesResponse]) -> ASGIResponse:
+    return ASGIResponse(body=_encoder.encode(await until_disconnect(request, work)), media_type="application/json")
+
+
+async def _file(form: FormMultiDict, names: tuple[str, ...], param: str) -> bytes | None:
+    values = [value for name in names for value in form.getall(name, [])]
+    if len(values) > 1:
+        raise bad_request(f"Exactly one {param} may be sent; this server edits one image per request.", param)
+    if not values:
+        return None
+    if not isinstance(values[0], UploadFile):
+        raise bad_request(f"{param} must be sent as a file in multipart/form-data.", param)
+    return await values[0].read()
+
+
+async def _edit_request(request: Request) -> ImageEditRequest:
+    """The edit form as a typed request. The openai SDK sends ``image`` (``image[]`` for a
+    list), ``mask``, and every other field, ``extra_body`` included, as text parts."""
+    if request.content_type[0] != RequestEncodingType.MULTI_PART:
+        raise bad_request("images/edits takes multipart/form-data: the image is a file part.")
+    form = await request.form()
+    try:
+        fields: dict[str, object] = {name: value for name, value in form.items() if name not in _FILE_FIELDS}
+        for name in ("prompt", "model"):
+            if not isinstance(fields.get(name), str):
+                raise bad_request(f"{name} is required.", name)
+        image = await _file(form, ("image", "image[]"), "image")
+        if image is None:
+            raise bad_request("image is required: send it as a file in multipart/form-data.", "image")
+        mask = await _file(form, ("mask",), "mask")
+    finally:
+        await form.close()  # the uploads' spooled temporary files
+    try:
+        # strict=False: form values are text, so "2" becomes n=2 and "0.5" strength=0.5.
+        return msgspec.convert({**fields, "image": image, "mask": mask}, ImageEditRequest, strict=False)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+class ImagesController(Controller):
+    path = "/images"
+    tags = ["openai: images"]
+
+    @post("/generations", status_code=200, responses=_RESPONSES)
+    async def generations(self, request: Request, data: ImageGenerationRequest, services: Services) -> ASGIResponse:
+        return await _json(request, services.images.generate(data, str(request.base_url)))
+
+    @post("/edits", status_code=200, responses=_RESPONSES, request_max_body_size=EDIT_MAX_BODY_BYTES)
+    async def edits(self, request: Request, services: Services) -> ASGIResponse:
+        # Parsed from the raw form rather than a multipart DTO: the SDK names a list of
+        # images "image[]", and extra_body fields arrive as parts of their own.
+        edit = await _edit_request(request)
+        return await _json(request, services.images.edit(edit, str(request.base_url)))

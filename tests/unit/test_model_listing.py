@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from engines.base import ModelKind, ModelSpec
+from schemas.errors import ApiError
+from server.serving.model_listing import ModelFilter, list_models
+
+SPECS = [
+    ModelSpec(name="chat", kind=ModelKind.CHAT, path="-"),
+    ModelSpec(
+        name="sd15",
+        kind=ModelKind.IMAGE,
+        engine="diffusers",
+        path="-",
+        options={"loras": {"detail": "-", "style": "-"}, "embeddings": {"badhand": "-"}},
+    ),
+    ModelSpec(name="xl", kind=ModelKind.IMAGE, engine="diffusers", path="-", options={"architecture": "sdxl"}),
+]
+
+
+def names(**filters: object) -> list[str]:
+    return [model.name for model in list_models(SPECS, ModelFilter(**filters), 100, None).models]  # type: ignore[arg-type]
+
+
+def test_lists_image_items_only_with_types() -> None:
+    result = list_models(SPECS, ModelFilter(), 100, None)
+    assert [(m.name, m.type.name) for m in result.models] == [
+        ("sd15", "checkpoint"),
+        ("detail", "lora"),
+        ("style", "lora"),
+        ("badhand", "textualinversion"),
+        ("xl", "checkpoint"),
+    ]
+    assert result.pagination.next_cursor == ""
+
+
+def test_filters() -> None:
+    assert names(types=["lora"]) == ["detail", "style"]
+    assert names(types=["checkpoint"], is_sdxl=True) == ["xl"]
+    assert names(types=["checkpoint"], is_sdxl=False) == ["sd15"]
+    assert names(query="HAND") == ["badhand"]
+    assert names(visibility="private") == []
+
+
+def test_cursor_pagination_walks_everything_once() -> None:
+    seen, cursor = [], None
+    while True:
+        page = list_models(SPECS, ModelFilter(), 2, cursor)
+        seen += [model.name for model in page.models]
+        cursor = page.pagination.next_cursor
+        if not cursor:
+            break
+    assert seen == ["sd15", "detail", "style", "badhand", "xl"]
+
+
+def test_bad_paging_is_a_named_400() -> None:
+    with pytest.raises(ApiError) as limit:
+        list_models(SPECS, ModelFilter(), 101, None)
+    assert limit.value.param == "pagination.limit"
+    with pytest.raises(ApiError) as cursor:
+        list_models(SPECS, ModelFilter(), 10, "page2")
+    assert cursor.value.param == "pagination.cursor"
