@@ -8,6 +8,7 @@ are logged with their traceback here and reach the client only as a generic 500.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import msgspec
@@ -97,6 +98,10 @@ def _from_validation(exc: ValidationException) -> ApiError:
     first = details[0] if details and isinstance(details[0], dict) else {}
     param = first.get("key") or None
     reason = str(first.get("message") or exc.detail)
+    missing = re.search(r"missing required field `([^`]+)`", reason)
+    if missing:
+        # Litestar names the whole body ("data"); the client needs the absent field.
+        param = missing.group(1) if param in (None, "data") else f"{param}.{missing.group(1)}"
     if param:
         param = param.removeprefix("$.") if isinstance(param, str) else str(param)
         return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Invalid value for '{param}': {reason}", param=param)

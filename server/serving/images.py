@@ -118,21 +118,27 @@ class ImageService:
             raise bad_request("strength must be greater than 0 and at most 1.", "strength")
         if int(request.steps * request.strength) < 1:
             raise bad_request("steps * strength must leave at least one denoising step.", "strength")
-        image = await asyncio.to_thread(open_input_image, request.image, "image")
-        size = parse_size(request.size, fit_size(*image.size))
-        mask = None
-        if request.mask is not None:
-            mask_image = await asyncio.to_thread(open_input_image, request.mask, "mask")
-            if mask_image.size != image.size:
-                raise ApiError(
-                    ErrorCode.INVALID_IMAGE_SIZE,
-                    f"mask is {mask_image.width}x{mask_image.height} but image is {image.width}x{image.height}; "
-                    "they must be the same size.",
-                    param="mask",
-                )
-            mask = await asyncio.to_thread(inpaint_mask, mask_image)
+        size, mask = await asyncio.to_thread(self._edit_inputs, request)
         job = self._job(request, size, init_image=request.image, mask_image=mask, strength=request.strength)
         return await self._run(request, job, base_url)
+
+    @staticmethod
+    def _edit_inputs(request: ImageEditRequest) -> tuple[tuple[int, int], bytes | None]:
+        """Output size and engine mask, from the uploads (decoded here, then dropped: the
+        engine decodes the bytes again at the job's size). Blocking: run in a thread."""
+        image = open_input_image(request.image, "image")
+        size = parse_size(request.size, fit_size(*image.size))
+        if request.mask is None:
+            return size, None
+        mask = open_input_image(request.mask, "mask")
+        if mask.size != image.size:
+            raise ApiError(
+                ErrorCode.INVALID_IMAGE_SIZE,
+                f"mask is {mask.width}x{mask.height} but image is {image.width}x{image.height}; "
+                "they must be the same size.",
+                param="mask",
+            )
+        return size, inpaint_mask(mask)
 
     async def _run(self, request: ImageRequestFields, job: ImageGeneration, base_url: str) -> ImagesResponse:
         async with self.scheduler.lease(request.model) as engine:

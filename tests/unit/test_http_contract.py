@@ -189,3 +189,9 @@ async def test_streaming_chat_with_usage(client: AsyncTestClient) -> None:
         for choice in chunk["choices"]:
             content[choice["index"]] += choice["delta"].get("content", "")
     assert content == {0: "aba", 1: "aba"}
+
+
+async def test_missing_field_is_named(client: AsyncTestClient) -> None:
+    response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
