@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 
@@ -20,6 +21,10 @@ from server.tasks.runner import TaskRunner
 from server.tasks.store import SqliteTaskStore
 from server.tasks.webhooks import WebhookSender
 
+log = logging.getLogger("omniserve")
+
+OUTPUT_CLEANUP_INTERVAL_S = 600
+
 
 class AppState:
     def __init__(
@@ -36,6 +41,7 @@ class AppState:
         self.metrics = Metrics(scheduler)
         self.draining = False
         self.load_task: asyncio.Task[None] | None = None
+        self._cleaner: asyncio.Task[None] | None = None
 
         self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
         self.http = httpx.AsyncClient(follow_redirects=False)
@@ -57,8 +63,21 @@ class AppState:
 
     async def start(self) -> None:
         await self.task_runner.start()
+        self._cleaner = asyncio.create_task(self._clean_outputs())
+
+    async def _clean_outputs(self) -> None:
+        """Delete task outputs past their age, now and then; a URL outlives no file."""
+        max_age = max(self.settings.tasks.output_max_age_s, self.settings.tasks.url_ttl_s)
+        while True:
+            removed = await asyncio.to_thread(self.storage.cleanup_expired, max_age)
+            if removed:
+                log.info("removed %d expired task output folders", removed)
+            await asyncio.sleep(OUTPUT_CLEANUP_INTERVAL_S)
 
     async def stop(self) -> None:
+        if self._cleaner is not None:
+            self._cleaner.cancel()
+            await asyncio.gather(self._cleaner, return_exceptions=True)
         await self.task_runner.stop()
         await self.http.aclose()
         self.task_store.close()
