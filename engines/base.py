@@ -14,6 +14,8 @@ class ModelKind(enum.StrEnum):
     EMBEDDING = "embedding"
     RERANK = "rerank"
     IMAGE = "image"  # diffusers text-to-image checkpoints (img2img/inpaint derive from them)
+    SAFETY = "safety"  # image classifiers for NSFW detection on generated images
+    UPSCALER = "upscaler"  # image super-resolution models (/v3 upscale)
 
 
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -211,3 +213,27 @@ ProgressCallback = Callable[[float], None]
 @runtime_checkable
 class ImageEngine(Engine, Protocol):
     async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult: ...
+
+
+@runtime_checkable
+class SafetyEngine(Engine, Protocol):
+    # Per image (PIL), the probability of each of the classifier's labels; they sum to 1.
+    async def classify(self, images: list[Any]) -> list[dict[str, float]]: ...
+
+
+class UpscaleJob(msgspec.Struct, kw_only=True):
+    """One upscale in engine terms: the encoded input image (PNG/JPEG/WebP) and the factor, validated."""
+
+    image: bytes
+    scale: float
+
+
+def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The exact output size of an upscale: each side times `scale`, rounded."""
+    return round(width * scale), round(height * scale)
+
+
+@runtime_checkable
+class UpscaleEngine(Engine, Protocol):
+    # The upscaled image (PIL) at exactly upscaled_size(input size, job.scale).
+    async def upscale(self, job: UpscaleJob, progress: ProgressCallback | None = None) -> Any: ...

@@ -31,9 +31,26 @@ def vllm_factory(*, cpu_threads: int) -> EngineFactory:
 
 def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
     def build(spec: ModelSpec) -> Engine:
+        if spec.kind is ModelKind.UPSCALER:
+            from engines.image.upscale import UpscalerEngine
+
+            return cast(Engine, UpscalerEngine(spec, device=device))
         from engines.image.pipelines import DiffusersImageEngine
 
         return cast(Engine, DiffusersImageEngine(spec, device=device))
+
+    return build
+
+
+def transformers_factory(*, device: str = "cpu") -> EngineFactory:
+    """Engines on plain transformers models; so far the NSFW classifiers (kind "safety")."""
+
+    def build(spec: ModelSpec) -> Engine:
+        if spec.kind is not ModelKind.SAFETY:
+            raise CatalogError(f"model {spec.name}: engine 'transformers' serves kind 'safety' only")
+        from engines.image.safety import SafetyClassifierEngine
+
+        return cast(Engine, SafetyClassifierEngine(spec, device=device))
 
     return build
 

@@ -13,7 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from engines.base import ModelSpec
-from engines.registry import EngineFactory, ModelRegistry, diffusers_factory, vllm_factory
+from engines.registry import EngineFactory, ModelRegistry, diffusers_factory, transformers_factory, vllm_factory
 from engines.scheduler import AdmissionPolicy, Scheduler
 from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception
@@ -34,7 +34,11 @@ VERSION = "0.1.0"
 
 
 def default_factories(settings: Settings) -> dict[str, EngineFactory]:
-    return {"vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads), "diffusers": diffusers_factory()}
+    return {
+        "vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads),
+        "diffusers": diffusers_factory(),
+        "transformers": transformers_factory(),
+    }
 
 
 def build_state(

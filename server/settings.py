@@ -52,6 +52,9 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     output_max_age_s: int = 86400
     # Webhook targets and fetched URLs may point at private or loopback addresses.
     allow_private_urls: bool = False
+    # The catalog's safety classifier that extra.enable_nsfw_detection runs. Unset: "demo-nsfw"
+    # when the catalog has it, else none; "" turns detection off (such requests get a 400).
+    safety_model: str | None = None
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

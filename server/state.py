@@ -19,6 +19,7 @@ from server.tasks.models import Task
 from server.tasks.results import build_result, encode_result
 from server.tasks.runner import TaskRunner
 from server.tasks.store import SqliteTaskStore
+from server.tasks.upscale import UpscaleTasks
 from server.tasks.webhooks import WebhookSender
 
 log = logging.getLogger("omniserve")
@@ -48,8 +49,13 @@ class AppState:
         self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)
         self.task_runner = TaskRunner(self.task_store, self.webhooks, self._webhook_payload, workers=tasks.workers)
         self.image_tasks = ImageTasks(
-            scheduler, self.task_runner, self.storage, allow_private_urls=tasks.allow_private_urls
+            scheduler,
+            self.task_runner,
+            self.storage,
+            allow_private_urls=tasks.allow_private_urls,
+            safety_model=tasks.safety_model,
         )
+        self.upscale_tasks = UpscaleTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
 
     @property
     def public_url(self) -> str:

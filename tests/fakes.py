@@ -18,6 +18,8 @@ from engines.base import (
     SamplingOptions,
     ScoreResult,
     SequenceDelta,
+    UpscaleJob,
+    upscaled_size,
 )
 
 
@@ -127,12 +129,44 @@ class FakeImageEngine(_FakeBase):
         return ImageResult(images=images, seed=job.seed)
 
 
+class FakeSafetyEngine(_FakeBase):
+    """NSFW label probabilities that grow with the image's mean red: the demo labels, summing to 1."""
+
+    @staticmethod
+    def probabilities(red: float) -> dict[str, float]:
+        share = red / 255
+        return {"normal": 1 - 0.9 * share, "swimwear": 0.2 * share, "suggestive": 0.3 * share, "explicit": 0.4 * share}
+
+    async def classify(self, images: list[Any]) -> list[dict[str, float]]:
+        from PIL import ImageStat
+
+        return [self.probabilities(ImageStat.Stat(image.convert("RGB")).mean[0]) for image in images]
+
+
+class FakeUpscalerEngine(_FakeBase):
+    """A nearest-neighbour resize to the exact requested size."""
+
+    async def upscale(self, job: UpscaleJob, progress: ProgressCallback | None = None) -> Any:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(job.image)) as image:
+            upscaled = image.convert("RGB").resize(upscaled_size(*image.size, job.scale), Image.Resampling.NEAREST)
+        if progress is not None:
+            progress(1.0)
+        return upscaled
+
+
 FAKE_SPECS = [
     ModelSpec(name="fake-chat", kind=ModelKind.CHAT, engine="fake", path="-", aliases=["fake-chat-alias"]),
     ModelSpec(name="fake-embed", kind=ModelKind.EMBEDDING, engine="fake", path="-"),
     ModelSpec(name="fake-rerank", kind=ModelKind.RERANK, engine="fake", path="-"),
     ModelSpec(name="fake-sd", kind=ModelKind.IMAGE, engine="fake", path="-", options={"loras": {"ok-lora": "-"}}),
+    ModelSpec(name="fake-upscaler", kind=ModelKind.UPSCALER, engine="fake", path="-"),
 ]
+# Not in FAKE_SPECS: without it, NSFW detection is off (as on a server with no classifier).
+FAKE_SAFETY_SPEC = ModelSpec(name="fake-nsfw", kind=ModelKind.SAFETY, engine="fake", path="-")
 
 
 def fake_factory(spec: ModelSpec) -> Any:
@@ -141,5 +175,7 @@ def fake_factory(spec: ModelSpec) -> Any:
         ModelKind.EMBEDDING: FakeEmbeddingEngine,
         ModelKind.RERANK: FakeScoreEngine,
         ModelKind.IMAGE: FakeImageEngine,
+        ModelKind.SAFETY: FakeSafetyEngine,
+        ModelKind.UPSCALER: FakeUpscalerEngine,
     }[spec.kind]
     return engine_cls(spec, fail_load=spec.options.get("fail_load", False))

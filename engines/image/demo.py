@@ -1,10 +1,12 @@
-"""Tiny random Stable Diffusion models for the demo catalog and tests, built locally in about a second.
+"""Tiny random image models for the demo catalog and tests, built locally in about a second.
 
 `demo-sd` is an SD 1.x layout (one CLIP text encoder) and carries a LoRA and a textual-inversion
 embedding made for it; `demo-sdxl` is an SDXL layout (two text encoders, pooled text-time
-conditioning). Weights are random but seeded, so every build is identical and pixel comparisons
-between runs are meaningful. Building follows engines/demo.py: each model is assembled in a hidden
-sibling directory and renamed into place with a marker written last.
+conditioning); `demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
+`demo-nsfw` is a ViT image classifier with the labels that NSFW detection levels
+expect (engines/image/safety.py). Weights are random but seeded, so every build is identical and
+pixel comparisons between runs are meaningful. Building follows engines/demo.py: each model is
+assembled in a hidden sibling directory and renamed into place with a marker written last.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ LORA_NAME = "demo-lora"
 EMBEDDING_NAME = "demo-embedding"
 _LORA_FILE = f"loras/{LORA_NAME}.safetensors"
 _EMBEDDING_FILE = f"embeddings/{EMBEDDING_NAME}.safetensors"
+
+SAFETY_MODEL = "demo-nsfw"
+UPSCALER_MODEL = "demo-upscaler"
+SAFETY_LABELS = ["normal", "swimwear", "suggestive", "explicit"]
 
 _HIDDEN = 32  # text encoder width; the UNet's cross-attention width follows it
 _TEXT_LAYERS = 4  # enough layers for clip_skip up to 4 to mean something
@@ -182,7 +188,89 @@ def _build_sdxl(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
-_BUILDERS: dict[str, Callable[[Path], None]] = {"demo-sd": _build_sd, "demo-sdxl": _build_sdxl}
+def _build_upscaler(out: Path) -> None:
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = _clip_tokenizer()
+    # stabilityai/stable-diffusion-x4-upscaler's schedules: noise is added to the low-res image
+    # with DDPM, and the UNet (v-prediction) is sampled with DDIM.
+    schedule = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+    pipe = StableDiffusionUpscalePipeline(
+        # Three blocks: a x4 VAE, the real upscaler's native scale. 0.08333 is its latent scaling.
+        vae=AutoencoderKL(
+            block_out_channels=(8, 8, 16),
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            latent_channels=4,
+            norm_num_groups=4,
+            sample_size=128,
+            scaling_factor=0.08333,
+        ),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        # Latents and the noised low-res image side by side (4 + 3 channels); the noise level
+        # is a class label, as in the real UNet.
+        unet=UNet2DConditionModel(
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            sample_size=32,
+            in_channels=7,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            norm_num_groups=4,
+            cross_attention_dim=_HIDDEN,
+            num_class_embeds=1000,
+        ),
+        low_res_scheduler=DDPMScheduler(**schedule),
+        scheduler=DDIMScheduler(
+            **schedule, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        ),
+        max_noise_level=350,
+    )
+    pipe.save_pretrained(out)
+
+
+def _build_nsfw(out: Path) -> None:
+    import torch
+    import transformers
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    # Random weights: the scores are noise, nowhere near a real NSFW judgement. The model exists so
+    # that detection runs end to end (load, preprocess, classify, level mapping) without a download.
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        id2label=dict(enumerate(SAFETY_LABELS)),
+        label2id={label: index for index, label in enumerate(SAFETY_LABELS)},
+    )
+    ViTForImageClassification(config).save_pretrained(out)
+    # The PIL processor where transformers has one: the default wants torchvision and warns without it.
+    processor_class = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    processor_class(size={"height": 32, "width": 32}).save_pretrained(out)
+
+
+_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "demo-sd": _build_sd,
+    "demo-sdxl": _build_sdxl,
+    SAFETY_MODEL: _build_nsfw,
+    UPSCALER_MODEL: _build_upscaler,
+}
 
 
 def image_demo_catalog(root: Path) -> list[ModelSpec]:
@@ -201,6 +289,16 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             },
         ),
         ModelSpec(name="demo-sdxl", kind=ModelKind.IMAGE, engine="diffusers", path=str(root / "demo-sdxl")),
+        # No options.levels: its labels are those of safety.DEFAULT_LEVELS.
+        ModelSpec(name=SAFETY_MODEL, kind=ModelKind.SAFETY, engine="transformers", path=str(root / SAFETY_MODEL)),
+        # Two steps instead of the real checkpoint's 20: random weights make no better picture with more.
+        ModelSpec(
+            name=UPSCALER_MODEL,
+            kind=ModelKind.UPSCALER,
+            engine="diffusers",
+            path=str(root / UPSCALER_MODEL),
+            options={"steps": 2},
+        ),
     ]
 
 
@@ -240,8 +338,9 @@ def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpe
         _build_one(root / name, builder, force)
     specs = image_demo_catalog(root)
     for spec in specs:
-        if not Path(spec.path, "model_index.json").is_file():
-            raise FileNotFoundError(f"{spec.name}: no pipeline at {spec.path}")
+        index = "model_index.json" if spec.kind in (ModelKind.IMAGE, ModelKind.UPSCALER) else "config.json"
+        if not Path(spec.path, index).is_file():
+            raise FileNotFoundError(f"{spec.name}: no model at {spec.path}")
     return specs
 
 

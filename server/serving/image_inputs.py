@@ -6,6 +6,8 @@ same whether the image arrives as a multipart file (OpenAI /images/edits) or as 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from typing import Any
 
@@ -61,6 +63,16 @@ def _too_many_pixels(param: str, width: int = 0, height: int = 0) -> ApiError:
         f"{param}{size} exceeds the limit of {MAX_INPUT_PIXELS} pixels.",
         param=param,
     )
+
+
+def base64_image_bytes(value: str, param: str) -> bytes:
+    """The bytes of a base64 image field (a data: URL too); a 400 naming ``param`` if not base64."""
+    if "," in value[:100] and value.startswith("data:"):
+        value = value.split(",", 1)[1]  # data URLs are common in browser clients
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(ErrorCode.INVALID_IMAGE_FORMAT, "The image is not valid base64.", param=param) from None
 
 
 def decode_input_image(data: bytes, param: str) -> bytes:

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import io
 import secrets
 from typing import Any, cast
 
 import msgspec
 
-from engines.base import ImageEngine, ImageGeneration, LoraWeight, ModelKind
+from engines.base import ImageEngine, ImageGeneration, LoraWeight, ModelKind, SafetyEngine
+from engines.image.demo import SAFETY_MODEL as DEMO_SAFETY_MODEL
+from engines.image.safety import nsfw_confidence, nsfw_levels
+from engines.registry import CatalogError
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody
 from server.netguard import check_public_url_async
-from server.serving.image_inputs import decode_input_image
+from server.serving.image_inputs import base64_image_bytes, decode_input_image
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
@@ -55,13 +57,21 @@ def check_size(width: int, height: int, prefix: str = "request.") -> None:
 
 
 def _base64_image(value: str, param: str) -> bytes:
-    if "," in value[:100] and value.startswith("data:"):
-        value = value.split(",", 1)[1]  # data URLs are common in browser clients
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid("The image is not valid base64.", param, ErrorCode.INVALID_IMAGE_FORMAT) from None
-    return decode_input_image(data, param)
+    return decode_input_image(base64_image_bytes(value, param), param)
+
+
+async def enqueue(runner: TaskRunner, task: Task, extra: CommonExtra) -> None:
+    """Queue a validated task, or with webhook test mode, record its mock result at once."""
+    test_mode = extra.webhook.test_mode if extra.webhook else None
+    if test_mode is not None and test_mode.enabled:
+        # A mock event of the chosen status; no inference runs.
+        task.status = TaskStatus(test_mode.return_task_status)
+        task.execute_time_ms = task.complete_time_ms = now_ms()
+        if task.status is TaskStatus.FAILED:
+            task.reason = "Webhook test mode: a mock failure."
+        await runner.record_finished(task)
+    else:
+        await runner.submit(task)
 
 
 def _image_size(data: bytes) -> tuple[int, int]:
@@ -75,12 +85,29 @@ def _image_size(data: bytes) -> tuple[int, int]:
 
 class ImageTasks:
     def __init__(
-        self, scheduler: Scheduler, runner: TaskRunner, storage: LocalStorage, *, allow_private_urls: bool
+        self,
+        scheduler: Scheduler,
+        runner: TaskRunner,
+        storage: LocalStorage,
+        *,
+        allow_private_urls: bool,
+        safety_model: str | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.storage = storage
         self.allow_private_urls = allow_private_urls
+        # The classifier for extra.enable_nsfw_detection (settings tasks.safety_model); unset means
+        # the demo one when the catalog has it, "" means none.
+        if safety_model is None:
+            safety_model = DEMO_SAFETY_MODEL if scheduler.registry.get(DEMO_SAFETY_MODEL) is not None else ""
+        self.safety_model = safety_model or None
+        self.nsfw_levels: dict[int, frozenset[str]] = {}
+        if self.safety_model is not None:
+            classifier = scheduler.registry.get(self.safety_model)
+            if classifier is None or classifier.spec.kind is not ModelKind.SAFETY:
+                raise CatalogError(f"tasks.safety_model {self.safety_model!r} is not a safety model in the catalog")
+            self.nsfw_levels = nsfw_levels(classifier.spec)
         for task_type in BODY_TYPES:
             runner.register(task_type, self.execute)
 
@@ -91,8 +118,8 @@ class ImageTasks:
             )
         if extra.custom_storage is not None and extra.custom_storage.aws_s3 is not None:
             raise _invalid("custom_storage.aws_s3 is not supported by this server yet.", "extra.custom_storage")
-        if extra.enable_nsfw_detection:
-            raise _invalid("NSFW detection is not available on this server yet.", "extra.enable_nsfw_detection")
+        if extra.enable_nsfw_detection and self.safety_model is None:
+            raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")
         if not 0 <= extra.nsfw_detection_level <= 2:
             raise _invalid("nsfw_detection_level must be 0, 1 or 2.", "extra.nsfw_detection_level")
 
@@ -162,16 +189,7 @@ class ImageTasks:
             seed=secrets.randbelow(SEED_LIMIT) if request.seed is None or request.seed < 0 else request.seed,
             webhook_url=body.extra.webhook.url if body.extra.webhook else None,
         )
-        test_mode = body.extra.webhook.test_mode if body.extra.webhook else None
-        if test_mode is not None and test_mode.enabled:
-            # A mock event of the chosen status; no inference runs.
-            task.status = TaskStatus(test_mode.return_task_status)
-            task.execute_time_ms = task.complete_time_ms = now_ms()
-            if task.status is TaskStatus.FAILED:
-                task.reason = "Webhook test mode: a mock failure."
-            await self.runner.record_finished(task)
-        else:
-            await self.runner.submit(task)
+        await enqueue(self.runner, task, body.extra)
         return task.task_id
 
     def _job(self, body: ImageBody, seed: int) -> ImageGeneration:
@@ -207,16 +225,25 @@ class ImageTasks:
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = msgspec.json.decode(task.request, type=BODY_TYPES[task.task_type])
+        detect = body.extra.enable_nsfw_detection
+        if detect and self.safety_model is None:  # accepted before a restart without a classifier
+            raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")
         job = await asyncio.to_thread(self._job, body, task.seed or 0)
         async with self.scheduler.lease(task.model) as leased:
             result = await cast(ImageEngine, leased).generate(job, progress)
+        nsfw: list[dict[str, object] | None] = [None] * len(result.images)
+        if detect and self.safety_model is not None:
+            async with self.scheduler.lease(self.safety_model) as classifier:
+                scores = await cast(SafetyEngine, classifier).classify(result.images)
+            counted = self.nsfw_levels[body.extra.nsfw_detection_level]
+            nsfw = [{"valid": True, "confidence": nsfw_confidence(probabilities, counted)} for probabilities in scores]
         image_type = body.extra.response_image_type
         outputs = []
-        for index, image in enumerate(result.images):
+        for index, (image, detection) in enumerate(zip(result.images, nsfw, strict=True)):
             data = await asyncio.to_thread(encode_image, image, image_type)
             key = f"{task.task_id}/{index}.{image_type}"
             await asyncio.to_thread(self.storage.put, key, data)
-            outputs.append(OutputFile(kind="image", key=key, media_type=image_type))
+            outputs.append(OutputFile(kind="image", key=key, media_type=image_type, nsfw=detection))
         return TaskOutcome(outputs=outputs, seed=result.seed)
 
 

@@ -12,12 +12,13 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import TaskSubmitted
 from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
 from schemas.v3.tasks import TaskResult
+from schemas.v3.upscale import UpscaleBody
 from server.errors import validation_error
 from server.state import AppState
 from server.tasks.models import TaskType
 from server.tasks.results import build_result
 
-BodyT = TypeVar("BodyT", Txt2ImgBody, Img2ImgBody, InpaintingBody)
+BodyT = TypeVar("BodyT", Txt2ImgBody, Img2ImgBody, InpaintingBody, UpscaleBody)
 
 _CONTENT_TYPES = {
     "png": "image/png",
@@ -68,6 +69,12 @@ class AsyncTaskController(Controller):
         return TaskSubmitted(
             task_id=await app_state.image_tasks.submit(TaskType.INPAINTING, raw, body, _caller(request))
         )
+
+    @post("/upscale", status_code=200, summary="Submit an image upscaling task")
+    async def upscale(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        body = _decode(raw, UpscaleBody)
+        return TaskSubmitted(task_id=await app_state.upscale_tasks.submit(raw, body, _caller(request)))
 
     @get("/task-result", summary="Poll an async task")
     async def task_result(self, request: Request, task_id: str, app_state: AppState) -> TaskResult:

@@ -1,0 +1,20 @@
+"""POST /v3/async/upscale (seed 003)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.v3.common import CommonExtra
+
+
+class UpscaleRequest(msgspec.Struct, kw_only=True):
+    model_name: str
+    # The image to upscale, at most 2048x2048; a data: URL prefix is accepted too.
+    image_base64: str
+    # The factor for each side, in (1, 4]; the output is round(side * scale_factor).
+    scale_factor: float
+
+
+class UpscaleBody(msgspec.Struct, kw_only=True):
+    request: UpscaleRequest
+    extra: CommonExtra = msgspec.field(default_factory=CommonExtra)
