@@ -163,10 +163,10 @@ FAKE_SPECS = [
     ModelSpec(name="fake-embed", kind=ModelKind.EMBEDDING, engine="fake", path="-"),
     ModelSpec(name="fake-rerank", kind=ModelKind.RERANK, engine="fake", path="-"),
     ModelSpec(name="fake-sd", kind=ModelKind.IMAGE, engine="fake", path="-", options={"loras": {"ok-lora": "-"}}),
-    ModelSpec(name="fake-upscaler", kind=ModelKind.UPSCALER, engine="fake", path="-"),
 ]
 # Not in FAKE_SPECS: without it, NSFW detection is off (as on a server with no classifier).
 FAKE_SAFETY_SPEC = ModelSpec(name="fake-nsfw", kind=ModelKind.SAFETY, engine="fake", path="-")
+FAKE_UPSCALER_SPEC = ModelSpec(name="fake-upscaler", kind=ModelKind.UPSCALER, engine="fake", path="-")
 
 
 def fake_factory(spec: ModelSpec) -> Any:

@@ -8,8 +8,6 @@ import io
 import secrets
 from typing import Any, cast
 
-import msgspec
-
 from engines.base import ImageEngine, ImageGeneration, LoraWeight, ModelKind, SafetyEngine
 from engines.image.demo import SAFETY_MODEL as DEMO_SAFETY_MODEL
 from engines.image.safety import nsfw_confidence, nsfw_levels
@@ -21,6 +19,7 @@ from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt
 from server.netguard import check_public_url_async
 from server.serving.image_inputs import base64_image_bytes, decode_input_image
 from server.storage.local import LocalStorage
+from server.tasks.bodies import decode_task_body
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
 
@@ -224,7 +223,7 @@ class ImageTasks:
         return job
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
-        body = msgspec.json.decode(task.request, type=BODY_TYPES[task.task_type])
+        body = decode_task_body(task.request, BODY_TYPES[task.task_type])
         detect = body.extra.enable_nsfw_detection
         if detect and self.safety_model is None:  # accepted before a restart without a classifier
             raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-import msgspec
-
 from engines.base import ModelKind, UpscaleEngine, UpscaleJob, upscaled_size
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.upscale import UpscaleBody, UpscaleRequest
 from server.serving.image_inputs import base64_image_bytes, open_input_image
 from server.storage.local import LocalStorage
+from server.tasks.bodies import decode_task_body
 from server.tasks.images import ImageTasks, encode_image, enqueue
 from server.tasks.models import OutputFile, Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
@@ -78,7 +77,7 @@ class UpscaleTasks:
         return task.task_id
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
-        body = msgspec.json.decode(task.request, type=UpscaleBody)
+        body = decode_task_body(task.request, UpscaleBody)
         image = await asyncio.to_thread(base64_image_bytes, body.request.image_base64, IMAGE_PARAM)
         job = UpscaleJob(image=image, scale=body.request.scale_factor)
         async with self.scheduler.lease(task.model) as leased:

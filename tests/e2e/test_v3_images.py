@@ -256,3 +256,29 @@ def test_not_an_image_is_refused(server: RunningServer) -> None:
     body["request"]["image_base64"] = "%%% not base64 %%%"
     response = httpx.post(f"{server.base_url}/v3/async/img2img", json=body, headers=_auth(server))
     assert response.status_code == 400 and response.json()["reason"] == "INVALID_IMAGE_FORMAT"
+
+
+def test_upscale_task_over_http(server: RunningServer) -> None:
+    buffer = io.BytesIO()
+    _png((40, 120, 200), size=(48, 30)).save(buffer, format="PNG")
+    body = {
+        "extra": {"response_image_type": "webp"},
+        "request": {
+            "model_name": "demo-upscaler",
+            "image_base64": base64.b64encode(buffer.getvalue()).decode(),
+            "scale_factor": 2.5,
+        },
+    }
+    response = httpx.post(f"{server.base_url}/v3/async/upscale", json=body, headers=_auth(server))
+    assert response.status_code == 200, response.text
+    result = _poll(server, response.json()["task_id"])
+    assert result["task"]["status"] == "TASK_STATUS_SUCCEED", result["task"]["reason"]
+    assert result["task"]["task_type"] == "UPSCALE"
+    [image] = result["images"]
+    downloaded = httpx.get(image["image_url"])
+    assert downloaded.status_code == 200 and downloaded.headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(downloaded.content)) as upscaled:
+        assert (upscaled.format, upscaled.size) == ("WEBP", (120, 75))
+    body["request"]["scale_factor"] = 4.5
+    refused = httpx.post(f"{server.base_url}/v3/async/upscale", json=body, headers=_auth(server))
+    assert refused.status_code == 400 and refused.json()["metadata"]["param"] == "request.scale_factor"

@@ -147,3 +147,16 @@ def json_of(text: str) -> Any:
     import json
 
     return json.loads(text)
+
+
+async def test_explicit_nulls_mean_defaults(client: AsyncTestClient) -> None:
+    # novita-client serialises every field, sending null for options the caller left out.
+    body = {
+        "request": {**REQUEST, "steps": None, "strength": None, "seed": None, "negative_prompt": None},
+        "extra": {"webhook": None, "custom_storage": {}, "enterprise_plan": {}},
+    }
+    submitted = await client.post("/v3/async/txt2img", json=body)
+    assert submitted.status_code == 200, submitted.text
+    result = await poll(client, submitted.json()["task_id"])
+    assert result["task"]["status"] == "TASK_STATUS_SUCCEED"
+    assert int(result["extra"]["seed"]) >= 0

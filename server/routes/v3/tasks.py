@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-import msgspec
 from litestar import Controller, Request, get, post
 from litestar.response import File
 
@@ -13,8 +12,8 @@ from schemas.v3.common import TaskSubmitted
 from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
 from schemas.v3.tasks import TaskResult
 from schemas.v3.upscale import UpscaleBody
-from server.errors import validation_error
 from server.state import AppState
+from server.tasks.bodies import decode_task_body
 from server.tasks.models import TaskType
 from server.tasks.results import build_result
 
@@ -30,13 +29,6 @@ _CONTENT_TYPES = {
 }
 
 
-def _decode(raw: bytes, body_type: type[BodyT]) -> BodyT:
-    try:
-        return msgspec.json.decode(raw, type=body_type)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise validation_error(exc) from None
-
-
 def _caller(request: Request) -> str | None:
     key_id: str | None = request.scope.get("state", {}).get("api_key_id")
     return key_id
@@ -49,7 +41,7 @@ class AsyncTaskController(Controller):
     @post("/txt2img", status_code=200, summary="Submit a text-to-image task")
     async def txt2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
         raw = await request.body()
-        body = _decode(raw, Txt2ImgBody)
+        body = decode_task_body(raw, Txt2ImgBody)
         return TaskSubmitted(
             task_id=await app_state.image_tasks.submit(TaskType.TXT_TO_IMG, raw, body, _caller(request))
         )
@@ -57,7 +49,7 @@ class AsyncTaskController(Controller):
     @post("/img2img", status_code=200, summary="Submit an image-to-image task")
     async def img2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
         raw = await request.body()
-        body = _decode(raw, Img2ImgBody)
+        body = decode_task_body(raw, Img2ImgBody)
         return TaskSubmitted(
             task_id=await app_state.image_tasks.submit(TaskType.IMG_TO_IMG, raw, body, _caller(request))
         )
@@ -65,7 +57,7 @@ class AsyncTaskController(Controller):
     @post("/inpainting", status_code=200, summary="Submit an inpainting task")
     async def inpainting(self, request: Request, app_state: AppState) -> TaskSubmitted:
         raw = await request.body()
-        body = _decode(raw, InpaintingBody)
+        body = decode_task_body(raw, InpaintingBody)
         return TaskSubmitted(
             task_id=await app_state.image_tasks.submit(TaskType.INPAINTING, raw, body, _caller(request))
         )
@@ -73,7 +65,7 @@ class AsyncTaskController(Controller):
     @post("/upscale", status_code=200, summary="Submit an image upscaling task")
     async def upscale(self, request: Request, app_state: AppState) -> TaskSubmitted:
         raw = await request.body()
-        body = _decode(raw, UpscaleBody)
+        body = decode_task_body(raw, UpscaleBody)
         return TaskSubmitted(task_id=await app_state.upscale_tasks.submit(raw, body, _caller(request)))
 
     @get("/task-result", summary="Poll an async task")
