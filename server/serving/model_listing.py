@@ -47,6 +47,13 @@ def _entries(specs: list[ModelSpec]) -> list[tuple[ModelInfo, bool, bool]]:
     """(info, is_sdxl, is_inpainting) for every listable item, in catalog order."""
     entries = []
     for spec in specs:
+        if spec.kind is ModelKind.UPSCALER:
+            upscaler = ModelInfo(
+                id=_stable_id(spec.name), name=spec.name, sd_name=spec.name, sd_name_in_api=spec.name,
+                type=ModelType(name="upscaler", display_name=_DISPLAY["upscaler"]),
+            )  # fmt: skip
+            entries.append((upscaler, False, False))
+            continue
         if spec.kind is not ModelKind.IMAGE:
             continue
         sdxl = _is_sdxl(spec)

@@ -16,6 +16,7 @@ SPECS = [
         options={"loras": {"detail": "-", "style": "-"}, "embeddings": {"badhand": "-"}},
     ),
     ModelSpec(name="xl", kind=ModelKind.IMAGE, engine="diffusers", path="-", options={"architecture": "sdxl"}),
+    ModelSpec(name="x4", kind=ModelKind.UPSCALER, engine="diffusers", path="-"),
 ]
 
 
@@ -31,6 +32,7 @@ def test_lists_image_items_only_with_types() -> None:
         ("style", "lora"),
         ("badhand", "textualinversion"),
         ("xl", "checkpoint"),
+        ("x4", "upscaler"),
     ]
     assert result.pagination.next_cursor == ""
 
@@ -51,7 +53,7 @@ def test_cursor_pagination_walks_everything_once() -> None:
         cursor = page.pagination.next_cursor
         if not cursor:
             break
-    assert seen == ["sd15", "detail", "style", "badhand", "xl"]
+    assert seen == ["sd15", "detail", "style", "badhand", "xl", "x4"]
 
 
 def test_bad_paging_is_a_named_400() -> None:
