@@ -282,3 +282,12 @@ def test_upscale_task_over_http(server: RunningServer) -> None:
     body["request"]["scale_factor"] = 4.5
     refused = httpx.post(f"{server.base_url}/v3/async/upscale", json=body, headers=_auth(server))
     assert refused.status_code == 400 and refused.json()["metadata"]["param"] == "request.scale_factor"
+
+
+def test_models_v3_with_the_novita_sdk(novita: NovitaClient) -> None:
+    models = novita.models_v3(refresh=True)
+    by_name = {model.sd_name_in_api: model for model in models}
+    assert by_name["demo-sd"].type.name == "checkpoint"
+    assert by_name["demo-lora"].type.name == "lora"
+    assert by_name["demo-embedding"].type.name == "textualinversion"
+    assert by_name["demo-sdxl"].base_model == "SDXL 1.0"
