@@ -19,9 +19,8 @@ def _setup_logging(level: str) -> None:
 def _catalog(settings: Settings) -> list[ModelSpec]:
     if settings.models:
         return list(settings.models)
-    from engines.image.demo import build_image_demo_models
-
     from engines.demo import build_demo_models
+    from engines.image.demo import build_image_demo_models
 
     root = settings.data_path / "models" / "demo"
     return build_demo_models(root) + build_image_demo_models(root)
@@ -72,9 +71,8 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_demo(settings: Settings, force: bool) -> int:
-    from engines.image.demo import build_image_demo_models
-
     from engines.demo import build_demo_models
+    from engines.image.demo import build_image_demo_models
 
     started = time.monotonic()
     root = settings.data_path / "models" / "demo"

@@ -13,9 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo catalog, built once per test session."""
-    from engines.image.demo import build_image_demo_models
-
     from engines.demo import build_demo_models
+    from engines.image.demo import build_image_demo_models
 
     root = tmp_path_factory.mktemp("demo-models")
     build_demo_models(root)
