@@ -8,18 +8,16 @@ assembled in a temporary sibling and renamed into place with a marker written la
 
 from __future__ import annotations
 
-import shutil
 import string
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
 BUILD_VERSION = "omniserve-demo-1"
-MARKER = ".omniserve-built"
 
 _KV_BYTES = 64 * 1024 * 1024  # default KV sizing fails on small CPU machines
 _COMMON: dict[str, Any] = {
@@ -214,41 +212,12 @@ def demo_catalog(root: Path) -> list[ModelSpec]:
     ]
 
 
-def _is_built(path: Path) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text().strip() == BUILD_VERSION
-
-
-def _build_one(target: Path, builder: Callable[[Path], None], force: bool) -> None:
-    if not force and _is_built(target):
-        return
-    # A sibling temp dir: same filesystem, so the final rename is atomic and a crash
-    # leaves at most a hidden temp dir, never a half model at `target`.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        builder(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
-        (tmp / MARKER).write_text(BUILD_VERSION + "\n")  # last: means "complete"
-        if not force and _is_built(target):
-            return  # another process finished it meanwhile; don't pull it from under a reader
-        if target.exists():  # incomplete, outdated or forced; rename needs it gone
-            shutil.rmtree(target)
-        try:
-            tmp.rename(target)
-        except OSError:
-            # Another process finished the same build first; theirs is as good.
-            if not _is_built(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def build_demo_models(root: Path, *, force: bool = False) -> list[ModelSpec]:
     """Build missing (or, with `force`, all) demo models under `root`; return the specs."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for name, builder in _BUILDERS.items():
-        _build_one(root / name, builder, force)
+        build_atomically(root / name, builder, BUILD_VERSION, force=force)
     specs = demo_catalog(root)
     for spec in specs:
         if not Path(spec.path, "config.json").is_file():

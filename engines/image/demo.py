@@ -11,17 +11,15 @@ assembled in a hidden sibling directory and renamed into place with a marker wri
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
 BUILD_VERSION = "omniserve-image-demo-1"
-MARKER = ".omniserve-built"
 
 LORA_NAME = "demo-lora"
 EMBEDDING_NAME = "demo-embedding"
@@ -302,40 +300,12 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
     ]
 
 
-def _is_built(path: Path) -> bool:
-    marker = path / MARKER
-    return marker.is_file() and marker.read_text().strip() == BUILD_VERSION
-
-
-def _build_one(target: Path, builder: Callable[[Path], None], force: bool) -> None:
-    if not force and _is_built(target):
-        return
-    # A sibling temp dir: same filesystem, so the final rename is atomic and a crash leaves
-    # at most a hidden temp dir, never a half model at `target`.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        builder(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a server may run as another user
-        (tmp / MARKER).write_text(BUILD_VERSION + "\n")  # last: means "complete"
-        if not force and _is_built(target):
-            return  # another process finished it meanwhile; don't pull it from under a reader
-        if target.exists():
-            shutil.rmtree(target)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _is_built(target):  # lost a race to an equally good build: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpec]:
     """Build missing (or, with `force`, all) image demo models under `root`; return the specs."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for name, builder in _BUILDERS.items():
-        _build_one(root / name, builder, force)
+        build_atomically(root / name, builder, BUILD_VERSION, force=force)
     specs = image_demo_catalog(root)
     for spec in specs:
         index = "model_index.json" if spec.kind in (ModelKind.IMAGE, ModelKind.UPSCALER) else "config.json"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import io
 import json
 import logging
@@ -21,18 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ImageGeneration, ImageResult, ModelSpec, ProgressCallback
+from engines.image.devices import device_lock, pipeline_bytes, release_memory
 from engines.image.samplers import SAMPLERS, make_scheduler
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.diffusers")
-
-_DEVICE_LOCKS: dict[str, threading.Lock] = {}
-_DEVICE_LOCKS_GUARD = threading.Lock()
-
-
-def _device_lock(device: str) -> threading.Lock:
-    with _DEVICE_LOCKS_GUARD:
-        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
 
 
 class _Cancelled(Exception):
@@ -168,7 +160,7 @@ class DiffusersImageEngine:
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
         self.device = device
-        self._lock = _device_lock(device)
+        self._lock = device_lock(device)
         self._pipe: Any = None
         self._derived: dict[str, Any] = {}  # "img2img" / "inpaint" -> pipeline built with from_pipe
         self._scheduler_config: Any = None  # the checkpoint's own, base of every sampler
@@ -210,17 +202,12 @@ class DiffusersImageEngine:
         self._derived.clear()
         self._loras.clear()
         self._embeddings.clear()
-        gc.collect()  # pipelines hold reference cycles; free the weights now, not at some later GC
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        release_memory(self.device)
 
     def memory_bytes(self) -> int:
         if self._pipe is None:
             return self.spec.memory_bytes
-        modules = [c for c in self._pipe.components.values() if hasattr(c, "parameters")]
-        return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+        return pipeline_bytes(self._pipe)
 
     async def health(self) -> bool:
         return self._pipe is not None

@@ -24,14 +24,13 @@ two models computing on one device at once only slow each other down.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import threading
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from engines.base import ModelSpec
-from engines.image.pipelines import _device_lock
+from engines.image.devices import device_lock, parameter_bytes, release_memory
 from engines.registry import CatalogError
 
 log = logging.getLogger("omniserve.engines.safety")
@@ -71,7 +70,7 @@ class SafetyClassifierEngine:
         self.spec = spec
         self.device = device
         self.levels = nsfw_levels(spec)  # a catalog mistake fails at startup, not in the first task
-        self._lock = _device_lock(device)
+        self._lock = device_lock(device)
         self._model: Any = None
         self._processor: Any = None
 
@@ -105,16 +104,12 @@ class SafetyClassifierEngine:
 
     async def unload(self) -> None:
         self._model, self._processor = None, None
-        gc.collect()
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        release_memory(self.device)
 
     def memory_bytes(self) -> int:
         if self._model is None:
             return self.spec.memory_bytes
-        return sum(t.numel() * t.element_size() for t in [*self._model.parameters(), *self._model.buffers()])
+        return parameter_bytes([self._model])
 
     async def health(self) -> bool:
         return self._model is not None

@@ -13,14 +13,13 @@ thread under the same per-device lock as the image pipelines: they compete for t
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import logging
 import threading
 from typing import Any
 
 from engines.base import ModelSpec, ProgressCallback, UpscaleJob, upscaled_size
-from engines.image.pipelines import _device_lock
+from engines.image.devices import device_lock, pipeline_bytes, release_memory
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.upscaler")
@@ -68,7 +67,7 @@ class UpscalerEngine:
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
         self.device = device
-        self._lock = _device_lock(device)
+        self._lock = device_lock(device)
         self._pipe: Any = None
 
     @property
@@ -99,17 +98,12 @@ class UpscalerEngine:
 
     async def unload(self) -> None:
         self._pipe = None
-        gc.collect()  # pipelines hold reference cycles; free the weights now
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        release_memory(self.device)
 
     def memory_bytes(self) -> int:
         if self._pipe is None:
             return self.spec.memory_bytes
-        modules = [c for c in self._pipe.components.values() if hasattr(c, "parameters")]
-        return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+        return pipeline_bytes(self._pipe)
 
     async def health(self) -> bool:
         return self._pipe is not None
