@@ -15,13 +15,18 @@ per task, in ms ((1/ips_omni - 1/ips_direct) * 1000) and as a share of the direc
 
 Goal: omniserve adds under 5% to the direct loop's per-image time at 512x512.
 
-    python benchmarks/image_throughput.py [--sizes 128,512] [--steps 4] [--jobs N] [--concurrency 8]
+    python benchmarks/image_throughput.py [--sizes 128,512] [--steps 4] [--jobs N] [--rounds 1] [--concurrency 8]
 
 The small size is 128x128, not 64x64: the /v3 API refuses sides below 128
 (`server.tasks.images.MIN_SIDE`), and the comparison needs the same job on both sides. Images per
-size default to 48 below 512x512 and 16 from 512x512 up (`--jobs` sets one count for every size);
-warm-up jobs run first on each side and size and are not counted. The direct loop and the server
-are never under load at the same time; the load generator runs in this process on the same machine.
+size default to 48 below 512x512 and 16 from 512x512 up (`--jobs` sets one count for every size),
+per round (`--rounds`, default 1); warm-up jobs run before each timed turn and are not counted.
+
+The server is started and the in-process engine loaded before anything is timed; then, size by
+size, the direct loop and the server's clients take turns (more rounds alternate who goes first).
+The two are never under load at the same time (the idle one costs next to nothing), and the load
+generator runs in this process on the same machine. Each measurement prints the 1-minute load
+average: other work on the machine skews both.
 """
 
 from __future__ import annotations
@@ -55,6 +60,15 @@ IMAGE_TYPE = "png"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GOAL_PERCENT = 5.0
 GOAL_SIZE = 512
+WARMUP_SEED = 1_000_000  # warm-up jobs draw other seeds than the measured ones
+
+
+def load() -> str:
+    """The 1-minute load average, shown with each measurement: other work on the machine skews it."""
+    try:
+        return f" (load {Path('/proc/loadavg').read_text().split()[0]})"
+    except OSError:
+        return ""
 
 
 class Result(msgspec.Struct):
@@ -99,37 +113,35 @@ def job_for(size: int, steps: int, seed: int) -> ImageGeneration:
 # ---------------------------------------------------------------- direct
 
 
-async def run_direct(spec: ModelSpec, plan: list[tuple[int, int]], steps: int, warmup: int) -> dict[int, float]:
-    """images/s for each (size, jobs) of `plan`, one job at a time in this process."""
-    from engines.image.pipelines import DiffusersImageEngine
+class Direct:
+    """The engine in this process, one job at a time, each image encoded as the server does."""
 
-    engine = DiffusersImageEngine(spec)
-    started = time.monotonic()
-    await engine.load()
-    print(f"direct: loaded in {time.monotonic() - started:.1f} s", flush=True)
+    def __init__(self, spec: ModelSpec, steps: int) -> None:
+        from engines.image.pipelines import DiffusersImageEngine
 
-    async def one(size: int, seed: int) -> int:
-        result = await engine.generate(job_for(size, steps, seed))
+        self.engine = DiffusersImageEngine(spec)
+        self.steps = steps
+
+    async def one(self, size: int, seed: int) -> int:
+        result = await self.engine.generate(job_for(size, self.steps, seed))
         for image in result.images:
             if not encode_image(image, IMAGE_TYPE).startswith(PNG_MAGIC):
                 raise RuntimeError("encode_image returned no PNG")
         return len(result.images)
 
-    out: dict[int, float] = {}
-    try:
-        for size, jobs in plan:
-            for seed in range(warmup):
-                await one(size, 1_000_000 + seed)
-            started = time.perf_counter()
-            images = 0
-            for seed in range(jobs):
-                images += await one(size, seed)
-            elapsed = time.perf_counter() - started
-            out[size] = images / elapsed
-            print(f"  direct {size}x{size}: {images} images in {elapsed:.2f} s = {out[size]:.2f} img/s", flush=True)
-    finally:
-        await engine.unload()  # frees the weights (and collects) before the server starts
-    return out
+    async def measure(self, size: int, jobs: int, warmup: int) -> tuple[int, float]:
+        for seed in range(warmup):
+            await self.one(size, WARMUP_SEED + seed)
+        started = time.perf_counter()
+        images = 0
+        for seed in range(jobs):
+            images += await self.one(size, seed)
+        elapsed = time.perf_counter() - started
+        print(
+            f"  direct    {size}x{size}: {images} images in {elapsed:.2f} s = {images / elapsed:.2f} img/s{load()}",
+            flush=True,
+        )
+        return images, elapsed
 
 
 # ---------------------------------------------------------------- omniserve
@@ -256,26 +268,62 @@ async def run_clients(
     return images, elapsed
 
 
-async def run_omniserve(
-    server: Server, plan: list[tuple[int, int]], steps: int, warmup: int, concurrency: int, poll_s: float
-) -> dict[int, float]:
+async def measure_omniserve(
+    server: Server, size: int, steps: int, jobs: int, warmup: int, concurrency: int, poll_s: float
+) -> tuple[int, float]:
+    if warmup:
+        await run_clients(server.url, size, steps, warmup, concurrency, poll_s, WARMUP_SEED)
+    images, elapsed = await run_clients(server.url, size, steps, jobs, concurrency, poll_s, 0)
+    if images != jobs:
+        raise RuntimeError(f"{jobs} tasks gave {images} images")
+    print(
+        f"  omniserve {size}x{size}: {images} images in {elapsed:.2f} s = {images / elapsed:.2f} img/s{load()}",
+        flush=True,
+    )
+    return images, elapsed
+
+
+async def bench(spec: ModelSpec, server: Server, plan: list[tuple[int, int]], args: argparse.Namespace) -> list[Result]:
+    """Both sides are set up first; then, size by size, the direct loop and the server's clients take
+    turns (who goes first alternates between rounds), so the numbers compared are taken close together.
+    The idle side costs next to nothing while the other is measured."""
     started = time.monotonic()
     await wait_ready(server)
     print(f"omniserve: ready in {time.monotonic() - started:.1f} s", flush=True)
-    out: dict[int, float] = {}
-    for size, jobs in plan:
-        if warmup:
-            await run_clients(server.url, size, steps, warmup, concurrency, poll_s, 1_000_000)
-        images, elapsed = await run_clients(server.url, size, steps, jobs, concurrency, poll_s, 0)
-        if images != jobs:
-            raise RuntimeError(f"{jobs} tasks gave {images} images")
-        out[size] = images / elapsed
-        print(
-            f"  omniserve {size}x{size}: {images} images in {elapsed:.2f} s = {out[size]:.2f} img/s "
-            f"({concurrency} clients, poll {poll_s * 1000:.0f} ms)",
-            flush=True,
-        )
-    return out
+    direct = Direct(spec, args.steps)
+    started = time.monotonic()
+    await direct.engine.load()
+    print(f"direct: loaded in {time.monotonic() - started:.1f} s", flush=True)
+    poll_s = args.poll_ms / 1000
+    results = []
+    try:
+        for size, jobs in plan:
+            totals = {"direct": [0, 0.0], "omniserve": [0, 0.0]}  # images, seconds over all rounds
+            for round_index in range(args.rounds):
+                order = ["direct", "omniserve"] if round_index % 2 == 0 else ["omniserve", "direct"]
+                for side in order:
+                    # Warm-up before each turn: the other side ran in between.
+                    if side == "direct":
+                        images, elapsed = await direct.measure(size, jobs, args.warmup)
+                    else:
+                        images, elapsed = await measure_omniserve(
+                            server, size, args.steps, jobs, args.warmup, args.concurrency, poll_s
+                        )
+                    totals[side][0] += images
+                    totals[side][1] += elapsed
+            direct_images, direct_s = totals["direct"]
+            omni_images, omni_s = totals["omniserve"]
+            results.append(
+                Result(
+                    size=size,
+                    images=jobs * args.rounds,
+                    direct_ips=direct_images / direct_s,
+                    omni_ips=omni_images / omni_s,
+                )
+            )
+    finally:
+        await direct.engine.unload()
+    return results
 
 
 # ---------------------------------------------------------------- report
@@ -305,7 +353,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="128,512", help="square sides, comma-separated (at least 128)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--jobs", type=int, help="images per size (default: 48 below 512x512, 16 from 512x512)")
-    parser.add_argument("--warmup", type=int, default=2, help="uncounted jobs per size and side before timing")
+    parser.add_argument("--warmup", type=int, default=4, help="uncounted jobs before each timed turn")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="turns per side and size, alternating who goes first (summed)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent /v3 clients")
     parser.add_argument("--poll-ms", type=float, default=20.0, help="task-result polling interval")
     args = parser.parse_args()
@@ -324,19 +375,16 @@ def main() -> None:
     spec = next(s for s in build_image_demo_models(work / "models") if s.name == MODEL)
     print(f"built {MODEL} under {work / 'models'} in {time.monotonic() - wall_started:.1f} s", flush=True)
 
-    direct = asyncio.run(run_direct(spec, plan, args.steps, args.warmup))
-
     port = free_port()
     server = Server(omniserve_command(spec, work, port), port, work / "omniserve.log")
     try:
-        omni = asyncio.run(run_omniserve(server, plan, args.steps, args.warmup, args.concurrency, args.poll_ms / 1000))
+        results = asyncio.run(bench(spec, server, plan, args))
     finally:
         server.stop()
 
-    results = [Result(size=s, images=jobs, direct_ips=direct[s], omni_ips=omni[s]) for s, jobs in plan]
     print(
         f"\nsteps {args.steps}, sampler {SAMPLER}, guidance {GUIDANCE}, {args.concurrency} clients, "
-        f"poll {args.poll_ms:.0f} ms, warm-up {args.warmup} jobs per size and side\n"
+        f"poll {args.poll_ms:.0f} ms, warm-up {args.warmup} jobs per turn, {args.rounds} round(s)\n"
     )
     print_table(results)
     print(f"\ntotal wall time: {time.monotonic() - wall_started:.1f} s")
