@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import msgspec
 
 from schemas.v3.tasks import DebugInfo, NsfwResult, TaskAudio, TaskExtra, TaskImage, TaskInfo, TaskResult, TaskVideo
@@ -26,9 +28,11 @@ def _without_images(value: object) -> object:
     return value
 
 
+@functools.lru_cache(maxsize=256)
 def _request_info(raw: bytes) -> str:
     """The request as submitted, with input images elided: the seed's debug info echoes the
-    parameters, and megabytes of base64 in every poll would help no one."""
+    parameters, and megabytes of base64 in every poll would help no one. Cached: clients
+    poll the same task many times a second, and re-encoding its body each time is waste."""
     try:
         return _encoder.encode(_without_images(msgspec.json.decode(raw))).decode()
     except msgspec.DecodeError:

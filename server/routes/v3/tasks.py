@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from litestar import Controller, Request, get, post
 from litestar.response import File
 
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import TaskSubmitted
-from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
 from schemas.v3.tasks import TaskResult
 from schemas.v3.upscale import UpscaleBody
 from server.state import AppState
 from server.tasks.bodies import decode_task_body
+from server.tasks.images import BODY_TYPES
 from server.tasks.models import TaskType
 from server.tasks.results import build_result
-
-BodyT = TypeVar("BodyT", Txt2ImgBody, Img2ImgBody, InpaintingBody, UpscaleBody)
 
 _CONTENT_TYPES = {
     "png": "image/png",
@@ -34,33 +30,27 @@ def _caller(request: Request) -> str | None:
     return key_id
 
 
+async def _submit_image(request: Request, app_state: AppState, task_type: TaskType) -> TaskSubmitted:
+    raw = await request.body()
+    body = decode_task_body(raw, BODY_TYPES[task_type])
+    return TaskSubmitted(task_id=await app_state.image_tasks.submit(task_type, raw, body, _caller(request)))
+
+
 class AsyncTaskController(Controller):
     path = "/v3/async"
     tags = ["v3: async tasks"]
 
     @post("/txt2img", status_code=200, summary="Submit a text-to-image task")
     async def txt2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
-        raw = await request.body()
-        body = decode_task_body(raw, Txt2ImgBody)
-        return TaskSubmitted(
-            task_id=await app_state.image_tasks.submit(TaskType.TXT_TO_IMG, raw, body, _caller(request))
-        )
+        return await _submit_image(request, app_state, TaskType.TXT_TO_IMG)
 
     @post("/img2img", status_code=200, summary="Submit an image-to-image task")
     async def img2img(self, request: Request, app_state: AppState) -> TaskSubmitted:
-        raw = await request.body()
-        body = decode_task_body(raw, Img2ImgBody)
-        return TaskSubmitted(
-            task_id=await app_state.image_tasks.submit(TaskType.IMG_TO_IMG, raw, body, _caller(request))
-        )
+        return await _submit_image(request, app_state, TaskType.IMG_TO_IMG)
 
     @post("/inpainting", status_code=200, summary="Submit an inpainting task")
     async def inpainting(self, request: Request, app_state: AppState) -> TaskSubmitted:
-        raw = await request.body()
-        body = decode_task_body(raw, InpaintingBody)
-        return TaskSubmitted(
-            task_id=await app_state.image_tasks.submit(TaskType.INPAINTING, raw, body, _caller(request))
-        )
+        return await _submit_image(request, app_state, TaskType.INPAINTING)
 
     @post("/upscale", status_code=200, summary="Submit an image upscaling task")
     async def upscale(self, request: Request, app_state: AppState) -> TaskSubmitted:
