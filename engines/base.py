@@ -16,6 +16,8 @@ class ModelKind(enum.StrEnum):
     IMAGE = "image"  # diffusers text-to-image checkpoints (img2img/inpaint derive from them)
     SAFETY = "safety"  # image classifiers for NSFW detection on generated images
     UPSCALER = "upscaler"  # image super-resolution models (/v3 upscale)
+    TRANSCRIPTION = "transcription"  # speech to text (faster-whisper)
+    SPEECH = "speech"  # text to speech (Coqui TTS)
 
 
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

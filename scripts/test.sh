@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The speech tests speak their input with espeak-ng and measure audio with sox.
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -q espeak-ng sox >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng sox >/dev/null; }
+    else
+        echo "the speech tests need espeak-ng and sox: install them (Debian: apt-get install espeak-ng sox)" >&2
+        exit 1
+    fi
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/mypy

@@ -19,11 +19,12 @@ def _setup_logging(level: str) -> None:
 def _catalog(settings: Settings) -> list[ModelSpec]:
     if settings.models:
         return list(settings.models)
+    from engines.audio.demo import build_audio_demo_models
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
 
     root = settings.data_path / "models" / "demo"
-    return build_demo_models(root) + build_image_demo_models(root)
+    return build_demo_models(root) + build_image_demo_models(root) + build_audio_demo_models(root)
 
 
 def _keys_exist(settings: Settings) -> bool:
@@ -71,12 +72,17 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_demo(settings: Settings, force: bool) -> int:
+    from engines.audio.demo import build_audio_demo_models
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
 
     started = time.monotonic()
     root = settings.data_path / "models" / "demo"
-    specs = build_demo_models(root, force=force) + build_image_demo_models(root, force=force)
+    specs = [
+        *build_demo_models(root, force=force),
+        *build_image_demo_models(root, force=force),
+        *build_audio_demo_models(root, force=force),
+    ]
     for spec in specs:
         print(f"{spec.name:<14} {spec.kind.value:<10} {spec.path}")
     print(f"demo catalog ready in {time.monotonic() - started:.1f} s")

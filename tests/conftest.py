@@ -13,10 +13,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo catalog, built once per test session."""
+    from engines.audio.demo import build_audio_demo_models
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
 
     root = tmp_path_factory.mktemp("demo-models")
     build_demo_models(root)
     build_image_demo_models(root)
+    build_audio_demo_models(root)
     return root
