@@ -55,6 +55,32 @@ def transformers_factory(*, device: str = "cpu") -> EngineFactory:
     return build
 
 
+def faster_whisper_factory(*, device: str = "cpu") -> EngineFactory:
+    """Speech-to-text engines on CTranslate2 Whisper models (kind "transcription")."""
+
+    def build(spec: ModelSpec) -> Engine:
+        if spec.kind is not ModelKind.TRANSCRIPTION:
+            raise CatalogError(f"model {spec.name}: engine 'faster-whisper' serves kind 'transcription' only")
+        from engines.audio.whisper import WhisperEngine
+
+        return cast(Engine, WhisperEngine(spec, device=device))
+
+    return build
+
+
+def coqui_factory(*, device: str = "cpu") -> EngineFactory:
+    """Text-to-speech engines on Coqui TTS models (kind "speech")."""
+
+    def build(spec: ModelSpec) -> Engine:
+        if spec.kind is not ModelKind.SPEECH:
+            raise CatalogError(f"model {spec.name}: engine 'coqui' serves kind 'speech' only")
+        from engines.audio.coqui import CoquiSpeechEngine
+
+        return cast(Engine, CoquiSpeechEngine(spec, device=device))
+
+    return build
+
+
 class ModelRegistry:
     def __init__(self, specs: list[ModelSpec], factories: dict[str, EngineFactory]) -> None:
         self._engines: dict[str, Engine] = {}

@@ -13,7 +13,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from engines.base import ModelSpec
-from engines.registry import EngineFactory, ModelRegistry, diffusers_factory, transformers_factory, vllm_factory
+from engines.registry import (
+    EngineFactory,
+    ModelRegistry,
+    coqui_factory,
+    diffusers_factory,
+    faster_whisper_factory,
+    transformers_factory,
+    vllm_factory,
+)
 from engines.scheduler import AdmissionPolicy, Scheduler
 from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception
@@ -38,6 +46,8 @@ def default_factories(settings: Settings) -> dict[str, EngineFactory]:
         "vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads),
         "diffusers": diffusers_factory(),
         "transformers": transformers_factory(),
+        "faster-whisper": faster_whisper_factory(),
+        "coqui": coqui_factory(),
     }
 
 

@@ -57,6 +57,15 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     safety_model: str | None = None
 
 
+class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Uploads for transcription: OpenAI's own limit is 25 MB.
+    max_upload_bytes: int = 25 * 1024 * 1024
+    # Decoded duration of one transcription input.
+    max_duration_s: float = 3600.0
+    # Characters of text per speech request (OpenAI's input limit), and per /v3 task in all.
+    max_speech_chars: int = 4096
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -69,6 +78,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
+    audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 
