@@ -18,6 +18,7 @@ class ModelKind(enum.StrEnum):
     UPSCALER = "upscaler"  # image super-resolution models (/v3 upscale)
     TRANSCRIPTION = "transcription"  # speech to text (faster-whisper)
     SPEECH = "speech"  # text to speech (Coqui TTS)
+    VIDEO = "video"  # diffusers text-to-video and image-to-video pipelines
 
 
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -35,6 +35,10 @@ def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
             from engines.image.upscale import UpscalerEngine
 
             return cast(Engine, UpscalerEngine(spec, device=device))
+        if spec.kind is ModelKind.VIDEO:
+            from engines.video.pipelines import DiffusersVideoEngine
+
+            return cast(Engine, DiffusersVideoEngine(spec, device=device))
         from engines.image.pipelines import DiffusersImageEngine
 
         return cast(Engine, DiffusersImageEngine(spec, device=device))

@@ -22,9 +22,15 @@ def _catalog(settings: Settings) -> list[ModelSpec]:
     from engines.audio.demo import build_audio_demo_models
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
+    from engines.video.demo import build_video_demo_models
 
     root = settings.data_path / "models" / "demo"
-    return build_demo_models(root) + build_image_demo_models(root) + build_audio_demo_models(root)
+    return [
+        *build_demo_models(root),
+        *build_image_demo_models(root),
+        *build_audio_demo_models(root),
+        *build_video_demo_models(root),
+    ]
 
 
 def _keys_exist(settings: Settings) -> bool:
@@ -75,6 +81,7 @@ def cmd_demo(settings: Settings, force: bool) -> int:
     from engines.audio.demo import build_audio_demo_models
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
+    from engines.video.demo import build_video_demo_models
 
     started = time.monotonic()
     root = settings.data_path / "models" / "demo"
@@ -82,6 +89,7 @@ def cmd_demo(settings: Settings, force: bool) -> int:
         *build_demo_models(root, force=force),
         *build_image_demo_models(root, force=force),
         *build_audio_demo_models(root, force=force),
+        *build_video_demo_models(root, force=force),
     ]
     for spec in specs:
         print(f"{spec.name:<14} {spec.kind.value:<10} {spec.path}")
