@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -183,6 +183,27 @@ class LoraWeight(msgspec.Struct, kw_only=True):
     strength: float = 1.0
 
 
+class HiresFix(msgspec.Struct, kw_only=True):
+    """txt2img's second pass: the first result upscaled to width x height, then denoised again by `strength`."""
+
+    width: int
+    height: int
+    strength: float
+    # "Latent" upscales the latents; the other names resize the decoded image (engines/image/hires.py).
+    upscaler: str = "Latent"
+
+
+class ControlUnit(msgspec.Struct, kw_only=True):
+    """One ControlNet condition on an img2img job."""
+
+    name: str  # a key of the checkpoint's options.controlnets
+    image: bytes  # encoded conditioning image, before the preprocessor
+    strength: float = 1.0
+    preprocessor: str = "none"
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+
+
 class ImageGeneration(msgspec.Struct, kw_only=True):
     """One image job in engine terms: already validated, seed already drawn."""
 
@@ -202,6 +223,11 @@ class ImageGeneration(msgspec.Struct, kw_only=True):
     init_image: bytes | None = None
     mask_image: bytes | None = None
     strength: float | None = None
+    vae: str | None = None  # a key of the checkpoint's options.vaes; None keeps the checkpoint's own
+    hires_fix: HiresFix | None = None
+    # SDXL ensemble of experts: the base denoises up to this fraction, the catalog's refiner the rest.
+    refiner_switch_at: float | None = None
+    controlnets: list[ControlUnit] = []
 
 
 class ImageResult(msgspec.Struct, kw_only=True):
@@ -240,3 +266,169 @@ def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
 class UpscaleEngine(Engine, Protocol):
     # The upscaled image (PIL) at exactly upscaled_size(input size, job.scale).
     async def upscale(self, job: UpscaleJob, progress: ProgressCallback | None = None) -> Any: ...
+
+
+class SpeechJob(msgspec.Struct, kw_only=True):
+    """One text to speak, in engine terms: voice and language already checked against the engine."""
+
+    text: str
+    voice: str  # one of the engine's voices(): a catalog alias or one of the model's own speakers
+    language: str | None = None  # a code the engine accepts; None: the model's first language
+    speed: float = 1.0  # 2.0 speaks twice as fast
+    seed: int = 0  # the same job and seed give the same samples
+
+
+class SpeechAudio(msgspec.Struct, kw_only=True):
+    """Mono float32 samples in [-1, 1] (a numpy array) and their rate; `text` is what they say."""
+
+    samples: Any
+    sample_rate: int
+    text: str = ""
+
+
+@runtime_checkable
+class SpeechEngine(Engine, Protocol):
+    # Valid once loaded: what a request may name, so services check before they queue.
+    def voices(self) -> list[str]: ...
+
+    def languages(self) -> list[str]: ...
+
+    def accepts_language(self, language: str) -> bool: ...
+
+    # Whether the text holds anything the model can pronounce (a character model drops unknown scripts).
+    def can_speak(self, text: str, language: str | None = None) -> bool: ...
+
+    # One chunk per sentence, each yielded as soon as it is synthesized; pauses between sentences included.
+    def stream(self, job: SpeechJob) -> AsyncIterator[SpeechAudio]: ...
+
+    async def synthesize(self, job: SpeechJob) -> SpeechAudio: ...
+
+
+class TranscriptionTask(enum.StrEnum):
+    TRANSCRIBE = "transcribe"  # text in the spoken language
+    TRANSLATE = "translate"  # English text, whatever the spoken language
+
+
+class TranscriptionJob(msgspec.Struct, kw_only=True):
+    """One speech-to-text job in engine terms: language and limits already checked."""
+
+    # 16 kHz mono float32 samples (numpy), as engines.audio.decoding gives them; or the
+    # encoded file's bytes, which the engine then decodes itself.
+    audio: Any
+    task: TranscriptionTask = TranscriptionTask.TRANSCRIBE
+    language: str | None = None  # a code of the engine's languages(); None: detect it
+    prompt: str | None = None  # earlier text or spellings the decoder should follow
+    # A value is used alone; None: the model's own fallback schedule (raises it on bad decodes).
+    temperature: float | None = None
+    beam_size: int | None = None  # None: the model's default
+    word_timestamps: bool = False
+    # Skip non-speech with a voice activity detector; None: the engine decides (see the engine).
+    vad_filter: bool | None = None
+    # Decode chunks of the audio in parallel; None: the engine decides by duration.
+    batched: bool | None = None
+
+
+class TranscribedWord(msgspec.Struct, kw_only=True, gc=False):
+    word: str
+    start: float
+    end: float
+    probability: float
+
+
+class TranscribedSegment(msgspec.Struct, kw_only=True):
+    """One decoded stretch of speech; times in seconds from the start of the audio."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[TranscribedWord] | None = None  # with word_timestamps only
+
+
+class TranscriptionResult(msgspec.Struct, kw_only=True):
+    language: str  # the code given, or the one detected
+    language_probability: float
+    duration: float  # seconds of input audio
+    segments: list[TranscribedSegment]
+
+
+@runtime_checkable
+class TranscriptionEngine(Engine, Protocol):
+    # Valid once loaded: the language codes a job may name (["en"] for English-only models).
+    def languages(self) -> list[str]: ...
+
+    async def transcribe(self, job: TranscriptionJob) -> TranscriptionResult: ...
+
+    # Each segment as soon as it is decoded; closing the iterator stops the decoding.
+    def transcribe_stream(self, job: TranscriptionJob) -> AsyncIterator[TranscribedSegment]: ...
+
+
+VideoMode = Literal["text-to-video", "image-to-video"]
+
+
+class VideoPrompt(msgspec.Struct, kw_only=True):
+    """One segment of a text-to-video job: `frames` consecutive frames conditioned on `prompt`."""
+
+    prompt: str
+    frames: int
+
+
+class VideoGeneration(msgspec.Struct, kw_only=True):
+    """One video job in engine terms: already validated, seed already drawn.
+
+    Text-to-video fills `prompts` (the frame count is their sum); image-to-video fills `image`
+    and `num_frames`.
+    """
+
+    width: int
+    height: int
+    steps: int
+    seed: int
+    prompts: list[VideoPrompt] = []
+    negative_prompt: str = ""
+    guidance_scale: float | None = None  # None keeps the pipeline's default
+    clip_skip: int | None = None  # A1111 numbering: 1 is the last layer
+    loras: list[LoraWeight] = []
+    embeddings: list[str] = []
+    # The last frame leads back into the first, so the video plays as a seamless loop.
+    closed_loop: bool = False
+    # Image-to-video: the encoded conditioning image (PNG/JPEG/WebP), resized by the engine.
+    image: bytes | None = None
+    num_frames: int = 0
+    # Stable Video Diffusion's micro-conditioning: frame rate, amount of motion, noise added
+    # to the conditioning image.
+    fps: int = 6
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+
+    @property
+    def frame_count(self) -> int:
+        return sum(p.frames for p in self.prompts) if self.prompts else self.num_frames
+
+
+class VideoResult(msgspec.Struct, kw_only=True):
+    frames: Any  # numpy uint8 array (frames, height, width, 3), RGB
+    seed: int
+
+
+@runtime_checkable
+class VideoEngine(Engine, Protocol):
+    # What the model makes, known from the catalog without loading it.
+    @property
+    def mode(self) -> VideoMode: ...
+
+    # Frames a second the model was made for (catalog option "fps").
+    @property
+    def fps(self) -> int: ...
+
+    # The size the model was trained at (width, height): where a request leaves it open.
+    @property
+    def native_size(self) -> tuple[int, int]: ...
+
+    async def generate(self, job: VideoGeneration, progress: ProgressCallback | None = None) -> VideoResult: ...

@@ -29,7 +29,10 @@ from server.keystore import KeyStore
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
+from server.routes.openai.speech import SpeechController
 from server.routes.openai.text import TextController
+from server.routes.openai.transcriptions import transcriptions_router
+from server.routes.openai.videos import VideosController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.tasks import AsyncTaskController, FilesController
 from server.services import Services
@@ -88,7 +91,16 @@ def create_app(state: AppState) -> Litestar:
 
     def openai_router(path: str) -> Router:
         return Router(
-            path=path, route_handlers=[TextController, ImagesController, ModelsController], guards=[require_api_key]
+            path=path,
+            route_handlers=[
+                TextController,
+                ImagesController,
+                ModelsController,
+                SpeechController,
+                transcriptions_router(state.settings.audio),
+                VideosController,
+            ],
+            guards=[require_api_key],
         )
 
     v3_router = Router(path="/", route_handlers=[AsyncTaskController, ModelsV3Controller], guards=[require_api_key])

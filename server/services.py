@@ -13,7 +13,8 @@ from server.serving.embeddings import EmbeddingService
 from server.serving.images import ImageService
 from server.serving.rerank import RerankService
 from server.serving.tokenize import TokenizeService
-from server.settings import Limits, TaskSettings
+from server.serving.transcriptions import TranscriptionService
+from server.settings import AudioSettings, Limits, TaskSettings
 from server.storage.local import LocalStorage
 
 
@@ -25,6 +26,7 @@ class Services:
         *,
         storage: LocalStorage | None = None,
         url_ttl_s: int = TaskSettings().url_ttl_s,
+        audio: AudioSettings | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.chat = ChatService(scheduler, limits)
@@ -33,6 +35,7 @@ class Services:
         self.rerank = RerankService(scheduler, limits)
         self.tokenize = TokenizeService(scheduler)
         self.images = ImageService(scheduler, storage, limits, url_ttl_s=url_ttl_s)
+        self.transcriptions = TranscriptionService(scheduler, audio or AudioSettings())
         self.started_at = int(time.time())
 
     def model_cards(self) -> list[ModelCard]:

@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -55,6 +55,9 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The catalog's safety classifier that extra.enable_nsfw_detection runs. Unset: "demo-nsfw"
     # when the catalog has it, else none; "" turns detection off (such requests get a 400).
     safety_model: str | None = None
+    # The catalog's speech model that /v3 txt2speech runs. Unset: "demo-tts" when the catalog has
+    # it, else its first speech model; "" turns txt2speech off (submissions get a 404).
+    speech_model: str | None = None
 
 
 class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -64,6 +67,29 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_duration_s: float = 3600.0
     # Characters of text per speech request (OpenAI's input limit), and per /v3 task in all.
     max_speech_chars: int = 4096
+
+
+class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where extra.custom_storage.aws_s3 uploads go. The client names region, bucket and
+    path; the server supplies the endpoint and the credentials."""
+
+    # An S3-compatible server (MinIO, Ceph, ...); empty: AWS itself, per the request's region.
+    endpoint_url: str = ""
+    # Empty: boto3's default chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the shared
+    # credentials file, an instance or container role). Without any, such requests get a 400.
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    session_token: str = ""
+    # S3-compatible servers often answer only path-style requests ("path").
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    # Attempts per upload, the first included (boto3's "standard" retry mode).
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("s3.access_key_id and s3.secret_access_key must be set together")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -79,6 +105,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
+    s3: S3Settings = msgspec.field(default_factory=S3Settings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 

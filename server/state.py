@@ -12,14 +12,18 @@ from server.auth import Authenticator
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.services import Services
+from server.serving.speech import SpeechService
 from server.settings import Settings
 from server.storage.local import LocalStorage, load_or_create_secret
+from server.storage.s3 import S3Uploader
 from server.tasks.images import ImageTasks
 from server.tasks.models import Task
 from server.tasks.results import build_result, encode_result
 from server.tasks.runner import TaskRunner
+from server.tasks.speech import SpeechTasks
 from server.tasks.store import SqliteTaskStore
 from server.tasks.upscale import UpscaleTasks
+from server.tasks.videos import VideoTasks
 from server.tasks.webhooks import WebhookSender
 
 log = logging.getLogger("omniserve")
@@ -38,7 +42,9 @@ class AppState:
         data = settings.data_path
         tasks = settings.tasks
         self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
-        self.services = Services(scheduler, settings.limits, storage=self.storage, url_ttl_s=tasks.url_ttl_s)
+        self.services = Services(
+            scheduler, settings.limits, storage=self.storage, url_ttl_s=tasks.url_ttl_s, audio=settings.audio
+        )
         self.metrics = Metrics(scheduler)
         self.draining = False
         self.load_task: asyncio.Task[None] | None = None
@@ -47,7 +53,10 @@ class AppState:
         self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
         self.http = httpx.AsyncClient(follow_redirects=False)
         self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)
-        self.task_runner = TaskRunner(self.task_store, self.webhooks, self._webhook_payload, workers=tasks.workers)
+        self.s3_uploader = S3Uploader(settings.s3, self.storage)
+        self.task_runner = TaskRunner(
+            self.task_store, self.webhooks, self._webhook_payload, workers=tasks.workers, uploader=self.s3_uploader
+        )
         self.image_tasks = ImageTasks(
             scheduler,
             self.task_runner,
@@ -56,6 +65,16 @@ class AppState:
             safety_model=tasks.safety_model,
         )
         self.upscale_tasks = UpscaleTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
+        self.video_tasks = VideoTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
+        self.speech = SpeechService(scheduler, settings.audio)
+        self.speech_tasks = SpeechTasks(
+            scheduler,
+            self.task_runner,
+            self.storage,
+            image_tasks=self.image_tasks,
+            max_chars=settings.audio.max_speech_chars,
+            model=tasks.speech_model,
+        )
 
     @property
     def public_url(self) -> str:
@@ -65,7 +84,7 @@ class AppState:
         return self.settings.public_url or f"http://{host}:{self.settings.port}"
 
     def _webhook_payload(self, task: Task) -> bytes:
-        return encode_result(build_result(task, self.storage, self.public_url))
+        return encode_result(build_result(task, self.storage, self.public_url, presign=self.s3_uploader.presigned_url))
 
     async def start(self) -> None:
         await self.task_runner.start()

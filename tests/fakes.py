@@ -116,16 +116,20 @@ class FakeScoreEngine(_FakeBase):
 class FakeImageEngine(_FakeBase):
     """A solid colour derived from the seed, one image per requested seed."""
 
+    last_job: ImageGeneration | None = None  # what the task layer asked for, for tests to inspect
+
     async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult:
         from PIL import Image
+
+        self.last_job = job
 
         for step in range(1, job.steps + 1):
             await asyncio.sleep(0)
             if progress is not None:
                 progress(step / job.steps)
-        images = [
-            Image.new("RGB", (job.width, job.height), ((job.seed + i) % 256, 40, 90)) for i in range(job.image_num)
-        ]
+        # A hires fix's second pass decides the output size.
+        size = (job.hires_fix.width, job.hires_fix.height) if job.hires_fix else (job.width, job.height)
+        images = [Image.new("RGB", size, ((job.seed + i) % 256, 40, 90)) for i in range(job.image_num)]
         return ImageResult(images=images, seed=job.seed)
 
 

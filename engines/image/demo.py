@@ -1,8 +1,10 @@
-"""Tiny random image models for the demo catalog and tests, built locally in about a second.
+"""Tiny random image models for the demo catalog and tests, built locally in a few seconds.
 
-`demo-sd` is an SD 1.x layout (one CLIP text encoder) and carries a LoRA and a textual-inversion
-embedding made for it; `demo-sdxl` is an SDXL layout (two text encoders, pooled text-time
-conditioning); `demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
+`demo-sd` is an SD 1.x layout (one CLIP text encoder) and carries a LoRA, a textual-inversion
+embedding and a ControlNet made for it; `demo-sdxl` is an SDXL layout (two text encoders, pooled
+text-time conditioning) with a refiner (an SDXL img2img layout with only the second text encoder
+and aesthetic-score conditioning, as real refiners have); both list the spare VAE `demo-vae`.
+`demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
 `demo-nsfw` is a ViT image classifier with the labels that NSFW detection levels
 expect (engines/image/safety.py). Weights are random but seeded, so every build is identical and
 pixel comparisons between runs are meaningful. Building follows engines/demo.py: each model is
@@ -19,12 +21,16 @@ from engines.base import ModelKind, ModelSpec
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
-BUILD_VERSION = "omniserve-image-demo-1"
+BUILD_VERSION = "omniserve-image-demo-2"
 
 LORA_NAME = "demo-lora"
 EMBEDDING_NAME = "demo-embedding"
 _LORA_FILE = f"loras/{LORA_NAME}.safetensors"
 _EMBEDDING_FILE = f"embeddings/{EMBEDDING_NAME}.safetensors"
+
+VAE_NAME = "demo-vae"
+CONTROLNET_NAME = "demo-controlnet"
+_REFINER_DIR = "demo-sdxl-refiner"
 
 SAFETY_MODEL = "demo-nsfw"
 UPSCALER_MODEL = "demo-upscaler"
@@ -186,6 +192,62 @@ def _build_sdxl(out: Path) -> None:
     pipe.save_pretrained(out)
 
 
+def _build_sdxl_refiner(out: Path) -> None:
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(1)  # other weights than the base: the refiner must visibly change its share
+    time_embed_dim = 8
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(),
+        text_encoder=None,
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(_clip_tokenizer())),
+        tokenizer=None,
+        tokenizer_2=_clip_tokenizer(),
+        # Only the second encoder's width for cross-attention; five micro-conditioning numbers
+        # (sizes, crop, aesthetic score) instead of the base's six.
+        unet=_unet(
+            cross_attention_dim=_HIDDEN,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_embed_dim,
+            projection_class_embeddings_input_dim=5 * time_embed_dim + _HIDDEN,
+            use_linear_projection=True,
+        ),
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+    pipe.save_pretrained(out)
+
+
+def _build_vae(out: Path) -> None:
+    import torch
+
+    torch.manual_seed(1)  # the same layout as the checkpoints' own VAE, other weights
+    _vae().save_pretrained(out)
+
+
+def _build_controlnet(out: Path) -> None:
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(2)
+    controlnet = ControlNetModel.from_unet(_unet(), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    # A trained ControlNet starts from zero convolutions and learns them; left at zero, this one
+    # would add nothing and no test could tell that it is applied.
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    for conv in [*zero_convs, controlnet.controlnet_cond_embedding.conv_out]:
+        torch.nn.init.normal_(conv.weight, std=0.05)
+    controlnet.save_pretrained(out)
+
+
 def _build_upscaler(out: Path) -> None:
     import torch
     from diffusers import (
@@ -266,6 +328,9 @@ def _build_nsfw(out: Path) -> None:
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "demo-sd": _build_sd,
     "demo-sdxl": _build_sdxl,
+    _REFINER_DIR: _build_sdxl_refiner,
+    VAE_NAME: _build_vae,
+    CONTROLNET_NAME: _build_controlnet,
     SAFETY_MODEL: _build_nsfw,
     UPSCALER_MODEL: _build_upscaler,
 }
@@ -275,6 +340,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
     """The image demo specs; built models live under `root` (see `build_image_demo_models`)."""
     root = Path(root)
     sd = root / "demo-sd"
+    vaes = {VAE_NAME: str(root / VAE_NAME)}
     return [
         ModelSpec(
             name="demo-sd",
@@ -284,9 +350,17 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             options={
                 "loras": {LORA_NAME: str(sd / _LORA_FILE)},
                 "embeddings": {EMBEDDING_NAME: str(sd / _EMBEDDING_FILE)},
+                "vaes": vaes,
+                "controlnets": {CONTROLNET_NAME: str(root / CONTROLNET_NAME)},
             },
         ),
-        ModelSpec(name="demo-sdxl", kind=ModelKind.IMAGE, engine="diffusers", path=str(root / "demo-sdxl")),
+        ModelSpec(
+            name="demo-sdxl",
+            kind=ModelKind.IMAGE,
+            engine="diffusers",
+            path=str(root / "demo-sdxl"),
+            options={"refiner": str(root / _REFINER_DIR), "vaes": vaes},
+        ),
         # No options.levels: its labels are those of safety.DEFAULT_LEVELS.
         ModelSpec(name=SAFETY_MODEL, kind=ModelKind.SAFETY, engine="transformers", path=str(root / SAFETY_MODEL)),
         # Two steps instead of the real checkpoint's 20: random weights make no better picture with more.

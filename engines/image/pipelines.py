@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ImageGeneration, ImageResult, ModelSpec, ProgressCallback
-from engines.image.devices import device_lock, pipeline_bytes, release_memory
+from engines.image.addons import PipelineAddons, swapped_vae
+from engines.image.control import PREPROCESSORS, control_arguments
+from engines.image.devices import device_lock, parameter_bytes, pipeline_bytes, release_memory
+from engines.image.hires import HIRES_UPSCALERS, LATENT_UPSCALER, upscale_images, upscale_latents
 from engines.image.samplers import SAMPLERS, make_scheduler
 from schemas.errors import ApiError, ErrorCode
 
@@ -108,7 +111,9 @@ def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: A
 
     provider_class = _compel_provider()
     xl = getattr(pipe, "text_encoder_2", None) is not None
-    encoders = [(pipe.tokenizer, pipe.text_encoder, manager)]
+    encoders = []
+    if getattr(pipe, "text_encoder", None) is not None:  # an SDXL refiner has only the second encoder
+        encoders.append((pipe.tokenizer, pipe.text_encoder, manager))
     if xl:  # the textual-inversion manager speaks the first tokenizer only
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2, None))
     # SD 1.x conditions on the normalized last layer, SDXL on each encoder's raw penultimate one.
@@ -135,8 +140,8 @@ def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: A
     }
     if xl:  # pooled text of the second encoder; like compel and A1111, of the first 77 tokens
         plain = {key: "".join(t for t, _ in r) for key, r in runs.items()}
-        out["pooled_prompt_embeds"] = providers[1].get_pooled_embeddings([plain["prompt"]], device=pipe.device)
-        out["negative_pooled_prompt_embeds"] = providers[1].get_pooled_embeddings([plain["negative_prompt"]])
+        out["pooled_prompt_embeds"] = providers[-1].get_pooled_embeddings([plain["prompt"]], device=pipe.device)
+        out["negative_pooled_prompt_embeds"] = providers[-1].get_pooled_embeddings([plain["negative_prompt"]])
         if not negative and pipe.config.get("force_zeros_for_empty_prompt", False):
             # What SDXL itself does for no negative prompt: zeros, not the encoding of "".
             for key in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):
@@ -155,7 +160,7 @@ def _decode_image(data: bytes, size: tuple[int, int], mode: str, param: str) -> 
 
 
 class DiffusersImageEngine:
-    """One diffusers text-to-image pipeline; img2img and inpainting pipelines share its modules."""
+    """One diffusers text-to-image pipeline; img2img, inpainting and ControlNet pipelines share its modules."""
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
@@ -163,7 +168,11 @@ class DiffusersImageEngine:
         self._lock = device_lock(device)
         self._pipe: Any = None
         self._derived: dict[str, Any] = {}  # "img2img" / "inpaint" -> pipeline built with from_pipe
-        self._scheduler_config: Any = None  # the checkpoint's own, base of every sampler
+        self._control_pipes: dict[tuple[str, ...], Any] = {}  # ControlNet names -> img2img pipeline
+        self._addons = PipelineAddons(spec, device)
+        # The checkpoint's own scheduler: the default sampler, and the base of every other one.
+        self._scheduler_class: Any = None
+        self._scheduler_config: Any = None
         self._loras: set[str] = set()  # adapters loaded into the modules so far
         self._embeddings: set[str] = set()  # textual-inversion tokens added so far
 
@@ -174,7 +183,7 @@ class DiffusersImageEngine:
     async def load(self) -> None:
         if self._pipe is None:
             self._pipe = await asyncio.to_thread(self._load_pipeline)
-            self._scheduler_config = self._pipe.scheduler.config
+            self._scheduler_class, self._scheduler_config = type(self._pipe.scheduler), self._pipe.scheduler.config
 
     def _load_pipeline(self) -> Any:
         import torch
@@ -198,8 +207,10 @@ class DiffusersImageEngine:
         return pipe.to(self.device)
 
     async def unload(self) -> None:
-        self._pipe, self._scheduler_config = None, None
+        self._pipe, self._scheduler_class, self._scheduler_config = None, None, None
         self._derived.clear()
+        self._control_pipes.clear()
+        self._addons.clear()
         self._loras.clear()
         self._embeddings.clear()
         release_memory(self.device)
@@ -207,7 +218,7 @@ class DiffusersImageEngine:
     def memory_bytes(self) -> int:
         if self._pipe is None:
             return self.spec.memory_bytes
-        return pipeline_bytes(self._pipe)
+        return pipeline_bytes(self._pipe) + parameter_bytes(self._addons.modules())
 
     async def health(self) -> bool:
         return self._pipe is not None
@@ -228,15 +239,18 @@ class DiffusersImageEngine:
     def _validate(self, job: ImageGeneration) -> None:
         if job.sampler is not None and job.sampler not in SAMPLERS:
             raise _invalid(f"unknown sampler {job.sampler!r}; known: {', '.join(SAMPLERS)}", "sampler_name")
+        options = self.spec.options
         for param, names, known in (
-            ("loras", [lora.name for lora in job.loras], self.spec.options.get("loras", {})),
-            ("embeddings", job.embeddings, self.spec.options.get("embeddings", {})),
+            ("loras", [lora.name for lora in job.loras], options.get("loras", {})),
+            ("embeddings", job.embeddings, options.get("embeddings", {})),
         ):
             for name in names:
                 if name not in known:
                     raise _invalid(f"{name!r} is not available for model {self.spec.name}", param)
             if len(set(names)) != len(names):
                 raise _invalid(f"{param} lists a name twice", param)
+        if job.vae is not None and job.vae not in options.get("vaes", {}):
+            raise _invalid(f"VAE {job.vae!r} is not available for model {self.spec.name}", "vae")
         factor = self._pipe.vae_scale_factor
         for param, value in (("width", job.width), ("height", job.height)):
             if value % factor:
@@ -248,6 +262,47 @@ class DiffusersImageEngine:
             raise _invalid("mask_image needs an init_image to inpaint", "init_image")
         if job.init_image is not None and job.strength is not None and int(job.steps * job.strength) < 1:
             raise _invalid("steps * strength must leave at least one denoising step", "strength")
+        self._validate_hires(job, factor)
+        self._validate_refiner(job)
+        self._validate_controlnets(job)
+
+    def _validate_hires(self, job: ImageGeneration, factor: int) -> None:
+        hires = job.hires_fix
+        if hires is None:
+            return
+        if job.init_image is not None:
+            raise _invalid("hires_fix applies to text-to-image only", "hires_fix")
+        if hires.upscaler not in HIRES_UPSCALERS:
+            raise _invalid(f"unknown upscaler {hires.upscaler!r}; known: {', '.join(HIRES_UPSCALERS)}", "hires_fix")
+        for param, target, base in (("width", hires.width, job.width), ("height", hires.height, job.height)):
+            if target % factor or target < base:
+                raise _invalid(f"hires_fix {param} must be a multiple of {factor}, at least {base}", "hires_fix")
+        if not 0 < hires.strength <= 1 or int(job.steps * hires.strength) < 1:
+            raise _invalid("hires_fix strength must be in (0, 1] and leave a denoising step", "hires_fix")
+
+    def _validate_refiner(self, job: ImageGeneration) -> None:
+        if job.refiner_switch_at is None:
+            return
+        if not self._is_xl or "refiner" not in self.spec.options:
+            raise _invalid(f"model {self.spec.name} has no refiner", "refiner")
+        if job.init_image is not None:
+            raise _invalid("the refiner applies to text-to-image only", "refiner")
+        if not 0 < job.refiner_switch_at < 1:
+            raise _invalid("refiner switch_at must be between 0 and 1", "refiner")
+
+    def _validate_controlnets(self, job: ImageGeneration) -> None:
+        if not job.controlnets:
+            return
+        if job.init_image is None or job.mask_image is not None:
+            raise _invalid("ControlNet applies to img2img only", "controlnets")
+        known = self.spec.options.get("controlnets", {})
+        for unit in job.controlnets:
+            if unit.name not in known:
+                raise _invalid(f"ControlNet {unit.name!r} is not available for model {self.spec.name}", "controlnets")
+            if unit.preprocessor not in PREPROCESSORS:
+                raise _invalid(f"unknown preprocessor {unit.preprocessor!r}", "controlnets")
+            if not 0 <= unit.guidance_start < unit.guidance_end <= 1 or unit.strength < 0:
+                raise _invalid("ControlNet needs 0 <= guidance_start < guidance_end <= 1, strength >= 0", "controlnets")
 
     @property
     def _is_xl(self) -> bool:
@@ -267,42 +322,82 @@ class DiffusersImageEngine:
         if job.init_image is None or job.mask_image is not None:
             # img2img takes its size from the (resized) image and has no width/height arguments.
             inputs.update(width=job.width, height=job.height)
+        if job.controlnets:
+            inputs.update(control_arguments(job.controlnets, size))
+        hires, switch_at = job.hires_fix, job.refiner_switch_at
+        # Progress runs once over all passes: base, refiner, hires fix.
+        passes = 1 + (switch_at is not None) + (hires is not None)
+        done = 0
 
         def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled.is_set():
                 raise _Cancelled
             if progress is not None:  # num_timesteps counts the steps left after img2img strength
-                progress(min(1.0, (step + 1) / max(1, pipe.num_timesteps)))
+                progress((done + min(1.0, (step + 1) / max(1, pipe.num_timesteps))) / passes)
             return tensors
 
+        def run(pipe: Any, **arguments: Any) -> Any:
+            # Every pass draws fresh CPU generators: the same pixels on any device, and image i of
+            # a batch starts from the noise of a one-image job with seed + i.
+            generators = [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.image_num)]
+            return pipe(
+                **arguments,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance_scale,
+                num_images_per_prompt=job.image_num,
+                generator=generators,
+                callback_on_step_end=on_step_end,
+            ).images
+
+        # Latents go straight from pass to pass where the next one can take them.
+        latent_hires = hires is not None and hires.upscaler == LATENT_UPSCALER
         with self._lock:
             if cancelled.is_set():
                 raise _Cancelled
             pipe = self._pipeline_for(job)
-            if job.sampler is None:  # a fresh copy: schedulers keep per-run state
-                pipe.scheduler = type(self._pipe.scheduler).from_config(self._scheduler_config)
-            else:
-                pipe.scheduler = make_scheduler(job.sampler, self._scheduler_config, seed=job.seed)
+            pipe.scheduler = self._scheduler(job)
             self._activate_loras(job)
             self._add_embeddings(job)
-            result = pipe(
-                **self._prompt_inputs(job),
-                **inputs,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance_scale,
-                num_images_per_prompt=job.image_num,
-                # One CPU generator per image: the same pixels on any device, and image i of a
-                # batch starts from the noise of a one-image job with seed + i.
-                generator=[torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.image_num)],
-                callback_on_step_end=on_step_end,
-                output_type="pil",
-            )
-        return list(result.images)
+            prompt = self._prompt_inputs(self._pipe, job)
+            refiner = self._addons.refiner(self._pipe) if switch_at is not None else None
+            hires_pipe = self._derived_pipeline("img2img") if hires is not None else None
+            vae = self._addons.vae(job.vae, self._pipe.vae) if job.vae is not None else None
+            with swapped_vae([p for p in (pipe, refiner, hires_pipe) if p is not None], vae):
+                ends = {} if switch_at is None else {"denoising_end": switch_at}
+                first_type = "latent" if switch_at is not None or latent_hires else "pil"
+                images = run(pipe, **prompt, **inputs, **ends, output_type=first_type)
+                done += 1
+                if refiner is not None:
+                    refiner.scheduler = self._scheduler(job, self._addons.refiner_scheduler)
+                    refined = self._prompt_inputs(refiner, job)
+                    output_type = "latent" if latent_hires else "pil"
+                    images = run(refiner, **refined, image=images, denoising_start=switch_at, output_type=output_type)
+                    done += 1
+                if hires is not None and hires_pipe is not None:
+                    target = (hires.width, hires.height)
+                    if latent_hires:
+                        images = upscale_latents(images, target, self._pipe.vae_scale_factor)
+                    else:
+                        images = upscale_images(images, target)
+                    hires_pipe.scheduler = self._scheduler(job)
+                    images = run(hires_pipe, **prompt, image=images, strength=hires.strength, output_type="pil")
+        return list(images)
+
+    def _scheduler(self, job: ImageGeneration, own: tuple[Any, Any] | None = None) -> Any:
+        """A fresh scheduler for the job's sampler (schedulers keep per-run state), on `own` or the checkpoint's."""
+        scheduler_class, config = own or (self._scheduler_class, self._scheduler_config)
+        if job.sampler is None:
+            return scheduler_class.from_config(config)
+        return make_scheduler(job.sampler, config, seed=job.seed)
 
     def _pipeline_for(self, job: ImageGeneration) -> Any:
         if job.init_image is None:
             return self._pipe
-        kind = "img2img" if job.mask_image is None else "inpaint"
+        if job.controlnets:
+            return self._control_pipeline(tuple(unit.name for unit in job.controlnets))
+        return self._derived_pipeline("img2img" if job.mask_image is None else "inpaint")
+
+    def _derived_pipeline(self, kind: str) -> Any:
         if kind not in self._derived:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
@@ -311,6 +406,20 @@ class DiffusersImageEngine:
             derived.set_progress_bar_config(disable=True)
             self._derived[kind] = derived
         return self._derived[kind]
+
+    def _control_pipeline(self, names: tuple[str, ...]) -> Any:
+        if names not in self._control_pipes:
+            from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionXLControlNetImg2ImgPipeline
+
+            nets = [self._addons.controlnet(name, self._pipe.unet.dtype) for name in names]
+            control_class: Any = StableDiffusionControlNetImg2ImgPipeline
+            if self._is_xl:
+                control_class = StableDiffusionXLControlNetImg2ImgPipeline
+            # Several ControlNets become one MultiControlNetModel inside the pipeline.
+            derived = control_class.from_pipe(self._pipe, controlnet=nets[0] if len(nets) == 1 else nets)
+            derived.set_progress_bar_config(disable=True)
+            self._control_pipes[names] = derived
+        return self._control_pipes[names]
 
     def _activate_loras(self, job: ImageGeneration) -> None:
         if not job.loras:
@@ -335,18 +444,21 @@ class DiffusersImageEngine:
                 self._pipe.load_textual_inversion(paths[name], token=name)
                 self._embeddings.add(name)
 
-    def _prompt_inputs(self, job: ImageGeneration) -> dict[str, Any]:
+    def _prompt_inputs(self, pipe: Any, job: ImageGeneration) -> dict[str, Any]:
+        """Prompt arguments for `pipe`: the checkpoint's own pipeline or its refiner."""
         skip = (job.clip_skip or 1) - 1  # A1111 numbering: clip_skip 1 is the last layer
         if _compel_provider() is not None:
             from compel import DiffusersTextualInversionManager
 
             # The manager expands multi-vector embedding tokens; without embeddings it only costs time.
-            manager = DiffusersTextualInversionManager(self._pipe) if self._embeddings else None
-            return _encode_prompts(self._pipe, job.prompt, job.negative_prompt, skip, manager)
-        tokenizers = [t for t in (self._pipe.tokenizer, getattr(self._pipe, "tokenizer_2", None)) if t is not None]
+            # Embeddings live in the checkpoint's first tokenizer, which a refiner does not have.
+            manager = DiffusersTextualInversionManager(pipe) if self._embeddings and pipe is self._pipe else None
+            return _encode_prompts(pipe, job.prompt, job.negative_prompt, skip, manager)
+        found: list[Any] = [getattr(pipe, name, None) for name in ("tokenizer", "tokenizer_2")]
+        tokenizers = [tokenizer for tokenizer in found if tokenizer is not None]
         for param, text in (("prompt", job.prompt), ("negative_prompt", job.negative_prompt)):
             for tokenizer in tokenizers:
-                count = len(tokenizer(self._pipe.maybe_convert_prompt(text, tokenizer)).input_ids)
+                count = len(tokenizer(pipe.maybe_convert_prompt(text, tokenizer)).input_ids)
                 if count > tokenizer.model_max_length:
                     raise _invalid(f"{param} is {count} tokens; this server takes {tokenizer.model_max_length}", param)
         # diffusers counts clip_skip as layers skipped below the last; None keeps the default.

@@ -8,6 +8,12 @@ The SD x4 upscaler needs nothing beyond diffusers, and a tiny random one builds 
 The model upscales by its native factor (the VAE's, 4 for stabilityai/stable-diffusion-x4-upscaler);
 the result is then resized with Lanczos to exactly the requested size. Jobs run on a worker
 thread under the same per-device lock as the image pipelines: they compete for the same device.
+
+Attention in the upscaler's UNet costs memory quadratic in the latent area, so an input larger than
+one tile (options.tile_size input pixels a side, 128 by default) is cut into overlapping tiles
+(options.tile_overlap, 16): each tile is upscaled alone, resized to its share of the output, and the
+overlaps are blended with linear ramps so no seam shows. Every tile draws the same seeded noise, so
+the result is deterministic. The device lock is taken per tile: other jobs can run between tiles.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import io
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from engines.base import ModelSpec, ProgressCallback, UpscaleJob, upscaled_size
@@ -27,6 +34,8 @@ log = logging.getLogger("omniserve.engines.upscaler")
 # Defaults of the real checkpoint's model card; options.steps and options.noise_level override them.
 DEFAULT_STEPS = 20
 DEFAULT_NOISE_LEVEL = 20
+DEFAULT_TILE_SIZE = 128
+DEFAULT_TILE_OVERLAP = 16
 
 
 class _Cancelled(Exception):
@@ -59,6 +68,25 @@ def _pad_to_multiple(image: Any, factor: int) -> Any:
         return image
     pixels = np.pad(np.asarray(image), ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
     return Image.fromarray(pixels)
+
+
+def tile_origins(length: int, tile: int, overlap: int, factor: int) -> list[int]:
+    """Start offsets of `tile`-long windows covering [0, length), neighbours overlapping by at least `overlap`.
+
+    `length` and `tile` are multiples of `factor` (the model's grid), and so is every offset.
+    """
+    if length <= tile:
+        return [0]
+    step = max(factor, (tile - overlap) // factor * factor)
+    return [*range(0, length - tile, step), length - tile]  # the last window ends at the edge
+
+
+def _ramp(length: int, width: float) -> Any:
+    """Blend weights along one side of a tile: rising over `width` pixels from each end, never zero."""
+    import numpy as np
+
+    distance = np.minimum(np.arange(length) + 0.5, length - np.arange(length) - 0.5)
+    return np.clip(distance / max(width, 1.0), 1e-3, 1.0).astype(np.float32)
 
 
 class UpscalerEngine:
@@ -134,29 +162,74 @@ class UpscalerEngine:
         padded = _pad_to_multiple(image, factor)
         options = self.spec.options
         steps = int(options.get("steps", DEFAULT_STEPS))
+        tile = max(factor, int(options.get("tile_size", DEFAULT_TILE_SIZE)) // factor * factor)
+        overlap = int(options.get("tile_overlap", DEFAULT_TILE_OVERLAP))
+        xs = tile_origins(padded.width, tile, overlap, factor)
+        ys = tile_origins(padded.height, tile, overlap, factor)
+        boxes = [(x, y, min(x + tile, padded.width), min(y + tile, padded.height)) for y in ys for x in xs]
+        size = upscaled_size(width, height, job.scale)
+        done = 0
 
         def on_step(step: int, timestep: Any, latents: Any) -> None:
             if cancelled.is_set():
                 raise _Cancelled
             if progress is not None:
-                progress(min(1.0, (step + 1) / steps))
+                progress(min(1.0, (done + (step + 1) / steps) / len(boxes)))
 
-        with self._lock:
-            if cancelled.is_set():
-                raise _Cancelled
-            result = self._pipe(
-                prompt="",
-                image=padded,
-                num_inference_steps=steps,
-                # No classifier-free guidance: with an empty prompt both branches see the same
-                # text, so guidance would double the work and change nothing.
-                guidance_scale=1.0,
-                noise_level=int(options.get("noise_level", DEFAULT_NOISE_LEVEL)),
-                generator=torch.Generator("cpu").manual_seed(int(options.get("seed", 0))),
-                callback=on_step,
-                callback_steps=1,
-                output_type="pil",
-            )
-        native = result.images[0].crop((0, 0, width * factor, height * factor))  # the padding's share goes
-        size = upscaled_size(width, height, job.scale)
-        return native if native.size == size else native.resize(size, Image.Resampling.LANCZOS)
+        def upscale(part: Any) -> Any:
+            nonlocal done
+            with self._lock:
+                if cancelled.is_set():
+                    raise _Cancelled
+                result = self._pipe(
+                    prompt="",
+                    image=part,
+                    num_inference_steps=steps,
+                    # No classifier-free guidance: with an empty prompt both branches see the same
+                    # text, so guidance would double the work and change nothing.
+                    guidance_scale=1.0,
+                    noise_level=int(options.get("noise_level", DEFAULT_NOISE_LEVEL)),
+                    generator=torch.Generator("cpu").manual_seed(int(options.get("seed", 0))),
+                    callback=on_step,
+                    callback_steps=1,
+                    output_type="pil",
+                )
+            done += 1
+            return result.images[0]
+
+        if len(boxes) == 1:
+            native = upscale(padded).crop((0, 0, width * factor, height * factor))  # the padding's share goes
+            return native if native.size == size else native.resize(size, Image.Resampling.LANCZOS)
+        return _blend_tiles(padded, boxes, job.scale, overlap, size, upscale)
+
+
+def _blend_tiles(
+    padded: Any,
+    boxes: list[tuple[int, int, int, int]],
+    scale: float,
+    overlap: int,
+    size: tuple[int, int],
+    upscale: Callable[[Any], Any],
+) -> Any:
+    """Each tile of `padded` upscaled and resized to its place at `scale`, overlaps blended, cropped to `size`.
+
+    Tiles are resized to the requested scale one by one, so the canvas is the output's size, not
+    the model's native (up to 4x larger) one.
+    """
+    import numpy as np
+    from PIL import Image
+
+    canvas_w, canvas_h = upscaled_size(padded.width, padded.height, scale)
+    total = np.zeros((canvas_h, canvas_w, 3), dtype=np.float32)
+    weights = np.zeros((canvas_h, canvas_w, 1), dtype=np.float32)
+    for left, top, right, bottom in boxes:
+        upscaled = upscale(padded.crop((left, top, right, bottom)))
+        out_left, out_top = round(left * scale), round(top * scale)
+        out_w, out_h = round(right * scale) - out_left, round(bottom * scale) - out_top
+        pixels = np.asarray(upscaled.resize((out_w, out_h), Image.Resampling.LANCZOS), dtype=np.float32)
+        ramp = overlap * scale / 2  # half the overlap each side: the ramps of neighbours cross in it
+        weight = np.outer(_ramp(out_h, ramp), _ramp(out_w, ramp))[..., None]
+        total[out_top : out_top + out_h, out_left : out_left + out_w] += pixels * weight
+        weights[out_top : out_top + out_h, out_left : out_left + out_w] += weight
+    blended = np.clip(np.rint(total / weights), 0, 255).astype(np.uint8)
+    return Image.fromarray(blended).crop((0, 0, *size))

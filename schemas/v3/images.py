@@ -3,8 +3,6 @@ what novita-client sends)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from schemas.v3.common import CommonExtra
@@ -28,6 +26,20 @@ class HiresFix(msgspec.Struct, kw_only=True):
 
 class Refiner(msgspec.Struct, kw_only=True):
     switch_at: float = 0.5
+
+
+class ControlNetUnit(msgspec.Struct, kw_only=True):
+    model_name: str
+    image_base64: str
+    strength: float = 1.0
+    # novita-client's default; "none" passes the image to the ControlNet as it is.
+    preprocessor: str = "canny"
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+
+
+class ControlNet(msgspec.Struct, kw_only=True):
+    units: list[ControlNetUnit] = []
 
 
 class ImageTaskRequest(msgspec.Struct, kw_only=True):
@@ -61,7 +73,7 @@ class Img2ImgRequest(ImageTaskRequest, kw_only=True):
     width: int | None = None
     height: int | None = None
     strength: float = 0.5
-    controlnet: Any = None
+    controlnet: ControlNet | None = None
 
 
 class InpaintingRequest(ImageTaskRequest, kw_only=True):

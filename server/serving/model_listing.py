@@ -1,4 +1,4 @@
-"""GET /v3/model: the image catalog (checkpoints, LoRAs, embeddings) with Novita's filters
+"""GET /v3/model: the image catalog (checkpoints, LoRAs, embeddings, VAEs, ControlNets, upscalers) with Novita's filters
 and cursor pagination (``c_<offset>``)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _DISPLAY = {
     "lora": "LoRA",
     "textualinversion": "Embedding",
     "vae": "VAE",
+    "controlnet": "ControlNet",
     "upscaler": "Upscaler",
 }
 
@@ -67,6 +68,8 @@ def _entries(specs: list[ModelSpec]) -> list[tuple[ModelInfo, bool, bool]]:
         for kind, names in (
             ("lora", spec.options.get("loras", {})),
             ("textualinversion", spec.options.get("embeddings", {})),
+            ("vae", spec.options.get("vaes", {})),
+            ("controlnet", spec.options.get("controlnets", {})),
         ):
             for name in names:
                 info = ModelInfo(

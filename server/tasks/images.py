@@ -8,14 +8,14 @@ import io
 import secrets
 from typing import Any, cast
 
-from engines.base import ImageEngine, ImageGeneration, LoraWeight, ModelKind, SafetyEngine
+from engines.base import ControlUnit, HiresFix, ImageEngine, ImageGeneration, LoraWeight, ModelKind, SafetyEngine
 from engines.image.demo import SAFETY_MODEL as DEMO_SAFETY_MODEL
 from engines.image.safety import nsfw_confidence, nsfw_levels
 from engines.registry import CatalogError
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CommonExtra
-from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody
+from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody, Txt2ImgRequest
 from server.netguard import check_public_url_async
 from server.serving.image_inputs import base64_image_bytes, decode_input_image
 from server.storage.local import LocalStorage
@@ -28,6 +28,8 @@ MAX_IMAGE_NUM = 8
 MAX_STEPS = 100
 MAX_PROMPT_CHARS = 4096
 SEED_LIMIT = 2**32 - 1
+MAX_CONTROL_UNITS = 4
+MAX_CONTROL_STRENGTH = 2.0  # A1111's upper bound for a unit's weight
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 ImageBody = Txt2ImgBody | Img2ImgBody | InpaintingBody
@@ -115,8 +117,7 @@ class ImageTasks:
             await check_public_url_async(
                 extra.webhook.url, allow_private=self.allow_private_urls, param="extra.webhook.url"
             )
-        if extra.custom_storage is not None and extra.custom_storage.aws_s3 is not None:
-            raise _invalid("custom_storage.aws_s3 is not supported by this server yet.", "extra.custom_storage")
+        await self.runner.check_custom_storage(extra.custom_storage)
         if extra.enable_nsfw_detection and self.safety_model is None:
             raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")
         if not 0 <= extra.nsfw_detection_level <= 2:
@@ -135,9 +136,9 @@ class ImageTasks:
             raise _invalid("clip_skip must be between 0 and 12.", "request.clip_skip")
         if request.seed is not None and not -1 <= request.seed <= SEED_LIMIT:
             raise _invalid(f"seed must be -1 or between 0 and {SEED_LIMIT}.", "request.seed")
-        if request.sd_vae:
-            raise _invalid("sd_vae is not supported by this server yet.", "request.sd_vae")
         options = engine.spec.options
+        if request.sd_vae and request.sd_vae not in options.get("vaes", {}):
+            raise _invalid(f"Unknown VAE '{request.sd_vae}' for model {engine.spec.name}.", "request.sd_vae")
         for lora in request.loras or []:
             if lora.model_name not in options.get("loras", {}):
                 raise _invalid(f"Unknown LoRA '{lora.model_name}'.", "request.loras")
@@ -151,20 +152,66 @@ class ImageTasks:
         if request.sampler_name and request.sampler_name not in SAMPLERS:
             raise _invalid(f"Unknown sampler '{request.sampler_name}'.", "request.sampler_name")
 
+    def _check_txt2img(self, request: Txt2ImgRequest, engine: ImageEngine) -> None:
+        check_size(request.width, request.height)
+        hires = request.hires_fix
+        if hires is not None:
+            from engines.image.hires import HIRES_UPSCALERS
+
+            check_size(hires.target_width, hires.target_height, prefix="request.hires_fix.target_")
+            for side, target, base in (
+                ("width", hires.target_width, request.width),
+                ("height", hires.target_height, request.height),
+            ):
+                if target < base:
+                    message = f"hires_fix.target_{side} must be at least the base {side}, {base}."
+                    raise _invalid(message, f"request.hires_fix.target_{side}", ErrorCode.INVALID_IMAGE_SIZE)
+            if not 0 < hires.strength <= 1 or int(request.steps * hires.strength) < 1:
+                message = "hires_fix.strength must be above 0, at most 1, and leave steps x strength >= 1."
+                raise _invalid(message, "request.hires_fix.strength")
+            if hires.upscaler not in HIRES_UPSCALERS:
+                message = f"Unknown hires_fix upscaler '{hires.upscaler}'; known: {', '.join(HIRES_UPSCALERS)}."
+                raise _invalid(message, "request.hires_fix.upscaler")
+        if request.refiner is not None:
+            if "refiner" not in engine.spec.options:
+                raise _invalid(f"The model '{engine.spec.name}' has no refiner on this server.", "request.refiner")
+            if not 0 < request.refiner.switch_at < 1:
+                raise _invalid("refiner.switch_at must be between 0 and 1.", "request.refiner.switch_at")
+
+    def _check_controlnet(self, body: Img2ImgBody, engine: ImageEngine) -> None:
+        from engines.image.control import PREPROCESSORS
+
+        if body.request.controlnet is None:
+            return
+        units = body.request.controlnet.units
+        if not 1 <= len(units) <= MAX_CONTROL_UNITS:
+            raise _invalid(f"controlnet.units must hold 1 to {MAX_CONTROL_UNITS} units.", "request.controlnet.units")
+        known = engine.spec.options.get("controlnets", {})
+        for index, unit in enumerate(units):
+            param = f"request.controlnet.units[{index}]"
+            if unit.model_name not in known:
+                raise _invalid(f"Unknown ControlNet '{unit.model_name}'.", f"{param}.model_name")
+            if unit.preprocessor not in PREPROCESSORS:
+                message = (
+                    f"Preprocessor '{unit.preprocessor}' is not available here; available: {', '.join(PREPROCESSORS)}."
+                )
+                raise _invalid(message, f"{param}.preprocessor")
+            if not 0 <= unit.strength <= MAX_CONTROL_STRENGTH:
+                raise _invalid(f"strength must be between 0 and {MAX_CONTROL_STRENGTH:g}.", f"{param}.strength")
+            if not 0 <= unit.guidance_start < unit.guidance_end <= 1:
+                message = "guidance_start and guidance_end need 0 <= guidance_start < guidance_end <= 1."
+                raise _invalid(message, f"{param}.guidance_start")
+
     def _check_specific(self, body: ImageBody) -> None:
         if isinstance(body, Txt2ImgBody):
-            check_size(body.request.width, body.request.height)
-            for unsupported in ("hires_fix", "refiner"):
-                if getattr(body.request, unsupported) is not None:
-                    raise _invalid(f"{unsupported} is not supported by this server yet.", f"request.{unsupported}")
             return
         request = body.request
         if not 0 <= request.strength <= 1:
             raise _invalid("strength must be between 0 and 1.", "request.strength")
         image = _base64_image(request.image_base64, "request.image_base64")
         if isinstance(body, Img2ImgBody):
-            if body.request.controlnet:
-                raise _invalid("controlnet is not supported by this server yet.", "request.controlnet")
+            for index, unit in enumerate(body.request.controlnet.units if body.request.controlnet else []):
+                _base64_image(unit.image_base64, f"request.controlnet.units[{index}].image_base64")
             if body.request.width is not None or body.request.height is not None:
                 default_width, default_height = _image_size(image)
                 check_size(body.request.width or default_width, body.request.height or default_height)
@@ -178,6 +225,10 @@ class ImageTasks:
             raise _invalid(f"The model '{request.model_name}' is not an image model.", "request.model_name")
         await self._check_extra(body.extra)
         self._check_common(request, cast(ImageEngine, engine))
+        if isinstance(body, Txt2ImgBody):
+            self._check_txt2img(body.request, cast(ImageEngine, engine))
+        elif isinstance(body, Img2ImgBody):
+            self._check_controlnet(body, cast(ImageEngine, engine))
         # Decoding input images costs milliseconds per megapixel: off the event loop.
         await asyncio.to_thread(self._check_specific, body)
         task = Task(
@@ -206,21 +257,54 @@ class ImageTasks:
             clip_skip=request.clip_skip or None,
             loras=[LoraWeight(name=lora.model_name, strength=lora.strength) for lora in request.loras or []],
             embeddings=[embedding.model_name for embedding in request.embeddings or []],
+            vae=request.sd_vae or None,
         )
         if isinstance(body, Txt2ImgBody):
             job.width, job.height = body.request.width, body.request.height
+            hires = body.request.hires_fix
+            if hires is not None:
+                job.hires_fix = HiresFix(
+                    width=hires.target_width,
+                    height=hires.target_height,
+                    strength=hires.strength,
+                    upscaler=hires.upscaler,
+                )
+            if body.request.refiner is not None:
+                job.refiner_switch_at = body.request.refiner.switch_at
             return job
         job.init_image = base64.b64decode(body.request.image_base64.split(",", 1)[-1])
         job.strength = body.request.strength
         width, height = _image_size(job.init_image)
         if isinstance(body, Img2ImgBody):
             job.width, job.height = body.request.width or width, body.request.height or height
+            job.controlnets = [
+                ControlUnit(
+                    name=unit.model_name,
+                    image=base64_image_bytes(unit.image_base64, "request.controlnet.units"),
+                    strength=unit.strength,
+                    preprocessor=unit.preprocessor,
+                    guidance_start=unit.guidance_start,
+                    guidance_end=unit.guidance_end,
+                )
+                for unit in (body.request.controlnet.units if body.request.controlnet else [])
+            ]
         else:
             job.width, job.height = width, height
             job.mask_image = base64.b64decode(body.request.mask_image_base64.split(",", 1)[-1])
             if body.request.inpainting_mask_invert:
                 job.mask_image = _inverted(job.mask_image)
         return job
+
+    async def nsfw_results(self, images: list[Any], extra: CommonExtra) -> list[dict[str, object] | None]:
+        """Per image, the task result's `nsfw_detection_result`: None unless `extra` asks for detection."""
+        if not extra.enable_nsfw_detection:
+            return [None] * len(images)
+        if self.safety_model is None:  # accepted before a restart without a classifier
+            raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")
+        async with self.scheduler.lease(self.safety_model) as classifier:
+            scores = await cast(SafetyEngine, classifier).classify(images)
+        counted = self.nsfw_levels[extra.nsfw_detection_level]
+        return [{"valid": True, "confidence": nsfw_confidence(probabilities, counted)} for probabilities in scores]
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])
@@ -230,12 +314,7 @@ class ImageTasks:
         job = await asyncio.to_thread(self._job, body, task.seed or 0)
         async with self.scheduler.lease(task.model) as leased:
             result = await cast(ImageEngine, leased).generate(job, progress)
-        nsfw: list[dict[str, object] | None] = [None] * len(result.images)
-        if detect and self.safety_model is not None:
-            async with self.scheduler.lease(self.safety_model) as classifier:
-                scores = await cast(SafetyEngine, classifier).classify(result.images)
-            counted = self.nsfw_levels[body.extra.nsfw_detection_level]
-            nsfw = [{"valid": True, "confidence": nsfw_confidence(probabilities, counted)} for probabilities in scores]
+        nsfw = await self.nsfw_results(result.images, body.extra)
         image_type = body.extra.response_image_type
         outputs = []
         for index, (image, detection) in enumerate(zip(result.images, nsfw, strict=True)):

@@ -38,11 +38,21 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class S3Object(msgspec.Struct, kw_only=True):
+    """Where a copy of an output was uploaded for extra.custom_storage.aws_s3."""
+
+    region: str
+    bucket: str
+    key: str
+
+
 class OutputFile(msgspec.Struct, kw_only=True):
     kind: str  # "image" | "video" | "audio": picks the result list (images/videos/audios)
     key: str  # storage key, "<task_id>/<name>.<ext>"
     media_type: str  # "png", "mp4", "wav", ...: reported as image_type/video_type/audio_type
     nsfw: dict[str, object] | None = None  # nsfw_detection_result, when detection ran
+    # Set once the output is in the client's bucket: the result then links that object.
+    s3: S3Object | None = None
 
 
 class Task(msgspec.Struct, kw_only=True):

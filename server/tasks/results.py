@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import msgspec
 
 from schemas.v3.tasks import DebugInfo, NsfwResult, TaskAudio, TaskExtra, TaskImage, TaskInfo, TaskResult, TaskVideo
 from server.storage.local import LocalStorage
-from server.tasks.models import Task, TaskStatus
+from server.tasks.models import S3Object, Task, TaskStatus
 
 _encoder = msgspec.json.Encoder()
+
+# A signed URL for an output's copy in the client's bucket, valid for the TTL given;
+# None when it cannot be signed (the local copy is linked instead).
+Presigner = Callable[[S3Object, int], str | None]
 
 
 def _ms(value: int | None) -> str:
@@ -40,7 +45,12 @@ def _request_info(raw: bytes) -> str:
 
 
 def build_result(
-    task: Task, storage: LocalStorage, base_url: str, progress: tuple[int, int] | None = None
+    task: Task,
+    storage: LocalStorage,
+    base_url: str,
+    progress: tuple[int, int] | None = None,
+    *,
+    presign: Presigner | None = None,
 ) -> TaskResult:
     percent, eta = progress if progress is not None else (0, 0)
     if task.status is TaskStatus.SUCCEED:
@@ -51,7 +61,12 @@ def build_result(
     if task.status is TaskStatus.SUCCEED:
         ttl = str(task.url_ttl_s)
         for output in task.outputs:
-            url = base_url.rstrip("/") + storage.signed_path(output.key, task.url_ttl_s)
+            url = None
+            if output.s3 is not None and presign is not None:
+                # extra.custom_storage: the object in the client's bucket, which outlives the local copy.
+                url = presign(output.s3, task.url_ttl_s)
+            if url is None:
+                url = base_url.rstrip("/") + storage.signed_path(output.key, task.url_ttl_s)
             if output.kind == "image":
                 nsfw = msgspec.convert(output.nsfw, NsfwResult) if output.nsfw else None
                 images.append(

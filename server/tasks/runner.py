@@ -1,5 +1,6 @@
 """Runs /v3 tasks: takes queued tasks, executes them through the scheduler, stores the
-outputs, records the result, and notifies webhooks.
+outputs (copying them to the client's bucket when ``extra.custom_storage`` asks), records
+the result, and notifies webhooks.
 
 Tasks live in the TaskStore, so the in-memory queue only carries ids: after a restart
 the queued ones are re-read from the store, and the ones that were running are FAILED
@@ -12,10 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 
-from schemas.errors import ApiError
+from schemas.errors import ApiError, ErrorCode
+from schemas.v3.common import CustomStorage
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.store import TaskStore
 from server.tasks.webhooks import WebhookSender
@@ -51,6 +54,16 @@ Executor = Callable[[Task, ProgressReporter], Awaitable[TaskOutcome]]
 ResultRenderer = Callable[[Task], bytes]
 
 
+class OutputUploader(Protocol):
+    """Copies a finished task's outputs to the storage its ``extra.custom_storage`` names."""
+
+    async def check(self, custom_storage: CustomStorage) -> None:
+        """At submission: raise ApiError (400) unless the upload can be attempted."""
+
+    async def upload(self, task: Task, outputs: list[OutputFile]) -> list[OutputFile]:
+        """The outputs with their remote copies recorded; ApiError with a reason on failure."""
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -59,11 +72,13 @@ class TaskRunner:
         render_result: ResultRenderer,
         *,
         workers: int = 2,
+        uploader: OutputUploader | None = None,
     ) -> None:
         self.store = store
         self.webhooks = webhooks
         self.render_result = render_result
         self.workers = workers
+        self.uploader = uploader
         self.executors: dict[TaskType, Executor] = {}
         self.progress: dict[str, tuple[int, int]] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -90,6 +105,19 @@ class TaskRunner:
         await self.store.create(task)
         self._queue.put_nowait(task.task_id)
 
+    async def check_custom_storage(self, custom_storage: CustomStorage | None) -> None:
+        """At submission, for every task kind: 400 unless the outputs can go where
+        ``extra.custom_storage`` asks (the upload itself runs after the executor)."""
+        if custom_storage is None or custom_storage.aws_s3 is None:
+            return
+        if self.uploader is None:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST_BODY,
+                "custom_storage is not available on this server.",
+                param="extra.custom_storage.aws_s3",
+            )
+        await self.uploader.check(custom_storage)
+
     async def record_finished(self, task: Task) -> None:
         """A task that needs no execution (webhook test mode): store it and notify."""
         await self.store.create(task)
@@ -114,6 +142,10 @@ class TaskRunner:
         reporter = ProgressReporter(asyncio.get_running_loop(), self.progress, task_id)
         try:
             outcome = await self.executors[task.task_type](task, reporter)
+            if self.uploader is not None:
+                # Before SUCCEED, so a client never sees a result whose copy is not there yet;
+                # a failed upload fails the task, and the local files stay until cleanup.
+                outcome.outputs = await self.uploader.upload(task, outcome.outputs)
         except asyncio.CancelledError:
             # Shutdown mid-task: the restart recovery marks it failed with a reason.
             raise

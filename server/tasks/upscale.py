@@ -62,8 +62,6 @@ class UpscaleTasks:
         if not 1 < request.scale_factor <= MAX_SCALE:  # also refuses NaN
             raise _invalid(f"scale_factor must be above 1 and at most {MAX_SCALE:g}.", "request.scale_factor")
         await self.image_tasks._check_extra(body.extra)
-        if body.extra.enable_nsfw_detection:
-            raise _invalid("NSFW detection is not available for upscale tasks yet.", "extra.enable_nsfw_detection")
         # Decoding the input costs milliseconds per megapixel: off the event loop.
         await asyncio.to_thread(_check_image, request)
         task = Task(
@@ -82,8 +80,10 @@ class UpscaleTasks:
         job = UpscaleJob(image=image, scale=body.request.scale_factor)
         async with self.scheduler.lease(task.model) as leased:
             upscaled = await cast(UpscaleEngine, leased).upscale(job, progress)
+        # The classifier judges what the client receives: the upscaled image.
+        [nsfw] = await self.image_tasks.nsfw_results([upscaled], body.extra)
         image_type = body.extra.response_image_type
         data = await asyncio.to_thread(encode_image, upscaled, image_type)
         key = f"{task.task_id}/0.{image_type}"
         await asyncio.to_thread(self.storage.put, key, data)
-        return TaskOutcome(outputs=[OutputFile(kind="image", key=key, media_type=image_type)])
+        return TaskOutcome(outputs=[OutputFile(kind="image", key=key, media_type=image_type, nsfw=nsfw)])

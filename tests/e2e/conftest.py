@@ -16,6 +16,8 @@ import httpx
 import msgspec
 import pytest
 
+from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, LocalS3, local_s3
+
 READY_TIMEOUT_S = 420
 
 
@@ -44,7 +46,14 @@ def _cli(*args: str, env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[RunningServer]:
+def s3() -> Iterator[LocalS3]:
+    """The S3-compatible server that the omniserve process uploads custom_storage outputs to."""
+    with local_s3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS3) -> Iterator[RunningServer]:
     data_dir = tmp_path_factory.mktemp("omniserve-data")
     # Reuse the session's demo build: the server finds it complete and skips building.
     (data_dir / "models").mkdir()
@@ -56,6 +65,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterato
         "OMNISERVE_PORT": str(port),
         # The webhook receivers in these tests listen on loopback.
         "OMNISERVE_TASKS__ALLOW_PRIVATE_URLS": "true",
+        # extra.custom_storage.aws_s3 goes to the local S3 server; the credentials come
+        # through boto3's default chain, as they would from a deployment's environment.
+        "OMNISERVE_S3__ENDPOINT_URL": s3.endpoint_url,
+        "OMNISERVE_S3__ADDRESSING_STYLE": "path",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
     }
     created = _cli("keys", "create", "e2e", env=env)
     match = re.search(r"key: (\S+)", created)

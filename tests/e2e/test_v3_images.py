@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from novita_client import NovitaClient
+from novita_client.proto import Img2ImgV3ControlNetUnit, Txt2ImgV3HiresFix, Txt2ImgV3Refiner
 from PIL import Image
 
 from tests.e2e.conftest import RunningServer
@@ -291,3 +292,97 @@ def test_models_v3_with_the_novita_sdk(novita: NovitaClient) -> None:
     assert by_name["demo-lora"].type.name == "lora"
     assert by_name["demo-embedding"].type.name == "textualinversion"
     assert by_name["demo-sdxl"].base_model == "SDXL 1.0"
+    assert by_name["demo-vae"].type.name == "vae"
+    assert by_name["demo-controlnet"].type.name == "controlnet"
+
+
+def _decoded(result: Any) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in result.images_encoded]
+
+
+def test_hires_fix_refiner_and_sd_vae_with_the_novita_sdk(novita: NovitaClient) -> None:
+    hires = novita.txt2img_v3(
+        model_name="demo-sd",
+        prompt="a lighthouse at dusk",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=2,
+        seed=21,
+        sd_vae="demo-vae",
+        hires_fix=Txt2ImgV3HiresFix(target_width=192, target_height=160, strength=0.5),
+    )
+    assert hires.task.status.value == "TASK_STATUS_SUCCEED"
+    assert [image.size for image in _decoded(hires)] == [(192, 160)]
+    refined = novita.txt2img_v3(
+        model_name="demo-sdxl",
+        prompt="a lighthouse at dusk",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=4,
+        seed=21,
+        refiner=Txt2ImgV3Refiner(switch_at=0.5),
+    )
+    assert refined.task.status.value == "TASK_STATUS_SUCCEED"
+    assert [image.size for image in _decoded(refined)] == [(128, 128)]
+
+
+def test_controlnet_img2img_with_the_novita_sdk(novita: NovitaClient) -> None:
+    buffer = io.BytesIO()
+    _png((200, 30, 30)).save(buffer, format="PNG")
+    image_b64 = base64.b64encode(buffer.getvalue()).decode()
+    result = novita.img2img_v3(
+        model_name="demo-sd",
+        input_image=image_b64,
+        prompt="a red square, painted",
+        image_num=1,
+        width=128,
+        height=128,
+        steps=2,
+        strength=0.6,
+        seed=5,
+        controlnet_units=[Img2ImgV3ControlNetUnit(model_name="demo-controlnet", image_base64=image_b64, strength=0.8)],
+    )
+    assert result.task.status.value == "TASK_STATUS_SUCCEED"
+    assert [image.size for image in _decoded(result)] == [(128, 128)]
+
+
+def test_feature_refusals_name_the_parameter(server: RunningServer) -> None:
+    def submit(route: str, request: dict[str, Any]) -> httpx.Response:
+        body = {"request": {"model_name": "demo-sd", "prompt": "x", "steps": 2, **request}}
+        return httpx.post(f"{server.base_url}/v3/async/{route}", json=body, headers=_auth(server))
+
+    no_refiner = submit("txt2img", {"refiner": {"switch_at": 0.5}})
+    assert no_refiner.status_code == 400 and no_refiner.json()["metadata"]["param"] == "request.refiner"
+    vae = submit("txt2img", {"sd_vae": "no-such-vae"})
+    assert vae.status_code == 400 and vae.json()["metadata"]["param"] == "request.sd_vae"
+    buffer = io.BytesIO()
+    _png((20, 200, 30)).save(buffer, format="PNG")
+    unit = {"model_name": "demo-controlnet", "image_base64": base64.b64encode(buffer.getvalue()).decode()}
+    depth = submit(
+        "img2img", {"image_base64": unit["image_base64"], "controlnet": {"units": [{**unit, "preprocessor": "depth"}]}}
+    )
+    assert depth.status_code == 400
+    assert depth.json()["metadata"]["param"] == "request.controlnet.units[0].preprocessor"
+
+
+def test_upscale_with_nsfw_detection(server: RunningServer) -> None:
+    buffer = io.BytesIO()
+    _png((40, 120, 200), size=(40, 24)).save(buffer, format="PNG")
+    body = {
+        "extra": {"enable_nsfw_detection": True, "nsfw_detection_level": 2},
+        "request": {
+            "model_name": "demo-upscaler",
+            "image_base64": base64.b64encode(buffer.getvalue()).decode(),
+            "scale_factor": 2,
+        },
+    }
+    response = httpx.post(f"{server.base_url}/v3/async/upscale", json=body, headers=_auth(server))
+    assert response.status_code == 200, response.text
+    result = _poll(server, response.json()["task_id"])
+    assert result["task"]["status"] == "TASK_STATUS_SUCCEED", result["task"]["reason"]
+    assert result["extra"]["enable_nsfw_detection"] is True
+    [image] = result["images"]
+    detection = image["nsfw_detection_result"]
+    assert detection["valid"] is True and 0 <= detection["confidence"] <= 100

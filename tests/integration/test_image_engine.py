@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.base import ImageEngine, ImageGeneration, ImageResult, LoraWeight, ModelSpec
+from engines.base import ControlUnit, HiresFix, ImageEngine, ImageGeneration, ImageResult, LoraWeight, ModelSpec
 from engines.image import pipelines
-from engines.image.demo import EMBEDDING_NAME, LORA_NAME, build_image_demo_models
+from engines.image.demo import CONTROLNET_NAME, EMBEDDING_NAME, LORA_NAME, VAE_NAME, build_image_demo_models
 from engines.image.pipelines import DiffusersImageEngine, parse_emphasis
 from engines.image.samplers import SAMPLERS
 from schemas.errors import ApiError
@@ -197,6 +197,13 @@ def test_a1111_emphasis_parsing() -> None:
         ({"clip_skip": 9}, "clip_skip"),
         ({"mask_image": b"not used"}, "init_image"),
         ({"init_image": b"not an image"}, "init_image"),
+        ({"vae": "no-such-vae"}, "vae"),
+        ({"hires_fix": HiresFix(width=128, height=128, strength=0.5, upscaler="Nope")}, "hires_fix"),
+        ({"hires_fix": HiresFix(width=32, height=64, strength=0.5)}, "hires_fix"),
+        ({"hires_fix": HiresFix(width=128, height=128, strength=0.5), "init_image": b"x"}, "hires_fix"),
+        ({"refiner_switch_at": 0.5}, "refiner"),  # demo-sd has no refiner
+        ({"controlnets": [ControlUnit(name=CONTROLNET_NAME, image=b"x")]}, "controlnets"),  # txt2img
+        ({"controlnets": [ControlUnit(name="nope", image=b"x")], "init_image": b"x", "strength": 0.5}, "controlnets"),
     ],
 )
 async def test_bad_jobs_name_the_parameter(sd: DiffusersImageEngine, fields: dict[str, Any], param: str) -> None:
@@ -229,3 +236,80 @@ async def test_cancelled_job_stops_and_frees_the_device(sd: DiffusersImageEngine
         await task
     after = await asyncio.wait_for(sd.generate(job()), timeout=20)  # the device lock was released
     assert after.images and fractions[-1] < 1.0
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "RealESRNet_x4plus"])
+async def test_hires_fix_gives_the_target_size_deterministically(sd: DiffusersImageEngine, upscaler: str) -> None:
+    fractions: list[float] = []
+    hires = HiresFix(width=128, height=96, strength=0.5, upscaler=upscaler)
+    first = await sd.generate(job(hires_fix=hires, image_num=2), fractions.append)
+    again = await sd.generate(job(hires_fix=hires, image_num=2))
+    assert [image.size for image in first.images] == [(128, 96)] * 2
+    assert np.array_equal(pixels(first), pixels(again)) and np.array_equal(pixels(first, 1), pixels(again, 1))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # one progress over both passes
+    # The second pass adds its own denoising: not just the base image resized.
+    base = (await sd.generate(job())).images[0].resize((128, 96), Image.Resampling.LANCZOS)
+    assert not np.array_equal(pixels(first), np.asarray(base, dtype=np.int16))
+
+
+async def test_the_latent_and_image_upscalers_differ(sd: DiffusersImageEngine) -> None:
+    latent, image = [
+        pixels(await sd.generate(job(hires_fix=HiresFix(width=128, height=128, strength=0.5, upscaler=name))))
+        for name in ("Latent", "RealESRGAN_x4plus_anime_6B")
+    ]
+    assert not np.array_equal(latent, image)
+
+
+async def test_refiner_takes_over_at_switch_at(sdxl: DiffusersImageEngine) -> None:
+    base_only = pixels(await sdxl.generate(job(steps=4)))
+    refined = await sdxl.generate(job(steps=4, refiner_switch_at=0.5))
+    assert refined.images[0].size == (64, 64)
+    assert np.array_equal(pixels(refined), pixels(await sdxl.generate(job(steps=4, refiner_switch_at=0.5))))
+    assert not np.array_equal(base_only, pixels(refined))
+    later = pixels(await sdxl.generate(job(steps=4, refiner_switch_at=0.75)))
+    assert not np.array_equal(later, pixels(refined))
+    # With a hires fix after it, and several images: the passes chain.
+    chained = await sdxl.generate(
+        job(steps=4, refiner_switch_at=0.5, image_num=2, hires_fix=HiresFix(width=96, height=96, strength=0.5))
+    )
+    assert [image.size for image in chained.images] == [(96, 96)] * 2
+    assert np.array_equal(base_only, pixels(await sdxl.generate(job(steps=4))))  # base-only is unchanged
+
+
+@pytest.mark.parametrize("model", ["sd", "sdxl"])
+async def test_sd_vae_swaps_the_decoder_for_one_job(model: str, request: pytest.FixtureRequest) -> None:
+    engine: DiffusersImageEngine = request.getfixturevalue(model)
+    own = pixels(await engine.generate(job()))
+    swapped = pixels(await engine.generate(job(vae=VAE_NAME)))
+    assert not np.array_equal(own, swapped)
+    assert np.array_equal(swapped, pixels(await engine.generate(job(vae=VAE_NAME))))  # cached, same result
+    assert np.array_equal(own, pixels(await engine.generate(job())))  # the checkpoint's VAE is back
+    # The swapped VAE also encodes img2img's input and decodes the refiner's output.
+    init = png((64, 64))
+    img2img = [pixels(await engine.generate(job(init_image=init, strength=0.5, vae=v))) for v in (None, VAE_NAME)]
+    assert not np.array_equal(*img2img)
+
+
+async def test_controlnet_guides_img2img(sd: DiffusersImageEngine) -> None:
+    init, control = png((64, 64)), png((64, 64))
+
+    def unit(**fields: Any) -> ControlUnit:
+        return ControlUnit(name=CONTROLNET_NAME, image=control, **fields)
+
+    def img2img(**fields: Any) -> ImageGeneration:
+        return job(init_image=init, strength=0.6, steps=4, **fields)
+
+    plain = pixels(await sd.generate(img2img()))
+    # Strength 0 scales the ControlNet's residuals to exact zeros: plain img2img, bit for bit.
+    assert np.array_equal(plain, pixels(await sd.generate(img2img(controlnets=[unit(strength=0.0)]))))
+    guided = pixels(await sd.generate(img2img(controlnets=[unit(preprocessor="none")])))
+    assert not np.array_equal(plain, guided)
+    assert np.array_equal(guided, pixels(await sd.generate(img2img(controlnets=[unit(preprocessor="none")]))))
+    edges = pixels(await sd.generate(img2img(controlnets=[unit(preprocessor="canny")])))
+    assert not np.array_equal(guided, edges)
+    # Guidance only in the first half of the steps differs from guidance throughout.
+    early = pixels(await sd.generate(img2img(controlnets=[unit(preprocessor="none", guidance_end=0.5)])))
+    assert not np.array_equal(guided, early)
+    two = await sd.generate(img2img(controlnets=[unit(preprocessor="none"), unit(preprocessor="canny", strength=0.5)]))
+    assert two.images[0].size == (64, 64)
+    assert np.array_equal(plain, pixels(await sd.generate(img2img())))  # plain img2img is unaffected after

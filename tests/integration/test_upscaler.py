@@ -11,6 +11,7 @@ import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,3 +90,43 @@ async def test_not_an_image(upscaler: UpscalerEngine) -> None:
     with pytest.raises(ApiError) as error:
         await upscaler.upscale(UpscaleJob(image=b"definitely not an image", scale=2))
     assert error.value.code is ErrorCode.INVALID_IMAGE_FORMAT
+
+
+@pytest.fixture(scope="session")
+async def tiled(demo_root: Path) -> AsyncIterator[UpscalerEngine]:
+    """The demo upscaler with 32-pixel tiles overlapping by 8: small inputs already need several."""
+    [spec] = [spec for spec in image_demo_catalog(demo_root) if spec.name == UPSCALER_MODEL]
+    engine = UpscalerEngine(msgspec.structs.replace(spec, options={**spec.options, "tile_size": 32, "tile_overlap": 8}))
+    await engine.load()
+    yield engine
+    await engine.unload()
+
+
+async def test_tiled_upscale_keeps_the_exact_size_and_is_deterministic(tiled: UpscalerEngine) -> None:
+    for size, scale, expected in (((60, 44), 2, (120, 88)), ((70, 33), 2.5, (175, 82))):
+        steps: list[float] = []
+        first = await tiled.upscale(UpscaleJob(image=png(size), scale=scale), steps.append)
+        again = await tiled.upscale(UpscaleJob(image=png(size), scale=scale))
+        assert first.size == expected and first.mode == "RGB"
+        assert np.array_equal(np.asarray(first), np.asarray(again))
+        assert len(steps) > 2 and steps == sorted(steps) and steps[-1] == 1.0  # several tiles, one progress
+    # Every tile depends on its part of the input.
+    source = np.asarray(Image.open(io.BytesIO(png((60, 44)))))
+    changed = source.copy()
+    changed[-8:, -8:] = 0  # only the bottom-right tile sees this
+    buffer = io.BytesIO()
+    Image.fromarray(changed).save(buffer, format="PNG")
+    base, edited = [
+        np.asarray(await tiled.upscale(UpscaleJob(image=data, scale=2)), dtype=np.int16)
+        for data in (png((60, 44)), buffer.getvalue())
+    ]
+    assert np.array_equal(base[:40, :40], edited[:40, :40])  # the top-left tile is untouched
+    assert not np.array_equal(base[-16:, -16:], edited[-16:, -16:])
+
+
+async def test_an_input_within_one_tile_takes_the_untiled_path(tiled: UpscalerEngine, upscaler: UpscalerEngine) -> None:
+    steps: list[float] = []
+    image = await tiled.upscale(UpscaleJob(image=png((32, 28)), scale=2), steps.append)
+    assert steps == [0.5, 1.0]  # one pipeline run of the demo's two steps
+    untiled = await upscaler.upscale(UpscaleJob(image=png((32, 28)), scale=2))
+    assert np.array_equal(np.asarray(image), np.asarray(untiled))

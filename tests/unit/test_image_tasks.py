@@ -51,7 +51,14 @@ async def test_validation_codes(client: AsyncTestClient) -> None:
         ({"image_num": 9}, 400, "INVALID_REQUEST_BODY", "request.image_num"),
         ({"steps": 0}, 400, "INVALID_REQUEST_BODY", "request.steps"),
         ({"loras": [{"model_name": "nope"}]}, 400, "INVALID_REQUEST_BODY", "request.loras"),
-        ({"hires_fix": {"target_width": 256, "target_height": 256}}, 400, "INVALID_REQUEST_BODY", "request.hires_fix"),
+        (
+            {"hires_fix": {"target_width": 100, "target_height": 256}},
+            400,
+            "INVALID_IMAGE_SIZE",
+            "request.hires_fix.target_width",
+        ),
+        ({"refiner": {"switch_at": 0.8}}, 400, "INVALID_REQUEST_BODY", "request.refiner"),
+        ({"sd_vae": "no-such-vae"}, 400, "INVALID_REQUEST_BODY", "request.sd_vae"),
         ({"model_name": "fake-chat"}, 400, "INVALID_REQUEST_BODY", "request.model_name"),
     ]
     for change, status, reason, param in cases:

@@ -63,3 +63,24 @@ def test_bad_paging_is_a_named_400() -> None:
     with pytest.raises(ApiError) as cursor:
         list_models(SPECS, ModelFilter(), 10, "page2")
     assert cursor.value.param == "pagination.cursor"
+
+
+def test_vaes_and_controlnets_are_listed_with_their_types() -> None:
+    specs = [
+        ModelSpec(
+            name="sd15",
+            kind=ModelKind.IMAGE,
+            engine="diffusers",
+            path="-",
+            options={"vaes": {"vae-ft-mse": "-"}, "controlnets": {"canny": "-", "tile": "-"}, "refiner": "-"},
+        ),
+    ]
+    listed = list_models(specs, ModelFilter(), 100, None).models
+    assert [(m.name, m.type.name, m.type.display_name) for m in listed] == [
+        ("sd15", "checkpoint", "Checkpoint"),
+        ("vae-ft-mse", "vae", "VAE"),
+        ("canny", "controlnet", "ControlNet"),
+        ("tile", "controlnet", "ControlNet"),
+    ]
+    assert [m.name for m in list_models(specs, ModelFilter(types=["vae"]), 100, None).models] == ["vae-ft-mse"]
+    assert all(m.base_model == "SD 1.5" for m in listed)

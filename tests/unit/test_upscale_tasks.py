@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from server.app import create_app
-from tests.fakes import FAKE_SPECS, FAKE_UPSCALER_SPEC
+from tests.fakes import FAKE_SAFETY_SPEC, FAKE_SPECS, FAKE_UPSCALER_SPEC, FakeSafetyEngine
 from tests.unit.conftest import make_state
 from tests.unit.test_image_tasks import poll
 
@@ -110,7 +110,34 @@ async def test_model_and_extra_checks(client: AsyncTestClient) -> None:
     # The upscaler is no text-to-image model either.
     txt2img = {"request": {"model_name": "fake-upscaler", "prompt": "x", "width": 128, "height": 128}}
     assert (await client.post("/v3/async/txt2img", json=txt2img)).status_code == 400
+    # This server has no classifier: detection is refused, as for the other image tasks.
     nsfw = await client.post("/v3/async/upscale", json={**body(), "extra": {"enable_nsfw_detection": True}})
     assert nsfw.status_code == 400 and nsfw.json()["metadata"]["param"] == "extra.enable_nsfw_detection"
     hook = await client.post("/v3/async/upscale", json={**body(), "extra": {"webhook": {"url": "http://127.0.0.1:9/"}}})
     assert hook.status_code == 400 and hook.json()["metadata"]["param"] == "extra.webhook.url"
+
+
+async def test_nsfw_detection_scores_the_upscaled_image(tmp_path: Path) -> None:
+    specs = [*FAKE_SPECS, FAKE_UPSCALER_SPEC, FAKE_SAFETY_SPEC]
+    state = make_state(tmp_path, specs, tasks={"safety_model": "fake-nsfw"})
+    async with AsyncTestClient(create_app(state)) as nsfw_client:
+        await state.load_task  # type: ignore[misc]
+        confidences = []
+        for level in (0, 2):
+            extra = {"enable_nsfw_detection": True, "nsfw_detection_level": level}
+            submitted = await nsfw_client.post("/v3/async/upscale", json={**body(), "extra": extra})
+            assert submitted.status_code == 200, submitted.text
+            result = await poll(nsfw_client, submitted.json()["task_id"])
+            assert result["task"]["status"] == "TASK_STATUS_SUCCEED", result["task"]["reason"]
+            assert result["extra"]["enable_nsfw_detection"] is True
+            [image] = result["images"]
+            assert image["nsfw_detection_result"]["valid"] is True
+            confidences.append(image["nsfw_detection_result"]["confidence"])
+        # The fake classifier reads the upscaled image's red (200 of 255): explicit, then all three labels.
+        share = FakeSafetyEngine.probabilities(200)
+        expected = [100 * share["explicit"], 100 * (share["explicit"] + share["suggestive"] + share["swimwear"])]
+        assert confidences == pytest.approx(expected, abs=0.5)
+        plain = await nsfw_client.post("/v3/async/upscale", json=body())
+        result = await poll(nsfw_client, plain.json()["task_id"])
+        assert result["extra"]["enable_nsfw_detection"] is False
+        assert result["images"][0]["nsfw_detection_result"] is None

@@ -18,7 +18,7 @@ class ModelsV3Controller(Controller):
     path = "/v3/model"
     tags = ["v3: models"]
 
-    @get("", summary="List image checkpoints, LoRAs and embeddings")
+    @get("", summary="List image checkpoints, LoRAs, embeddings, VAEs, ControlNets and upscalers")
     async def list_models(
         self,
         app_state: AppState,

@@ -7,8 +7,10 @@ from litestar.response import File
 
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import TaskSubmitted
+from schemas.v3.speech import Txt2SpeechBody
 from schemas.v3.tasks import TaskResult
 from schemas.v3.upscale import UpscaleBody
+from schemas.v3.videos import Img2VideoBody, Txt2VideoBody
 from server.state import AppState
 from server.tasks.bodies import decode_task_body
 from server.tasks.images import BODY_TYPES
@@ -20,6 +22,8 @@ _CONTENT_TYPES = {
     "jpeg": "image/jpeg",
     "webp": "image/webp",
     "mp4": "video/mp4",
+    "webm": "video/webm",
+    "gif": "image/gif",
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
 }
@@ -58,6 +62,26 @@ class AsyncTaskController(Controller):
         body = decode_task_body(raw, UpscaleBody)
         return TaskSubmitted(task_id=await app_state.upscale_tasks.submit(raw, body, _caller(request)))
 
+    @post("/txt2speech", status_code=200, summary="Submit a text-to-speech task")
+    async def txt2speech(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        body = decode_task_body(raw, Txt2SpeechBody)
+        return TaskSubmitted(task_id=await app_state.speech_tasks.submit(raw, body, _caller(request)))
+
+    @post("/txt2video", status_code=200, summary="Submit a text-to-video task")
+    async def txt2video(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        body = decode_task_body(raw, Txt2VideoBody)
+        task = await app_state.video_tasks.submit_txt2video(raw, body, _caller(request))
+        return TaskSubmitted(task_id=task.task_id)
+
+    @post("/img2video", status_code=200, summary="Submit an image-to-video task")
+    async def img2video(self, request: Request, app_state: AppState) -> TaskSubmitted:
+        raw = await request.body()
+        body = decode_task_body(raw, Img2VideoBody)
+        task = await app_state.video_tasks.submit_img2video(raw, body, _caller(request))
+        return TaskSubmitted(task_id=task.task_id)
+
     @get("/task-result", summary="Poll an async task")
     async def task_result(self, request: Request, task_id: str, app_state: AppState) -> TaskResult:
         task = await app_state.task_store.get(task_id)
@@ -65,7 +89,9 @@ class AsyncTaskController(Controller):
         if task is None or (task.owner_key_id is not None and task.owner_key_id != _caller(request)):
             raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Task '{task_id}' does not exist.", param="task_id")
         progress = app_state.task_runner.progress.get(task_id)
-        return build_result(task, app_state.storage, str(request.base_url), progress)
+        return build_result(
+            task, app_state.storage, str(request.base_url), progress, presign=app_state.s3_uploader.presigned_url
+        )
 
 
 class FilesController(Controller):

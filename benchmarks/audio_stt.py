@@ -1,0 +1,241 @@
+"""Speech to text: faster-whisper called directly against the same model behind omniserve's OpenAI route.
+
+The real Whisper base (demo-whisper, joined from its packages into a temp dir) transcribes the
+same files two ways, taking turns:
+
+  direct     faster-whisper's `WhisperModel` in this process, `transcribe(path, ...)` on each file
+             and every segment consumed; files over 30 s go through `BatchedInferencePipeline` with
+             its voice activity detector, as omniserve does (engines/audio/whisper.py);
+  omniserve  `python -m server serve` with a catalog of demo-whisper alone, and one client POSTing
+             each file to /openai/v1/audio/transcriptions (multipart, response_format json) and
+             reading the answer: the whole client path, upload and decoding included.
+
+Both sides use the same settings: temperature 0 (pinned, no fallback), beam size 5, language
+detection, CTranslate2's default threads and compute type. One request at a time: the server
+runs one decode per model at a time anyway. The clips are espeak-ng speech: a short one (two
+sentences, ~10 s) and a long one (~45 s, batched).
+
+For each clip it prints the real-time factor (processing seconds per second of audio; lower is
+faster) of each side and the ratio omniserve/direct. Goal: omniserve within 5% of direct.
+
+    python benchmarks/audio_stt.py [--rounds 3] [--repeats 3] [--warmup 1]
+
+The server is started and the direct model loaded before anything is timed. Each round runs
+every clip on both sides, alternating who goes first; totals sum over rounds. The load generator
+runs on the same machine, and each measurement prints the 1-minute load average: other work on
+the machine skews both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engines.audio.whisper import WINDOW_S  # noqa: E402
+from engines.base import ModelSpec  # noqa: E402
+
+MODEL = "demo-whisper"
+BEAM_SIZE = 5
+TEMPERATURE = 0.0
+BATCH_SIZE = 8
+GOAL_PERCENT = 5.0
+SENTENCES = [
+    "Hello, my name is Alice and I live in a small house near the sea.",
+    "Please send me the report before the meeting on Monday morning.",
+    "The train to the city leaves at seven o'clock every day.",
+    "We bought fresh bread, cheese and apples at the market.",
+]
+
+
+def load() -> str:
+    try:
+        return f" (load {Path('/proc/loadavg').read_text().split()[0]})"
+    except OSError:
+        return ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ---------------------------------------------------------------- clips
+
+
+def espeak(text: str, out: Path) -> tuple[np.ndarray, int]:
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(out), text], check=True, capture_output=True, timeout=60)
+    samples, rate = soundfile.read(out, dtype="float32")
+    return samples, rate
+
+
+def make_clips(work: Path) -> dict[str, tuple[Path, float]]:
+    """name -> (WAV path, seconds): two sentences (short), and all four three times (long)."""
+    spoken = [espeak(text, work / f"sentence-{i}.wav") for i, text in enumerate(SENTENCES)]
+    rate = spoken[0][1]
+    pause = np.zeros(int(0.8 * rate), dtype=np.float32)
+    clips = {}
+    for name, parts in (("short", spoken[:2]), ("long", spoken * 3)):
+        samples = np.concatenate([piece for samples, _ in parts for piece in (samples, pause)])
+        path = work / f"{name}.wav"
+        soundfile.write(path, samples, rate, subtype="PCM_16")
+        clips[name] = (path, len(samples) / rate)
+    return clips
+
+
+# ---------------------------------------------------------------- the two sides
+
+
+class Direct:
+    def __init__(self, spec: ModelSpec) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        self.model = WhisperModel(spec.path, device="cpu", compute_type="default", cpu_threads=0)
+        self.batched = BatchedInferencePipeline(self.model)
+
+    def transcribe(self, path: Path, seconds: float) -> str:
+        options: dict[str, Any] = {"beam_size": BEAM_SIZE, "temperature": TEMPERATURE}
+        if seconds > WINDOW_S:
+            segments, _ = self.batched.transcribe(str(path), batch_size=BATCH_SIZE, vad_filter=True, **options)
+        else:
+            segments, _ = self.model.transcribe(str(path), vad_filter=False, **options)
+        return "".join(segment.text for segment in segments).strip()
+
+
+class Server:
+    def __init__(self, spec: ModelSpec, work: Path) -> None:
+        port = free_port()
+        config = work / "bench.toml"
+        config.write_text(
+            f'host = "127.0.0.1"\nport = {port}\ndata_dir = "{work / "data"}"\nlog_level = "warning"\n\n'
+            f'[[models]]\nname = "{spec.name}"\nkind = "{spec.kind.value}"\nengine = "{spec.engine}"\n'
+            f'path = "{spec.path}"\n'
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = work / "omniserve.log"
+        self.log = self.log_path.open("wb")
+        command = [sys.executable, "-m", "server", "serve", "--config", str(config)]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, cwd=ROOT)
+        self.client = httpx.Client(timeout=600)
+
+    def wait_ready(self, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if self.client.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready in {timeout_s:.0f} s; see {self.log_path}")
+
+    def transcribe(self, path: Path, seconds: float) -> str:
+        response = self.client.post(
+            f"{self.url}/openai/v1/audio/transcriptions",
+            data={"model": MODEL, "temperature": str(TEMPERATURE), "response_format": "json"},
+            files={"file": (path.name, path.read_bytes(), "audio/wav")},
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"transcription answered {response.status_code}: {response.text}")
+        return str(msgspec.json.decode(response.content)["text"])
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def measure(side: Any, name: str, path: Path, seconds: float, repeats: int, warmup: int) -> tuple[float, str]:
+    """Seconds spent on `repeats` transcriptions of one clip, and the last text."""
+    text = ""
+    for _ in range(warmup):
+        side.transcribe(path, seconds)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        text = side.transcribe(path, seconds)
+    elapsed = time.perf_counter() - started
+    label = "direct   " if isinstance(side, Direct) else "omniserve"
+    print(f"  {label} {name}: RTF {elapsed / (repeats * seconds):.4f}{load()}", flush=True)
+    return elapsed, text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="turns per side and clip, alternating who goes first")
+    parser.add_argument("--repeats", type=int, default=3, help="timed transcriptions per clip and turn")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted transcriptions before each turn")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    wall_started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="omniserve-stt-bench-"))
+    from engines.audio.stt_demo import build_stt_demo_models
+
+    spec = next(s for s in build_stt_demo_models(work / "models") if s.name == MODEL)
+    clips = make_clips(work)
+    print(f"built {MODEL} and clips under {work} in {time.monotonic() - wall_started:.1f} s", flush=True)
+
+    server = Server(spec, work)
+    try:
+        server.wait_ready()
+        direct = Direct(spec)
+        totals = {(name, side): 0.0 for name in clips for side in ("direct", "omniserve")}
+        for round_index in range(args.rounds):
+            print(f"round {round_index + 1}", flush=True)
+            for name, (path, seconds) in clips.items():
+                sides: list[tuple[str, Any]] = [("direct", direct), ("omniserve", server)]
+                texts = {}
+                for side_name, side in sides if round_index % 2 == 0 else sides[::-1]:
+                    elapsed, texts[side_name] = measure(side, name, path, seconds, args.repeats, args.warmup)
+                    totals[name, side_name] += elapsed
+                if texts["direct"] != texts["omniserve"]:
+                    print(f"  note: the texts differ for {name}:\n    {texts['direct']}\n    {texts['omniserve']}")
+    finally:
+        server.stop()
+
+    print(
+        f"\nbeam {BEAM_SIZE}, temperature {TEMPERATURE}, {args.rounds} round(s) x {args.repeats} timed "
+        f"transcription(s) per clip and side, warm-up {args.warmup}\n"
+    )
+    print("| clip | audio s | direct RTF | omniserve RTF | ratio omni/direct | overhead |\n|---|---|---|---|---|---|")
+    worst = 0.0
+    for name, (_, seconds) in clips.items():
+        audio_s = seconds * args.repeats * args.rounds
+        direct_rtf, omni_rtf = totals[name, "direct"] / audio_s, totals[name, "omniserve"] / audio_s
+        overhead = 100 * (omni_rtf / direct_rtf - 1)
+        worst = max(worst, overhead)
+        print(
+            f"| {name} | {seconds:.1f} | {direct_rtf:.4f} | {omni_rtf:.4f} | {omni_rtf / direct_rtf:.3f} "
+            f"| {overhead:+.1f}% |"
+        )
+    verdict = "met" if worst < GOAL_PERCENT else "NOT met"
+    print(f"\ngoal: omniserve within {GOAL_PERCENT:.0f}% of direct on every clip: {verdict} (worst {worst:+.1f}%)")
+    print(f"total wall time: {time.monotonic() - wall_started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""POST /audio/speech: parse, call the speech service, stream the audio bytes."""
+
+from __future__ import annotations
+
+from litestar import Controller, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+
+from schemas.openai.speech import SpeechRequest
+from server.state import AppState
+
+_RESPONSES = {
+    200: ResponseSpec(
+        data_container=bytes,
+        media_type="audio/mpeg",
+        description="The audio in response_format (mp3, opus in Ogg, aac in ADTS, flac, wav, or raw 24 kHz pcm)",
+    )
+}
+
+
+class SpeechController(Controller):
+    path = "/audio"
+    tags = ["openai: audio"]
+
+    @post("/speech", status_code=200, responses=_RESPONSES)
+    async def speech(self, data: SpeechRequest, app_state: AppState) -> ASGIResponse:
+        # An ASGI response, not litestar's Stream: its media type follows the requested format.
+        # The streaming response cancels the iterator when the client disconnects, which stops
+        # synthesis at the next sentence.
+        stream = await app_state.speech.stream(data)
+        return ASGIStreamingResponse(iterator=stream.chunks, media_type=stream.media_type)

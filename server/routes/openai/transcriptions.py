@@ -1,0 +1,106 @@
+"""Audio transcriptions and translations (multipart): parse, call the service, encode."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import msgspec
+from litestar import Controller, Request, Router, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+
+from engines.base import TranscriptionTask
+from schemas.errors import ApiError, ErrorCode
+from schemas.openai.transcriptions import Transcription, TranscriptionRequest, TranslationRequest
+from server.errors import validation_error
+from server.routes.disconnect import until_disconnect
+from server.routes.openai.text import SSE_HEADERS
+from server.services import Services
+from server.serving.common import bad_request
+from server.serving.transcriptions import RenderedTranscript
+from server.settings import AudioSettings
+
+RequestT = TypeVar("RequestT", TranscriptionRequest, TranslationRequest)
+_RESPONSES = {
+    200: ResponseSpec(
+        data_container=Transcription,
+        description="JSON, verbose JSON, text, SubRip or WebVTT per response_format; server-sent events when "
+        "stream is true",
+    )
+}
+
+
+def transcriptions_router(audio: AudioSettings) -> Router:
+    """The /audio speech-to-text routes. Their request body may be as large as one upload is
+    allowed to be (the app's limit is smaller): the form fields beside the file are tiny."""
+    return Router(
+        path="/audio", route_handlers=[TranscriptionsController], request_max_body_size=audio.max_upload_bytes
+    )
+
+
+async def _read_form(request: Request, schema: type[RequestT]) -> RequestT:
+    """The multipart form as a typed request. The openai SDK sends the audio as the ``file``
+    part, lists as repeated ``name[]`` parts, and every other field (extra_body too) as text."""
+    if request.content_type[0] != RequestEncodingType.MULTI_PART:
+        raise bad_request("This route takes multipart/form-data: the audio is a file part named 'file'.", "file")
+    try:
+        form = await request.form()
+    except RequestEntityTooLarge:
+        limit = request.route_handler.resolve_request_max_body_size()
+        raise ApiError(
+            ErrorCode.REQUEST_BODY_TOO_LARGE, f"The upload is larger than the {limit} bytes accepted.", param="file"
+        ) from None
+    try:
+        fields: dict[str, object] = {}
+        for name, value in form.multi_items():
+            if name == "file":
+                continue
+            if name.endswith("[]"):
+                list_field = fields.setdefault(name.removesuffix("[]"), [])
+                if isinstance(list_field, list):
+                    list_field.append(value)
+            else:
+                fields[name] = value
+        uploads = form.getall("file", [])
+        if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
+            raise bad_request("Send exactly one audio file, as a file part named 'file'.", "file")
+        data = await uploads[0].read()
+    finally:
+        await form.close()  # the upload's spooled temporary file
+    if not isinstance(fields.get("model"), str):
+        raise bad_request("model is required.", "model")
+    try:
+        # strict=False: form values are text, so "0.2" becomes a float and "true" a bool.
+        return msgspec.convert({**fields, "file": data}, schema, strict=False)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+async def _respond(request: Request, work: Awaitable[RenderedTranscript]) -> ASGIResponse:
+    rendered = await until_disconnect(request, work)
+    return ASGIResponse(body=rendered.body, media_type=rendered.media_type)
+
+
+class TranscriptionsController(Controller):
+    path = ""
+    tags = ["openai: audio"]
+
+    @post("/transcriptions", status_code=200, responses=_RESPONSES)
+    async def transcriptions(self, request: Request, services: Services) -> ASGIResponse:
+        form = await _read_form(request, TranscriptionRequest)
+        if form.stream:
+            # The streaming response cancels the iterator when the client goes away,
+            # which stops the decoder at its next segment.
+            events = await services.transcriptions.stream(form)
+            return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
+        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSCRIBE))
+
+    @post("/translations", status_code=200, responses=_RESPONSES)
+    async def translations(self, request: Request, services: Services) -> ASGIResponse:
+        form = await _read_form(request, TranslationRequest)
+        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSLATE))

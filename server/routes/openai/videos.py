@@ -1,0 +1,102 @@
+"""Video jobs: create (multipart, as the openai SDK sends it, or JSON), retrieve, download."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.response import File
+
+from schemas.openai.videos import Video, VideoCreateRequest
+from server.errors import validation_error
+from server.serving.common import bad_request
+from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes
+from server.serving.videos import OpenAIVideos
+from server.state import AppState
+
+_MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif"}
+# One reference image plus the text fields.
+CREATE_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES
+
+
+def _caller(request: Request) -> str | None:
+    key_id: str | None = request.scope.get("state", {}).get("api_key_id")
+    return key_id
+
+
+def _service(app_state: AppState) -> OpenAIVideos:
+    tasks = app_state.settings.tasks
+    return OpenAIVideos(
+        app_state.video_tasks,
+        app_state.task_store,
+        app_state.task_runner.progress,
+        # Outputs are deleted once older than both of these (AppState's cleaner).
+        retention_s=max(tasks.output_max_age_s, tasks.url_ttl_s),
+    )
+
+
+def _reference(value: Any) -> bytes | None:
+    """The reference image's bytes: an uploaded file, or an image_url data URL."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("image_url")
+        if not isinstance(value, str) or not value.startswith("data:"):
+            raise bad_request("input_reference.image_url must be a base64 data: URL.", "input_reference")
+        return base64_image_bytes(value, "input_reference")
+    if isinstance(value, bytes):
+        return value
+    raise bad_request("input_reference must be an image file or {image_url: <data URL>}.", "input_reference")
+
+
+async def _create_request(request: Request) -> VideoCreateRequest:
+    fields: dict[str, Any]
+    if request.content_type[0] == RequestEncodingType.MULTI_PART:
+        form = await request.form()
+        try:
+            fields = {}
+            for name, value in form.items():
+                if isinstance(value, UploadFile):
+                    fields[name] = await value.read()
+                elif name == "input_reference[image_url]":  # the SDK's form spelling of the object
+                    fields["input_reference"] = {"image_url": value}
+                else:
+                    fields[name] = value
+        finally:
+            await form.close()
+    else:
+        try:
+            fields = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError:
+            raise bad_request("The body is neither multipart/form-data nor JSON.") from None
+        if not isinstance(fields, dict):
+            raise bad_request("The body must be a JSON object.")
+    fields["input_reference"] = _reference(fields.get("input_reference"))
+    try:
+        # strict=False: form values are text, so seconds may arrive as 4 or "4" and seed as "7".
+        return msgspec.convert(fields, VideoCreateRequest, strict=False)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+class VideosController(Controller):
+    path = "/videos"
+    tags = ["openai: videos"]
+
+    @post("/", status_code=200, request_max_body_size=CREATE_MAX_BODY_BYTES, summary="Create a video job")
+    async def create(self, request: Request, app_state: AppState) -> Video:
+        return await _service(app_state).create(await _create_request(request), _caller(request))
+
+    @get("/{video_id:str}", summary="Retrieve a video job")
+    async def retrieve(self, request: Request, video_id: str, app_state: AppState) -> Video:
+        return await _service(app_state).retrieve(video_id, _caller(request))
+
+    @get("/{video_id:str}/content", summary="Download a video job's file")
+    async def content(self, request: Request, video_id: str, app_state: AppState, variant: str = "video") -> File:
+        if variant != "video":
+            raise bad_request(f"variant {variant!r} is not offered; only 'video'.", "variant")
+        path, video_type = await _service(app_state).content(video_id, _caller(request), app_state.storage)
+        return File(path=path, media_type=_MEDIA_TYPES.get(video_type, "application/octet-stream"))

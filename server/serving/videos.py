@@ -1,0 +1,204 @@
+"""OpenAI's video jobs over the /v3 video tasks: a create becomes a txt2video (or, with an input
+image, img2video) task, and a video's id is its task id, so either API can follow the job."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import math
+from pathlib import Path
+
+import msgspec
+
+from engines.base import VideoEngine, VideoMode
+from schemas.errors import ApiError, ErrorCode
+from schemas.openai.videos import Video, VideoCreateRequest, VideoError, VideoStatus
+from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoPromptSegment
+from server.serving.common import bad_request
+from server.serving.image_inputs import open_input_image
+from server.storage.local import LocalStorage
+from server.tasks.models import Task, TaskStatus, TaskType
+from server.tasks.store import TaskStore
+from server.tasks.videos import VideoTasks
+
+_STATUSES: dict[TaskStatus, VideoStatus] = {
+    TaskStatus.QUEUED: "queued",
+    TaskStatus.PROCESSING: "in_progress",
+    TaskStatus.SUCCEED: "completed",
+    TaskStatus.FAILED: "failed",
+}
+# Where the task's checks name a /v3 field, the OpenAI request names another.
+_PARAMS = {
+    "model_name": "model",
+    "width": "size",
+    "height": "size",
+    "prompts": "prompt",
+    "frames_num": "seconds",
+    "frames_per_second": "seconds",
+    "image_file": "input_reference",
+}
+_DEFAULT_STEPS = 25
+_VIDEO_TASKS = (TaskType.TXT_TO_VIDEO, TaskType.IMG_TO_VIDEO)
+
+
+def _parse_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise bad_request(f"seconds must be a positive number, not {value!r}.", "seconds")
+    return seconds
+
+
+def _parse_size(value: str) -> tuple[int, int]:
+    width, _, height = value.lower().partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise bad_request(f"size must be WIDTHxHEIGHT, like 512x512, not {value!r}.", "size")
+    return int(width), int(height)
+
+
+def _format_seconds(frames: int, fps: int) -> str:
+    return f"{frames / fps:g}"
+
+
+@functools.lru_cache(maxsize=256)
+def _image_size(image_file: str) -> tuple[int, int]:
+    """The size of an img2video task's video, from the header of its input image; cached because
+    clients poll a job about once a second."""
+    with open_input_image(base64.b64decode(image_file.split(",", 1)[-1]), "input_reference") as image:
+        width, height = image.size
+    return width // 8 * 8, height // 8 * 8
+
+
+class OpenAIVideos:
+    def __init__(
+        self, tasks: VideoTasks, store: TaskStore, progress: dict[str, tuple[int, int]], *, retention_s: int
+    ) -> None:
+        self.tasks = tasks
+        self.store = store
+        self.progress = progress
+        self.retention_s = retention_s
+
+    async def create(self, request: VideoCreateRequest, owner: str | None) -> Video:
+        if not request.prompt.strip():
+            raise bad_request("prompt must not be empty.", "prompt")
+        mode: VideoMode = "text-to-video" if request.input_reference is None else "image-to-video"
+        name = request.model or self.tasks.default_model(mode)
+        if name is None:
+            raise bad_request(f"This server has no {mode} model.", "model")
+        try:
+            engine = self.tasks.video_engine(name, mode, param="model")
+            frames = round(_parse_seconds(request.seconds) * engine.fps)
+            if frames < 1:
+                raise bad_request(f"At {engine.fps} frames a second, {request.seconds} s holds no frame.", "seconds")
+            steps = int(engine.spec.options.get("steps", _DEFAULT_STEPS))
+            if request.input_reference is None:
+                task = await self._text_to_video(request, engine, frames, steps, owner)
+            else:
+                task = await self._image_to_video(request, engine, frames, steps, owner)
+        except ApiError as error:
+            error.param = _PARAMS.get(error.param or "", error.param)
+            raise
+        return await self._video(task)
+
+    async def _text_to_video(
+        self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
+    ) -> Task:
+        width, height = _parse_size(request.size) if request.size else engine.native_size
+        body = Txt2VideoBody(
+            model_name=engine.spec.name,
+            prompts=[VideoPromptSegment(prompt=request.prompt, frames=frames)],
+            width=width,
+            height=height,
+            steps=steps,
+            seed=request.seed,
+        )
+        return await self.tasks.submit_txt2video(msgspec.json.encode(body), body, owner)
+
+    async def _image_to_video(
+        self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
+    ) -> Task:
+        assert request.input_reference is not None
+        image_file = base64.b64encode(request.input_reference).decode()
+        if request.size:
+            # As with OpenAI, the reference image is the first frame: it must have the video's size.
+            wanted = _parse_size(request.size)
+            actual = await asyncio.to_thread(_image_size, image_file)
+            if actual != wanted:
+                message = f"input_reference is {actual[0]}x{actual[1]} (in multiples of 8); size asks {request.size}."
+                raise bad_request(message, "input_reference")
+        body = Img2VideoBody(
+            model_name=engine.spec.name,
+            image_file=image_file,
+            frames_num=frames,
+            frames_per_second=engine.fps,
+            image_file_resize_mode="ORIGINAL_DIMENSION",
+            steps=steps,
+            seed=request.seed,
+        )
+        return await self.tasks.submit_img2video(msgspec.json.encode(body), body, owner)
+
+    async def _task(self, video_id: str, owner: str | None) -> Task:
+        task = await self.store.get(video_id)
+        # Another key's job is reported as missing, not as forbidden: ids are not probes.
+        if task is None or task.task_type not in _VIDEO_TASKS or (task.owner_key_id not in (None, owner)):
+            raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Video '{video_id}' does not exist.", param="video_id")
+        return task
+
+    async def retrieve(self, video_id: str, owner: str | None) -> Video:
+        return await self._video(await self._task(video_id, owner))
+
+    async def content(self, video_id: str, owner: str | None, storage: LocalStorage) -> tuple[Path, str]:
+        """The video file of a completed job and its type (mp4 for jobs made here)."""
+        task = await self._task(video_id, owner)
+        if task.status is not TaskStatus.SUCCEED:
+            status = _STATUSES[task.status]
+            raise bad_request(f"Video '{video_id}' is {status}; its content exists once it is completed.", "video_id")
+        output = next((output for output in task.outputs if output.kind == "video"), None)
+        path = storage.open_path(output.key) if output is not None else None
+        if output is None or path is None:
+            raise ApiError(ErrorCode.TASK_NOT_FOUND, f"The content of video '{video_id}' has expired.")
+        return path, output.media_type
+
+    async def _video(self, task: Task) -> Video:
+        fps = self.tasks.video_engine(task.model, _mode(task)).fps
+        prompt: str | None = None
+        if task.task_type is TaskType.TXT_TO_VIDEO:
+            text = msgspec.json.decode(task.request, type=Txt2VideoBody)
+            prompt = "\n".join(segment.prompt for segment in text.prompts)
+            frames = sum(segment.frames for segment in text.prompts)
+            size = (text.width, text.height)
+        else:
+            image = msgspec.json.decode(task.request, type=Img2VideoBody)
+            frames, fps = image.frames_num, image.frames_per_second
+            if image.enable_frame_interpolation:  # a blended frame between each pair, twice the rate
+                frames, fps = 2 * frames - 1, 2 * fps
+            if image.image_file_resize_mode == "CROP_TO_ASPECT_RATIO":
+                size = self.tasks.video_engine(task.model, "image-to-video").native_size
+            else:
+                size = await asyncio.to_thread(_image_size, image.image_file)
+        percent = self.progress.get(task.task_id, (0, 0))[0]
+        completed_at = task.complete_time_ms // 1000 if task.complete_time_ms is not None else None
+        return Video(
+            id=task.task_id,
+            model=task.model,
+            status=_STATUSES[task.status],
+            progress=100 if task.status is TaskStatus.SUCCEED else percent,
+            created_at=task.submit_time_ms // 1000,
+            completed_at=completed_at,
+            expires_at=completed_at + self.retention_s
+            if completed_at is not None and task.status is TaskStatus.SUCCEED
+            else None,
+            prompt=prompt,
+            seconds=_format_seconds(frames, fps),
+            size=f"{size[0]}x{size[1]}",
+            error=VideoError(code=ErrorCode.TASK_FAILED.value, message=task.reason)
+            if task.status is TaskStatus.FAILED
+            else None,
+        )
+
+
+def _mode(task: Task) -> VideoMode:
+    return "text-to-video" if task.task_type is TaskType.TXT_TO_VIDEO else "image-to-video"

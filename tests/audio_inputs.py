@@ -1,0 +1,101 @@
+"""Audio for the speech-to-text tests: espeak-ng speech, tones, other containers, word error rate."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+# Sentences Whisper base transcribes from espeak-ng's voice word for word (checked by hand).
+SENTENCE = "Hello, my name is Alice and I live in a small house near the sea."
+SECOND_SENTENCE = "Please send me the report before the meeting on Monday morning."
+
+# container -> (PyAV format name, codec): what clients upload, each encoded by FFmpeg.
+CONTAINERS = {
+    "mp3": ("mp3", "libmp3lame"),
+    "flac": ("flac", "flac"),
+    "ogg": ("ogg", "libopus"),
+    "m4a": ("ipod", "aac"),
+    "webm": ("webm", "libopus"),
+}
+
+
+def espeak(text: str, *, voice: str = "en", words_per_minute: int = 150) -> bytes:
+    """``text`` spoken by espeak-ng, as WAV bytes (22.05 kHz mono)."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "speech.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(out), text],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        return out.read_bytes()
+
+
+def read_wav(data: bytes) -> tuple[np.ndarray, int]:
+    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+    return samples, rate
+
+
+def wav(samples: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def tone(seconds: float, rate: int = 16000, frequency: float = 440.0) -> bytes:
+    """A quiet sine tone as WAV bytes: valid audio of an exact length, without speech."""
+    t = np.arange(int(seconds * rate)) / rate
+    return wav((0.1 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), rate)
+
+
+def silence(seconds: float, rate: int) -> np.ndarray:
+    return np.zeros(int(seconds * rate), dtype=np.float32)
+
+
+def encode(wav_bytes: bytes, container: str) -> bytes:
+    """The WAV re-encoded into ``container`` (a key of CONTAINERS) with PyAV."""
+    import av
+
+    samples, rate = read_wav(wav_bytes)
+    format_name, codec = CONTAINERS[container]
+    out_rate = 48000 if codec == "libopus" else rate  # Opus runs at 48 kHz only
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=format_name) as output:
+        stream = output.add_stream(codec, rate=out_rate, layout="mono")
+        resampler = av.AudioResampler(format=stream.format, layout="mono", rate=out_rate)
+        frame = av.AudioFrame.from_ndarray((samples * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(converted):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation: how the word error rate compares texts."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """(substitutions + deletions + insertions) / reference words, by edit distance over words."""
+    ref, hyp = words(reference), words(hypothesis)
+    previous = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, start=1):
+        current = [i]
+        for j, hyp_word in enumerate(hyp, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
+        previous = current
+    return previous[-1] / max(1, len(ref))
