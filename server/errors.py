@@ -136,6 +136,11 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiE
     if " - at `$" in text:
         text, _, where = text.partition(" - at `$")
         param = where.rstrip("`").lstrip(".") or None
+    missing = re.match(r"Object missing required field `([^`]+)`", text)
+    if missing:
+        # msgspec places the error at the enclosing object; the client needs the absent field.
+        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+        return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Missing required field '{param}'.", param=param)
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Request body is not valid JSON: {text}")
     message = f"Invalid value for '{param}': {text}" if param else f"Invalid request body: {text}"

@@ -301,7 +301,7 @@ async def test_malformed_aws_s3_is_a_400_naming_the_field(s3_client: AsyncTestCl
         "/v3/async/txt2img", json={"request": REQUEST, "extra": {"custom_storage": {"aws_s3": aws_s3}}}
     )
     assert missing.status_code == 400 and "path" in missing.json()["message"]
-    assert missing.json()["metadata"]["param"] == "extra.custom_storage.aws_s3"
+    assert missing.json()["metadata"]["param"] == "extra.custom_storage.aws_s3.path"
 
 
 async def test_upscale_tasks_upload_too(tmp_path: Path, s3: LocalS3) -> None:

@@ -154,7 +154,7 @@ async def test_txt2speech_bad_audio_type_and_missing_field(client: AsyncTestClie
     bad_type = await client.post("/v3/async/txt2speech", json={**TASK, "extra": {"response_audio_type": "ogg"}})
     assert bad_type.status_code == 400 and bad_type.json()["metadata"]["param"] == "extra.response_audio_type"
     missing = await client.post("/v3/async/txt2speech", json={"request": {"language": "en-US", "texts": ["hi"]}})
-    assert missing.status_code == 400 and "voice_id" in missing.json()["message"]
+    assert missing.status_code == 400 and missing.json()["metadata"]["param"] == "request.voice_id"
 
 
 async def test_failed_task_leaves_no_output(client: AsyncTestClient, tmp_path: Path) -> None:
