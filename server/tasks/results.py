@@ -26,7 +26,7 @@ def _without_images(value: object) -> object:
     if isinstance(value, dict):
         return {
             key: f"<{len(item)} base64 characters>"
-            if key.endswith("base64") and isinstance(item, str)
+            if key.endswith(("base64", "image_file")) and isinstance(item, str)
             else _without_images(item)
             for key, item in value.items()
         }

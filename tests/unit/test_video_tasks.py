@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,9 @@ async def test_img2video_crops_to_the_model_size_or_keeps_the_image_size(client:
     )
     cropped_result = await poll(client, cropped.json()["task_id"])
     assert cropped_result["task"]["task_type"] == "IMG_TO_VIDEO"
+    # The input image is not echoed back in the debug info on every poll.
+    echoed = json.loads(cropped_result["extra"]["debug_info"]["request_info"])
+    assert echoed["image_file"].startswith("<") and echoed["frames_num"] == 3
     _, count, size, rate = probe((await download(client, cropped_result["videos"][0]["video_url"]))[0])
     assert (count, size, rate) == (3, (96, 64), 6.0)
     original_result = await poll(client, original.json()["task_id"])
