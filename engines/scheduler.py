@@ -17,12 +17,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import msgspec
+from opentelemetry import trace
 
 from engines.base import Engine
 from engines.registry import ModelRegistry
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.scheduler")
+# The global provider (a no-op until tracing is configured): the engines know nothing of the server.
+_tracer = trace.get_tracer("omniserve.scheduler")
 
 
 class Residency(enum.StrEnum):
@@ -50,6 +53,10 @@ class _Slot:
         self.last_used = 0.0
 
 
+def _model_attributes(slot: _Slot) -> dict[str, str]:
+    return {"gen_ai.request.model": slot.engine.spec.name, "omniserve.engine": slot.engine.spec.engine}
+
+
 class Scheduler:
     def __init__(self, registry: ModelRegistry, policy: AdmissionPolicy) -> None:
         self.registry = registry
@@ -69,6 +76,10 @@ class Scheduler:
     def residency(self) -> dict[str, Residency]:
         return {name: slot.state for name, slot in self._slots.items()}
 
+    def queue_state(self) -> dict[str, tuple[int, int]]:
+        """Per model: requests waiting for a slot, and requests holding one (for /metrics)."""
+        return {name: (slot.waiting, slot.active) for name, slot in self._slots.items()}
+
     def all_resident(self) -> bool:
         return all(slot.state is Residency.RESIDENT for slot in self._slots.values())
 
@@ -80,7 +91,8 @@ class Scheduler:
             slot.state = Residency.LOADING
             started = time.monotonic()
             try:
-                await slot.engine.load()
+                with _tracer.start_as_current_span("model load", attributes=_model_attributes(slot)):
+                    await slot.engine.load()
             except Exception:
                 slot.state = Residency.FAILED
                 log.exception("model %s failed to load", name)
@@ -99,7 +111,8 @@ class Scheduler:
     async def unload_all(self) -> None:
         for slot in self._slots.values():
             try:
-                await slot.engine.unload()
+                with _tracer.start_as_current_span("model unload", attributes=_model_attributes(slot)):
+                    await slot.engine.unload()
             except Exception:
                 log.exception("model %s failed to unload", slot.engine.spec.name)
             slot.state = Residency.UNLOADED
@@ -124,7 +137,10 @@ class Scheduler:
         self._check_queue(slot)
         slot.waiting += 1
         try:
-            await asyncio.wait_for(slot.capacity.acquire(), self.policy.queue_timeout_s)
+            # Only a request that finds every slot taken gets this span: its absence means no wait.
+            attributes: dict[str, str | int] = {**_model_attributes(slot), "omniserve.queue.waiting": slot.waiting}
+            with _tracer.start_as_current_span("scheduler queue wait", attributes=attributes):
+                await asyncio.wait_for(slot.capacity.acquire(), self.policy.queue_timeout_s)
         except TimeoutError:
             raise ApiError(
                 ErrorCode.SERVICE_NOT_AVAILABLE,

@@ -31,6 +31,8 @@ class ErrorCode(enum.StrEnum):
     IMAGE_EXCEEDS_MAX_RESOLUTION = "IMAGE_EXCEEDS_MAX_RESOLUTION"
     INVALID_AUDIO_FILE = "INVALID_AUDIO_FILE"
     ACCESS_DENY = "ACCESS_DENY"
+    # The key is valid but its account may not call the API (no active subscription).
+    API_NOT_ALLOWED = "API_NOT_ALLOWED"
     ENGINE_ERROR = "ENGINE_ERROR"
     UNKNOWN = "UNKNOWN"
 
@@ -63,6 +65,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.IMAGE_EXCEEDS_MAX_RESOLUTION: 400,
     ErrorCode.INVALID_AUDIO_FILE: 400,
     ErrorCode.ACCESS_DENY: 403,
+    ErrorCode.API_NOT_ALLOWED: 403,
     ErrorCode.ENGINE_ERROR: 500,
     ErrorCode.UNKNOWN: 500,
 }

@@ -11,6 +11,7 @@ from litestar import Litestar, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from opentelemetry.sdk.trace import TracerProvider
 
 from engines.base import ModelSpec
 from engines.registry import (
@@ -23,6 +24,7 @@ from engines.registry import (
     vllm_factory,
 )
 from engines.scheduler import AdmissionPolicy, Scheduler
+from server.accounts_hooks import enforce_account
 from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception
 from server.keystore import KeyStore
@@ -33,11 +35,16 @@ from server.routes.openai.speech import SpeechController
 from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
 from server.routes.openai.videos import VideosController
+from server.routes.v3.account import AccountController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.tasks import AsyncTaskController, FilesController
+from server.routes.vendor.novassium import NovassiumController
+from server.routes.vendor.sdapi import SdApiController
 from server.services import Services
 from server.settings import Settings
 from server.state import AppState
+from server.telemetry import tracing
+from server.telemetry.http import RequestTelemetry
 
 log = logging.getLogger("omniserve")
 
@@ -73,7 +80,9 @@ async def metrics(app_state: AppState) -> Response[bytes]:
     return Response(app_state.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def create_app(state: AppState) -> Litestar:
+def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None) -> Litestar:
+    """With ``tracer_provider`` (the globally installed one), every request gets a server span."""
+
     @asynccontextmanager
     async def engines_lifespan(_: Litestar) -> AsyncIterator[None]:
         # Models load in the background: /health answers at once and /ready says 503
@@ -100,11 +109,15 @@ def create_app(state: AppState) -> Litestar:
                 transcriptions_router(state.settings.audio),
                 VideosController,
             ],
-            guards=[require_api_key],
+            guards=[require_api_key, enforce_account],
         )
 
-    v3_router = Router(path="/", route_handlers=[AsyncTaskController, ModelsV3Controller], guards=[require_api_key])
-    return Litestar(
+    v3_router = Router(
+        path="/",
+        route_handlers=[AsyncTaskController, ModelsV3Controller, AccountController],
+        guards=[require_api_key, enforce_account],
+    )
+    app = Litestar(
         route_handlers=[
             HealthController,
             metrics,
@@ -112,6 +125,9 @@ def create_app(state: AppState) -> Litestar:
             openai_router("/v1"),
             v3_router,
             FilesController,
+            # Vendor families check their keys themselves: in a header or in the JSON body.
+            NovassiumController,
+            SdApiController,
         ],
         dependencies={
             "services": Provide(lambda: state.services, sync_to_thread=False, use_cache=True),
@@ -125,4 +141,8 @@ def create_app(state: AppState) -> Litestar:
         signature_types=[Services, AppState],
         debug=False,
         logging_config=None,
+        **tracing.app_options(tracer_provider),
     )
+    # Outermost, so unknown routes and errors get a request id, a metric and a log line too.
+    app.asgi_handler = RequestTelemetry(app.asgi_handler)
+    return app

@@ -10,6 +10,7 @@ from litestar.handlers.base import BaseRouteHandler
 
 from schemas.errors import ApiError, ErrorCode
 from server.keystore import KeyStore, hash_key
+from server.telemetry.spans import step
 
 # How long "are any keys configured?" is cached; a key created from the CLI takes
 # effect on a running open server within this time.
@@ -65,4 +66,8 @@ class Authenticator:
 async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Litestar guard for every API router (async: a sync guard would run in a thread)."""
     authenticator: Authenticator = connection.app.state.omniserve.authenticator
-    connection.scope["state"]["api_key_id"] = authenticator.authenticate(presented_key(connection))
+    with step("authenticate") as span:
+        key_id = authenticator.authenticate(presented_key(connection))
+        if key_id is not None and span.is_recording():
+            span.set_attribute("omniserve.api_key_id", key_id)
+    connection.scope["state"]["api_key_id"] = key_id

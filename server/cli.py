@@ -7,9 +7,13 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from engines.base import ModelSpec
 from server.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from server.keystore import KeyStore
 
 
 def _setup_logging(level: str) -> None:
@@ -48,7 +52,7 @@ def _keys_exist(settings: Settings) -> bool:
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
-    from server.app import build_state, create_app
+    from server.app import VERSION, build_state, create_app
     from server.runner import DrainingServer
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
@@ -61,19 +65,29 @@ def cmd_serve(settings: Settings) -> int:
     # Catalog paths are local; a missing file should fail at once, not wait on a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from server.telemetry.logs import configure_logging
+    from server.telemetry.tracing import configure_tracing
+
+    configure_logging(settings.log_level, settings.log_format)
+    tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
     state = build_state(settings, _catalog(settings))
     config = uvicorn.Config(
-        create_app(state),
+        create_app(state, tracer_provider=tracer_provider),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        access_log=False,
+        access_log=False,  # the app writes its own, with request and trace ids
+        log_config=None,  # uvicorn's records go through the handler configure_logging set
         timeout_graceful_shutdown=30,
         lifespan="on",
     )
-    DrainingServer(config, state).run()
+    try:
+        DrainingServer(config, state).run()
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the spans still batched
     return 0
 
 
@@ -109,19 +123,48 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             for info in store.list():
                 state = "revoked" if info.revoked_at else "active"
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(info.created_at))
-                print(f"{info.id}  {state:<8} {created}  {info.name}")
+                account = store.account(info.id)
+                if account is not None and not account.subscription_active:
+                    state = "inactive"
+                balance = "unmetered" if account is None or account.credits is None else f"{account.credits:g}"
+                print(f"{info.id}  {state:<8} {created}  {balance:>10}  {info.name}")
         elif args.keys_command == "revoke":
             store.revoke(args.id)
             print(f"revoked {args.id}")
         elif args.keys_command == "rotate":
             key = store.rotate(args.id)
             print(f"id:  {args.id}\nkey: {key}\n(the old key no longer works)")
+        else:
+            _account_command(store, args)
     except KeyNotFound:
         print(f"no active key with id {args.id}", file=sys.stderr)
         return 1
     finally:
         store.close()
     return 0
+
+
+def _account_command(store: KeyStore, args: argparse.Namespace) -> None:
+    """``keys credit | limits | deactivate | activate``: a key's account."""
+    if args.keys_command == "credit":
+        if args.unmetered:
+            store.set_credits(args.id, None)
+            print(f"{args.id}: unmetered")
+        elif args.set is not None:
+            store.set_credits(args.id, args.set)
+            print(f"{args.id}: {args.set:g} credits")
+        else:
+            print(f"{args.id}: {store.add_credits(args.id, args.add or 0.0):g} credits")
+    elif args.keys_command == "limits":
+        store.set_limits(args.id, args.hour, args.day)
+        print(f"{args.id}: {_limit(args.hour)} per hour, {_limit(args.day)} per day")
+    else:
+        store.set_subscription(args.id, args.keys_command == "activate")
+        print(f"{args.id}: {args.keys_command}d")
+
+
+def _limit(value: int | None) -> str:
+    return "default" if value is None else "unlimited" if value == 0 else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
     key_commands.add_parser("revoke", help="revoke a key").add_argument("id")
     key_commands.add_parser("rotate", help="replace a key's secret").add_argument("id")
+    credit = key_commands.add_parser("credit", help="add to or set a key's credit balance")
+    credit.add_argument("id")
+    amount = credit.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--add", type=float, help="credits to add (negative to take away)")
+    amount.add_argument("--set", type=float, help="the new balance")
+    amount.add_argument("--unmetered", action="store_true", help="no balance: never charged")
+    limits = key_commands.add_parser("limits", help="a key's request windows (unset: the settings' defaults)")
+    limits.add_argument("id")
+    limits.add_argument("--hour", type=int, help="requests per hour (0: no limit)")
+    limits.add_argument("--day", type=int, help="requests per day (0: no limit)")
+    key_commands.add_parser("deactivate", help="suspend a key's subscription (403)").add_argument("id")
+    key_commands.add_parser("activate", help="restore a key's subscription").add_argument("id")
     return parser
 
 

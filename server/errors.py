@@ -1,7 +1,8 @@
 """Render every failure in the envelope of the route family that was called.
 
 One handler per envelope: ``/openai`` and ``/v1`` speak OpenAI's error body, ``/v3``
-speaks Novita's, and anything else falls back to Novita's shape. Unexpected exceptions
+speaks Novita's, ``/api/novassium`` Novassium's and ``/api/v3`` the Stable Diffusion API's;
+anything else falls back to Novita's shape. Unexpected exceptions
 are logged with their traceback here and reach the client only as a generic 500.
 """
 
@@ -62,12 +63,62 @@ def v3_error_body(error: ApiError) -> bytes:
     )
 
 
+# Novassium's error table: its lowercase codes, and its own messages where it gives them.
+_NOVASSIUM_CODES = {
+    ErrorCode.MISSING_API_KEY: ("missing_api_key", "API key is missing."),
+    ErrorCode.INVALID_API_KEY: ("invalid_api_key", "Invalid API key."),
+    ErrorCode.API_NOT_ALLOWED: ("no_active_subscription", "Your subscription is inactive; API access is revoked."),
+    ErrorCode.RATE_LIMIT_EXCEEDED: ("rate_limit_exceeded", "Rate limit exceeded. Please try again later."),
+    ErrorCode.QUEUE_FULL: ("rate_limit_exceeded", "Rate limit exceeded. Please try again later."),
+    ErrorCode.BILLING_BALANCE_NOT_ENOUGH: ("insufficient_credits", None),
+    ErrorCode.API_NOT_FOUND: ("not_found", None),
+    ErrorCode.METHOD_NOT_ALLOWED: ("method_not_allowed", None),
+}
+
+
+def novassium_error_body(error: ApiError) -> bytes:
+    if error.code in _NOVASSIUM_CODES:
+        code, message = _NOVASSIUM_CODES[error.code]
+    elif error.status >= 500:
+        code, message = "server_error", "An unexpected error occurred on the server. Please try again."
+    else:
+        code, message = "missing_parameters", None
+    return msgspec.json.encode({"success": False, "message": message or error.message, "code": code})
+
+
+SDAPI_KEY_TIP = (
+    "1. Make sure Content-Type: application/json is passed in the header. 2. Make sure you are executing the "
+    "POST request with the correct JSON. 3. Make sure the JSON is error free, use jsonlint to validate the json "
+    "array. 4.you have a valid API key."
+)
+
+
+def sdapi_error_body(error: ApiError) -> bytes:
+    """The Stable Diffusion API's bodies (seed 004): field errors as ``{field: [message]}``."""
+    body: dict[str, object] = {"status": "error", "message": error.message}
+    if error.code in (ErrorCode.MISSING_API_KEY, ErrorCode.INVALID_API_KEY):
+        body.update(message="Invalid Api Key", tip=SDAPI_KEY_TIP)
+    elif error.code is ErrorCode.MODEL_NOT_FOUND:
+        body["message"] = "Model id not found"
+    elif error.code in (ErrorCode.RATE_LIMIT_EXCEEDED, ErrorCode.QUEUE_FULL):
+        body.update(message="Rate limit exceeded", tips=error.message)
+    elif error.param and error.status == 400:
+        body["message"] = {error.param.removeprefix("request."): [error.message]}
+    return msgspec.json.encode(body)
+
+
 def is_openai_path(path: str) -> bool:
     return path.startswith(("/openai/", "/v1/")) or path in ("/openai", "/v1")
 
 
 def _body_for(path: str) -> Callable[[ApiError], bytes]:
-    return openai_error_body if is_openai_path(path) else v3_error_body
+    if is_openai_path(path):
+        return openai_error_body
+    if path.startswith("/api/novassium/"):
+        return novassium_error_body
+    if path.startswith("/api/v3/"):
+        return sdapi_error_body
+    return v3_error_body
 
 
 def as_api_error(exc: Exception) -> ApiError:

@@ -7,12 +7,14 @@ a slow password hash would only tax every request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,8 +29,29 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at REAL NOT NULL,
     rotated_at REAL,
     revoked_at REAL
-)
+);
+CREATE TABLE IF NOT EXISTS charges (
+    request_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    amount REAL NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    settled_at REAL
+);
+CREATE INDEX IF NOT EXISTS charges_state ON charges (state);
 """
+
+# Account columns added after the first release: added to an existing table on open, so a
+# key store from an older version keeps its keys. NULL credits means unmetered; NULL
+# limits mean the settings' defaults (0: no limit).
+_ACCOUNT_COLUMNS = {
+    "credits": "REAL",
+    "subscription_active": "INTEGER NOT NULL DEFAULT 1",
+    "hour_limit": "INTEGER",
+    "day_limit": "INTEGER",
+}
+
+RESERVED, COMMITTED, REFUNDED = "reserved", "committed", "refunded"
 
 
 class KeyInfo(msgspec.Struct, kw_only=True):
@@ -43,8 +66,23 @@ class KeyInfo(msgspec.Struct, kw_only=True):
         return self.revoked_at is None
 
 
+class KeyAccount(msgspec.Struct, kw_only=True):
+    """What accounting needs to know about a key, read on each request."""
+
+    credits: float | None  # None: unmetered
+    subscription_active: bool
+    hour_limit: int | None  # None: the settings' default; 0: no limit
+    day_limit: int | None
+
+
 class KeyNotFound(LookupError):
     pass
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, balance: float) -> None:
+        super().__init__(f"balance {balance}")
+        self.balance = balance
 
 
 def hash_key(key: str) -> bytes:
@@ -69,8 +107,35 @@ class KeyStore:
         # CLI writes from another process (SQLite's own locking covers that).
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        # The CLI and the server write the same file; a short wait beats an instant failure.
+        self._db.execute("PRAGMA busy_timeout=2000")
+        self._db.executescript(_SCHEMA)
+        self._migrate()
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
+        for column, declaration in _ACCOUNT_COLUMNS.items():
+            if column not in present:
+                try:
+                    self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {declaration}")
+                except sqlite3.OperationalError as exc:
+                    # Another process opening the same file may have added it first.
+                    if "duplicate column" not in str(exc):
+                        raise
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            # IMMEDIATE takes the write lock first: two processes cannot both read a balance
+            # and then both spend it.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -130,3 +195,94 @@ class KeyStore:
         if row is None:
             return None
         return key_id if hmac.compare_digest(row[0], hash_key(key)) else None
+
+    # Accounts: credits, subscription and rate limits per key.
+
+    def account(self, key_id: str) -> KeyAccount | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT credits, subscription_active, hour_limit, day_limit FROM api_keys "
+                "WHERE id = ? AND revoked_at IS NULL",
+                (key_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return KeyAccount(credits=row[0], subscription_active=bool(row[1]), hour_limit=row[2], day_limit=row[3])
+
+    def _update(self, sql: str, params: tuple[object, ...], key_id: str) -> None:
+        with self._transaction() as db:
+            if db.execute(sql, params).rowcount == 0:
+                raise KeyNotFound(key_id)
+
+    def set_credits(self, key_id: str, credits: float | None) -> None:
+        """Set the balance; None makes the key unmetered."""
+        self._update("UPDATE api_keys SET credits = ? WHERE id = ? AND revoked_at IS NULL", (credits, key_id), key_id)
+
+    def add_credits(self, key_id: str, amount: float) -> float:
+        """Add to the balance (an unmetered key starts from 0); the new balance."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE api_keys SET credits = COALESCE(credits, 0) + ? WHERE id = ? AND revoked_at IS NULL "
+                "RETURNING credits",
+                (amount, key_id),
+            ).fetchone()
+        if row is None:
+            raise KeyNotFound(key_id)
+        return float(row[0])
+
+    def set_limits(self, key_id: str, hour_limit: int | None, day_limit: int | None) -> None:
+        self._update(
+            "UPDATE api_keys SET hour_limit = ?, day_limit = ? WHERE id = ? AND revoked_at IS NULL",
+            (hour_limit, day_limit, key_id),
+            key_id,
+        )
+
+    def set_subscription(self, key_id: str, active: bool) -> None:
+        self._update(
+            "UPDATE api_keys SET subscription_active = ? WHERE id = ? AND revoked_at IS NULL",
+            (int(active), key_id),
+            key_id,
+        )
+
+    def reserve(self, request_id: str, key_id: str, amount: float) -> float | None:
+        """Take ``amount`` from a metered key's balance for ``request_id``; the balance left
+        (None for an unmetered key). The same request id never pays twice: a repeated call
+        changes nothing. Raises InsufficientCredits, leaving the balance as it was."""
+        with self._transaction() as db:
+            row = db.execute("SELECT credits FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            if db.execute("SELECT 1 FROM charges WHERE request_id = ?", (request_id,)).fetchone():
+                return float(row[0])
+            # The condition in SQL is what keeps the balance from going negative.
+            paid = db.execute(
+                "UPDATE api_keys SET credits = credits - ? WHERE id = ? AND credits >= ? RETURNING credits",
+                (amount, key_id, amount),
+            ).fetchone()
+            if paid is None:
+                raise InsufficientCredits(float(row[0]))
+            db.execute(
+                "INSERT INTO charges (request_id, key_id, amount, state, created_at) VALUES (?, ?, ?, ?, ?)",
+                (request_id, key_id, amount, RESERVED, time.time()),
+            )
+        return float(paid[0])
+
+    def settle(self, request_id: str, *, refund: bool) -> bool:
+        """End a reservation: keep the credits, or give them back. False when there was no
+        open reservation (unmetered, or already settled): settling twice does nothing."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE charges SET state = ?, settled_at = ? WHERE request_id = ? AND state = ? "
+                "RETURNING key_id, amount",
+                (REFUNDED if refund else COMMITTED, time.time(), request_id, RESERVED),
+            ).fetchone()
+            if row is None:
+                return False
+            if refund:
+                db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (row[1], row[0]))
+        return True
+
+    def open_reservations(self) -> tuple[str, ...]:
+        with self._lock:
+            rows = self._db.execute("SELECT request_id FROM charges WHERE state = ?", (RESERVED,)).fetchall()
+        return tuple(row[0] for row in rows)

@@ -1,22 +1,43 @@
-"""Prometheus metrics read from the engines at scrape time (no per-request bookkeeping)."""
+"""Prometheus metrics at /metrics: the request-time instruments of server.telemetry, plus
+collectors that read the scheduler, task store and webhook sender at scrape time (queue
+depths, residency, memory, tasks by status) so the hot path keeps no extra books."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from engines.scheduler import Residency, Scheduler
+from server.tasks.models import TaskStatus
+from server.tasks.store import SqliteTaskStore
+from server.tasks.webhooks import WebhookSender
+from server.telemetry import instruments
 
 
 class _EngineCollector(Collector):
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         resident = GaugeMetricFamily("omniserve_model_resident", "1 when the model is loaded", labels=["model"])
+        state = GaugeMetricFamily(
+            "omniserve_model_state", "1 for the model's residency state, 0 for the others", labels=["model", "state"]
+        )
+        memory = GaugeMetricFamily(
+            "omniserve_model_memory_bytes", "Device memory the model is known to hold", labels=["model"]
+        )
+        waiting = GaugeMetricFamily(
+            "omniserve_queue_waiting_requests", "Requests waiting for a slot on the model", labels=["model"]
+        )
+        active = GaugeMetricFamily(
+            "omniserve_queue_active_requests", "Requests holding a slot on the model", labels=["model"]
+        )
         aborted = CounterMetricFamily(
             "omniserve_engine_aborted_requests", "Engine requests aborted before they finished", labels=["model"]
         )
@@ -24,22 +45,76 @@ class _EngineCollector(Collector):
             "omniserve_engine_unfinished_requests", "Requests the engine holds right now", labels=["model"]
         )
         residency = self.scheduler.residency()
+        queues = self.scheduler.queue_state()
         for engine in self.scheduler.registry:
             name = engine.spec.name
             resident.add_metric([name], 1.0 if residency[name] is Residency.RESIDENT else 0.0)
+            for value in Residency:
+                state.add_metric([name, value.value], 1.0 if residency[name] is value else 0.0)
+            if residency[name] is Residency.RESIDENT:
+                memory.add_metric([name], float(engine.memory_bytes()))
+            queued, running = queues[name]
+            waiting.add_metric([name], float(queued))
+            active.add_metric([name], float(running))
             if hasattr(engine, "aborted_requests"):
                 aborted.add_metric([name], float(engine.aborted_requests))
             if hasattr(engine, "unfinished_requests"):
                 unfinished.add_metric([name], float(engine.unfinished_requests()))
-        yield resident
-        yield aborted
-        yield unfinished
+        yield from (resident, state, memory, waiting, active, aborted, unfinished)
+
+
+class _DeviceCollector(Collector):
+    """GPU memory in use and in total, per device, where torch has initialised CUDA (never
+    imported or initialised here: a scrape must not allocate a CUDA context)."""
+
+    def collect(self) -> Iterator[Metric]:
+        torch: Any = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():
+            return
+        used = GaugeMetricFamily("omniserve_device_memory_used_bytes", "Device memory in use", labels=["device"])
+        total = GaugeMetricFamily("omniserve_device_memory_total_bytes", "Device memory in total", labels=["device"])
+        for index in range(torch.cuda.device_count()):
+            free, capacity = torch.cuda.mem_get_info(index)
+            used.add_metric([f"cuda:{index}"], float(capacity - free))
+            total.add_metric([f"cuda:{index}"], float(capacity))
+        yield used
+        yield total
+
+
+class _TaskCollector(Collector):
+    def __init__(self, store: SqliteTaskStore, webhooks: WebhookSender) -> None:
+        self.store = store
+        self.webhooks = webhooks
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily("omniserve_tasks", "/v3 tasks in the store by status", labels=["status"])
+        counts = self.store.status_counts()
+        for status in TaskStatus:
+            tasks.add_metric([status.value], float(counts.get(status, 0)))
+        yield tasks
+        deliveries = CounterMetricFamily(
+            "omniserve_webhook_deliveries",
+            "Webhook deliveries by outcome (retries included in one)",
+            labels=["outcome"],
+        )
+        deliveries.add_metric(["delivered"], float(self.webhooks.delivered))
+        deliveries.add_metric(["failed"], float(self.webhooks.failed))
+        yield deliveries
 
 
 class Metrics:
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(
+        self, scheduler: Scheduler, *, tasks: SqliteTaskStore | None = None, webhooks: WebhookSender | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
+        for instrument in instruments.ALL:
+            self.registry.register(instrument)
         self.registry.register(_EngineCollector(scheduler))
+        self.registry.register(_DeviceCollector())
+        # process_resident_memory_bytes and friends: host memory when no device is in use.
+        self.registry.register(ProcessCollector(registry=None))
+        if tasks is not None and webhooks is not None:
+            self.registry.register(_TaskCollector(tasks, webhooks))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

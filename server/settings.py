@@ -69,6 +69,37 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_speech_chars: int = 4096
 
 
+class AccountSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per-key request windows and prices; a key's own limits (``omniserve keys limits``)
+    override the windows. 0 means no limit."""
+
+    # Novassium's documented limits, applied to every API family by default.
+    requests_per_hour: int = 100
+    requests_per_day: int = 2400
+    # Credits charged per produced output, for keys that have a balance.
+    price_per_image: float = 1.0
+    price_per_video_frame: float = 0.0
+
+
+class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The vendor adapters (Novassium, the Stable Diffusion API)."""
+
+    # The catalog's image model behind each; unset: "demo-sd" when the catalog has it,
+    # else its first image model; "" turns the family off (its routes answer 404).
+    novassium_model: str | None = None
+    sdapi_model: str | None = None
+    # Novassium takes no steps or guidance; these are used for every request.
+    novassium_steps: int = 25
+    novassium_guidance_scale: float = 7.0
+    # Novassium generates at most this many pixels a side, then resizes to the requested size.
+    novassium_max_side: int = 1024
+    # How long a Stable Diffusion API request waits for its image before answering
+    # "processing" with a fetch URL.
+    sdapi_wait_s: float = 20.0
+    # Input images the Stable Diffusion API downloads (init_image, mask_image).
+    sdapi_fetch_timeout_s: float = 15.0
+
+
 class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Where extra.custom_storage.aws_s3 uploads go. The client names region, bucket and
     path; the server supplies the endpoint and the credentials."""
@@ -92,11 +123,32 @@ class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("s3.access_key_id and s3.secret_access_key must be set together")
 
 
+class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where traces go. The standard OTEL_* variables (OTEL_TRACES_EXPORTER,
+    OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...) win over these when set: they are
+    what collectors' operators and sidecar injectors set. See docs/observability.md."""
+
+    # "none": no spans are made at all (metrics and logs still work).
+    exporter: Literal["otlp-http", "otlp-grpc", "console", "none"] = "none"
+    # The collector's base address (http://collector:4318 for otlp-http, http://collector:4317
+    # for otlp-grpc); empty: the OTLP default on localhost.
+    endpoint: str = ""
+    service_name: str = "omniserve"
+    # Share of new traces recorded; a caller's sampled traceparent is always followed.
+    sample_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_ratio <= 1.0:
+            raise ValueError("telemetry.sample_ratio must be between 0 and 1")
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "~/.local/share/omniserve"
     log_level: str = "info"
+    # "json": one JSON object per line (with trace and request ids); "text" for reading by eye.
+    log_format: Literal["json", "text"] = "json"
     # The address clients use to reach this server (behind a proxy); used for output
     # URLs in webhook payloads. Empty: http://<host>:<port>.
     public_url: str = ""
@@ -106,6 +158,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     s3: S3Settings = msgspec.field(default_factory=S3Settings)
+    telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
+    accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
+    vendor: VendorSettings = msgspec.field(default_factory=VendorSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 

@@ -8,16 +8,20 @@ import logging
 import httpx
 
 from engines.scheduler import Scheduler
+from server.accounts import Accounts
 from server.auth import Authenticator
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.services import Services
 from server.serving.speech import SpeechService
+from server.serving.vendor.common import vendor_model
+from server.serving.vendor.novassium import NovassiumService
+from server.serving.vendor.sdapi import SdApiService
 from server.settings import Settings
 from server.storage.local import LocalStorage, load_or_create_secret
 from server.storage.s3 import S3Uploader
 from server.tasks.images import ImageTasks
-from server.tasks.models import Task
+from server.tasks.models import Task, TaskStatus
 from server.tasks.results import build_result, encode_result
 from server.tasks.runner import TaskRunner
 from server.tasks.speech import SpeechTasks
@@ -45,7 +49,6 @@ class AppState:
         self.services = Services(
             scheduler, settings.limits, storage=self.storage, url_ttl_s=tasks.url_ttl_s, audio=settings.audio
         )
-        self.metrics = Metrics(scheduler)
         self.draining = False
         self.load_task: asyncio.Task[None] | None = None
         self._cleaner: asyncio.Task[None] | None = None
@@ -53,9 +56,16 @@ class AppState:
         self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
         self.http = httpx.AsyncClient(follow_redirects=False)
         self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)
+        self.metrics = Metrics(scheduler, tasks=self.task_store, webhooks=self.webhooks)
         self.s3_uploader = S3Uploader(settings.s3, self.storage)
+        self.accounts = Accounts(keystore, settings.accounts)
         self.task_runner = TaskRunner(
-            self.task_store, self.webhooks, self._webhook_payload, workers=tasks.workers, uploader=self.s3_uploader
+            self.task_store,
+            self.webhooks,
+            self._webhook_payload,
+            workers=tasks.workers,
+            uploader=self.s3_uploader,
+            billing=self.accounts,
         )
         self.image_tasks = ImageTasks(
             scheduler,
@@ -75,6 +85,26 @@ class AppState:
             max_chars=settings.audio.max_speech_chars,
             model=tasks.speech_model,
         )
+        vendor = settings.vendor
+        self.novassium = NovassiumService(
+            scheduler,
+            self.storage,
+            self.accounts,
+            vendor,
+            model=vendor_model(scheduler, vendor.novassium_model, "novassium_model"),
+            url_ttl_s=tasks.url_ttl_s,
+        )
+        self.sdapi = SdApiService(
+            scheduler,
+            self.image_tasks,
+            self.task_store,
+            self.task_runner,
+            self.storage,
+            self.http,
+            vendor,
+            model=vendor_model(scheduler, vendor.sdapi_model, "sdapi_model"),
+            allow_private_urls=tasks.allow_private_urls,
+        )
 
     @property
     def public_url(self) -> str:
@@ -84,10 +114,15 @@ class AppState:
         return self.settings.public_url or f"http://{host}:{self.settings.port}"
 
     def _webhook_payload(self, task: Task) -> bytes:
+        vendor_body = self.sdapi.webhook_body(task, self.public_url)
+        if vendor_body is not None:
+            return vendor_body
         return encode_result(build_result(task, self.storage, self.public_url, presign=self.s3_uploader.presigned_url))
 
     async def start(self) -> None:
         await self.task_runner.start()
+        # After the runner's recovery: reservations of tasks it failed are refunded.
+        await self.accounts.reconcile(self._task_status)
         self._cleaner = asyncio.create_task(self._clean_outputs())
 
     async def _clean_outputs(self) -> None:
@@ -98,6 +133,10 @@ class AppState:
             if removed:
                 log.info("removed %d expired task output folders", removed)
             await asyncio.sleep(OUTPUT_CLEANUP_INTERVAL_S)
+
+    async def _task_status(self, task_id: str) -> TaskStatus | None:
+        task = await self.task_store.get(task_id)
+        return task.status if task is not None else None
 
     async def stop(self) -> None:
         if self._cleaner is not None:

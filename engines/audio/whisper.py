@@ -14,9 +14,10 @@ off (`vad_filter=False`) stays sequential at any length, since the batched pipel
 only cut at fixed 30 s marks, through words.
 
 Catalog options: `compute_type` (CTranslate2's, "default" keeps the stored precision where the
-device supports it), `cpu_threads` (0: CTranslate2's default), `beam_size` (5), `temperature`
-(unset: Whisper's fallback schedule 0.0, 0.2, ... 1.0), `batch_size` (8) and
-`batched_min_duration_s` (30).
+device supports it), `cpu_threads` (unset or 0: one per core this process may use; CTranslate2's
+own default of 4 oversubscribes small machines, badly so beside torch's OpenMP threads),
+`beam_size` (5), `temperature` (unset: Whisper's fallback schedule 0.0, 0.2, ... 1.0),
+`batch_size` (8) and `batched_min_duration_s` (30).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import io
 import logging
 import math
+import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -49,6 +51,10 @@ _END = object()  # what the worker thread sends after the last segment of a stre
 
 class _Cancelled(Exception):
     """The job's caller went away before the decoder started."""
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _device(device: str) -> tuple[str, int]:
@@ -114,7 +120,7 @@ class WhisperEngine:
             device=device,
             device_index=index,
             compute_type=str(options.get("compute_type", "default")),
-            cpu_threads=int(options.get("cpu_threads", 0)),
+            cpu_threads=int(options.get("cpu_threads") or available_cores()),
             local_files_only=True,
         )
         # Warm-up, so that the first request does not pay for lazy initialisation.

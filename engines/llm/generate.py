@@ -6,6 +6,8 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import propagate
+
 from engines.base import (
     GenerationStep,
     ModelSpec,
@@ -139,10 +141,18 @@ class VllmTextEngine(VllmEngineBase):
         from vllm.inputs.engine import tokens_input
 
         params = to_sampling_params(options)
+        # The caller's span context (traceparent), so vLLM's own spans join the request's trace.
+        # Only when its OTLP tracing is on (otlp_traces_endpoint in the model's options): vLLM
+        # logs a warning for every request that brings trace headers to it otherwise.
+        trace_headers: dict[str, str] = {}
+        if self.spec.options.get("otlp_traces_endpoint"):
+            propagate.inject(trace_headers)
         first = True
         finished = False
         try:
-            async for output in self.llm.generate(tokens_input(prompt_token_ids), params, request_id):
+            async for output in self.llm.generate(
+                tokens_input(prompt_token_ids), params, request_id, trace_headers=trace_headers or None
+            ):
                 step = GenerationStep(
                     prompt_tokens=len(prompt_token_ids),
                     sequences=[self._delta(seq, options.logprobs) for seq in output.outputs],

@@ -42,6 +42,7 @@ from server.serving.common import (
     unix_now,
 )
 from server.settings import Limits
+from server.telemetry.genai import inference
 
 
 def message_to_template(message: ChatMessage) -> dict[str, Any]:
@@ -181,8 +182,10 @@ class ChatService:
         token_counts = [0] * request.n
         logprobs: list[list[TokenLogprobs]] = [[] for _ in range(request.n)]
         finish: list[str | None] = [None] * request.n
-        async with self.scheduler.lease(request.model):
+        call = inference("chat", request.model, options=plan.options, response_id=plan.request_id)
+        async with call, self.scheduler.lease(request.model):
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+                call.observe(step)
                 for seq in step.sequences:
                     texts[seq.index] += seq.text
                     token_counts[seq.index] += len(seq.token_ids)
@@ -254,11 +257,13 @@ class ChatService:
         called_tools = [False] * request.n
         forced_text = [""] * request.n
         try:
-            async with self.scheduler.lease(request.model):
+            call = inference("chat", request.model, options=plan.options, response_id=plan.request_id)
+            async with call, self.scheduler.lease(request.model):
                 for index in range(request.n):
                     yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
                 step: GenerationStep
                 async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+                    call.observe(step)
                     choices = []
                     for seq in step.sequences:
                         completion_tokens += len(seq.token_ids)

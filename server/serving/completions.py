@@ -27,6 +27,7 @@ from server.serving.common import (
     unix_now,
 )
 from server.settings import Limits
+from server.telemetry.genai import inference
 
 
 class _Prompt(msgspec.Struct, kw_only=True):
@@ -105,8 +106,11 @@ class CompletionService:
         logprobs = [_LogprobsBuilder() for _ in texts]
         finish: list[str | None] = [None] * len(texts)
         completion_tokens = 0
-        async with self.scheduler.lease(request.model):
+        call = inference("text_completion", request.model, options=prompts[0].options, response_id=request_id)
+        call.usage(input_tokens=sum(len(prompt.ids) for prompt in prompts))
+        async with call, self.scheduler.lease(request.model):
             async for prompt_index, step in self._run(engine, prompts, request_id):
+                call.observe(step)
                 for seq in step.sequences:
                     choice = prompt_index * n + seq.index
                     if step.prompt_logprobs is not None and request.echo:
@@ -160,8 +164,11 @@ class CompletionService:
             )
 
         try:
-            async with self.scheduler.lease(request.model):
+            call = inference("text_completion", request.model, options=prompts[0].options, response_id=request_id)
+            call.usage(input_tokens=sum(len(prompt.ids) for prompt in prompts))
+            async with call, self.scheduler.lease(request.model):
                 async for prompt_index, step in self._run(engine, prompts, request_id):
+                    call.observe(step)
                     choices = []
                     for seq in step.sequences:
                         choice = prompt_index * n + seq.index

@@ -12,6 +12,7 @@ from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.serving.common import bad_request, new_id, require_kind, split_inputs
 from server.settings import Limits
+from server.telemetry.genai import inference
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -49,8 +50,9 @@ class EmbeddingService:
         if request.dimensions is not None and not engine.spec.supports_dimensions:
             raise bad_request(f"The model '{request.model}' does not support the dimensions parameter.", "dimensions")
         inputs = self._inputs(request, engine)
-        async with self.scheduler.lease(request.model):
+        async with inference("embeddings", request.model) as call, self.scheduler.lease(request.model):
             result = await engine.embed(inputs, new_id("embd"))
+            call.usage(input_tokens=result.prompt_tokens)
         vectors = np.asarray(result.vectors, dtype=np.float32)
         if request.dimensions is not None:
             if not 1 <= request.dimensions <= vectors.shape[1]:

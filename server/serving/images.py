@@ -25,6 +25,7 @@ from server.serving.image_inputs import inpaint_mask, open_input_image
 from server.settings import Limits
 from server.storage.local import LocalStorage
 from server.tasks.images import MAX_IMAGE_NUM, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MIN_SIDE, SEED_LIMIT, encode_image
+from server.telemetry.genai import image_attributes, inference
 
 # What "auto" means for a generation: SD 1.x's native size, and cheap on any checkpoint.
 DEFAULT_SIZE = (512, 512)
@@ -141,8 +142,11 @@ class ImageService:
         return size, inpaint_mask(mask)
 
     async def _run(self, request: ImageRequestFields, job: ImageGeneration, base_url: str) -> ImagesResponse:
-        async with self.scheduler.lease(request.model) as engine:
+        attributes = image_attributes(job.width, job.height, job.image_num, job.steps, job.seed)
+        call = inference("image_generation", request.model, attributes=attributes)
+        async with call, self.scheduler.lease(request.model) as engine:
             result = await cast(ImageEngine, engine).generate(job)
+            call.produced(images=len(result.images))
         output_format = request.output_format
         encoded = await asyncio.to_thread(lambda: [encode_image(image, output_format) for image in result.images])
         if request.response_format == "b64_json":

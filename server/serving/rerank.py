@@ -18,6 +18,7 @@ from schemas.openai.rerank import (
 )
 from server.serving.common import bad_request, new_id, require_kind, unix_now
 from server.settings import Limits
+from server.telemetry.genai import inference
 
 
 class RerankService:
@@ -28,8 +29,10 @@ class RerankService:
     async def _score(self, model: str, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
         engine = cast(ScoreEngine, await self.scheduler.resident_engine(model))
         require_kind(model, ModelKind.RERANK, engine.spec.kind, "rerank or score")
-        async with self.scheduler.lease(model):
-            return await engine.score(pairs, request_id)
+        async with inference("rerank", model, response_id=request_id) as call, self.scheduler.lease(model):
+            result = await engine.score(pairs, request_id)
+            call.usage(input_tokens=result.prompt_tokens)
+            return result
 
     async def rerank(self, request: RerankRequest) -> RerankResponse:
         documents = [doc if isinstance(doc, str) else doc.text for doc in request.documents]

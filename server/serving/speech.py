@@ -18,6 +18,7 @@ from schemas.openai.speech import SpeechRequest
 from server.serving.common import bad_request, require_kind
 from server.serving.speech_audio import MEDIA_TYPES, AudioEncoder
 from server.settings import AudioSettings
+from server.telemetry.genai import inference
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
@@ -105,8 +106,9 @@ class SpeechService:
 
     async def _encoded(self, model: str, job: SpeechJob, fmt: str) -> AsyncGenerator[bytes, None]:
         encoder = AudioEncoder(fmt)
-        async with self.scheduler.lease(model) as leased:
+        async with inference("speech", model) as call, self.scheduler.lease(model) as leased:
             async for audio in cast(SpeechEngine, leased).stream(job):
+                call.produced(audio_seconds=len(audio.samples) / audio.sample_rate)
                 # Encoding takes milliseconds per second of audio: off the event loop.
                 data = await asyncio.to_thread(encoder.write, audio.samples, audio.sample_rate)
                 if data:

@@ -35,6 +35,7 @@ from schemas.openai.transcriptions import (
 from server.serving.common import bad_request, require_kind, sse_error, sse_event
 from server.serving.subtitles import srt, vtt
 from server.settings import AudioSettings
+from server.telemetry.genai import inference
 
 log = logging.getLogger("omniserve.transcriptions")
 
@@ -109,8 +110,10 @@ class TranscriptionService:
 
     async def create(self, request: TranslationRequest, task: TranscriptionTask) -> RenderedTranscript:
         job = await self._prepare(request, task)
-        async with self.scheduler.lease(request.model) as engine:
+        operation = "translation" if task is TranscriptionTask.TRANSLATE else "transcription"
+        async with inference(operation, request.model) as call, self.scheduler.lease(request.model) as engine:
             result = await cast(TranscriptionEngine, engine).transcribe(job)
+            call.produced(audio_seconds=result.duration)
         return render(result, request, task)
 
     async def stream(self, request: TranscriptionRequest) -> AsyncIterator[bytes]:
@@ -123,8 +126,9 @@ class TranscriptionService:
     async def _events(self, model: str, job: TranscriptionJob) -> AsyncIterator[bytes]:
         deltas: list[str] = []
         try:
-            async with self.scheduler.lease(model) as engine:
+            async with inference("transcription", model) as call, self.scheduler.lease(model) as engine:
                 async for segment in cast(TranscriptionEngine, engine).transcribe_stream(job):
+                    call.produced(audio_seconds=max(0.0, segment.end - call.audio_seconds))
                     # Joined, the deltas are the final text: only the first loses its leading space.
                     delta = segment.text if deltas else segment.text.lstrip()
                     if delta:

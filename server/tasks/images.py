@@ -22,6 +22,7 @@ from server.storage.local import LocalStorage
 from server.tasks.bodies import decode_task_body
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
+from server.telemetry.genai import image_attributes, inference
 
 MIN_SIDE, MAX_SIDE = 128, 2048
 MAX_IMAGE_NUM = 8
@@ -312,8 +313,11 @@ class ImageTasks:
         if detect and self.safety_model is None:  # accepted before a restart without a classifier
             raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")
         job = await asyncio.to_thread(self._job, body, task.seed or 0)
-        async with self.scheduler.lease(task.model) as leased:
+        attributes = image_attributes(job.width, job.height, job.image_num, job.steps, job.seed)
+        call = inference("image_generation", task.model, attributes=attributes)
+        async with call, self.scheduler.lease(task.model) as leased:
             result = await cast(ImageEngine, leased).generate(job, progress)
+            call.produced(images=len(result.images))
         nsfw = await self.nsfw_results(result.images, body.extra)
         image_type = body.extra.response_image_type
         outputs = []

@@ -22,6 +22,7 @@ from schemas.v3.common import CustomStorage
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.store import TaskStore
 from server.tasks.webhooks import WebhookSender
+from server.telemetry.tasks import capture_trace_context, traced_executor
 
 log = logging.getLogger("omniserve.tasks")
 
@@ -64,6 +65,16 @@ class OutputUploader(Protocol):
         """The outputs with their remote copies recorded; ApiError with a reason on failure."""
 
 
+class TaskBilling(Protocol):
+    """Charges a task's owner for its outputs: at submission, settled when it ends."""
+
+    def reserve_task(self, task: Task) -> None:
+        """Raise ApiError (e.g. BILLING_BALANCE_NOT_ENOUGH) to refuse the task."""
+
+    def settle_task(self, task_id: str, *, succeeded: bool) -> None:
+        """Keep the credits, or refund them; idempotent."""
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -73,12 +84,14 @@ class TaskRunner:
         *,
         workers: int = 2,
         uploader: OutputUploader | None = None,
+        billing: TaskBilling | None = None,
     ) -> None:
         self.store = store
         self.webhooks = webhooks
         self.render_result = render_result
         self.workers = workers
         self.uploader = uploader
+        self.billing = billing
         self.executors: dict[TaskType, Executor] = {}
         self.progress: dict[str, tuple[int, int]] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -86,7 +99,7 @@ class TaskRunner:
         self._deliveries: set[asyncio.Task[None]] = set()
 
     def register(self, task_type: TaskType, executor: Executor) -> None:
-        self.executors[task_type] = executor
+        self.executors[task_type] = traced_executor(executor)
 
     async def start(self) -> None:
         failed = await self.store.recover_interrupted(INTERRUPTED_REASON)
@@ -102,7 +115,15 @@ class TaskRunner:
         await asyncio.gather(*self._tasks, *self._deliveries, return_exceptions=True)
 
     async def submit(self, task: Task) -> None:
-        await self.store.create(task)
+        capture_trace_context(task)
+        if self.billing is not None:
+            self.billing.reserve_task(task)
+        try:
+            await self.store.create(task)
+        except BaseException:
+            if self.billing is not None:
+                self.billing.settle_task(task.task_id, succeeded=False)
+            raise
         self._queue.put_nowait(task.task_id)
 
     async def check_custom_storage(self, custom_storage: CustomStorage | None) -> None:
@@ -120,6 +141,7 @@ class TaskRunner:
 
     async def record_finished(self, task: Task) -> None:
         """A task that needs no execution (webhook test mode): store it and notify."""
+        capture_trace_context(task)
         await self.store.create(task)
         self._notify(task.task_id)
 
@@ -158,6 +180,9 @@ class TaskRunner:
             await self.store.finish(task_id, outcome.outputs, outcome.seed)
         finally:
             self.progress.pop(task_id, None)
+        if self.billing is not None:
+            finished = await self.store.get(task_id)
+            self.billing.settle_task(task_id, succeeded=finished is not None and finished.status is TaskStatus.SUCCEED)
         self._notify(task_id)
 
     def _notify(self, task_id: str) -> None:
@@ -169,4 +194,4 @@ class TaskRunner:
         task = await self.store.get(task_id)
         if task is None or not task.webhook_url:
             return
-        await self.webhooks.deliver(task.webhook_url, self.render_result(task))
+        await self.webhooks.deliver(task.webhook_url, self.render_result(task), trace_context=task.trace_context)

@@ -23,6 +23,7 @@ from server.tasks.bodies import decode_task_body
 from server.tasks.images import ImageTasks, enqueue
 from server.tasks.models import OutputFile, Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
+from server.telemetry.genai import inference
 
 DEMO_SPEECH_MODEL = "demo-tts"
 MAX_TEXT_CHARS = 512  # Novita's limit for each text
@@ -107,11 +108,12 @@ class SpeechTasks:
         total = max(1, sum(len(text) for text in request.texts))
         spoken = 0
         files: list[bytes] = []
-        async with self.scheduler.lease(task.model) as leased:
+        async with inference("speech", task.model) as call, self.scheduler.lease(task.model) as leased:
             engine = cast(SpeechEngine, leased)
             for text in request.texts:
                 job = SpeechJob(text=text, voice=request.voice_id, language=request.language, speed=request.speed)
                 result = await engine.synthesize(job)
+                call.produced(audio_seconds=len(result.samples) / result.sample_rate)
                 data = await asyncio.to_thread(
                     encode_audio, result.samples, result.sample_rate, audio_type, gain=request.volume
                 )

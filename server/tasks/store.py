@@ -255,6 +255,12 @@ class SqliteTaskStore:
             (TaskStatus.FAILED.value, reason, now_ms(), _PROCESSING),
         )
 
+    def status_counts(self) -> dict[TaskStatus, int]:
+        """Tasks by status, for /metrics (an indexed GROUP BY, cheap enough at scrape time)."""
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+        return {TaskStatus(status): count for status, count in rows}
+
     async def next_queued(self, limit: int) -> list[Task]:
         """The oldest QUEUED tasks; a runner claims each with ``mark_processing``."""
         return await self.list_by_status(TaskStatus.QUEUED, limit)

@@ -15,6 +15,7 @@ from server.tasks.bodies import decode_task_body
 from server.tasks.images import ImageTasks, encode_image, enqueue
 from server.tasks.models import OutputFile, Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
+from server.telemetry.genai import inference
 
 MAX_SCALE = 4.0
 MAX_INPUT_SIDE = 2048  # the seed's limit for the input image
@@ -78,8 +79,10 @@ class UpscaleTasks:
         body = decode_task_body(task.request, UpscaleBody)
         image = await asyncio.to_thread(base64_image_bytes, body.request.image_base64, IMAGE_PARAM)
         job = UpscaleJob(image=image, scale=body.request.scale_factor)
-        async with self.scheduler.lease(task.model) as leased:
+        async with inference("image_upscale", task.model) as call, self.scheduler.lease(task.model) as leased:
             upscaled = await cast(UpscaleEngine, leased).upscale(job, progress)
+            call.set({"omniserve.image.width": upscaled.width, "omniserve.image.height": upscaled.height})
+            call.produced(images=1)
         # The classifier judges what the client receives: the upscaled image.
         [nsfw] = await self.image_tasks.nsfw_results([upscaled], body.extra)
         image_type = body.extra.response_image_type

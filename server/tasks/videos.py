@@ -19,6 +19,7 @@ from server.tasks.bodies import decode_task_body
 from server.tasks.images import MAX_PROMPT_CHARS, SEED_LIMIT, ImageTasks, enqueue
 from server.tasks.models import OutputFile, Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
+from server.telemetry.genai import inference
 
 # 64 keeps CPU tests fast and is the smallest side at which the x8 latents still have room.
 MIN_SIDE, MAX_SIDE = 64, 1024
@@ -180,10 +181,14 @@ class VideoTasks:
         else:
             body = decode_task_body(task.request, Img2VideoBody)
         seed = task.seed or 0
-        async with self.scheduler.lease(task.model) as leased:
+        async with inference("video_generation", task.model) as call, self.scheduler.lease(task.model) as leased:
             engine = cast(VideoEngine, leased)
             job, fps = await asyncio.to_thread(self._job, body, engine, seed)
             result = await engine.generate(job, _scaled(progress, _STEPS_SHARE))
+            call.set(
+                {"omniserve.video.width": job.width, "omniserve.video.height": job.height, "omniserve.video.fps": fps}
+            )
+            call.produced(video_frames=len(result.frames))
         frames = result.frames
         if isinstance(body, Img2VideoBody) and body.enable_frame_interpolation:
             frames = await asyncio.to_thread(interpolate_frames, frames)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import httpx
 
 from schemas.errors import ApiError
 from server.netguard import check_public_url_async
+from server.telemetry.tasks import webhook_result, webhook_span
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +55,33 @@ class WebhookSender:
         self.delivered = 0
         self.failed = 0
 
-    async def deliver(self, url: str, payload_json: bytes, headers: dict[str, str] | None = None) -> bool:
-        """POST the result; True once an attempt gets a 2xx, False after the last retry."""
-        body = envelope(payload_json)
+    async def deliver(
+        self,
+        url: str,
+        payload_json: bytes,
+        headers: dict[str, str] | None = None,
+        *,
+        trace_context: Mapping[str, str] | None = None,
+    ) -> bool:
+        """POST the result; True once an attempt gets a 2xx, False after the last retry.
+        With ``trace_context`` (the task's), the delivery joins that trace and every attempt
+        carries its ``traceparent``."""
         request_headers = {**(headers or {}), "content-type": "application/json"}
+        with webhook_span(urlsplit(url).hostname or "", trace_context, request_headers) as span:
+            attempts, failure = await self._deliver(url, envelope(payload_json), request_headers)
+            webhook_result(span, attempts=attempts, failure=failure)
+        return failure is None
+
+    async def _deliver(self, url: str, body: bytes, request_headers: dict[str, str]) -> tuple[int, str | None]:
+        """The attempts made and, when none got a 2xx, why the last one failed."""
+        failure: str | None = None
         for attempt in range(self._max_retries + 1):
             if attempt:
                 await asyncio.sleep(min(self._backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
             failure = await self._attempt(url, body, request_headers)
             if failure is None:
                 self.delivered += 1
-                return True
+                return attempt + 1, None
             logger.warning(
                 "webhook to %s failed (attempt %d of %d): %s",
                 _redacted(url),
@@ -72,7 +90,7 @@ class WebhookSender:
                 failure,
             )
         self.failed += 1
-        return False
+        return self._max_retries + 1, failure
 
     async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
         """One POST; None on success, else why it failed (for the log)."""

@@ -65,6 +65,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
         "OMNISERVE_PORT": str(port),
         # The webhook receivers in these tests listen on loopback.
         "OMNISERVE_TASKS__ALLOW_PRIVATE_URLS": "true",
+        # The suite sends more than the default 100 requests an hour with its one key.
+        "OMNISERVE_ACCOUNTS__REQUESTS_PER_HOUR": "0",
+        "OMNISERVE_ACCOUNTS__REQUESTS_PER_DAY": "0",
+        # Novassium draws small on the tiny demo model; the answer is still the requested size.
+        "OMNISERVE_VENDOR__NOVASSIUM_MAX_SIDE": "256",
+        "OMNISERVE_VENDOR__NOVASSIUM_STEPS": "4",
         # extra.custom_storage.aws_s3 goes to the local S3 server; the credentials come
         # through boto3's default chain, as they would from a deployment's environment.
         "OMNISERVE_S3__ENDPOINT_URL": s3.endpoint_url,

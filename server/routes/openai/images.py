@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import msgspec
 from litestar import Controller, Request, post
@@ -12,11 +13,14 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
 
 from schemas.openai.images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
+from server.accounts import Accounts
+from server.accounts_hooks import caller_key_id
 from server.errors import validation_error
 from server.routes.disconnect import until_disconnect
 from server.services import Services
 from server.serving.common import bad_request
 from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES
+from server.state import AppState
 
 # An edit uploads an image and a mask; the form fields beside them are small.
 EDIT_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES + 1024 * 1024
@@ -25,8 +29,13 @@ _encoder = msgspec.json.Encoder()
 _RESPONSES = {200: ResponseSpec(data_container=ImagesResponse, description="Success")}
 
 
-async def _json(request: Request, work: Awaitable[ImagesResponse]) -> ASGIResponse:
-    return ASGIResponse(body=_encoder.encode(await until_disconnect(request, work)), media_type="application/json")
+async def _json(
+    request: Request, work: Callable[[], Awaitable[ImagesResponse]], accounts: Accounts, images: int
+) -> ASGIResponse:
+    # One price per image, reserved first and refunded if the work fails or the client leaves.
+    async with accounts.charged(caller_key_id(request), accounts.settings.price_per_image * images):
+        response = await until_disconnect(request, work())
+    return ASGIResponse(body=_encoder.encode(response), media_type="application/json")
 
 
 async def _file(form: FormMultiDict, names: tuple[str, ...], param: str) -> bytes | None:
@@ -69,12 +78,16 @@ class ImagesController(Controller):
     tags = ["openai: images"]
 
     @post("/generations", status_code=200, responses=_RESPONSES)
-    async def generations(self, request: Request, data: ImageGenerationRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.images.generate(data, str(request.base_url)))
+    async def generations(
+        self, request: Request, data: ImageGenerationRequest, services: Services, app_state: AppState
+    ) -> ASGIResponse:
+        work = partial(services.images.generate, data, str(request.base_url))
+        return await _json(request, work, app_state.accounts, data.n)
 
     @post("/edits", status_code=200, responses=_RESPONSES, request_max_body_size=EDIT_MAX_BODY_BYTES)
-    async def edits(self, request: Request, services: Services) -> ASGIResponse:
+    async def edits(self, request: Request, services: Services, app_state: AppState) -> ASGIResponse:
         # Parsed from the raw form rather than a multipart DTO: the SDK names a list of
         # images "image[]", and extra_body fields arrive as parts of their own.
         edit = await _edit_request(request)
-        return await _json(request, services.images.edit(edit, str(request.base_url)))
+        work = partial(services.images.edit, edit, str(request.base_url))
+        return await _json(request, work, app_state.accounts, edit.n)

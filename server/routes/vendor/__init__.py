@@ -1,0 +1,1 @@
+"""Routes of the vendor APIs: Novassium and the Stable Diffusion API."""

@@ -1,0 +1,160 @@
+"""Novassium's synchronous generate: validate with the API's own messages, charge one credit
+per sample, generate through the scheduler, resize to the requested size, store, answer URLs.
+
+The model draws at a size it handles (the requested aspect ratio, at most
+``vendor.novassium_max_side`` a side, multiples of 8); each image is then centre-cropped to
+the requested width:height and resized with Lanczos, so any size the API documents
+(64..16,384 a side) is answered at exactly that size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+import uuid
+from typing import Any, cast
+
+from engines.base import ImageEngine, ImageGeneration
+from engines.scheduler import Scheduler
+from schemas.errors import ApiError, ErrorCode
+from schemas.vendor.novassium import GenerateRequest, GenerateResponse
+from server.accounts import Accounts
+from server.serving.vendor.styles import STYLE_PRESETS, styled_prompts
+from server.settings import VendorSettings
+from server.storage.local import LocalStorage
+
+ASPECT_RATIOS = {"1:1": (1, 1), "2:3": (2, 3), "16:9": (16, 9)}
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+MIN_SIDE, MAX_SIDE = 64, 16384
+MIN_PIXELS = 4096
+MAX_SAMPLES = 7
+MAX_SEED = 4294967294
+DEFAULT_SIDE = 1024
+# The smallest side the model is asked to draw.
+MIN_DRAW_SIDE = 64
+
+
+def _missing(message: str, param: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
+
+
+def check_request(request: GenerateRequest) -> tuple[int, int]:
+    """Raise with the API's messages; the output width and height."""
+    if request.prompt is None or not request.prompt.strip():
+        raise _missing("Prompt is required.", "prompt")
+    if request.style_preset is None:
+        raise _missing("Style preset is required.", "style_preset")
+    if request.style_preset not in STYLE_PRESETS:
+        raise _missing(f"Invalid style preset. Accepted values: {', '.join(STYLE_PRESETS)}.", "style_preset")
+    if request.aspect_ratio is None:
+        raise _missing("Aspect ratio is required.", "aspect_ratio")
+    if request.aspect_ratio not in ASPECT_RATIOS:
+        raise _missing(f"Invalid aspect ratio. Accepted values: {', '.join(ASPECT_RATIOS)}.", "aspect_ratio")
+    if request.samples is None:
+        raise _missing("Samples is required.", "samples")
+    if not 1 <= request.samples <= MAX_SAMPLES:
+        raise _missing(f"Samples must be between 1 and {MAX_SAMPLES}.", "samples")
+    if request.output_format is None:
+        raise _missing("Output format is required.", "output_format")
+    if request.output_format not in OUTPUT_FORMATS:
+        raise _missing(f"Invalid output format. Accepted values: {', '.join(OUTPUT_FORMATS)}.", "output_format")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+        raise _missing(f"Seed must be between 0 and {MAX_SEED}.", "seed")
+    width = DEFAULT_SIDE if request.width is None else request.width
+    height = DEFAULT_SIDE if request.height is None else request.height
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise ApiError(
+            ErrorCode.INVALID_IMAGE_SIZE, "Image dimensions must be between 64 and 16,384 pixels.", param="width"
+        )
+    if width * height < MIN_PIXELS:
+        raise ApiError(ErrorCode.INVALID_IMAGE_SIZE, "Image dimensions must total at least 4,096 pixels.")
+    return width, height
+
+
+def draw_size(aspect_ratio: str, width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size the model draws at: the aspect ratio, its long side no larger than the
+    output's or ``max_side``, both sides multiples of 8."""
+    ratio_w, ratio_h = ASPECT_RATIOS[aspect_ratio]
+    long_side = max(MIN_DRAW_SIDE, min(max_side, max(width, height)) // 8 * 8)
+    short_side = max(MIN_DRAW_SIDE, round(long_side * min(ratio_w, ratio_h) / max(ratio_w, ratio_h) / 8) * 8)
+    return (long_side, short_side) if ratio_w >= ratio_h else (short_side, long_side)
+
+
+def fit_and_encode(image: Any, width: int, height: int, image_format: str) -> bytes:
+    """Centre-crop to width:height, resize with Lanczos, encode. Blocking: run in a thread."""
+    from PIL import Image, ImageOps
+
+    rgb = image.convert("RGB")
+    if rgb.size != (width, height):
+        rgb = ImageOps.fit(rgb, (width, height), method=Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format=OUTPUT_FORMATS[image_format])
+    return buffer.getvalue()
+
+
+def _credits(value: float | None) -> int | float | None:
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+class NovassiumService:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        storage: LocalStorage,
+        accounts: Accounts,
+        settings: VendorSettings,
+        *,
+        model: str | None,
+        url_ttl_s: int,
+    ) -> None:
+        self.scheduler = scheduler
+        self.storage = storage
+        self.accounts = accounts
+        self.settings = settings
+        self.model = model
+        self.url_ttl_s = url_ttl_s
+
+    async def generate(self, request: GenerateRequest, key_id: str | None, base_url: str) -> GenerateResponse:
+        if self.model is None:
+            raise ApiError(ErrorCode.API_NOT_FOUND, "Novassium is not enabled on this server.")
+        width, height = check_request(request)
+        prompt, negative = styled_prompts(
+            cast(str, request.style_preset), cast(str, request.prompt), request.negative_prompt
+        )
+        samples = cast(int, request.samples)
+        draw_w, draw_h = draw_size(cast(str, request.aspect_ratio), width, height, self.settings.novassium_max_side)
+        job = ImageGeneration(
+            prompt=prompt,
+            negative_prompt=negative,
+            width=draw_w,
+            height=draw_h,
+            steps=self.settings.novassium_steps,
+            guidance_scale=self.settings.novassium_guidance_scale,
+            seed=secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            image_num=samples,
+        )
+        cost = self.accounts.settings.price_per_image * samples
+        async with self.accounts.charged(key_id, cost) as remaining:
+            try:
+                async with self.scheduler.lease(self.model) as engine:
+                    result = await cast(ImageEngine, engine).generate(job)
+                urls = await self._store(result.images, width, height, cast(str, request.output_format), base_url)
+            except ApiError as error:
+                if error.status < 500:
+                    raise
+                raise ApiError(ErrorCode.ENGINE_ERROR, "Image generation failed; please try again.") from error
+        return GenerateResponse(success=True, images=urls, remaining_credits=_credits(remaining))
+
+    async def _store(self, images: list[Any], width: int, height: int, image_format: str, base_url: str) -> list[str]:
+        folder = uuid.uuid4().hex
+        urls = []
+        # One image at a time: at 16,384 pixels a side each one is most of a gigabyte.
+        for index, image in enumerate(images):
+            data = await asyncio.to_thread(fit_and_encode, image, width, height, image_format)
+            key = f"{folder}/{index}.{image_format}"
+            await asyncio.to_thread(self.storage.put, key, data)
+            urls.append(base_url.rstrip("/") + self.storage.signed_path(key, self.url_ttl_s))
+        return urls

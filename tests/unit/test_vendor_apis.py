@@ -1,0 +1,224 @@
+"""Novassium and the Stable Diffusion API through the real app over fake engines."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import io
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from PIL import Image
+
+from server.app import create_app
+from server.state import AppState
+from tests.unit.conftest import make_state
+
+NOVASSIUM = "/api/novassium/v1/generate"
+EXAMPLE = {
+    "prompt": "The exterior of a beautiful royal mansion",
+    "style_preset": "photographic",
+    "aspect_ratio": "16:9",
+    "samples": 1,
+    "negative_prompt": "No buildings or humans",
+    "seed": 123456789,
+    "output_format": "png",
+    "width": 1920,
+    "height": 1080,
+}
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, AppState, str]]:
+    state = make_state(
+        tmp_path, vendor={"novassium_steps": 1, "novassium_max_side": 128}, tasks={"allow_private_urls": True}
+    )
+    _, key = state.keystore.create("tester")
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        yield client, state, key
+
+
+@pytest.fixture
+def image_server() -> Iterator[str]:
+    """A loopback HTTP server with a PNG at /init.png, as clients' image hosts are."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (160, 128), (200, 10, 10)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/init.png":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+async def _image(client: AsyncTestClient, url: str) -> Image.Image:
+    response = await client.get(url.replace("http://testserver.local", ""))
+    assert response.status_code == 200
+    return Image.open(io.BytesIO(response.content))
+
+
+async def test_novassium_example_is_generated_at_the_requested_size(
+    app: tuple[AsyncTestClient, AppState, str],
+) -> None:
+    client, state, key = app
+    response = await client.post(NOVASSIUM, json=EXAMPLE, headers={"X-API-Key": key})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True and body["remaining_credits"] is None and len(body["images"]) == 1
+    image = await _image(client, body["images"][0])
+    assert image.size == (1920, 1080) and image.format == "PNG"
+    job = state.scheduler.engine("fake-sd").last_job  # type: ignore[attr-defined]
+    assert (job.width, job.height) == (128, 72) and job.seed == 123456789
+    assert job.prompt.startswith("cinematic photo of The exterior") and "No buildings" in job.negative_prompt
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code", "message"),
+    [
+        ({"prompt": None}, 400, "missing_parameters", "Prompt is required."),
+        ({"width": 63}, 400, "missing_parameters", "Image dimensions must be between 64 and 16,384 pixels."),
+        ({"height": 16385}, 400, "missing_parameters", "Image dimensions must be between 64 and 16,384 pixels."),
+        ({"samples": 8}, 400, "missing_parameters", "Samples must be between 1 and 7."),
+        ({"style_preset": "watercolor"}, 400, "missing_parameters", None),
+        ({"seed": 4294967295}, 400, "missing_parameters", "Seed must be between 0 and 4294967294."),
+    ],
+)
+async def test_novassium_validation(
+    app: tuple[AsyncTestClient, AppState, str], change: dict[str, Any], status: int, code: str, message: str | None
+) -> None:
+    client, _, key = app
+    body = {name: value for name, value in {**EXAMPLE, **change}.items() if value is not None}
+    response = await client.post(NOVASSIUM, json=body, headers={"X-API-Key": key})
+    assert response.status_code == status
+    assert response.json()["success"] is False and response.json()["code"] == code
+    if message:
+        assert response.json()["message"] == message
+
+
+async def test_novassium_keys(app: tuple[AsyncTestClient, AppState, str]) -> None:
+    client, _, _ = app
+    missing = await client.post(NOVASSIUM, json=EXAMPLE)
+    assert missing.status_code == 401
+    assert missing.json() == {"success": False, "message": "API key is missing.", "code": "missing_api_key"}
+    invalid = await client.post(NOVASSIUM, json=EXAMPLE, headers={"X-API-Key": "os-nope.nope"})
+    assert invalid.status_code == 403 and invalid.json()["message"] == "Invalid API key."
+
+
+async def test_sdapi_text2img_with_string_numbers(app: tuple[AsyncTestClient, AppState, str]) -> None:
+    client, _, key = app
+    body = {
+        "key": key,
+        "prompt": "ultra realistic close up portrait",
+        "negative_prompt": None,
+        "width": "512",
+        "height": "256",
+        "samples": "2",
+        "num_inference_steps": "3",
+        "guidance_scale": "7.5",
+        "seed": None,
+        "safety_checker": "no",
+        "webhook": None,
+        "track_id": None,
+    }
+    response = await client.post("/api/v3/text2img", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "success" and len(result["output"]) == 2
+    assert result["meta"]["W"] == 512 and result["meta"]["H"] == 256 and result["meta"]["n_samples"] == 2
+    assert isinstance(result["meta"]["seed"], int)
+    assert (await _image(client, result["output"][0])).size == (512, 256)
+    fetched = await client.post(f"/api/v3/fetch/{result['id']}", json={"key": key})
+    assert fetched.json()["output"] == result["output"]
+
+
+async def test_sdapi_errors(app: tuple[AsyncTestClient, AppState, str]) -> None:
+    client, _, key = app
+    invalid = await client.post("/api/v3/text2img", json={"key": "wrong", "prompt": "x"})
+    assert invalid.status_code == 403
+    assert invalid.json()["status"] == "error" and invalid.json()["message"] == "Invalid Api Key"
+    assert "tip" in invalid.json()
+    missing = await client.post("/api/v3/text2img", json={"key": key, "width": "512"})
+    assert missing.status_code == 400
+    assert missing.json() == {"status": "error", "message": {"prompt": ["The prompt field is required."]}}
+    wide = await client.post("/api/v3/text2img", json={"key": key, "prompt": "x", "width": "2048"})
+    assert wide.json()["message"] == {"width": ["The width must be between 128 and 1024."]}
+    model = await client.post("/api/v3/text2img", json={"key": key, "prompt": "x", "model_id": "nope"})
+    assert model.status_code == 404 and model.json() == {"status": "error", "message": "Model id not found"}
+    body = {"key": key, "prompt": "the same request twice", "num_inference_steps": 1}
+    assert (await client.post("/api/v3/text2img", json=body)).status_code == 200
+    again = await client.post("/api/v3/text2img", json=body)
+    assert again.status_code == 429
+    assert again.json()["message"] == "Rate limit exceeded" and "30 seconds" in again.json()["tips"]
+
+
+async def test_sdapi_failed_generation(app: tuple[AsyncTestClient, AppState, str]) -> None:
+    client, state, key = app
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("device lost")
+
+    state.scheduler.engine("fake-sd").generate = broken  # type: ignore[attr-defined]
+    response = await client.post("/api/v3/text2img", json={"key": key, "prompt": "x", "num_inference_steps": 1})
+    body = response.json()
+    assert body["status"] == "failed" and body["message"] == "Failed, Try Again" and body["output"] == []
+
+
+async def test_sdapi_processing_then_fetch(app: tuple[AsyncTestClient, AppState, str]) -> None:
+    client, state, key = app
+    state.sdapi.settings.sdapi_wait_s = 0.0  # every job is "slow"
+    response = await client.post("/api/v3/text2img", json={"key": key, "prompt": "slow", "track_id": 42})
+    body = response.json()
+    assert body["status"] == "processing" and body["track_id"] == 42
+    assert body["fetch_result"].endswith(f"/api/v3/fetch/{body['id']}")
+    for _ in range(300):
+        fetched = (await client.post(f"/api/v3/fetch/{body['id']}", json={"key": key})).json()
+        if fetched["status"] != "processing":
+            break
+        await asyncio.sleep(0.01)
+    assert fetched["status"] == "success" and len(fetched["output"]) == 1
+    other = await client.post("/api/v3/fetch/not-a-task", json={"key": key})
+    assert other.status_code == 404 and other.json()["status"] == "error"
+
+
+async def test_sdapi_img2img_and_inpaint_download_their_images(
+    app: tuple[AsyncTestClient, AppState, str], image_server: str
+) -> None:
+    client, _, key = app
+    img2img = {"key": key, "prompt": "x", "init_image": f"{image_server}/init.png", "strength": "0.5"}
+    result = (await client.post("/api/v3/img2img", json={**img2img, "width": "128", "height": "128"})).json()
+    assert result["status"] == "success" and result["meta"]["strength"] == 0.5
+    inpaint = {**img2img, "mask_image": f"{image_server}/init.png"}
+    result = (await client.post("/api/v3/inpaint", json=inpaint)).json()
+    assert result["status"] == "success"
+    assert (await _image(client, result["output"][0])).size == (160, 128)
+    gone = await client.post("/api/v3/img2img", json={**img2img, "init_image": f"{image_server}/missing.png"})
+    assert gone.status_code == 400 and "init_image" in gone.json()["message"]
+
+
+async def test_sdapi_refuses_private_image_urls_by_default(tmp_path: Path, image_server: str) -> None:
+    state = make_state(tmp_path)
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        response = await client.post("/api/v3/img2img", json={"prompt": "x", "init_image": f"{image_server}/init.png"})
+    assert response.status_code == 400
+    assert "not a public address" in response.json()["message"]["init_image"][0]
