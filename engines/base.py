@@ -32,6 +32,8 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = {}
     # Declared device footprint; 0 means measure after load.
     memory_bytes: int = 0
+    # Loaded at startup and never evicted or unloaded for idleness.
+    pinned: bool = False
     # Tool-call parser name for chat models (vLLM's parser names, e.g. "hermes").
     tool_parser: str | None = None
     # Whether the model honours a `dimensions` request (Matryoshka embeddings).

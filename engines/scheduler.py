@@ -5,6 +5,11 @@ bounded queue, makes sure the model is loaded, and holds it for the duration of 
 work. Engines that batch internally (vLLM) get many concurrent leases; the cap per
 model bounds how many requests reach the engine at once, and the queue bounds how many
 wait behind them.
+
+Each model lives on one device (host memory or a GPU) with a memory budget. Loading a
+model that does not fit evicts idle models on that device, least recently used first;
+a model with a lease or a waiting request is never evicted, nor one the catalog pins.
+When no room can be made the load waits for leases to end, as long as a request wants it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import msgspec
 from opentelemetry import trace
 
 from engines.base import Engine
+from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
 from engines.registry import ModelRegistry
 from schemas.errors import ApiError, ErrorCode
 
@@ -27,30 +33,94 @@ log = logging.getLogger("omniserve.scheduler")
 # The global provider (a no-op until tracing is configured): the engines know nothing of the server.
 _tracer = trace.get_tracer("omniserve.scheduler")
 
+# Longest pause between two sweeps for idle models.
+_IDLE_SWEEP_MAX_S = 30.0
+
 
 class Residency(enum.StrEnum):
     UNLOADED = "unloaded"
     LOADING = "loading"
     RESIDENT = "resident"
+    UNLOADING = "unloading"
     FAILED = "failed"
+
+
+# States in which a model holds (or is about to hold) its footprint on its device.
+_HOLDS_MEMORY = frozenset({Residency.LOADING, Residency.RESIDENT, Residency.UNLOADING})
 
 
 class AdmissionPolicy(msgspec.Struct, kw_only=True):
     max_concurrency: int = 256
     max_queue_depth: int = 512
     queue_timeout_s: float = 30.0
+    # Unload models unused this long (pinned ones excepted); 0 keeps them until evicted.
+    idle_ttl_s: float = 0.0
+
+
+class ModelResidency(msgspec.Struct, kw_only=True):
+    state: Residency
+    device: str
+    pinned: bool
+    footprint_bytes: int
+    # "declared" in the catalog, "measured" at the last load, or "unknown" before the first.
+    footprint_source: str
+    idle_s: float | None  # since the last lease ended; None before the first load
+    leases: int
+    queue_depth: int  # requests waiting for a slot or for the model to load
+    loads: int
+    last_load_s: float | None
+    total_load_s: float
+    evictions: dict[str, int]  # by reason: "lru" (made room for another), "idle" (the TTL)
+
+
+class DeviceUsage(msgspec.Struct, kw_only=True):
+    name: str
+    total_bytes: int
+    budget_bytes: int
+    used_bytes: int  # footprints of the models loaded or loading there
+
+
+class SchedulerReport(msgspec.Struct, kw_only=True):
+    devices: list[DeviceUsage]
+    models: dict[str, ModelResidency]
+    idle_ttl_s: float
+
+
+class NoRoomError(Exception):
+    """A model could not be placed: its device is full of models in use."""
 
 
 class _Slot:
-    def __init__(self, engine: Engine, max_concurrency: int) -> None:
+    def __init__(self, engine: Engine, max_concurrency: int, device: str) -> None:
         self.engine = engine
+        self.device = device
+        self.pinned = engine.spec.pinned
         self.state = Residency.UNLOADED
         self.capacity = asyncio.Semaphore(max_concurrency)
         self.load_lock = asyncio.Lock()
         self.load_task: asyncio.Task[None] | None = None
         self.waiting = 0
         self.active = 0
-        self.last_used = 0.0
+        # Leases under way, from admission to release: such a model is never evicted.
+        self.demand = 0
+        self.last_used: float | None = None
+        self.measured_bytes = 0
+        self.loads = 0
+        self.last_load_s: float | None = None
+        self.total_load_s = 0.0
+        self.evictions: dict[str, int] = {}
+
+    @property
+    def name(self) -> str:
+        return self.engine.spec.name
+
+    @property
+    def footprint(self) -> int:
+        return self.engine.spec.memory_bytes or self.measured_bytes
+
+    @property
+    def evictable(self) -> bool:
+        return self.state is Residency.RESIDENT and not self.pinned and self.demand == 0
 
 
 def _model_attributes(slot: _Slot) -> dict[str, str]:
@@ -58,10 +128,29 @@ def _model_attributes(slot: _Slot) -> dict[str, str]:
 
 
 class Scheduler:
-    def __init__(self, registry: ModelRegistry, policy: AdmissionPolicy) -> None:
+    def __init__(
+        self, registry: ModelRegistry, policy: AdmissionPolicy, devices: list[DeviceMemory] | None = None
+    ) -> None:
         self.registry = registry
         self.policy = policy
-        self._slots: dict[str, _Slot] = {engine.spec.name: _Slot(engine, policy.max_concurrency) for engine in registry}
+        # Without devices nothing is budgeted: every model fits.
+        self.devices = {device.name: device for device in devices or []}
+        # vLLM takes its device from the library's own detection: the first GPU when there is one.
+        default_device = next((name for name in self.devices if name != HOST), HOST)
+        self._slots: dict[str, _Slot] = {
+            engine.spec.name: _Slot(engine, policy.max_concurrency, model_device(engine, default_device))
+            for engine in registry
+        }
+        # Placement decisions (what fits, what to evict) are made one at a time.
+        self._placement = asyncio.Lock()
+        # Loads run one at a time: they contend for the same cores and memory, and a
+        # measured footprint must be one model's alone.
+        self._loading = asyncio.Lock()
+        # Set whenever memory may have been freed or a model became evictable.
+        self._room_freed = asyncio.Event()
+        self._startup: set[str] = set()
+        self._startup_done = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     def _slot(self, name: str) -> _Slot:
         engine = self.registry.get(name)
@@ -83,39 +172,174 @@ class Scheduler:
     def all_resident(self) -> bool:
         return all(slot.state is Residency.RESIDENT for slot in self._slots.values())
 
-    async def load(self, name: str) -> None:
+    def ready(self) -> bool:
+        """Startup loading is over, every pinned model is resident, and none of the models
+        loaded at startup failed. Models left to load on first use do not count."""
+        if not self._startup_done:
+            return False
+        slots = self._slots.values()
+        if any(slot.pinned and slot.state is not Residency.RESIDENT for slot in slots):
+            return False
+        return not any(slot.name in self._startup and slot.state is Residency.FAILED for slot in slots)
+
+    # -- memory --------------------------------------------------------------------------------
+
+    def used_bytes(self, device: str) -> int:
+        return sum(s.footprint for s in self._slots.values() if s.device == device and s.state in _HOLDS_MEMORY)
+
+    def _fits(self, slot: _Slot) -> bool:
+        budget = self.devices.get(slot.device)
+        return budget is None or self.used_bytes(slot.device) + slot.footprint <= budget.budget_bytes
+
+    def _victims(self, slot: _Slot) -> list[_Slot] | None:
+        """The idle models to evict, least recently used first, so that `slot` fits; None
+        when evicting every idle model would not be enough."""
+        budget = self.devices[slot.device].budget_bytes
+        others = [s for s in self._slots.values() if s is not slot and s.device == slot.device]
+        holding = [s for s in others if s.state in _HOLDS_MEMORY]
+        candidates = sorted((s for s in holding if s.evictable), key=lambda s: s.last_used or 0.0)
+        excess = self.used_bytes(slot.device) + slot.footprint - budget
+        victims: list[_Slot] = []
+        for candidate in candidates:
+            if excess <= 0:
+                break
+            victims.append(candidate)
+            excess -= candidate.footprint
+        if excess <= 0:
+            return victims
+        if len(victims) == len(holding):
+            # Larger than the whole budget: it may only run alone on its device.
+            log.warning(
+                "model %s (%d bytes) exceeds the budget of %s; loading it alone", slot.name, slot.footprint, slot.device
+            )
+            return victims
+        return None
+
+    async def _place(self, slot: _Slot, *, evict: bool) -> None:
+        """Reserve room for `slot` (its state becomes LOADING), evicting idle models if
+        `evict`. Without room, wait while some request still wants the model (each gives
+        up at its own deadline); fail at once without `evict` or without such a request."""
+        while True:
+            async with self._placement:
+                victims = [] if self._fits(slot) else (self._victims(slot) if evict else None)
+                if victims is not None:
+                    # Marked before any await, so no lease can start on a model being evicted.
+                    for victim in victims:
+                        victim.state = Residency.UNLOADING
+                    for victim in victims:
+                        log.info("evicting %s (least recently used) to load %s", victim.name, slot.name)
+                        await self._unload(victim, reason="lru")
+                    slot.state = Residency.LOADING
+                    return
+            if not evict or slot.demand == 0:
+                raise NoRoomError(f"no room for model {slot.name} on {slot.device}")
+            self._room_freed.clear()
+            await self._room_freed.wait()
+
+    async def _unload(self, slot: _Slot, *, reason: str | None) -> None:
+        slot.state = Residency.UNLOADING
+        try:
+            with _tracer.start_as_current_span("model unload", attributes=_model_attributes(slot)):
+                await slot.engine.unload()
+        except Exception:
+            log.exception("model %s failed to unload", slot.name)
+        slot.state = Residency.UNLOADED
+        if reason is not None:
+            slot.evictions[reason] = slot.evictions.get(reason, 0) + 1
+        self._room_freed.set()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    async def load(self, name: str, *, evict: bool = True) -> None:
         slot = self._slot(name)
         async with slot.load_lock:
             if slot.state is Residency.RESIDENT:
                 return
-            slot.state = Residency.LOADING
-            started = time.monotonic()
-            try:
-                with _tracer.start_as_current_span("model load", attributes=_model_attributes(slot)):
-                    await slot.engine.load()
-            except Exception:
-                slot.state = Residency.FAILED
-                log.exception("model %s failed to load", name)
-                raise
+            await self._place(slot, evict=evict)
+            async with self._loading:
+                probe = MemoryProbe(slot.device) if slot.device in self.devices else None
+                before = probe.used_bytes() if probe else 0
+                started = time.monotonic()
+                try:
+                    with _tracer.start_as_current_span("model load", attributes=_model_attributes(slot)):
+                        await slot.engine.load()
+                except Exception:
+                    slot.state = Residency.FAILED
+                    self._room_freed.set()
+                    log.exception("model %s failed to load", name)
+                    raise
+                slot.last_load_s = time.monotonic() - started
+                slot.total_load_s += slot.last_load_s
+                if not slot.engine.spec.memory_bytes:
+                    # The engine's own count where it keeps one, else what the device lost.
+                    reported = slot.engine.memory_bytes()
+                    measured = probe.used_bytes() - before if probe else 0
+                    slot.measured_bytes = reported if reported > 0 else max(measured, 0)
+            slot.loads += 1
+            slot.last_used = time.monotonic()
             slot.state = Residency.RESIDENT
-            log.info("model %s resident after %.1f s", name, time.monotonic() - started)
+            log.info("model %s resident after %.1f s (%d MiB)", name, slot.last_load_s, slot.footprint >> 20)
 
     async def load_all(self) -> None:
-        # One at a time: loading contends for the same cores and memory.
-        for name in self._slots:
+        """Pinned models first, then the others in catalog order while they fit without
+        evicting anything; what does not fit loads on first use."""
+        for slot in sorted(self._slots.values(), key=lambda s: not s.pinned):
+            if not slot.pinned and not self._fits(slot):
+                log.info("model %s does not fit the budget of %s now; it loads on first use", slot.name, slot.device)
+                continue
+            self._startup.add(slot.name)
             try:
-                await self.load(name)
+                await self.load(slot.name, evict=slot.pinned)
+            except NoRoomError:
+                self._startup.discard(slot.name)
+                log.info("model %s does not fit the budget of %s now; it loads on first use", slot.name, slot.device)
             except Exception:
                 continue  # recorded as FAILED; /ready reports it
+        self._startup_done = True
 
     async def unload_all(self) -> None:
         for slot in self._slots.values():
+            await self._unload(slot, reason=None)
+
+    async def unload_idle(self) -> list[str]:
+        """Unload every evictable model unused for the idle TTL; the names unloaded."""
+        if self.policy.idle_ttl_s <= 0:
+            return []
+        async with self._placement:
+            now = time.monotonic()
+            idle = [
+                s
+                for s in self._slots.values()
+                if s.evictable and s.last_used is not None and now - s.last_used >= self.policy.idle_ttl_s
+            ]
+            for slot in idle:
+                slot.state = Residency.UNLOADING
+            for slot in idle:
+                log.info("unloading %s: idle for %.0f s", slot.name, now - (slot.last_used or now))
+                await self._unload(slot, reason="idle")
+        return [slot.name for slot in idle]
+
+    async def _sweep_idle(self) -> None:
+        interval = min(self.policy.idle_ttl_s / 4, _IDLE_SWEEP_MAX_S)
+        while True:
+            await asyncio.sleep(interval)
             try:
-                with _tracer.start_as_current_span("model unload", attributes=_model_attributes(slot)):
-                    await slot.engine.unload()
+                await self.unload_idle()
             except Exception:
-                log.exception("model %s failed to unload", slot.engine.spec.name)
-            slot.state = Residency.UNLOADED
+                log.exception("idle sweep failed")
+
+    def start(self) -> None:
+        """Start the idle sweep (with an idle TTL set); `stop` ends it."""
+        if self.policy.idle_ttl_s > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_idle())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+
+    # -- admission -----------------------------------------------------------------------------
 
     def _check_queue(self, slot: _Slot) -> None:
         if slot.capacity.locked() and slot.waiting >= self.policy.max_queue_depth:
@@ -164,11 +388,17 @@ class Scheduler:
         try:
             # Shielded: a request that gives up waiting must not cancel the load itself.
             await asyncio.wait_for(asyncio.shield(slot.load_task), self.policy.queue_timeout_s)
-        except TimeoutError:
+        except (TimeoutError, NoRoomError):
+            if slot.state is Residency.LOADING:
+                raise ApiError(
+                    ErrorCode.SERVICE_NOT_AVAILABLE,
+                    f"Model '{slot.engine.spec.name}' is still loading.",
+                    retry_after=5.0,
+                ) from None
             raise ApiError(
                 ErrorCode.SERVICE_NOT_AVAILABLE,
-                f"Model '{slot.engine.spec.name}' is still loading.",
-                retry_after=5.0,
+                f"Model '{slot.engine.spec.name}' does not fit in memory while other models are in use.",
+                retry_after=max(self.policy.queue_timeout_s / 2, 1.0),
             ) from None
         except ApiError:
             raise
@@ -183,20 +413,66 @@ class Scheduler:
         """The engine, loaded, without taking a slot: for validating a request (tokenizer,
         context length) before it queues. Work itself still goes through ``lease``."""
         slot = self._slot(name)
-        await self._make_resident(slot)
+        slot.demand += 1
+        try:
+            await self._make_resident(slot)
+        finally:
+            self._release_demand(slot)
         return slot.engine
 
     @asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Engine]:
         slot = self._slot(name)
-        await self._admit(slot)
+        slot.demand += 1
         try:
-            await self._make_resident(slot)
-            slot.active += 1
+            await self._admit(slot)
             try:
-                yield slot.engine
+                await self._make_resident(slot)
+                slot.active += 1
+                try:
+                    yield slot.engine
+                finally:
+                    slot.active -= 1
+                    slot.last_used = time.monotonic()
             finally:
-                slot.active -= 1
-                slot.last_used = time.monotonic()
+                slot.capacity.release()
         finally:
-            slot.capacity.release()
+            self._release_demand(slot)
+
+    def _release_demand(self, slot: _Slot) -> None:
+        slot.demand -= 1
+        if slot.demand == 0:
+            # The model may be evicted now, and a load waiting for room may have no requester left.
+            self._room_freed.set()
+
+    # -- visibility ----------------------------------------------------------------------------
+
+    def report(self) -> SchedulerReport:
+        now = time.monotonic()
+        models = {}
+        for name, slot in self._slots.items():
+            source = "declared" if slot.engine.spec.memory_bytes else "measured" if slot.loads else "unknown"
+            models[name] = ModelResidency(
+                state=slot.state,
+                device=slot.device,
+                pinned=slot.pinned,
+                footprint_bytes=slot.footprint,
+                footprint_source=source,
+                idle_s=None if slot.last_used is None or slot.active else round(now - slot.last_used, 3),
+                leases=slot.active,
+                queue_depth=slot.demand - slot.active,
+                loads=slot.loads,
+                last_load_s=slot.last_load_s,
+                total_load_s=slot.total_load_s,
+                evictions=dict(slot.evictions),
+            )
+        devices = [
+            DeviceUsage(
+                name=device.name,
+                total_bytes=device.total_bytes,
+                budget_bytes=device.budget_bytes,
+                used_bytes=self.used_bytes(device.name),
+            )
+            for device in self.devices.values()
+        ]
+        return SchedulerReport(devices=devices, models=models, idle_ttl_s=self.policy.idle_ttl_s)

@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
 
 from engines.base import ModelSpec
+from engines.devices import discover_devices
 from engines.registry import (
     EngineFactory,
     ModelRegistry,
@@ -28,6 +29,7 @@ from server.accounts_hooks import enforce_account
 from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception
 from server.keystore import KeyStore
+from server.routes.admin import AdminController
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
@@ -66,13 +68,16 @@ def build_state(
 ) -> AppState:
     registry = ModelRegistry(specs, factories or default_factories(settings))
     policy = AdmissionPolicy(
-        max_queue_depth=settings.limits.max_queue_depth, queue_timeout_s=settings.limits.queue_timeout_s
+        max_queue_depth=settings.limits.max_queue_depth,
+        queue_timeout_s=settings.limits.queue_timeout_s,
+        idle_ttl_s=settings.scheduler.idle_ttl_s,
     )
+    devices = discover_devices(settings.scheduler.host_budget, settings.scheduler.gpu_budget)
     keystore = KeyStore(settings.data_path / "keys.sqlite3")
     authenticator = Authenticator(
         keystore, settings.auth.static_keys, open_when_no_keys=settings.is_loopback or settings.auth.allow_open
     )
-    return AppState(settings, Scheduler(registry, policy), keystore, authenticator)
+    return AppState(settings, Scheduler(registry, policy, devices), keystore, authenticator)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
@@ -86,8 +91,9 @@ def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None
     @asynccontextmanager
     async def engines_lifespan(_: Litestar) -> AsyncIterator[None]:
         # Models load in the background: /health answers at once and /ready says 503
-        # until every model is resident.
+        # until the startup models are resident (engines/scheduler.py: load_all).
         state.load_task = asyncio.create_task(state.scheduler.load_all())
+        state.scheduler.start()
         await state.start()
         try:
             yield
@@ -96,6 +102,7 @@ def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None
             state.load_task.cancel()
             await asyncio.gather(state.load_task, return_exceptions=True)
             await state.stop()
+            await state.scheduler.stop()
             await state.scheduler.unload_all()
 
     def openai_router(path: str) -> Router:
@@ -112,6 +119,7 @@ def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None
             guards=[require_api_key, enforce_account],
         )
 
+    admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_api_key])
     v3_router = Router(
         path="/",
         route_handlers=[AsyncTaskController, ModelsV3Controller, AccountController],
@@ -124,6 +132,7 @@ def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None
             openai_router("/openai/v1"),
             openai_router("/v1"),
             v3_router,
+            admin_router,
             FilesController,
             # Vendor families check their keys themselves: in a header or in the JSON body.
             NovassiumController,

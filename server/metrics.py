@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -44,8 +44,15 @@ class _EngineCollector(Collector):
         unfinished = GaugeMetricFamily(
             "omniserve_engine_unfinished_requests", "Requests the engine holds right now", labels=["model"]
         )
+        evictions = CounterMetricFamily(
+            "omniserve_model_evictions",
+            "Models unloaded to make room (lru) or for idleness (idle)",
+            labels=["model", "reason"],
+        )
+        loads = SummaryMetricFamily("omniserve_model_load_seconds", "Time taken by model loads", labels=["model"])
         residency = self.scheduler.residency()
         queues = self.scheduler.queue_state()
+        report = self.scheduler.report().models
         for engine in self.scheduler.registry:
             name = engine.spec.name
             resident.add_metric([name], 1.0 if residency[name] is Residency.RESIDENT else 0.0)
@@ -60,7 +67,10 @@ class _EngineCollector(Collector):
                 aborted.add_metric([name], float(engine.aborted_requests))
             if hasattr(engine, "unfinished_requests"):
                 unfinished.add_metric([name], float(engine.unfinished_requests()))
-        yield from (resident, state, memory, waiting, active, aborted, unfinished)
+            for reason in ("lru", "idle"):
+                evictions.add_metric([name, reason], float(report[name].evictions.get(reason, 0)))
+            loads.add_metric([name], count_value=report[name].loads, sum_value=report[name].total_load_s)
+        yield from (resident, state, memory, waiting, active, aborted, unfinished, evictions, loads)
 
 
 class _DeviceCollector(Collector):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from engines.base import ModelSpec
+from engines.devices import parse_budget
 
 ENV_PREFIX = "OMNISERVE_"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -42,6 +43,26 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Threads for CPU inference in each engine process; 0 leaves the library's default.
     cpu_threads: int = 0
+
+
+class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How much memory models may hold on each device, and how long an unused one stays."""
+
+    # A share of the device's memory ("0.5"), a byte count ("8000000000") or a size ("12GiB").
+    host_budget: float | str = 0.8
+    # The same for each CUDA GPU.
+    gpu_budget: float | str = 0.9
+    # Unload a model unused this long (pinned models stay); 0 keeps models until evicted.
+    idle_ttl_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("host_budget", "gpu_budget"):
+            try:
+                parse_budget(getattr(self, name), 1)
+            except ValueError as exc:
+                raise ValueError(f"scheduler.{name}: {exc}") from None
+        if self.idle_ttl_s < 0:
+            raise ValueError("scheduler.idle_ttl_s must not be negative")
 
 
 class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -155,6 +176,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     s3: S3Settings = msgspec.field(default_factory=S3Settings)

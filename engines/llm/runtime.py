@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from engines.base import EngineInfo, ModelSpec
+from engines.llm.sizing import cache_options
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -58,8 +59,14 @@ class VllmEngineBase:
 
         # vLLM's own stat loggers feed a Prometheus registry omniserve does not serve and
         # cost the serving process several percent of a core under load; a catalog entry
-        # can turn them back on with options.disable_log_stats = false.
-        options: dict[str, Any] = {"enable_log_requests": False, "disable_log_stats": True, **self.spec.options}
+        # can turn them back on with options.disable_log_stats = false. The cache is sized
+        # from the declared footprint unless the catalog sizes it (engines/llm/sizing.py).
+        options: dict[str, Any] = {
+            "enable_log_requests": False,
+            "disable_log_stats": True,
+            **cache_options(self.spec),
+            **self.spec.options,
+        }
         if runner is not None:
             options.setdefault("runner", runner)
         args = AsyncEngineArgs(model=self.spec.path, **options)

@@ -19,11 +19,11 @@ class HealthController(Controller):
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", summary="Readiness: 200 once every configured model is loaded, 503 otherwise")
+    @get("/ready", summary="Readiness: 200 once the startup and pinned models are loaded, 503 otherwise")
     async def ready(self, app_state: AppState) -> Response[ReadyStatus]:
         models = {name: state.value for name, state in app_state.scheduler.residency().items()}
         if app_state.draining:
             return Response(ReadyStatus(status="draining", models=models), status_code=503)
-        if not app_state.scheduler.all_resident():
+        if not app_state.scheduler.ready():
             return Response(ReadyStatus(status="loading", models=models), status_code=503)
         return Response(ReadyStatus(status="ready", models=models), status_code=200)

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from litestar.testing import AsyncTestClient
 
+from engines.base import ModelKind, ModelSpec
+from engines.devices import DeviceMemory, parse_budget
 from engines.registry import ModelRegistry
 from engines.scheduler import AdmissionPolicy, Residency, Scheduler
 from schemas.errors import ApiError, ErrorCode
+from server.app import create_app
 from tests.fakes import FAKE_SPECS, fake_factory
+from tests.unit.conftest import make_state
 
 
 def make_scheduler(**policy: float) -> Scheduler:
@@ -61,3 +67,212 @@ async def test_full_queue_is_429_and_slow_queue_is_503() -> None:
     # The slot is free again.
     async with scheduler.lease("fake-chat"):
         pass
+
+
+# -- device memory: footprints declared in the catalog, one host budget ---------------------------
+
+MB = 1024 * 1024
+
+
+def sized(name: str, megabytes: int, *, pinned: bool = False) -> ModelSpec:
+    return ModelSpec(
+        name=name, kind=ModelKind.CHAT, engine="fake", path="-", memory_bytes=megabytes * MB, pinned=pinned
+    )
+
+
+def budgeted(specs: list[ModelSpec], budget_mb: int, **policy: float) -> Scheduler:
+    host = DeviceMemory(name="cpu", total_bytes=1024 * MB, budget_bytes=budget_mb * MB)
+    registry = ModelRegistry(specs, {"fake": fake_factory})
+    return Scheduler(registry, AdmissionPolicy(**policy), [host])  # type: ignore[arg-type]
+
+
+async def use(scheduler: Scheduler, name: str) -> None:
+    async with scheduler.lease(name):
+        # Within the budget at every moment a model runs.
+        assert scheduler.used_bytes("cpu") <= scheduler.devices["cpu"].budget_bytes
+
+
+def loaded(scheduler: Scheduler) -> set[str]:
+    return {name for name, state in scheduler.residency().items() if state is Residency.RESIDENT}
+
+
+async def test_parse_budget() -> None:
+    assert parse_budget("0.5", 1000) == 500
+    assert parse_budget(0.25, 1000) == 250
+    assert parse_budget("8000000000", 1000) == 8_000_000_000
+    assert parse_budget("12GiB", 1000) == 12 * 1024**3
+    assert parse_budget("512M", 1000) == 512 * MB
+    with pytest.raises(ValueError):
+        parse_budget("half", 1000)
+
+
+async def test_evicts_least_recently_used_first() -> None:
+    scheduler = budgeted([sized("a", 100), sized("b", 100), sized("c", 100)], budget_mb=200)
+    await use(scheduler, "a")
+    await use(scheduler, "b")
+    await use(scheduler, "a")  # now b is the least recently used
+    await use(scheduler, "c")
+    assert loaded(scheduler) == {"a", "c"}
+    assert scheduler.engine("b").loaded is False  # type: ignore[attr-defined]
+    await use(scheduler, "b")  # a was used before c
+    assert loaded(scheduler) == {"b", "c"}
+    models = scheduler.report().models
+    assert models["b"].evictions == {"lru": 1} and models["a"].evictions == {"lru": 1}
+    assert models["c"].evictions == {} and models["b"].loads == 2
+
+
+async def test_leased_model_is_never_evicted_the_newcomer_waits() -> None:
+    scheduler = budgeted([sized("a", 100), sized("b", 100), sized("c", 150)], budget_mb=200, queue_timeout_s=0.2)
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def hold_a() -> None:
+        async with scheduler.lease("a"):
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_a())
+    await holding.wait()
+    await use(scheduler, "b")
+    # c needs 150 MB: evicting idle b alone is not enough and a is leased, so nothing is evicted.
+    with pytest.raises(ApiError) as refused:
+        await use(scheduler, "c")
+    assert refused.value.status == 503 and refused.value.retry_after is not None
+    assert loaded(scheduler) == {"a", "b"}
+    assert scheduler.engine("a").loaded is True  # type: ignore[attr-defined]
+
+    # A request that waits gets the model once the lease ends.
+    waiter = asyncio.create_task(use(scheduler, "c"))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    release.set()
+    await holder
+    await waiter
+    assert loaded(scheduler) == {"c"}
+
+
+async def test_pinned_model_is_never_evicted() -> None:
+    scheduler = budgeted([sized("p", 100, pinned=True), sized("b", 100), sized("c", 100)], budget_mb=200)
+    await scheduler.load_all()
+    assert loaded(scheduler) == {"p", "b"}
+    await use(scheduler, "b")
+    await use(scheduler, "c")  # p is least recently used, but pinned: b goes
+    assert loaded(scheduler) == {"p", "c"}
+    assert scheduler.report().models["p"].evictions == {}
+
+
+async def test_startup_loads_pinned_first_and_the_rest_lazily_when_the_budget_is_small() -> None:
+    specs = [sized("a", 100), sized("b", 100), sized("p", 100, pinned=True)]
+    scheduler = budgeted(specs, budget_mb=250)
+    assert not scheduler.ready()
+    await scheduler.load_all()
+    assert loaded(scheduler) == {"p", "a"}
+    assert scheduler.ready()  # b loads on first use and does not hold readiness back
+    await use(scheduler, "b")
+    assert loaded(scheduler) == {"p", "b"}
+    assert scheduler.ready()
+
+
+async def test_everything_loads_at_startup_when_it_fits() -> None:
+    scheduler = budgeted([sized("a", 100), sized("b", 100)], budget_mb=200)
+    await scheduler.load_all()
+    assert scheduler.all_resident() and scheduler.ready()
+
+
+async def test_idle_ttl_unloads_unused_models_but_not_pinned_ones() -> None:
+    scheduler = budgeted([sized("a", 10), sized("p", 10, pinned=True)], budget_mb=200, idle_ttl_s=0.05)
+    await scheduler.load_all()
+    assert await scheduler.unload_idle() == []  # just loaded: not idle yet
+    scheduler.start()
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        await scheduler.stop()
+    assert loaded(scheduler) == {"p"}
+    assert scheduler.report().models["a"].evictions == {"idle": 1}
+    await use(scheduler, "a")  # loads again on use
+    assert loaded(scheduler) == {"a", "p"}
+
+
+async def test_idle_ttl_spares_a_model_in_use() -> None:
+    scheduler = budgeted([sized("a", 10)], budget_mb=200, idle_ttl_s=0.01)
+    async with scheduler.lease("a"):
+        await asyncio.sleep(0.05)
+        assert await scheduler.unload_idle() == []
+    await asyncio.sleep(0.05)
+    assert await scheduler.unload_idle() == ["a"]
+
+
+async def test_flood_for_a_model_without_room_is_refused_with_retry_after_then_served() -> None:
+    scheduler = budgeted(
+        [sized("a", 100), sized("b", 100)], budget_mb=100, max_concurrency=1, max_queue_depth=2, queue_timeout_s=0.2
+    )
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def hold_a() -> None:
+        async with scheduler.lease("a"):
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_a())
+    await holding.wait()
+    flood = await asyncio.gather(*(use(scheduler, "b") for _ in range(6)), return_exceptions=True)
+    assert all(isinstance(outcome, ApiError) for outcome in flood)
+    statuses = sorted(outcome.status for outcome in flood if isinstance(outcome, ApiError))
+    assert 429 in statuses and 503 in statuses and set(statuses) == {429, 503}
+    assert all(outcome.retry_after for outcome in flood if isinstance(outcome, ApiError))
+    assert loaded(scheduler) == {"a"}
+    release.set()
+    await holder
+    await use(scheduler, "b")  # the retry succeeds: a is idle now and gets evicted
+    assert loaded(scheduler) == {"b"}
+
+
+async def test_measured_footprint_is_remembered() -> None:
+    scheduler = budgeted([ModelSpec(name="m", kind=ModelKind.CHAT, engine="fake", path="-")], budget_mb=200)
+    assert scheduler.report().models["m"].footprint_source == "unknown"
+    await use(scheduler, "m")
+    model = scheduler.report().models["m"]
+    assert model.footprint_source == "measured" and model.loads == 1 and model.last_load_s is not None
+
+
+async def test_metrics_count_evictions_and_loads() -> None:
+    from server.metrics import Metrics
+
+    scheduler = budgeted([sized("a", 100), sized("b", 100)], budget_mb=100)
+    await use(scheduler, "a")
+    await use(scheduler, "b")
+    text = Metrics(scheduler).render().decode()
+    assert 'omniserve_model_evictions_total{model="a",reason="lru"} 1.0' in text
+    assert 'omniserve_model_load_seconds_count{model="b"} 1.0' in text
+
+
+async def test_admin_scheduler_route(tmp_path: Path) -> None:
+    state = make_state(tmp_path, auth={"static_keys": ["admin-key"]})
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        assert (await client.get("/admin/scheduler")).status_code == 401
+        response = await client.get("/admin/scheduler", headers={"Authorization": "Bearer admin-key"})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"devices", "models", "idle_ttl_s"}
+    host = next(device for device in body["devices"] if device["name"] == "cpu")
+    assert 0 < host["budget_bytes"] <= host["total_bytes"] and host["used_bytes"] >= 0
+    assert set(body["models"]) == {spec.name for spec in FAKE_SPECS}
+    chat = body["models"]["fake-chat"]
+    assert chat["state"] == "resident" and chat["device"] == "cpu" and chat["loads"] == 1
+    assert set(chat) == {
+        "state",
+        "device",
+        "pinned",
+        "footprint_bytes",
+        "footprint_source",
+        "idle_s",
+        "leases",
+        "queue_depth",
+        "loads",
+        "last_load_s",
+        "total_load_s",
+        "evictions",
+    }
