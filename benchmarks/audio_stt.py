@@ -18,12 +18,13 @@ espeak-ng speech: a short one (two sentences, ~10 s) and a long one (~56 s, batc
 For each clip it prints the real-time factor (processing seconds per second of audio; lower is
 faster) of each side and the ratio omniserve/direct. Goal: omniserve within 5% of direct.
 
-    python benchmarks/audio_stt.py [--rounds 3] [--repeats 3] [--warmup 1]
+    python benchmarks/audio_stt.py [--pairs 8] [--warmup 1]
 
-The server is started and the direct model loaded before anything is timed. Each round runs
-every clip on both sides, alternating who goes first; totals sum over rounds. The load generator
-runs on the same machine, and each measurement prints the 1-minute load average: other work on
-the machine skews both sides.
+The server is started and the direct model loaded before anything is timed. Each clip is then
+transcribed in pairs, one request per side back to back, alternating which side goes first, so
+that both sides see the same background load (on a small shared machine it moves the times by
+tens of percent within minutes); the figures are totals over all pairs. The client runs on the
+same machine, and each pair prints the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -170,25 +171,16 @@ class Server:
         self.log.close()
 
 
-def measure(side: Any, name: str, path: Path, seconds: float, repeats: int, warmup: int) -> tuple[float, str]:
-    """Seconds spent on `repeats` transcriptions of one clip, and the last text."""
-    text = ""
-    for _ in range(warmup):
-        side.transcribe(path, seconds)
+def timed(side: Any, path: Path, seconds: float) -> tuple[float, str]:
     started = time.perf_counter()
-    for _ in range(repeats):
-        text = side.transcribe(path, seconds)
-    elapsed = time.perf_counter() - started
-    label = "direct   " if isinstance(side, Direct) else "omniserve"
-    print(f"  {label} {name}: RTF {elapsed / (repeats * seconds):.4f}{load()}", flush=True)
-    return elapsed, text
+    text = side.transcribe(path, seconds)
+    return time.perf_counter() - started, text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="turns per side and clip, alternating who goes first")
-    parser.add_argument("--repeats", type=int, default=3, help="timed transcriptions per clip and turn")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted transcriptions before each turn")
+    parser.add_argument("--pairs", type=int, default=8, help="timed requests per clip and side, taken in pairs")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted requests per clip and side first")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -209,27 +201,35 @@ def main() -> None:
         server.wait_ready()
         direct = Direct(spec)
         totals = {(name, side): 0.0 for name in clips for side in ("direct", "omniserve")}
-        for round_index in range(args.rounds):
-            print(f"round {round_index + 1}", flush=True)
-            for name, (path, seconds) in clips.items():
-                sides: list[tuple[str, Any]] = [("direct", direct), ("omniserve", server)]
-                texts = {}
-                for side_name, side in sides if round_index % 2 == 0 else sides[::-1]:
-                    elapsed, texts[side_name] = measure(side, name, path, seconds, args.repeats, args.warmup)
-                    totals[name, side_name] += elapsed
+        sides: list[tuple[str, Any]] = [("direct", direct), ("omniserve", server)]
+        for name, (path, seconds) in clips.items():
+            for _, side in sides:
+                for _ in range(args.warmup):
+                    side.transcribe(path, seconds)
+            for pair in range(args.pairs):
+                texts: dict[str, str] = {}
+                times: dict[str, float] = {}
+                for side_name, side in sides if pair % 2 == 0 else sides[::-1]:
+                    times[side_name], texts[side_name] = timed(side, path, seconds)
+                    totals[name, side_name] += times[side_name]
+                print(
+                    f"  {name} pair {pair + 1}: direct RTF {times['direct'] / seconds:.4f}, "
+                    f"omniserve RTF {times['omniserve'] / seconds:.4f}{load()}",
+                    flush=True,
+                )
                 if texts["direct"] != texts["omniserve"]:
-                    print(f"  note: the texts differ for {name}:\n    {texts['direct']}\n    {texts['omniserve']}")
+                    print(f"  note: the texts differ:\n    {texts['direct']}\n    {texts['omniserve']}")
     finally:
         server.stop()
 
     print(
-        f"\nbeam {BEAM_SIZE}, temperature {TEMPERATURE}, {args.rounds} round(s) x {args.repeats} timed "
-        f"transcription(s) per clip and side, warm-up {args.warmup}\n"
+        f"\nbeam {BEAM_SIZE}, temperature {TEMPERATURE}, {args.pairs} timed request(s) per clip and side, "
+        f"warm-up {args.warmup}\n"
     )
     print("| clip | audio s | direct RTF | omniserve RTF | ratio omni/direct | overhead |\n|---|---|---|---|---|---|")
     worst = -math.inf
     for name, (_, seconds) in clips.items():
-        audio_s = seconds * args.repeats * args.rounds
+        audio_s = seconds * args.pairs
         direct_rtf, omni_rtf = totals[name, "direct"] / audio_s, totals[name, "omniserve"] / audio_s
         overhead = 100 * (omni_rtf / direct_rtf - 1)
         worst = max(worst, overhead)
