@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoMode, VideoResult
+from engines.image.adapters import activate_loras, add_embeddings
 from engines.image.devices import device_lock, pipeline_bytes, release_memory
 from schemas.errors import ApiError, ErrorCode
 
@@ -316,27 +317,10 @@ class DiffusersVideoEngine:
             encoder.layers = layers
 
     def _activate_loras(self, job: VideoGeneration) -> None:
-        if not job.loras:
-            if self._loras:  # adapters live in the shared modules; switch them off for this job
-                self._pipe.disable_lora()
-            return
-        paths = self.spec.options.get("loras", {})
-        for lora in job.loras:
-            if lora.name not in self._loras:
-                self._pipe.load_lora_weights(paths[lora.name], adapter_name=lora.name)
-                self._loras.add(lora.name)
-        self._pipe.enable_lora()
-        self._pipe.set_adapters(
-            [lora.name for lora in job.loras], adapter_weights=[lora.strength for lora in job.loras]
-        )
+        activate_loras(self._pipe, self._loras, self.spec.options.get("loras", {}), job.loras)
 
     def _add_embeddings(self, job: VideoGeneration) -> None:
-        # Added once and kept: the token only means something when a prompt uses it.
-        paths = self.spec.options.get("embeddings", {})
-        for name in job.embeddings:
-            if name not in self._embeddings:
-                self._pipe.load_textual_inversion(paths[name], token=name)
-                self._embeddings.add(name)
+        add_embeddings(self._pipe, self._embeddings, self.spec.options.get("embeddings", {}), job.embeddings)
 
 
 class _LoopShift:
