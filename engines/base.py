@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
@@ -117,6 +117,20 @@ class Engine(Protocol):
     def memory_bytes(self) -> int: ...
 
     async def health(self) -> bool: ...
+
+
+@runtime_checkable
+class SleepableEngine(Engine, Protocol):
+    """An engine that can free its device memory while keeping its weights on the host,
+    and come back faster than a load. The scheduler evicts such an engine by sleeping it
+    when ``supports_sleep`` is true (it may depend on the platform and the loaded model)."""
+
+    @property
+    def supports_sleep(self) -> bool: ...
+
+    async def sleep(self) -> None: ...
+
+    async def wake(self) -> None: ...
 
 
 @runtime_checkable
@@ -244,6 +258,19 @@ ProgressCallback = Callable[[float], None]
 @runtime_checkable
 class ImageEngine(Engine, Protocol):
     async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult: ...
+
+
+@runtime_checkable
+class BatchImageEngine(ImageEngine, Protocol):
+    """An image engine that can run several jobs as one pipeline call (an optional capability)."""
+
+    # Jobs with equal keys may share a call; None: this job runs alone. Needs no loaded model.
+    def batch_key(self, job: ImageGeneration) -> Hashable | None: ...
+
+    # One result per job, in order, each as `generate` would give it for the same job and seed.
+    async def generate_batch(
+        self, jobs: list[ImageGeneration], progress: ProgressCallback | None = None
+    ) -> list[ImageResult]: ...
 
 
 @runtime_checkable

@@ -10,6 +10,12 @@ Each model lives on one device (host memory or a GPU) with a memory budget. Load
 model that does not fit evicts idle models on that device, least recently used first;
 a model with a lease or a waiting request is never evicted, nor one the catalog pins.
 When no room can be made the load waits for leases to end, as long as a request wants it.
+An engine that can sleep (``SleepableEngine``) is evicted by sleeping it: its device memory
+is freed, its weights kept on the host, and the next lease wakes it instead of reloading.
+
+Requests waiting for a slot are served by priority (interactive before background task
+work), and within a priority round-robin by owner (the API key), first come first served
+per owner, so one key's backlog does not hold back another key's single request.
 """
 
 from __future__ import annotations
@@ -18,13 +24,16 @@ import asyncio
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import cast
 
 import msgspec
 from opentelemetry import trace
 
-from engines.base import Engine
+from engines.base import Engine, SleepableEngine
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
 from engines.registry import ModelRegistry
 from schemas.errors import ApiError, ErrorCode
@@ -42,11 +51,25 @@ class Residency(enum.StrEnum):
     LOADING = "loading"
     RESIDENT = "resident"
     UNLOADING = "unloading"
+    # Evicted by sleeping: off its device, weights kept in host memory, woken on next use.
+    SLEEPING = "sleeping"
     FAILED = "failed"
 
 
 # States in which a model holds (or is about to hold) its footprint on its device.
 _HOLDS_MEMORY = frozenset({Residency.LOADING, Residency.RESIDENT, Residency.UNLOADING})
+
+
+class Priority(enum.IntEnum):
+    """Who waits first for a model's slot: a lower value is served before a higher one."""
+
+    INTERACTIVE = 0  # a caller waits on the HTTP response
+    BACKGROUND = 1  # /v3 task work
+
+
+# The owner (API key id) of the leases taken in this context, when `lease` is given none:
+# the server sets it per request once the key is known.
+lease_owner: ContextVar[str | None] = ContextVar("omniserve_lease_owner", default=None)
 
 
 class AdmissionPolicy(msgspec.Struct, kw_only=True):
@@ -71,6 +94,9 @@ class ModelResidency(msgspec.Struct, kw_only=True):
     last_load_s: float | None
     total_load_s: float
     evictions: dict[str, int]  # by reason: "lru" (made room for another), "idle" (the TTL)
+    sleeps: int  # evictions done by sleeping the engine rather than unloading it
+    wakes: int  # leases that woke the model instead of loading it
+    total_wake_s: float
 
 
 class DeviceUsage(msgspec.Struct, kw_only=True):
@@ -90,16 +116,74 @@ class NoRoomError(Exception):
     """A model could not be placed: its device is full of models in use."""
 
 
+class _Gate:
+    """A counting semaphore whose waiters are served by priority, and within a priority
+    round-robin by owner, first come first served per owner."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.waiting = 0
+        # Per priority, the owners with waiters in turn order (dict order), each with its queue.
+        self._queues: dict[Priority, dict[str | None, deque[asyncio.Future[None]]]] = {p: {} for p in Priority}
+
+    def locked(self) -> bool:
+        return self.held >= self.limit or self.waiting > 0
+
+    async def acquire(self, priority: Priority, owner: str | None, timeout: float) -> None:
+        if not self.locked():
+            self.held += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues[priority].setdefault(owner, deque()).append(waiter)
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted as the wait ended: hand the slot on
+            else:
+                self._withdraw(priority, owner, waiter)
+            raise
+
+    def release(self) -> None:
+        self.held -= 1
+        while self.held < self.limit and self.waiting > 0:
+            waiter = self._next()
+            if not waiter.done():
+                self.held += 1
+                waiter.set_result(None)
+
+    def _next(self) -> asyncio.Future[None]:
+        owners = next(queues for queues in self._queues.values() if queues)
+        owner = next(iter(owners))
+        queue = owners.pop(owner)
+        waiter = queue.popleft()
+        if queue:
+            owners[owner] = queue  # back of the line of owners
+        self.waiting -= 1
+        return waiter
+
+    def _withdraw(self, priority: Priority, owner: str | None, waiter: asyncio.Future[None]) -> None:
+        owners = self._queues[priority]
+        queue = owners.get(owner)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self.waiting -= 1
+            if not queue:
+                del owners[owner]
+
+
 class _Slot:
     def __init__(self, engine: Engine, max_concurrency: int, device: str) -> None:
         self.engine = engine
         self.device = device
         self.pinned = engine.spec.pinned
         self.state = Residency.UNLOADED
-        self.capacity = asyncio.Semaphore(max_concurrency)
+        self.capacity = _Gate(max_concurrency)
         self.load_lock = asyncio.Lock()
         self.load_task: asyncio.Task[None] | None = None
-        self.waiting = 0
         self.active = 0
         # Leases under way, from admission to release: such a model is never evicted.
         self.demand = 0
@@ -109,10 +193,21 @@ class _Slot:
         self.last_load_s: float | None = None
         self.total_load_s = 0.0
         self.evictions: dict[str, int] = {}
+        self.sleeps = 0
+        self.wakes = 0
+        self.total_wake_s = 0.0
 
     @property
     def name(self) -> str:
         return self.engine.spec.name
+
+    @property
+    def waiting(self) -> int:
+        return self.capacity.waiting
+
+    @property
+    def can_sleep(self) -> bool:
+        return isinstance(self.engine, SleepableEngine) and self.engine.supports_sleep
 
     @property
     def footprint(self) -> int:
@@ -228,13 +323,31 @@ class Scheduler:
                         victim.state = Residency.UNLOADING
                     for victim in victims:
                         log.info("evicting %s (least recently used) to load %s", victim.name, slot.name)
-                        await self._unload(victim, reason="lru")
+                        await self._evict(victim, reason="lru")
                     slot.state = Residency.LOADING
                     return
             if not evict or slot.demand == 0:
                 raise NoRoomError(f"no room for model {slot.name} on {slot.device}")
             self._room_freed.clear()
             await self._room_freed.wait()
+
+    async def _evict(self, slot: _Slot, *, reason: str) -> None:
+        """Free the model's device memory: sleep it where the engine can, else unload it."""
+        if not slot.can_sleep:
+            await self._unload(slot, reason=reason)
+            return
+        slot.state = Residency.UNLOADING
+        try:
+            with _tracer.start_as_current_span("model sleep", attributes=_model_attributes(slot)):
+                await cast(SleepableEngine, slot.engine).sleep()
+        except Exception:
+            log.exception("model %s failed to sleep; unloading it", slot.name)
+            await self._unload(slot, reason=reason)
+            return
+        slot.state = Residency.SLEEPING
+        slot.sleeps += 1
+        slot.evictions[reason] = slot.evictions.get(reason, 0) + 1
+        self._room_freed.set()
 
     async def _unload(self, slot: _Slot, *, reason: str | None) -> None:
         slot.state = Residency.UNLOADING
@@ -255,8 +368,11 @@ class Scheduler:
         async with slot.load_lock:
             if slot.state is Residency.RESIDENT:
                 return
+            asleep = slot.state is Residency.SLEEPING
             await self._place(slot, evict=evict)
             async with self._loading:
+                if asleep and await self._wake(slot):
+                    return
                 probe = MemoryProbe(slot.device) if slot.device in self.devices else None
                 before = probe.used_bytes() if probe else 0
                 started = time.monotonic()
@@ -279,6 +395,25 @@ class Scheduler:
             slot.last_used = time.monotonic()
             slot.state = Residency.RESIDENT
             log.info("model %s resident after %.1f s (%d MiB)", name, slot.last_load_s, slot.footprint >> 20)
+
+    async def _wake(self, slot: _Slot) -> bool:
+        """Wake a sleeping model whose room is reserved; False (and unloaded) if it fails."""
+        started = time.monotonic()
+        try:
+            with _tracer.start_as_current_span("model wake", attributes=_model_attributes(slot)):
+                await cast(SleepableEngine, slot.engine).wake()
+        except Exception:
+            log.exception("model %s failed to wake; loading it again", slot.name)
+            await self._unload(slot, reason=None)
+            slot.state = Residency.LOADING  # the room stays reserved for the load
+            return False
+        elapsed = time.monotonic() - started
+        slot.wakes += 1
+        slot.total_wake_s += elapsed
+        slot.last_used = time.monotonic()
+        slot.state = Residency.RESIDENT
+        log.info("model %s awake after %.1f s", slot.name, elapsed)
+        return True
 
     async def load_all(self) -> None:
         """Pinned models first, then the others in catalog order while they fit without
@@ -310,7 +445,9 @@ class Scheduler:
             idle = [
                 s
                 for s in self._slots.values()
-                if s.evictable and s.last_used is not None and now - s.last_used >= self.policy.idle_ttl_s
+                if (s.evictable or (s.state is Residency.SLEEPING and s.demand == 0))
+                and s.last_used is not None
+                and now - s.last_used >= self.policy.idle_ttl_s
             ]
             for slot in idle:
                 slot.state = Residency.UNLOADING
@@ -354,25 +491,26 @@ class Scheduler:
         before their first byte, so the refusal is a 429 rather than an in-stream error."""
         self._check_queue(self._slot(name))
 
-    async def _admit(self, slot: _Slot) -> None:
+    async def _admit(self, slot: _Slot, priority: Priority, owner: str | None) -> None:
         if not slot.capacity.locked():
-            await slot.capacity.acquire()  # free slot: no waiting, no timer
+            await slot.capacity.acquire(priority, owner, self.policy.queue_timeout_s)  # free slot: no wait
             return
         self._check_queue(slot)
-        slot.waiting += 1
         try:
             # Only a request that finds every slot taken gets this span: its absence means no wait.
-            attributes: dict[str, str | int] = {**_model_attributes(slot), "omniserve.queue.waiting": slot.waiting}
+            attributes: dict[str, str | int] = {
+                **_model_attributes(slot),
+                "omniserve.queue.waiting": slot.waiting + 1,
+                "omniserve.queue.priority": priority.name.lower(),
+            }
             with _tracer.start_as_current_span("scheduler queue wait", attributes=attributes):
-                await asyncio.wait_for(slot.capacity.acquire(), self.policy.queue_timeout_s)
+                await slot.capacity.acquire(priority, owner, self.policy.queue_timeout_s)
         except TimeoutError:
             raise ApiError(
                 ErrorCode.SERVICE_NOT_AVAILABLE,
                 f"Model '{slot.engine.spec.name}' is busy; no slot freed within {self.policy.queue_timeout_s:g} s.",
                 retry_after=self.policy.queue_timeout_s / 2,
             ) from None
-        finally:
-            slot.waiting -= 1
 
     async def _make_resident(self, slot: _Slot) -> None:
         if slot.state is Residency.RESIDENT:
@@ -421,11 +559,15 @@ class Scheduler:
         return slot.engine
 
     @asynccontextmanager
-    async def lease(self, name: str) -> AsyncIterator[Engine]:
+    async def lease(
+        self, name: str, *, priority: Priority = Priority.INTERACTIVE, owner: str | None = None
+    ) -> AsyncIterator[Engine]:
+        """Hold the model, loaded, for the block. Waiters for a slot are served by `priority`,
+        then round-robin by `owner` (an API key id; by default the context's `lease_owner`)."""
         slot = self._slot(name)
         slot.demand += 1
         try:
-            await self._admit(slot)
+            await self._admit(slot, priority, owner if owner is not None else lease_owner.get())
             try:
                 await self._make_resident(slot)
                 slot.active += 1
@@ -465,6 +607,9 @@ class Scheduler:
                 last_load_s=slot.last_load_s,
                 total_load_s=slot.total_load_s,
                 evictions=dict(slot.evictions),
+                sleeps=slot.sleeps,
+                wakes=slot.wakes,
+                total_wake_s=slot.total_wake_s,
             )
         devices = [
             DeviceUsage(

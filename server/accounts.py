@@ -17,10 +17,12 @@ import collections
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
 
 import msgspec
 
+from engines.base import SamplingOptions
 from schemas.errors import ApiError, ErrorCode
 from server.keystore import InsufficientCredits, KeyAccount, KeyStore
 from server.settings import AccountSettings
@@ -32,6 +34,13 @@ DAY_S = 86400.0
 STATIC_KEY = "static"
 
 _IMAGE_TASKS = frozenset({TaskType.TXT_TO_IMG, TaskType.IMG_TO_IMG, TaskType.INPAINTING})
+# Speech is reserved before it is spoken, from the text: a generous bound on its length
+# (slow speech reads about 10 characters a second), settled to the seconds produced.
+SPEECH_CHARS_PER_SECOND = 8.0
+
+
+def speech_seconds_bound(text: str, speed: float) -> float:
+    return (1.0 + len(text) / SPEECH_CHARS_PER_SECOND) / max(speed, 0.01)
 
 
 class _Window:
@@ -117,8 +126,15 @@ class Accounts:
                 f"This request costs {cost:g} credits; the balance is {exc.balance:g}.",
             ) from None
 
-    def settle(self, request_id: str, *, succeeded: bool) -> None:
-        self.store.settle(request_id, refund=not succeeded)
+    def settle(self, request_id: str, *, succeeded: bool, keep: float | None = None) -> None:
+        self.store.settle(request_id, refund=not succeeded, keep=keep)
+
+    def meter(self, key_id: str | None, account: KeyAccount | None) -> Meter:
+        """What one request of this key may spend; free (no key store work) unless the key
+        has a balance. ``account`` is the one ``admit`` returned for the request."""
+        if key_id is None or account is None or account.credits is None:
+            return UNMETERED
+        return Meter(self, key_id)
 
     @contextlib.asynccontextmanager
     async def charged(self, key_id: str | None, cost: float) -> AsyncIterator[float | None]:
@@ -140,6 +156,13 @@ class Accounts:
         prices = self.settings
         if task.task_type is TaskType.UPSCALE:
             return prices.price_per_image
+        if task.task_type is TaskType.TXT_TO_SPEECH:
+            if prices.price_per_speech_second <= 0:
+                return 0.0
+            request = msgspec.json.decode(task.request).get("request") or {}
+            speed = float(request.get("speed") or 1.0)
+            seconds = sum(speech_seconds_bound(text, speed) for text in request.get("texts") or [])
+            return prices.price_per_speech_second * seconds
         if task.task_type not in _IMAGE_TASKS and task.task_type not in (
             TaskType.TXT_TO_VIDEO,
             TaskType.IMG_TO_VIDEO,
@@ -160,8 +183,10 @@ class Accounts:
         if task.owner_key_id is not None:
             self.reserve(task.owner_key_id, task.task_id, self.task_cost(task))
 
-    def settle_task(self, task_id: str, *, succeeded: bool) -> None:
-        self.settle(task_id, succeeded=succeeded)
+    def settle_task(self, task_id: str, *, succeeded: bool, audio_seconds: float | None = None) -> None:
+        """``audio_seconds``: what a speech task produced, which is what it pays for."""
+        keep = None if audio_seconds is None else audio_seconds * self.settings.price_per_speech_second
+        self.settle(task_id, succeeded=succeeded, keep=keep)
 
     async def reconcile(self, status_of: Callable[[str], Awaitable[TaskStatus | None]]) -> int:
         """At startup: settle reservations left open by a stop; the number settled.
@@ -177,3 +202,84 @@ class Accounts:
                 self.settle(request_id, succeeded=status is TaskStatus.SUCCEED)
                 settled += 1
         return settled
+
+
+class Charge:
+    """The credits of one synchronous request: ``base`` plus ``price`` per unit for at most
+    ``most`` units, reserved when made (BILLING_BALANCE_NOT_ENOUGH before any work). Used
+    as a context manager around the work, which counts its units with ``add``: on leaving
+    it keeps the price of the units used and gives back the rest; an error gives back
+    everything. A cancelled or closed block (the client left) pays for what was made."""
+
+    __slots__ = ("_accounts", "_request_id", "base", "most", "price", "units")
+
+    def __init__(self, accounts: Accounts | None, key_id: str | None, base: float, price: float, most: float) -> None:
+        self._accounts = accounts
+        self._request_id: str | None = None
+        self.base, self.price, self.most, self.units = base, price, most, 0.0
+        if accounts is not None and key_id is not None and base + price * most > 0:
+            self._request_id = uuid.uuid4().hex
+            accounts.reserve(key_id, self._request_id, base + price * most)
+
+    def add(self, units: float) -> None:
+        self.units += units
+
+    def close(self, *, failed: bool = False) -> None:
+        """Settle now (later calls do nothing)."""
+        request_id, self._request_id = self._request_id, None
+        if request_id is not None and self._accounts is not None:
+            keep = self.base + self.price * min(self.units, self.most)
+            self._accounts.settle(request_id, succeeded=not failed, keep=keep)
+
+    def __enter__(self) -> Charge:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close(failed=isinstance(error, Exception))
+
+    async def __aenter__(self) -> Charge:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(failed=isinstance(error, Exception))
+
+
+class Meter:
+    """Makes the charges of one request at the configured prices; UNMETERED makes free ones."""
+
+    __slots__ = ("accounts", "key_id")
+
+    def __init__(self, accounts: Accounts | None, key_id: str | None) -> None:
+        self.accounts = accounts
+        self.key_id = key_id
+
+    def _charge(self, base: float, price: float, most: float) -> Charge:
+        return Charge(self.accounts, self.key_id, base, price, most)
+
+    def tokens(self, prompt_tokens: int, outputs: Sequence[SamplingOptions] = (), *, capped: bool = True) -> Charge:
+        """Text: the prompt, and each output's ``max_tokens`` at most. ``capped`` False (the
+        client sent no max_tokens): each output is first limited to accounts.default_max_tokens."""
+        if self.accounts is None:
+            return self._charge(0.0, 0.0, 0.0)
+        prices = self.accounts.settings
+        if not capped:
+            for options in outputs:
+                options.max_tokens = min(options.max_tokens, prices.default_max_tokens)
+        most = sum(options.max_tokens for options in outputs)
+        input_cost = prices.price_per_1k_input_tokens * prompt_tokens / 1000
+        return self._charge(input_cost, prices.price_per_1k_output_tokens / 1000, most)
+
+    def speech(self, text: str, speed: float) -> Charge:
+        """Speech: reserved from the text's length, settled to the seconds ``add``-ed."""
+        price = self.accounts.settings.price_per_speech_second if self.accounts is not None else 0.0
+        return self._charge(0.0, price, speech_seconds_bound(text, speed))
+
+    def transcription(self, seconds: float) -> Charge:
+        """Transcription: the input's seconds, as they are ``add``-ed."""
+        price = self.accounts.settings.price_per_transcription_second if self.accounts is not None else 0.0
+        return self._charge(0.0, price, seconds)
+
+
+UNMETERED = Meter(None, None)

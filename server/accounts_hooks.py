@@ -6,6 +6,8 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from server.accounts import UNMETERED, Meter
+
 
 def caller_key_id(connection: ASGIConnection) -> str | None:
     """The key id that ``require_api_key`` found (None on an open server)."""
@@ -19,4 +21,18 @@ async def enforce_account(connection: ASGIConnection, _: BaseRouteHandler) -> No
     result or listing models never uses them up."""
     accounts = connection.app.state.omniserve.accounts
     does_work = isinstance(connection, Request) and connection.method == "POST"
-    accounts.admit(caller_key_id(connection), count=does_work)
+    key_id = caller_key_id(connection)
+    account = accounts.admit(key_id, count=does_work)
+    if key_id is not None:
+        connection.scope["state"]["api_account"] = account
+
+
+def caller_meter(connection: ASGIConnection) -> Meter:
+    """What the caller's request may spend, from the account its guard read: UNMETERED (no
+    key store work) for an open server or a key without a balance."""
+    state = connection.scope.get("state", {})
+    key_id: str | None = state.get("api_key_id")
+    if key_id is None:
+        return UNMETERED
+    meter: Meter = connection.app.state.omniserve.accounts.meter(key_id, state.get("api_account"))
+    return meter

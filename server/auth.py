@@ -8,6 +8,7 @@ import time
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from engines.scheduler import lease_owner
 from schemas.errors import ApiError, ErrorCode
 from server.keystore import KeyStore, hash_key
 from server.telemetry.spans import step
@@ -71,3 +72,5 @@ async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> No
         if key_id is not None and span.is_recording():
             span.set_attribute("omniserve.api_key_id", key_id)
     connection.scope["state"]["api_key_id"] = key_id
+    # Model leases taken while serving this request take their turns as this key's.
+    lease_owner.set(key_id)

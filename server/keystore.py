@@ -267,19 +267,24 @@ class KeyStore:
             )
         return float(paid[0])
 
-    def settle(self, request_id: str, *, refund: bool) -> bool:
-        """End a reservation: keep the credits, or give them back. False when there was no
-        open reservation (unmetered, or already settled): settling twice does nothing."""
+    def settle(self, request_id: str, *, refund: bool, keep: float | None = None) -> bool:
+        """End a reservation: keep the credits, or give them back. ``keep`` keeps only that
+        much of it (at most what was reserved) and gives back the rest. False when there was
+        no open reservation (unmetered, or already settled): settling twice does nothing."""
         with self._transaction() as db:
             row = db.execute(
-                "UPDATE charges SET state = ?, settled_at = ? WHERE request_id = ? AND state = ? "
-                "RETURNING key_id, amount",
-                (REFUNDED if refund else COMMITTED, time.time(), request_id, RESERVED),
+                "SELECT key_id, amount FROM charges WHERE request_id = ? AND state = ?", (request_id, RESERVED)
             ).fetchone()
             if row is None:
                 return False
-            if refund:
-                db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (row[1], row[0]))
+            key_id, reserved = row[0], float(row[1])
+            kept = 0.0 if refund else reserved if keep is None else min(max(keep, 0.0), reserved)
+            db.execute(
+                "UPDATE charges SET state = ?, amount = ?, settled_at = ? WHERE request_id = ?",
+                (REFUNDED, reserved, time.time(), request_id) if refund else (COMMITTED, kept, time.time(), request_id),
+            )
+            if reserved > kept:
+                db.execute("UPDATE api_keys SET credits = credits + ? WHERE id = ?", (reserved - kept, key_id))
         return True
 
     def open_reservations(self) -> tuple[str, ...]:

@@ -50,6 +50,12 @@ class _EngineCollector(Collector):
             labels=["model", "reason"],
         )
         loads = SummaryMetricFamily("omniserve_model_load_seconds", "Time taken by model loads", labels=["model"])
+        sleeps = CounterMetricFamily(
+            "omniserve_model_sleeps", "Evictions done by sleeping the model (kept on the host)", labels=["model"]
+        )
+        wakes = SummaryMetricFamily(
+            "omniserve_model_wake_seconds", "Time taken to wake sleeping models (not loads)", labels=["model"]
+        )
         residency = self.scheduler.residency()
         queues = self.scheduler.queue_state()
         report = self.scheduler.report().models
@@ -70,7 +76,9 @@ class _EngineCollector(Collector):
             for reason in ("lru", "idle"):
                 evictions.add_metric([name, reason], float(report[name].evictions.get(reason, 0)))
             loads.add_metric([name], count_value=report[name].loads, sum_value=report[name].total_load_s)
-        yield from (resident, state, memory, waiting, active, aborted, unfinished, evictions, loads)
+            sleeps.add_metric([name], float(report[name].sleeps))
+            wakes.add_metric([name], count_value=report[name].wakes, sum_value=report[name].total_wake_s)
+        yield from (resident, state, memory, waiting, active, aborted, unfinished, evictions, loads, sleeps, wakes)
 
 
 class _DeviceCollector(Collector):

@@ -66,8 +66,14 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 
 class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # Concurrent /v3 tasks; image engines also serialise on their device lock.
-    workers: int = 2
+    # Concurrent /v3 tasks; image engines also serialise on their device lock. Each waiting image
+    # task holds a worker, so this also bounds how many tasks one image batch can collect.
+    workers: int = 8
+    # Compatible txt2img tasks (same model, size, steps, sampler, guidance, adapters) arriving
+    # within batch_wait_ms of the first run as one pipeline call of at most max_batch_images
+    # images; batch_wait_ms = 0 runs every task alone.
+    batch_wait_ms: float = 20.0
+    max_batch_images: int = 8
     # Lifetime of signed output URLs (the seed's image_url_ttl) and of the files.
     url_ttl_s: int = 3600
     output_max_age_s: int = 86400
@@ -79,6 +85,12 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The catalog's speech model that /v3 txt2speech runs. Unset: "demo-tts" when the catalog has
     # it, else its first speech model; "" turns txt2speech off (submissions get a 404).
     speech_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("tasks.workers must be at least 1")
+        if self.batch_wait_ms < 0 or self.max_batch_images < 1:
+            raise ValueError("tasks.batch_wait_ms must not be negative and tasks.max_batch_images at least 1")
 
 
 class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -100,6 +112,19 @@ class AccountSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Credits charged per produced output, for keys that have a balance.
     price_per_image: float = 1.0
     price_per_video_frame: float = 0.0
+    # Text (chat, completions, embeddings, rerank, score): per 1000 tokens read and written.
+    price_per_1k_input_tokens: float = 0.0
+    price_per_1k_output_tokens: float = 0.0
+    # Audio: per second synthesised (speech) and per second of input (transcription).
+    price_per_speech_second: float = 0.0
+    price_per_transcription_second: float = 0.0
+    # A metered chat or completion without max_tokens is limited to this many new tokens per
+    # choice, the amount reserved for it.
+    default_max_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.default_max_tokens < 1:
+            raise ValueError("accounts.default_max_tokens must be at least 1")
 
 
 class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -28,7 +28,7 @@ from server.tasks.speech import SpeechTasks
 from server.tasks.store import SqliteTaskStore
 from server.tasks.upscale import UpscaleTasks
 from server.tasks.videos import VideoTasks
-from server.tasks.webhooks import WebhookSender
+from server.tasks.webhooks import WebhookSender, envelope
 
 log = logging.getLogger("omniserve")
 
@@ -73,6 +73,8 @@ class AppState:
             self.storage,
             allow_private_urls=tasks.allow_private_urls,
             safety_model=tasks.safety_model,
+            batch_wait_ms=tasks.batch_wait_ms,
+            max_batch_images=tasks.max_batch_images,
         )
         self.upscale_tasks = UpscaleTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
         self.video_tasks = VideoTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
@@ -116,8 +118,9 @@ class AppState:
     def _webhook_payload(self, task: Task) -> bytes:
         vendor_body = self.sdapi.webhook_body(task, self.public_url)
         if vendor_body is not None:
-            return vendor_body
-        return encode_result(build_result(task, self.storage, self.public_url, presign=self.s3_uploader.presigned_url))
+            return vendor_body  # the Stable Diffusion API posts its own body, unwrapped
+        result = build_result(task, self.storage, self.public_url, presign=self.s3_uploader.presigned_url)
+        return envelope(encode_result(result))
 
     async def start(self) -> None:
         await self.task_runner.start()

@@ -162,6 +162,42 @@ class FakeUpscalerEngine(_FakeBase):
         return upscaled
 
 
+class FakeSleepableTextEngine(FakeTextEngine):
+    """A text engine that sleeps on eviction: its weights stay "on the host" and wake() restores them."""
+
+    def __init__(self, spec: ModelSpec, max_model_len: int = 64, fail_load: bool = False) -> None:
+        super().__init__(spec, max_model_len, fail_load)
+        self.asleep = False
+        self.load_calls = 0
+        self.sleep_calls = 0
+        self.wake_calls = 0
+
+    @property
+    def supports_sleep(self) -> bool:
+        return self.loaded
+
+    async def load(self) -> None:
+        self.load_calls += 1
+        await super().load()
+
+    async def unload(self) -> None:
+        await super().unload()
+        self.asleep = False
+
+    async def sleep(self) -> None:
+        self.sleep_calls += 1
+        self.asleep = True
+
+    async def wake(self) -> None:
+        assert self.loaded and self.asleep, "woken without having slept"
+        self.wake_calls += 1
+        self.asleep = False
+
+
+def sleepable_factory(spec: ModelSpec) -> Any:
+    return FakeSleepableTextEngine(spec)
+
+
 FAKE_SPECS = [
     ModelSpec(name="fake-chat", kind=ModelKind.CHAT, engine="fake", path="-", aliases=["fake-chat-alias"]),
     ModelSpec(name="fake-embed", kind=ModelKind.EMBEDDING, engine="fake", path="-"),

@@ -14,9 +14,11 @@ Options (all optional):
   matches a model language equal to it, ignoring case ("zh-CN" -> "zh-cn"), or equal to its
   primary subtag ("en-US" -> "en").
 
-Synthesis is seconds of CPU-bound work per long text: each sentence runs on a worker thread, so
-the event loop keeps serving, under a lock per model (a Coqui model keeps per-call state such as
-VITS' length scale). Sentences are synthesized one at a time as the caller pulls them, so a
+Synthesis is seconds of CPU-bound work per long text: each sentence runs off the event loop, on
+the engine's own worker thread, under a lock per model (a Coqui model keeps per-call state such as
+VITS' length scale). One thread rather than whichever thread of a shared pool is free: torch's
+OpenMP keeps a team of threads per calling thread, and sentences spread over several threads
+each wake and contend with their own team. Sentences are synthesized one at a time as the caller pulls them, so a
 response can stream while later sentences are still being spoken, and a caller that goes away
 stops the work at the next sentence.
 """
@@ -24,12 +26,13 @@ stops the work at the next sentence.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from engines.base import ModelSpec, SpeechAudio, SpeechJob
 from engines.registry import CatalogError
@@ -43,6 +46,7 @@ STANDARD_VOICES = OPENAI_VOICES + NOVITA_VOICES
 SENTENCE_PAUSE_SAMPLES = 10000
 _CHECKPOINT_NAMES = ("model.pth", "model_file.pth", "best_model.pth", "checkpoint.pth")
 _WARMUP_TEXT = "Hello."
+_T = TypeVar("_T")
 
 
 def _primary(code: str) -> str:
@@ -54,6 +58,7 @@ class CoquiSpeechEngine:
         self.spec = spec
         self.device = device
         self._lock = threading.Lock()
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._model: Any = None
         self._sample_rate = 0
         self._trim_silence = False
@@ -67,9 +72,15 @@ class CoquiSpeechEngine:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    async def _on_worker(self, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(*args)` on the engine's worker thread, started on first use."""
+        if self._worker is None:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"coqui-{self.spec.name}")
+        return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+
     async def load(self) -> None:
         if self._model is None:
-            await asyncio.to_thread(self._load)
+            await self._on_worker(self._load)
 
     def _load(self) -> None:
         from TTS.config import load_config
@@ -141,6 +152,9 @@ class CoquiSpeechEngine:
     async def unload(self) -> None:
         self._model = None
         self._segmenters.clear()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)  # a sentence still running finishes on its own
+            self._worker = None
         gc.collect()  # Coqui models hold reference cycles; free the weights now
         if self.device.startswith("cuda"):
             import torch
@@ -217,10 +231,10 @@ class CoquiSpeechEngine:
         import numpy as np
 
         voice, language = self._check(job)
-        sentences = await asyncio.to_thread(self._sentences, job.text, language)
+        sentences = await self._on_worker(self._sentences, job.text, language)
         spoken = [s for s in sentences if self.can_speak(s, language)]
         for index, sentence in enumerate(spoken):
-            samples = await asyncio.to_thread(self._speak, sentence, voice, language, job.speed, job.seed)
+            samples = await self._on_worker(self._speak, sentence, voice, language, job.speed, job.seed)
             if index < len(spoken) - 1:
                 samples = np.concatenate([samples, np.zeros(SENTENCE_PAUSE_SAMPLES, dtype=np.float32)])
             yield SpeechAudio(samples=samples, sample_rate=self._sample_rate, text=sentence)

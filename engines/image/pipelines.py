@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,34 @@ def _decode_image(data: bytes, size: tuple[int, int], mode: str, param: str) -> 
         raise _invalid(f"{param} is not a readable PNG, JPEG or WebP image", param) from exc
 
 
+def _stack_shape(inputs: dict[str, Any]) -> Hashable:
+    """What prompt inputs must share to be stacked into one call (see `_stacked`)."""
+    if "prompt" in inputs:  # plain text: SDXL encodes a missing negative prompt as zeros, "" as text
+        return ("text", inputs["negative_prompt"] is None)
+    return tuple((key, tuple(value.shape)) for key, value in sorted(inputs.items()))
+
+
+def _stacked(inputs: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
+    """One call's prompt arguments for several jobs' `_prompt_inputs`, job j repeated counts[j] times."""
+    if "prompt" in inputs[0]:
+        negatives = [one["negative_prompt"] for one in inputs]
+        return {
+            "prompt": [one["prompt"] for one, count in zip(inputs, counts, strict=True) for _ in range(count)],
+            "negative_prompt": None
+            if all(negative is None for negative in negatives)
+            else [negative or "" for negative, count in zip(negatives, counts, strict=True) for _ in range(count)],
+            "clip_skip": inputs[0]["clip_skip"],  # part of the batch key
+        }
+    import torch
+
+    return {
+        key: torch.cat(
+            [one[key].repeat(count, *[1] * (one[key].dim() - 1)) for one, count in zip(inputs, counts, strict=True)]
+        )
+        for key in inputs[0]
+    }
+
+
 class DiffusersImageEngine:
     """One diffusers text-to-image pipeline; img2img, inpainting and ControlNet pipelines share its modules."""
 
@@ -236,6 +265,108 @@ class DiffusersImageEngine:
             cancelled.set()  # a thread cannot be interrupted; the pipeline stops at its next step
             raise
         return ImageResult(images=images, seed=job.seed)
+
+    def batch_key(self, job: ImageGeneration) -> Hashable | None:
+        """What jobs must share to run as one call: plain txt2img with the same settings and adapters.
+
+        Prompts, negative prompts, seeds and image counts may differ. Samplers that draw noise from
+        a seed of their own (DPM++ SDE) take one seed per call, so their jobs run alone.
+        """
+        if job.init_image is not None or job.hires_fix is not None or job.refiner_switch_at is not None:
+            return None
+        sampler = SAMPLERS.get(job.sampler) if job.sampler is not None else None
+        if job.controlnets or (job.sampler is not None and (sampler is None or sampler.own_noise_seed)):
+            return None
+        loras = tuple((lora.name, lora.strength) for lora in job.loras)
+        embeddings = tuple(sorted(job.embeddings))
+        return (
+            job.width,
+            job.height,
+            job.steps,
+            job.guidance_scale,
+            job.sampler,
+            job.clip_skip,
+            loras,
+            embeddings,
+            job.vae,
+        )
+
+    async def generate_batch(
+        self, jobs: list[ImageGeneration], progress: ProgressCallback | None = None
+    ) -> list[ImageResult]:
+        """`generate` for several jobs of one batch_key in one pipeline call: the same pixels per job and seed."""
+        if self._pipe is None:
+            raise RuntimeError(f"model {self.spec.name} is not loaded")
+        keys = {self.batch_key(job) for job in jobs}
+        if None in keys or len(keys) > 1:
+            raise ValueError("the jobs of one batch must share a batch_key")
+        for job in jobs:
+            self._validate(job)
+        cancelled = threading.Event()
+        try:
+            images = await asyncio.to_thread(self._run_batch, jobs, progress, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return [ImageResult(images=found, seed=job.seed) for job, found in zip(jobs, images, strict=True)]
+
+    def _run_batch(
+        self, jobs: list[ImageGeneration], progress: ProgressCallback | None, cancelled: threading.Event
+    ) -> list[list[Any]]:
+        import torch
+
+        first = jobs[0]  # every job shares its size, steps, sampler, guidance and adapters
+        done, calls = 0, 1
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancelled.is_set():
+                raise _Cancelled
+            if progress is not None:
+                progress((done + min(1.0, (step + 1) / max(1, pipe.num_timesteps))) / calls)
+            return tensors
+
+        results: list[list[Any]] = [[] for _ in jobs]
+        with self._lock:
+            if cancelled.is_set():
+                raise _Cancelled
+            pipe = self._pipe
+            self._activate_loras(first)
+            self._add_embeddings(first)
+            prompts = [self._prompt_inputs(pipe, job) for job in jobs]
+            # Prompt inputs stack only when equally shaped (a long prompt's embedding is longer, and
+            # padding a short one would change its picture): one call per shape.
+            groups: dict[Hashable, list[int]] = {}
+            for index, inputs in enumerate(prompts):
+                groups.setdefault(_stack_shape(inputs), []).append(index)
+            calls = len(groups)
+            vae = self._addons.vae(first.vae, pipe.vae) if first.vae is not None else None
+            with swapped_vae([pipe], vae):
+                for indices in groups.values():
+                    members = [jobs[index] for index in indices]
+                    # Image i of a job starts from the noise of its seed + i, exactly as in `generate`.
+                    generators = [
+                        torch.Generator("cpu").manual_seed(job.seed + i)
+                        for job in members
+                        for i in range(job.image_num)
+                    ]
+                    pipe.scheduler = self._scheduler(first)
+                    images = pipe(
+                        **_stacked([prompts[index] for index in indices], [job.image_num for job in members]),
+                        width=first.width,
+                        height=first.height,
+                        num_inference_steps=first.steps,
+                        guidance_scale=first.guidance_scale,
+                        num_images_per_prompt=1,
+                        generator=generators,
+                        callback_on_step_end=on_step_end,
+                        output_type="pil",
+                    ).images
+                    offset = 0
+                    for index, job in zip(indices, members, strict=True):
+                        results[index] = list(images[offset : offset + job.image_num])
+                        offset += job.image_num
+                    done += 1
+        return results
 
     def _validate(self, job: ImageGeneration) -> None:
         if job.sampler is not None and job.sampler not in SAMPLERS:

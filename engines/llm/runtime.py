@@ -16,6 +16,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("omniserve.engines.vllm")
 
 
+def sleep_mode_available() -> bool:
+    """Whether vLLM can sleep an engine on this platform (CUDA, ROCm and XPU; not CPU)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_sleep_mode_available())
+    except Exception:
+        return False
+
+
 class VllmEngineBase:
     """Owns an AsyncLLM, whose engine core always runs in a process of its own.
 
@@ -28,6 +38,7 @@ class VllmEngineBase:
         self._llm: AsyncLLM | None = None
         self._info: EngineInfo | None = None
         self._tokenizer: Any = None
+        self._sleep_enabled = False
 
     @property
     def llm(self) -> AsyncLLM:
@@ -69,6 +80,11 @@ class VllmEngineBase:
         }
         if runner is not None:
             options.setdefault("runner", runner)
+        # Sleep mode lets the scheduler evict the model by moving its weights to host
+        # memory (level 1) and wake it later instead of reloading; a catalog entry can
+        # turn it off with options.enable_sleep_mode = false.
+        if "enable_sleep_mode" not in options and sleep_mode_available():
+            options["enable_sleep_mode"] = True
         args = AsyncEngineArgs(model=self.spec.path, **options)
         log.info("loading model %s with vLLM", self.spec.name)
         # Construction blocks while the engine process starts (tens of seconds on a
@@ -77,6 +93,7 @@ class VllmEngineBase:
         # happens on the serving loop.
         llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
         self._llm = llm
+        self._sleep_enabled = bool(options.get("enable_sleep_mode"))
         self._info = EngineInfo(max_model_len=llm.model_config.max_model_len)
         self._tokenizer = llm.get_tokenizer()
 
@@ -87,6 +104,17 @@ class VllmEngineBase:
 
     def memory_bytes(self) -> int:
         return self.spec.memory_bytes
+
+    @property
+    def supports_sleep(self) -> bool:
+        return self._llm is not None and self._sleep_enabled
+
+    async def sleep(self) -> None:
+        """Level 1: weights to host memory, KV cache dropped; device memory freed."""
+        await self.llm.sleep(level=1)
+
+    async def wake(self) -> None:
+        await self.llm.wake_up()
 
     async def health(self) -> bool:
         if self._llm is None:

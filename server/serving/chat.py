@@ -29,6 +29,7 @@ from schemas.openai.chat import (
     ToolCall,
 )
 from schemas.openai.common import TokenLogprob, TopLogprob, Usage
+from server.accounts import UNMETERED, Charge, Meter
 from server.serving.common import (
     SSE_DONE,
     bad_request,
@@ -176,17 +177,23 @@ class ChatService:
         engine = cast(TextGenerationEngine, await self.scheduler.resident_engine(request.model))
         return engine, self._plan(request, engine)
 
-    async def create(self, request: ChatCompletionRequest) -> ChatCompletion:
+    def _charge(self, request: ChatCompletionRequest, plan: _ChatPlan, meter: Meter) -> Charge:
+        capped = request.max_tokens is not None or request.max_completion_tokens is not None
+        return meter.tokens(len(plan.prompt_ids), [plan.options] * request.n, capped=capped)
+
+    async def create(self, request: ChatCompletionRequest, meter: Meter = UNMETERED) -> ChatCompletion:
         engine, plan = await self._prepare(request)
+        charge = self._charge(request, plan, meter)
         texts = [""] * request.n
         token_counts = [0] * request.n
         logprobs: list[list[TokenLogprobs]] = [[] for _ in range(request.n)]
         finish: list[str | None] = [None] * request.n
         call = inference("chat", request.model, options=plan.options, response_id=plan.request_id)
-        async with call, self.scheduler.lease(request.model):
+        async with charge, call, self.scheduler.lease(request.model):
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
                 call.observe(step)
                 for seq in step.sequences:
+                    charge.add(len(seq.token_ids))
                     texts[seq.index] += seq.text
                     token_counts[seq.index] += len(seq.token_ids)
                     if seq.logprobs:
@@ -233,15 +240,15 @@ class ChatService:
         ]
         return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: ChatCompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         """SSE bytes. Errors found before the first byte raise here (a normal error
         response); errors after it go out as a final ``data:`` event."""
         engine, plan = await self._prepare(request)
         self.scheduler.check_admission(request.model)
-        return self._stream_events(request, plan, engine)
+        return self._stream_events(request, plan, engine, self._charge(request, plan, meter))
 
     async def _stream_events(
-        self, request: ChatCompletionRequest, plan: _ChatPlan, engine: TextGenerationEngine
+        self, request: ChatCompletionRequest, plan: _ChatPlan, engine: TextGenerationEngine, charge: Charge
     ) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         created = unix_now()
@@ -258,7 +265,7 @@ class ChatService:
         forced_text = [""] * request.n
         try:
             call = inference("chat", request.model, options=plan.options, response_id=plan.request_id)
-            async with call, self.scheduler.lease(request.model):
+            async with charge, call, self.scheduler.lease(request.model):
                 for index in range(request.n):
                     yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
                 step: GenerationStep
@@ -267,6 +274,7 @@ class ChatService:
                     choices = []
                     for seq in step.sequences:
                         completion_tokens += len(seq.token_ids)
+                        charge.add(len(seq.token_ids))
                         delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
                         reason = seq.finish_reason
                         if reason is not None:

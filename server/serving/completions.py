@@ -12,6 +12,7 @@ from engines.scheduler import Scheduler
 from schemas.errors import ApiError
 from schemas.openai.common import Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
+from server.accounts import UNMETERED, Charge, Meter
 from server.serving.common import (
     SSE_DONE,
     bad_request,
@@ -98,8 +99,15 @@ class CompletionService:
             [engine.generate(prompt.ids, prompt.options, f"{request_id}-{i}") for i, prompt in enumerate(prompts)]
         )
 
-    async def create(self, request: CompletionRequest) -> Completion:
+    @staticmethod
+    def _charge(request: CompletionRequest, prompts: list[_Prompt], meter: Meter) -> Charge:
+        outputs = [prompt.options for prompt in prompts for _ in range(request.n)]
+        prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
+        return meter.tokens(prompt_tokens, outputs, capped=request.max_tokens is not None)
+
+    async def create(self, request: CompletionRequest, meter: Meter = UNMETERED) -> Completion:
         engine, prompts = await self._prepare(request)
+        charge = self._charge(request, prompts, meter)
         request_id = new_id("cmpl")
         n = request.n
         texts = [prompt.echo_text for prompt in prompts for _ in range(n)]
@@ -108,10 +116,11 @@ class CompletionService:
         completion_tokens = 0
         call = inference("text_completion", request.model, options=prompts[0].options, response_id=request_id)
         call.usage(input_tokens=sum(len(prompt.ids) for prompt in prompts))
-        async with call, self.scheduler.lease(request.model):
+        async with charge, call, self.scheduler.lease(request.model):
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 call.observe(step)
                 for seq in step.sequences:
+                    charge.add(len(seq.token_ids))
                     choice = prompt_index * n + seq.index
                     if step.prompt_logprobs is not None and request.echo:
                         prompt = prompts[prompt_index]
@@ -143,13 +152,13 @@ class CompletionService:
             ),
         )
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         engine, prompts = await self._prepare(request)
         self.scheduler.check_admission(request.model)
-        return self._stream_events(request, engine, prompts)
+        return self._stream_events(request, engine, prompts, self._charge(request, prompts, meter))
 
     async def _stream_events(
-        self, request: CompletionRequest, engine: TextGenerationEngine, prompts: list[_Prompt]
+        self, request: CompletionRequest, engine: TextGenerationEngine, prompts: list[_Prompt], charge: Charge
     ) -> AsyncIterator[bytes]:
         request_id = new_id("cmpl")
         created = unix_now()
@@ -166,7 +175,7 @@ class CompletionService:
         try:
             call = inference("text_completion", request.model, options=prompts[0].options, response_id=request_id)
             call.usage(input_tokens=sum(len(prompt.ids) for prompt in prompts))
-            async with call, self.scheduler.lease(request.model):
+            async with charge, call, self.scheduler.lease(request.model):
                 async for prompt_index, step in self._run(engine, prompts, request_id):
                     call.observe(step)
                     choices = []
@@ -181,6 +190,7 @@ class CompletionService:
                             if step.prompt_logprobs is not None:
                                 builder.add(step.prompt_logprobs, engine.token_strings(prompt.ids))
                         completion_tokens += len(seq.token_ids)
+                        charge.add(len(seq.token_ids))
                         if seq.logprobs is not None:
                             builder.add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
                         choices.append(

@@ -10,6 +10,7 @@ import numpy as np
 from engines.base import EmbeddingEngine, ModelKind
 from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from server.accounts import UNMETERED, Meter
 from server.serving.common import bad_request, new_id, require_kind, split_inputs
 from server.settings import Limits
 from server.telemetry.genai import inference
@@ -44,13 +45,14 @@ class EmbeddingService:
             token_lists.append(ids)
         return token_lists
 
-    async def create(self, request: EmbeddingRequest) -> EmbeddingResponse:
+    async def create(self, request: EmbeddingRequest, meter: Meter = UNMETERED) -> EmbeddingResponse:
         engine = cast(EmbeddingEngine, await self.scheduler.resident_engine(request.model))
         require_kind(request.model, ModelKind.EMBEDDING, engine.spec.kind, "embeddings")
         if request.dimensions is not None and not engine.spec.supports_dimensions:
             raise bad_request(f"The model '{request.model}' does not support the dimensions parameter.", "dimensions")
         inputs = self._inputs(request, engine)
-        async with inference("embeddings", request.model) as call, self.scheduler.lease(request.model):
+        charge = meter.tokens(sum(len(ids) for ids in inputs))
+        async with charge, inference("embeddings", request.model) as call, self.scheduler.lease(request.model):
             result = await engine.embed(inputs, new_id("embd"))
             call.usage(input_tokens=result.prompt_tokens)
         vectors = np.asarray(result.vectors, dtype=np.float32)

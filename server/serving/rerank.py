@@ -16,6 +16,7 @@ from schemas.openai.rerank import (
     ScoreRequest,
     ScoreResponse,
 )
+from server.accounts import UNMETERED, Meter
 from server.serving.common import bad_request, new_id, require_kind, unix_now
 from server.settings import Limits
 from server.telemetry.genai import inference
@@ -26,22 +27,26 @@ class RerankService:
         self.scheduler = scheduler
         self.limits = limits
 
-    async def _score(self, model: str, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
+    async def _score(
+        self, model: str, pairs: list[tuple[str, str]], request_id: str, meter: Meter = UNMETERED
+    ) -> ScoreResult:
         engine = cast(ScoreEngine, await self.scheduler.resident_engine(model))
         require_kind(model, ModelKind.RERANK, engine.spec.kind, "rerank or score")
         async with inference("rerank", model, response_id=request_id) as call, self.scheduler.lease(model):
             result = await engine.score(pairs, request_id)
             call.usage(input_tokens=result.prompt_tokens)
-            return result
+        # The tokens are counted by the engine: charged once scored, never past the balance.
+        meter.tokens(result.prompt_tokens).close()
+        return result
 
-    async def rerank(self, request: RerankRequest) -> RerankResponse:
+    async def rerank(self, request: RerankRequest, meter: Meter = UNMETERED) -> RerankResponse:
         documents = [doc if isinstance(doc, str) else doc.text for doc in request.documents]
         if not documents or len(documents) > self.limits.max_batch_inputs:
             raise bad_request(f"documents must hold between 1 and {self.limits.max_batch_inputs} items.", "documents")
         if request.top_n is not None and request.top_n < 1:
             raise bad_request("top_n must be at least 1.", "top_n")
         request_id = new_id("rerank")
-        result = await self._score(request.model, [(request.query, doc) for doc in documents], request_id)
+        result = await self._score(request.model, [(request.query, doc) for doc in documents], request_id, meter)
         ranked = sorted(enumerate(result.scores), key=lambda item: item[1], reverse=True)
         if request.top_n is not None:
             ranked = ranked[: request.top_n]
@@ -59,7 +64,7 @@ class RerankService:
             usage=RerankUsage(total_tokens=result.prompt_tokens),
         )
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    async def score(self, request: ScoreRequest, meter: Meter = UNMETERED) -> ScoreResponse:
         left = [request.text_1] if isinstance(request.text_1, str) else request.text_1
         right = [request.text_2] if isinstance(request.text_2, str) else request.text_2
         if len(left) == 1:
@@ -69,7 +74,7 @@ class RerankService:
         if len(right) > self.limits.max_batch_inputs:
             raise bad_request(f"At most {self.limits.max_batch_inputs} pairs per request.", "text_2")
         request_id = new_id("score")
-        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id)
+        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id, meter)
         return ScoreResponse(
             id=request_id,
             created=unix_now(),

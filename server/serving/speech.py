@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import NamedTuple, cast
 
-from engines.base import ModelKind, SpeechEngine, SpeechJob
+from engines.base import ModelKind, SpeechAudio, SpeechEngine, SpeechJob
 from engines.scheduler import Scheduler
 from schemas.openai.speech import SpeechRequest
+from server.accounts import UNMETERED, Meter
 from server.serving.common import bad_request, require_kind
 from server.serving.speech_audio import MEDIA_TYPES, AudioEncoder
 from server.settings import AudioSettings
@@ -71,6 +73,29 @@ async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIter
         await rest.aclose()
 
 
+async def _next_sentence(sentences: AsyncIterator[SpeechAudio]) -> SpeechAudio | None:
+    return await anext(sentences, None)
+
+
+async def _spoken_ahead(sentences: AsyncIterator[SpeechAudio]) -> AsyncGenerator[SpeechAudio, None]:
+    """The engine's sentences, the next one already being spoken while the caller handles the last.
+
+    One sentence ahead at most, so a caller that goes away stops the work a sentence later.
+    """
+    ahead = asyncio.create_task(_next_sentence(sentences))
+    try:
+        while (audio := await ahead) is not None:
+            ahead = asyncio.create_task(_next_sentence(sentences))
+            yield audio
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            await asyncio.wait([ahead])  # a generator cannot be closed while it runs
+        close = getattr(sentences, "aclose", None)
+        if close is not None:
+            await close()
+
+
 class SpeechService:
     def __init__(self, scheduler: Scheduler, settings: AudioSettings) -> None:
         self.scheduler = scheduler
@@ -92,11 +117,11 @@ class SpeechService:
         check_text(engine, request.input, "input")
         return SpeechJob(text=request.input, voice=request.voice_name, speed=request.speed)
 
-    async def stream(self, request: SpeechRequest) -> SpeechStream:
+    async def stream(self, request: SpeechRequest, meter: Meter = UNMETERED) -> SpeechStream:
         """The audio as it is produced. Raises before the first byte on anything refused."""
         job = await self._job(request)
         self.scheduler.check_admission(request.model)
-        chunks = self._encoded(request.model, job, request.response_format)
+        chunks = self._encoded(request.model, job, request.response_format, meter)
         try:
             first = await anext(chunks)
         except BaseException:
@@ -104,12 +129,23 @@ class SpeechService:
             raise
         return SpeechStream(MEDIA_TYPES[request.response_format], _prepend(first, chunks))
 
-    async def _encoded(self, model: str, job: SpeechJob, fmt: str) -> AsyncGenerator[bytes, None]:
+    async def _encoded(
+        self, model: str, job: SpeechJob, fmt: str, meter: Meter = UNMETERED
+    ) -> AsyncGenerator[bytes, None]:
         encoder = AudioEncoder(fmt)
-        async with inference("speech", model) as call, self.scheduler.lease(model) as leased:
-            async for audio in cast(SpeechEngine, leased).stream(job):
+        # Reserved from the text before the first byte, settled to the seconds spoken.
+        charge = meter.speech(job.text, job.speed)
+        async with (
+            charge,
+            inference("speech", model) as call,
+            self.scheduler.lease(model) as leased,
+            aclosing(_spoken_ahead(cast(SpeechEngine, leased).stream(job))) as sentences,
+        ):
+            async for audio in sentences:
                 call.produced(audio_seconds=len(audio.samples) / audio.sample_rate)
-                # Encoding takes milliseconds per second of audio: off the event loop.
+                charge.add(len(audio.samples) / audio.sample_rate)
+                # Encoding takes milliseconds per second of audio: off the event loop, and while
+                # the engine speaks the next sentence.
                 data = await asyncio.to_thread(encoder.write, audio.samples, audio.sample_rate)
                 if data:
                     yield data

@@ -31,6 +31,9 @@ _CODECS = {
 }
 # Ogg writes a page per second of audio by default; a page per 100 ms lets opus stream.
 _CONTAINER_OPTIONS = {"ogg": {"page_duration": "100000"}}
+# LAME's default algorithm quality (3) spends more CPU than speaking the text does; 7 halves the
+# encoding time at the same bit rate, and at 64 kbit/s speech it measured the same signal-to-noise.
+_CODEC_OPTIONS = {"libmp3lame": {"compression_level": "7"}}
 _UNKNOWN_LENGTH = 0xFFFFFFFF
 
 
@@ -96,7 +99,9 @@ class AudioEncoder:
             return wav_header(_UNKNOWN_LENGTH) if self.fmt == "wav" and self.streaming else b""
         container, codec, bit_rate = _CODECS[self.fmt]
         self._container = av.open(self._sink, mode="w", format=container, options=_CONTAINER_OPTIONS.get(container, {}))
-        self._stream = self._container.add_stream(codec, rate=OUTPUT_RATE, layout="mono")
+        self._stream = self._container.add_stream(
+            codec, rate=OUTPUT_RATE, layout="mono", options=_CODEC_OPTIONS.get(codec, {})
+        )
         if bit_rate:
             self._stream.bit_rate = bit_rate
         return b""

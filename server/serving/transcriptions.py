@@ -9,7 +9,7 @@ from typing import cast
 
 import msgspec
 
-from engines.audio.decoding import decode_upload
+from engines.audio.decoding import SAMPLE_RATE, decode_upload
 from engines.audio.languages import language_code, language_name
 from engines.base import (
     ModelKind,
@@ -32,6 +32,7 @@ from schemas.openai.transcriptions import (
     TranscriptTextDone,
     TranslationRequest,
 )
+from server.accounts import UNMETERED, Meter
 from server.serving.common import bad_request, require_kind, sse_error, sse_event
 from server.serving.subtitles import srt, vtt
 from server.settings import AudioSettings
@@ -108,32 +109,40 @@ class TranscriptionService:
         self.scheduler = scheduler
         self.audio = audio
 
-    async def create(self, request: TranslationRequest, task: TranscriptionTask) -> RenderedTranscript:
+    async def create(
+        self, request: TranslationRequest, task: TranscriptionTask, meter: Meter = UNMETERED
+    ) -> RenderedTranscript:
         job = await self._prepare(request, task)
         operation = "translation" if task is TranscriptionTask.TRANSLATE else "transcription"
-        async with inference(operation, request.model) as call, self.scheduler.lease(request.model) as engine:
+        charge = meter.transcription(job.audio.size / SAMPLE_RATE)
+        async with charge, inference(operation, request.model) as call, self.scheduler.lease(request.model) as engine:
             result = await cast(TranscriptionEngine, engine).transcribe(job)
             call.produced(audio_seconds=result.duration)
+            charge.add(charge.most)
         return render(result, request, task)
 
-    async def stream(self, request: TranscriptionRequest) -> AsyncIterator[bytes]:
+    async def stream(self, request: TranscriptionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         """SSE bytes: text deltas as segments are decoded, then the whole text. Errors found
         before the first byte raise here; errors after it go out as a final ``data:`` event."""
         job = await self._prepare(request, TranscriptionTask.TRANSCRIBE)
         self.scheduler.check_admission(request.model)
-        return self._events(request.model, job)
+        return self._events(request.model, job, meter)
 
-    async def _events(self, model: str, job: TranscriptionJob) -> AsyncIterator[bytes]:
+    async def _events(self, model: str, job: TranscriptionJob, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         deltas: list[str] = []
         try:
-            async with inference("transcription", model) as call, self.scheduler.lease(model) as engine:
+            # Reserved for the whole input; a client that leaves pays for the seconds decoded.
+            charge = meter.transcription(job.audio.size / SAMPLE_RATE)
+            async with charge, inference("transcription", model) as call, self.scheduler.lease(model) as engine:
                 async for segment in cast(TranscriptionEngine, engine).transcribe_stream(job):
                     call.produced(audio_seconds=max(0.0, segment.end - call.audio_seconds))
+                    charge.add(max(0.0, segment.end - charge.units))
                     # Joined, the deltas are the final text: only the first loses its leading space.
                     delta = segment.text if deltas else segment.text.lstrip()
                     if delta:
                         deltas.append(delta)
                         yield sse_event(TranscriptTextDelta(delta=delta))
+                charge.add(charge.most - charge.units)
             yield sse_event(TranscriptTextDone(text="".join(deltas).strip()))
         except ApiError as error:
             yield sse_error(error)

@@ -6,19 +6,32 @@ import asyncio
 import base64
 import io
 import secrets
+from collections.abc import Hashable
 from typing import Any, cast
 
-from engines.base import ControlUnit, HiresFix, ImageEngine, ImageGeneration, LoraWeight, ModelKind, SafetyEngine
+from engines.base import (
+    BatchImageEngine,
+    ControlUnit,
+    HiresFix,
+    ImageEngine,
+    ImageGeneration,
+    ImageResult,
+    LoraWeight,
+    ModelKind,
+    ProgressCallback,
+    SafetyEngine,
+)
 from engines.image.demo import SAFETY_MODEL as DEMO_SAFETY_MODEL
 from engines.image.safety import nsfw_confidence, nsfw_levels
 from engines.registry import CatalogError
-from engines.scheduler import Scheduler
+from engines.scheduler import Priority, Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody, Txt2ImgRequest
 from server.netguard import check_public_url_async
 from server.serving.image_inputs import base64_image_bytes, decode_input_image
 from server.storage.local import LocalStorage
+from server.tasks.batching import ImageBatcher
 from server.tasks.bodies import decode_task_body
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
@@ -94,11 +107,17 @@ class ImageTasks:
         *,
         allow_private_urls: bool,
         safety_model: str | None = None,
+        batch_wait_ms: float = 0.0,
+        max_batch_images: int = 8,
     ) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.storage = storage
         self.allow_private_urls = allow_private_urls
+        # Compatible txt2img jobs waiting on several runner workers share one pipeline call.
+        self.batcher: ImageBatcher | None = None
+        if batch_wait_ms > 0 and max_batch_images > 1:
+            self.batcher = ImageBatcher(self._run_batch, max_images=max_batch_images, wait_s=batch_wait_ms / 1000)
         # The classifier for extra.enable_nsfw_detection (settings tasks.safety_model); unset means
         # the demo one when the catalog has it, "" means none.
         if safety_model is None:
@@ -307,6 +326,22 @@ class ImageTasks:
         counted = self.nsfw_levels[extra.nsfw_detection_level]
         return [{"valid": True, "confidence": nsfw_confidence(probabilities, counted)} for probabilities in scores]
 
+    def _batch_key(self, model: str, job: ImageGeneration) -> Hashable | None:
+        """The job's batch key when batching is on and the model's engine can batch it, else None."""
+        if self.batcher is None:
+            return None
+        engine = self.scheduler.engine(model)
+        return engine.batch_key(job) if isinstance(engine, BatchImageEngine) else None
+
+    async def _run_batch(
+        self, model: str, jobs: list[ImageGeneration], progress: ProgressCallback
+    ) -> list[ImageResult]:
+        # One lease for the whole batch; its owner is the context's (the task that opened the batch).
+        async with self.scheduler.lease(model, priority=Priority.BACKGROUND) as leased:
+            if len(jobs) == 1:
+                return [await cast(ImageEngine, leased).generate(jobs[0], progress)]
+            return await cast(BatchImageEngine, leased).generate_batch(jobs, progress)
+
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])
         detect = body.extra.enable_nsfw_detection
@@ -315,9 +350,16 @@ class ImageTasks:
         job = await asyncio.to_thread(self._job, body, task.seed or 0)
         attributes = image_attributes(job.width, job.height, job.image_num, job.steps, job.seed)
         call = inference("image_generation", task.model, attributes=attributes)
-        async with call, self.scheduler.lease(task.model) as leased:
-            result = await cast(ImageEngine, leased).generate(job, progress)
-            call.produced(images=len(result.images))
+        key = self._batch_key(task.model, job)
+        if self.batcher is not None and key is not None:
+            async with call:
+                result = await self.batcher.generate(task.model, key, job, progress)
+                call.produced(images=len(result.images))
+        else:
+            lease = self.scheduler.lease(task.model, priority=Priority.BACKGROUND, owner=task.owner_key_id)
+            async with call, lease as leased:
+                result = await cast(ImageEngine, leased).generate(job, progress)
+                call.produced(images=len(result.images))
         nsfw = await self.nsfw_results(result.images, body.extra)
         image_type = body.extra.response_image_type
         outputs = []

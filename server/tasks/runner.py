@@ -32,6 +32,8 @@ INTERRUPTED_REASON = "The server restarted while this task was running; submit i
 class TaskOutcome(msgspec.Struct, kw_only=True):
     outputs: list[OutputFile]
     seed: int | None = None
+    # Seconds of audio produced (speech), which the owner pays for; None: what was reserved.
+    audio_seconds: float | None = None
 
 
 class ProgressReporter:
@@ -52,6 +54,7 @@ class ProgressReporter:
 
 
 Executor = Callable[[Task, ProgressReporter], Awaitable[TaskOutcome]]
+# A finished task's whole webhook body (Novita's envelope, or a vendor API's own shape).
 ResultRenderer = Callable[[Task], bytes]
 
 
@@ -71,8 +74,8 @@ class TaskBilling(Protocol):
     def reserve_task(self, task: Task) -> None:
         """Raise ApiError (e.g. BILLING_BALANCE_NOT_ENOUGH) to refuse the task."""
 
-    def settle_task(self, task_id: str, *, succeeded: bool) -> None:
-        """Keep the credits, or refund them; idempotent."""
+    def settle_task(self, task_id: str, *, succeeded: bool, audio_seconds: float | None = None) -> None:
+        """Keep the credits (those of ``audio_seconds`` when given), or refund them; idempotent."""
 
 
 class TaskRunner:
@@ -162,6 +165,7 @@ class TaskRunner:
         await self.store.mark_processing(task_id, now_ms())
         self.progress[task_id] = (0, 0)
         reporter = ProgressReporter(asyncio.get_running_loop(), self.progress, task_id)
+        audio_seconds: float | None = None
         try:
             outcome = await self.executors[task.task_type](task, reporter)
             if self.uploader is not None:
@@ -178,11 +182,13 @@ class TaskRunner:
             await self.store.fail(task_id, "The engine failed while running this task.")
         else:
             await self.store.finish(task_id, outcome.outputs, outcome.seed)
+            audio_seconds = outcome.audio_seconds
         finally:
             self.progress.pop(task_id, None)
         if self.billing is not None:
             finished = await self.store.get(task_id)
-            self.billing.settle_task(task_id, succeeded=finished is not None and finished.status is TaskStatus.SUCCEED)
+            succeeded = finished is not None and finished.status is TaskStatus.SUCCEED
+            self.billing.settle_task(task_id, succeeded=succeeded, audio_seconds=audio_seconds)
         self._notify(task_id)
 
     def _notify(self, task_id: str) -> None:
@@ -194,4 +200,5 @@ class TaskRunner:
         task = await self.store.get(task_id)
         if task is None or not task.webhook_url:
             return
-        await self.webhooks.deliver(task.webhook_url, self.render_result(task), trace_context=task.trace_context)
+        body = self.render_result(task)
+        await self.webhooks.deliver(task.webhook_url, body, trace_context=task.trace_context, wrap=False)

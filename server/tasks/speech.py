@@ -12,7 +12,7 @@ from typing import cast
 
 from engines.base import ModelKind, SpeechEngine, SpeechJob
 from engines.registry import CatalogError
-from engines.scheduler import Scheduler
+from engines.scheduler import Priority, Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.speech import Txt2SpeechBody
 from server.serving.common import bad_request
@@ -107,13 +107,16 @@ class SpeechTasks:
         request, audio_type = body.request, body.extra.response_audio_type
         total = max(1, sum(len(text) for text in request.texts))
         spoken = 0
+        seconds = 0.0
         files: list[bytes] = []
-        async with inference("speech", task.model) as call, self.scheduler.lease(task.model) as leased:
+        lease = self.scheduler.lease(task.model, priority=Priority.BACKGROUND, owner=task.owner_key_id)
+        async with inference("speech", task.model) as call, lease as leased:
             engine = cast(SpeechEngine, leased)
             for text in request.texts:
                 job = SpeechJob(text=text, voice=request.voice_id, language=request.language, speed=request.speed)
                 result = await engine.synthesize(job)
                 call.produced(audio_seconds=len(result.samples) / result.sample_rate)
+                seconds += len(result.samples) / result.sample_rate
                 data = await asyncio.to_thread(
                     encode_audio, result.samples, result.sample_rate, audio_type, gain=request.volume
                 )
@@ -125,4 +128,4 @@ class SpeechTasks:
             key = f"{task.task_id}/{index}.{audio_type}"
             await asyncio.to_thread(self.storage.put, key, data)
             outputs.append(OutputFile(kind="audio", key=key, media_type=audio_type))
-        return TaskOutcome(outputs=outputs)
+        return TaskOutcome(outputs=outputs, audio_seconds=seconds)

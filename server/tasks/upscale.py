@@ -6,7 +6,7 @@ import asyncio
 from typing import cast
 
 from engines.base import ModelKind, UpscaleEngine, UpscaleJob, upscaled_size
-from engines.scheduler import Scheduler
+from engines.scheduler import Priority, Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.upscale import UpscaleBody, UpscaleRequest
 from server.serving.image_inputs import base64_image_bytes, open_input_image
@@ -79,7 +79,8 @@ class UpscaleTasks:
         body = decode_task_body(task.request, UpscaleBody)
         image = await asyncio.to_thread(base64_image_bytes, body.request.image_base64, IMAGE_PARAM)
         job = UpscaleJob(image=image, scale=body.request.scale_factor)
-        async with inference("image_upscale", task.model) as call, self.scheduler.lease(task.model) as leased:
+        lease = self.scheduler.lease(task.model, priority=Priority.BACKGROUND, owner=task.owner_key_id)
+        async with inference("image_upscale", task.model) as call, lease as leased:
             upscaled = await cast(UpscaleEngine, leased).upscale(job, progress)
             call.set({"omniserve.image.width": upscaled.width, "omniserve.image.height": upscaled.height})
             call.produced(images=1)

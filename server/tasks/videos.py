@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import cast
 
 from engines.base import LoraWeight, ModelKind, VideoEngine, VideoGeneration, VideoMode, VideoPrompt
-from engines.scheduler import Scheduler
+from engines.scheduler import Priority, Scheduler
 from engines.video.encoding import encode_video, interpolate_frames
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoExtra
@@ -181,7 +181,8 @@ class VideoTasks:
         else:
             body = decode_task_body(task.request, Img2VideoBody)
         seed = task.seed or 0
-        async with inference("video_generation", task.model) as call, self.scheduler.lease(task.model) as leased:
+        lease = self.scheduler.lease(task.model, priority=Priority.BACKGROUND, owner=task.owner_key_id)
+        async with inference("video_generation", task.model) as call, lease as leased:
             engine = cast(VideoEngine, leased)
             job, fps = await asyncio.to_thread(self._job, body, engine, seed)
             result = await engine.generate(job, _scaled(progress, _STEPS_SHARE))

@@ -62,13 +62,16 @@ class WebhookSender:
         headers: dict[str, str] | None = None,
         *,
         trace_context: Mapping[str, str] | None = None,
+        wrap: bool = True,
     ) -> bool:
         """POST the result; True once an attempt gets a 2xx, False after the last retry.
         With ``trace_context`` (the task's), the delivery joins that trace and every attempt
-        carries its ``traceparent``."""
+        carries its ``traceparent``. ``wrap`` False: the body is sent as it is given (a vendor
+        API's own webhook body, or one already in its envelope)."""
         request_headers = {**(headers or {}), "content-type": "application/json"}
         with webhook_span(urlsplit(url).hostname or "", trace_context, request_headers) as span:
-            attempts, failure = await self._deliver(url, envelope(payload_json), request_headers)
+            body = envelope(payload_json) if wrap else payload_json
+            attempts, failure = await self._deliver(url, body, request_headers)
             webhook_result(span, attempts=attempts, failure=failure)
         return failure is None
 

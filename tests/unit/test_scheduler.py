@@ -9,10 +9,10 @@ from litestar.testing import AsyncTestClient
 from engines.base import ModelKind, ModelSpec
 from engines.devices import DeviceMemory, parse_budget
 from engines.registry import ModelRegistry
-from engines.scheduler import AdmissionPolicy, Residency, Scheduler
+from engines.scheduler import AdmissionPolicy, Priority, Residency, Scheduler, lease_owner
 from schemas.errors import ApiError, ErrorCode
 from server.app import create_app
-from tests.fakes import FAKE_SPECS, fake_factory
+from tests.fakes import FAKE_SPECS, FakeSleepableTextEngine, fake_factory, sleepable_factory
 from tests.unit.conftest import make_state
 
 
@@ -69,6 +69,121 @@ async def test_full_queue_is_429_and_slow_queue_is_503() -> None:
         pass
 
 
+# -- turns: priority classes, then round-robin by owner ------------------------------------------
+
+
+async def _served_order(scheduler: Scheduler, arrivals: list[tuple[str, Priority, str | None]]) -> list[str]:
+    """Hold the only slot, queue `arrivals` (label, priority, owner) in order, then release:
+    the labels in the order the waiters got the slot."""
+    release = asyncio.Event()
+    holding = asyncio.Event()
+    order: list[str] = []
+
+    async def hold() -> None:
+        async with scheduler.lease("fake-chat"):
+            holding.set()
+            await release.wait()
+
+    async def wait(label: str, priority: Priority, owner: str | None) -> None:
+        async with scheduler.lease("fake-chat", priority=priority, owner=owner):
+            order.append(label)
+            await asyncio.sleep(0)
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    waiters = []
+    for label, priority, owner in arrivals:
+        waiters.append(asyncio.create_task(wait(label, priority, owner)))
+        await asyncio.sleep(0)  # queued in this order
+    assert scheduler.queue_state()["fake-chat"] == (len(arrivals), 1)
+    release.set()
+    await asyncio.gather(holder, *waiters)
+    assert scheduler.queue_state()["fake-chat"] == (0, 0)
+    return order
+
+
+async def test_interactive_requests_go_ahead_of_background_work() -> None:
+    scheduler = make_scheduler(max_concurrency=1)
+    background, interactive = Priority.BACKGROUND, Priority.INTERACTIVE
+    arrivals = [("task1", background, "k"), ("task2", background, "k"), ("chat1", interactive, "k")]
+    arrivals += [("task3", background, "k"), ("chat2", interactive, "k")]
+    assert await _served_order(scheduler, arrivals) == ["chat1", "chat2", "task1", "task2", "task3"]
+
+
+async def test_waiters_take_turns_by_owner_within_a_priority() -> None:
+    scheduler = make_scheduler(max_concurrency=1)
+    arrivals = [(f"a{i}", Priority.INTERACTIVE, "key-a") for i in range(1, 4)]
+    arrivals += [("b1", Priority.INTERACTIVE, "key-b"), ("c1", Priority.INTERACTIVE, "key-c")]
+    arrivals += [("a4", Priority.INTERACTIVE, "key-a"), ("b2", Priority.INTERACTIVE, "key-b")]
+    assert await _served_order(scheduler, arrivals) == ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]
+
+
+async def test_turns_by_owner_apply_to_background_work_too() -> None:
+    scheduler = make_scheduler(max_concurrency=1)
+    arrivals = [(f"a{i}", Priority.BACKGROUND, "key-a") for i in range(1, 4)]
+    arrivals += [("b1", Priority.BACKGROUND, "key-b"), ("chat", Priority.INTERACTIVE, "key-a")]
+    assert await _served_order(scheduler, arrivals) == ["chat", "a1", "b1", "a2", "a3"]
+
+
+async def test_owner_defaults_to_the_context_key() -> None:
+    scheduler = make_scheduler(max_concurrency=1)
+    release = asyncio.Event()
+    holding = asyncio.Event()
+    order: list[str] = []
+
+    async def hold() -> None:
+        async with scheduler.lease("fake-chat"):
+            holding.set()
+            await release.wait()
+
+    async def request(label: str, key: str) -> None:
+        lease_owner.set(key)  # what the auth guard does for each request
+        async with scheduler.lease("fake-chat"):
+            order.append(label)
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    waiters = []
+    for label, key in [("a1", "key-a"), ("a2", "key-a"), ("a3", "key-a"), ("b1", "key-b")]:
+        waiters.append(asyncio.create_task(request(label, key)))
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(holder, *waiters)
+    assert order == ["a1", "b1", "a2", "a3"]
+
+
+async def test_a_waiter_that_gives_up_leaves_its_turn() -> None:
+    scheduler = make_scheduler(max_concurrency=1, queue_timeout_s=0.05)
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def hold() -> None:
+        async with scheduler.lease("fake-chat"):
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    with pytest.raises(ApiError) as timed_out:
+        async with scheduler.lease("fake-chat", owner="key-a"):
+            pass
+    assert timed_out.value.status == 503
+    cancelled = asyncio.create_task(use_chat(scheduler, "key-b"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert scheduler.queue_state()["fake-chat"] == (0, 1)
+    release.set()
+    await holder
+    await use_chat(scheduler, "key-c")  # the slot is free: no waiter was left holding it
+    assert scheduler.queue_state()["fake-chat"] == (0, 0)
+
+
+async def use_chat(scheduler: Scheduler, owner: str) -> None:
+    async with scheduler.lease("fake-chat", owner=owner):
+        pass
+
+
 # -- device memory: footprints declared in the catalog, one host budget ---------------------------
 
 MB = 1024 * 1024
@@ -82,7 +197,7 @@ def sized(name: str, megabytes: int, *, pinned: bool = False) -> ModelSpec:
 
 def budgeted(specs: list[ModelSpec], budget_mb: int, **policy: float) -> Scheduler:
     host = DeviceMemory(name="cpu", total_bytes=1024 * MB, budget_bytes=budget_mb * MB)
-    registry = ModelRegistry(specs, {"fake": fake_factory})
+    registry = ModelRegistry(specs, {"fake": fake_factory, "sleepy": sleepable_factory})
     return Scheduler(registry, AdmissionPolicy(**policy), [host])  # type: ignore[arg-type]
 
 
@@ -275,4 +390,72 @@ async def test_admin_scheduler_route(tmp_path: Path) -> None:
         "last_load_s",
         "total_load_s",
         "evictions",
+        "sleeps",
+        "wakes",
+        "total_wake_s",
     }
+
+
+# -- sleep and wake: engines that can free device memory without unloading ----------------------
+
+
+def sleepy(name: str, megabytes: int) -> ModelSpec:
+    return ModelSpec(name=name, kind=ModelKind.CHAT, engine="sleepy", path="-", memory_bytes=megabytes * MB)
+
+
+async def test_a_sleepable_model_is_evicted_by_sleeping_and_woken_on_next_lease() -> None:
+    from server.metrics import Metrics
+
+    scheduler = budgeted([sleepy("a", 100), sleepy("b", 100)], budget_mb=100)
+    a = scheduler.engine("a")
+    assert isinstance(a, FakeSleepableTextEngine)
+    await use(scheduler, "a")
+    await use(scheduler, "b")  # no room for both: a sleeps
+    assert scheduler.residency() == {"a": Residency.SLEEPING, "b": Residency.RESIDENT}
+    assert a.asleep and a.loaded and a.sleep_calls == 1
+    assert scheduler.used_bytes("cpu") == 100 * MB  # a sleeping model holds no device memory
+
+    await use(scheduler, "a")  # woken, not loaded again; b sleeps in turn
+    assert scheduler.residency() == {"a": Residency.RESIDENT, "b": Residency.SLEEPING}
+    assert a.wake_calls == 1 and a.load_calls == 1 and not a.asleep
+    model = scheduler.report().models["a"]
+    assert model.loads == 1 and model.wakes == 1 and model.sleeps == 1 and model.evictions == {"lru": 1}
+
+    text = Metrics(scheduler).render().decode()
+    assert 'omniserve_model_wake_seconds_count{model="a"} 1.0' in text
+    assert 'omniserve_model_sleeps_total{model="b"} 1.0' in text
+    assert 'omniserve_model_state{model="b",state="sleeping"} 1.0' in text
+
+
+async def test_an_engine_that_cannot_sleep_now_is_unloaded() -> None:
+    scheduler = budgeted([sleepy("a", 100), sized("b", 100)], budget_mb=100)
+    a = scheduler.engine("a")
+    assert isinstance(a, FakeSleepableTextEngine)
+    await use(scheduler, "a")
+    a.loaded = False  # supports_sleep is false for this fake when it is not loaded
+    await use(scheduler, "b")
+    assert scheduler.residency()["a"] is Residency.UNLOADED and a.sleep_calls == 0
+
+
+async def test_a_model_that_fails_to_wake_is_loaded_again() -> None:
+    scheduler = budgeted([sleepy("a", 100), sized("b", 100)], budget_mb=100)
+    a = scheduler.engine("a")
+    assert isinstance(a, FakeSleepableTextEngine)
+    await use(scheduler, "a")
+    await use(scheduler, "b")
+    assert scheduler.residency()["a"] is Residency.SLEEPING
+    a.asleep = False  # the fake's wake() now fails
+    await use(scheduler, "a")
+    assert scheduler.residency() == {"a": Residency.RESIDENT, "b": Residency.UNLOADED}
+    assert a.load_calls == 2 and a.wake_calls == 0 and scheduler.report().models["a"].wakes == 0
+
+
+async def test_idle_ttl_unloads_a_sleeping_model() -> None:
+    scheduler = budgeted([sleepy("a", 100), sized("b", 100)], budget_mb=100, idle_ttl_s=0.05)
+    await use(scheduler, "a")
+    await use(scheduler, "b")
+    assert scheduler.residency()["a"] is Residency.SLEEPING
+    await asyncio.sleep(0.1)
+    assert sorted(await scheduler.unload_idle()) == ["a", "b"]
+    assert scheduler.residency() == {"a": Residency.UNLOADED, "b": Residency.UNLOADED}
+    assert scheduler.engine("a").loaded is False  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import io
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -148,7 +149,8 @@ async def test_sdapi_text2img_with_string_numbers(app: tuple[AsyncTestClient, Ap
     assert isinstance(result["meta"]["seed"], int)
     assert (await _image(client, result["output"][0])).size == (512, 256)
     fetched = await client.post(f"/api/v3/fetch/{result['id']}", json={"key": key})
-    assert fetched.json()["output"] == result["output"]
+    # The same files; each answer signs its URLs afresh, so the expiry may differ by a second.
+    assert [url.split("?")[0] for url in fetched.json()["output"]] == [url.split("?")[0] for url in result["output"]]
 
 
 async def test_sdapi_errors(app: tuple[AsyncTestClient, AppState, str]) -> None:
@@ -222,3 +224,84 @@ async def test_sdapi_refuses_private_image_urls_by_default(tmp_path: Path, image
         response = await client.post("/api/v3/img2img", json={"prompt": "x", "init_image": f"{image_server}/init.png"})
     assert response.status_code == 400
     assert "not a public address" in response.json()["message"]["init_image"][0]
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback HTTP server that records the JSON bodies POSTed to it."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+
+
+async def test_sdapi_webhook_gets_the_sd_body_with_track_id(
+    app: tuple[AsyncTestClient, AppState, str], webhook_receiver: tuple[str, list[dict[str, Any]]]
+) -> None:
+    client, _, key = app
+    url, received = webhook_receiver
+    body = {"key": key, "prompt": "x", "num_inference_steps": 1, "webhook": url, "track_id": 7}
+    answer = (await client.post("/api/v3/text2img", json=body)).json()
+    assert answer["status"] == "success"
+    for _ in range(300):
+        if received:
+            break
+        await asyncio.sleep(0.01)
+    assert len(received) == 1
+    hook = received[0]
+    # The vendor's own shape, not /v3's ASYNC_TASK_RESULT envelope.
+    assert "event_type" not in hook
+    assert hook["status"] == "success" and hook["id"] == answer["id"] and hook["track_id"] == 7
+    # The same signed files, at the server's public address.
+    assert [url.split("/v3/", 1)[1] for url in hook["output"]] == [url.split("/v3/", 1)[1] for url in answer["output"]]
+    assert hook["meta"]["n_samples"] == 1
+
+
+async def test_sdapi_fetch_after_a_restart(tmp_path: Path) -> None:
+    """A job answered "processing" is still fetched after the server restarts: the one that was
+    running reports the restart as its failure, the queued one runs to the end."""
+    settings: dict[str, Any] = {"vendor": {"sdapi_wait_s": 0.0}, "tasks": {"workers": 1}}
+    state = make_state(tmp_path, **settings)
+    _, key = state.keystore.create("tester")
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        engine = state.scheduler.engine("fake-sd")
+        original = engine.generate  # type: ignore[attr-defined]
+        started = asyncio.Event()
+
+        async def stuck(*_: Any, **__: Any) -> Any:
+            started.set()
+            await asyncio.Event().wait()
+
+        engine.generate = stuck  # type: ignore[attr-defined]
+        running = (await client.post("/api/v3/text2img", json={"key": key, "prompt": "a", "track_id": 1})).json()
+        queued = (await client.post("/api/v3/text2img", json={"key": key, "prompt": "b", "track_id": 2})).json()
+        assert running["status"] == queued["status"] == "processing"
+        await asyncio.wait_for(started.wait(), 5)
+        engine.generate = original  # type: ignore[attr-defined]
+
+    again = make_state(tmp_path, **settings)
+    async with AsyncTestClient(create_app(again)) as client:
+        await again.load_task  # type: ignore[misc]
+        failed = (await client.post(f"/api/v3/fetch/{running['id']}", json={"key": key})).json()
+        assert failed["status"] == "failed" and failed["track_id"] == 1 and "restarted" in failed["reason"]
+        for _ in range(500):
+            fetched = (await client.post(f"/api/v3/fetch/{queued['id']}", json={"key": key})).json()
+            if fetched["status"] != "processing":
+                break
+            await asyncio.sleep(0.01)
+        assert fetched["status"] == "success" and fetched["track_id"] == 2 and len(fetched["output"]) == 1

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
 from schemas.openai.speech import SpeechRequest
+from server.accounts_hooks import caller_meter
 from server.state import AppState
 
 _RESPONSES = {
@@ -24,9 +25,9 @@ class SpeechController(Controller):
     tags = ["openai: audio"]
 
     @post("/speech", status_code=200, responses=_RESPONSES)
-    async def speech(self, data: SpeechRequest, app_state: AppState) -> ASGIResponse:
+    async def speech(self, request: Request, data: SpeechRequest, app_state: AppState) -> ASGIResponse:
         # An ASGI response, not litestar's Stream: its media type follows the requested format.
         # The streaming response cancels the iterator when the client disconnects, which stops
         # synthesis at the next sentence.
-        stream = await app_state.speech.stream(data)
+        stream = await app_state.speech.stream(data, caller_meter(request))
         return ASGIStreamingResponse(iterator=stream.chunks, media_type=stream.media_type)

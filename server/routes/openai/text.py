@@ -15,6 +15,7 @@ from schemas.openai.completions import Completion, CompletionRequest
 from schemas.openai.embeddings import EmbeddingRequest, EmbeddingResponse
 from schemas.openai.rerank import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.accounts_hooks import caller_meter
 from server.routes.disconnect import until_disconnect
 from server.services import Services
 
@@ -46,26 +47,26 @@ class TextController(Controller):
     @post("/chat/completions", status_code=200, responses=_documented(ChatCompletion, streams=True))
     async def chat(self, request: Request, data: ChatCompletionRequest, services: Services) -> ASGIResponse:
         if data.stream:
-            return _event_stream(await services.chat.stream(data))
-        return await _json(request, services.chat.create(data))
+            return _event_stream(await services.chat.stream(data, caller_meter(request)))
+        return await _json(request, services.chat.create(data, caller_meter(request)))
 
     @post("/completions", status_code=200, responses=_documented(Completion, streams=True))
     async def completions(self, request: Request, data: CompletionRequest, services: Services) -> ASGIResponse:
         if data.stream:
-            return _event_stream(await services.completions.stream(data))
-        return await _json(request, services.completions.create(data))
+            return _event_stream(await services.completions.stream(data, caller_meter(request)))
+        return await _json(request, services.completions.create(data, caller_meter(request)))
 
     @post("/embeddings", status_code=200, responses=_documented(EmbeddingResponse))
     async def embeddings(self, request: Request, data: EmbeddingRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.embeddings.create(data))
+        return await _json(request, services.embeddings.create(data, caller_meter(request)))
 
     @post("/rerank", status_code=200, responses=_documented(RerankResponse))
     async def rerank(self, request: Request, data: RerankRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.rerank.rerank(data))
+        return await _json(request, services.rerank.rerank(data, caller_meter(request)))
 
     @post("/score", status_code=200, responses=_documented(ScoreResponse))
     async def score(self, request: Request, data: ScoreRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.rerank.score(data))
+        return await _json(request, services.rerank.score(data, caller_meter(request)))
 
     @post("/tokenize", status_code=200)
     async def tokenize(self, data: TokenizeRequest, services: Services) -> TokenizeResponse:

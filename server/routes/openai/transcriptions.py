@@ -17,6 +17,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from engines.base import TranscriptionTask
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.transcriptions import Transcription, TranscriptionRequest, TranslationRequest
+from server.accounts_hooks import caller_meter
 from server.errors import validation_error
 from server.routes.disconnect import until_disconnect
 from server.routes.openai.text import SSE_HEADERS
@@ -96,11 +97,13 @@ class TranscriptionsController(Controller):
         if form.stream:
             # The streaming response cancels the iterator when the client goes away,
             # which stops the decoder at its next segment.
-            events = await services.transcriptions.stream(form)
+            events = await services.transcriptions.stream(form, caller_meter(request))
             return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
-        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSCRIBE))
+        meter = caller_meter(request)
+        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSCRIBE, meter))
 
     @post("/translations", status_code=200, responses=_RESPONSES)
     async def translations(self, request: Request, services: Services) -> ASGIResponse:
         form = await _read_form(request, TranslationRequest)
-        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSLATE))
+        meter = caller_meter(request)
+        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSLATE, meter))
