@@ -35,7 +35,10 @@ def encode_video(frames: Any, fps: float, video_type: VideoType) -> bytes:
     buffer = io.BytesIO()
     # bitexact: no encoder version string or random ids in the file, so equal frames give equal bytes.
     with av.open(buffer, mode="w", format=container_format, container_options={"fflags": "+bitexact"}) as output:
-        stream = output.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        # One encoder thread: x264 and libvpx results can depend on how frames were split
+        # across threads, which made equal frames give unequal files on a busy machine.
+        stream = output.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options={"threads": "1"})
+        stream.codec_context.thread_count = 1
         stream.width, stream.height, stream.pix_fmt = width, height, pixel_format
         for index in range(count):
             frame = av.VideoFrame.from_ndarray(frames[index], format="rgb24")
