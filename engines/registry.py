@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
@@ -46,43 +47,36 @@ def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
     return build
 
 
-def transformers_factory(*, device: str = "cpu") -> EngineFactory:
-    """Engines on plain transformers models; so far the NSFW classifiers (kind "safety")."""
+def _single_kind_factory(engine: str, kind: ModelKind, module: str, class_name: str, device: str) -> EngineFactory:
+    """A factory for an engine library that serves one model kind; the library is imported on
+    first use, so a catalog without such models never pays for it."""
 
     def build(spec: ModelSpec) -> Engine:
-        if spec.kind is not ModelKind.SAFETY:
-            raise CatalogError(f"model {spec.name}: engine 'transformers' serves kind 'safety' only")
-        from engines.image.safety import SafetyClassifierEngine
-
-        return cast(Engine, SafetyClassifierEngine(spec, device=device))
+        if spec.kind is not kind:
+            raise CatalogError(f"model {spec.name}: engine {engine!r} serves kind {kind.value!r} only")
+        engine_cls = getattr(importlib.import_module(module), class_name)
+        return cast(Engine, engine_cls(spec, device=device))
 
     return build
+
+
+def transformers_factory(*, device: str = "cpu") -> EngineFactory:
+    """Engines on plain transformers models; so far the NSFW classifiers (kind "safety")."""
+    return _single_kind_factory(
+        "transformers", ModelKind.SAFETY, "engines.image.safety", "SafetyClassifierEngine", device
+    )
 
 
 def faster_whisper_factory(*, device: str = "cpu") -> EngineFactory:
     """Speech-to-text engines on CTranslate2 Whisper models (kind "transcription")."""
-
-    def build(spec: ModelSpec) -> Engine:
-        if spec.kind is not ModelKind.TRANSCRIPTION:
-            raise CatalogError(f"model {spec.name}: engine 'faster-whisper' serves kind 'transcription' only")
-        from engines.audio.whisper import WhisperEngine
-
-        return cast(Engine, WhisperEngine(spec, device=device))
-
-    return build
+    return _single_kind_factory(
+        "faster-whisper", ModelKind.TRANSCRIPTION, "engines.audio.whisper", "WhisperEngine", device
+    )
 
 
 def coqui_factory(*, device: str = "cpu") -> EngineFactory:
     """Text-to-speech engines on Coqui TTS models (kind "speech")."""
-
-    def build(spec: ModelSpec) -> Engine:
-        if spec.kind is not ModelKind.SPEECH:
-            raise CatalogError(f"model {spec.name}: engine 'coqui' serves kind 'speech' only")
-        from engines.audio.coqui import CoquiSpeechEngine
-
-        return cast(Engine, CoquiSpeechEngine(spec, device=device))
-
-    return build
+    return _single_kind_factory("coqui", ModelKind.SPEECH, "engines.audio.coqui", "CoquiSpeechEngine", device)
 
 
 class ModelRegistry:

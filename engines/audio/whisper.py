@@ -40,6 +40,7 @@ from engines.base import (
     TranscriptionJob,
     TranscriptionResult,
 )
+from engines.threads import run_cancellable
 
 log = logging.getLogger("omniserve.engines.whisper")
 
@@ -158,13 +159,8 @@ class WhisperEngine:
 
     async def transcribe(self, job: TranscriptionJob) -> TranscriptionResult:
         self._require_model()
-        cancelled = threading.Event()
         async with self._queue:
-            try:
-                return await asyncio.to_thread(self._run, job, cancelled, None)
-            except asyncio.CancelledError:
-                cancelled.set()  # a thread cannot be interrupted; it stops at the next segment
-                raise
+            return await run_cancellable(lambda cancelled: self._run(job, cancelled, None))
 
     async def transcribe_stream(self, job: TranscriptionJob) -> AsyncIterator[TranscribedSegment]:
         self._require_model()

@@ -27,6 +27,7 @@ from engines.image.control import PREPROCESSORS, control_arguments
 from engines.image.devices import device_lock, parameter_bytes, pipeline_bytes, release_memory
 from engines.image.hires import HIRES_UPSCALERS, LATENT_UPSCALER, upscale_images, upscale_latents
 from engines.image.samplers import SAMPLERS, make_scheduler
+from engines.threads import run_cancellable
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.diffusers")
@@ -258,12 +259,7 @@ class DiffusersImageEngine:
         if self._pipe is None:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
         self._validate(job)  # before queueing for the device: bad input fails at once
-        cancelled = threading.Event()
-        try:
-            images = await asyncio.to_thread(self._run, job, progress, cancelled)
-        except asyncio.CancelledError:
-            cancelled.set()  # a thread cannot be interrupted; the pipeline stops at its next step
-            raise
+        images = await run_cancellable(functools.partial(self._run, job, progress))
         return ImageResult(images=images, seed=job.seed)
 
     def batch_key(self, job: ImageGeneration) -> Hashable | None:
@@ -302,12 +298,7 @@ class DiffusersImageEngine:
             raise ValueError("the jobs of one batch must share a batch_key")
         for job in jobs:
             self._validate(job)
-        cancelled = threading.Event()
-        try:
-            images = await asyncio.to_thread(self._run_batch, jobs, progress, cancelled)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+        images = await run_cancellable(functools.partial(self._run_batch, jobs, progress))
         return [ImageResult(images=found, seed=job.seed) for job, found in zip(jobs, images, strict=True)]
 
     def _run_batch(

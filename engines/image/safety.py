@@ -24,6 +24,7 @@ two models computing on one device at once only slow each other down.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Collection, Mapping
@@ -32,6 +33,7 @@ from typing import Any
 from engines.base import ModelSpec
 from engines.image.devices import device_lock, parameter_bytes, release_memory
 from engines.registry import CatalogError
+from engines.threads import run_cancellable
 
 log = logging.getLogger("omniserve.engines.safety")
 
@@ -120,12 +122,8 @@ class SafetyClassifierEngine:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
         if not images:
             return []
-        cancelled = threading.Event()
-        try:
-            return await asyncio.to_thread(self._run, images, cancelled)
-        except asyncio.CancelledError:
-            cancelled.set()  # the thread cannot be interrupted; it skips the model if still waiting
-            raise
+        # Cancelled while waiting for the device, the thread skips the model.
+        return await run_cancellable(functools.partial(self._run, images))
 
     def _run(self, images: list[Any], cancelled: threading.Event) -> list[dict[str, float]]:
         import torch

@@ -19,6 +19,7 @@ the result is deterministic. The device lock is taken per tile: other jobs can r
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 
 from engines.base import ModelSpec, ProgressCallback, UpscaleJob, upscaled_size
 from engines.image.devices import device_lock, pipeline_bytes, release_memory
+from engines.threads import run_cancellable
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.upscaler")
@@ -145,12 +147,7 @@ class UpscalerEngine:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
         if not job.scale > 0:
             raise ApiError(ErrorCode.INVALID_REQUEST_BODY, "scale must be positive", param="scale_factor")
-        cancelled = threading.Event()
-        try:
-            return await asyncio.to_thread(self._run, job, progress, cancelled)
-        except asyncio.CancelledError:
-            cancelled.set()  # a thread cannot be interrupted; the pipeline stops at its next step
-            raise
+        return await run_cancellable(functools.partial(self._run, job, progress))
 
     def _run(self, job: UpscaleJob, progress: ProgressCallback | None, cancelled: threading.Event) -> Any:
         import torch

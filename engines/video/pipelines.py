@@ -13,6 +13,7 @@ Like the image engines, a job runs on a worker thread under the device's lock.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import io
 import json
@@ -26,6 +27,7 @@ from typing import Any
 from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoMode, VideoResult
 from engines.image.adapters import activate_loras, add_embeddings
 from engines.image.devices import device_lock, pipeline_bytes, release_memory
+from engines.threads import run_cancellable
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.video")
@@ -178,12 +180,7 @@ class DiffusersVideoEngine:
         if self._pipe is None:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
         self._validate(job)  # before queueing for the device: bad input fails at once
-        cancelled = threading.Event()
-        try:
-            frames = await asyncio.to_thread(self._run, job, progress, cancelled)
-        except asyncio.CancelledError:
-            cancelled.set()  # a thread cannot be interrupted; the pipeline stops at its next step
-            raise
+        frames = await run_cancellable(functools.partial(self._run, job, progress))
         return VideoResult(frames=frames, seed=job.seed)
 
     def _validate(self, job: VideoGeneration) -> None:
