@@ -21,21 +21,19 @@ per owner, so one key's backlog does not hold back another key's single request.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import cast
 
-import msgspec
 from opentelemetry import trace
 
+from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner
 from engines.base import Engine, SleepableEngine
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
 from engines.registry import ModelRegistry
+from engines.residency import HOLDS_MEMORY, DeviceUsage, ModelResidency, Residency, SchedulerReport
 from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.scheduler")
@@ -46,133 +44,8 @@ _tracer = trace.get_tracer("omniserve.scheduler")
 _IDLE_SWEEP_MAX_S = 30.0
 
 
-class Residency(enum.StrEnum):
-    UNLOADED = "unloaded"
-    LOADING = "loading"
-    RESIDENT = "resident"
-    UNLOADING = "unloading"
-    # Evicted by sleeping: off its device, weights kept in host memory, woken on next use.
-    SLEEPING = "sleeping"
-    FAILED = "failed"
-
-
-# States in which a model holds (or is about to hold) its footprint on its device.
-_HOLDS_MEMORY = frozenset({Residency.LOADING, Residency.RESIDENT, Residency.UNLOADING})
-
-
-class Priority(enum.IntEnum):
-    """Who waits first for a model's slot: a lower value is served before a higher one."""
-
-    INTERACTIVE = 0  # a caller waits on the HTTP response
-    BACKGROUND = 1  # /v3 task work
-
-
-# The owner (API key id) of the leases taken in this context, when `lease` is given none:
-# the server sets it per request once the key is known.
-lease_owner: ContextVar[str | None] = ContextVar("omniserve_lease_owner", default=None)
-
-
-class AdmissionPolicy(msgspec.Struct, kw_only=True):
-    max_concurrency: int = 256
-    max_queue_depth: int = 512
-    queue_timeout_s: float = 30.0
-    # Unload models unused this long (pinned ones excepted); 0 keeps them until evicted.
-    idle_ttl_s: float = 0.0
-
-
-class ModelResidency(msgspec.Struct, kw_only=True):
-    state: Residency
-    device: str
-    pinned: bool
-    footprint_bytes: int
-    # "declared" in the catalog, "measured" at the last load, or "unknown" before the first.
-    footprint_source: str
-    idle_s: float | None  # since the last lease ended; None before the first load
-    leases: int
-    queue_depth: int  # requests waiting for a slot or for the model to load
-    loads: int
-    last_load_s: float | None
-    total_load_s: float
-    evictions: dict[str, int]  # by reason: "lru" (made room for another), "idle" (the TTL)
-    sleeps: int  # evictions done by sleeping the engine rather than unloading it
-    wakes: int  # leases that woke the model instead of loading it
-    total_wake_s: float
-
-
-class DeviceUsage(msgspec.Struct, kw_only=True):
-    name: str
-    total_bytes: int
-    budget_bytes: int
-    used_bytes: int  # footprints of the models loaded or loading there
-
-
-class SchedulerReport(msgspec.Struct, kw_only=True):
-    devices: list[DeviceUsage]
-    models: dict[str, ModelResidency]
-    idle_ttl_s: float
-
-
 class NoRoomError(Exception):
     """A model could not be placed: its device is full of models in use."""
-
-
-class _Gate:
-    """A counting semaphore whose waiters are served by priority, and within a priority
-    round-robin by owner, first come first served per owner."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self.waiting = 0
-        # Per priority, the owners with waiters in turn order (dict order), each with its queue.
-        self._queues: dict[Priority, dict[str | None, deque[asyncio.Future[None]]]] = {p: {} for p in Priority}
-
-    def locked(self) -> bool:
-        return self.held >= self.limit or self.waiting > 0
-
-    async def acquire(self, priority: Priority, owner: str | None, timeout: float) -> None:
-        if not self.locked():
-            self.held += 1
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queues[priority].setdefault(owner, deque()).append(waiter)
-        self.waiting += 1
-        try:
-            async with asyncio.timeout(timeout):
-                await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # granted as the wait ended: hand the slot on
-            else:
-                self._withdraw(priority, owner, waiter)
-            raise
-
-    def release(self) -> None:
-        self.held -= 1
-        while self.held < self.limit and self.waiting > 0:
-            waiter = self._next()
-            if not waiter.done():
-                self.held += 1
-                waiter.set_result(None)
-
-    def _next(self) -> asyncio.Future[None]:
-        owners = next(queues for queues in self._queues.values() if queues)
-        owner = next(iter(owners))
-        queue = owners.pop(owner)
-        waiter = queue.popleft()
-        if queue:
-            owners[owner] = queue  # back of the line of owners
-        self.waiting -= 1
-        return waiter
-
-    def _withdraw(self, priority: Priority, owner: str | None, waiter: asyncio.Future[None]) -> None:
-        owners = self._queues[priority]
-        queue = owners.get(owner)
-        if queue is not None and waiter in queue:
-            queue.remove(waiter)
-            self.waiting -= 1
-            if not queue:
-                del owners[owner]
 
 
 class _Slot:
@@ -181,7 +54,7 @@ class _Slot:
         self.device = device
         self.pinned = engine.spec.pinned
         self.state = Residency.UNLOADED
-        self.capacity = _Gate(max_concurrency)
+        self.capacity = FairGate(max_concurrency)
         self.load_lock = asyncio.Lock()
         self.load_task: asyncio.Task[None] | None = None
         self.active = 0
@@ -280,7 +153,7 @@ class Scheduler:
     # -- memory --------------------------------------------------------------------------------
 
     def used_bytes(self, device: str) -> int:
-        return sum(s.footprint for s in self._slots.values() if s.device == device and s.state in _HOLDS_MEMORY)
+        return sum(s.footprint for s in self._slots.values() if s.device == device and s.state in HOLDS_MEMORY)
 
     def _fits(self, slot: _Slot) -> bool:
         budget = self.devices.get(slot.device)
@@ -291,7 +164,7 @@ class Scheduler:
         when evicting every idle model would not be enough."""
         budget = self.devices[slot.device].budget_bytes
         others = [s for s in self._slots.values() if s is not slot and s.device == slot.device]
-        holding = [s for s in others if s.state in _HOLDS_MEMORY]
+        holding = [s for s in others if s.state in HOLDS_MEMORY]
         candidates = sorted((s for s in holding if s.evictable), key=lambda s: s.last_used or 0.0)
         excess = self.used_bytes(slot.device) + slot.footprint - budget
         victims: list[_Slot] = []

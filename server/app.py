@@ -13,6 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
 
+from engines.admission import AdmissionPolicy
 from engines.base import ModelSpec
 from engines.devices import discover_devices
 from engines.registry import (
@@ -24,7 +25,7 @@ from engines.registry import (
     transformers_factory,
     vllm_factory,
 )
-from engines.scheduler import AdmissionPolicy, Scheduler
+from engines.scheduler import Scheduler
 from server.accounts_hooks import enforce_account
 from server.auth import Authenticator, require_api_key
 from server.errors import handle_exception

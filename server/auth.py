@@ -8,7 +8,7 @@ import time
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from engines.scheduler import lease_owner
+from engines.admission import lease_owner
 from schemas.errors import ApiError, ErrorCode
 from server.keystore import KeyStore, hash_key
 from server.telemetry.spans import step

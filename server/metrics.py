@@ -13,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from engines.scheduler import Residency, Scheduler
+from engines.residency import Residency
+from engines.scheduler import Scheduler
 from server.tasks.models import TaskStatus
 from server.tasks.store import SqliteTaskStore
 from server.tasks.webhooks import WebhookSender

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from engines.base import ModelKind, TextGenerationEngine
-from engines.scheduler import Residency, Scheduler
+from engines.residency import Residency
+from engines.scheduler import Scheduler
 from schemas.openai.models import ModelCard
 from server.serving.chat import ChatService
 from server.serving.completions import CompletionService

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from engines.scheduler import SchedulerReport
+from engines.residency import SchedulerReport
 from server.state import AppState
 
 

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Hashable
 from typing import Any, cast
 
+from engines.admission import Priority
 from engines.base import (
     BatchImageEngine,
     ControlUnit,
@@ -24,7 +25,7 @@ from engines.base import (
 from engines.image.demo import SAFETY_MODEL as DEMO_SAFETY_MODEL
 from engines.image.safety import nsfw_confidence, nsfw_levels
 from engines.registry import CatalogError
-from engines.scheduler import Priority, Scheduler
+from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody, Txt2ImgRequest

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from engines.admission import Priority
 from engines.base import ModelKind, SpeechEngine, SpeechJob
 from engines.registry import CatalogError
-from engines.scheduler import Priority, Scheduler
+from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.speech import Txt2SpeechBody
 from server.serving.common import bad_request

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from engines.admission import Priority
 from engines.base import ModelKind, UpscaleEngine, UpscaleJob, upscaled_size
-from engines.scheduler import Priority, Scheduler
+from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.upscale import UpscaleBody, UpscaleRequest
 from server.serving.image_inputs import base64_image_bytes, open_input_image

@@ -8,8 +8,9 @@ import secrets
 from collections.abc import Callable
 from typing import cast
 
+from engines.admission import Priority
 from engines.base import LoraWeight, ModelKind, VideoEngine, VideoGeneration, VideoMode, VideoPrompt
-from engines.scheduler import Priority, Scheduler
+from engines.scheduler import Scheduler
 from engines.video.encoding import encode_video, interpolate_frames
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoExtra

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from engines.admission import AdmissionPolicy
 from engines.demo import demo_catalog
 from engines.registry import ModelRegistry, vllm_factory
-from engines.scheduler import AdmissionPolicy, Scheduler
+from engines.scheduler import Scheduler
 from server.services import Services
 from server.settings import Limits
 

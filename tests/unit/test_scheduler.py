@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 from litestar.testing import AsyncTestClient
 
+from engines.admission import AdmissionPolicy, Priority, lease_owner
 from engines.base import ModelKind, ModelSpec
 from engines.devices import DeviceMemory, parse_budget
 from engines.registry import ModelRegistry
-from engines.scheduler import AdmissionPolicy, Priority, Residency, Scheduler, lease_owner
+from engines.residency import Residency
+from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from server.app import create_app
 from tests.fakes import FAKE_SPECS, FakeSleepableTextEngine, fake_factory, sleepable_factory
