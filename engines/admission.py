@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections import deque
 from contextvars import ContextVar
 
@@ -25,21 +26,41 @@ lease_owner: ContextVar[str | None] = ContextVar("omniserve_lease_owner", defaul
 class AdmissionPolicy(msgspec.Struct, kw_only=True):
     max_concurrency: int = 256
     max_queue_depth: int = 512
+    # How long an interactive request waits for a slot, a turn or a load before a 503.
     queue_timeout_s: float = 30.0
+    # The same for background task work: nobody holds a connection open for it, and a task
+    # that gave up would be failed for good, so it waits much longer.
+    background_timeout_s: float = 1800.0
+    # A background waiter older than this is served as if interactive, so a steady stream of
+    # interactive requests cannot starve queued tasks; 0 turns aging off.
+    background_aging_s: float = 60.0
     # Unload models unused this long (pinned ones excepted); 0 keeps them until evicted.
     idle_ttl_s: float = 0.0
+
+    def timeout_for(self, priority: Priority) -> float:
+        return self.background_timeout_s if priority is Priority.BACKGROUND else self.queue_timeout_s
+
+
+class _Waiter:
+    __slots__ = ("future", "since")
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+        self.since = time.monotonic()
 
 
 class FairGate:
     """A counting semaphore whose waiters are served by priority, and within a priority
-    round-robin by owner, first come first served per owner."""
+    round-robin by owner, first come first served per owner. A background waiter that has
+    waited `aging_s` goes ahead of interactive ones (oldest such waiter first)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, aging_s: float = 0.0) -> None:
         self.limit = limit
+        self.aging_s = aging_s
         self.held = 0
         self.waiting = 0
         # Per priority, the owners with waiters in turn order (dict order), each with its queue.
-        self._queues: dict[Priority, dict[str | None, deque[asyncio.Future[None]]]] = {p: {} for p in Priority}
+        self._queues: dict[Priority, dict[str | None, deque[_Waiter]]] = {p: {} for p in Priority}
 
     def locked(self) -> bool:
         return self.held >= self.limit or self.waiting > 0
@@ -48,14 +69,14 @@ class FairGate:
         if not self.locked():
             self.held += 1
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(asyncio.get_running_loop().create_future())
         self._queues[priority].setdefault(owner, deque()).append(waiter)
         self.waiting += 1
         try:
             async with asyncio.timeout(timeout):
-                await waiter
+                await waiter.future
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled():
                 self.release()  # granted as the wait ended: hand the slot on
             else:
                 self._withdraw(priority, owner, waiter)
@@ -65,13 +86,17 @@ class FairGate:
         self.held -= 1
         while self.held < self.limit and self.waiting > 0:
             waiter = self._next()
-            if not waiter.done():
+            if not waiter.future.done():
                 self.held += 1
-                waiter.set_result(None)
+                waiter.future.set_result(None)
 
-    def _next(self) -> asyncio.Future[None]:
-        owners = next(queues for queues in self._queues.values() if queues)
-        owner = next(iter(owners))
+    def _next(self) -> _Waiter:
+        aged = self._aged_owners()
+        if aged:
+            owners, owner = self._queues[Priority.BACKGROUND], aged[0]
+        else:
+            owners = next(queues for queues in self._queues.values() if queues)
+            owner = next(iter(owners))
         queue = owners.pop(owner)
         waiter = queue.popleft()
         if queue:
@@ -79,7 +104,16 @@ class FairGate:
         self.waiting -= 1
         return waiter
 
-    def _withdraw(self, priority: Priority, owner: str | None, waiter: asyncio.Future[None]) -> None:
+    def _aged_owners(self) -> list[str | None]:
+        """[the background owner whose first waiter is the oldest], when that waiter has
+        waited `aging_s`; [] otherwise (a list, since None is a valid owner)."""
+        background = self._queues[Priority.BACKGROUND]
+        if self.aging_s <= 0 or not background:
+            return []
+        owner, queue = min(background.items(), key=lambda item: item[1][0].since)
+        return [owner] if time.monotonic() - queue[0].since >= self.aging_s else []
+
+    def _withdraw(self, priority: Priority, owner: str | None, waiter: _Waiter) -> None:
         owners = self._queues[priority]
         queue = owners.get(owner)
         if queue is not None and waiter in queue:

@@ -134,6 +134,16 @@ class SleepableEngine(Engine, Protocol):
 
 
 @runtime_checkable
+class DeviceSerialEngine(Engine, Protocol):
+    """An engine that computes one job at a time on its device, together with every other such
+    engine there (the diffusers pipelines share one device lock). The scheduler gives its leases
+    turns on the device, so that priorities and per-key turns, not thread scheduling, decide
+    which waiting job goes next. The attribute is a marker: only its presence counts."""
+
+    device_serial: Literal[True]
+
+
+@runtime_checkable
 class TextGenerationEngine(Engine, Protocol):
     @property
     def info(self) -> EngineInfo: ...

@@ -45,6 +45,9 @@ class DeviceUsage(msgspec.Struct, kw_only=True):
     total_bytes: int
     budget_bytes: int
     used_bytes: int  # footprints of the models loaded or loading there
+    # Jobs of device-serial engines (diffusers) running there, and waiting for their turn.
+    serial_running: int = 0
+    serial_waiting: int = 0
 
 
 class SchedulerReport(msgspec.Struct, kw_only=True):

@@ -15,7 +15,13 @@ is freed, its weights kept on the host, and the next lease wakes it instead of r
 
 Requests waiting for a slot are served by priority (interactive before background task
 work), and within a priority round-robin by owner (the API key), first come first served
-per owner, so one key's backlog does not hold back another key's single request.
+per owner, so one key's backlog does not hold back another key's single request. Background
+work that has waited `background_aging_s` goes first, so it is never starved, and it waits up
+to `background_timeout_s` rather than the interactive `queue_timeout_s`.
+
+Engines that compute one job at a time on their device (``DeviceSerialEngine``: the diffusers
+pipelines) also take turns on the device here, through the same ordering; otherwise their
+jobs would queue on a thread lock, in whatever order the threads happen to wake.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import cast
 from opentelemetry import trace
 
 from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner
-from engines.base import Engine, SleepableEngine
+from engines.base import DeviceSerialEngine, Engine, SleepableEngine
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
 from engines.registry import ModelRegistry
 from engines.residency import HOLDS_MEMORY, DeviceUsage, ModelResidency, Residency, SchedulerReport
@@ -49,12 +55,13 @@ class NoRoomError(Exception):
 
 
 class _Slot:
-    def __init__(self, engine: Engine, max_concurrency: int, device: str) -> None:
+    def __init__(self, engine: Engine, policy: AdmissionPolicy, device: str) -> None:
         self.engine = engine
         self.device = device
         self.pinned = engine.spec.pinned
+        self.serial = isinstance(engine, DeviceSerialEngine)
         self.state = Residency.UNLOADED
-        self.capacity = FairGate(max_concurrency)
+        self.capacity = FairGate(policy.max_concurrency, aging_s=policy.background_aging_s)
         self.load_lock = asyncio.Lock()
         self.load_task: asyncio.Task[None] | None = None
         self.active = 0
@@ -106,8 +113,11 @@ class Scheduler:
         # vLLM takes its device from the library's own detection: the first GPU when there is one.
         default_device = next((name for name in self.devices if name != HOST), HOST)
         self._slots: dict[str, _Slot] = {
-            engine.spec.name: _Slot(engine, policy.max_concurrency, model_device(engine, default_device))
-            for engine in registry
+            engine.spec.name: _Slot(engine, policy, model_device(engine, default_device)) for engine in registry
+        }
+        # Per device, the turns of the device-serial engines there (one job at a time).
+        self._device_turns = {
+            slot.device: FairGate(1, aging_s=policy.background_aging_s) for slot in self._slots.values() if slot.serial
         }
         # Placement decisions (what fits, what to evict) are made one at a time.
         self._placement = asyncio.Lock()
@@ -134,8 +144,9 @@ class Scheduler:
         return {name: slot.state for name, slot in self._slots.items()}
 
     def queue_state(self) -> dict[str, tuple[int, int]]:
-        """Per model: requests waiting for a slot, and requests holding one (for /metrics)."""
-        return {name: (slot.waiting, slot.active) for name, slot in self._slots.items()}
+        """Per model: requests waiting (for a slot, a load or a device turn), and requests
+        running (for /metrics)."""
+        return {name: (slot.demand - slot.active, slot.active) for name, slot in self._slots.items()}
 
     def all_resident(self) -> bool:
         return all(slot.state is Residency.RESIDENT for slot in self._slots.values())
@@ -364,28 +375,52 @@ class Scheduler:
         before their first byte, so the refusal is a 429 rather than an in-stream error."""
         self._check_queue(self._slot(name))
 
-    async def _admit(self, slot: _Slot, priority: Priority, owner: str | None) -> None:
-        if not slot.capacity.locked():
-            await slot.capacity.acquire(priority, owner, self.policy.queue_timeout_s)  # free slot: no wait
+    async def _take_turn(
+        self, gate: FairGate, slot: _Slot, priority: Priority, owner: str | None, deadline: float, span: str
+    ) -> None:
+        """Acquire `gate` for `slot`'s lease by `deadline` (monotonic), or a 503."""
+        if not gate.locked():
+            await gate.acquire(priority, owner, 0.0)  # free: no wait
             return
-        self._check_queue(slot)
+        timeout = max(deadline - time.monotonic(), 0.0)
         try:
-            # Only a request that finds every slot taken gets this span: its absence means no wait.
+            # Only a request that finds the gate taken gets this span: its absence means no wait.
             attributes: dict[str, str | int] = {
                 **_model_attributes(slot),
-                "omniserve.queue.waiting": slot.waiting + 1,
+                "omniserve.queue.waiting": gate.waiting + 1,
                 "omniserve.queue.priority": priority.name.lower(),
             }
-            with _tracer.start_as_current_span("scheduler queue wait", attributes=attributes):
-                await slot.capacity.acquire(priority, owner, self.policy.queue_timeout_s)
+            with _tracer.start_as_current_span(span, attributes=attributes):
+                await gate.acquire(priority, owner, timeout)
         except TimeoutError:
+            waited = self.policy.timeout_for(priority)
             raise ApiError(
                 ErrorCode.SERVICE_NOT_AVAILABLE,
-                f"Model '{slot.engine.spec.name}' is busy; no slot freed within {self.policy.queue_timeout_s:g} s.",
-                retry_after=self.policy.queue_timeout_s / 2,
+                f"Model '{slot.engine.spec.name}' is busy; its turn did not come within {waited:g} s.",
+                retry_after=max(min(waited, self.policy.queue_timeout_s) / 2, 1.0),
             ) from None
 
-    async def _make_resident(self, slot: _Slot) -> None:
+    async def _admit(self, slot: _Slot, priority: Priority, owner: str | None, deadline: float) -> None:
+        if slot.capacity.locked():
+            self._check_queue(slot)
+        await self._take_turn(slot.capacity, slot, priority, owner, deadline, "scheduler queue wait")
+
+    @asynccontextmanager
+    async def _device_turn(
+        self, slot: _Slot, priority: Priority, owner: str | None, deadline: float
+    ) -> AsyncIterator[None]:
+        """For a device-serial engine, hold its device's turn for the block; else nothing."""
+        if not slot.serial:
+            yield
+            return
+        turns = self._device_turns[slot.device]
+        await self._take_turn(turns, slot, priority, owner, deadline, "scheduler device wait")
+        try:
+            yield
+        finally:
+            turns.release()
+
+    async def _make_resident(self, slot: _Slot, deadline: float | None = None) -> None:
         if slot.state is Residency.RESIDENT:
             return
         if slot.state is Residency.FAILED:
@@ -398,7 +433,8 @@ class Scheduler:
             slot.load_task = asyncio.ensure_future(self.load(slot.engine.spec.name))
         try:
             # Shielded: a request that gives up waiting must not cancel the load itself.
-            await asyncio.wait_for(asyncio.shield(slot.load_task), self.policy.queue_timeout_s)
+            timeout = self.policy.queue_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.0)
+            await asyncio.wait_for(asyncio.shield(slot.load_task), timeout)
         except (TimeoutError, NoRoomError):
             if slot.state is Residency.LOADING:
                 raise ApiError(
@@ -438,17 +474,21 @@ class Scheduler:
         """Hold the model, loaded, for the block. Waiters for a slot are served by `priority`,
         then round-robin by `owner` (an API key id; by default the context's `lease_owner`)."""
         slot = self._slot(name)
+        owner = owner if owner is not None else lease_owner.get()
+        # One deadline for the whole wait: a slot, the load, the device turn.
+        deadline = time.monotonic() + self.policy.timeout_for(priority)
         slot.demand += 1
         try:
-            await self._admit(slot, priority, owner if owner is not None else lease_owner.get())
+            await self._admit(slot, priority, owner, deadline)
             try:
-                await self._make_resident(slot)
-                slot.active += 1
-                try:
-                    yield slot.engine
-                finally:
-                    slot.active -= 1
-                    slot.last_used = time.monotonic()
+                await self._make_resident(slot, deadline)
+                async with self._device_turn(slot, priority, owner, deadline):
+                    slot.active += 1
+                    try:
+                        yield slot.engine
+                    finally:
+                        slot.active -= 1
+                        slot.last_used = time.monotonic()
             finally:
                 slot.capacity.release()
         finally:
@@ -490,6 +530,8 @@ class Scheduler:
                 total_bytes=device.total_bytes,
                 budget_bytes=device.budget_bytes,
                 used_bytes=self.used_bytes(device.name),
+                serial_running=turns.held if (turns := self._device_turns.get(device.name)) else 0,
+                serial_waiting=turns.waiting if turns else 0,
             )
             for device in self.devices.values()
         ]

@@ -72,6 +72,8 @@ def build_state(
         max_queue_depth=settings.limits.max_queue_depth,
         queue_timeout_s=settings.limits.queue_timeout_s,
         idle_ttl_s=settings.scheduler.idle_ttl_s,
+        background_timeout_s=settings.scheduler.background_timeout_s,
+        background_aging_s=settings.scheduler.background_aging_s,
     )
     devices = discover_devices(settings.scheduler.host_budget, settings.scheduler.gpu_budget)
     keystore = KeyStore(settings.data_path / "keys.sqlite3")

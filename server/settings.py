@@ -54,6 +54,11 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     gpu_budget: float | str = 0.9
     # Unload a model unused this long (pinned models stay); 0 keeps models until evicted.
     idle_ttl_s: float = 0.0
+    # How long /v3 task work waits for a model (a slot, a load, a device turn) before the task
+    # fails; interactive requests wait limits.queue_timeout_s.
+    background_timeout_s: float = 1800.0
+    # Task work that has waited this long goes ahead of interactive requests; 0: never.
+    background_aging_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("host_budget", "gpu_budget"):
@@ -61,8 +66,11 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
                 parse_budget(getattr(self, name), 1)
             except ValueError as exc:
                 raise ValueError(f"scheduler.{name}: {exc}") from None
-        if self.idle_ttl_s < 0:
-            raise ValueError("scheduler.idle_ttl_s must not be negative")
+        for name in ("idle_ttl_s", "background_aging_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"scheduler.{name} must not be negative")
+        if self.background_timeout_s <= 0:
+            raise ValueError("scheduler.background_timeout_s must be positive")
 
 
 class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

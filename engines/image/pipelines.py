@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engines.base import ImageGeneration, ImageResult, ModelSpec, ProgressCallback
 from engines.image.adapters import activate_loras, add_embeddings
@@ -192,6 +192,8 @@ def _stacked(inputs: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
 
 class DiffusersImageEngine:
     """One diffusers text-to-image pipeline; img2img, inpainting and ControlNet pipelines share its modules."""
+
+    device_serial: Literal[True] = True  # one job at a time on the device (DeviceSerialEngine)
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec

@@ -28,7 +28,7 @@ import functools
 import logging
 import threading
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from engines.base import ModelSpec
 from engines.image.devices import device_lock, parameter_bytes, release_memory
@@ -67,6 +67,8 @@ def nsfw_confidence(probabilities: Mapping[str, float], labels: Collection[str])
 
 class SafetyClassifierEngine:
     """One image-classification model behind the SafetyEngine protocol."""
+
+    device_serial: Literal[True] = True  # one job at a time on the device (DeviceSerialEngine)
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec

@@ -24,7 +24,7 @@ import io
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from engines.base import ModelSpec, ProgressCallback, UpscaleJob, upscaled_size
 from engines.image.devices import device_lock, pipeline_bytes, release_memory
@@ -93,6 +93,8 @@ def _ramp(length: int, width: float) -> Any:
 
 class UpscalerEngine:
     """One StableDiffusionUpscalePipeline checkpoint (a diffusers folder)."""
+
+    device_serial: Literal[True] = True  # one job at a time on the device (DeviceSerialEngine)
 
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec

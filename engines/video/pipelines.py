@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoMode, VideoResult
 from engines.image.adapters import activate_loras, add_embeddings
@@ -82,6 +82,8 @@ def _to_uint8(frames: Any) -> Any:
 
 
 class DiffusersVideoEngine:
+    device_serial: Literal[True] = True  # one job at a time on the device (DeviceSerialEngine)
+
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
         self.device = device

@@ -322,7 +322,8 @@ class ImageTasks:
             return [None] * len(images)
         if self.safety_model is None:  # accepted before a restart without a classifier
             raise _invalid("NSFW detection is not configured on this server.", "extra.enable_nsfw_detection")
-        async with self.scheduler.lease(self.safety_model) as classifier:
+        # Only task work reaches here: it queues behind interactive requests, like the generation.
+        async with self.scheduler.lease(self.safety_model, priority=Priority.BACKGROUND) as classifier:
             scores = await cast(SafetyEngine, classifier).classify(images)
         counted = self.nsfw_levels[extra.nsfw_detection_level]
         return [{"valid": True, "confidence": nsfw_confidence(probabilities, counted)} for probabilities in scores]

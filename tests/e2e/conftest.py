@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -82,9 +83,17 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
     match = re.search(r"key: (\S+)", created)
     assert match, created
     log_path = data_dir / "server.log"
+    with launched(env, log_path) as base_url:
+        yield RunningServer(base_url=base_url, api_key=match.group(1), data_dir=data_dir, log_path=log_path)
+
+
+@contextmanager
+def launched(env: dict[str, str], log_path: Path, *args: str) -> Iterator[str]:
+    """`python -m server serve [args]` with `env`, logging to `log_path`: its base URL once
+    /ready answers 200; stopped with SIGTERM (then killed) on exit."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env, stdout=log, stderr=log)
-    base_url = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen([sys.executable, "-m", "server", "serve", *args], env=env, stdout=log, stderr=log)
+    base_url = f"http://127.0.0.1:{env['OMNISERVE_PORT']}"
     deadline = time.monotonic() + READY_TIMEOUT_S
     try:
         while True:
@@ -98,7 +107,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready in {READY_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
             time.sleep(1)
-        yield RunningServer(base_url=base_url, api_key=match.group(1), data_dir=data_dir, log_path=log_path)
+        yield base_url
     finally:
         process.send_signal(signal.SIGTERM)
         try:
