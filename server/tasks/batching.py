@@ -3,9 +3,12 @@
 Each /v3 image task runs on its own runner worker; a worker with a batchable job hands it to
 `ImageBatcher.generate` and awaits its own result. The first job of a key opens a batch and
 starts its collector, which waits up to `wait_s` for more jobs of that key (or until the batch
-holds `max_images` images), then runs them all through one `run` call and hands each worker its
-job's result. The workers are the ones that wait, so a batch holds at most as many tasks as
-the runner has workers (settings `tasks.workers`).
+holds `max_images` images), then takes the model (`hold`: the scheduler's lease) and runs them
+all through one `run` call and hands each worker its job's result. The batch stays open while
+it waits for the model, so jobs that arrive while the device is busy with the previous batch
+join the next one instead of queuing one by one: under load batches fill up by themselves.
+The workers are the ones that wait, so a batch holds at most as many tasks as the runner has
+workers (settings `tasks.workers`).
 
 A job whose worker gives up (shutdown) leaves the batch if the batch has not started; once all
 of a batch's jobs are abandoned, the batch itself is cancelled. When a batch of several jobs
@@ -17,14 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from engines.base import ImageGeneration, ImageResult, ProgressCallback
 
 log = logging.getLogger("omniserve.tasks.batching")
 
-# Runs jobs of one model and key as one call: one result per job, in order.
-BatchRunner = Callable[[str, list[ImageGeneration], ProgressCallback], Awaitable[list[ImageResult]]]
+# Holds a model for a batch: yields what the runner needs (the leased engine).
+ModelHolder = Callable[[str], AbstractAsyncContextManager[Any]]
+# Runs jobs of one model and key as one call on what the holder yielded: one result per job, in order.
+BatchRunner = Callable[[Any, list[ImageGeneration], ProgressCallback], Awaitable[list[ImageResult]]]
+
+
+@asynccontextmanager
+async def _model_name(model: str) -> AsyncIterator[str]:
+    """The default holder: nothing to take, the runner gets the model's name."""
+    yield model
 
 
 class _Entry:
@@ -47,10 +60,11 @@ class _Batch:
 
 
 class ImageBatcher:
-    def __init__(self, run: BatchRunner, *, max_images: int, wait_s: float) -> None:
+    def __init__(self, run: BatchRunner, *, max_images: int, wait_s: float, hold: ModelHolder = _model_name) -> None:
         if max_images < 1 or wait_s < 0:
             raise ValueError("max_images must be at least 1 and wait_s not negative")
         self.run = run
+        self.hold = hold
         self.max_images = max_images
         self.wait_s = wait_s
         self._open: dict[tuple[str, Hashable], _Batch] = {}
@@ -104,23 +118,31 @@ class ImageBatcher:
     async def _collect(self, batch: _Batch) -> None:
         with contextlib.suppress(TimeoutError):  # the window ended before the batch filled
             await asyncio.wait_for(batch.full.wait(), self.wait_s)
-        self._close(batch)
-        batch.started = True
-        entries = list(batch.entries)
-        if not entries:
-            return
-        self.batch_sizes = [*self.batch_sizes[-99:], len(entries)]
         try:
-            await self._run(batch.model, entries)
+            # Still open while waiting for the model: later jobs of this key join until it is full.
+            async with self.hold(batch.model) as held:
+                self._close(batch)
+                batch.started = True
+                entries = list(batch.entries)
+                if not entries:
+                    return
+                self.batch_sizes = [*self.batch_sizes[-99:], len(entries)]
+                await self._run(held, entries)
         except asyncio.CancelledError:
-            for entry in entries:
+            self._close(batch)
+            for entry in batch.entries:
                 if not entry.future.done():
                     entry.future.cancel()
             raise
+        except Exception as error:  # no model (e.g. a 503 from the scheduler): every job fails with it
+            self._close(batch)
+            batch.started = True
+            for entry in batch.entries:
+                _settle(entry, error)
 
-    async def _run(self, model: str, entries: list[_Entry]) -> None:
+    async def _run(self, held: Any, entries: list[_Entry]) -> None:
         try:
-            results = await self.run(model, [entry.job for entry in entries], _fan_out(entries))
+            results = await self.run(held, [entry.job for entry in entries], _fan_out(entries))
         except Exception as error:
             if len(entries) == 1:
                 _settle(entries[0], error)
@@ -130,7 +152,7 @@ class ImageBatcher:
                 if entry.abandoned:
                     continue
                 try:
-                    alone = await self.run(model, [entry.job], _fan_out([entry]))
+                    alone = await self.run(held, [entry.job], _fan_out([entry]))
                 except Exception as own:
                     _settle(entry, own)
                 else:

@@ -7,12 +7,14 @@ import base64
 import io
 import secrets
 from collections.abc import Hashable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 from engines.admission import Priority
 from engines.base import (
     BatchImageEngine,
     ControlUnit,
+    Engine,
     HiresFix,
     ImageEngine,
     ImageGeneration,
@@ -118,7 +120,9 @@ class ImageTasks:
         # Compatible txt2img jobs waiting on several runner workers share one pipeline call.
         self.batcher: ImageBatcher | None = None
         if batch_wait_ms > 0 and max_batch_images > 1:
-            self.batcher = ImageBatcher(self._run_batch, max_images=max_batch_images, wait_s=batch_wait_ms / 1000)
+            self.batcher = ImageBatcher(
+                self._run_batch, hold=self._hold_for_batch, max_images=max_batch_images, wait_s=batch_wait_ms / 1000
+            )
         # The classifier for extra.enable_nsfw_detection (settings tasks.safety_model); unset means
         # the demo one when the catalog has it, "" means none.
         if safety_model is None:
@@ -335,14 +339,15 @@ class ImageTasks:
         engine = self.scheduler.engine(model)
         return engine.batch_key(job) if isinstance(engine, BatchImageEngine) else None
 
-    async def _run_batch(
-        self, model: str, jobs: list[ImageGeneration], progress: ProgressCallback
-    ) -> list[ImageResult]:
+    def _hold_for_batch(self, model: str) -> AbstractAsyncContextManager[Engine]:
         # One lease for the whole batch; its owner is the context's (the task that opened the batch).
-        async with self.scheduler.lease(model, priority=Priority.BACKGROUND) as leased:
-            if len(jobs) == 1:
-                return [await cast(ImageEngine, leased).generate(jobs[0], progress)]
-            return await cast(BatchImageEngine, leased).generate_batch(jobs, progress)
+        return self.scheduler.lease(model, priority=Priority.BACKGROUND)
+
+    @staticmethod
+    async def _run_batch(leased: Engine, jobs: list[ImageGeneration], progress: ProgressCallback) -> list[ImageResult]:
+        if len(jobs) == 1:
+            return [await cast(ImageEngine, leased).generate(jobs[0], progress)]
+        return await cast(BatchImageEngine, leased).generate_batch(jobs, progress)
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from engines.base import BatchImageEngine, ImageGeneration, ImageResult, ModelSpec, ProgressCallback
+from schemas.errors import ApiError, ErrorCode
 from server.app import build_state, create_app
 from server.settings import Settings
 from server.tasks.batching import ImageBatcher
@@ -58,6 +60,56 @@ async def test_compatible_jobs_share_one_call_and_keep_their_own_results() -> No
     assert [result.seed for result in results] == [5, 6, 7]
     assert [result.images for result in results] == [["prompt 5/5"], ["prompt 6/6"], ["prompt 7/7"]]
     assert batcher.batch_sizes == [3]
+
+
+class BusyDevice:
+    """A model holder whose device is busy until `free` is set; counts the holds taken."""
+
+    def __init__(self) -> None:
+        self.free = asyncio.Event()
+        self.holds = 0
+
+    @asynccontextmanager
+    async def __call__(self, model: str) -> AsyncIterator[str]:
+        await self.free.wait()
+        self.holds += 1
+        yield model
+
+
+async def test_jobs_arriving_while_the_device_is_busy_join_the_waiting_batch() -> None:
+    runner, device = Recorder(), BusyDevice()
+    batcher = ImageBatcher(runner, hold=device, max_images=8, wait_s=0.01)
+    first = asyncio.create_task(batcher.generate("m", "k", job(1)))
+    await asyncio.sleep(0.1)  # the window is over: the batch waits for the device, still open
+    later = [asyncio.create_task(batcher.generate("m", "k", job(seed))) for seed in (2, 3)]
+    await asyncio.sleep(0.05)
+    assert runner.calls == []
+    device.free.set()
+    results = await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert runner.calls == [[1, 2, 3]] and device.holds == 1
+    assert [result.seed for result in results] == [1, 2, 3]
+
+
+async def test_a_full_batch_waiting_for_the_device_sends_newcomers_to_the_next() -> None:
+    runner, device = Recorder(), BusyDevice()
+    batcher = ImageBatcher(runner, hold=device, max_images=2, wait_s=0.01)
+    tasks = [asyncio.create_task(batcher.generate("m", "k", job(seed))) for seed in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    device.free.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert sorted(runner.calls) == [[1, 2], [3]] and device.holds == 2
+
+
+async def test_a_holder_that_fails_fails_every_job_of_its_batch() -> None:
+    @asynccontextmanager
+    async def no_room(model: str) -> AsyncIterator[str]:
+        raise ApiError(ErrorCode.SERVICE_NOT_AVAILABLE, "no room", retry_after=1.0)
+        yield model  # unreachable: the holder fails before yielding
+
+    runner = Recorder()
+    batcher = ImageBatcher(runner, hold=no_room, max_images=8, wait_s=0.01)
+    results = await asyncio.gather(*(batcher.generate("m", "k", job(seed)) for seed in (1, 2)), return_exceptions=True)
+    assert [type(result) for result in results] == [ApiError, ApiError] and runner.calls == []
 
 
 async def test_incompatible_jobs_and_models_run_apart() -> None:
