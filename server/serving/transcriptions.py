@@ -32,7 +32,7 @@ from schemas.openai.transcriptions import (
     TranscriptTextDone,
     TranslationRequest,
 )
-from server.accounts import UNMETERED, Meter
+from server.accounts import UNMETERED, Charge, Meter
 from server.serving.common import bad_request, require_kind, sse_error, sse_event
 from server.serving.subtitles import srt, vtt
 from server.settings import AudioSettings
@@ -126,13 +126,14 @@ class TranscriptionService:
         before the first byte raise here; errors after it go out as a final ``data:`` event."""
         job = await self._prepare(request, TranscriptionTask.TRANSCRIBE)
         self.scheduler.check_admission(request.model)
-        return self._events(request.model, job, meter)
+        # Reserved for the whole input before the first byte (a short balance is a plain 400);
+        # a client that leaves pays for the seconds decoded.
+        charge = meter.transcription(job.audio.size / SAMPLE_RATE)
+        return self._events(request.model, job, charge)
 
-    async def _events(self, model: str, job: TranscriptionJob, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
+    async def _events(self, model: str, job: TranscriptionJob, charge: Charge) -> AsyncIterator[bytes]:
         deltas: list[str] = []
         try:
-            # Reserved for the whole input; a client that leaves pays for the seconds decoded.
-            charge = meter.transcription(job.audio.size / SAMPLE_RATE)
             async with charge, inference("transcription", model) as call, self.scheduler.lease(model) as engine:
                 async for segment in cast(TranscriptionEngine, engine).transcribe_stream(job):
                     call.produced(audio_seconds=max(0.0, segment.end - call.audio_seconds))
