@@ -25,13 +25,30 @@ transcribed in pairs, one request per side back to back, alternating which side 
 that both sides see the same background load (on a small shared machine it moves the times by
 tens of percent within minutes); the figures are totals over all pairs. The client runs on the
 same machine, and each pair prints the 1-minute load average.
+
+Concurrency mode (`--concurrency N`) measures WhisperEngine's batching across requests instead:
+N different short clips (two sentences each, 5-10 s) are submitted to the engine at once, in
+this process, and the round's wall time gives clips per second. Three engines on the same model
+take turns, round by round:
+
+  on     the default: jobs that wait together share one decoder call (up to `batch_size`);
+  alone  `batch_size` 1: the same batched window decoder, but one job per call;
+  off    `batch_requests` false: each job through the sequential decoder, one after another.
+
+on/off is what batching across requests gains; alone/off what the window decoder alone gains
+(it reads the language from the encoder output it decodes, where the sequential decoder encodes
+twice). Same settings as above: temperature 0, beam size 5, language detection.
+
+    python benchmarks/audio_stt.py --concurrency 8 [--rounds 2] [--warmup 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,8 +66,9 @@ import soundfile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines.audio.whisper import WINDOW_S, available_cores  # noqa: E402
-from engines.base import ModelSpec  # noqa: E402
+from engines.audio.decoding import SAMPLE_RATE, decode_upload  # noqa: E402
+from engines.audio.whisper import WINDOW_S, WhisperEngine, available_cores  # noqa: E402
+from engines.base import ModelSpec, TranscriptionJob  # noqa: E402
 
 MODEL = "demo-whisper"
 BEAM_SIZE = 5
@@ -177,10 +195,104 @@ def timed(side: Any, path: Path, seconds: float) -> tuple[float, str]:
     return time.perf_counter() - started, text
 
 
+# ---------------------------------------------------------------- concurrency mode
+
+CONFIGS = {"on": {}, "alone": {"batch_size": 1}, "off": {"batch_requests": False}}
+
+
+def short_clips(work: Path, count: int) -> list[tuple[str, np.ndarray]]:
+    """`count` different clips of two sentences each: (reference text, 16 kHz samples)."""
+
+    spoken = [espeak(text, work / f"sentence-{i}.wav") for i, text in enumerate(SENTENCES)]
+    rate = spoken[0][1]
+    pause = np.zeros(int(0.5 * rate), dtype=np.float32)
+    clips = []
+    for k in range(count):
+        first, second = k % len(SENTENCES), (k + 1 + k // len(SENTENCES)) % len(SENTENCES)
+        if second == first:
+            second = (second + 1) % len(SENTENCES)
+        path = work / f"pair-{k}.wav"
+        soundfile.write(path, np.concatenate([spoken[first][0], pause, spoken[second][0]]), rate, subtype="PCM_16")
+        reference = f"{SENTENCES[first]} {SENTENCES[second]}"
+        clips.append((reference, decode_upload(path.read_bytes(), max_duration_s=WINDOW_S)))
+    return clips
+
+
+def word_error_rate(reference: str, text: str) -> float:
+    """Word edit distance over the reference's word count, ignoring case and punctuation."""
+    ref, hyp = (re.findall(r"[a-z0-9']+", words.lower()) for words in (reference, text))
+    previous = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, start=1):
+        current = [i]
+        for j, hyp_word in enumerate(hyp, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
+        previous = current
+    return previous[-1] / max(1, len(ref))
+
+
+def new_batch_sizes(engine: WhisperEngine, calls_before: int) -> list[int]:
+    calls = engine.batches_run - calls_before
+    return engine.batch_sizes[-calls:] if calls else []
+
+
+async def concurrent_round(engine: WhisperEngine, clips: list[tuple[str, np.ndarray]]) -> tuple[float, list[str]]:
+    jobs = [TranscriptionJob(audio=samples, temperature=TEMPERATURE, beam_size=BEAM_SIZE) for _, samples in clips]
+    started = time.perf_counter()
+    results = await asyncio.gather(*(engine.transcribe(job) for job in jobs))
+    elapsed = time.perf_counter() - started
+    return elapsed, ["".join(segment.text for segment in result.segments).strip() for result in results]
+
+
+async def concurrency_benchmark(spec: ModelSpec, clips: list[tuple[str, np.ndarray]], args: argparse.Namespace) -> None:
+    engines = {}
+    for name, options in CONFIGS.items():
+        engines[name] = WhisperEngine(msgspec.structs.replace(spec, options={**spec.options, **options}))
+        await engines[name].load()
+    totals = dict.fromkeys(CONFIGS, 0.0)
+    texts: dict[str, list[str]] = {}
+    order = list(CONFIGS)
+    for round_index in range(-args.warmup, args.rounds):
+        timed_round = round_index >= 0
+        times = {}
+        for name in order if round_index % 2 == 0 else order[::-1]:
+            calls_before = engines[name].batches_run
+            times[name], texts[name] = await concurrent_round(engines[name], clips)
+            sizes = new_batch_sizes(engines[name], calls_before)
+            if timed_round:
+                totals[name] += times[name]
+            print(
+                f"  {'round ' + str(round_index + 1) if timed_round else 'warm-up'} {name}: "
+                f"{times[name]:.1f} s, batched calls {sizes}{load()}",
+                flush=True,
+            )
+    for engine in engines.values():
+        await engine.unload()
+
+    count = len(clips)
+    seconds = [len(samples) / SAMPLE_RATE for _, samples in clips]
+    print(
+        f"\n{count} concurrent clips of {min(seconds):.1f}-{max(seconds):.1f} s, {args.rounds} timed round(s), "
+        f"warm-up {args.warmup}, beam {BEAM_SIZE}, temperature {TEMPERATURE}, {available_cores()} core(s)\n"
+    )
+    print("| engine | clips/s | vs off |\n|---|---|---|")
+    rate = {name: count * args.rounds / totals[name] for name in CONFIGS}
+    for name in CONFIGS:
+        print(f"| {name} | {rate[name]:.3f} | {rate[name] / rate['off']:.2f}x |")
+    print(f"\nbatching across requests (on/off): {rate['on'] / rate['off']:.2f}x clips/s")
+    for name in CONFIGS:
+        wers = [word_error_rate(reference, text) for (reference, _), text in zip(clips, texts[name], strict=True)]
+        print(f"  {name}: worst word error rate {max(wers):.2f}")
+    differing = [k for k in range(count) if len({texts[name][k] for name in CONFIGS}) > 1]
+    if differing:
+        print(f"  note: the texts differ between engines for clip(s) {differing}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=8, help="timed requests per clip and side, taken in pairs")
-    parser.add_argument("--warmup", type=int, default=1, help="uncounted requests per clip and side first")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted requests (rounds) per clip and side first")
+    parser.add_argument("--concurrency", type=int, default=0, help="concurrency mode: this many clips at once")
+    parser.add_argument("--rounds", type=int, default=2, help="concurrency mode: timed rounds per engine")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -193,6 +305,10 @@ def main() -> None:
     from engines.audio.stt_demo import stt_demo_catalog
 
     spec = next(s for s in stt_demo_catalog(work / "models") if s.name == MODEL)
+    if args.concurrency > 0:
+        asyncio.run(concurrency_benchmark(spec, short_clips(work, args.concurrency), args))
+        print(f"total wall time: {time.monotonic() - wall_started:.1f} s")
+        return
     clips = make_clips(work)
     print(f"built {MODEL} and clips under {work} in {time.monotonic() - wall_started:.1f} s", flush=True)
 

@@ -57,6 +57,14 @@ class _EngineCollector(Collector):
         wakes = SummaryMetricFamily(
             "omniserve_model_wake_seconds", "Time taken to wake sleeping models (not loads)", labels=["model"]
         )
+        batches = CounterMetricFamily(
+            "omniserve_engine_batches", "Engine calls that decoded queued requests together", labels=["model"]
+        )
+        batched = CounterMetricFamily(
+            "omniserve_engine_batched_requests",
+            "Requests decoded by those calls (mean batch size: ratio)",
+            labels=["model"],
+        )
         residency = self.scheduler.residency()
         queues = self.scheduler.queue_state()
         report = self.scheduler.report().models
@@ -74,12 +82,16 @@ class _EngineCollector(Collector):
                 aborted.add_metric([name], float(engine.aborted_requests))
             if hasattr(engine, "unfinished_requests"):
                 unfinished.add_metric([name], float(engine.unfinished_requests()))
+            if hasattr(engine, "batched_jobs"):
+                batches.add_metric([name], float(engine.batches_run))
+                batched.add_metric([name], float(engine.batched_jobs))
             for reason in ("lru", "idle"):
                 evictions.add_metric([name, reason], float(report[name].evictions.get(reason, 0)))
             loads.add_metric([name], count_value=report[name].loads, sum_value=report[name].total_load_s)
             sleeps.add_metric([name], float(report[name].sleeps))
             wakes.add_metric([name], count_value=report[name].wakes, sum_value=report[name].total_wake_s)
         yield from (resident, state, memory, waiting, active, aborted, unfinished, evictions, loads, sleeps, wakes)
+        yield from (batches, batched)
 
 
 class _DeviceCollector(Collector):

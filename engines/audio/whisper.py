@@ -6,18 +6,32 @@ side by side would only share them. Waiting jobs queue on an asyncio lock, so no
 is parked while it waits; a thread lock inside keeps the decodes apart even when a cancelled
 job's thread is still finishing its current segment.
 
-Long audio (over `options.batched_min_duration_s`, 30 s: one Whisper window) goes through
-faster-whisper's BatchedInferencePipeline, which cuts the audio at pauses found by its voice
-activity detector and decodes the pieces as one batch; shorter audio takes the sequential
-decoder, which conditions each window on the text before it. A job that turns the detector
-off (`vad_filter=False`) stays sequential at any length, since the batched pipeline could then
-only cut at fixed 30 s marks, through words.
+Audio of one Whisper window at most (30 s) is batched across requests: while a decode runs, the
+short jobs that arrive wait together, and the model's next turn decodes them in one call, since
+one short decode leaves most of the device idle (engines/audio/whisper_batching.py says why and
+how). A lone job runs at once, so batching adds no latency at low load. A job the batched call
+cannot finish as the sequential decoder would (its text stops before its audio does, or it fails
+a check that the temperature schedule would retry) goes on to that decoder.
+
+Long audio (over `options.batched_min_duration_s`, 30 s) goes through faster-whisper's
+BatchedInferencePipeline, which cuts the audio at pauses found by its voice activity detector
+and decodes the pieces as one batch. The rest takes the sequential decoder, which conditions
+each window on the text before it: streams (their segments are sent as they are decoded), jobs
+that ask for it (`batched=False`), sampling at a fixed temperature above 0, and long audio with
+the detector off (`vad_filter=False`), since the batched pipeline could then only cut at fixed
+30 s marks, through words.
+
+For metrics: `batches_run` (batched decoder calls across requests), `batched_jobs` (the jobs
+they decoded), `batch_sizes` (jobs per such call, the last 100) and `waiting_jobs` (short jobs
+waiting for the model).
 
 Catalog options: `compute_type` (CTranslate2's, "default" keeps the stored precision where the
 device supports it), `cpu_threads` (unset or 0: one per core this process may use; CTranslate2's
 own default of 4 oversubscribes small machines, badly so beside torch's OpenMP threads),
 `beam_size` (5), `temperature` (unset: Whisper's fallback schedule 0.0, 0.2, ... 1.0),
-`batch_size` (8) and `batched_min_duration_s` (30).
+`batch_size` (8: chunks per batch of one long file, and jobs per batch across requests),
+`batched_min_duration_s` (30), `batch_requests` (true; false decodes every job alone) and
+`batch_wait_ms` (0: how long a batch that is not full waits for more jobs before it starts).
 """
 
 from __future__ import annotations
@@ -32,7 +46,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from engines.audio.decoding import SAMPLE_RATE
+from engines.audio.whisper_batching import BatchQueue, WindowJob, WindowResult, decode_windows, transcribe_default
 from engines.base import (
     ModelSpec,
     TranscribedSegment,
@@ -86,6 +103,21 @@ def _segment(index: int, segment: Any) -> TranscribedSegment:
     )
 
 
+def _window_result(window: WindowResult) -> TranscriptionResult:
+    return TranscriptionResult(
+        language=window.language,
+        language_probability=window.language_probability,
+        duration=window.duration,
+        segments=[_segment(index, segment) for index, segment in enumerate(window.segments)],
+    )
+
+
+def _decode_audio(data: bytes | bytearray) -> Any:
+    from faster_whisper import decode_audio
+
+    return decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
+
+
 class WhisperEngine:
     """One CTranslate2 Whisper model folder (model.bin, config.json, tokenizer.json, vocabulary)."""
 
@@ -96,10 +128,27 @@ class WhisperEngine:
         self._batched: Any = None
         self._queue = asyncio.Lock()
         self._compute = threading.Lock()
+        options = spec.options
+        self._batch_requests = bool(options.get("batch_requests", True))
+        self._windows: BatchQueue[WindowJob, TranscriptionResult | None] = BatchQueue(
+            self._decode_windows,
+            gate=self._queue,
+            key=lambda window: window.key,
+            max_jobs=int(options.get("batch_size", DEFAULT_BATCH_SIZE)),
+            wait_s=float(options.get("batch_wait_ms", 0)) / 1000,
+        )
+        self.batches_run = 0  # batched decoder calls across requests
+        self.batched_jobs = 0  # the jobs those calls decoded
+        self.batch_sizes: list[int] = []  # jobs per such call, most recent last (bounded)
 
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def waiting_jobs(self) -> int:
+        """Short jobs waiting for their batch while the model is busy."""
+        return self._windows.waiting
 
     async def load(self) -> None:
         if self._model is None:
@@ -138,6 +187,7 @@ class WhisperEngine:
         return model, BatchedInferencePipeline(model)
 
     async def unload(self) -> None:
+        self._windows.fail_waiting(RuntimeError(f"model {self.spec.name} was unloaded"))
         self._model = self._batched = None
 
     def memory_bytes(self) -> int:
@@ -159,8 +209,58 @@ class WhisperEngine:
 
     async def transcribe(self, job: TranscriptionJob) -> TranscriptionResult:
         self._require_model()
+        window = await self._window_job(job)
+        if window is not None:
+            result = await self._windows.submit(window)
+            if result is not None:
+                return result
+            # The batched call could not finish it as the sequential decoder would: that decoder does.
+            job = msgspec.structs.replace(window.job, batched=False, vad_filter=window.vad_filter)
         async with self._queue:
             return await run_cancellable(lambda cancelled: self._run(job, cancelled, None))
+
+    async def _window_job(self, job: TranscriptionJob) -> WindowJob | None:
+        """The job as a candidate for a batch across requests; None: it takes the other paths."""
+        if not self._batch_requests or job.batched is False:
+            return None
+        samples = job.audio
+        if isinstance(samples, bytes | bytearray):
+            samples = await asyncio.to_thread(_decode_audio, samples)
+            job = msgspec.structs.replace(job, audio=samples)
+        # Audio over the long-audio threshold, where that is set below one window, keeps its pipeline.
+        longest = min(WINDOW_S, float(self.spec.options.get("batched_min_duration_s", WINDOW_S)))
+        if samples.shape[0] / SAMPLE_RATE > longest:
+            return None
+        temperatures = self._temperatures(job)
+        if temperatures[0] != 0:
+            return None  # sampling: the batched call decodes at temperature 0 only
+        return WindowJob(
+            job,
+            samples,
+            beam_size=self._beam_size(job),
+            vad_filter=job.vad_filter if job.vad_filter is not None else bool(job.batched),
+            may_fall_back=len(temperatures) > 1,
+        )
+
+    def _decode_windows(self, jobs: list[WindowJob]) -> list[TranscriptionResult | BaseException | None]:
+        with self._compute:
+            windows = decode_windows(self._require_model(), jobs, self._record_batch)
+        return [None if window is None else _window_result(window) for window in windows]
+
+    def _record_batch(self, size: int) -> None:
+        self.batches_run += 1
+        self.batched_jobs += size
+        self.batch_sizes = [*self.batch_sizes[-99:], size]
+
+    def _temperatures(self, job: TranscriptionJob) -> list[float]:
+        """The temperatures the sequential decoder would try, in order."""
+        temperature = job.temperature if job.temperature is not None else self.spec.options.get("temperature")
+        if temperature is None:
+            temperature = transcribe_default("temperature")  # Whisper's fallback schedule
+        return [float(t) for t in temperature] if isinstance(temperature, list | tuple) else [float(temperature)]
+
+    def _beam_size(self, job: TranscriptionJob) -> int:
+        return job.beam_size or int(self.spec.options.get("beam_size", DEFAULT_BEAM_SIZE))
 
     async def transcribe_stream(self, job: TranscriptionJob) -> AsyncIterator[TranscribedSegment]:
         self._require_model()
@@ -198,9 +298,7 @@ class WhisperEngine:
     ) -> TranscriptionResult:
         audio = job.audio
         if isinstance(audio, bytes | bytearray):
-            from faster_whisper import decode_audio
-
-            audio = decode_audio(io.BytesIO(audio), sampling_rate=SAMPLE_RATE)
+            audio = _decode_audio(audio)
         options = self.spec.options
         duration = audio.shape[0] / SAMPLE_RATE
         batched = job.batched
@@ -213,7 +311,7 @@ class WhisperEngine:
             "language": job.language,
             "task": job.task.value,
             "initial_prompt": job.prompt or None,
-            "beam_size": job.beam_size or int(options.get("beam_size", DEFAULT_BEAM_SIZE)),
+            "beam_size": self._beam_size(job),
             "word_timestamps": job.word_timestamps,
             "vad_filter": vad_filter,
         }

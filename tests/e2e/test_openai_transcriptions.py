@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -203,3 +204,26 @@ def test_routes_need_a_key(server: RunningServer, speech: bytes) -> None:
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "MISSING_API_KEY"
+
+
+def test_concurrent_transcriptions_are_decoded_together(
+    client: openai.OpenAI, server: RunningServer, speech: bytes
+) -> None:
+    def batched() -> tuple[float, float]:
+        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        found = {}
+        for line in metrics.splitlines():
+            for name in ("omniserve_engine_batches_total", "omniserve_engine_batched_requests_total"):
+                if line.startswith(f'{name}{{model="{MODEL}"}}'):
+                    found[name] = float(line.rsplit(" ", 1)[1])
+        return found["omniserve_engine_batches_total"], found["omniserve_engine_batched_requests_total"]
+
+    calls_before, jobs_before = batched()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        texts = list(pool.map(lambda _: client.audio.transcriptions.create(model=MODEL, file=speech).text, range(4)))
+    assert all(word_error_rate(SENTENCE, text) < MAX_WER for text in texts), texts
+    calls, jobs = batched()
+    # Every short clip goes through the batch path. The four arrive within milliseconds and a
+    # decode takes far longer, so at least three of them wait together for the model.
+    assert jobs - jobs_before == 4
+    assert calls - calls_before < 4

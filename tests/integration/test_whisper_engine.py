@@ -4,15 +4,12 @@ Whisper base for what the words come out as."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from engines.audio.decoding import SAMPLE_RATE, decode_upload
-from engines.audio.stt_demo import BASE_MODEL, TINY_MODEL, build_stt_demo_models
 from engines.audio.whisper import WhisperEngine
 from engines.base import TranscriptionEngine, TranscriptionJob, TranscriptionTask
 from tests.audio_inputs import (
@@ -29,35 +26,9 @@ from tests.audio_inputs import (
 
 pytestmark = pytest.mark.integration
 
+# The engines `tiny` and `base` are session fixtures (tests/integration/conftest.py).
+
 MAX_WER = 0.2
-
-
-@pytest.fixture(scope="session")
-def stt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("stt-demo")
-    build_stt_demo_models(root)
-    return root
-
-
-async def _engine(root: Path, name: str) -> WhisperEngine:
-    spec = next(spec for spec in build_stt_demo_models(root) if spec.name == name)
-    engine = WhisperEngine(spec)
-    await engine.load()
-    return engine
-
-
-@pytest.fixture(scope="module")
-async def tiny(stt_root: Path) -> AsyncIterator[WhisperEngine]:
-    engine = await _engine(stt_root, TINY_MODEL)
-    yield engine
-    await engine.unload()
-
-
-@pytest.fixture(scope="module")
-async def base(stt_root: Path) -> AsyncIterator[WhisperEngine]:
-    engine = await _engine(stt_root, BASE_MODEL)
-    yield engine
-    await engine.unload()
 
 
 @pytest.fixture(scope="module")
