@@ -83,7 +83,7 @@ class _EngineCollector(Collector):
             if hasattr(engine, "unfinished_requests"):
                 unfinished.add_metric([name], float(engine.unfinished_requests()))
             if hasattr(engine, "batched_jobs"):
-                batches.add_metric([name], float(engine.batches_run))
+                batches.add_metric([name], float(getattr(engine, "batches_run", 0)))
                 batched.add_metric([name], float(engine.batched_jobs))
             for reason in ("lru", "idle"):
                 evictions.add_metric([name, reason], float(report[name].evictions.get(reason, 0)))

@@ -108,6 +108,11 @@ def _compel_provider() -> Any:
     return ClipSkipProvider
 
 
+def _text_key(job: ImageGeneration) -> tuple[str, str, int | None]:
+    """What a job's prompt encoding depends on, besides the adapters its batch shares."""
+    return job.prompt, job.negative_prompt, job.clip_skip
+
+
 def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: Any) -> dict[str, Any]:
     """prompt_embeds (and SDXL's pooled embeds) for both prompts, through compel."""
     import torch
@@ -325,7 +330,12 @@ class DiffusersImageEngine:
             pipe = self._pipe
             self._activate_loras(first)
             self._add_embeddings(first)
-            prompts = [self._prompt_inputs(pipe, job) for job in jobs]
+            # Jobs with the same text (the usual case: one prompt, many seeds) share one encoding.
+            encoded: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+            for job in jobs:
+                if _text_key(job) not in encoded:
+                    encoded[_text_key(job)] = self._prompt_inputs(pipe, job)
+            prompts = [encoded[_text_key(job)] for job in jobs]
             # Prompt inputs stack only when equally shaped (a long prompt's embedding is longer, and
             # padding a short one would change its picture): one call per shape.
             groups: dict[Hashable, list[int]] = {}

@@ -55,6 +55,7 @@ async def test_batched_jobs_match_each_job_alone(sd: DiffusersImageEngine) -> No
         job(seed=2, prompt="a blue boat on a lake", negative_prompt="blurry"),
         job(seed=3, image_num=2, prompt="(a green hill:1.3) at noon"),
         job(seed=4, prompt=LONG_PROMPT),  # a longer embedding: its own call inside the batch
+        job(seed=5),  # the same text as the first: one encoding serves both
     ]
     assert len({sd.batch_key(one) for one in jobs}) == 1
     fractions: list[float] = []
