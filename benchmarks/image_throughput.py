@@ -45,6 +45,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -203,8 +204,59 @@ async def wait_ready(server: Server, timeout_s: float = 600) -> None:
     raise TimeoutError(f"server not ready in {timeout_s:.0f} s; see {server.log_path}")
 
 
-async def one_task(session: aiohttp.ClientSession, url: str, size: int, steps: int, seed: int, poll_s: float) -> int:
-    """Submit one txt2img task, poll it to the end, download its images; returns the image count."""
+class WebhookSink:
+    """A loopback HTTP server that receives task webhooks: `wait(task_id)` gives a task's result
+    without polling (results that arrive before anyone waits are kept)."""
+
+    def __init__(self) -> None:
+        self._results: dict[str, dict[str, Any]] = {}
+        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> WebhookSink:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/hook", self._receive)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        body = msgspec.json.decode(await request.read())
+        result = body.get("payload", body)  # the /v3 envelope, or the bare result
+        task_id = result["task"]["task_id"]
+        waiter = self._waiters.pop(task_id, None)
+        if waiter is None:
+            self._results[task_id] = result
+        elif not waiter.done():
+            waiter.set_result(result)
+        return web.Response(text="ok")
+
+    async def wait(self, task_id: str, timeout_s: float = 600.0) -> dict[str, Any]:
+        if task_id in self._results:
+            return self._results.pop(task_id)
+        waiter = self._waiters.setdefault(task_id, asyncio.get_running_loop().create_future())
+        return await asyncio.wait_for(waiter, timeout_s)
+
+
+async def one_task(
+    session: aiohttp.ClientSession,
+    url: str,
+    size: int,
+    steps: int,
+    seed: int,
+    poll_s: float,
+    sink: WebhookSink | None = None,
+) -> int:
+    """Submit one txt2img task, follow it to the end (its webhook with `sink`, else polling every
+    `poll_s`), download its images; returns the image count."""
     body = {
         "request": {
             "model_name": MODEL,
@@ -219,11 +271,13 @@ async def one_task(session: aiohttp.ClientSession, url: str, size: int, steps: i
         },
         "extra": {"response_image_type": IMAGE_TYPE},
     }
+    if sink is not None:
+        body["extra"]["webhook"] = {"url": sink.url}
     async with session.post(f"{url}/v3/async/txt2img", json=body) as response:
         if response.status != 200:
             raise RuntimeError(f"txt2img answered {response.status}: {await response.text()}")
         task_id = msgspec.json.decode(await response.read())["task_id"]
-    while True:
+    while sink is None:
         async with session.get(f"{url}/v3/async/task-result", params={"task_id": task_id}) as response:
             if response.status != 200:
                 raise RuntimeError(f"task-result answered {response.status}: {await response.text()}")
@@ -234,6 +288,10 @@ async def one_task(session: aiohttp.ClientSession, url: str, size: int, steps: i
         if status == "TASK_STATUS_FAILED":
             raise RuntimeError(f"task {task_id} failed: {result['task']['reason']}")
         await asyncio.sleep(poll_s)
+    if sink is not None:
+        result = await sink.wait(task_id)
+        if result["task"]["status"] != "TASK_STATUS_SUCCEED":
+            raise RuntimeError(f"task {task_id} failed: {result['task'].get('reason')}")
     for image in result["images"]:
         async with session.get(image["image_url"]) as response:
             if response.status != 200:
@@ -244,10 +302,17 @@ async def one_task(session: aiohttp.ClientSession, url: str, size: int, steps: i
 
 
 async def run_clients(
-    url: str, size: int, steps: int, jobs: int, concurrency: int, poll_s: float, seed0: int
+    url: str,
+    size: int,
+    steps: int,
+    jobs: int,
+    concurrency: int,
+    poll_s: float,
+    seed0: int,
+    sink: WebhookSink | None = None,
 ) -> tuple[int, float]:
     """`jobs` tasks shared by `concurrency` clients; returns the images downloaded and the seconds from the
-    first submit to the last download."""
+    first submit to the last download. With `sink`, clients wait for webhooks instead of polling."""
     seeds = iter(range(seed0, seed0 + jobs))
     images = 0
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
@@ -259,7 +324,7 @@ async def run_clients(
             for seed in seeds:  # one shared iterator: each job is taken by exactly one client
                 # Await first, add after: `images += await ...` reads `images` before the await
                 # and would drop the counts other clients add meanwhile.
-                done = await one_task(session, url, size, steps, seed, poll_s)
+                done = await one_task(session, url, size, steps, seed, poll_s, sink)
                 images += done
 
         started = time.perf_counter()
