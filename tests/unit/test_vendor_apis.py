@@ -266,8 +266,16 @@ async def test_sdapi_webhook_gets_the_sd_body_with_track_id(
     # The vendor's own shape, not /v3's ASYNC_TASK_RESULT envelope.
     assert "event_type" not in hook
     assert hook["status"] == "success" and hook["id"] == answer["id"] and hook["track_id"] == 7
-    # The same signed files, at the server's public address.
-    assert [url.split("/v3/", 1)[1] for url in hook["output"]] == [url.split("/v3/", 1)[1] for url in answer["output"]]
+
+    # The same files at the server's public address, each URL signed as its body was rendered
+    # (the two expiry times may differ by a second), and the webhook's URLs serve them.
+    def file_path(url: str) -> str:
+        return url.split("/v3/", 1)[1].split("?", 1)[0]
+
+    assert [file_path(url) for url in hook["output"]] == [file_path(url) for url in answer["output"]]
+    for url in hook["output"]:
+        fetched = await client.get("/v3/" + url.split("/v3/", 1)[1])
+        assert fetched.status_code == 200 and fetched.content.startswith(b"\x89PNG")
     assert hook["meta"]["n_samples"] == 1
 
 
