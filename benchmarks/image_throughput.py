@@ -8,6 +8,8 @@ The same tiny pipeline (demo-sd, built into a temp dir) is driven two ways, one 
   omniserve  `python -m server serve` with a catalog of demo-sd alone, and N concurrent clients
              (default 8), each POSTing /v3/async/txt2img, polling /v3/async/task-result every 20 ms
              until TASK_STATUS_SUCCEED, then downloading the image URL: the whole client path.
+             With `--notify webhook` each task names a webhook on a receiver in this process
+             instead, and the client waits for it (no polling load on the server).
 
 Both sides run identical jobs (same prompt, sampler, guidance, steps and seeds). For each size it
 prints images/s direct and via omniserve, the ratio omniserve/direct, and the time omniserve adds
@@ -16,6 +18,7 @@ per task, in ms ((1/ips_omni - 1/ips_direct) * 1000) and as a share of the direc
 Goal: omniserve adds under 5% to the direct loop's per-image time at 512x512.
 
     python benchmarks/image_throughput.py [--sizes 128,512] [--steps 4] [--jobs N] [--rounds 1] [--concurrency 8]
+                                          [--notify poll|webhook]
 
 The small size is 128x128, not 64x64: the /v3 API refuses sides below 128
 (`server.tasks.images.MIN_SIDE`), and the comparison needs the same job on both sides. Images per
@@ -164,6 +167,8 @@ def omniserve_command(spec: ModelSpec, work: Path, port: int) -> list[str]:
     config = work / "bench.toml"
     config.write_text(
         f'host = "127.0.0.1"\nport = {port}\ndata_dir = {toml_value(str(work / "data"))}\nlog_level = "warning"\n\n'
+        # Webhooks go to this benchmark's own receiver on loopback.
+        "[tasks]\nallow_private_urls = true\n\n"
         f"[[models]]\nname = {toml_value(spec.name)}\nkind = {toml_value(spec.kind.value)}\n"
         f"engine = {toml_value(spec.engine)}\npath = {toml_value(spec.path)}\noptions = {toml_value(spec.options)}\n"
     )
@@ -334,11 +339,18 @@ async def run_clients(
 
 
 async def measure_omniserve(
-    server: Server, size: int, steps: int, jobs: int, warmup: int, concurrency: int, poll_s: float
+    server: Server,
+    size: int,
+    steps: int,
+    jobs: int,
+    warmup: int,
+    concurrency: int,
+    poll_s: float,
+    sink: WebhookSink | None = None,
 ) -> tuple[int, float]:
     if warmup:
-        await run_clients(server.url, size, steps, warmup, concurrency, poll_s, WARMUP_SEED)
-    images, elapsed = await run_clients(server.url, size, steps, jobs, concurrency, poll_s, 0)
+        await run_clients(server.url, size, steps, warmup, concurrency, poll_s, WARMUP_SEED, sink)
+    images, elapsed = await run_clients(server.url, size, steps, jobs, concurrency, poll_s, 0, sink)
     if images != jobs:
         raise RuntimeError(f"{jobs} tasks gave {images} images")
     print(
@@ -361,6 +373,9 @@ async def bench(spec: ModelSpec, server: Server, plan: list[tuple[int, int]], ar
     print(f"direct: loaded in {time.monotonic() - started:.1f} s", flush=True)
     poll_s = args.poll_ms / 1000
     results = []
+    sink = WebhookSink()
+    await sink.__aenter__()
+    notify = sink if args.notify == "webhook" else None
     try:
         for size, jobs in plan:
             totals = {"direct": [0, 0.0], "omniserve": [0, 0.0]}  # images, seconds over all rounds
@@ -372,7 +387,7 @@ async def bench(spec: ModelSpec, server: Server, plan: list[tuple[int, int]], ar
                         images, elapsed = await direct.measure(size, jobs, args.warmup)
                     else:
                         images, elapsed = await measure_omniserve(
-                            server, size, args.steps, jobs, args.warmup, args.concurrency, poll_s
+                            server, size, args.steps, jobs, args.warmup, args.concurrency, poll_s, notify
                         )
                     totals[side][0] += images
                     totals[side][1] += elapsed
@@ -387,6 +402,7 @@ async def bench(spec: ModelSpec, server: Server, plan: list[tuple[int, int]], ar
                 )
             )
     finally:
+        await sink.__aexit__()
         await direct.engine.unload()
     return results
 
@@ -423,6 +439,12 @@ def main() -> None:
         "--rounds", type=int, default=1, help="turns per side and size, alternating who goes first (summed)"
     )
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent /v3 clients")
+    parser.add_argument(
+        "--notify",
+        choices=["webhook", "poll"],
+        default="poll",
+        help="how clients learn a task is done: polling task-result every --poll-ms (the default), or its webhook",
+    )
     parser.add_argument("--poll-ms", type=float, default=20.0, help="task-result polling interval")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
@@ -447,9 +469,10 @@ def main() -> None:
     finally:
         server.stop()
 
+    told = "webhooks" if args.notify == "webhook" else f"poll {args.poll_ms:.0f} ms"
     print(
         f"\nsteps {args.steps}, sampler {SAMPLER}, guidance {GUIDANCE}, {args.concurrency} clients, "
-        f"poll {args.poll_ms:.0f} ms, warm-up {args.warmup} jobs per turn, {args.rounds} round(s)\n"
+        f"{told}, warm-up {args.warmup} jobs per turn, {args.rounds} round(s)\n"
     )
     print_table(results)
     print(f"\ntotal wall time: {time.monotonic() - wall_started:.1f} s")
