@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import math
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -69,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 from engines.audio.decoding import SAMPLE_RATE, decode_upload  # noqa: E402
 from engines.audio.whisper import WINDOW_S, WhisperEngine, available_cores  # noqa: E402
 from engines.base import ModelSpec, TranscriptionJob  # noqa: E402
+from tests.audio_inputs import word_error_rate  # noqa: E402
 
 MODEL = "demo-whisper"
 BEAM_SIZE = 5
@@ -216,18 +216,6 @@ def short_clips(work: Path, count: int) -> list[tuple[str, np.ndarray]]:
         reference = f"{SENTENCES[first]} {SENTENCES[second]}"
         clips.append((reference, decode_upload(path.read_bytes(), max_duration_s=WINDOW_S)))
     return clips
-
-
-def word_error_rate(reference: str, text: str) -> float:
-    """Word edit distance over the reference's word count, ignoring case and punctuation."""
-    ref, hyp = (re.findall(r"[a-z0-9']+", words.lower()) for words in (reference, text))
-    previous = list(range(len(hyp) + 1))
-    for i, ref_word in enumerate(ref, start=1):
-        current = [i]
-        for j, hyp_word in enumerate(hyp, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_word != hyp_word)))
-        previous = current
-    return previous[-1] / max(1, len(ref))
 
 
 def new_batch_sizes(engine: WhisperEngine, calls_before: int) -> list[int]:

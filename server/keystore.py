@@ -14,10 +14,11 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+
+from server.sqlite_tx import immediate_transaction
 
 KEY_PREFIX = "os-"
 
@@ -124,18 +125,8 @@ class KeyStore:
                     if "duplicate column" not in str(exc):
                         raise
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            # IMMEDIATE takes the write lock first: two processes cannot both read a balance
-            # and then both spend it.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     def close(self) -> None:
         self._db.close()

@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from server.sqlite_tx import immediate_transaction
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 
 
@@ -137,18 +137,8 @@ class SqliteTaskStore:
         with self._lock:
             self._db.close()
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            # IMMEDIATE takes the write lock up front, so a busy database fails before
-            # any change rather than half-way through a read-modify-write.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return immediate_transaction(self._db, self._lock)
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one write in its own transaction; the number of rows it changed."""

@@ -200,18 +200,8 @@ class Inference:
         self.span.set_attributes(attributes)
 
 
-def inference(
-    operation: str,
-    model: str,
-    *,
-    options: SamplingOptions | None = None,
-    response_id: str | None = None,
-    input_tokens: int | None = None,
-    attributes: dict[str, Any] | None = None,
-) -> Inference:
-    return Inference(
-        operation, model, options=options, response_id=response_id, input_tokens=input_tokens, attributes=attributes
-    )
+# Call sites read as a verb: `async with inference("chat", model) as call`.
+inference = Inference
 
 
 def image_attributes(width: int, height: int, count: int, steps: int, seed: int | None) -> dict[str, Any]:
