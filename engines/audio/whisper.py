@@ -49,7 +49,7 @@ from typing import Any
 import msgspec
 
 from engines.audio.decoding import SAMPLE_RATE
-from engines.audio.whisper_batching import BatchQueue, WindowJob, WindowResult, decode_windows, transcribe_default
+from engines.audio.whisper_batching import WindowJob, WindowResult, decode_windows, transcribe_default
 from engines.base import (
     ModelSpec,
     TranscribedSegment,
@@ -57,6 +57,7 @@ from engines.base import (
     TranscriptionJob,
     TranscriptionResult,
 )
+from engines.batch_queue import BatchQueue
 from engines.threads import run_cancellable
 
 log = logging.getLogger("omniserve.engines.whisper")

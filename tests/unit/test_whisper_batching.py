@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from engines.audio.whisper_batching import BatchQueue
+from engines.batch_queue import BatchQueue
 
 Job = tuple[str, str]  # (key, name)
 
