@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from image_throughput import (  # noqa: E402
+from v3_clients import (  # noqa: E402
     MODEL,
     WARMUP_SEED,
     Server,
