@@ -333,8 +333,8 @@ class DiffusersImageEngine:
             # Jobs with the same text (the usual case: one prompt, many seeds) share one encoding.
             encoded: dict[tuple[str, str, int | None], dict[str, Any]] = {}
             for job in jobs:
-                if _text_key(job) not in encoded:
-                    encoded[_text_key(job)] = self._prompt_inputs(pipe, job)
+                if (text := _text_key(job)) not in encoded:
+                    encoded[text] = self._prompt_inputs(pipe, job)
             prompts = [encoded[_text_key(job)] for job in jobs]
             # Prompt inputs stack only when equally shaped (a long prompt's embedding is longer, and
             # padding a short one would change its picture): one call per shape.

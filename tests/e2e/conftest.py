@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, LocalS3, local_s3
 
@@ -33,7 +34,7 @@ class RunningServer(msgspec.Struct):
         return f"{self.base_url}/openai/v1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -59,7 +60,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
     # Reuse the session's demo build: the server finds it complete and skips building.
     (data_dir / "models").mkdir()
     (data_dir / "models" / "demo").symlink_to(demo_root)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "OMNISERVE_DATA_DIR": str(data_dir),
@@ -85,6 +86,20 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
     log_path = data_dir / "server.log"
     with launched(env, log_path) as base_url:
         yield RunningServer(base_url=base_url, api_key=match.group(1), data_dir=data_dir, log_path=log_path)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scraped(base_url: str) -> Samples:
+    """A running server's /metrics, parsed: (sample name, labels) -> value."""
+    response = httpx.get(f"{base_url}/metrics", timeout=10)
+    response.raise_for_status()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import pytest
 import soundfile
 
 from tests.audio_inputs import SECOND_SENTENCE, SENTENCE, encode, espeak, read_wav, silence, wav, word_error_rate
-from tests.e2e.conftest import RunningServer
+from tests.e2e.conftest import RunningServer, scraped
 
 pytestmark = pytest.mark.e2e
 
@@ -210,13 +210,9 @@ def test_concurrent_transcriptions_are_decoded_together(
     client: openai.OpenAI, server: RunningServer, speech: bytes
 ) -> None:
     def batched() -> tuple[float, float]:
-        metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-        found = {}
-        for line in metrics.splitlines():
-            for name in ("omniserve_engine_batches_total", "omniserve_engine_batched_requests_total"):
-                if line.startswith(f'{name}{{model="{MODEL}"}}'):
-                    found[name] = float(line.rsplit(" ", 1)[1])
-        return found["omniserve_engine_batches_total"], found["omniserve_engine_batched_requests_total"]
+        samples, labels = scraped(server.base_url), frozenset({("model", MODEL)})
+        calls = samples[("omniserve_engine_batches_total", labels)]
+        return calls, samples[("omniserve_engine_batched_requests_total", labels)]
 
     calls_before, jobs_before = batched()
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -30,7 +30,7 @@ from engines.audio.demo import audio_demo_catalog
 from engines.demo import demo_catalog
 from engines.image.demo import image_demo_catalog
 from tests.audio_inputs import SENTENCE, espeak, read_wav, word_error_rate
-from tests.e2e.conftest import _free_port, launched
+from tests.e2e.conftest import free_port, launched, scraped
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ def _catalog(demo_root: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def tight_server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path) -> Iterator[TightServer]:
     work = tmp_path_factory.mktemp("tight-budget")
-    port = _free_port()
+    port = free_port()
     config = {
         "host": "127.0.0.1",
         "port": port,
@@ -187,9 +187,12 @@ def test_a_mixed_stream_over_a_tight_budget_swaps_models_and_never_fails(tight_s
     for name in PINNED:
         assert after[name]["state"] == "resident" and after[name]["loads"] == 1, after[name]
         assert after[name]["evictions"] == {}
-    metrics = httpx.get(f"{tight_server.base_url}/metrics", timeout=10).text
-    evictions = [line for line in metrics.splitlines() if line.startswith("omniserve_model_evictions_total{")]
-    assert any('reason="lru"' in line and float(line.rsplit(" ", 1)[1]) > 0 for line in evictions), evictions
+    evictions = {
+        labels: value
+        for (name, labels), value in scraped(tight_server.base_url).items()
+        if name == "omniserve_model_evictions_total"
+    }
+    assert any(("reason", "lru") in labels and value > 0 for labels, value in evictions.items()), evictions
 
 
 def test_the_swapped_models_answer_again_after_the_stream(tight_server: TightServer) -> None:
