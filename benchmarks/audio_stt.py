@@ -49,7 +49,6 @@ import asyncio
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,8 @@ import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from machine import free_port, load  # noqa: E402
 
 from engines.audio.decoding import SAMPLE_RATE, decode_upload  # noqa: E402
 from engines.audio.whisper import WINDOW_S, WhisperEngine, available_cores  # noqa: E402
@@ -81,19 +82,6 @@ SENTENCES = [
     "The train to the city leaves at seven o'clock every day.",
     "We bought fresh bread, cheese and apples at the market.",
 ]
-
-
-def load() -> str:
-    try:
-        return f" (load {Path('/proc/loadavg').read_text().split()[0]})"
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------- clips

@@ -28,7 +28,6 @@ import argparse
 import concurrent.futures
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from machine import free_port, load  # noqa: E402
 
 from engines.audio.tts_demo import SPEAKERS, TTS_MODEL, build_tts_demo_models  # noqa: E402
 
@@ -56,19 +57,6 @@ TEXTS = [
     "Short one. Another short one. And a third, slightly longer sentence to finish the paragraph.",
 ]
 CHARS = sum(len(text) for text in TEXTS)
-
-
-def load() -> str:
-    try:
-        return f" (load {Path('/proc/loadavg').read_text().split()[0]})"
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Direct:

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import free_port, load  # noqa: E402
 from v3_clients import (  # noqa: E402
     GUIDANCE,
     IMAGE_TYPE,
@@ -57,9 +58,7 @@ from v3_clients import (  # noqa: E402
     WARMUP_SEED,
     Server,
     WebhookSink,
-    free_port,
     job_for,
-    load,
     run_clients,
     toml_value,
     wait_ready,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from machine import free_port  # noqa: E402
+
 from engines.base import ImageGeneration  # noqa: E402
 
 MODEL = "demo-sd"
@@ -29,20 +30,6 @@ GUIDANCE = 7.5
 IMAGE_TYPE = "png"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WARMUP_SEED = 1_000_000  # warm-up jobs draw other seeds than the measured ones
-
-
-def load() -> str:
-    """The 1-minute load average, shown with each measurement: other work on the machine skews it."""
-    try:
-        return f" (load {Path('/proc/loadavg').read_text().split()[0]})"
-    except OSError:
-        return ""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def job_for(size: int, steps: int, seed: int) -> ImageGeneration:
