@@ -20,6 +20,7 @@ from litestar.exceptions.http_exceptions import MethodNotAllowedException
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import ErrorDetail, ErrorResponse
 from schemas.v3.common import V3Error
+from server.validation import validation_error as validation_error  # its home; imported from here too
 
 log = logging.getLogger("omniserve.errors")
 
@@ -178,21 +179,3 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     if error.status >= 500 and not isinstance(exc, ApiError):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(request.url.path, error)
-
-
-def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
-    """Turn msgspec's message ("Expected `int`, got `str` - at `$.n`") into one naming the param."""
-    text = str(exc)
-    param = None
-    if " - at `$" in text:
-        text, _, where = text.partition(" - at `$")
-        param = where.rstrip("`").lstrip(".") or None
-    missing = re.match(r"Object missing required field `([^`]+)`", text)
-    if missing:
-        # msgspec places the error at the enclosing object; the client needs the absent field.
-        param = f"{param}.{missing.group(1)}" if param else missing.group(1)
-        return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Missing required field '{param}'.", param=param)
-    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-        return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Request body is not valid JSON: {text}")
-    message = f"Invalid value for '{param}': {text}" if param else f"Invalid request body: {text}"
-    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from schemas.constraints import GuidanceScale, Prompt, Seed, Steps
+from schemas.limits import MAX_IMAGE_NUM
 
 ResponseFormat = Literal["url", "b64_json"]
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -17,9 +20,10 @@ class ImageRequestFields(msgspec.Struct, kw_only=True):
     size). The omniserve extras at the end are what the openai SDK sends via ``extra_body``.
     """
 
-    prompt: str
+    prompt: Prompt
     model: str
-    n: int = 1
+    # At most MAX_IMAGE_NUM, or the server's limits.max_n if lower.
+    n: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_NUM)] = 1
     size: str = "auto"
     response_format: ResponseFormat = "url"
     output_format: OutputFormat = "png"
@@ -27,10 +31,10 @@ class ImageRequestFields(msgspec.Struct, kw_only=True):
     # Partial-image streaming (gpt-image) is not offered; true is refused rather than ignored.
     stream: bool = False
     negative_prompt: str | None = None
-    steps: int = 20
-    guidance_scale: float = 7.5
+    steps: Steps = 20
+    guidance_scale: GuidanceScale = 7.5
     # None or -1: the server draws one.
-    seed: int | None = None
+    seed: Seed | None = None
     # An A1111 sampler name (as in /v3); None keeps the checkpoint's own scheduler.
     sampler_name: str | None = None
 
@@ -55,9 +59,10 @@ class ImageEditRequest(ImageRequestFields, kw_only=True):
     the result may move away from the image (1 repaints it entirely).
     """
 
-    image: bytes
-    mask: bytes | None = None
-    strength: float = 0.75
+    image: Annotated[bytes, msgspec.Meta(description="The image: a file part named image (or image[]).")]
+    mask: Annotated[bytes, msgspec.Meta(description="A file part; transparent pixels mark what to edit.")] | None = None
+    # Also leaves steps x strength >= 1.
+    strength: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.75
 
 
 class ImageData(msgspec.Struct, kw_only=True, omit_defaults=True):

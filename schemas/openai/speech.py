@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from schemas.limits import MAX_OPENAI_SPEECH_SPEED, MIN_OPENAI_SPEECH_SPEED
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
@@ -20,7 +22,7 @@ class SpeechRequest(msgspec.Struct, kw_only=True):
     input: str
     voice: str | VoiceRef
     response_format: SpeechFormat = "mp3"
-    speed: float = 1.0
+    speed: Annotated[float, msgspec.Meta(ge=MIN_OPENAI_SPEECH_SPEED, le=MAX_OPENAI_SPEECH_SPEED)] = 1.0
     # gpt-4o-mini-tts steers delivery with this; Coqui models have no such control, so it is
     # accepted (clients send it) and has no effect.
     instructions: str | None = None

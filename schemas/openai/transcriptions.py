@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from schemas.constraints import UnitInterval
+from schemas.limits import MAX_PROMPT_CHARS
 
 TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Granularity = Literal["word", "segment"]
@@ -13,17 +16,18 @@ Granularity = Literal["word", "segment"]
 class TranslationRequest(msgspec.Struct, kw_only=True):
     """The multipart form of /audio/translations, with the file read into bytes.
 
-    ``temperature``: 0 to 1; a value is used alone, while leaving it out lets the model raise
+    ``temperature``: a value is used alone, while leaving it out lets the model raise
     it step by step when a window decodes badly (Whisper's fallback). ``vad_filter`` is an
     omniserve extra (the openai SDK sends it through ``extra_body``): true skips stretches
     without speech, false decodes everything; unset, the server skips them in long audio only.
     """
 
-    file: bytes
+    file: Annotated[bytes, msgspec.Meta(description="The audio: one file part named file.")]
     model: str
-    prompt: str | None = None
+    # Whisper reads at most 223 prompt tokens; the limit bounds the text before it is tokenized.
+    prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)] | None = None
     response_format: TranscriptFormat = "json"
-    temperature: float | None = None
+    temperature: UnitInterval | None = None
     vad_filter: bool | None = None
 
 

@@ -3,9 +3,11 @@ the openai SDK's `client.videos` sends and parses it)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+from schemas.constraints import NotBlank, Seed
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed"]
 
@@ -15,15 +17,15 @@ class VideoCreateRequest(msgspec.Struct, kw_only=True):
     uploaded image file (or an ``input_reference[image_url]`` data URL): the video then starts
     from that image, on an image-to-video model, and the image must already have ``size``."""
 
-    prompt: str
+    prompt: NotBlank
     # None: the catalog's first video model of the needed kind (text- or image-to-video).
     model: str | None = None
     # Clip length in seconds; frames = seconds x the model's frame rate.
     seconds: str = "4"
     # "WIDTHxHEIGHT"; None: the model's native size (text) or the input image's (image).
     size: str | None = None
-    input_reference: bytes | None = None
-    seed: int | None = None  # an omniserve extra (extra_body): the same seed gives the same video
+    input_reference: Annotated[bytes, msgspec.Meta(description="An image file part.")] | None = None
+    seed: Seed | None = None  # an omniserve extra (extra_body): the same seed gives the same video
 
 
 class VideoError(msgspec.Struct, kw_only=True):

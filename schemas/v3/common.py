@@ -1,8 +1,10 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+
+from schemas.limits import MAX_NSFW_DETECTION_LEVEL
 
 TaskStatusName = Literal["TASK_STATUS_QUEUED", "TASK_STATUS_PROCESSING", "TASK_STATUS_SUCCEED", "TASK_STATUS_FAILED"]
 
@@ -46,7 +48,7 @@ class CommonExtra(msgspec.Struct, kw_only=True):
 
     response_image_type: Literal["png", "jpeg", "webp"] = "png"
     enable_nsfw_detection: bool = False
-    nsfw_detection_level: int = 0
+    nsfw_detection_level: Annotated[int, msgspec.Meta(ge=0, le=MAX_NSFW_DETECTION_LEVEL)] = 0
     webhook: Webhook | None = None
     custom_storage: CustomStorage | None = None
     # Accepted for compatibility; it changes nothing on a self-hosted server.

@@ -3,14 +3,18 @@ what novita-client sends)."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
+from schemas.constraints import ClipSkip, GuidanceScale, ImageSide, Prompt, Seed, Steps, UnitInterval, refusal
+from schemas.limits import MAX_CONTROL_STRENGTH, MAX_CONTROL_UNITS, MAX_IMAGE_NUM
 from schemas.v3.common import CommonExtra
 
 
 class LoraRef(msgspec.Struct, kw_only=True):
     model_name: str
-    strength: float = 1.0
+    strength: UnitInterval = 1.0
 
 
 class EmbeddingRef(msgspec.Struct, kw_only=True):
@@ -18,68 +22,72 @@ class EmbeddingRef(msgspec.Struct, kw_only=True):
 
 
 class HiresFix(msgspec.Struct, kw_only=True):
-    target_width: int
-    target_height: int
-    strength: float = 0.5
+    # At least the base width and height.
+    target_width: ImageSide
+    target_height: ImageSide
+    # Also leaves steps x strength >= 1.
+    strength: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     upscaler: str = "Latent"
 
 
 class Refiner(msgspec.Struct, kw_only=True):
-    switch_at: float = 0.5
+    switch_at: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.5
 
 
 class ControlNetUnit(msgspec.Struct, kw_only=True):
     model_name: str
     image_base64: str
-    strength: float = 1.0
+    strength: Annotated[float, msgspec.Meta(ge=0, le=MAX_CONTROL_STRENGTH)] = 1.0
     # novita-client's default; "none" passes the image to the ControlNet as it is.
     preprocessor: str = "canny"
+    # 0 <= guidance_start < guidance_end <= 1 (checked together, naming guidance_start).
     guidance_start: float = 0.0
     guidance_end: float = 1.0
 
 
 class ControlNet(msgspec.Struct, kw_only=True):
-    units: list[ControlNetUnit] = []
+    units: Annotated[list[ControlNetUnit], msgspec.Meta(min_length=1, max_length=MAX_CONTROL_UNITS)]
 
 
 class ImageTaskRequest(msgspec.Struct, kw_only=True):
     """The fields every image task shares."""
 
     model_name: str
-    prompt: str
+    prompt: Prompt
     negative_prompt: str | None = None
     sd_vae: str | None = None
-    loras: list[LoraRef] | None = None
+    # A LoRA's refusal names the list (request.loras), as for an unknown name.
+    loras: Annotated[list[LoraRef], msgspec.Meta(extra=refusal(at_field=True))] | None = None
     embeddings: list[EmbeddingRef] | None = None
-    image_num: int = 1
-    steps: int = 20
+    image_num: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_NUM)] = 1
+    steps: Steps = 20
     # -1 or null: the server draws one and reports it in the task result.
-    seed: int | None = -1
-    clip_skip: int | None = None
-    guidance_scale: float = 7.5
+    seed: Seed | None = -1
+    clip_skip: ClipSkip | None = None
+    guidance_scale: GuidanceScale = 7.5
     sampler_name: str | None = "Euler a"
 
 
 class Txt2ImgRequest(ImageTaskRequest, kw_only=True):
     hires_fix: HiresFix | None = None
     refiner: Refiner | None = None
-    width: int = 512
-    height: int = 512
+    width: ImageSide = 512
+    height: ImageSide = 512
 
 
 class Img2ImgRequest(ImageTaskRequest, kw_only=True):
     image_base64: str
     # Output size; null keeps the input image's size (rounded down to a multiple of 8).
-    width: int | None = None
-    height: int | None = None
-    strength: float = 0.5
+    width: ImageSide | None = None
+    height: ImageSide | None = None
+    strength: UnitInterval = 0.5
     controlnet: ControlNet | None = None
 
 
 class InpaintingRequest(ImageTaskRequest, kw_only=True):
     image_base64: str
     mask_image_base64: str
-    strength: float = 1.0
+    strength: UnitInterval = 1.0
     mask_blur: int | None = None
     # novita-client sends these flags as 0/1.
     inpainting_mask_invert: bool | int = False

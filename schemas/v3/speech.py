@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.constraints import refusal
+from schemas.limits import (
+    MAX_SPEECH_SPEED,
+    MAX_SPEECH_TEXT_CHARS,
+    MAX_SPEECH_VOLUME,
+    MIN_SPEECH_SPEED,
+    MIN_SPEECH_VOLUME,
+)
 from schemas.v3.common import CommonExtra
 
 
@@ -15,10 +23,13 @@ class Txt2SpeechRequest(msgspec.Struct, kw_only=True):
     voice_id: str
     # A BCP 47 code such as "en-US", "zh-CN", "ja-JP"; the model must speak it.
     language: str
-    # Each text is spoken into its own audio file, at most 512 characters each.
-    texts: list[str]
-    volume: float = 1.0  # gain, 1.0 to 2.0
-    speed: float = 1.0  # 0.8 to 3.0
+    # Each text is spoken into its own audio file. A text's refusal names the list (request.texts).
+    texts: Annotated[
+        list[Annotated[str, msgspec.Meta(max_length=MAX_SPEECH_TEXT_CHARS)]],
+        msgspec.Meta(min_length=1, extra=refusal(at_field=True)),
+    ]
+    volume: Annotated[float, msgspec.Meta(ge=MIN_SPEECH_VOLUME, le=MAX_SPEECH_VOLUME)] = 1.0  # gain
+    speed: Annotated[float, msgspec.Meta(ge=MIN_SPEECH_SPEED, le=MAX_SPEECH_SPEED)] = 1.0
 
 
 class Txt2SpeechExtra(CommonExtra, kw_only=True):

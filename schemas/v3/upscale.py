@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
+from schemas.limits import MAX_SCALE
 from schemas.v3.common import CommonExtra
 
 
@@ -11,8 +14,8 @@ class UpscaleRequest(msgspec.Struct, kw_only=True):
     model_name: str
     # The image to upscale, at most 2048x2048; a data: URL prefix is accepted too.
     image_base64: str
-    # The factor for each side, in (1, 4]; the output is round(side * scale_factor).
-    scale_factor: float
+    # The factor for each side; the output is round(side * scale_factor).
+    scale_factor: Annotated[float, msgspec.Meta(gt=1, le=MAX_SCALE)]
 
 
 class UpscaleBody(msgspec.Struct, kw_only=True):

@@ -3,14 +3,38 @@ documentation and novita-client send them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.constraints import ClipSkip, GuidanceScale, Prompt, Seed, UnitInterval, refusal
+from schemas.errors import ErrorCode
+from schemas.limits import (
+    MAX_IMG2VIDEO_FRAMES,
+    MAX_MOTION_BUCKET_ID,
+    MAX_PROMPT_CHARS,
+    MAX_VIDEO_FPS,
+    MAX_VIDEO_SIDE,
+    MAX_VIDEO_STEPS,
+    MIN_MOTION_BUCKET_ID,
+    MIN_VIDEO_SIDE,
+    SIDE_MULTIPLE,
+)
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import EmbeddingRef, LoraRef
 
 VideoType = Literal["mp4", "gif", "webm"]
+VideoSide = Annotated[
+    int,
+    msgspec.Meta(
+        ge=MIN_VIDEO_SIDE,
+        le=MAX_VIDEO_SIDE,
+        multiple_of=SIDE_MULTIPLE,
+        extra=refusal(ErrorCode.INVALID_IMAGE_SIZE),
+        description=f"Pixels, a multiple of {SIDE_MULTIPLE}.",
+    ),
+]
+VideoSteps = Annotated[int, msgspec.Meta(ge=1, le=MAX_VIDEO_STEPS)]
 
 
 class VideoExtra(CommonExtra, kw_only=True):
@@ -20,25 +44,27 @@ class VideoExtra(CommonExtra, kw_only=True):
 class VideoPromptSegment(msgspec.Struct, kw_only=True):
     """`frames` consecutive frames generated with `prompt`; segments follow each other."""
 
-    prompt: str
-    frames: int
+    prompt: Prompt
+    frames: Annotated[int, msgspec.Meta(ge=1)]
 
 
 class Txt2VideoBody(msgspec.Struct, kw_only=True):
     model_name: str
-    prompts: list[VideoPromptSegment]
-    width: int = 512
-    height: int = 512
-    steps: int = 20
-    negative_prompt: str | None = None
-    guidance_scale: float = 7.5
+    # At most MAX_TXT2VIDEO_FRAMES frames in all. A segment's refusal names the list (prompts).
+    prompts: Annotated[list[VideoPromptSegment], msgspec.Meta(min_length=1, extra=refusal(at_field=True))]
+    width: VideoSide = 512
+    height: VideoSide = 512
+    steps: VideoSteps = 20
+    negative_prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)] | None = None
+    guidance_scale: GuidanceScale = 7.5
     # -1 or null: the server draws one and reports it in the task result.
-    seed: int | None = -1
-    loras: list[LoraRef] | None = None
+    seed: Seed | None = -1
+    # A LoRA's refusal names the list (loras), as for an unknown name.
+    loras: Annotated[list[LoraRef], msgspec.Meta(extra=refusal(at_field=True))] | None = None
     embeddings: list[EmbeddingRef] | None = None
     # The last frame leads back into the first: the video loops without a cut.
     closed_loop: bool = False
-    clip_skip: int | None = None
+    clip_skip: ClipSkip | None = None
     extra: VideoExtra = msgspec.field(default_factory=VideoExtra)
 
 
@@ -46,16 +72,16 @@ class Img2VideoBody(msgspec.Struct, kw_only=True):
     model_name: str
     # The image to animate, base64 (a data: URL prefix is accepted too).
     image_file: str
-    frames_num: int = 14
-    frames_per_second: int = 6
+    frames_num: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMG2VIDEO_FRAMES)] = 14
+    frames_per_second: Annotated[int, msgspec.Meta(ge=1, le=MAX_VIDEO_FPS)] = 6
     # CROP_TO_ASPECT_RATIO: cropped around its centre to the model's aspect ratio and resized to
     # its native size. ORIGINAL_DIMENSION (novita-client's name; ORIGINAL_RESOLUTION too): the
     # video keeps the image's size, rounded down to a multiple of 8.
     image_file_resize_mode: str = "CROP_TO_ASPECT_RATIO"
-    steps: int = 20
-    seed: int | None = -1
-    motion_bucket_id: int = 127
-    cond_aug: float = 0.02
+    steps: VideoSteps = 20
+    seed: Seed | None = -1
+    motion_bucket_id: Annotated[int, msgspec.Meta(ge=MIN_MOTION_BUCKET_ID, le=MAX_MOTION_BUCKET_ID)] = 127
+    cond_aug: UnitInterval = 0.02
     # Blend a frame between each pair (2n - 1 frames at twice the frame rate).
     enable_frame_interpolation: bool = False
     extra: VideoExtra = msgspec.field(default_factory=VideoExtra)

@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
+from schemas.constraints import refusal
+from schemas.errors import ErrorCode
+from schemas.limits import MAX_NOVASSIUM_SAMPLES, MAX_NOVASSIUM_SEED, MAX_NOVASSIUM_SIDE, MIN_NOVASSIUM_SIDE
 
-class GenerateRequest(msgspec.Struct, kw_only=True):
+# The API's own messages for its ranges. Either side out of range is reported as width.
+_SIDE = msgspec.Meta(
+    ge=MIN_NOVASSIUM_SIDE,
+    le=MAX_NOVASSIUM_SIDE,
+    extra=refusal(
+        ErrorCode.INVALID_IMAGE_SIZE, message="Image dimensions must be between 64 and 16,384 pixels.", param="width"
+    ),
+)
+
+
+class GenerateRequest(msgspec.Struct, kw_only=True, frozen=True):
     # Every field is optional here so that a missing one gets the API's own message
     # ("Prompt is required.") rather than a generic decoding error.
     prompt: str | None = None
     style_preset: str | None = None
     aspect_ratio: str | None = None
-    samples: int | None = None
+    samples: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=1,
+                le=MAX_NOVASSIUM_SAMPLES,
+                extra=refusal(message=f"Samples must be between 1 and {MAX_NOVASSIUM_SAMPLES}."),
+            ),
+        ]
+        | None
+    ) = None
     negative_prompt: str | None = None
-    seed: int | None = None
+    seed: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0, le=MAX_NOVASSIUM_SEED, extra=refusal(message=f"Seed must be between 0 and {MAX_NOVASSIUM_SEED}.")
+            ),
+        ]
+        | None
+    ) = None
     output_format: str | None = None
-    width: int | None = None
-    height: int | None = None
+    # 1024 when not given; width x height must reach MIN_NOVASSIUM_PIXELS.
+    width: Annotated[int, _SIDE] | None = None
+    height: Annotated[int, _SIDE] | None = None
 
 
 class GenerateResponse(msgspec.Struct, kw_only=True):

@@ -6,23 +6,47 @@ converts the strings, and switches are read by ``is_yes``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+from schemas.constraints import refusal
+from schemas.limits import (
+    MAX_SDAPI_GUIDANCE,
+    MAX_SDAPI_SAMPLES,
+    MAX_SDAPI_SIDE,
+    MAX_SDAPI_STEPS,
+    MIN_SDAPI_GUIDANCE,
+    MIN_SDAPI_SIDE,
+    SEED_LIMIT,
+)
 
 Switch = str | bool | int
 
 
-class SdRequest(msgspec.Struct, kw_only=True):
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _between(low: float, high: float, name: str) -> msgspec.Meta:
+    """The range of a field, refused with the API's own message."""
+    message = f"The {name.replace('_', ' ')} must be between {_number(low)} and {_number(high)}."
+    return msgspec.Meta(ge=low, le=high, extra=refusal(message=message))
+
+
+class SdRequest(msgspec.Struct, kw_only=True, frozen=True):
     key: str | None = None
     model_id: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = None
-    width: int = 512
-    height: int = 512
-    samples: int = 1
-    num_inference_steps: int = 30
-    guidance_scale: float = 7.5
+    # Rounded down to a multiple of 8.
+    width: Annotated[int, _between(MIN_SDAPI_SIDE, MAX_SDAPI_SIDE, "width")] = 512
+    height: Annotated[int, _between(MIN_SDAPI_SIDE, MAX_SDAPI_SIDE, "height")] = 512
+    samples: Annotated[int, _between(1, MAX_SDAPI_SAMPLES, "samples")] = 1
+    num_inference_steps: Annotated[int, _between(1, MAX_SDAPI_STEPS, "num_inference_steps")] = 30
+    guidance_scale: Annotated[float, _between(MIN_SDAPI_GUIDANCE, MAX_SDAPI_GUIDANCE, "guidance_scale")] = 7.5
     # None: a random seed, reported in meta.
-    seed: int | None = None
+    seed: Annotated[int, _between(0, SEED_LIMIT - 1, "seed")] | None = None
     safety_checker: Switch = "no"
     enhance_prompt: Switch = "no"
     multi_lingual: Switch = "no"
@@ -34,10 +58,10 @@ class SdRequest(msgspec.Struct, kw_only=True):
     # img2img and inpaint: image URLs (or base64 / data URLs).
     init_image: str | None = None
     mask_image: str | None = None
-    strength: float | None = None
+    strength: Annotated[float, _between(0, 1, "strength")] | None = None
 
 
-class FetchRequest(msgspec.Struct, kw_only=True):
+class FetchRequest(msgspec.Struct, kw_only=True, frozen=True):
     key: str | None = None
 
 

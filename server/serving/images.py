@@ -13,6 +13,7 @@ from engines.base import ImageEngine, ImageGeneration, ModelKind
 from engines.image.samplers import SAMPLERS
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
+from schemas.limits import MAX_IMAGE_NUM, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
 from schemas.openai.images import (
     ImageData,
     ImageEditRequest,
@@ -24,7 +25,7 @@ from server.serving.common import bad_request, require_kind, unix_now
 from server.serving.image_inputs import inpaint_mask, open_input_image
 from server.settings import Limits
 from server.storage.local import LocalStorage
-from server.tasks.images import MAX_IMAGE_NUM, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS, MIN_SIDE, SEED_LIMIT, encode_image
+from server.tasks.images import encode_image
 from server.telemetry.genai import image_attributes, inference
 
 # What "auto" means for a generation: SD 1.x's native size, and cheap on any checkpoint.
@@ -41,10 +42,11 @@ def parse_size(size: str, auto: tuple[int, int]) -> tuple[int, int]:
             ErrorCode.INVALID_IMAGE_SIZE, f"size must be 'WIDTHxHEIGHT' or 'auto', not {size!r}.", param="size"
         )
     width, height = int(match.group(1)), int(match.group(2))
-    if not all(MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0 for side in (width, height)):
+    if not all(MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE and side % SIDE_MULTIPLE == 0 for side in (width, height)):
         raise ApiError(
             ErrorCode.INVALID_IMAGE_SIZE,
-            f"Each side of size must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}; got {size}.",
+            f"Each side of size must be a multiple of {SIDE_MULTIPLE} between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE}; "
+            f"got {size}.",
             param="size",
         )
     return width, height
@@ -52,11 +54,11 @@ def parse_size(size: str, auto: tuple[int, int]) -> tuple[int, int]:
 
 def fit_size(width: int, height: int) -> tuple[int, int]:
     """An output size for an input of ``width`` x ``height``: the same aspect, scaled down
-    to at most MAX_SIDE a side, each side a multiple of 8 and at least MIN_SIDE."""
-    scale = min(1.0, MAX_SIDE / max(width, height))
+    to at most MAX_IMAGE_SIDE a side, each side a multiple of 8 and at least MIN_IMAGE_SIDE."""
+    scale = min(1.0, MAX_IMAGE_SIDE / max(width, height))
 
     def side(value: int) -> int:
-        return max(MIN_SIDE, int(value * scale) // 8 * 8)
+        return max(MIN_IMAGE_SIDE, int(value * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE)
 
     return side(width), side(height)
 
@@ -74,18 +76,11 @@ class ImageService:
         self.max_n = min(MAX_IMAGE_NUM, limits.max_n)
 
     def _check(self, request: ImageRequestFields) -> None:
+        """What depends on the model and the server; the schema has checked every fixed range."""
         engine = self.scheduler.engine(request.model)  # 404 for a name the catalog lacks
         require_kind(request.model, ModelKind.IMAGE, engine.spec.kind, "images")
-        if not request.prompt.strip() or len(request.prompt) > MAX_PROMPT_CHARS:
-            raise bad_request(f"prompt must hold 1 to {MAX_PROMPT_CHARS} characters.", "prompt")
-        if not 1 <= request.n <= self.max_n:
+        if request.n > self.max_n:  # limits.max_n may be lower than the schema's bound
             raise bad_request(f"n must be between 1 and {self.max_n}.", "n")
-        if not 1 <= request.steps <= MAX_STEPS:
-            raise bad_request(f"steps must be between 1 and {MAX_STEPS}.", "steps")
-        if not 0 <= request.guidance_scale <= 30:
-            raise bad_request("guidance_scale must be between 0 and 30.", "guidance_scale")
-        if request.seed is not None and not -1 <= request.seed <= SEED_LIMIT:
-            raise bad_request(f"seed must be -1 or between 0 and {SEED_LIMIT}.", "seed")
         if request.stream:
             raise bad_request("Streaming partial images is not supported; leave stream false.", "stream")
         if request.response_format == "url" and self.storage is None:
@@ -115,8 +110,6 @@ class ImageService:
 
     async def edit(self, request: ImageEditRequest, base_url: str) -> ImagesResponse:
         self._check(request)
-        if not 0 < request.strength <= 1:
-            raise bad_request("strength must be greater than 0 and at most 1.", "strength")
         if int(request.steps * request.strength) < 1:
             raise bad_request("steps * strength must leave at least one denoising step.", "strength")
         size, mask = await asyncio.to_thread(self._edit_inputs, request)

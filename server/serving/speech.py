@@ -22,8 +22,6 @@ from server.serving.speech_audio import MEDIA_TYPES, AudioEncoder
 from server.settings import AudioSettings
 from server.telemetry.genai import inference
 
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
-
 
 class SpeechStream(NamedTuple):
     media_type: str
@@ -106,8 +104,6 @@ class SpeechService:
             raise bad_request(
                 f"input is {len(request.input)} characters; at most {self.max_chars} are accepted.", "input"
             )
-        if not MIN_SPEED <= request.speed <= MAX_SPEED:  # also refuses NaN
-            raise bad_request(f"speed must be between {MIN_SPEED:g} and {MAX_SPEED:g}.", "speed")
         if request.stream_format != "audio":
             raise bad_request(
                 "stream_format 'sse' is not supported; the audio bytes stream as they are made.", "stream_format"

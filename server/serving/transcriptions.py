@@ -40,8 +40,6 @@ from server.telemetry.genai import inference
 
 log = logging.getLogger("omniserve.transcriptions")
 
-# Whisper reads at most 223 prompt tokens; this bounds the text before it is tokenized.
-MAX_PROMPT_CHARS = 4096
 STREAMABLE_FORMATS = ("json", "text")
 _encoder = msgspec.json.Encoder()
 
@@ -157,10 +155,6 @@ class TranscriptionService:
         # Translations have no language, timestamp granularities or stream.
         transcription = request if isinstance(request, TranscriptionRequest) else None
         granularities = transcription.timestamp_granularities if transcription else []
-        if request.temperature is not None and not 0 <= request.temperature <= 1:
-            raise bad_request("temperature must be between 0 and 1.", "temperature")
-        if request.prompt is not None and len(request.prompt) > MAX_PROMPT_CHARS:
-            raise bad_request(f"prompt must be at most {MAX_PROMPT_CHARS} characters.", "prompt")
         if granularities and request.response_format != "verbose_json":
             raise bad_request("timestamp granularities need response_format 'verbose_json'.", "timestamp_granularities")
         if transcription and transcription.stream and request.response_format not in STREAMABLE_FORMATS:

@@ -18,6 +18,7 @@ from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoPromptSegment
 from server.serving.common import bad_request
 from server.serving.image_inputs import open_input_image
 from server.storage.local import LocalStorage
+from server.tasks.bodies import decode_task_body
 from server.tasks.models import Task, TaskStatus, TaskType
 from server.tasks.store import TaskStore
 from server.tasks.videos import VideoTasks
@@ -82,8 +83,6 @@ class OpenAIVideos:
         self.retention_s = retention_s
 
     async def create(self, request: VideoCreateRequest, owner: str | None) -> Video:
-        if not request.prompt.strip():
-            raise bad_request("prompt must not be empty.", "prompt")
         mode: VideoMode = "text-to-video" if request.input_reference is None else "image-to-video"
         name = request.model or self.tasks.default_model(mode)
         if name is None:
@@ -115,7 +114,9 @@ class OpenAIVideos:
             steps=steps,
             seed=request.seed,
         )
-        return await self.tasks.submit_txt2video(msgspec.json.encode(body), body, owner)
+        # Decoded again, as a /v3 body is: its schema checks the ranges (of the size, the frames).
+        raw = msgspec.json.encode(body)
+        return await self.tasks.submit_txt2video(raw, decode_task_body(raw, Txt2VideoBody), owner)
 
     async def _image_to_video(
         self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
@@ -138,7 +139,8 @@ class OpenAIVideos:
             steps=steps,
             seed=request.seed,
         )
-        return await self.tasks.submit_img2video(msgspec.json.encode(body), body, owner)
+        raw = msgspec.json.encode(body)
+        return await self.tasks.submit_img2video(raw, decode_task_body(raw, Img2VideoBody), owner)
 
     async def _task(self, video_id: str, owner: str | None) -> Task:
         task = await self.store.get(video_id)

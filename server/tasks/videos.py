@@ -13,21 +13,16 @@ from engines.base import LoraWeight, ModelKind, VideoEngine, VideoGeneration, Vi
 from engines.scheduler import Scheduler
 from engines.video.encoding import encode_video, interpolate_frames
 from schemas.errors import ApiError, ErrorCode
+from schemas.limits import MAX_TXT2VIDEO_FRAMES, MAX_VIDEO_SIDE, MIN_VIDEO_SIDE, SEED_LIMIT
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoExtra
 from server.serving.image_inputs import base64_image_bytes, open_input_image
 from server.storage.local import LocalStorage
 from server.tasks.bodies import decode_task_body
-from server.tasks.images import MAX_PROMPT_CHARS, SEED_LIMIT, ImageTasks, enqueue
+from server.tasks.images import ImageTasks, enqueue
 from server.tasks.models import OutputFile, Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
 from server.telemetry.genai import inference
 
-# 64 keeps CPU tests fast and is the smallest side at which the x8 latents still have room.
-MIN_SIDE, MAX_SIDE = 64, 1024
-MAX_TXT2VIDEO_FRAMES = 128  # Novita's limit, all prompt segments together
-MAX_IMG2VIDEO_FRAMES = 64  # before interpolation
-MAX_STEPS = 50
-MAX_FPS = 30
 RESIZE_MODES = ("CROP_TO_ASPECT_RATIO", "ORIGINAL_DIMENSION", "ORIGINAL_RESOLUTION")
 # Denoising is most of a job; decoding the latents and encoding the file take the rest.
 _STEPS_SHARE = 0.9
@@ -38,21 +33,7 @@ def _invalid(message: str, param: str, code: ErrorCode = ErrorCode.INVALID_REQUE
     return ApiError(code, message, param=param)
 
 
-def _check_range(value: float, low: float, high: float, param: str) -> None:
-    if not low <= value <= high:  # also refuses NaN
-        raise _invalid(f"{param} must be between {low:g} and {high:g}.", param)
-
-
-def check_video_size(width: int, height: int, width_param: str = "width", height_param: str = "height") -> None:
-    for side, name in ((width, width_param), (height, height_param)):
-        if not MIN_SIDE <= side <= MAX_SIDE or side % 8:
-            message = f"{name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}."
-            raise _invalid(message, name, ErrorCode.INVALID_IMAGE_SIZE)
-
-
 def _seed(requested: int | None) -> int:
-    if requested is not None and not -1 <= requested <= SEED_LIMIT:
-        raise _invalid(f"seed must be -1 or between 0 and {SEED_LIMIT}.", "seed")
     return secrets.randbelow(SEED_LIMIT) if requested is None or requested < 0 else requested
 
 
@@ -63,10 +44,10 @@ def image_video_size(image: bytes, resize_mode: str, native: tuple[int, int]) ->
     if resize_mode == "CROP_TO_ASPECT_RATIO":
         return native
     size = (width // 8 * 8, height // 8 * 8)
-    if not all(MIN_SIDE <= side <= MAX_SIDE for side in size):
+    if not all(MIN_VIDEO_SIDE <= side <= MAX_VIDEO_SIDE for side in size):
         message = (
-            f"The image is {width}x{height}; with {resize_mode} each side must be between {MIN_SIDE} and "
-            f"{MAX_SIDE}. Use CROP_TO_ASPECT_RATIO to resize it to the model's size."
+            f"The image is {width}x{height}; with {resize_mode} each side must be between {MIN_VIDEO_SIDE} and "
+            f"{MAX_VIDEO_SIDE}. Use CROP_TO_ASPECT_RATIO to resize it to the model's size."
         )
         raise _invalid(message, IMAGE_PARAM, ErrorCode.INVALID_IMAGE_SIZE)
     return size
@@ -107,30 +88,16 @@ class VideoTasks:
             raise _invalid("NSFW detection is not available for video tasks.", "extra.enable_nsfw_detection")
 
     async def submit_txt2video(self, raw: bytes, body: Txt2VideoBody, owner: str | None) -> Task:
+        """Queue ``body``, decoded from ``raw`` by its schema (which checked every fixed range)."""
         engine = self.video_engine(body.model_name, "text-to-video")
-        if not body.prompts:
-            raise _invalid("prompts must hold at least one {frames, prompt} segment.", "prompts")
-        for segment in body.prompts:
-            if not segment.prompt.strip() or len(segment.prompt) > MAX_PROMPT_CHARS:
-                raise _invalid(f"Each prompt must hold 1 to {MAX_PROMPT_CHARS} characters.", "prompts")
-            if segment.frames < 1:
-                raise _invalid("Each prompt segment needs at least 1 frame.", "prompts")
         total = sum(segment.frames for segment in body.prompts)
         if total > MAX_TXT2VIDEO_FRAMES:
             message = f"The prompt segments hold {total} frames; at most {MAX_TXT2VIDEO_FRAMES} in all."
             raise _invalid(message, "prompts")
-        if len(body.negative_prompt or "") > MAX_PROMPT_CHARS:
-            raise _invalid(f"negative_prompt holds at most {MAX_PROMPT_CHARS} characters.", "negative_prompt")
-        check_video_size(body.width, body.height)
-        _check_range(body.steps, 1, MAX_STEPS, "steps")
-        _check_range(body.guidance_scale, 0, 30, "guidance_scale")
-        if body.clip_skip is not None:
-            _check_range(body.clip_skip, 0, 12, "clip_skip")
         options = engine.spec.options
         for lora in body.loras or []:
             if lora.model_name not in options.get("loras", {}):
                 raise _invalid(f"Unknown LoRA '{lora.model_name}'.", "loras")
-            _check_range(lora.strength, 0, 1, "loras")
         for embedding in body.embeddings or []:
             if embedding.model_name not in options.get("embeddings", {}):
                 raise _invalid(f"Unknown embedding '{embedding.model_name}'.", "embeddings")
@@ -139,17 +106,13 @@ class VideoTasks:
         return await self._enqueue(TaskType.TXT_TO_VIDEO, engine, raw, body.extra, owner, seed)
 
     async def submit_img2video(self, raw: bytes, body: Img2VideoBody, owner: str | None) -> Task:
+        """Queue ``body``, decoded from ``raw`` by its schema (which checked every fixed range)."""
         engine = self.video_engine(body.model_name, "image-to-video")
-        _check_range(body.frames_num, 1, MAX_IMG2VIDEO_FRAMES, "frames_num")
-        _check_range(body.frames_per_second, 1, MAX_FPS, "frames_per_second")
         if body.image_file_resize_mode not in RESIZE_MODES:
             message = (
                 f"Unknown image_file_resize_mode '{body.image_file_resize_mode}'; known: {', '.join(RESIZE_MODES)}."
             )
             raise _invalid(message, "image_file_resize_mode")
-        _check_range(body.steps, 1, MAX_STEPS, "steps")
-        _check_range(body.motion_bucket_id, 1, 255, "motion_bucket_id")
-        _check_range(body.cond_aug, 0, 1, "cond_aug")
         seed = _seed(body.seed)
         await self._check_extra(body.extra)
         # Decoding the image costs milliseconds per megapixel: off the event loop.

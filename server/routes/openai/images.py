@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, post
 from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Body
 from litestar.response.base import ASGIResponse
 
 from schemas.openai.images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
 from server.accounts import Accounts
 from server.accounts_hooks import caller_key_id
-from server.errors import validation_error
 from server.routes.disconnect import until_disconnect
 from server.services import Services
 from server.serving.common import bad_request
 from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES
 from server.state import AppState
+from server.validation import OpenAIBody, ParsedForm, convert, parse_into_data
 
 # An edit uploads an image and a mask; the form fields beside them are small.
 EDIT_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES + 1024 * 1024
@@ -66,28 +68,38 @@ async def _edit_request(request: Request) -> ImageEditRequest:
         mask = await _file(form, ("mask",), "mask")
     finally:
         await form.close()  # the uploads' spooled temporary files
-    try:
-        # strict=False: form values are text, so "2" becomes n=2 and "0.5" strength=0.5.
-        return msgspec.convert({**fields, "image": image, "mask": mask}, ImageEditRequest, strict=False)
-    except msgspec.ValidationError as exc:
-        raise validation_error(exc) from None
+    # strict=False: form values are text, so "2" becomes n=2 and "0.5" strength=0.5.
+    return convert({**fields, "image": image, "mask": mask}, ImageEditRequest, strict=False)
 
 
 class ImagesController(Controller):
     path = "/images"
     tags = ["openai: images"]
 
-    @post("/generations", status_code=200, responses=_RESPONSES)
+    @post("/generations", status_code=200, responses=_RESPONSES, dto=OpenAIBody, return_dto=None)
     async def generations(
         self, request: Request, data: ImageGenerationRequest, services: Services, app_state: AppState
     ) -> ASGIResponse:
         work = partial(services.images.generate, data, str(request.base_url))
         return await _json(request, work, app_state.accounts, data.n)
 
-    @post("/edits", status_code=200, responses=_RESPONSES, request_max_body_size=EDIT_MAX_BODY_BYTES)
-    async def edits(self, request: Request, services: Services, app_state: AppState) -> ASGIResponse:
-        # Parsed from the raw form rather than a multipart DTO: the SDK names a list of
-        # images "image[]", and extra_body fields arrive as parts of their own.
-        edit = await _edit_request(request)
-        work = partial(services.images.edit, edit, str(request.base_url))
-        return await _json(request, work, app_state.accounts, edit.n)
+    @post(
+        "/edits",
+        status_code=200,
+        responses=_RESPONSES,
+        request_max_body_size=EDIT_MAX_BODY_BYTES,
+        # Parsed by its own rules (the SDK names a list of images "image[]", and extra_body
+        # fields arrive as parts of their own), after the key guards.
+        guards=[parse_into_data(_edit_request)],
+        dto=ParsedForm,
+        return_dto=None,
+    )
+    async def edits(
+        self,
+        request: Request,
+        data: Annotated[ImageEditRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
+        services: Services,
+        app_state: AppState,
+    ) -> ASGIResponse:
+        work = partial(services.images.edit, data, str(request.base_url))
+        return await _json(request, work, app_state.accounts, data.n)

@@ -10,6 +10,7 @@ from litestar.response.streaming import ASGIStreamingResponse
 from schemas.openai.speech import SpeechRequest
 from server.accounts_hooks import caller_meter
 from server.state import AppState
+from server.validation import OpenAIBody
 
 _RESPONSES = {
     200: ResponseSpec(
@@ -24,7 +25,7 @@ class SpeechController(Controller):
     path = "/audio"
     tags = ["openai: audio"]
 
-    @post("/speech", status_code=200, responses=_RESPONSES)
+    @post("/speech", status_code=200, responses=_RESPONSES, dto=OpenAIBody, return_dto=None)
     async def speech(self, request: Request, data: SpeechRequest, app_state: AppState) -> ASGIResponse:
         # An ASGI response, not litestar's Stream: its media type follows the requested format.
         # The streaming response cancels the iterator when the client disconnects, which stops

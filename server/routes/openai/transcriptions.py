@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-import msgspec
 from litestar import Controller, Request, Router, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Body
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 
@@ -18,13 +18,13 @@ from engines.base import TranscriptionTask
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.transcriptions import Transcription, TranscriptionRequest, TranslationRequest
 from server.accounts_hooks import caller_meter
-from server.errors import validation_error
 from server.routes.disconnect import until_disconnect
 from server.routes.openai.text import SSE_HEADERS
 from server.services import Services
 from server.serving.common import bad_request
 from server.serving.transcriptions import RenderedTranscript
 from server.settings import AudioSettings
+from server.validation import ParsedForm, convert, parse_into_data
 
 RequestT = TypeVar("RequestT", TranscriptionRequest, TranslationRequest)
 _RESPONSES = {
@@ -75,11 +75,16 @@ async def _read_form(request: Request, schema: type[RequestT]) -> RequestT:
         await form.close()  # the upload's spooled temporary file
     if not isinstance(fields.get("model"), str):
         raise bad_request("model is required.", "model")
-    try:
-        # strict=False: form values are text, so "0.2" becomes a float and "true" a bool.
-        return msgspec.convert({**fields, "file": data}, schema, strict=False)
-    except msgspec.ValidationError as exc:
-        raise validation_error(exc) from None
+    # strict=False: form values are text, so "0.2" becomes a float and "true" a bool.
+    return convert({**fields, "file": data}, schema, strict=False)
+
+
+async def _transcription_form(request: Request) -> TranscriptionRequest:
+    return await _read_form(request, TranscriptionRequest)
+
+
+async def _translation_form(request: Request) -> TranslationRequest:
+    return await _read_form(request, TranslationRequest)
 
 
 async def _respond(request: Request, work: Awaitable[RenderedTranscript]) -> ASGIResponse:
@@ -90,10 +95,19 @@ async def _respond(request: Request, work: Awaitable[RenderedTranscript]) -> ASG
 class TranscriptionsController(Controller):
     path = ""
     tags = ["openai: audio"]
+    # The forms are parsed by their own rules (lists as repeated "name[]" parts, extra_body
+    # fields as parts of their own), after the key guards.
+    dto = ParsedForm
+    return_dto = None
 
-    @post("/transcriptions", status_code=200, responses=_RESPONSES)
-    async def transcriptions(self, request: Request, services: Services) -> ASGIResponse:
-        form = await _read_form(request, TranscriptionRequest)
+    @post("/transcriptions", status_code=200, responses=_RESPONSES, guards=[parse_into_data(_transcription_form)])
+    async def transcriptions(
+        self,
+        request: Request,
+        data: Annotated[TranscriptionRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
+        services: Services,
+    ) -> ASGIResponse:
+        form = data
         if form.stream:
             # The streaming response cancels the iterator when the client goes away,
             # which stops the decoder at its next segment.
@@ -102,8 +116,13 @@ class TranscriptionsController(Controller):
         meter = caller_meter(request)
         return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSCRIBE, meter))
 
-    @post("/translations", status_code=200, responses=_RESPONSES)
-    async def translations(self, request: Request, services: Services) -> ASGIResponse:
-        form = await _read_form(request, TranslationRequest)
+    @post("/translations", status_code=200, responses=_RESPONSES, guards=[parse_into_data(_translation_form)])
+    async def translations(
+        self,
+        request: Request,
+        data: Annotated[TranslationRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
+        services: Services,
+    ) -> ASGIResponse:
+        form = data
         meter = caller_meter(request)
         return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSLATE, meter))

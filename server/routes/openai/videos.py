@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
+from litestar.params import Body
 from litestar.response import File
 
 from schemas.openai.videos import Video, VideoCreateRequest
-from server.errors import validation_error
 from server.serving.common import bad_request
 from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes
 from server.serving.videos import OpenAIVideos
 from server.state import AppState
+from server.validation import ParsedForm, convert, parse_into_data
 
 _MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif"}
 # One reference image plus the text fields.
@@ -75,20 +76,32 @@ async def _create_request(request: Request) -> VideoCreateRequest:
         if not isinstance(fields, dict):
             raise bad_request("The body must be a JSON object.")
     fields["input_reference"] = _reference(fields.get("input_reference"))
-    try:
-        # strict=False: form values are text, so seconds may arrive as 4 or "4" and seed as "7".
-        return msgspec.convert(fields, VideoCreateRequest, strict=False)
-    except msgspec.ValidationError as exc:
-        raise validation_error(exc) from None
+    # strict=False: form values are text, so seconds may arrive as 4 or "4" and seed as "7".
+    return convert(fields, VideoCreateRequest, strict=False)
 
 
 class VideosController(Controller):
     path = "/videos"
     tags = ["openai: videos"]
 
-    @post("/", status_code=200, request_max_body_size=CREATE_MAX_BODY_BYTES, summary="Create a video job")
-    async def create(self, request: Request, app_state: AppState) -> Video:
-        return await _service(app_state).create(await _create_request(request), _caller(request))
+    @post(
+        "/",
+        status_code=200,
+        request_max_body_size=CREATE_MAX_BODY_BYTES,
+        summary="Create a video job",
+        # Multipart as the openai SDK sends it, or the same fields as a JSON object; parsed
+        # by its own rules after the key guards.
+        guards=[parse_into_data(_create_request)],
+        dto=ParsedForm,
+        return_dto=None,
+    )
+    async def create(
+        self,
+        request: Request,
+        data: Annotated[VideoCreateRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
+        app_state: AppState,
+    ) -> Video:
+        return await _service(app_state).create(data, _caller(request))
 
     @get("/{video_id:str}", summary="Retrieve a video job")
     async def retrieve(self, request: Request, video_id: str, app_state: AppState) -> Video:

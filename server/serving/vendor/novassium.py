@@ -18,6 +18,7 @@ from typing import Any, cast
 from engines.base import ImageEngine, ImageGeneration
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
+from schemas.limits import MAX_NOVASSIUM_SEED, MIN_NOVASSIUM_PIXELS
 from schemas.vendor.novassium import GenerateRequest, GenerateResponse
 from server.accounts import Accounts
 from server.serving.vendor.styles import STYLE_PRESETS, styled_prompts
@@ -26,10 +27,6 @@ from server.storage.local import LocalStorage
 
 ASPECT_RATIOS = {"1:1": (1, 1), "2:3": (2, 3), "16:9": (16, 9)}
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-MIN_SIDE, MAX_SIDE = 64, 16384
-MIN_PIXELS = 4096
-MAX_SAMPLES = 7
-MAX_SEED = 4294967294
 DEFAULT_SIDE = 1024
 # The smallest side the model is asked to draw.
 MIN_DRAW_SIDE = 64
@@ -40,7 +37,8 @@ def _missing(message: str, param: str) -> ApiError:
 
 
 def check_request(request: GenerateRequest) -> tuple[int, int]:
-    """Raise with the API's messages; the output width and height."""
+    """Raise with the API's messages; the output width and height. The schema has checked
+    the ranges (samples, seed, each side), with the API's messages too."""
     if request.prompt is None or not request.prompt.strip():
         raise _missing("Prompt is required.", "prompt")
     if request.style_preset is None:
@@ -53,21 +51,13 @@ def check_request(request: GenerateRequest) -> tuple[int, int]:
         raise _missing(f"Invalid aspect ratio. Accepted values: {', '.join(ASPECT_RATIOS)}.", "aspect_ratio")
     if request.samples is None:
         raise _missing("Samples is required.", "samples")
-    if not 1 <= request.samples <= MAX_SAMPLES:
-        raise _missing(f"Samples must be between 1 and {MAX_SAMPLES}.", "samples")
     if request.output_format is None:
         raise _missing("Output format is required.", "output_format")
     if request.output_format not in OUTPUT_FORMATS:
         raise _missing(f"Invalid output format. Accepted values: {', '.join(OUTPUT_FORMATS)}.", "output_format")
-    if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
-        raise _missing(f"Seed must be between 0 and {MAX_SEED}.", "seed")
     width = DEFAULT_SIDE if request.width is None else request.width
     height = DEFAULT_SIDE if request.height is None else request.height
-    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-        raise ApiError(
-            ErrorCode.INVALID_IMAGE_SIZE, "Image dimensions must be between 64 and 16,384 pixels.", param="width"
-        )
-    if width * height < MIN_PIXELS:
+    if width * height < MIN_NOVASSIUM_PIXELS:
         raise ApiError(ErrorCode.INVALID_IMAGE_SIZE, "Image dimensions must total at least 4,096 pixels.")
     return width, height
 
@@ -133,7 +123,7 @@ class NovassiumService:
             height=draw_h,
             steps=self.settings.novassium_steps,
             guidance_scale=self.settings.novassium_guidance_scale,
-            seed=secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed,
+            seed=secrets.randbelow(MAX_NOVASSIUM_SEED + 1) if request.seed is None else request.seed,
             image_num=samples,
         )
         cost = self.accounts.settings.price_per_image * samples

@@ -1,0 +1,78 @@
+"""Constrained field types, and how a body that breaks a constraint is refused.
+
+A field declares its range with ``msgspec.Meta`` (``ge``/``le``, ``min_length``/``max_length``,
+``multiple_of``, ``pattern``); decoding refuses a value outside it, naming the field's path,
+with ``INVALID_REQUEST_BODY``. ``Meta(extra=refusal(...))`` changes that refusal where an API
+documents another one: its error code, its own message text, the param it names. The server
+(server/validation.py) reads these entries back with ``msgspec.inspect``; they apply to
+constraint failures only, never to a value of the wrong type or a missing field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from schemas.errors import ErrorCode
+from schemas.limits import (
+    MAX_CLIP_SKIP,
+    MAX_GUIDANCE_SCALE,
+    MAX_IMAGE_SIDE,
+    MAX_PROMPT_CHARS,
+    MAX_STEPS,
+    MIN_IMAGE_SIDE,
+    SEED_LIMIT,
+    SIDE_MULTIPLE,
+)
+
+# The keys of ``Meta.extra`` that server/validation.py reads.
+ERROR_CODE = "error_code"
+MESSAGE = "message"
+PARAM = "param"
+AT_FIELD = "errors_at_field"
+
+# ``pattern`` for text that must hold something besides whitespace (msgspec searches, unanchored).
+NOT_BLANK = r"\S"
+
+
+def refusal(
+    code: ErrorCode | None = None, *, message: str | None = None, param: str | None = None, at_field: bool = False
+) -> dict[str, Any]:
+    """``Meta.extra`` for a field whose constraint failure is refused otherwise than by default.
+
+    ``code``: the ErrorCode (default INVALID_REQUEST_BODY). ``message``: a fixed message (the
+    vendor APIs document their own texts). ``param``: the param to name instead of the field's
+    path. ``at_field``: a failure inside this field's items (``loras[0].strength``) names this
+    field (``loras``) as the param; the message still names the item.
+    """
+    extra: dict[str, Any] = {}
+    if code is not None:
+        extra[ERROR_CODE] = code.value
+    if message is not None:
+        extra[MESSAGE] = message
+    if param is not None:
+        extra[PARAM] = param
+    if at_field:
+        extra[AT_FIELD] = True
+    return extra
+
+
+# The constrained types several schemas share.
+ImageSide = Annotated[
+    int,
+    msgspec.Meta(
+        ge=MIN_IMAGE_SIDE,
+        le=MAX_IMAGE_SIDE,
+        multiple_of=SIDE_MULTIPLE,
+        extra=refusal(ErrorCode.INVALID_IMAGE_SIZE),
+        description=f"Pixels, a multiple of {SIDE_MULTIPLE}.",
+    ),
+]
+Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)]
+NotBlank = Annotated[str, msgspec.Meta(pattern=NOT_BLANK)]
+Steps = Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)]
+GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
+ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]
+Seed = Annotated[int, msgspec.Meta(ge=-1, le=SEED_LIMIT, description="-1 (or null): the server draws one.")]
+UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
