@@ -136,9 +136,12 @@ class SleepableEngine(Engine, Protocol):
 @runtime_checkable
 class DeviceSerialEngine(Engine, Protocol):
     """An engine that computes one job at a time on its device, together with every other such
-    engine there (the diffusers pipelines share one device lock). The scheduler gives its leases
-    turns on the device, so that priorities and per-key turns, not thread scheduling, decide
-    which waiting job goes next. The attribute is a marker: only its presence counts."""
+    engine there (the diffusers pipelines, the upscaler, the safety classifier). The scheduler
+    gives its leases turns on the device, one at a time: that turn is the only guard, so such an
+    engine computes only inside a lease, and its calls keep the lease until their worker thread
+    has stopped (engines.threads.run_cancellable). Priorities and per-key turns, not thread
+    scheduling, decide which waiting job goes next. The attribute is a marker: only its presence
+    counts."""
 
     device_serial: Literal[True]
 
@@ -471,3 +474,29 @@ class VideoEngine(Engine, Protocol):
     def native_size(self) -> tuple[int, int]: ...
 
     async def generate(self, job: VideoGeneration, progress: ProgressCallback | None = None) -> VideoResult: ...
+
+
+# The catalog kinds whose models serve each engine protocol: what the scheduler checks, from the
+# catalog alone, before it leases a model as that protocol. BatchImageEngine is an optional
+# capability of image engines: lease as ImageEngine, then test isinstance(engine, BatchImageEngine).
+SERVED_KINDS: dict[type, frozenset[ModelKind]] = {
+    Engine: frozenset(ModelKind),
+    TextGenerationEngine: frozenset({ModelKind.CHAT}),
+    EmbeddingEngine: frozenset({ModelKind.EMBEDDING}),
+    ScoreEngine: frozenset({ModelKind.RERANK}),
+    ImageEngine: frozenset({ModelKind.IMAGE}),
+    BatchImageEngine: frozenset({ModelKind.IMAGE}),
+    UpscaleEngine: frozenset({ModelKind.UPSCALER}),
+    SafetyEngine: frozenset({ModelKind.SAFETY}),
+    SpeechEngine: frozenset({ModelKind.SPEECH}),
+    TranscriptionEngine: frozenset({ModelKind.TRANSCRIPTION}),
+    VideoEngine: frozenset({ModelKind.VIDEO}),
+}
+
+
+def served_kinds(protocol: type) -> frozenset[ModelKind]:
+    """The catalog kinds that serve `protocol` (a key of SERVED_KINDS)."""
+    try:
+        return SERVED_KINDS[protocol]
+    except KeyError:
+        raise TypeError(f"{protocol.__qualname__} is not an engine protocol the scheduler leases") from None

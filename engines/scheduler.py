@@ -1,10 +1,11 @@
 """Admission and residency: the single gate every engine call passes through.
 
-``async with scheduler.lease(name) as engine`` resolves the model, waits for a slot in a
-bounded queue, makes sure the model is loaded, and holds it for the duration of the
-work. Engines that batch internally (vLLM) get many concurrent leases; the cap per
-model bounds how many requests reach the engine at once, and the queue bounds how many
-wait behind them.
+``async with scheduler.lease(name, TextGenerationEngine) as engine`` resolves the model,
+checks from the catalog that its kind serves that engine protocol (``WrongModelKind``
+otherwise, before anything loads), waits for a slot in a bounded queue, makes sure the model
+is loaded, and holds it, typed as asked, for the duration of the work. Engines that batch
+internally (vLLM) get many concurrent leases; the cap per model bounds how many requests
+reach the engine at once, and the queue bounds how many wait behind them.
 
 Each model lives on one device (host memory or a GPU) with a memory budget. Loading a
 model that does not fit evicts idle models on that device, least recently used first;
@@ -20,8 +21,11 @@ work that has waited `background_aging_s` goes first, so it is never starved, an
 to `background_timeout_s` rather than the interactive `queue_timeout_s`.
 
 Engines that compute one job at a time on their device (``DeviceSerialEngine``: the diffusers
-pipelines) also take turns on the device here, through the same ordering; otherwise their
-jobs would queue on a thread lock, in whatever order the threads happen to wake.
+pipelines, the upscaler, the safety classifier) also take turns on the device here, through the
+same ordering. The device turn is the only guard of such a device: those engines hold no lock
+of their own, so they compute only inside a lease.
+
+Failures reach the caller as ``engines.errors`` domain errors; the server maps them to its API.
 """
 
 from __future__ import annotations
@@ -30,17 +34,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import cast
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, TypeVar, cast, overload
 
 from opentelemetry import trace
 
 from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner
-from engines.base import DeviceSerialEngine, Engine, SleepableEngine
+from engines.base import DeviceSerialEngine, Engine, ModelSpec, SleepableEngine, served_kinds
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
+from engines.errors import EngineError, ModelNotFound, Overloaded, WrongModelKind
 from engines.registry import ModelRegistry
 from engines.residency import HOLDS_MEMORY, DeviceUsage, ModelResidency, Residency, SchedulerReport
-from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.scheduler")
 # The global provider (a no-op until tracing is configured): the engines know nothing of the server.
@@ -48,6 +52,9 @@ _tracer = trace.get_tracer("omniserve.scheduler")
 
 # Longest pause between two sweeps for idle models.
 _IDLE_SWEEP_MAX_S = 30.0
+
+# The engine protocol a caller asks for; what it gets back is typed so.
+E = TypeVar("E", bound=Engine)
 
 
 class NoRoomError(Exception):
@@ -130,15 +137,33 @@ class Scheduler:
         self._startup_done = False
         self._sweeper: asyncio.Task[None] | None = None
 
-    def _slot(self, name: str) -> _Slot:
+    def _slot(self, name: str, kind: type[Engine] = Engine) -> _Slot:
+        """The model's slot, if the catalog has it and its kind serves the protocol `kind`.
+
+        Decided from the catalog alone: a wrong kind is refused before any demand, load or
+        eviction."""
         engine = self.registry.get(name)
         if engine is None:
-            raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"The model '{name}' does not exist.", param="model")
+            raise ModelNotFound(name)
+        wanted = served_kinds(kind)
+        if engine.spec.kind not in wanted:
+            raise WrongModelKind(name, engine.spec.kind, wanted)
         return self._slots[engine.spec.name]
 
-    def engine(self, name: str) -> Engine:
-        """The engine for a name, without admission (for metadata such as context length)."""
-        return self._slot(name).engine
+    def spec(self, name: str) -> ModelSpec:
+        """The catalog entry for a name or alias."""
+        return self._slot(name).engine.spec
+
+    @overload
+    def engine(self, name: str) -> Engine: ...
+
+    @overload
+    def engine(self, name: str, kind: type[E]) -> E: ...
+
+    def engine(self, name: str, kind: type[Engine] = Engine) -> Engine:
+        """The engine for a name as a `kind` engine, neither loaded nor leased (for metadata
+        such as options or context length)."""
+        return self._slot(name, kind).engine
 
     def residency(self) -> dict[str, Residency]:
         return {name: slot.state for name, slot in self._slots.items()}
@@ -364,21 +389,21 @@ class Scheduler:
 
     def _check_queue(self, slot: _Slot) -> None:
         if slot.capacity.locked() and slot.waiting >= self.policy.max_queue_depth:
-            raise ApiError(
-                ErrorCode.QUEUE_FULL,
+            raise Overloaded(
                 f"Model '{slot.engine.spec.name}' has {slot.waiting} requests waiting; try again shortly.",
                 retry_after=1.0,
+                queue_full=True,
             )
 
     def check_admission(self, name: str) -> None:
-        """Raise QUEUE_FULL now if a lease would be refused: streaming routes call this
-        before their first byte, so the refusal is a 429 rather than an in-stream error."""
+        """Raise Overloaded (queue full) now if a lease would be refused: streaming routes call
+        this before their first byte, so the refusal is a 429 rather than an in-stream error."""
         self._check_queue(self._slot(name))
 
     async def _take_turn(
         self, gate: FairGate, slot: _Slot, priority: Priority, owner: str | None, deadline: float, span: str
     ) -> None:
-        """Acquire `gate` for `slot`'s lease by `deadline` (monotonic), or a 503."""
+        """Acquire `gate` for `slot`'s lease by `deadline` (monotonic), or raise Overloaded."""
         if not gate.locked():
             await gate.acquire(priority, owner, 0.0)  # free: no wait
             return
@@ -394,8 +419,7 @@ class Scheduler:
                 await gate.acquire(priority, owner, timeout)
         except TimeoutError:
             waited = self.policy.timeout_for(priority)
-            raise ApiError(
-                ErrorCode.SERVICE_NOT_AVAILABLE,
+            raise Overloaded(
                 f"Model '{slot.engine.spec.name}' is busy; its turn did not come within {waited:g} s.",
                 retry_after=max(min(waited, self.policy.queue_timeout_s) / 2, 1.0),
             ) from None
@@ -424,8 +448,7 @@ class Scheduler:
         if slot.state is Residency.RESIDENT:
             return
         if slot.state is Residency.FAILED:
-            raise ApiError(
-                ErrorCode.SERVICE_NOT_AVAILABLE,
+            raise Overloaded(
                 f"Model '{slot.engine.spec.name}' failed to load; see the server log.",
                 retry_after=30.0,
             )
@@ -437,29 +460,33 @@ class Scheduler:
             await asyncio.wait_for(asyncio.shield(slot.load_task), timeout)
         except (TimeoutError, NoRoomError):
             if slot.state is Residency.LOADING:
-                raise ApiError(
-                    ErrorCode.SERVICE_NOT_AVAILABLE,
+                raise Overloaded(
                     f"Model '{slot.engine.spec.name}' is still loading.",
                     retry_after=5.0,
                 ) from None
-            raise ApiError(
-                ErrorCode.SERVICE_NOT_AVAILABLE,
+            raise Overloaded(
                 f"Model '{slot.engine.spec.name}' does not fit in memory while other models are in use.",
                 retry_after=max(self.policy.queue_timeout_s / 2, 1.0),
             ) from None
-        except ApiError:
+        except EngineError:
             raise
         except Exception:
-            raise ApiError(
-                ErrorCode.SERVICE_NOT_AVAILABLE,
+            raise Overloaded(
                 f"Model '{slot.engine.spec.name}' failed to load; see the server log.",
                 retry_after=30.0,
             ) from None
 
-    async def resident_engine(self, name: str) -> Engine:
-        """The engine, loaded, without taking a slot: for validating a request (tokenizer,
-        context length) before it queues. Work itself still goes through ``lease``."""
-        slot = self._slot(name)
+    @overload
+    async def resident_engine(self, name: str) -> Engine: ...
+
+    @overload
+    async def resident_engine(self, name: str, kind: type[E]) -> E: ...
+
+    async def resident_engine(self, name: str, kind: type[Engine] = Engine) -> Engine:
+        """The engine, loaded, as a `kind` engine, without taking a slot: for validating a
+        request (tokenizer, context length) before it queues. Work itself still goes through
+        ``lease``. A model of the wrong kind is refused before anything loads."""
+        slot = self._slot(name, kind)
         slot.demand += 1
         try:
             await self._make_resident(slot)
@@ -467,13 +494,35 @@ class Scheduler:
             self._release_demand(slot)
         return slot.engine
 
+    @overload
+    def lease(
+        self, name: str, *, priority: Priority = ..., owner: str | None = ...
+    ) -> AbstractAsyncContextManager[Engine]: ...
+
+    @overload
+    def lease(
+        self, name: str, kind: type[E], *, priority: Priority = ..., owner: str | None = ...
+    ) -> AbstractAsyncContextManager[E]: ...
+
+    def lease(
+        self,
+        name: str,
+        kind: type[Engine] = Engine,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        owner: str | None = None,
+    ) -> AbstractAsyncContextManager[Any]:
+        """Hold the model, loaded, as a `kind` engine for the block. Waiters for a slot are
+        served by `priority`, then round-robin by `owner` (an API key id; by default the
+        context's `lease_owner`). A model of the wrong kind is refused at once: nothing waits,
+        loads or is evicted for it."""
+        return self._lease(name, kind, priority, owner)
+
     @asynccontextmanager
-    async def lease(
-        self, name: str, *, priority: Priority = Priority.INTERACTIVE, owner: str | None = None
+    async def _lease(
+        self, name: str, kind: type[Engine], priority: Priority, owner: str | None
     ) -> AsyncIterator[Engine]:
-        """Hold the model, loaded, for the block. Waiters for a slot are served by `priority`,
-        then round-robin by `owner` (an API key id; by default the context's `lease_owner`)."""
-        slot = self._slot(name)
+        slot = self._slot(name, kind)
         owner = owner if owner is not None else lease_owner.get()
         # One deadline for the whole wait: a slot, the load, the device turn.
         deadline = time.monotonic() + self.policy.timeout_for(priority)

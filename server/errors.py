@@ -17,6 +17,14 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.exceptions.http_exceptions import MethodNotAllowedException
 
+from engines.errors import (
+    EngineError,
+    InvalidJob,
+    JobProblem,
+    ModelNotFound,
+    Overloaded,
+    WrongModelKind,
+)
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import ErrorDetail, ErrorResponse
 from schemas.v3.common import V3Error
@@ -122,10 +130,56 @@ def _body_for(path: str) -> Callable[[ApiError], bytes]:
     return v3_error_body
 
 
+_PROBLEM_CODES = {
+    JobProblem.INVALID: ErrorCode.INVALID_REQUEST_BODY,
+    JobProblem.IMAGE_FORMAT: ErrorCode.INVALID_IMAGE_FORMAT,
+    JobProblem.AUDIO_FILE: ErrorCode.INVALID_AUDIO_FILE,
+}
+
+# The engine-side fields whose wire name differs from their own, as clients have always seen
+# them; used only until adapters pass their own names (``names``).
+_DEFAULT_WIRE_NAMES = {
+    "sampler": "sampler_name",  # ImageGeneration.sampler
+    "refiner_switch_at": "refiner",  # ImageGeneration.refiner_switch_at
+    "scale": "scale_factor",  # UpscaleJob.scale
+    "audio": "file",  # TranscriptionJob.audio: the uploaded file
+}
+
+
+def _default_wire_name(field: str) -> str:
+    return _DEFAULT_WIRE_NAMES.get(field, field)
+
+
+def engine_api_error(exc: EngineError, names: Callable[[str], str] | None = None) -> ApiError:
+    """The one mapping from an engine's domain error onto the API vocabulary.
+
+    ``names`` turns an engine-side field (a job struct's field name) into the calling API's
+    wire name for it; without it, the field is the param, but for the few in
+    ``_DEFAULT_WIRE_NAMES``.
+    """
+    field = exc.field
+    param = None if field is None else (names or _default_wire_name)(field)
+    retry_after: float | None = None
+    if isinstance(exc, ModelNotFound):
+        code = ErrorCode.MODEL_NOT_FOUND
+    elif isinstance(exc, WrongModelKind):
+        code = ErrorCode.INVALID_REQUEST_BODY
+    elif isinstance(exc, InvalidJob):
+        code = _PROBLEM_CODES[exc.problem]
+    elif isinstance(exc, Overloaded):
+        code = ErrorCode.QUEUE_FULL if exc.queue_full else ErrorCode.SERVICE_NOT_AVAILABLE
+        retry_after = exc.retry_after
+    else:  # EngineFailure, and any failure this table does not know: the engine failed
+        code = ErrorCode.ENGINE_ERROR
+    return ApiError(code, exc.message, param=param, retry_after=retry_after)
+
+
 def as_api_error(exc: Exception) -> ApiError:
     """Map any exception onto the vocabulary; unknown ones become a generic 500."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, EngineError):
+        return engine_api_error(exc)
     if isinstance(exc, NotFoundException):
         return ApiError(ErrorCode.API_NOT_FOUND, "No such API route.")
     if isinstance(exc, MethodNotAllowedException):
@@ -176,6 +230,7 @@ def error_response(path: str, error: ApiError) -> Response[bytes]:
 
 def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     error = as_api_error(exc)
-    if error.status >= 500 and not isinstance(exc, ApiError):
+    # An engine's own failures were logged where they happened.
+    if error.status >= 500 and not isinstance(exc, (ApiError, EngineError)):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(request.url.path, error)

@@ -24,7 +24,7 @@ log = logging.getLogger("omniserve.engines.diffusers")
 
 
 class PipelineAddons:
-    """The loaded extras of one checkpoint; every method runs on the worker thread, under the device lock."""
+    """The loaded extras of one checkpoint; every method runs on the worker thread, in the job's device turn."""
 
     def __init__(self, spec: ModelSpec, device: str) -> None:
         self.spec = spec

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import ControlUnit
-from schemas.errors import ApiError, ErrorCode
+from engines.errors import InvalidJob
 
 # A1111's canny defaults, on the 0..255 scale of the 3x3 Sobel gradient magnitude.
 CANNY_LOW, CANNY_HIGH = 100, 200
@@ -94,7 +94,7 @@ def control_arguments(units: list[ControlUnit], size: tuple[int, int]) -> dict[s
             images.append(control_image(unit.image, size, unit.preprocessor))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
             message = "a controlnet image is not a readable PNG, JPEG or WebP image"
-            raise ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param="controlnets") from exc
+            raise InvalidJob(message, "controlnets") from exc
     single = len(units) == 1  # one ControlNetModel takes plain values, a MultiControlNetModel lists
     scales = [float(unit.strength) for unit in units]
     return {

@@ -1,21 +1,10 @@
-"""What the image-side engines share about devices: one lock per device, freeing memory,
-and measuring a loaded pipeline."""
+"""What the image-side engines share about devices: freeing memory, and measuring a loaded
+pipeline. One job at a time per device is the scheduler's device turn (DeviceSerialEngine)."""
 
 from __future__ import annotations
 
 import gc
-import threading
 from typing import Any
-
-_DEVICE_LOCKS: dict[str, threading.Lock] = {}
-_DEVICE_LOCKS_GUARD = threading.Lock()
-
-
-def device_lock(device: str) -> threading.Lock:
-    """The lock every engine on ``device`` holds while it computes: one job at a time per
-    device, in worker threads, so the event loop never waits on a pipeline."""
-    with _DEVICE_LOCKS_GUARD:
-        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
 
 
 def release_memory(device: str) -> None:

@@ -1,8 +1,10 @@
 """DiffusersImageEngine: SD 1.x and SDXL checkpoints behind the ImageEngine protocol.
 
 A pipeline call is seconds of CPU-bound work, so it runs on a worker thread and the event loop
-keeps serving. One lock per device serializes jobs there: two pipelines on one device only slow
-each other down, and a job sets shared pipeline state (scheduler, active LoRAs) for its duration.
+keeps serving. Jobs run one at a time per device, in the scheduler's device turns (the engine is
+a DeviceSerialEngine): two pipelines on one device only slow each other down, and a job sets
+shared pipeline state (scheduler, active LoRAs, a swapped-in VAE) for its duration, which is
+safe because no second job of this engine can run until the lease of the first has ended.
 Prompts go through compel (A1111 emphasis, prompts longer than CLIP's 77-token window); without
 compel they go to diffusers as they are, and a prompt over the window is refused, never truncated.
 """
@@ -21,14 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engines.base import ImageGeneration, ImageResult, ModelSpec, ProgressCallback
+from engines.errors import InvalidJob
 from engines.image.adapters import activate_loras, add_embeddings
 from engines.image.addons import PipelineAddons, swapped_vae
 from engines.image.control import PREPROCESSORS, control_arguments
-from engines.image.devices import device_lock, parameter_bytes, pipeline_bytes, release_memory
+from engines.image.devices import parameter_bytes, pipeline_bytes, release_memory
 from engines.image.hires import HIRES_UPSCALERS, LATENT_UPSCALER, upscale_images, upscale_latents
 from engines.image.samplers import SAMPLERS, make_scheduler
 from engines.threads import run_cancellable
-from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.diffusers")
 
@@ -37,8 +39,9 @@ class _Cancelled(Exception):
     """Raised from the step callback to stop a pipeline whose caller has gone away."""
 
 
-def _invalid(message: str, param: str) -> ApiError:
-    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
+def _invalid(message: str, field: str) -> InvalidJob:
+    """A refusal of the job's `field` (an ImageGeneration field)."""
+    return InvalidJob(message, field)
 
 
 # A1111 emphasis tokens: escaped bracket or backslash, a lone backslash, an opening bracket,
@@ -157,14 +160,14 @@ def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: A
     return out
 
 
-def _decode_image(data: bytes, size: tuple[int, int], mode: str, param: str) -> Any:
+def _decode_image(data: bytes, size: tuple[int, int], mode: str, field: str) -> Any:
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             return image.convert(mode).resize(size, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
-        raise _invalid(f"{param} is not a readable PNG, JPEG or WebP image", param) from exc
+        raise _invalid(f"{field} is not a readable PNG, JPEG or WebP image", field) from exc
 
 
 def _stack_shape(inputs: dict[str, Any]) -> Hashable:
@@ -203,7 +206,6 @@ class DiffusersImageEngine:
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
         self.device = device
-        self._lock = device_lock(device)
         self._pipe: Any = None
         self._derived: dict[str, Any] = {}  # "img2img" / "inpaint" -> pipeline built with from_pipe
         self._control_pipes: dict[tuple[str, ...], Any] = {}  # ControlNet names -> img2img pipeline
@@ -265,7 +267,7 @@ class DiffusersImageEngine:
         """Images for `job`; image i is drawn from a CPU generator seeded with `job.seed + i`."""
         if self._pipe is None:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
-        self._validate(job)  # before queueing for the device: bad input fails at once
+        self._validate(job)  # before the worker thread starts: bad input fails at once
         images = await run_cancellable(functools.partial(self._run, job, progress))
         return ImageResult(images=images, seed=job.seed)
 
@@ -324,56 +326,53 @@ class DiffusersImageEngine:
             return tensors
 
         results: list[list[Any]] = [[] for _ in jobs]
-        with self._lock:
-            if cancelled.is_set():
-                raise _Cancelled
-            pipe = self._pipe
-            self._activate_loras(first)
-            self._add_embeddings(first)
-            # Jobs with the same text (the usual case: one prompt, many seeds) share one encoding.
-            encoded: dict[tuple[str, str, int | None], dict[str, Any]] = {}
-            for job in jobs:
-                if (text := _text_key(job)) not in encoded:
-                    encoded[text] = self._prompt_inputs(pipe, job)
-            prompts = [encoded[_text_key(job)] for job in jobs]
-            # Prompt inputs stack only when equally shaped (a long prompt's embedding is longer, and
-            # padding a short one would change its picture): one call per shape.
-            groups: dict[Hashable, list[int]] = {}
-            for index, inputs in enumerate(prompts):
-                groups.setdefault(_stack_shape(inputs), []).append(index)
-            calls = len(groups)
-            vae = self._addons.vae(first.vae, pipe.vae) if first.vae is not None else None
-            with swapped_vae([pipe], vae):
-                for indices in groups.values():
-                    members = [jobs[index] for index in indices]
-                    # Image i of a job starts from the noise of its seed + i, exactly as in `generate`.
-                    generators = [
-                        torch.Generator("cpu").manual_seed(job.seed + i)
-                        for job in members
-                        for i in range(job.image_num)
-                    ]
-                    pipe.scheduler = self._scheduler(first)
-                    images = pipe(
-                        **_stacked([prompts[index] for index in indices], [job.image_num for job in members]),
-                        width=first.width,
-                        height=first.height,
-                        num_inference_steps=first.steps,
-                        guidance_scale=first.guidance_scale,
-                        num_images_per_prompt=1,
-                        generator=generators,
-                        callback_on_step_end=on_step_end,
-                        output_type="pil",
-                    ).images
-                    offset = 0
-                    for index, job in zip(indices, members, strict=True):
-                        results[index] = list(images[offset : offset + job.image_num])
-                        offset += job.image_num
-                    done += 1
+        if cancelled.is_set():
+            raise _Cancelled
+        pipe = self._pipe
+        self._activate_loras(first)
+        self._add_embeddings(first)
+        # Jobs with the same text (the usual case: one prompt, many seeds) share one encoding.
+        encoded: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+        for job in jobs:
+            if (text := _text_key(job)) not in encoded:
+                encoded[text] = self._prompt_inputs(pipe, job)
+        prompts = [encoded[_text_key(job)] for job in jobs]
+        # Prompt inputs stack only when equally shaped (a long prompt's embedding is longer, and
+        # padding a short one would change its picture): one call per shape.
+        groups: dict[Hashable, list[int]] = {}
+        for index, inputs in enumerate(prompts):
+            groups.setdefault(_stack_shape(inputs), []).append(index)
+        calls = len(groups)
+        vae = self._addons.vae(first.vae, pipe.vae) if first.vae is not None else None
+        with swapped_vae([pipe], vae):
+            for indices in groups.values():
+                members = [jobs[index] for index in indices]
+                # Image i of a job starts from the noise of its seed + i, exactly as in `generate`.
+                generators = [
+                    torch.Generator("cpu").manual_seed(job.seed + i) for job in members for i in range(job.image_num)
+                ]
+                pipe.scheduler = self._scheduler(first)
+                images = pipe(
+                    **_stacked([prompts[index] for index in indices], [job.image_num for job in members]),
+                    width=first.width,
+                    height=first.height,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance_scale,
+                    num_images_per_prompt=1,
+                    generator=generators,
+                    callback_on_step_end=on_step_end,
+                    output_type="pil",
+                ).images
+                offset = 0
+                for index, job in zip(indices, members, strict=True):
+                    results[index] = list(images[offset : offset + job.image_num])
+                    offset += job.image_num
+                done += 1
         return results
 
     def _validate(self, job: ImageGeneration) -> None:
         if job.sampler is not None and job.sampler not in SAMPLERS:
-            raise _invalid(f"unknown sampler {job.sampler!r}; known: {', '.join(SAMPLERS)}", "sampler_name")
+            raise _invalid(f"unknown sampler {job.sampler!r}; known: {', '.join(SAMPLERS)}", "sampler")
         options = self.spec.options
         for param, names, known in (
             ("loras", [lora.name for lora in job.loras], options.get("loras", {})),
@@ -419,11 +418,11 @@ class DiffusersImageEngine:
         if job.refiner_switch_at is None:
             return
         if not self._is_xl or "refiner" not in self.spec.options:
-            raise _invalid(f"model {self.spec.name} has no refiner", "refiner")
+            raise _invalid(f"model {self.spec.name} has no refiner", "refiner_switch_at")
         if job.init_image is not None:
-            raise _invalid("the refiner applies to text-to-image only", "refiner")
+            raise _invalid("the refiner applies to text-to-image only", "refiner_switch_at")
         if not 0 < job.refiner_switch_at < 1:
-            raise _invalid("refiner switch_at must be between 0 and 1", "refiner")
+            raise _invalid("refiner switch_at must be between 0 and 1", "refiner_switch_at")
 
     def _validate_controlnets(self, job: ImageGeneration) -> None:
         if not job.controlnets:
@@ -448,7 +447,7 @@ class DiffusersImageEngine:
 
         size = (job.width, job.height)
         inputs: dict[str, Any] = {}
-        if job.init_image is not None:  # decoded before taking the device: it needs no device
+        if job.init_image is not None:
             inputs["image"] = _decode_image(job.init_image, size, "RGB", "init_image")
             if job.mask_image is not None:
                 inputs["mask_image"] = _decode_image(job.mask_image, size, "L", "mask_image")
@@ -486,36 +485,35 @@ class DiffusersImageEngine:
 
         # Latents go straight from pass to pass where the next one can take them.
         latent_hires = hires is not None and hires.upscaler == LATENT_UPSCALER
-        with self._lock:
-            if cancelled.is_set():
-                raise _Cancelled
-            pipe = self._pipeline_for(job)
-            pipe.scheduler = self._scheduler(job)
-            self._activate_loras(job)
-            self._add_embeddings(job)
-            prompt = self._prompt_inputs(self._pipe, job)
-            refiner = self._addons.refiner(self._pipe) if switch_at is not None else None
-            hires_pipe = self._derived_pipeline("img2img") if hires is not None else None
-            vae = self._addons.vae(job.vae, self._pipe.vae) if job.vae is not None else None
-            with swapped_vae([p for p in (pipe, refiner, hires_pipe) if p is not None], vae):
-                ends = {} if switch_at is None else {"denoising_end": switch_at}
-                first_type = "latent" if switch_at is not None or latent_hires else "pil"
-                images = run(pipe, **prompt, **inputs, **ends, output_type=first_type)
+        if cancelled.is_set():
+            raise _Cancelled
+        pipe = self._pipeline_for(job)
+        pipe.scheduler = self._scheduler(job)
+        self._activate_loras(job)
+        self._add_embeddings(job)
+        prompt = self._prompt_inputs(self._pipe, job)
+        refiner = self._addons.refiner(self._pipe) if switch_at is not None else None
+        hires_pipe = self._derived_pipeline("img2img") if hires is not None else None
+        vae = self._addons.vae(job.vae, self._pipe.vae) if job.vae is not None else None
+        with swapped_vae([p for p in (pipe, refiner, hires_pipe) if p is not None], vae):
+            ends = {} if switch_at is None else {"denoising_end": switch_at}
+            first_type = "latent" if switch_at is not None or latent_hires else "pil"
+            images = run(pipe, **prompt, **inputs, **ends, output_type=first_type)
+            done += 1
+            if refiner is not None:
+                refiner.scheduler = self._scheduler(job, self._addons.refiner_scheduler)
+                refined = self._prompt_inputs(refiner, job)
+                output_type = "latent" if latent_hires else "pil"
+                images = run(refiner, **refined, image=images, denoising_start=switch_at, output_type=output_type)
                 done += 1
-                if refiner is not None:
-                    refiner.scheduler = self._scheduler(job, self._addons.refiner_scheduler)
-                    refined = self._prompt_inputs(refiner, job)
-                    output_type = "latent" if latent_hires else "pil"
-                    images = run(refiner, **refined, image=images, denoising_start=switch_at, output_type=output_type)
-                    done += 1
-                if hires is not None and hires_pipe is not None:
-                    target = (hires.width, hires.height)
-                    if latent_hires:
-                        images = upscale_latents(images, target, self._pipe.vae_scale_factor)
-                    else:
-                        images = upscale_images(images, target)
-                    hires_pipe.scheduler = self._scheduler(job)
-                    images = run(hires_pipe, **prompt, image=images, strength=hires.strength, output_type="pil")
+            if hires is not None and hires_pipe is not None:
+                target = (hires.width, hires.height)
+                if latent_hires:
+                    images = upscale_latents(images, target, self._pipe.vae_scale_factor)
+                else:
+                    images = upscale_images(images, target)
+                hires_pipe.scheduler = self._scheduler(job)
+                images = run(hires_pipe, **prompt, image=images, strength=hires.strength, output_type="pil")
         return list(images)
 
     def _scheduler(self, job: ImageGeneration, own: tuple[Any, Any] | None = None) -> Any:

@@ -17,8 +17,9 @@ the level below (the confidence never drops as the level rises), and every label
 classifier's. Without `levels`, `DEFAULT_LEVELS` applies: labels "explicit", "suggestive" and
 "swimwear" (plus any others, such as "normal", that no level counts), as the demo classifier has.
 
-Classification runs on a worker thread under the same per-device lock as the diffusers pipelines:
-two models computing on one device at once only slow each other down.
+Classification runs on a worker thread in the scheduler's device turns, like the diffusers pipelines
+(the engine is a DeviceSerialEngine): two models computing on one device at once only slow each
+other down.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 from engines.base import ModelSpec
-from engines.image.devices import device_lock, parameter_bytes, release_memory
+from engines.image.devices import parameter_bytes, release_memory
 from engines.registry import CatalogError
 from engines.threads import run_cancellable
 
@@ -74,7 +75,6 @@ class SafetyClassifierEngine:
         self.spec = spec
         self.device = device
         self.levels = nsfw_levels(spec)  # a catalog mistake fails at startup, not in the first task
-        self._lock = device_lock(device)
         self._model: Any = None
         self._processor: Any = None
 
@@ -124,19 +124,17 @@ class SafetyClassifierEngine:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
         if not images:
             return []
-        # Cancelled while waiting for the device, the thread skips the model.
         return await run_cancellable(functools.partial(self._run, images))
 
     def _run(self, images: list[Any], cancelled: threading.Event) -> list[dict[str, float]]:
         import torch
 
-        # Resizing and normalising need no device: done before waiting for it.
+        # Resizing and normalising run on the host, whatever the model's device.
         inputs = self._processor(images=[image.convert("RGB") for image in images], return_tensors="pt")
-        with self._lock:
-            if cancelled.is_set():
-                return []
-            with torch.inference_mode():
-                logits = self._model(pixel_values=inputs["pixel_values"].to(self.device)).logits
+        if cancelled.is_set():
+            return []
+        with torch.inference_mode():
+            logits = self._model(pixel_values=inputs["pixel_values"].to(self.device)).logits
         rows = logits.float().softmax(dim=-1).cpu().tolist()
         names = self._model.config.id2label
         return [{names[index]: probability for index, probability in enumerate(row)} for row in rows]

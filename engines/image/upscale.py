@@ -7,13 +7,14 @@ The SD x4 upscaler needs nothing beyond diffusers, and a tiny random one builds 
 
 The model upscales by its native factor (the VAE's, 4 for stabilityai/stable-diffusion-x4-upscaler);
 the result is then resized with Lanczos to exactly the requested size. Jobs run on a worker
-thread under the same per-device lock as the image pipelines: they compete for the same device.
+thread in the scheduler's device turns, like the image pipelines (the engine is a
+DeviceSerialEngine): they compete for the same device.
 
 Attention in the upscaler's UNet costs memory quadratic in the latent area, so an input larger than
 one tile (options.tile_size input pixels a side, 128 by default) is cut into overlapping tiles
 (options.tile_overlap, 16): each tile is upscaled alone, resized to its share of the output, and the
 overlaps are blended with linear ramps so no seam shows. Every tile draws the same seeded noise, so
-the result is deterministic. The device lock is taken per tile: other jobs can run between tiles.
+the result is deterministic. A job holds its device turn for all its tiles.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from engines.base import ModelSpec, ProgressCallback, UpscaleJob, upscaled_size
-from engines.image.devices import device_lock, pipeline_bytes, release_memory
+from engines.errors import InvalidJob, JobProblem
+from engines.image.devices import pipeline_bytes, release_memory
 from engines.threads import run_cancellable
-from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.upscaler")
 
@@ -52,7 +53,7 @@ def _decode(data: bytes) -> Any:
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
         message = "image is not a readable PNG, JPEG or WebP image"
-        raise ApiError(ErrorCode.INVALID_IMAGE_FORMAT, message, param="image") from exc
+        raise InvalidJob(message, "image", JobProblem.IMAGE_FORMAT) from exc
 
 
 def _pad_to_multiple(image: Any, factor: int) -> Any:
@@ -99,7 +100,6 @@ class UpscalerEngine:
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
         self.device = device
-        self._lock = device_lock(device)
         self._pipe: Any = None
 
     @property
@@ -148,14 +148,14 @@ class UpscalerEngine:
         if self._pipe is None:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
         if not job.scale > 0:
-            raise ApiError(ErrorCode.INVALID_REQUEST_BODY, "scale must be positive", param="scale_factor")
+            raise InvalidJob("scale must be positive", "scale")
         return await run_cancellable(functools.partial(self._run, job, progress))
 
     def _run(self, job: UpscaleJob, progress: ProgressCallback | None, cancelled: threading.Event) -> Any:
         import torch
         from PIL import Image
 
-        image = _decode(job.image)  # decoded and padded before taking the device: neither needs it
+        image = _decode(job.image)
         width, height = image.size
         factor = self.native_scale
         padded = _pad_to_multiple(image, factor)
@@ -177,22 +177,21 @@ class UpscalerEngine:
 
         def upscale(part: Any) -> Any:
             nonlocal done
-            with self._lock:
-                if cancelled.is_set():
-                    raise _Cancelled
-                result = self._pipe(
-                    prompt="",
-                    image=part,
-                    num_inference_steps=steps,
-                    # No classifier-free guidance: with an empty prompt both branches see the same
-                    # text, so guidance would double the work and change nothing.
-                    guidance_scale=1.0,
-                    noise_level=int(options.get("noise_level", DEFAULT_NOISE_LEVEL)),
-                    generator=torch.Generator("cpu").manual_seed(int(options.get("seed", 0))),
-                    callback=on_step,
-                    callback_steps=1,
-                    output_type="pil",
-                )
+            if cancelled.is_set():
+                raise _Cancelled
+            result = self._pipe(
+                prompt="",
+                image=part,
+                num_inference_steps=steps,
+                # No classifier-free guidance: with an empty prompt both branches see the same
+                # text, so guidance would double the work and change nothing.
+                guidance_scale=1.0,
+                noise_level=int(options.get("noise_level", DEFAULT_NOISE_LEVEL)),
+                generator=torch.Generator("cpu").manual_seed(int(options.get("seed", 0))),
+                callback=on_step,
+                callback_steps=1,
+                output_type="pil",
+            )
             done += 1
             return result.images[0]
 

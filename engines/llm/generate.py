@@ -16,9 +16,8 @@ from engines.base import (
     TokenChoice,
     TokenLogprobs,
 )
-from engines.errors import engine_failed, invalid_input
+from engines.errors import EngineError, EngineFailure, InvalidJob
 from engines.llm.runtime import VllmEngineBase
-from schemas.errors import ApiError
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -72,7 +71,7 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
     try:
         return SamplingParams(**kwargs)
     except ValueError as exc:
-        raise invalid_input(str(exc)) from exc
+        raise InvalidJob(str(exc)) from exc
 
 
 def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> TokenLogprobs:
@@ -117,7 +116,7 @@ class VllmTextEngine(VllmEngineBase):
                 **(template_kwargs or {}),
             )
         except Exception as exc:  # jinja errors: the template rejected these messages
-            raise invalid_input(f"The model's chat template cannot render these messages: {exc}", "messages") from exc
+            raise InvalidJob(f"The model's chat template cannot render these messages: {exc}", "messages") from exc
         # The template already placed every special token it wants.
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
@@ -166,14 +165,14 @@ class VllmTextEngine(VllmEngineBase):
                 finished = output.finished
                 yield step
         except VLLMClientError as exc:
-            raise invalid_input(str(exc)) from exc
-        except ApiError:
+            raise InvalidJob(str(exc)) from exc
+        except EngineError:
             raise
         except Exception as exc:
             if isinstance(exc, GeneratorExit):
                 raise
             log.exception("generation failed for %s", self.spec.name)
-            raise engine_failed(self.spec.name) from exc
+            raise EngineFailure(self.spec.name) from exc
         finally:
             if not finished:
                 # Cancelled (client gone) or closed early: free the sequence slots now.

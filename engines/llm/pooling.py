@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from engines.base import EmbeddingResult, ScoreResult
-from engines.errors import engine_failed, invalid_input
+from engines.errors import EngineFailure, InvalidJob
 from engines.llm.runtime import VllmEngineBase
 
 log = logging.getLogger("omniserve.engines.vllm")
@@ -26,15 +26,15 @@ class _PoolingEngine(VllmEngineBase):
             async for output in self.llm.encode(prompt, params, request_id):
                 result = output
         except VLLMClientError as exc:
-            raise invalid_input(str(exc)) from exc
+            raise InvalidJob(str(exc)) from exc
         except asyncio.CancelledError:
             await self.abort(request_id)
             raise
         except Exception as exc:
             log.exception("pooling failed for %s", self.spec.name)
-            raise engine_failed(self.spec.name) from exc
+            raise EngineFailure(self.spec.name) from exc
         if result is None:
-            raise engine_failed(self.spec.name)
+            raise EngineFailure(self.spec.name)
         return result
 
     async def _pool_all(self, items: list[tuple[Any, Any]], request_id: str) -> list[Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engines.errors import invalid_input
+from engines.errors import InvalidJob
 
 EMPTY_OBJECT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
@@ -22,7 +22,7 @@ def forced_tool_schema(tools: list[dict[str, Any]], tool_choice: Any, parallel: 
         for tool in tools:
             if tool["function"]["name"] == name:
                 return tool["function"].get("parameters") or EMPTY_OBJECT_SCHEMA
-        raise invalid_input(f"tool_choice names '{name}', which is not among the tools.", "tool_choice")
+        raise InvalidJob(f"tool_choice names '{name}', which is not among the tools.", "tool_choice")
     if tool_choice == "required":
         schema: dict[str, Any] = {
             "type": "array",

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoMode, VideoResult
+from engines.errors import InvalidJob
 from engines.image.adapters import activate_loras, add_embeddings
-from engines.image.devices import device_lock, pipeline_bytes, release_memory
+from engines.image.devices import pipeline_bytes, release_memory
 from engines.threads import run_cancellable
-from schemas.errors import ApiError, ErrorCode
 
 log = logging.getLogger("omniserve.engines.video")
 
@@ -46,8 +46,9 @@ class _Cancelled(Exception):
     """Raised from the step callback to stop a pipeline whose caller has gone away."""
 
 
-def _invalid(message: str, param: str) -> ApiError:
-    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
+def _invalid(message: str, field: str) -> InvalidJob:
+    """A refusal of the job's `field` (a VideoGeneration or VideoPrompt field)."""
+    return InvalidJob(message, field)
 
 
 def pipeline_class_name(spec: ModelSpec) -> str:
@@ -87,7 +88,6 @@ class DiffusersVideoEngine:
     def __init__(self, spec: ModelSpec, *, device: str = "cpu") -> None:
         self.spec = spec
         self.device = device
-        self._lock = device_lock(device)
         self._pipe: Any = None
         self._scheduler_config: Any = None
         self._call_parameters: set[str] = set()
@@ -181,7 +181,7 @@ class DiffusersVideoEngine:
         """The frames of `job`, drawn from a CPU generator seeded with `job.seed`."""
         if self._pipe is None:
             raise RuntimeError(f"model {self.spec.name} is not loaded")
-        self._validate(job)  # before queueing for the device: bad input fails at once
+        self._validate(job)  # before the worker thread starts: bad input fails at once
         frames = await run_cancellable(functools.partial(self._run, job, progress))
         return VideoResult(frames=frames, seed=job.seed)
 
@@ -190,7 +190,7 @@ class DiffusersVideoEngine:
         if text and not job.prompts:
             raise _invalid(f"{self.spec.name} makes videos from text: give prompts", "prompts")
         if not text and job.image is None:
-            raise _invalid(f"{self.spec.name} animates an image: give image_file", "image_file")
+            raise _invalid(f"{self.spec.name} animates an image: give image_file", "image")
         if job.frame_count < 1:
             raise _invalid("a video needs at least one frame", "frames")
         factor = getattr(self._pipe, "vae_scale_factor", 8)
@@ -242,29 +242,28 @@ class DiffusersVideoEngine:
                 progress(min(1.0, (step + 1) / max(1, getattr(pipe, "num_timesteps", job.steps) or job.steps)))
             return shift.apply(step, tensors) if shift is not None else tensors
 
-        with self._lock:
-            if cancelled.is_set():
-                raise _Cancelled
-            pipe = self._pipe
-            pipe.scheduler = type(pipe.scheduler).from_config(self._scheduler_config)  # per-run state
-            self._activate_loras(job)
-            self._add_embeddings(job)
-            if self._is_animatediff:
-                context = min(frames, self._context_frames)
-                pipe.enable_free_noise(
-                    context_length=context,
-                    context_stride=min(_CONTEXT_STRIDE, context),
-                    prompt_interpolation_callback=_hold_prompt,
-                )
-            with self._clip_skip(job.clip_skip):
-                result = pipe(
-                    **inputs,
-                    num_inference_steps=job.steps,
-                    generator=torch.Generator("cpu").manual_seed(job.seed),
-                    callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"] if shift else ["latents"],
-                    output_type="np",
-                )
+        if cancelled.is_set():
+            raise _Cancelled
+        pipe = self._pipe
+        pipe.scheduler = type(pipe.scheduler).from_config(self._scheduler_config)  # per-run state
+        self._activate_loras(job)
+        self._add_embeddings(job)
+        if self._is_animatediff:
+            context = min(frames, self._context_frames)
+            pipe.enable_free_noise(
+                context_length=context,
+                context_stride=min(_CONTEXT_STRIDE, context),
+                prompt_interpolation_callback=_hold_prompt,
+            )
+        with self._clip_skip(job.clip_skip):
+            result = pipe(
+                **inputs,
+                num_inference_steps=job.steps,
+                generator=torch.Generator("cpu").manual_seed(job.seed),
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"] if shift else ["latents"],
+                output_type="np",
+            )
         return _to_uint8(result.frames)
 
     def _inputs(self, job: VideoGeneration) -> dict[str, Any]:
@@ -299,8 +298,8 @@ class DiffusersVideoEngine:
     @contextmanager
     def _clip_skip(self, clip_skip: int | None) -> Iterator[None]:
         """A1111's clip skip: the prompt is encoded by all but the last `clip_skip - 1` layers of
-        the text encoder, then its final norm. The layers are set aside for the call (under the
-        device lock), because diffusers' own clip-skip path reaches for an attribute that
+        the text encoder, then its final norm. The layers are set aside for the call (in the
+        job's device turn), because diffusers' own clip-skip path reaches for an attribute that
         transformers 5 removed from CLIPTextModel."""
         encoder = getattr(getattr(self._pipe, "text_encoder", None), "encoder", None)
         if not clip_skip or clip_skip == 1 or encoder is None:
@@ -358,4 +357,4 @@ def _fitted_image(data: bytes, size: tuple[int, int]) -> Any:
         with Image.open(io.BytesIO(data)) as image:
             return ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise _invalid("image_file is not a readable PNG, JPEG or WebP image", "image_file") from exc
+        raise _invalid("image_file is not a readable PNG, JPEG or WebP image", "image") from exc

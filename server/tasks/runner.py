@@ -17,8 +17,10 @@ from typing import Protocol
 
 import msgspec
 
+from engines.errors import EngineError
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CustomStorage
+from server.errors import engine_api_error
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.store import TaskStore
 from server.tasks.webhooks import WebhookSender
@@ -177,6 +179,9 @@ class TaskRunner:
             raise
         except ApiError as error:
             await self.store.fail(task_id, error.message)
+        except EngineError as error:
+            # The reason as the API would word it (today: the engine's own message).
+            await self.store.fail(task_id, engine_api_error(error).message)
         except Exception:
             log.exception("task %s failed", task_id)
             await self.store.fail(task_id, "The engine failed while running this task.")

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from engines.base import ControlUnit, HiresFix, ImageEngine, ImageGeneration, ImageResult, LoraWeight, ModelSpec
+from engines.errors import InvalidJob, JobProblem
 from engines.image import pipelines
 from engines.image.demo import CONTROLNET_NAME, EMBEDDING_NAME, LORA_NAME, VAE_NAME, build_image_demo_models
 from engines.image.pipelines import DiffusersImageEngine, parse_emphasis
 from engines.image.samplers import SAMPLERS
-from schemas.errors import ApiError
 
 pytestmark = pytest.mark.integration
 
@@ -171,9 +171,9 @@ async def test_without_compel_long_prompts_are_refused_not_truncated(
 ) -> None:
     monkeypatch.setattr(pipelines, "_compel_provider", lambda: None)
     assert (await sd.generate(job(negative_prompt="blurry"))).images[0].size == (64, 64)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidJob) as caught:
         await sd.generate(job(prompt="storm " * 20))
-    assert caught.value.param == "prompt"
+    assert caught.value.field == "prompt" and caught.value.problem is JobProblem.INVALID
 
 
 def test_a1111_emphasis_parsing() -> None:
@@ -188,9 +188,9 @@ def test_a1111_emphasis_parsing() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "param"),
+    ("fields", "field"),
     [
-        ({"sampler": "Euler z"}, "sampler_name"),
+        ({"sampler": "Euler z"}, "sampler"),
         ({"loras": [LoraWeight(name="no-such-lora")]}, "loras"),
         ({"embeddings": ["no-such-embedding"]}, "embeddings"),
         ({"width": 60}, "width"),
@@ -201,16 +201,16 @@ def test_a1111_emphasis_parsing() -> None:
         ({"hires_fix": HiresFix(width=128, height=128, strength=0.5, upscaler="Nope")}, "hires_fix"),
         ({"hires_fix": HiresFix(width=32, height=64, strength=0.5)}, "hires_fix"),
         ({"hires_fix": HiresFix(width=128, height=128, strength=0.5), "init_image": b"x"}, "hires_fix"),
-        ({"refiner_switch_at": 0.5}, "refiner"),  # demo-sd has no refiner
+        ({"refiner_switch_at": 0.5}, "refiner_switch_at"),  # demo-sd has no refiner
         ({"controlnets": [ControlUnit(name=CONTROLNET_NAME, image=b"x")]}, "controlnets"),  # txt2img
         ({"controlnets": [ControlUnit(name="nope", image=b"x")], "init_image": b"x", "strength": 0.5}, "controlnets"),
     ],
 )
-async def test_bad_jobs_name_the_parameter(sd: DiffusersImageEngine, fields: dict[str, Any], param: str) -> None:
-    with pytest.raises(ApiError) as caught:
+async def test_bad_jobs_name_the_field(sd: DiffusersImageEngine, fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidJob) as caught:
         await sd.generate(job(**fields))
-    assert caught.value.param == param
-    assert caught.value.status == 400
+    assert caught.value.field == field
+    assert caught.value.problem is JobProblem.INVALID
 
 
 async def test_progress_rises_to_one(sd: DiffusersImageEngine) -> None:
@@ -234,7 +234,11 @@ async def test_cancelled_job_stops_and_frees_the_device(sd: DiffusersImageEngine
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    after = await asyncio.wait_for(sd.generate(job()), timeout=20)  # the device lock was released
+    # The cancellation returned once the worker thread had stopped: no step runs after it.
+    steps = len(fractions)
+    await asyncio.sleep(0.2)
+    assert len(fractions) == steps
+    after = await asyncio.wait_for(sd.generate(job()), timeout=20)
     assert after.images and fractions[-1] < 1.0
 
 

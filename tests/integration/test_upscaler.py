@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from engines.base import UpscaleEngine, UpscaleJob
+from engines.errors import InvalidJob, JobProblem
 from engines.image.demo import UPSCALER_MODEL, image_demo_catalog
 from engines.image.upscale import UpscalerEngine
 from engines.registry import diffusers_factory
-from schemas.errors import ApiError, ErrorCode
 
 pytestmark = pytest.mark.integration
 
@@ -86,10 +86,13 @@ async def test_a_cancelled_job_frees_the_device(upscaler: UpscalerEngine) -> Non
     assert image.size == (32, 32)
 
 
-async def test_not_an_image(upscaler: UpscalerEngine) -> None:
-    with pytest.raises(ApiError) as error:
+async def test_refuses_a_non_image_and_a_non_positive_scale(upscaler: UpscalerEngine) -> None:
+    with pytest.raises(InvalidJob) as error:
         await upscaler.upscale(UpscaleJob(image=b"definitely not an image", scale=2))
-    assert error.value.code is ErrorCode.INVALID_IMAGE_FORMAT
+    assert (error.value.problem, error.value.field) == (JobProblem.IMAGE_FORMAT, "image")
+    with pytest.raises(InvalidJob) as bad_scale:
+        await upscaler.upscale(UpscaleJob(image=png((8, 8)), scale=0))
+    assert (bad_scale.value.problem, bad_scale.value.field) == (JobProblem.INVALID, "scale")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from engines.base import LoraWeight, ModelSpec, VideoEngine, VideoGeneration, VideoPrompt
+from engines.errors import InvalidJob
 from engines.video.demo import (
     ANIMATEDIFF_MODEL,
     DEMO_CONTEXT_FRAMES,
@@ -27,7 +28,6 @@ from engines.video.demo import (
     build_video_demo_models,
 )
 from engines.video.pipelines import DiffusersVideoEngine
-from schemas.errors import ApiError
 
 pytestmark = pytest.mark.integration
 
@@ -170,9 +170,9 @@ async def test_guidance_negative_prompt_and_clip_skip_have_effects(animatediff: 
     assert changed(base, skipped) > 0.5
     # clip skip 1 is "all layers": the same as none.
     assert np.array_equal(base, (await animatediff.generate(text_job(guidance_scale=7.0, clip_skip=1))).frames)
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(InvalidJob) as error:
         await animatediff.generate(text_job(clip_skip=9))
-    assert error.value.param == "clip_skip"
+    assert error.value.field == "clip_skip"
 
 
 async def test_lora_and_embedding_apply_and_switch_off_again(animatediff: DiffusersVideoEngine) -> None:
@@ -185,20 +185,20 @@ async def test_lora_and_embedding_apply_and_switch_off_again(animatediff: Diffus
     embedded = await animatediff.generate(text_job(prompts=prompt, embeddings=[EMBEDDING_NAME], guidance_scale=7.0))
     plain = await animatediff.generate(text_job(prompts=plain_prompt, guidance_scale=7.0))
     assert changed(embedded.frames, plain.frames) > 0.5
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(InvalidJob) as error:
         await animatediff.generate(text_job(loras=[LoraWeight(name="no-such-lora")]))
-    assert error.value.param == "loras"
+    assert error.value.field == "loras"
 
 
 async def test_bad_text_jobs_fail_before_running(animatediff: DiffusersVideoEngine) -> None:
-    for job, param in (
+    for job, field in (
         (text_job(width=60), "width"),
         (text_job(prompts=[]), "prompts"),
         (text_job(prompts=[VideoPrompt(prompt="x" * 80, frames=2)]), "prompts"),  # over CLIP's 77 tokens
     ):
-        with pytest.raises(ApiError) as error:
+        with pytest.raises(InvalidJob) as error:
             await animatediff.generate(job)
-        assert error.value.param == param
+        assert error.value.field == field
 
 
 async def test_image_to_video_has_the_requested_frames_and_size(svd: DiffusersVideoEngine) -> None:
@@ -221,11 +221,11 @@ async def test_image_to_video_is_deterministic_and_follows_its_conditioning(svd:
 
 
 async def test_image_to_video_refuses_text_only_features(svd: DiffusersVideoEngine) -> None:
-    for job, param in (
-        (image_job(image=None), "image_file"),
-        (image_job(image=b"not an image"), "image_file"),
+    for job, field in (
+        (image_job(image=None), "image"),
+        (image_job(image=b"not an image"), "image"),
         (image_job(closed_loop=True), "closed_loop"),
     ):
-        with pytest.raises(ApiError) as error:
+        with pytest.raises(InvalidJob) as error:
             await svd.generate(job)
-        assert error.value.param == param
+        assert error.value.field == field

@@ -9,10 +9,10 @@ from litestar.testing import AsyncTestClient
 from engines.admission import AdmissionPolicy, Priority, lease_owner
 from engines.base import ModelKind, ModelSpec
 from engines.devices import DeviceMemory, parse_budget
+from engines.errors import ModelNotFound, Overloaded
 from engines.registry import ModelRegistry
 from engines.residency import Residency
 from engines.scheduler import Scheduler
-from schemas.errors import ApiError, ErrorCode
 from server.app import create_app
 from tests.fakes import FAKE_SPECS, FakeSleepableTextEngine, fake_factory, sleepable_factory
 from tests.unit.conftest import make_state
@@ -31,10 +31,11 @@ async def test_lease_loads_on_demand_and_resolves_aliases() -> None:
 
 
 async def test_unknown_model() -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(ModelNotFound) as caught:
         async with make_scheduler().lease("nope"):
             pass
-    assert caught.value.code is ErrorCode.MODEL_NOT_FOUND
+    assert caught.value.field == "model" and caught.value.model == "nope"
+    assert caught.value.message == "The model 'nope' does not exist."
 
 
 async def test_full_queue_is_429_and_slow_queue_is_503() -> None:
@@ -56,14 +57,13 @@ async def test_full_queue_is_429_and_slow_queue_is_503() -> None:
 
     waiter = asyncio.create_task(wait_in_queue())
     await asyncio.sleep(0.01)
-    with pytest.raises(ApiError) as full:
+    with pytest.raises(Overloaded) as full:
         async with scheduler.lease("fake-chat"):
             pass
-    assert full.value.code is ErrorCode.QUEUE_FULL and full.value.status == 429
-    assert full.value.retry_after is not None
-    with pytest.raises(ApiError) as timed_out:
+    assert full.value.queue_full and full.value.retry_after == 1.0
+    with pytest.raises(Overloaded) as timed_out:
         await waiter
-    assert timed_out.value.code is ErrorCode.SERVICE_NOT_AVAILABLE and timed_out.value.status == 503
+    assert not timed_out.value.queue_full and timed_out.value.retry_after >= 1.0
     release.set()
     await holder
     # The slot is free again.
@@ -166,10 +166,10 @@ async def test_a_waiter_that_gives_up_leaves_its_turn() -> None:
 
     holder = asyncio.create_task(hold())
     await holding.wait()
-    with pytest.raises(ApiError) as timed_out:
+    with pytest.raises(Overloaded) as timed_out:
         async with scheduler.lease("fake-chat", owner="key-a"):
             pass
-    assert timed_out.value.status == 503
+    assert not timed_out.value.queue_full
     cancelled = asyncio.create_task(use_chat(scheduler, "key-b"))
     await asyncio.sleep(0)
     cancelled.cancel()
@@ -252,9 +252,9 @@ async def test_leased_model_is_never_evicted_the_newcomer_waits() -> None:
     await holding.wait()
     await use(scheduler, "b")
     # c needs 150 MB: evicting idle b alone is not enough and a is leased, so nothing is evicted.
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(Overloaded) as refused:
         await use(scheduler, "c")
-    assert refused.value.status == 503 and refused.value.retry_after is not None
+    assert not refused.value.queue_full and refused.value.retry_after >= 1.0
     assert loaded(scheduler) == {"a", "b"}
     assert scheduler.engine("a").loaded is True  # type: ignore[attr-defined]
 
@@ -335,10 +335,10 @@ async def test_flood_for_a_model_without_room_is_refused_with_retry_after_then_s
     holder = asyncio.create_task(hold_a())
     await holding.wait()
     flood = await asyncio.gather(*(use(scheduler, "b") for _ in range(6)), return_exceptions=True)
-    assert all(isinstance(outcome, ApiError) for outcome in flood)
-    statuses = sorted(outcome.status for outcome in flood if isinstance(outcome, ApiError))
-    assert 429 in statuses and 503 in statuses and set(statuses) == {429, 503}
-    assert all(outcome.retry_after for outcome in flood if isinstance(outcome, ApiError))
+    assert all(isinstance(outcome, Overloaded) for outcome in flood)
+    full = [outcome.queue_full for outcome in flood if isinstance(outcome, Overloaded)]
+    assert True in full and False in full  # some refused at once (429), some waited in vain (503)
+    assert all(outcome.retry_after for outcome in flood if isinstance(outcome, Overloaded))
     assert loaded(scheduler) == {"a"}
     release.set()
     await holder
@@ -461,3 +461,71 @@ async def test_idle_ttl_unloads_a_sleeping_model() -> None:
     assert sorted(await scheduler.unload_idle()) == ["a", "b"]
     assert scheduler.residency() == {"a": Residency.UNLOADED, "b": Residency.UNLOADED}
     assert scheduler.engine("a").loaded is False  # type: ignore[attr-defined]
+
+
+# -- typed leases: the engine protocol asked for, checked from the catalog -------------------------
+
+
+async def test_a_typed_lease_narrows_to_the_protocol_asked_for() -> None:
+    from engines.base import Engine, ImageEngine, ScoreEngine, TextGenerationEngine
+
+    scheduler = make_scheduler()
+    async with scheduler.lease("fake-chat-alias", TextGenerationEngine) as chat:
+        assert chat.spec.name == "fake-chat" and chat.render_chat([{"role": "user", "content": "x"}])
+    assert (await scheduler.resident_engine("fake-rerank", ScoreEngine)).spec.kind is ModelKind.RERANK
+    assert scheduler.engine("fake-sd", ImageEngine).spec.options == {"loras": {"ok-lora": "-"}}
+    assert scheduler.spec("fake-chat-alias").name == "fake-chat"
+    # Untyped calls (the default kind, Engine) take a model of any kind.
+    async with scheduler.lease("fake-sd") as any_engine:
+        assert isinstance(any_engine, Engine)
+    assert scheduler.engine("fake-embed").spec.kind is ModelKind.EMBEDDING
+
+
+async def test_a_wrong_kind_is_refused_from_the_catalog_loading_and_evicting_nothing() -> None:
+    from engines.base import EmbeddingEngine, ImageEngine, TextGenerationEngine
+    from engines.errors import WrongModelKind
+
+    image = ModelSpec(name="img", kind=ModelKind.IMAGE, engine="fake", path="-", memory_bytes=100 * MB)
+    scheduler = budgeted([sized("chat", 100), image], budget_mb=100)
+    await use(scheduler, "chat")  # the budget is full: loading img would evict chat
+    before = scheduler.residency()
+    assert before == {"chat": Residency.RESIDENT, "img": Residency.UNLOADED}
+
+    with pytest.raises(WrongModelKind) as leased:
+        async with scheduler.lease("img", TextGenerationEngine):
+            raise AssertionError("a wrong-kind lease was granted")
+    with pytest.raises(WrongModelKind) as resident:
+        await scheduler.resident_engine("img", EmbeddingEngine)
+    with pytest.raises(WrongModelKind):
+        scheduler.engine("chat", ImageEngine)
+
+    assert leased.value.field == "model" and leased.value.model == "img"
+    assert leased.value.kind is ModelKind.IMAGE and leased.value.wanted == {ModelKind.CHAT}
+    assert leased.value.message == "The model 'img' is a image model and does not serve chat."
+    assert resident.value.wanted == {ModelKind.EMBEDDING}
+    # Nothing loaded, nothing evicted, nothing left waiting.
+    assert scheduler.engine("img").loaded is False  # type: ignore[attr-defined]
+    assert scheduler.engine("chat").loaded is True  # type: ignore[attr-defined]
+    assert scheduler.residency() == before
+    models = scheduler.report().models
+    assert models["img"].loads == 0 and models["chat"].loads == 1 and models["chat"].evictions == {}
+    assert scheduler.queue_state() == {"chat": (0, 0), "img": (0, 0)}
+
+
+async def test_an_unknown_model_is_not_found_whatever_the_kind() -> None:
+    from engines.base import TextGenerationEngine
+
+    with pytest.raises(ModelNotFound):
+        await make_scheduler().resident_engine("nope", TextGenerationEngine)
+
+
+def test_served_kinds_cover_every_kind_and_refuse_a_non_protocol() -> None:
+    from engines.base import SERVED_KINDS, BatchImageEngine, Engine, ImageEngine, ScoreEngine, served_kinds
+
+    assert served_kinds(Engine) == frozenset(ModelKind)
+    assert served_kinds(BatchImageEngine) == served_kinds(ImageEngine) == {ModelKind.IMAGE}
+    assert served_kinds(ScoreEngine) == {ModelKind.RERANK}
+    # Every kind is served by some protocol besides Engine itself.
+    assert set().union(*(kinds for protocol, kinds in SERVED_KINDS.items() if protocol is not Engine)) == set(ModelKind)
+    with pytest.raises(TypeError):
+        served_kinds(int)

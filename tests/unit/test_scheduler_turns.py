@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any, Literal
 
+import msgspec
 import pytest
 
 from engines.admission import AdmissionPolicy, FairGate, Priority
-from engines.base import DeviceSerialEngine, ModelKind, ModelSpec
+from engines.base import BatchImageEngine, DeviceSerialEngine, ImageGeneration, ImageResult, ModelKind, ModelSpec
 from engines.devices import DeviceMemory
+from engines.errors import Overloaded
 from engines.registry import ModelRegistry
 from engines.scheduler import Scheduler
-from schemas.errors import ApiError, ErrorCode
+from engines.threads import run_cancellable
 from tests.fakes import FakeImageEngine, FakeTextEngine
 
 
@@ -71,6 +75,9 @@ def test_diffusers_engines_are_device_serial() -> None:
         spec = ModelSpec(name="m", kind=ModelKind.IMAGE, engine="diffusers", path="-", options={"nsfw_labels": []})
         assert isinstance(engine_cls(spec), DeviceSerialEngine), engine_cls
     assert not isinstance(FakeTextEngine(SPECS[2]), DeviceSerialEngine)
+    # Batching is an optional capability, found on an engine leased as an ImageEngine.
+    assert isinstance(DiffusersImageEngine(SPECS[0]), BatchImageEngine)
+    assert not isinstance(SerialImageEngine(SPECS[0]), BatchImageEngine)
 
 
 async def test_serial_engines_take_turns_on_their_device_by_priority() -> None:
@@ -114,11 +121,11 @@ async def test_interactive_wait_for_the_device_ends_in_503_with_retry_after() ->
     scheduler = make_scheduler(queue_timeout_s=0.05)
     holder = Holder(scheduler, "sd-a")
     await holder.entered.wait()
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Overloaded) as caught:
         async with scheduler.lease("sd-b"):
             pass
-    assert caught.value.code is ErrorCode.SERVICE_NOT_AVAILABLE and caught.value.status == 503
-    assert caught.value.retry_after is not None and caught.value.retry_after >= 1
+    assert not caught.value.queue_full and caught.value.retry_after >= 1
+    assert caught.value.message == "Model 'sd-b' is busy; its turn did not come within 0.05 s."
     await holder.release()
     async with asyncio.timeout(1):  # the device is free again and no turn was left taken
         async with scheduler.lease("sd-b"):
@@ -147,10 +154,10 @@ async def test_background_work_also_has_a_deadline() -> None:
     scheduler = make_scheduler(background_timeout_s=0.05)
     holder = Holder(scheduler, "sd-a")
     await holder.entered.wait()
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(Overloaded) as caught:
         async with scheduler.lease("sd-a", priority=Priority.BACKGROUND):
             pass
-    assert caught.value.status == 503
+    assert not caught.value.queue_full
     await holder.release()
 
 
@@ -188,3 +195,73 @@ async def test_aging_only_promotes_waiters_old_enough() -> None:
     arrivals = [("t1", background, 0.0), ("u1", background, 0.6), ("c1", interactive, 0.0)]
     # t1 has waited long enough; u1 has not, so c1 goes before it.
     assert await _gate_order(FairGate(1, aging_s=0.5), arrivals) == ["t1", "c1", "u1"]
+
+
+# -- the device turn is the one guard: it lasts until the worker thread has stopped ----------------
+
+
+class _Device:
+    """What computes on one device: the most jobs seen computing at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.started = threading.Event()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.started.set()
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+class ThreadedSerialEngine(SerialImageEngine):
+    """Computes on a worker thread as the diffusers engines do; a cancelled job stops only at
+    the end of its current step (50 ms later)."""
+
+    def __init__(self, spec: ModelSpec, device: _Device) -> None:
+        super().__init__(spec)
+        self.on_device = device
+
+    async def generate(self, job: ImageGeneration, progress: Any = None) -> ImageResult:
+        def work(cancelled: threading.Event) -> None:
+            self.on_device.enter()
+            try:
+                for _ in range(job.steps):
+                    time.sleep(0.05)  # one step: a thread cannot be interrupted within it
+                    if cancelled.is_set():
+                        return
+            finally:
+                self.on_device.leave()
+
+        await run_cancellable(work)
+        return ImageResult(images=[], seed=job.seed)
+
+
+async def test_a_cancelled_job_keeps_the_device_turn_until_its_thread_stops() -> None:
+    device = _Device()
+    host = DeviceMemory(name="cpu", total_bytes=1 << 30, budget_bytes=1 << 30)
+    registry = ModelRegistry(SPECS[:2], {"fake": lambda spec: ThreadedSerialEngine(spec, device)})
+    scheduler = Scheduler(registry, AdmissionPolicy(), [host])  # type: ignore[arg-type]
+    job = ImageGeneration(prompt="p", width=8, height=8, steps=100, guidance_scale=1.0, seed=0)
+
+    async def generate(model: str, steps: int) -> None:
+        async with scheduler.lease(model) as engine:
+            await engine.generate(msgspec.structs.replace(job, steps=steps))  # type: ignore[attr-defined]
+
+    first = asyncio.create_task(generate("sd-a", 100))
+    await asyncio.to_thread(device.started.wait, 5)
+    second = asyncio.create_task(generate("sd-b", 1))
+    await asyncio.sleep(0.01)  # waiting for the device turn
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled() and device.running == 0  # the cancellation waited for the thread
+    await asyncio.wait_for(second, 5)
+    assert device.most == 1  # never two jobs on the device at once
+    [usage] = scheduler.report().devices
+    assert (usage.serial_running, usage.serial_waiting) == (0, 0)
