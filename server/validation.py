@@ -45,6 +45,7 @@ _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 # msgspec's wording when a value has the right type but breaks a Meta constraint.
 _CONSTRAINT = re.compile(r"Expected `[^`]+` (?:>=|<=|>|<|of length|that's a multiple of|matching regex)")
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_PATH = re.compile(r"(?:\.[^.\[]+|\[\d+\])+")
 
 
 def without_nulls(value: Any) -> Any:
@@ -158,9 +159,10 @@ def _field_at(info: Any, path: str) -> tuple[Any, list[tuple[str, dict[str, Any]
     """The type at ``path`` ("request.loras[0].strength") in ``info``, and the Meta extras met
     on the way there, each with the path of the field that carries it."""
     inspect = msgspec.inspect
-    tokens: list[str | int] = [
-        name if name else int(index) for name, index in _PATH_TOKEN.findall("." + path if path[0] != "[" else path)
-    ]
+    dotted = path if path.startswith("[") else f".{path}"
+    if _PATH.fullmatch(dotted) is None:  # a dict key, say: not a path through fields and items
+        return None
+    tokens: list[str | int] = [name or int(index) for name, index in _PATH_TOKEN.findall(dotted)]
     extras: list[tuple[str, dict[str, Any]]] = []
     walked = ""
     position = 0
