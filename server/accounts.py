@@ -211,15 +211,26 @@ class Charge:
     it keeps the price of the units used and gives back the rest; an error gives back
     everything. A cancelled or closed block (the client left) pays for what was made."""
 
-    __slots__ = ("_accounts", "_request_id", "base", "most", "price", "units")
+    __slots__ = ("_accounts", "_key_id", "_left", "_request_id", "_reserved", "base", "most", "price", "units")
 
     def __init__(self, accounts: Accounts | None, key_id: str | None, base: float, price: float, most: float) -> None:
         self._accounts = accounts
+        self._key_id = key_id
         self._request_id: str | None = None
+        self._left: float | None = None
         self.base, self.price, self.most, self.units = base, price, most, 0.0
+        self._reserved = False
         if accounts is not None and key_id is not None and base + price * most > 0:
+            self._reserved = True
             self._request_id = uuid.uuid4().hex
-            accounts.reserve(key_id, self._request_id, base + price * most)
+            self._left = accounts.reserve(key_id, self._request_id, base + price * most)
+
+    @property
+    def remaining(self) -> float | None:
+        """The balance left once this charge was reserved (None: unmetered)."""
+        if self._reserved or self._accounts is None or self._key_id is None:
+            return self._left
+        return self._accounts.balance(self._key_id)
 
     def add(self, units: float) -> None:
         self.units += units
@@ -275,6 +286,12 @@ class Meter:
         """Speech: reserved from the text's length, settled to the seconds ``add``-ed."""
         price = self.accounts.settings.price_per_speech_second if self.accounts is not None else 0.0
         return self._charge(0.0, price, speech_seconds_bound(text, speed))
+
+    def images(self, count: int) -> Charge:
+        """Images: reserved for ``count``, settled to the images ``add``-ed (a client that
+        leaves before they are made pays nothing)."""
+        price = self.accounts.settings.price_per_image if self.accounts is not None else 0.0
+        return self._charge(0.0, price, count)
 
     def transcription(self, seconds: float) -> Charge:
         """Transcription: the input's seconds, as they are ``add``-ed."""

@@ -1,11 +1,12 @@
-"""create_app(settings) -> Litestar: routes, auth, errors, and the engines' lifecycle."""
+"""create_app(components) -> Litestar: routers, guards, dependencies, errors, lifecycle."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, Response, Router, get
 from litestar.datastructures import State
@@ -26,10 +27,13 @@ from engines.registry import (
     vllm_factory,
 )
 from engines.scheduler import Scheduler
-from server.accounts_hooks import enforce_account
-from server.auth import Authenticator, require_api_key
+from server.accounts_hooks import account_guard, caller_dependency
+from server.auth import Authenticator, key_guard
+from server.cancellation import CancelOnDisconnect
+from server.composition import Components
 from server.errors import handle_exception
 from server.keystore import KeyStore
+from server.metrics import Metrics
 from server.routes.admin import AdminController
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
@@ -43,9 +47,7 @@ from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.tasks import AsyncTaskController, FilesController
 from server.routes.vendor.novassium import NovassiumController
 from server.routes.vendor.sdapi import SdApiController
-from server.services import Services
 from server.settings import Settings
-from server.state import AppState
 from server.telemetry import tracing
 from server.telemetry.http import RequestTelemetry
 
@@ -64,9 +66,9 @@ def default_factories(settings: Settings) -> dict[str, EngineFactory]:
     }
 
 
-def build_state(
+def build_components(
     settings: Settings, specs: list[ModelSpec], factories: dict[str, EngineFactory] | None = None
-) -> AppState:
+) -> Components:
     registry = ModelRegistry(specs, factories or default_factories(settings))
     policy = AdmissionPolicy(
         max_queue_depth=settings.limits.max_queue_depth,
@@ -80,33 +82,67 @@ def build_state(
     authenticator = Authenticator(
         keystore, settings.auth.static_keys, open_when_no_keys=settings.is_loopback or settings.auth.allow_open
     )
-    return AppState(settings, Scheduler(registry, policy, devices), keystore, authenticator)
+    return Components(settings, Scheduler(registry, policy, devices), keystore, authenticator)
 
 
 @get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
-async def metrics(app_state: AppState) -> Response[bytes]:
-    return Response(app_state.metrics.render(), media_type="text/plain; version=0.0.4")
+async def metrics(metrics: Metrics) -> Response[bytes]:
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None) -> Litestar:
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def _dependencies(components: Components) -> dict[str, Provide]:
+    """What controllers may ask for, by parameter name: each service built once."""
+    text = components.text
+    services: dict[str, Any] = {
+        "scheduler": components.scheduler,
+        "readiness": components.readiness,
+        "metrics": components.metrics,
+        "catalog": components.catalog,
+        "accounts": components.accounts,
+        "storage": components.storage,
+        "chat": text.chat,
+        "completions": text.completions,
+        "embeddings": text.embeddings,
+        "rerank": text.rerank,
+        "tokenize": text.tokenize,
+        # Transitional: controllers that still take the whole composition root.
+        "services": components,
+        "app_state": components,
+    }
+    dependencies = {
+        name: Provide(_constant(value), sync_to_thread=False, use_cache=True) for name, value in services.items()
+    }
+    dependencies["caller"] = Provide(caller_dependency(components.accounts), sync_to_thread=False)
+    return dependencies
+
+
+def create_app(components: Components, *, tracer_provider: TracerProvider | None = None) -> Litestar:
     """With ``tracer_provider`` (the globally installed one), every request gets a server span."""
 
     @asynccontextmanager
     async def engines_lifespan(_: Litestar) -> AsyncIterator[None]:
         # Models load in the background: /health answers at once and /ready says 503
         # until the startup models are resident (engines/scheduler.py: load_all).
-        state.load_task = asyncio.create_task(state.scheduler.load_all())
-        state.scheduler.start()
-        await state.start()
+        scheduler = components.scheduler
+        components.load_task = asyncio.create_task(scheduler.load_all())
+        scheduler.start()
+        await components.start()
         try:
             yield
         finally:
-            state.draining = True
-            state.load_task.cancel()
-            await asyncio.gather(state.load_task, return_exceptions=True)
-            await state.stop()
-            await state.scheduler.stop()
-            await state.scheduler.unload_all()
+            components.readiness.draining = True
+            components.load_task.cancel()
+            await asyncio.gather(components.load_task, return_exceptions=True)
+            await components.stop()
+            await scheduler.stop()
+            await scheduler.unload_all()
+
+    require_key = key_guard(components.authenticator)
+    enforce_account = account_guard(components.accounts)
 
     def openai_router(path: str) -> Router:
         return Router(
@@ -116,17 +152,17 @@ def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None
                 ImagesController,
                 ModelsController,
                 SpeechController,
-                transcriptions_router(state.settings.audio),
+                transcriptions_router(components.settings.audio),
                 VideosController,
             ],
-            guards=[require_api_key, enforce_account],
+            guards=[require_key, enforce_account],
         )
 
-    admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_api_key])
+    admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_key])
     v3_router = Router(
         path="/",
         route_handlers=[AsyncTaskController, ModelsV3Controller, AccountController],
-        guards=[require_api_key, enforce_account],
+        guards=[require_key, enforce_account],
     )
     app = Litestar(
         route_handlers=[
@@ -141,20 +177,18 @@ def create_app(state: AppState, *, tracer_provider: TracerProvider | None = None
             NovassiumController,
             SdApiController,
         ],
-        dependencies={
-            "services": Provide(lambda: state.services, sync_to_thread=False, use_cache=True),
-            "app_state": Provide(lambda: state, sync_to_thread=False, use_cache=True),
-        },
+        dependencies=_dependencies(components),
         exception_handlers={Exception: handle_exception},
         lifespan=[engines_lifespan],
-        request_max_body_size=state.settings.limits.max_body_bytes,
+        request_max_body_size=components.settings.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="omniserve", version=VERSION, path="/schema"),
-        state=State({"omniserve": state}),
-        signature_types=[Services, AppState],
+        state=State({"omniserve": components}),
+        signature_types=[Components],
         debug=False,
         logging_config=None,
         **tracing.app_options(tracer_provider),
     )
-    # Outermost, so unknown routes and errors get a request id, a metric and a log line too.
-    app.asgi_handler = RequestTelemetry(app.asgi_handler)
+    # Outermost, so unknown routes and errors get a request id, a metric and a log line too;
+    # inside it, a request whose client leaves is cancelled.
+    app.asgi_handler = RequestTelemetry(CancelOnDisconnect(app.asgi_handler))
     return app

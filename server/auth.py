@@ -7,6 +7,7 @@ import time
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
 
 from engines.admission import lease_owner
 from schemas.errors import ApiError, ErrorCode
@@ -64,13 +65,15 @@ class Authenticator:
         return key_id
 
 
-async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Litestar guard for every API router (async: a sync guard would run in a thread)."""
-    authenticator: Authenticator = connection.app.state.omniserve.authenticator
-    with step("authenticate") as span:
-        key_id = authenticator.authenticate(presented_key(connection))
-        if key_id is not None and span.is_recording():
-            span.set_attribute("omniserve.api_key_id", key_id)
-    connection.scope["state"]["api_key_id"] = key_id
-    # Model leases taken while serving this request take their turns as this key's.
-    lease_owner.set(key_id)
+def key_guard(authenticator: Authenticator) -> Guard:
+    async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        """The guard of every key-guarded router (async: a sync guard would run in a thread)."""
+        with step("authenticate") as span:
+            key_id = authenticator.authenticate(presented_key(connection))
+            if key_id is not None and span.is_recording():
+                span.set_attribute("omniserve.api_key_id", key_id)
+        connection.scope["state"]["api_key_id"] = key_id
+        # Model leases taken while serving this request take their turns as this key's.
+        lease_owner.set(key_id)
+
+    return require_api_key

@@ -52,8 +52,8 @@ def _keys_exist(settings: Settings) -> bool:
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
-    from server.app import VERSION, build_state, create_app
-    from server.runner import DrainingServer
+    from server.app import VERSION, build_components, create_app
+    from server.http_server import DrainingServer
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
         print(
@@ -70,9 +70,9 @@ def cmd_serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
-    state = build_state(settings, _catalog(settings))
+    components = build_components(settings, _catalog(settings))
     config = uvicorn.Config(
-        create_app(state, tracer_provider=tracer_provider),
+        create_app(components, tracer_provider=tracer_provider),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -84,7 +84,7 @@ def cmd_serve(settings: Settings) -> int:
         lifespan="on",
     )
     try:
-        DrainingServer(config, state).run()
+        DrainingServer(config, components.readiness).run()
     finally:
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the spans still batched

@@ -227,6 +227,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def is_loopback(self) -> bool:
         return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
 
+    @property
+    def public_base_url(self) -> str:
+        """Where clients reach this server, for URLs in webhook payloads (a polled task
+        result uses the URL the client called instead)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return self.public_url or f"http://{host}:{self.port}"
+
 
 class SettingsError(ValueError):
     pass

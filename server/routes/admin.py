@@ -5,13 +5,17 @@ from __future__ import annotations
 from litestar import Controller, get
 
 from engines.residency import SchedulerReport
-from server.state import AppState
+from engines.scheduler import Scheduler
 
 
 class AdminController(Controller):
     path = "/admin"
     tags = ["admin"]
 
-    @get("/scheduler", summary="Residency per model, device budgets, evictions and load times")
-    async def scheduler(self, app_state: AppState) -> SchedulerReport:
-        return app_state.scheduler.report()
+    @get(
+        "/scheduler",
+        summary="Residency per model, device budgets, evictions and load times",
+        operation_id="schedulerReport",
+    )
+    async def scheduler(self, scheduler: Scheduler) -> SchedulerReport:
+        return scheduler.report()

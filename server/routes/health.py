@@ -3,7 +3,7 @@ from __future__ import annotations
 import msgspec
 from litestar import Controller, Response, get
 
-from server.state import AppState
+from engines.scheduler import Scheduler
 
 
 class ReadyStatus(msgspec.Struct, kw_only=True):
@@ -11,19 +11,36 @@ class ReadyStatus(msgspec.Struct, kw_only=True):
     models: dict[str, str]
 
 
+class Readiness:
+    """Whether this process should get traffic: not while draining after a stop signal, nor
+    before its startup models are loaded."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.draining = False
+
+    def status(self) -> tuple[ReadyStatus, int]:
+        models = {name: state.value for name, state in self.scheduler.residency().items()}
+        if self.draining:
+            return ReadyStatus(status="draining", models=models), 503
+        if not self.scheduler.ready():
+            return ReadyStatus(status="loading", models=models), 503
+        return ReadyStatus(status="ready", models=models), 200
+
+
 class HealthController(Controller):
     path = ""
     tags = ["health"]
 
-    @get("/health", summary="Liveness", exclude_from_auth=True)
+    @get("/health", summary="Liveness", operation_id="health", exclude_from_auth=True)
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", summary="Readiness: 200 once the startup and pinned models are loaded, 503 otherwise")
-    async def ready(self, app_state: AppState) -> Response[ReadyStatus]:
-        models = {name: state.value for name, state in app_state.scheduler.residency().items()}
-        if app_state.draining:
-            return Response(ReadyStatus(status="draining", models=models), status_code=503)
-        if not app_state.scheduler.ready():
-            return Response(ReadyStatus(status="loading", models=models), status_code=503)
-        return Response(ReadyStatus(status="ready", models=models), status_code=200)
+    @get(
+        "/ready",
+        summary="Readiness: 200 once the startup and pinned models are loaded, 503 otherwise",
+        operation_id="ready",
+    )
+    async def ready(self, readiness: Readiness) -> Response[ReadyStatus]:
+        status, code = readiness.status()
+        return Response(status, status_code=code)

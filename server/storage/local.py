@@ -7,9 +7,11 @@ handed to a third party stops working once it expires.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -17,6 +19,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+log = logging.getLogger("omniserve")
 
 SECRET_BYTES = 32
 
@@ -113,6 +117,15 @@ class LocalStorage:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
         return removed
+
+
+async def clean_outputs_periodically(storage: LocalStorage, max_age_s: float, interval_s: float = 600.0) -> None:
+    """Delete task outputs past their age, now and then, until cancelled."""
+    while True:
+        removed = await asyncio.to_thread(storage.cleanup_expired, max_age_s)
+        if removed:
+            log.info("removed %d expired task output folders", removed)
+        await asyncio.sleep(interval_s)
 
 
 def load_or_create_secret(path: Path) -> bytes:

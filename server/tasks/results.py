@@ -10,6 +10,7 @@ import msgspec
 from schemas.v3.tasks import DebugInfo, NsfwResult, TaskAudio, TaskExtra, TaskImage, TaskInfo, TaskResult, TaskVideo
 from server.storage.local import LocalStorage
 from server.tasks.models import S3Object, Task, TaskStatus
+from server.tasks.webhooks import envelope
 
 _encoder = msgspec.json.Encoder()
 
@@ -106,3 +107,26 @@ def build_result(
 
 def encode_result(result: TaskResult) -> bytes:
     return _encoder.encode(result)
+
+
+# A vendor API's own webhook body for a task it submitted, or None for Novita's envelope.
+VendorWebhookBody = Callable[[Task, str], bytes | None]
+
+
+class WebhookBodies:
+    """Renders a finished task's webhook body: a vendor family's own shape when the task came
+    through one (the Stable Diffusion API posts its body unwrapped), else Novita's envelope."""
+
+    def __init__(self, storage: LocalStorage, public_url: str, presign: Presigner) -> None:
+        self.storage = storage
+        self.public_url = public_url
+        self.presign = presign
+        self.vendor_bodies: list[VendorWebhookBody] = []
+
+    def __call__(self, task: Task) -> bytes:
+        for vendor_body in self.vendor_bodies:
+            body = vendor_body(task, self.public_url)
+            if body is not None:
+                return body
+        result = build_result(task, self.storage, self.public_url, presign=self.presign)
+        return envelope(encode_result(result))

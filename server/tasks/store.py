@@ -174,6 +174,10 @@ class SqliteTaskStore:
             ),
         )
 
+    async def status_of(self, task_id: str) -> TaskStatus | None:
+        task = await self.get(task_id)
+        return task.status if task is not None else None
+
     async def get(self, task_id: str) -> Task | None:
         tasks = self._select(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
         return tasks[0] if tasks else None

@@ -17,7 +17,7 @@ from engines.audio.whisper import WhisperEngine
 from engines.demo import demo_catalog
 from engines.registry import ModelRegistry, vllm_factory
 from engines.scheduler import Scheduler
-from server.services import Services
+from server.capabilities.text import TextCapability
 from server.settings import Limits
 
 pytestmark = pytest.mark.integration
@@ -34,8 +34,8 @@ async def scheduler(demo_root: Path) -> AsyncIterator[Scheduler]:
 
 
 @pytest.fixture(scope="session")
-def services(scheduler: Scheduler) -> Services:
-    return Services(scheduler, Limits())
+def services(scheduler: Scheduler) -> TextCapability:
+    return TextCapability(scheduler, Limits())
 
 
 @pytest.fixture(scope="session")

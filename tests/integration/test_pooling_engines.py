@@ -11,7 +11,7 @@ from engines.scheduler import Scheduler
 from schemas.errors import ApiError
 from schemas.openai.embeddings import EmbeddingRequest
 from schemas.openai.rerank import RerankRequest, ScoreRequest
-from server.services import Services
+from server.capabilities.text import TextCapability
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def reference_embeddings(path: str) -> np.ndarray:
     return np.asarray(SentenceTransformer(path, device="cpu").encode(TEXTS, normalize_embeddings=True))
 
 
-async def test_embeddings_match_sentence_transformers(services: Services, scheduler: Scheduler) -> None:
+async def test_embeddings_match_sentence_transformers(services: TextCapability, scheduler: Scheduler) -> None:
     response = await services.embeddings.create(EmbeddingRequest(model="demo-embed", input=TEXTS))
     vectors = np.asarray([item.embedding for item in response.data])
     expected = reference_embeddings(scheduler.engine("demo-embed").spec.path)
@@ -33,7 +33,7 @@ async def test_embeddings_match_sentence_transformers(services: Services, schedu
     assert vectors[0] @ vectors[2] > vectors[0] @ vectors[1]
 
 
-async def test_base64_encoding_is_little_endian_float32(services: Services) -> None:
+async def test_base64_encoding_is_little_endian_float32(services: TextCapability) -> None:
     floats = await services.embeddings.create(EmbeddingRequest(model="demo-embed", input="hello"))
     encoded = await services.embeddings.create(
         EmbeddingRequest(model="demo-embed", input="hello", encoding_format="base64")
@@ -42,7 +42,7 @@ async def test_base64_encoding_is_little_endian_float32(services: Services) -> N
     assert np.allclose(decoded, floats.data[0].embedding, atol=0)
 
 
-async def test_token_id_input_and_length_limit(services: Services) -> None:
+async def test_token_id_input_and_length_limit(services: TextCapability) -> None:
     response = await services.embeddings.create(EmbeddingRequest(model="demo-embed", input=[101, 7592, 102]))
     assert len(response.data[0].embedding) == 384
     with pytest.raises(ApiError) as caught:
@@ -50,7 +50,7 @@ async def test_token_id_input_and_length_limit(services: Services) -> None:
     assert "256" in caught.value.message
 
 
-async def test_rerank_matches_the_cross_encoder_run_directly(services: Services, scheduler: Scheduler) -> None:
+async def test_rerank_matches_the_cross_encoder_run_directly(services: TextCapability, scheduler: Scheduler) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -71,7 +71,7 @@ async def test_rerank_matches_the_cross_encoder_run_directly(services: Services,
         assert result.document is not None and result.document.text == documents[result.index]
 
 
-async def test_score_pairs(services: Services) -> None:
+async def test_score_pairs(services: TextCapability) -> None:
     response = await services.rerank.score(ScoreRequest(model="demo-rerank", text_1="query", text_2=["a", "b c"]))
     assert [item.index for item in response.data] == [0, 1]
     assert all(0 < item.score < 1 for item in response.data)

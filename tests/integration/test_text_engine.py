@@ -14,7 +14,7 @@ from engines.scheduler import Scheduler
 from schemas.errors import ApiError
 from schemas.openai.chat import ChatCompletionRequest
 from schemas.openai.completions import CompletionRequest
-from server.services import Services
+from server.capabilities.text import TextCapability
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def chat_request(**fields: Any) -> ChatCompletionRequest:
     return msgspec.convert({"model": "demo-chat", "messages": MESSAGES, **fields}, ChatCompletionRequest)
 
 
-async def test_usage_counts_are_exact(services: Services, scheduler: Scheduler) -> None:
+async def test_usage_counts_are_exact(services: TextCapability, scheduler: Scheduler) -> None:
     engine = cast(TextGenerationEngine, scheduler.engine("demo-chat"))
     expected_prompt = len(engine.render_chat(MESSAGES))
     result = await services.chat.create(chat_request(max_tokens=12, ignore_eos=True, n=2))
@@ -34,7 +34,7 @@ async def test_usage_counts_are_exact(services: Services, scheduler: Scheduler) 
     assert [choice.finish_reason for choice in result.choices] == ["length", "length"]
 
 
-async def test_same_seed_same_text_and_stop_strings(services: Services) -> None:
+async def test_same_seed_same_text_and_stop_strings(services: TextCapability) -> None:
     first = await services.chat.create(chat_request(max_tokens=16, temperature=1.0, seed=7, ignore_eos=True))
     second = await services.chat.create(chat_request(max_tokens=16, temperature=1.0, seed=7, ignore_eos=True))
     text = first.choices[0].message.content or ""
@@ -48,7 +48,7 @@ async def test_same_seed_same_text_and_stop_strings(services: Services) -> None:
     assert stop not in (stopped.choices[0].message.content or "")
 
 
-async def test_logprobs_have_requested_alternatives(services: Services) -> None:
+async def test_logprobs_have_requested_alternatives(services: TextCapability) -> None:
     result = await services.chat.create(chat_request(max_tokens=5, logprobs=True, top_logprobs=3, ignore_eos=True))
     content = result.choices[0].logprobs.content  # type: ignore[union-attr]
     assert content is not None and len(content) == 5
@@ -57,7 +57,7 @@ async def test_logprobs_have_requested_alternatives(services: Services) -> None:
         assert len(entry.top_logprobs) == 3
 
 
-async def test_json_schema_output_is_valid(services: Services) -> None:
+async def test_json_schema_output_is_valid(services: TextCapability) -> None:
     schema = {
         "type": "object",
         "properties": {"colour": {"enum": ["red", "green"]}, "n": {"type": "integer"}},
@@ -78,7 +78,7 @@ async def test_json_schema_output_is_valid(services: Services) -> None:
         assert (result.choices[0].message.content or "").startswith("{")
 
 
-async def test_named_tool_choice_returns_a_call(services: Services) -> None:
+async def test_named_tool_choice_returns_a_call(services: TextCapability) -> None:
     tools = [
         {
             "type": "function",
@@ -115,7 +115,7 @@ async def test_hermes_parser_extracts_calls_with_the_real_tokenizer(scheduler: S
     assert not content
 
 
-async def test_completions_echo_with_prompt_logprobs(services: Services) -> None:
+async def test_completions_echo_with_prompt_logprobs(services: TextCapability) -> None:
     request = msgspec.convert(
         {"model": "demo-chat", "prompt": ["The quick", "Hello"], "max_tokens": 4, "echo": True, "logprobs": 2},
         CompletionRequest,
@@ -132,7 +132,7 @@ async def test_completions_echo_with_prompt_logprobs(services: Services) -> None
     assert "".join(logprobs.tokens) == result.choices[0].text
 
 
-async def test_context_overflow_is_refused_with_the_limit(services: Services) -> None:
+async def test_context_overflow_is_refused_with_the_limit(services: TextCapability) -> None:
     with pytest.raises(ApiError) as caught:
         await services.chat.create(chat_request(max_tokens=5000))
     assert caught.value.status == 400
@@ -163,7 +163,7 @@ async def test_cancelling_a_generation_aborts_it_in_the_engine(scheduler: Schedu
     assert engine.aborted_requests == aborted_before + 1
 
 
-async def test_tokenize_round_trip(services: Services) -> None:
+async def test_tokenize_round_trip(services: TextCapability) -> None:
     from schemas.openai.tokenize import DetokenizeRequest, TokenizeRequest
 
     tokens = await services.tokenize.tokenize(TokenizeRequest(model="demo-chat", prompt="the lazy dog"))

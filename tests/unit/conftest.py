@@ -8,17 +8,17 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from engines.base import ModelSpec
-from server.app import build_state, create_app
+from server.app import build_components, create_app
+from server.composition import Components
 from server.settings import Settings
-from server.state import AppState
 from tests.fakes import FAKE_SPECS, fake_factory
 
 ClientFactory = Callable[..., AsyncTestClient]
 
 
-def make_state(tmp_path: Path, specs: list[ModelSpec] | None = None, **settings: object) -> AppState:
+def make_state(tmp_path: Path, specs: list[ModelSpec] | None = None, **settings: object) -> Components:
     config = msgspec.convert({"data_dir": str(tmp_path), **settings}, Settings)
-    return build_state(config, specs if specs is not None else FAKE_SPECS, {"fake": fake_factory})
+    return build_components(config, specs if specs is not None else FAKE_SPECS, {"fake": fake_factory})
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from server.app import create_app
+from server.composition import Components
 from server.keystore import KeyStore
-from server.state import AppState
 from tests.unit.conftest import make_state
 
 NOVASSIUM = "/api/novassium/v1/generate"
@@ -32,7 +32,7 @@ class Clock:
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, AppState, str, str]]:
+async def app(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, Components, str, str]]:
     state = make_state(tmp_path, vendor={"novassium_steps": 2})
     info, key = state.keystore.create("tester")
     async with AsyncTestClient(create_app(state)) as client:
@@ -75,7 +75,7 @@ def test_reserve_is_idempotent_and_never_overdraws(tmp_path: Path) -> None:
     assert store.account(info.id).credits == 3  # type: ignore[union-attr]
 
 
-async def test_concurrent_requests_against_ten_credits(app: tuple[AsyncTestClient, AppState, str, str]) -> None:
+async def test_concurrent_requests_against_ten_credits(app: tuple[AsyncTestClient, Components, str, str]) -> None:
     client, state, key_id, key = app
     state.keystore.set_credits(key_id, 10)
     responses = await asyncio.gather(*(novassium(client, key, seed=i) for i in range(20)))
@@ -87,7 +87,7 @@ async def test_concurrent_requests_against_ten_credits(app: tuple[AsyncTestClien
     assert min(r.json()["remaining_credits"] for r in responses if r.status_code == 200) == 0
 
 
-async def test_hourly_window_trips_and_resets(app: tuple[AsyncTestClient, AppState, str, str]) -> None:
+async def test_hourly_window_trips_and_resets(app: tuple[AsyncTestClient, Components, str, str]) -> None:
     client, state, key_id, key = app
     clock = Clock()
     state.accounts.clock = clock
@@ -107,7 +107,7 @@ async def test_hourly_window_trips_and_resets(app: tuple[AsyncTestClient, AppSta
     assert (await novassium(client, key, seed=10)).status_code == 200
 
 
-async def test_each_family_answers_its_own_429(app: tuple[AsyncTestClient, AppState, str, str]) -> None:
+async def test_each_family_answers_its_own_429(app: tuple[AsyncTestClient, Components, str, str]) -> None:
     client, state, key_id, key = app
     state.keystore.set_limits(key_id, 1, None)
     auth = {"Authorization": f"Bearer {key}"}
@@ -127,7 +127,7 @@ async def test_each_family_answers_its_own_429(app: tuple[AsyncTestClient, AppSt
 
 
 async def test_v3_task_charges_per_image_and_a_failed_task_refunds(
-    app: tuple[AsyncTestClient, AppState, str, str],
+    app: tuple[AsyncTestClient, Components, str, str],
 ) -> None:
     client, state, key_id, key = app
     auth = {"Authorization": f"Bearer {key}"}
@@ -157,7 +157,7 @@ async def test_v3_task_charges_per_image_and_a_failed_task_refunds(
     assert poor.status_code == 400 and poor.json()["reason"] == "BILLING_BALANCE_NOT_ENOUGH"
 
 
-async def _finished(state: AppState, task_id: str) -> str:
+async def _finished(state: Components, task_id: str) -> str:
     for _ in range(500):
         task = await state.task_store.get(task_id)
         if task is not None and task.status.finished:
@@ -167,7 +167,7 @@ async def _finished(state: AppState, task_id: str) -> str:
     raise AssertionError("task did not finish")
 
 
-async def test_rotation_deactivation_and_open_mode(app: tuple[AsyncTestClient, AppState, str, str]) -> None:
+async def test_rotation_deactivation_and_open_mode(app: tuple[AsyncTestClient, Components, str, str]) -> None:
     client, state, key_id, key = app
     new_key = state.keystore.rotate(key_id)
     old = await novassium(client, key)
@@ -209,7 +209,7 @@ def test_cli_account_commands(
     assert main(["keys", "credit", "missing", "--set", "1"]) == 1
 
 
-async def test_openai_images_are_charged_per_image(app: tuple[AsyncTestClient, AppState, str, str]) -> None:
+async def test_openai_images_are_charged_per_image(app: tuple[AsyncTestClient, Components, str, str]) -> None:
     client, state, key_id, key = app
     state.keystore.set_credits(key_id, 3)
     auth = {"Authorization": f"Bearer {key}"}

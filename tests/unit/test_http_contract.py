@@ -195,3 +195,26 @@ async def test_missing_field_is_named(client: AsyncTestClient) -> None:
     response = await client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "model"
+
+
+async def test_a_request_naming_a_model_of_another_kind_loads_nothing(client: AsyncTestClient) -> None:
+    """The kind is checked from the catalog before the model is loaded: a chat request naming
+    an image model must not load it (and so evict nothing) before its 400."""
+    state = client.app_state  # type: ignore[attr-defined]
+    await state.scheduler.unload_all()
+    requests = [
+        ("/v1/chat/completions", {**CHAT, "model": "fake-sd"}),
+        ("/v1/completions", {"model": "fake-sd", "prompt": "hi", "max_tokens": 3}),
+        ("/v1/embeddings", {"model": "fake-chat", "input": "hi"}),
+        ("/v1/rerank", {"model": "fake-embed", "query": "q", "documents": ["d"]}),
+        ("/v1/tokenize", {"model": "fake-sd", "prompt": "hi"}),
+        ("/v1/detokenize", {"model": "fake-embed", "tokens": [1, 2]}),
+        ("/v1/images/generations", {"model": "fake-chat", "prompt": "a cat"}),
+    ]
+    for path, body in requests:
+        response = await client.post(path, json=body)
+        assert response.status_code == 400, (path, response.text)
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("INVALID_REQUEST_BODY", "model"), path
+        assert f"The model '{body['model']}' is a" in error["message"], path
+    assert {state.value for state in state.scheduler.residency().values()} == {"unloaded"}

@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 
 from engines.base import BatchImageEngine, ImageGeneration, ImageResult, ModelSpec, ProgressCallback
 from schemas.errors import ApiError, ErrorCode
-from server.app import build_state, create_app
+from server.app import build_components, create_app
 from server.settings import Settings
 from server.tasks.batching import ImageBatcher
 from tests.fakes import FAKE_SPECS, FakeImageEngine, fake_factory
@@ -228,7 +228,7 @@ def batching_factory(spec: ModelSpec) -> Any:
 
 async def run_tasks(tmp_path: Path, bodies: list[dict[str, Any]], **tasks: object) -> tuple[list[dict[str, Any]], Any]:
     config = msgspec.convert({"data_dir": str(tmp_path), "tasks": tasks}, Settings)
-    state = build_state(config, FAKE_SPECS, {"fake": batching_factory})
+    state = build_components(config, FAKE_SPECS, {"fake": batching_factory})
     engine = state.scheduler.engine("fake-sd")
     assert isinstance(engine, BatchImageEngine)
     async with AsyncTestClient(create_app(state)) as client:

@@ -17,9 +17,9 @@ from litestar.testing import AsyncTestClient
 
 from engines.base import GenerationStep, SamplingOptions
 from schemas.openai.chat import ChatCompletionRequest
-from server.app import build_state, create_app
+from server.app import build_components, create_app
+from server.composition import Components
 from server.settings import Settings
-from server.state import AppState
 from tests.fakes import FAKE_SPECS, fake_factory
 from tests.fakes_speech import FAIL_WORD, FAKE_SPEECH_SPEC, SECONDS_PER_CHAR, FakeSpeechEngine
 from tests.unit.test_video_tasks import TEXT_SPEC, txt2video
@@ -36,27 +36,27 @@ PRICES = {
 }
 CHAT = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}]}
 
-App = tuple[AsyncTestClient, AppState, str, dict[str, str]]
+App = tuple[AsyncTestClient, Components, str, dict[str, str]]
 
 
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[App]:
     settings = msgspec.convert({"data_dir": str(tmp_path), "accounts": PRICES}, Settings)
     factories = {"fake": fake_factory, "fake-speech": FakeSpeechEngine, "fake-video": video_factory}
-    state = build_state(settings, [*FAKE_SPECS, FAKE_SPEECH_SPEC, TEXT_SPEC], factories)  # type: ignore[dict-item]
+    state = build_components(settings, [*FAKE_SPECS, FAKE_SPEECH_SPEC, TEXT_SPEC], factories)  # type: ignore[dict-item]
     info, key = state.keystore.create("metered")
     async with AsyncTestClient(create_app(state)) as client:
         await state.load_task  # type: ignore[misc]
         yield client, state, info.id, {"Authorization": f"Bearer {key}"}
 
 
-def credits(state: AppState, key_id: str) -> float:
+def credits(state: Components, key_id: str) -> float:
     account = state.keystore.account(key_id)
     assert account is not None and account.credits is not None
     return account.credits
 
 
-def stop_after(state: AppState, tokens: int) -> None:
+def stop_after(state: Components, tokens: int) -> None:
     """The fake chat model ends its answer after ``tokens`` tokens, as on an end-of-sequence."""
     engine = state.scheduler.engine("fake-chat")
     original = engine.generate  # type: ignore[attr-defined]
@@ -68,7 +68,7 @@ def stop_after(state: AppState, tokens: int) -> None:
     engine.generate = short  # type: ignore[attr-defined]
 
 
-async def _finished(client: AsyncTestClient, state: AppState, task_id: str, auth: dict[str, str]) -> dict[str, Any]:
+async def _finished(client: AsyncTestClient, state: Components, task_id: str, auth: dict[str, str]) -> dict[str, Any]:
     for _ in range(500):
         body: dict[str, Any] = (
             await client.get("/v3/async/task-result", params={"task_id": task_id}, headers=auth)
@@ -112,7 +112,7 @@ async def test_streamed_chat_cut_by_a_disconnect_pays_for_what_was_sent(app: App
     engine.step_delay = 0.01  # type: ignore[attr-defined]
     request = msgspec.convert({**CHAT, "max_tokens": 40, "stream": True}, ChatCompletionRequest)
     meter = state.accounts.meter(key_id, state.keystore.account(key_id))
-    events = await state.services.chat.stream(request, meter)
+    events = await state.text.chat.stream(request, meter)
     prompt_tokens = len(engine.render_chat([{"role": "user", "content": "hi"}]))  # type: ignore[attr-defined]
     assert credits(state, key_id) == 100 - prompt_tokens - 40  # the worst case, reserved up front
 

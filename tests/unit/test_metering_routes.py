@@ -26,9 +26,9 @@ from litestar.testing import AsyncTestClient
 from engines.base import GenerationStep, SamplingOptions, TranscriptionJob, TranscriptionResult
 from schemas.openai.completions import CompletionRequest
 from server.accounts import speech_seconds_bound
-from server.app import build_state, create_app
+from server.app import build_components, create_app
+from server.composition import Components
 from server.settings import Settings
-from server.state import AppState
 from tests.audio_inputs import tone
 from tests.fakes import FAKE_SPECS, FakeTextEngine, fake_factory
 from tests.fakes_audio import FAKE_WHISPER_SPEC, FakeWhisperEngine
@@ -61,7 +61,7 @@ AUDIO = tone(AUDIO_SECONDS)
 @dataclass
 class Metered:
     client: AsyncTestClient
-    state: AppState
+    state: Components
     key_id: str
     auth: dict[str, str]
     data_dir: Path
@@ -88,7 +88,7 @@ async def app(tmp_path: Path) -> AsyncIterator[Metered]:
     settings = msgspec.convert({"data_dir": str(tmp_path), "accounts": PRICES}, Settings)
     specs = [*FAKE_SPECS, FAKE_SPEECH_SPEC, FAKE_WHISPER_SPEC]
     factories = {"fake": fake_factory, "fake-speech": FakeSpeechEngine, "fake-whisper": FakeWhisperEngine}
-    state = build_state(settings, specs, factories)  # type: ignore[arg-type]
+    state = build_components(settings, specs, factories)  # type: ignore[arg-type]
     info, key = state.keystore.create("metered")
     async with AsyncTestClient(create_app(state)) as client:
         await state.load_task  # type: ignore[misc]
@@ -207,7 +207,7 @@ async def test_streamed_completion_cut_by_the_client_pays_for_what_was_sent(app:
         {"model": "fake-chat", "prompt": PROMPT, "max_tokens": 40, "stream": True}, CompletionRequest
     )
     meter = app.state.accounts.meter(app.key_id, app.state.keystore.account(app.key_id))
-    events = await app.state.services.completions.stream(request, meter)
+    events = await app.state.text.completions.stream(request, meter)
     assert app.credits() == 100 - len(PROMPT) * INPUT_TOKEN - 40 * OUTPUT_TOKEN  # the worst case, reserved
 
     received: list[bytes] = []

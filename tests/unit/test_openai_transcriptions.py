@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from engines.base import TranscriptionTask
-from server.app import build_state, create_app
+from server.app import build_components, create_app
 from server.settings import Settings
 from tests.audio_inputs import encode, tone
 from tests.fakes import FAKE_SPECS, fake_factory
@@ -39,7 +39,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[AudioClient]:
     async def make(**audio: Any) -> AsyncTestClient:
         settings = msgspec.convert({"data_dir": str(tmp_path), "audio": audio}, Settings)
         specs = [*FAKE_SPECS, FAKE_WHISPER_SPEC, FAKE_WHISPER_EN_SPEC]
-        state = build_state(settings, specs, {"fake": fake_factory, "fake-whisper": FakeWhisperEngine})
+        state = build_components(settings, specs, {"fake": fake_factory, "fake-whisper": FakeWhisperEngine})
         client = AsyncTestClient(create_app(state))
         await client.__aenter__()
         await state.load_task  # type: ignore[misc]

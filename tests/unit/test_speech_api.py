@@ -13,9 +13,9 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from server.app import build_state, create_app
+from server.app import build_components, create_app
+from server.composition import Components
 from server.settings import Settings
-from server.state import AppState
 from tests.fakes import FAKE_SPECS, fake_factory
 from tests.fakes_speech import FAIL_WORD, FAKE_SPEECH_SPEC, SECONDS_PER_CHAR, FakeSpeechEngine
 from tests.unit.test_image_tasks import poll
@@ -24,10 +24,10 @@ SPEECH = {"model": "tts-1", "input": "Hello there. How are you?", "voice": "allo
 TASK = {"request": {"voice_id": "Emily", "language": "en-US", "texts": ["Hello there.", "Good night."]}}
 
 
-def speech_state(tmp_path: Path, **settings: Any) -> AppState:
+def speech_state(tmp_path: Path, **settings: Any) -> Components:
     config = msgspec.convert({"data_dir": str(tmp_path), **settings}, Settings)
     factories = {"fake": fake_factory, "fake-speech": FakeSpeechEngine}
-    return build_state(config, [*FAKE_SPECS, FAKE_SPEECH_SPEC], factories)  # type: ignore[dict-item]
+    return build_components(config, [*FAKE_SPECS, FAKE_SPEECH_SPEC], factories)  # type: ignore[dict-item]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from server.serving.common import merge_streams
+from server.capabilities.text.sampling import merge_streams
 
 
 async def numbers(start: int, count: int, delay: float) -> AsyncIterator[int]:

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from schemas.errors import ApiError, ErrorCode
 from server.app import create_app
-from server.state import AppState
+from server.composition import Components
 from server.telemetry.logs import JsonFormatter
 from tests.tracing import FORWARD, PROVIDER
 from tests.unit.conftest import make_state
@@ -34,7 +34,7 @@ def exporter() -> Iterator[InMemorySpanExporter]:
     FORWARD.target = None
 
 
-async def traced_client(state: AppState) -> AsyncIterator[AsyncTestClient]:
+async def traced_client(state: Components) -> AsyncIterator[AsyncTestClient]:
     async with AsyncTestClient(create_app(state, tracer_provider=PROVIDER)) as client:
         await state.load_task  # type: ignore[misc]
         yield client

@@ -6,7 +6,7 @@ import pytest
 
 from engines.audio import decoding
 from engines.audio.languages import WHISPER_LANGUAGES, language_code, language_name
-from schemas.errors import ApiError, ErrorCode
+from engines.errors import InvalidJob, JobProblem
 from server.serving.subtitles import srt, timestamp, vtt
 from tests.audio_inputs import tone
 from tests.fakes_audio import fake_segments
@@ -69,15 +69,15 @@ def test_declared_length_over_the_limit_is_refused_before_decoding(monkeypatch: 
         raise AssertionError("decoded audio whose header already says it is too long")
 
     monkeypatch.setattr("faster_whisper.decode_audio", no_decoding)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidJob) as caught:
         decoding.decode_upload(tone(5.0), max_duration_s=4.0)
-    assert (caught.value.code, caught.value.param) == (ErrorCode.INVALID_AUDIO_FILE, "file")
+    assert (caught.value.problem, caught.value.field) == (JobProblem.AUDIO_FILE, "audio")
     assert "5.0 s" in caught.value.message
 
 
 def test_length_is_checked_on_the_samples_when_the_header_declares_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(decoding, "declared_duration", lambda data, param="file": None)
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidJob) as caught:
         decoding.decode_upload(tone(5.0), max_duration_s=4.0)
-    assert caught.value.code is ErrorCode.INVALID_AUDIO_FILE
+    assert caught.value.problem is JobProblem.AUDIO_FILE
     assert len(decoding.decode_upload(tone(3.0), max_duration_s=4.0)) == 3 * 16000

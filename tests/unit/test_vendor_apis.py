@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from server.app import create_app
-from server.state import AppState
+from server.composition import Components
 from tests.unit.conftest import make_state
 
 NOVASSIUM = "/api/novassium/v1/generate"
@@ -34,7 +34,7 @@ EXAMPLE = {
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, AppState, str]]:
+async def app(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, Components, str]]:
     state = make_state(
         tmp_path, vendor={"novassium_steps": 1, "novassium_max_side": 128}, tasks={"allow_private_urls": True}
     )
@@ -79,7 +79,7 @@ async def _image(client: AsyncTestClient, url: str) -> Image.Image:
 
 
 async def test_novassium_example_is_generated_at_the_requested_size(
-    app: tuple[AsyncTestClient, AppState, str],
+    app: tuple[AsyncTestClient, Components, str],
 ) -> None:
     client, state, key = app
     response = await client.post(NOVASSIUM, json=EXAMPLE, headers={"X-API-Key": key})
@@ -105,7 +105,7 @@ async def test_novassium_example_is_generated_at_the_requested_size(
     ],
 )
 async def test_novassium_validation(
-    app: tuple[AsyncTestClient, AppState, str], change: dict[str, Any], status: int, code: str, message: str | None
+    app: tuple[AsyncTestClient, Components, str], change: dict[str, Any], status: int, code: str, message: str | None
 ) -> None:
     client, _, key = app
     body = {name: value for name, value in {**EXAMPLE, **change}.items() if value is not None}
@@ -116,7 +116,7 @@ async def test_novassium_validation(
         assert response.json()["message"] == message
 
 
-async def test_novassium_keys(app: tuple[AsyncTestClient, AppState, str]) -> None:
+async def test_novassium_keys(app: tuple[AsyncTestClient, Components, str]) -> None:
     client, _, _ = app
     missing = await client.post(NOVASSIUM, json=EXAMPLE)
     assert missing.status_code == 401
@@ -125,7 +125,7 @@ async def test_novassium_keys(app: tuple[AsyncTestClient, AppState, str]) -> Non
     assert invalid.status_code == 403 and invalid.json()["message"] == "Invalid API key."
 
 
-async def test_sdapi_text2img_with_string_numbers(app: tuple[AsyncTestClient, AppState, str]) -> None:
+async def test_sdapi_text2img_with_string_numbers(app: tuple[AsyncTestClient, Components, str]) -> None:
     client, _, key = app
     body = {
         "key": key,
@@ -153,7 +153,7 @@ async def test_sdapi_text2img_with_string_numbers(app: tuple[AsyncTestClient, Ap
     assert [url.split("?")[0] for url in fetched.json()["output"]] == [url.split("?")[0] for url in result["output"]]
 
 
-async def test_sdapi_errors(app: tuple[AsyncTestClient, AppState, str]) -> None:
+async def test_sdapi_errors(app: tuple[AsyncTestClient, Components, str]) -> None:
     client, _, key = app
     invalid = await client.post("/api/v3/text2img", json={"key": "wrong", "prompt": "x"})
     assert invalid.status_code == 403
@@ -173,7 +173,7 @@ async def test_sdapi_errors(app: tuple[AsyncTestClient, AppState, str]) -> None:
     assert again.json()["message"] == "Rate limit exceeded" and "30 seconds" in again.json()["tips"]
 
 
-async def test_sdapi_failed_generation(app: tuple[AsyncTestClient, AppState, str]) -> None:
+async def test_sdapi_failed_generation(app: tuple[AsyncTestClient, Components, str]) -> None:
     client, state, key = app
 
     async def broken(*_: Any, **__: Any) -> Any:
@@ -185,7 +185,7 @@ async def test_sdapi_failed_generation(app: tuple[AsyncTestClient, AppState, str
     assert body["status"] == "failed" and body["message"] == "Failed, Try Again" and body["output"] == []
 
 
-async def test_sdapi_processing_then_fetch(app: tuple[AsyncTestClient, AppState, str]) -> None:
+async def test_sdapi_processing_then_fetch(app: tuple[AsyncTestClient, Components, str]) -> None:
     client, state, key = app
     state.sdapi.settings.sdapi_wait_s = 0.0  # every job is "slow"
     response = await client.post("/api/v3/text2img", json={"key": key, "prompt": "slow", "track_id": 42})
@@ -203,7 +203,7 @@ async def test_sdapi_processing_then_fetch(app: tuple[AsyncTestClient, AppState,
 
 
 async def test_sdapi_img2img_and_inpaint_download_their_images(
-    app: tuple[AsyncTestClient, AppState, str], image_server: str
+    app: tuple[AsyncTestClient, Components, str], image_server: str
 ) -> None:
     client, _, key = app
     img2img = {"key": key, "prompt": "x", "init_image": f"{image_server}/init.png", "strength": "0.5"}
@@ -250,7 +250,7 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 async def test_sdapi_webhook_gets_the_sd_body_with_track_id(
-    app: tuple[AsyncTestClient, AppState, str], webhook_receiver: tuple[str, list[dict[str, Any]]]
+    app: tuple[AsyncTestClient, Components, str], webhook_receiver: tuple[str, list[dict[str, Any]]]
 ) -> None:
     client, _, key = app
     url, received = webhook_receiver

@@ -20,7 +20,7 @@ from PIL import Image
 
 from engines.base import ModelKind, ModelSpec, ProgressCallback, VideoGeneration, VideoMode, VideoResult
 from engines.video.pipelines import ANIMATEDIFF
-from server.app import build_state, create_app
+from server.app import build_components, create_app
 from server.settings import Settings
 from tests.fakes import FAKE_SPECS, fake_factory
 from tests.unit.test_image_tasks import poll
@@ -90,7 +90,7 @@ def factory(spec: ModelSpec) -> Any:
 async def client(tmp_path: Path) -> AsyncIterator[AsyncTestClient]:
     # Loopback webhook targets allowed: the test-mode webhook below points at one.
     settings = msgspec.convert({"data_dir": str(tmp_path), "tasks": {"allow_private_urls": True}}, Settings)
-    state = build_state(settings, [*FAKE_SPECS, TEXT_SPEC, IMAGE_SPEC], {"fake": factory, "fake-video": factory})
+    state = build_components(settings, [*FAKE_SPECS, TEXT_SPEC, IMAGE_SPEC], {"fake": factory, "fake-video": factory})
     async with AsyncTestClient(create_app(state)) as test_client:
         await state.load_task  # type: ignore[misc]
         test_client.app_state = state  # type: ignore[attr-defined]

@@ -2,23 +2,19 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from schemas.errors import ApiError, ErrorCode
 from schemas.openai.models import ModelCard, ModelList
-from server.services import Services
+from server.catalog import ModelCatalog
+from server.routes.openapi import operation_id
 
 
 class ModelsController(Controller):
     path = "/models"
     tags = ["openai: models"]
 
-    @get("", summary="List models")
-    async def list_models(self, services: Services) -> ModelList:
-        return ModelList(data=services.model_cards())
+    @get("", summary="List models", operation_id=operation_id("listModels"))
+    async def list_models(self, catalog: ModelCatalog) -> ModelList:
+        return ModelList(data=catalog.cards())
 
-    @get("/{model_id:path}", summary="Retrieve a model")
-    async def get_model(self, model_id: str, services: Services) -> ModelCard:
-        name = model_id.lstrip("/")
-        for card in services.model_cards():
-            if card.id == name:
-                return card
-        raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"The model '{name}' does not exist.", param="model")
+    @get("/{model_id:path}", summary="Retrieve a model", operation_id=operation_id("retrieveModel"))
+    async def get_model(self, model_id: str, catalog: ModelCatalog) -> ModelCard:
+        return catalog.card(model_id.lstrip("/"))

@@ -1,11 +1,11 @@
-"""Chat, completions, embeddings, rerank, score, tokenize: parse, call a service, encode."""
+"""Chat, completions, embeddings, rerank, score, tokenize: parse, call the capability, encode."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
@@ -15,24 +15,26 @@ from schemas.openai.completions import Completion, CompletionRequest
 from schemas.openai.embeddings import EmbeddingRequest, EmbeddingResponse
 from schemas.openai.rerank import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
-from server.accounts_hooks import caller_meter
-from server.routes.disconnect import until_disconnect
-from server.services import Services
+from server.accounts_hooks import Caller
+from server.capabilities.text.chat import ChatService
+from server.capabilities.text.completions import CompletionService
+from server.capabilities.text.embeddings import EmbeddingService
+from server.capabilities.text.rerank import RerankService
+from server.capabilities.text.tokenize import TokenizeService
+from server.routes.openapi import operation_id
+from server.sse import SSE_HEADERS
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encoder = msgspec.json.Encoder()
 
 
-def _event_stream(events: AsyncIterator[bytes]) -> ASGIResponse:
-    # The streaming response watches for the client's disconnect and cancels the
-    # iterator, which aborts the engine request.
+def event_stream(events: AsyncIterator[bytes]) -> ASGIResponse:
     return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
-async def _json(request: Request, work: Awaitable[msgspec.Struct]) -> ASGIResponse:
+def json_response(body: msgspec.Struct) -> ASGIResponse:
     # Handlers answer with ASGI responses so that one route can send JSON or SSE;
     # the body schemas are declared to OpenAPI through ``responses``.
-    return ASGIResponse(body=_encoder.encode(await until_disconnect(request, work)), media_type="application/json")
+    return ASGIResponse(body=_encoder.encode(body), media_type="application/json")
 
 
 def _documented(model: type[msgspec.Struct], *, streams: bool = False) -> dict[int, ResponseSpec]:
@@ -44,34 +46,51 @@ class TextController(Controller):
     path = ""
     tags = ["openai: text"]
 
-    @post("/chat/completions", status_code=200, responses=_documented(ChatCompletion, streams=True))
-    async def chat(self, request: Request, data: ChatCompletionRequest, services: Services) -> ASGIResponse:
+    @post(
+        "/chat/completions",
+        status_code=200,
+        operation_id=operation_id("createChatCompletion"),
+        responses=_documented(ChatCompletion, streams=True),
+    )
+    async def chat(self, data: ChatCompletionRequest, chat: ChatService, caller: Caller) -> ASGIResponse:
         if data.stream:
-            return _event_stream(await services.chat.stream(data, caller_meter(request)))
-        return await _json(request, services.chat.create(data, caller_meter(request)))
+            return event_stream(await chat.stream(data, caller.meter))
+        return json_response(await chat.create(data, caller.meter))
 
-    @post("/completions", status_code=200, responses=_documented(Completion, streams=True))
-    async def completions(self, request: Request, data: CompletionRequest, services: Services) -> ASGIResponse:
+    @post(
+        "/completions",
+        status_code=200,
+        operation_id=operation_id("createCompletion"),
+        responses=_documented(Completion, streams=True),
+    )
+    async def completions(
+        self, data: CompletionRequest, completions: CompletionService, caller: Caller
+    ) -> ASGIResponse:
         if data.stream:
-            return _event_stream(await services.completions.stream(data, caller_meter(request)))
-        return await _json(request, services.completions.create(data, caller_meter(request)))
+            return event_stream(await completions.stream(data, caller.meter))
+        return json_response(await completions.create(data, caller.meter))
 
-    @post("/embeddings", status_code=200, responses=_documented(EmbeddingResponse))
-    async def embeddings(self, request: Request, data: EmbeddingRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.embeddings.create(data, caller_meter(request)))
+    @post(
+        "/embeddings",
+        status_code=200,
+        operation_id=operation_id("createEmbedding"),
+        responses=_documented(EmbeddingResponse),
+    )
+    async def embeddings(self, data: EmbeddingRequest, embeddings: EmbeddingService, caller: Caller) -> ASGIResponse:
+        return json_response(await embeddings.create(data, caller.meter))
 
-    @post("/rerank", status_code=200, responses=_documented(RerankResponse))
-    async def rerank(self, request: Request, data: RerankRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.rerank.rerank(data, caller_meter(request)))
+    @post("/rerank", status_code=200, operation_id=operation_id("createRerank"), responses=_documented(RerankResponse))
+    async def rerank(self, data: RerankRequest, rerank: RerankService, caller: Caller) -> ASGIResponse:
+        return json_response(await rerank.rerank(data, caller.meter))
 
-    @post("/score", status_code=200, responses=_documented(ScoreResponse))
-    async def score(self, request: Request, data: ScoreRequest, services: Services) -> ASGIResponse:
-        return await _json(request, services.rerank.score(data, caller_meter(request)))
+    @post("/score", status_code=200, operation_id=operation_id("createScore"), responses=_documented(ScoreResponse))
+    async def score(self, data: ScoreRequest, rerank: RerankService, caller: Caller) -> ASGIResponse:
+        return json_response(await rerank.score(data, caller.meter))
 
-    @post("/tokenize", status_code=200)
-    async def tokenize(self, data: TokenizeRequest, services: Services) -> TokenizeResponse:
-        return await services.tokenize.tokenize(data)
+    @post("/tokenize", status_code=200, operation_id=operation_id("tokenize"))
+    async def tokenize(self, data: TokenizeRequest, tokenize: TokenizeService) -> TokenizeResponse:
+        return await tokenize.tokenize(data)
 
-    @post("/detokenize", status_code=200)
-    async def detokenize(self, data: DetokenizeRequest, services: Services) -> DetokenizeResponse:
-        return await services.tokenize.detokenize(data)
+    @post("/detokenize", status_code=200, operation_id=operation_id("detokenize"))
+    async def detokenize(self, data: DetokenizeRequest, tokenize: TokenizeService) -> DetokenizeResponse:
+        return await tokenize.detokenize(data)

@@ -1,34 +1,29 @@
-"""POST /completions: prompt(s) as text or token ids -> vLLM -> OpenAI text_completion."""
+"""Completions: prompt(s) as text or token ids -> the engine -> OpenAI text_completion."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import cast
 
 import msgspec
 
-from engines.base import GenerationStep, ModelKind, SamplingOptions, TextGenerationEngine, TokenLogprobs
+from engines.base import GenerationStep, SamplingOptions, TextGenerationEngine, TokenLogprobs
 from engines.scheduler import Scheduler
-from schemas.errors import ApiError
 from schemas.openai.common import Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
-from server.serving.common import (
-    SSE_DONE,
+from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.text.sampling import (
     bad_request,
     check_n,
     merge_streams,
     new_id,
-    require_kind,
     resolve_max_tokens,
     sampling_options,
     split_inputs,
-    sse_error,
-    sse_event,
     unix_now,
 )
 from server.settings import Limits
-from server.telemetry.genai import inference
+from server.sse import guarded_events, sse_event
 
 
 class _Prompt(msgspec.Struct, kw_only=True):
@@ -68,7 +63,6 @@ class CompletionService:
         self.limits = limits
 
     def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
-        require_kind(request.model, ModelKind.CHAT, engine.spec.kind, "completions")
         check_n(request.n, self.limits.max_n)
         if request.suffix is not None:
             raise bad_request("suffix is not supported by this server.", "suffix")
@@ -89,7 +83,7 @@ class CompletionService:
         return prompts
 
     async def _prepare(self, request: CompletionRequest) -> tuple[TextGenerationEngine, list[_Prompt]]:
-        engine = cast(TextGenerationEngine, await self.scheduler.resident_engine(request.model))
+        engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
         return engine, self._prompts(request, engine)
 
     def _run(
@@ -106,7 +100,7 @@ class CompletionService:
         return meter.tokens(prompt_tokens, outputs, capped=request.max_tokens is not None)
 
     async def create(self, request: CompletionRequest, meter: Meter = UNMETERED) -> Completion:
-        engine, prompts = await self._prepare(request)
+        _, prompts = await self._prepare(request)
         charge = self._charge(request, prompts, meter)
         request_id = new_id("cmpl")
         n = request.n
@@ -114,11 +108,9 @@ class CompletionService:
         logprobs = [_LogprobsBuilder() for _ in texts]
         finish: list[str | None] = [None] * len(texts)
         completion_tokens = 0
-        call = inference("text_completion", request.model, options=prompts[0].options, response_id=request_id)
-        call.usage(input_tokens=sum(len(prompt.ids) for prompt in prompts))
-        async with charge, call, self.scheduler.lease(request.model):
+        async with self._call(request, prompts, request_id, charge) as (engine, record):
             async for prompt_index, step in self._run(engine, prompts, request_id):
-                call.observe(step)
+                record.observe(step)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
                     choice = prompt_index * n + seq.index
@@ -152,13 +144,27 @@ class CompletionService:
             ),
         )
 
+    def _call(
+        self, request: CompletionRequest, prompts: list[_Prompt], request_id: str, charge: Charge
+    ) -> EngineCall[TextGenerationEngine]:
+        return engine_call(
+            self.scheduler,
+            request.model,
+            TextGenerationEngine,
+            "text_completion",
+            charge=charge,
+            options=prompts[0].options,
+            response_id=request_id,
+            input_tokens=sum(len(prompt.ids) for prompt in prompts),
+        )
+
     async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
-        engine, prompts = await self._prepare(request)
+        _, prompts = await self._prepare(request)
         self.scheduler.check_admission(request.model)
-        return self._stream_events(request, engine, prompts, self._charge(request, prompts, meter))
+        return guarded_events(self._stream_events(request, prompts, self._charge(request, prompts, meter)))
 
     async def _stream_events(
-        self, request: CompletionRequest, engine: TextGenerationEngine, prompts: list[_Prompt], charge: Charge
+        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge
     ) -> AsyncIterator[bytes]:
         request_id = new_id("cmpl")
         created = unix_now()
@@ -172,46 +178,40 @@ class CompletionService:
                 Completion(id=request_id, created=created, model=request.model, choices=choices, usage=usage)
             )
 
-        try:
-            call = inference("text_completion", request.model, options=prompts[0].options, response_id=request_id)
-            call.usage(input_tokens=sum(len(prompt.ids) for prompt in prompts))
-            async with charge, call, self.scheduler.lease(request.model):
-                async for prompt_index, step in self._run(engine, prompts, request_id):
-                    call.observe(step)
-                    choices = []
-                    for seq in step.sequences:
-                        choice = prompt_index * n + seq.index
-                        text = seq.text
-                        builder = offsets[choice]
-                        if request.echo and not echoed[choice]:
-                            echoed[choice] = True
-                            prompt = prompts[prompt_index]
-                            text = prompt.echo_text + text
-                            if step.prompt_logprobs is not None:
-                                builder.add(step.prompt_logprobs, engine.token_strings(prompt.ids))
-                        completion_tokens += len(seq.token_ids)
-                        charge.add(len(seq.token_ids))
-                        if seq.logprobs is not None:
-                            builder.add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
-                        choices.append(
-                            CompletionChoice(
-                                index=choice,
-                                text=text,
-                                logprobs=builder.take() if request.logprobs is not None else None,
-                                finish_reason=seq.finish_reason,
-                            )
+        async with self._call(request, prompts, request_id, charge) as (engine, record):
+            async for prompt_index, step in self._run(engine, prompts, request_id):
+                record.observe(step)
+                choices = []
+                for seq in step.sequences:
+                    choice = prompt_index * n + seq.index
+                    text = seq.text
+                    builder = offsets[choice]
+                    if request.echo and not echoed[choice]:
+                        echoed[choice] = True
+                        prompt = prompts[prompt_index]
+                        text = prompt.echo_text + text
+                        if step.prompt_logprobs is not None:
+                            builder.add(step.prompt_logprobs, engine.token_strings(prompt.ids))
+                    completion_tokens += len(seq.token_ids)
+                    charge.add(len(seq.token_ids))
+                    if seq.logprobs is not None:
+                        builder.add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
+                    choices.append(
+                        CompletionChoice(
+                            index=choice,
+                            text=text,
+                            logprobs=builder.take() if request.logprobs is not None else None,
+                            finish_reason=seq.finish_reason,
                         )
-                    yield chunk(choices)
-            if request.stream_options and request.stream_options.include_usage:
-                prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
-                yield chunk(
-                    [],
-                    Usage(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens,
-                    ),
-                )
-        except ApiError as error:
-            yield sse_error(error)
-        yield SSE_DONE
+                    )
+                yield chunk(choices)
+        if request.stream_options and request.stream_options.include_usage:
+            prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
+            yield chunk(
+                [],
+                Usage(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    total_tokens=prompt_tokens + completion_tokens,
+                ),
+            )

@@ -1,4 +1,4 @@
-"""POST /chat/completions: messages -> the model's chat template -> vLLM -> OpenAI shapes."""
+"""Chat completions: messages -> the model's chat template -> the engine -> OpenAI shapes."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from typing import Any, cast
 
 import msgspec
 
-from engines.base import GenerationStep, ModelKind, SamplingOptions, TextGenerationEngine, TokenLogprobs
+from engines.base import GenerationStep, SamplingOptions, TextGenerationEngine, TokenLogprobs
 from engines.llm.tools import calls_from_forced_output, forced_tool_schema
 from engines.scheduler import Scheduler
-from schemas.errors import ApiError
 from schemas.openai.chat import (
     AssistantMessage,
     ChatChoice,
@@ -30,20 +29,17 @@ from schemas.openai.chat import (
 )
 from schemas.openai.common import TokenLogprob, TopLogprob, Usage
 from server.accounts import UNMETERED, Charge, Meter
-from server.serving.common import (
-    SSE_DONE,
+from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.text.sampling import (
     bad_request,
     check_n,
     new_id,
-    require_kind,
     resolve_max_tokens,
     sampling_options,
-    sse_error,
-    sse_event,
     unix_now,
 )
 from server.settings import Limits
-from server.telemetry.genai import inference
+from server.sse import guarded_events, sse_event
 
 
 def message_to_template(message: ChatMessage) -> dict[str, Any]:
@@ -110,7 +106,6 @@ class ChatService:
         self.limits = limits
 
     def _plan(self, request: ChatCompletionRequest, engine: TextGenerationEngine) -> _ChatPlan:
-        require_kind(request.model, ModelKind.CHAT, engine.spec.kind, "chat completions")
         check_n(request.n, self.limits.max_n)
         if not request.messages:
             raise bad_request("messages must hold at least one message.", "messages")
@@ -174,7 +169,7 @@ class ChatService:
         return plan
 
     async def _prepare(self, request: ChatCompletionRequest) -> tuple[TextGenerationEngine, _ChatPlan]:
-        engine = cast(TextGenerationEngine, await self.scheduler.resident_engine(request.model))
+        engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
         return engine, self._plan(request, engine)
 
     def _charge(self, request: ChatCompletionRequest, plan: _ChatPlan, meter: Meter) -> Charge:
@@ -182,16 +177,16 @@ class ChatService:
         return meter.tokens(len(plan.prompt_ids), [plan.options] * request.n, capped=capped)
 
     async def create(self, request: ChatCompletionRequest, meter: Meter = UNMETERED) -> ChatCompletion:
-        engine, plan = await self._prepare(request)
+        _, plan = await self._prepare(request)
         charge = self._charge(request, plan, meter)
         texts = [""] * request.n
         token_counts = [0] * request.n
         logprobs: list[list[TokenLogprobs]] = [[] for _ in range(request.n)]
         finish: list[str | None] = [None] * request.n
-        call = inference("chat", request.model, options=plan.options, response_id=plan.request_id)
-        async with charge, call, self.scheduler.lease(request.model):
+        call = self._call(request, plan, charge)
+        async with call as (engine, record):
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
-                call.observe(step)
+                record.observe(step)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
                     texts[seq.index] += seq.text
@@ -240,15 +235,28 @@ class ChatService:
         ]
         return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
 
+    def _call(
+        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
+    ) -> EngineCall[TextGenerationEngine]:
+        return engine_call(
+            self.scheduler,
+            request.model,
+            TextGenerationEngine,
+            "chat",
+            charge=charge,
+            options=plan.options,
+            response_id=plan.request_id,
+        )
+
     async def stream(self, request: ChatCompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         """SSE bytes. Errors found before the first byte raise here (a normal error
         response); errors after it go out as a final ``data:`` event."""
-        engine, plan = await self._prepare(request)
+        _, plan = await self._prepare(request)
         self.scheduler.check_admission(request.model)
-        return self._stream_events(request, plan, engine, self._charge(request, plan, meter))
+        return guarded_events(self._stream_events(request, plan, self._charge(request, plan, meter)))
 
     async def _stream_events(
-        self, request: ChatCompletionRequest, plan: _ChatPlan, engine: TextGenerationEngine, charge: Charge
+        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
     ) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         created = unix_now()
@@ -263,50 +271,43 @@ class ChatService:
         completion_tokens = 0
         called_tools = [False] * request.n
         forced_text = [""] * request.n
-        try:
-            call = inference("chat", request.model, options=plan.options, response_id=plan.request_id)
-            async with charge, call, self.scheduler.lease(request.model):
-                for index in range(request.n):
-                    yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
-                step: GenerationStep
-                async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
-                    call.observe(step)
-                    choices = []
-                    for seq in step.sequences:
-                        completion_tokens += len(seq.token_ids)
-                        charge.add(len(seq.token_ids))
-                        delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
-                        reason = seq.finish_reason
-                        if reason is not None:
-                            if plan.tool_mode == "forced" and plan.tool_choice == "required":
-                                delta = self._required_calls_delta(
-                                    forced_text[seq.index], plan, called_tools, seq.index
-                                )
-                            if called_tools[seq.index]:
-                                reason = "tool_calls"
-                        if delta is None and reason is None:
-                            continue
-                        logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
-                        choices.append(
-                            ChatChunkChoice(
-                                index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
-                            )
+        async with self._call(request, plan, charge) as (engine, record):
+            for index in range(request.n):
+                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+            step: GenerationStep
+            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+                record.observe(step)
+                choices = []
+                for seq in step.sequences:
+                    completion_tokens += len(seq.token_ids)
+                    charge.add(len(seq.token_ids))
+                    delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
+                    reason = seq.finish_reason
+                    if reason is not None:
+                        if plan.tool_mode == "forced" and plan.tool_choice == "required":
+                            delta = self._required_calls_delta(forced_text[seq.index], plan, called_tools, seq.index)
+                        if called_tools[seq.index]:
+                            reason = "tool_calls"
+                    if delta is None and reason is None:
+                        continue
+                    logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
+                    choices.append(
+                        ChatChunkChoice(
+                            index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
                         )
-                    if choices:
-                        yield chunk(choices)
-                if include_usage:
-                    prompt_tokens = len(plan.prompt_ids)
-                    yield chunk(
-                        [],
-                        Usage(
-                            prompt_tokens=prompt_tokens,
-                            completion_tokens=completion_tokens,
-                            total_tokens=prompt_tokens + completion_tokens,
-                        ),
                     )
-        except ApiError as error:
-            yield sse_error(error)
-        yield SSE_DONE
+                if choices:
+                    yield chunk(choices)
+            if include_usage:
+                prompt_tokens = len(plan.prompt_ids)
+                yield chunk(
+                    [],
+                    Usage(
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        total_tokens=prompt_tokens + completion_tokens,
+                    ),
+                )
 
     def _stream_delta(
         self, plan: _ChatPlan, index: int, text: str, token_ids: list[int], forced_text: list[str], called: list[bool]

@@ -1,4 +1,4 @@
-"""POST /embeddings."""
+"""Embeddings: texts or token ids -> vectors, float or base64."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import cast
 
 import numpy as np
 
-from engines.base import EmbeddingEngine, ModelKind
+from engines.base import EmbeddingEngine
 from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.accounts import UNMETERED, Meter
-from server.serving.common import bad_request, new_id, require_kind, split_inputs
+from server.capabilities.calls import engine_call, resident_engine
+from server.capabilities.text.sampling import bad_request, new_id, split_inputs
 from server.settings import Limits
-from server.telemetry.genai import inference
 
 
 def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -46,15 +46,15 @@ class EmbeddingService:
         return token_lists
 
     async def create(self, request: EmbeddingRequest, meter: Meter = UNMETERED) -> EmbeddingResponse:
-        engine = cast(EmbeddingEngine, await self.scheduler.resident_engine(request.model))
-        require_kind(request.model, ModelKind.EMBEDDING, engine.spec.kind, "embeddings")
+        engine = await resident_engine(self.scheduler, request.model, EmbeddingEngine)
         if request.dimensions is not None and not engine.spec.supports_dimensions:
             raise bad_request(f"The model '{request.model}' does not support the dimensions parameter.", "dimensions")
         inputs = self._inputs(request, engine)
         charge = meter.tokens(sum(len(ids) for ids in inputs))
-        async with charge, inference("embeddings", request.model) as call, self.scheduler.lease(request.model):
-            result = await engine.embed(inputs, new_id("embd"))
-            call.usage(input_tokens=result.prompt_tokens)
+        async with engine_call(self.scheduler, request.model, EmbeddingEngine, "embeddings", charge=charge) as call:
+            leased, record = call
+            result = await leased.embed(inputs, new_id("embd"))
+            record.usage(input_tokens=result.prompt_tokens)
         vectors = np.asarray(result.vectors, dtype=np.float32)
         if request.dimensions is not None:
             if not 1 <= request.dimensions <= vectors.shape[1]:

@@ -1,10 +1,8 @@
-"""POST /rerank (Cohere/Jina shape) and /score (pairwise)."""
+"""Rerank (Cohere/Jina shape) and score (pairwise) on cross-encoder engines."""
 
 from __future__ import annotations
 
-from typing import cast
-
-from engines.base import ModelKind, ScoreEngine, ScoreResult
+from engines.base import ScoreEngine, ScoreResult
 from engines.scheduler import Scheduler
 from schemas.openai.rerank import (
     RerankDocument,
@@ -17,9 +15,9 @@ from schemas.openai.rerank import (
     ScoreResponse,
 )
 from server.accounts import UNMETERED, Meter
-from server.serving.common import bad_request, new_id, require_kind, unix_now
+from server.capabilities.calls import engine_call
+from server.capabilities.text.sampling import bad_request, new_id, unix_now
 from server.settings import Limits
-from server.telemetry.genai import inference
 
 
 class RerankService:
@@ -30,11 +28,10 @@ class RerankService:
     async def _score(
         self, model: str, pairs: list[tuple[str, str]], request_id: str, meter: Meter = UNMETERED
     ) -> ScoreResult:
-        engine = cast(ScoreEngine, await self.scheduler.resident_engine(model))
-        require_kind(model, ModelKind.RERANK, engine.spec.kind, "rerank or score")
-        async with inference("rerank", model, response_id=request_id) as call, self.scheduler.lease(model):
+        async with engine_call(self.scheduler, model, ScoreEngine, "rerank", response_id=request_id) as call:
+            engine, record = call
             result = await engine.score(pairs, request_id)
-            call.usage(input_tokens=result.prompt_tokens)
+            record.usage(input_tokens=result.prompt_tokens)
         # The tokens are counted by the engine: charged once scored, never past the balance.
         meter.tokens(result.prompt_tokens).close()
         return result

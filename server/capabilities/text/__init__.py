@@ -1,0 +1,22 @@
+"""Text: chat, completions, embeddings, rerank and score, tokenize, on vLLM engines."""
+
+from __future__ import annotations
+
+from engines.scheduler import Scheduler
+from server.capabilities.text.chat import ChatService
+from server.capabilities.text.completions import CompletionService
+from server.capabilities.text.embeddings import EmbeddingService
+from server.capabilities.text.rerank import RerankService
+from server.capabilities.text.tokenize import TokenizeService
+from server.settings import Limits
+
+
+class TextCapability:
+    """The text services over one scheduler and one set of limits."""
+
+    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+        self.chat = ChatService(scheduler, limits)
+        self.completions = CompletionService(scheduler, limits)
+        self.embeddings = EmbeddingService(scheduler, limits)
+        self.rerank = RerankService(scheduler, limits)
+        self.tokenize = TokenizeService(scheduler)

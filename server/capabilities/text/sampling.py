@@ -1,0 +1,148 @@
+"""Pieces shared by the text capability: ids, sampling options, context checks, input forms."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from engines.base import SamplingOptions
+from schemas.errors import ApiError, ErrorCode
+from schemas.openai.common import SamplingRequest
+
+T = TypeVar("T")
+
+MAX_TOP_LOGPROBS = 20
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{os.urandom(12).hex()}"
+
+
+def unix_now() -> int:
+    return int(time.time())
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
+
+
+def check_n(n: int, max_n: int) -> None:
+    if not 1 <= n <= max_n:
+        raise bad_request(f"n must be between 1 and {max_n}.", "n")
+
+
+def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
+    """The generation budget, or a 400 that states the model's context limit."""
+    if prompt_tokens >= max_model_len:
+        raise bad_request(
+            f"This model's maximum context length is {max_model_len} tokens, "
+            f"but the prompt has {prompt_tokens} tokens.",
+            "messages" if param != "max_tokens" else "prompt",
+        )
+    room = max_model_len - prompt_tokens
+    if requested is None:
+        return room
+    if requested < 1:
+        raise bad_request(f"{param} must be at least 1.", param)
+    if requested > room:
+        raise bad_request(
+            f"This model's maximum context length is {max_model_len} tokens: {prompt_tokens} in the prompt "
+            f"leave room for at most {room} new tokens, but {param} is {requested}.",
+            param,
+        )
+    return requested
+
+
+def split_inputs(raw: str | list[Any], param: str, max_items: int) -> list[str | list[int]]:
+    """A prompt/input field as a list of texts or token-id lists (OpenAI's four forms)."""
+    items: list[Any]
+    if isinstance(raw, str):
+        items = [raw]
+    elif raw and all(isinstance(item, int) for item in raw):
+        items = [list(raw)]
+    elif all(isinstance(item, str) for item in raw) or all(isinstance(item, list) for item in raw):
+        items = list(raw)
+    else:
+        raise bad_request(f"{param} must be a string, a list of strings, token ids, or lists of token ids.", param)
+    if not items or len(items) > max_items:
+        raise bad_request(f"{param} must hold between 1 and {max_items} items.", param)
+    return items
+
+
+def normalize_stop(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def sampling_options(request: SamplingRequest, *, max_tokens: int, logprobs: int | None) -> SamplingOptions:
+    options = SamplingOptions(
+        n=request.n,
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        top_k=request.top_k,
+        min_p=request.min_p,
+        seed=request.seed,
+        stop=normalize_stop(request.stop),
+        stop_token_ids=request.stop_token_ids or [],
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        repetition_penalty=request.repetition_penalty,
+        logprobs=logprobs,
+        min_tokens=request.min_tokens or 0,
+        ignore_eos=bool(request.ignore_eos),
+        skip_special_tokens=True if request.skip_special_tokens is None else request.skip_special_tokens,
+        include_stop_str_in_output=bool(request.include_stop_str_in_output),
+        json_schema=request.guided_json,
+        regex=request.guided_regex,
+        choice=request.guided_choice,
+    )
+    if request.logit_bias:
+        try:
+            options.logit_bias = {int(token): bias for token, bias in request.logit_bias.items()}
+        except ValueError:
+            raise bad_request("logit_bias keys must be token ids.", "logit_bias") from None
+    if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise bad_request(f"At most {MAX_TOP_LOGPROBS} top logprobs may be requested.", "top_logprobs")
+    return options
+
+
+async def merge_streams(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several async iterators as items arrive, tagging each with its source index.
+
+    Closing the merged iterator (or cancelling its consumer) cancels every source.
+    """
+    if len(streams) == 1:
+        async for item in streams[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[T]) -> None:
+        try:
+            async for item in stream:
+                await queue.put((index, item, None, False))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            await queue.put((index, None, exc, True))
+            return
+        await queue.put((index, None, None, True))
+
+    tasks = [asyncio.ensure_future(pump(i, stream)) for i, stream in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            index, item, error, done = await queue.get()
+            if error is not None:
+                raise error
+            if done:
+                remaining -= 1
+                continue
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,41 @@
+"""Tokenize (a prompt, or chat messages through the template) and detokenize."""
+
+from __future__ import annotations
+
+from engines.base import EmbeddingEngine, Engine, ModelKind, TextGenerationEngine
+from engines.scheduler import Scheduler
+from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from server.capabilities.calls import resident_engine
+from server.capabilities.text.chat import message_to_template
+from server.capabilities.text.sampling import bad_request
+
+# A plain prompt is tokenized by any model with a tokenizer of its own.
+_TOKENIZING_KINDS = (ModelKind.CHAT, ModelKind.EMBEDDING)
+
+
+class TokenizeService:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        if request.messages is not None:
+            chat = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
+            tokens = chat.render_chat(
+                [message_to_template(message) for message in request.messages],
+                add_generation_prompt=request.add_generation_prompt,
+            )
+            return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=chat.info.max_model_len)
+        if request.prompt is None:
+            raise bad_request("Give either prompt or messages.", "prompt")
+        kind = self.scheduler.spec(request.model).kind  # checked before anything loads
+        if kind not in _TOKENIZING_KINDS:
+            raise bad_request(f"The model '{request.model}' is a {kind.value} model and has no tokenizer.", "model")
+        engine = await resident_engine(self.scheduler, request.model, Engine)
+        if not isinstance(engine, TextGenerationEngine | EmbeddingEngine):
+            raise bad_request(f"The model '{request.model}' has no tokenizer.", "model")
+        tokens = engine.tokenize(request.prompt, add_special_tokens=request.add_special_tokens)
+        return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=engine.info.max_model_len)
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
+        return DetokenizeResponse(prompt=engine.detokenize(request.tokens))

@@ -1,0 +1,36 @@
+"""The served catalog as OpenAI's model list: names, aliases, context length once loaded."""
+
+from __future__ import annotations
+
+import time
+
+from engines.base import ModelKind, TextGenerationEngine
+from engines.residency import Residency
+from engines.scheduler import Scheduler
+from schemas.errors import ApiError, ErrorCode
+from schemas.openai.models import ModelCard
+
+
+class ModelCatalog:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.started_at = int(time.time())
+
+    def cards(self) -> list[ModelCard]:
+        cards = []
+        residency = self.scheduler.residency()
+        for engine in self.scheduler.registry:
+            spec = engine.spec
+            max_len = None
+            # Only a loaded chat model knows its context length; nothing is loaded to learn it.
+            if spec.kind is ModelKind.CHAT and residency[spec.name] is Residency.RESIDENT:
+                max_len = engine.info.max_model_len if isinstance(engine, TextGenerationEngine) else None
+            for name in (spec.name, *spec.aliases):
+                cards.append(ModelCard(id=name, created=self.started_at, max_model_len=max_len))
+        return cards
+
+    def card(self, name: str) -> ModelCard:
+        for card in self.cards():
+            if card.id == name:
+                return card
+        raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"The model '{name}' does not exist.", param="model")

@@ -1,0 +1,140 @@
+"""The composition root: every collaborator of the running app, built once, wired here.
+
+Nothing here decides anything about a request. `build_components` makes the scheduler,
+the stores and the capability services; `create_app` (server/app.py) hands each controller
+the services it uses through Litestar's dependency injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from engines.scheduler import Scheduler
+from server.accounts import Accounts
+from server.auth import Authenticator
+from server.capabilities.text import TextCapability
+from server.catalog import ModelCatalog
+from server.keystore import KeyStore
+from server.metrics import Metrics
+from server.routes.health import Readiness
+from server.serving.images import ImageService
+from server.serving.speech import SpeechService
+from server.serving.transcriptions import TranscriptionService
+from server.serving.vendor.common import vendor_model
+from server.serving.vendor.novassium import NovassiumService
+from server.serving.vendor.sdapi import SdApiService
+from server.settings import Settings
+from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
+from server.storage.s3 import S3Uploader
+from server.tasks.images import ImageTasks
+from server.tasks.results import WebhookBodies
+from server.tasks.runner import TaskRunner
+from server.tasks.speech import SpeechTasks
+from server.tasks.store import SqliteTaskStore
+from server.tasks.upscale import UpscaleTasks
+from server.tasks.videos import VideoTasks
+from server.tasks.webhooks import WebhookSender
+
+
+class Components:
+    def __init__(
+        self, settings: Settings, scheduler: Scheduler, keystore: KeyStore, authenticator: Authenticator
+    ) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.keystore = keystore
+        self.authenticator = authenticator
+        data = settings.data_path
+        tasks = settings.tasks
+        self.load_task: asyncio.Task[None] | None = None
+        self._cleaner: asyncio.Task[None] | None = None
+
+        self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
+        self.catalog = ModelCatalog(scheduler)
+        self.readiness = Readiness(scheduler)
+        self.accounts = Accounts(keystore, settings.accounts)
+        self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
+        self.http = httpx.AsyncClient(follow_redirects=False)
+        self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)
+        self.metrics = Metrics(scheduler, tasks=self.task_store, webhooks=self.webhooks)
+        self.s3_uploader = S3Uploader(settings.s3, self.storage)
+        self.webhook_bodies = WebhookBodies(self.storage, settings.public_base_url, self.s3_uploader.presigned_url)
+        self.task_runner = TaskRunner(
+            self.task_store,
+            self.webhooks,
+            self.webhook_bodies,
+            workers=tasks.workers,
+            uploader=self.s3_uploader,
+            billing=self.accounts,
+        )
+
+        # Capabilities.
+        self.text = TextCapability(scheduler, settings.limits)
+        self.images = ImageService(scheduler, self.storage, settings.limits, url_ttl_s=tasks.url_ttl_s)
+        self.transcriptions = TranscriptionService(scheduler, settings.audio)
+        self.speech = SpeechService(scheduler, settings.audio)
+        self.image_tasks = ImageTasks(
+            scheduler,
+            self.task_runner,
+            self.storage,
+            allow_private_urls=tasks.allow_private_urls,
+            safety_model=tasks.safety_model,
+            batch_wait_ms=tasks.batch_wait_ms,
+            max_batch_images=tasks.max_batch_images,
+        )
+        self.upscale_tasks = UpscaleTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
+        self.video_tasks = VideoTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
+        self.speech_tasks = SpeechTasks(
+            scheduler,
+            self.task_runner,
+            self.storage,
+            image_tasks=self.image_tasks,
+            max_chars=settings.audio.max_speech_chars,
+            model=tasks.speech_model,
+        )
+
+        # Vendor families.
+        vendor = settings.vendor
+        self.novassium = NovassiumService(
+            scheduler,
+            self.storage,
+            self.accounts,
+            vendor,
+            model=vendor_model(scheduler, vendor.novassium_model, "novassium_model"),
+            url_ttl_s=tasks.url_ttl_s,
+        )
+        self.sdapi = SdApiService(
+            scheduler,
+            self.image_tasks,
+            self.task_store,
+            self.task_runner,
+            self.storage,
+            self.http,
+            vendor,
+            model=vendor_model(scheduler, vendor.sdapi_model, "sdapi_model"),
+            allow_private_urls=tasks.allow_private_urls,
+        )
+        self.webhook_bodies.vendor_bodies.append(self.sdapi.webhook_body)
+
+    # Transitional names, until every controller takes its services by name.
+    @property
+    def services(self) -> Components:
+        return self
+
+    async def start(self) -> None:
+        await self.task_runner.start()
+        # After the runner's recovery: reservations of tasks it failed are refunded.
+        await self.accounts.reconcile(self.task_store.status_of)
+        max_age = max(self.settings.tasks.output_max_age_s, self.settings.tasks.url_ttl_s)
+        self._cleaner = asyncio.create_task(clean_outputs_periodically(self.storage, max_age))
+
+    async def stop(self) -> None:
+        if self._cleaner is not None:
+            self._cleaner.cancel()
+            await asyncio.gather(self._cleaner, return_exceptions=True)
+        await self.task_runner.stop()
+        await self.http.aclose()
+        self.task_store.close()
+        self.keystore.close()

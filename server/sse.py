@@ -1,0 +1,51 @@
+"""Server-sent events: framing, and the one wrapper that ends any stream cleanly.
+
+Errors found before the first byte are ordinary error responses. After it, the status is
+already 200, so `guarded_events` turns any exception into the family's final error event
+(OpenAI's SDKs raise on a chunk holding ``error``) and then sends the family's terminator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+
+from schemas.errors import ApiError
+from server.errors import as_api_error, openai_error_body
+
+log = logging.getLogger("omniserve.errors")
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_encoder = msgspec.json.Encoder()
+
+
+def sse_event(payload: msgspec.Struct) -> bytes:
+    return b"data: " + _encoder.encode(payload) + b"\n\n"
+
+
+def openai_error_event(error: ApiError) -> bytes:
+    """An error after the stream began, in OpenAI's shape."""
+    return b"data: " + openai_error_body(error) + b"\n\n"
+
+
+async def guarded_events(
+    events: AsyncIterator[bytes],
+    *,
+    done: bytes | None = SSE_DONE,
+    error_event: Callable[[ApiError], bytes] = openai_error_event,
+) -> AsyncIterator[bytes]:
+    """``events``, then ``done``; an exception on the way becomes ``error_event`` (an
+    unexpected one is logged with its traceback and reaches the client as a generic 500)."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:
+        error = as_api_error(exc)
+        if error.status >= 500 and not isinstance(exc, ApiError):
+            log.exception("a stream failed after it began", exc_info=exc)
+        yield error_event(error)
+    if done is not None:
+        yield done
