@@ -107,14 +107,13 @@ class TranscriptionsController(Controller):
         data: Annotated[TranscriptionRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
         services: Services,
     ) -> ASGIResponse:
-        form = data
-        if form.stream:
+        if data.stream:
             # The streaming response cancels the iterator when the client goes away,
             # which stops the decoder at its next segment.
-            events = await services.transcriptions.stream(form, caller_meter(request))
+            events = await services.transcriptions.stream(data, caller_meter(request))
             return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
         meter = caller_meter(request)
-        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSCRIBE, meter))
+        return await _respond(request, services.transcriptions.create(data, TranscriptionTask.TRANSCRIBE, meter))
 
     @post("/translations", status_code=200, responses=_RESPONSES, guards=[parse_into_data(_translation_form)])
     async def translations(
@@ -123,6 +122,5 @@ class TranscriptionsController(Controller):
         data: Annotated[TranslationRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
         services: Services,
     ) -> ASGIResponse:
-        form = data
         meter = caller_meter(request)
-        return await _respond(request, services.transcriptions.create(form, TranscriptionTask.TRANSLATE, meter))
+        return await _respond(request, services.transcriptions.create(data, TranscriptionTask.TRANSLATE, meter))
