@@ -43,8 +43,12 @@ from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
 from server.routes.openai.videos import VideosController
 from server.routes.v3.account import AccountController
+from server.routes.v3.files import FilesController
+from server.routes.v3.images import V3ImageController
 from server.routes.v3.models import ModelsV3Controller
-from server.routes.v3.tasks import AsyncTaskController, FilesController
+from server.routes.v3.speech import V3SpeechController
+from server.routes.v3.tasks import TaskResultController
+from server.routes.v3.videos import V3VideoController
 from server.routes.vendor.novassium import NovassiumController
 from server.routes.vendor.sdapi import SdApiController
 from server.settings import Settings
@@ -104,6 +108,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "catalog": components.catalog,
         "accounts": components.accounts,
         "storage": components.storage,
+        "results": components.task_results,
         "chat": text.chat,
         "completions": text.completions,
         "embeddings": text.embeddings,
@@ -161,7 +166,14 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_key])
     v3_router = Router(
         path="/",
-        route_handlers=[AsyncTaskController, ModelsV3Controller, AccountController],
+        route_handlers=[
+            V3ImageController,
+            V3SpeechController,
+            V3VideoController,
+            TaskResultController,
+            ModelsV3Controller,
+            AccountController,
+        ],
         guards=[require_key, enforce_account],
     )
     app = Litestar(

@@ -29,7 +29,7 @@ from server.settings import Settings
 from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
 from server.storage.s3 import S3Uploader
 from server.tasks.images import ImageTasks
-from server.tasks.results import WebhookBodies
+from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
 from server.tasks.speech import SpeechTasks
 from server.tasks.store import SqliteTaskStore
@@ -68,6 +68,9 @@ class Components:
             workers=tasks.workers,
             uploader=self.s3_uploader,
             billing=self.accounts,
+        )
+        self.task_results = TaskResults(
+            self.task_store, self.task_runner.progress, self.storage, self.s3_uploader.presigned_url
         )
 
         # Capabilities.

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import msgspec
 
+from schemas.errors import ApiError, ErrorCode
 from schemas.v3.tasks import DebugInfo, NsfwResult, TaskAudio, TaskExtra, TaskImage, TaskInfo, TaskResult, TaskVideo
 from server.storage.local import LocalStorage
 from server.tasks.models import S3Object, Task, TaskStatus
+from server.tasks.store import TaskStore
 from server.tasks.webhooks import envelope
 
 _encoder = msgspec.json.Encoder()
@@ -130,3 +132,26 @@ class WebhookBodies:
                 return body
         result = build_result(task, self.storage, self.public_url, presign=self.presign)
         return envelope(encode_result(result))
+
+
+class TaskResults:
+    """What a poll of a task answers: its record, with live progress and fresh signed URLs."""
+
+    def __init__(
+        self, store: TaskStore, progress: Mapping[str, tuple[int, int]], storage: LocalStorage, presign: Presigner
+    ) -> None:
+        self.store = store
+        self.progress = progress
+        self.storage = storage
+        self.presign = presign
+
+    async def owned_task(self, task_id: str, caller_key_id: str | None) -> Task:
+        task = await self.store.get(task_id)
+        # Another key's task is reported as missing, not as forbidden: ids are not probes.
+        if task is None or (task.owner_key_id is not None and task.owner_key_id != caller_key_id):
+            raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Task '{task_id}' does not exist.", param="task_id")
+        return task
+
+    async def result(self, task_id: str, caller_key_id: str | None, base_url: str) -> TaskResult:
+        task = await self.owned_task(task_id, caller_key_id)
+        return build_result(task, self.storage, base_url, self.progress.get(task_id), presign=self.presign)

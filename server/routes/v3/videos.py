@@ -1,0 +1,34 @@
+"""/v3 video tasks: txt2video, img2video."""
+
+from __future__ import annotations
+
+from litestar import Controller, Request, post
+
+from schemas.v3.common import TaskSubmitted
+from schemas.v3.videos import Img2VideoBody, Txt2VideoBody
+from server.accounts_hooks import Caller
+from server.state import AppState
+from server.validation import NovitaBody, refuse_empty_body
+
+
+class V3VideoController(Controller):
+    path = "/v3/async"
+    tags = ["v3: async tasks"]
+    # Bodies are decoded as novita-client sends them: explicit nulls read as "not given".
+    dto = NovitaBody
+    return_dto = None
+    guards = [refuse_empty_body]
+
+    @post("/txt2video", status_code=200, summary="Submit a text-to-video task", operation_id="txt2video")
+    async def txt2video(
+        self, request: Request, data: Txt2VideoBody, app_state: AppState, caller: Caller
+    ) -> TaskSubmitted:
+        task = await app_state.video_tasks.submit_txt2video(await request.body(), data, caller.key_id)
+        return TaskSubmitted(task_id=task.task_id)
+
+    @post("/img2video", status_code=200, summary="Submit an image-to-video task", operation_id="img2video")
+    async def img2video(
+        self, request: Request, data: Img2VideoBody, app_state: AppState, caller: Caller
+    ) -> TaskSubmitted:
+        task = await app_state.video_tasks.submit_img2video(await request.body(), data, caller.key_id)
+        return TaskSubmitted(task_id=task.task_id)
