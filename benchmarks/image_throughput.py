@@ -3,7 +3,7 @@
 The same tiny pipeline (demo-sd, built into a temp dir) is driven two ways, one after the other:
 
   direct     `DiffusersImageEngine` loaded in this process, `generate` in a loop, one job at a time,
-             each image encoded to PNG with `server.tasks.images.encode_image` (the work the server
+             each image encoded to PNG with `server.capabilities.images.encoding.encode_image` (the work the server
              does too);
   omniserve  `python -m server serve` with a catalog of demo-sd alone, and N concurrent clients
              (default 8), each POSTing /v3/async/txt2img, polling /v3/async/task-result every 20 ms
@@ -65,7 +65,8 @@ from v3_clients import (  # noqa: E402
 )
 
 from engines.base import ModelSpec  # noqa: E402
-from server.tasks.images import MIN_SIDE, encode_image  # noqa: E402
+from schemas.limits import MIN_IMAGE_SIDE as MIN_SIDE  # noqa: E402
+from server.capabilities.images.encoding import encode_image  # noqa: E402
 
 GOAL_PERCENT = 5.0
 GOAL_SIZE = 512

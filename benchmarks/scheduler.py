@@ -59,7 +59,7 @@ from v3_clients import (  # noqa: E402
 )
 
 from engines.base import ModelSpec, SleepableEngine  # noqa: E402
-from server.tasks.images import MIN_SIDE  # noqa: E402
+from schemas.limits import MIN_IMAGE_SIDE as MIN_SIDE  # noqa: E402
 
 GOAL_RATIO = 2.0
 

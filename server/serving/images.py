@@ -21,11 +21,11 @@ from schemas.openai.images import (
     ImageRequestFields,
     ImagesResponse,
 )
+from server.capabilities.images.encoding import encode_image
+from server.capabilities.images.inputs import inpaint_mask, open_input_image
 from server.serving.common import bad_request, require_kind, unix_now
-from server.serving.image_inputs import inpaint_mask, open_input_image
 from server.settings import Limits
 from server.storage.local import LocalStorage
-from server.tasks.images import encode_image
 from server.telemetry.genai import image_attributes, inference
 
 # What "auto" means for a generation: SD 1.x's native size, and cheap on any checkpoint.

@@ -15,8 +15,8 @@ from engines.base import VideoEngine, VideoMode
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.videos import Video, VideoCreateRequest, VideoError, VideoStatus
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoPromptSegment
+from server.capabilities.images.inputs import open_input_image
 from server.serving.common import bad_request
-from server.serving.image_inputs import open_input_image
 from server.storage.local import LocalStorage
 from server.tasks.bodies import decode_task_body
 from server.tasks.models import Task, TaskStatus, TaskType

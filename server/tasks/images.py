@@ -32,8 +32,9 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.limits import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import ImageTaskRequest, Img2ImgBody, InpaintingBody, Txt2ImgBody, Txt2ImgRequest
+from server.capabilities.images.encoding import encode_image
+from server.capabilities.images.inputs import base64_image_bytes, decode_input_image
 from server.netguard import check_public_url_async
-from server.serving.image_inputs import base64_image_bytes, decode_input_image
 from server.storage.local import LocalStorage
 from server.tasks.batching import ImageBatcher
 from server.tasks.bodies import decode_task_body
@@ -43,7 +44,6 @@ from server.telemetry.genai import image_attributes, inference
 
 # The image sides' range, under the names the benchmarks use.
 MIN_SIDE, MAX_SIDE = MIN_IMAGE_SIDE, MAX_IMAGE_SIDE
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 ImageBody = Txt2ImgBody | Img2ImgBody | InpaintingBody
 BODY_TYPES: dict[TaskType, type[Txt2ImgBody] | type[Img2ImgBody] | type[InpaintingBody]] = {
@@ -55,12 +55,6 @@ BODY_TYPES: dict[TaskType, type[Txt2ImgBody] | type[Img2ImgBody] | type[Inpainti
 
 def _invalid(message: str, param: str, code: ErrorCode = ErrorCode.INVALID_REQUEST_BODY) -> ApiError:
     return ApiError(code, message, param=param)
-
-
-def encode_image(image: Any, image_type: str) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format=_PIL_FORMATS[image_type])
-    return buffer.getvalue()
 
 
 def _base64_image(value: str, param: str) -> bytes:

@@ -10,10 +10,11 @@ from engines.base import ModelKind, UpscaleEngine, UpscaleJob, upscaled_size
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.upscale import UpscaleBody, UpscaleRequest
-from server.serving.image_inputs import base64_image_bytes, open_input_image
+from server.capabilities.images.encoding import encode_image
+from server.capabilities.images.inputs import base64_image_bytes, open_input_image
 from server.storage.local import LocalStorage
 from server.tasks.bodies import decode_task_body
-from server.tasks.images import ImageTasks, encode_image, enqueue
+from server.tasks.images import ImageTasks, enqueue
 from server.tasks.models import OutputFile, Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
 from server.telemetry.genai import inference

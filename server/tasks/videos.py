@@ -15,7 +15,7 @@ from engines.video.encoding import encode_video, interpolate_frames
 from schemas.errors import ApiError, ErrorCode
 from schemas.limits import MAX_TXT2VIDEO_FRAMES, MAX_VIDEO_SIDE, MIN_VIDEO_SIDE, SEED_LIMIT
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoExtra
-from server.serving.image_inputs import base64_image_bytes, open_input_image
+from server.capabilities.images.inputs import base64_image_bytes, open_input_image
 from server.storage.local import LocalStorage
 from server.tasks.bodies import decode_task_body
 from server.tasks.images import ImageTasks, enqueue

@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from engines.base import ImageGeneration, ImageResult, ProgressCallback
-from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES
+from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES
 
 GENERATE = {"model": "fake-sd", "prompt": "a red barn", "size": "128x128", "steps": 2, "seed": 7}
 EDIT = {"model": "fake-sd", "prompt": "a blue barn", "steps": "4"}

@@ -17,10 +17,10 @@ from litestar.response.base import ASGIResponse
 from schemas.openai.images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
 from server.accounts import Accounts
 from server.accounts_hooks import caller_key_id
+from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES
 from server.routes.disconnect import until_disconnect
 from server.services import Services
 from server.serving.common import bad_request
-from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES
 from server.state import AppState
 from server.validation import OpenAIBody, ParsedForm, convert, parse_into_data
 

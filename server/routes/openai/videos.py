@@ -12,8 +12,8 @@ from litestar.params import Body
 from litestar.response import File
 
 from schemas.openai.videos import Video, VideoCreateRequest
+from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes
 from server.serving.common import bad_request
-from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes
 from server.serving.videos import OpenAIVideos
 from server.state import AppState
 from server.validation import ParsedForm, convert, parse_into_data

@@ -8,8 +8,8 @@ import asyncio
 import httpx
 
 from schemas.errors import ApiError, ErrorCode
+from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes, decode_input_image
 from server.netguard import check_public_url_async
-from server.serving.image_inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes, decode_input_image
 
 
 def _too_large(param: str) -> ApiError:

@@ -1,0 +1,40 @@
+"""Image outputs: encoding to the requested format, and storing answers of synchronous routes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from server.storage.local import LocalStorage
+
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(image: Any, image_type: str) -> bytes:
+    """A PIL image as PNG, JPEG or WebP bytes. Blocking: run in a thread."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=PIL_FORMATS[image_type])
+    return buffer.getvalue()
+
+
+async def store_images(
+    storage: LocalStorage,
+    images: list[Any],
+    extension: str,
+    base_url: str,
+    ttl_s: int,
+    encode: Callable[[Any], bytes],
+) -> list[str]:
+    """Encode and store each image of one synchronous answer under a fresh folder; their
+    signed URLs. One image at a time: a large one is most of a gigabyte while encoded."""
+    folder = uuid.uuid4().hex  # a fresh folder per request, a valid key segment
+    urls = []
+    for index, image in enumerate(images):
+        data = await asyncio.to_thread(encode, image)
+        key = f"{folder}/{index}.{extension}"
+        await asyncio.to_thread(storage.put, key, data)
+        urls.append(base_url.rstrip("/") + storage.signed_path(key, ttl_s))
+    return urls
