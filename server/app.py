@@ -49,7 +49,7 @@ from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.speech import V3SpeechController
 from server.routes.v3.tasks import TaskResultController
 from server.routes.v3.videos import V3VideoController
-from server.routes.vendor.novassium import NovassiumController
+from server.routes.vendor.novassium import NovassiumController, novassium_key_guard
 from server.routes.vendor.sdapi import SdApiController
 from server.settings import Settings
 from server.telemetry import tracing
@@ -109,6 +109,13 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "accounts": components.accounts,
         "storage": components.storage,
         "results": components.task_results,
+        "authenticator": components.authenticator,
+        # Images.
+        "images": components.openai_images,
+        "v3_images": components.v3_images,
+        "v3_upscale": components.v3_upscale,
+        "novassium": components.novassium,
+        "sdapi": components.sdapi,
         "chat": text.chat,
         "completions": text.completions,
         "embeddings": text.embeddings,
@@ -186,7 +193,11 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             admin_router,
             FilesController,
             # Vendor families check their keys themselves: in a header or in the JSON body.
-            NovassiumController,
+            Router(
+                path="/",
+                route_handlers=[NovassiumController],
+                guards=[novassium_key_guard(components.authenticator, components.accounts)],
+            ),
             SdApiController,
         ],
         dependencies=_dependencies(components),

@@ -14,17 +14,22 @@ import httpx
 from engines.scheduler import Scheduler
 from server.accounts import Accounts
 from server.auth import Authenticator
+from server.capabilities.images.generation import ImageGenerator
+from server.capabilities.images.safety import NsfwDetector
 from server.capabilities.text import TextCapability
+from server.capabilities.upscale import Upscaler
 from server.catalog import ModelCatalog
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.routes.health import Readiness
-from server.serving.images import ImageService
+from server.routes.openai.image_jobs import OpenAIImages
+from server.routes.v3.image_tasks import V3ImageTasks
+from server.routes.v3.upscale_tasks import V3UpscaleTasks
+from server.routes.vendor.common import vendor_model
+from server.routes.vendor.novassium_images import NovassiumImages
+from server.routes.vendor.sdapi_tasks import SdApiTasks
 from server.serving.speech import SpeechService
 from server.serving.transcriptions import TranscriptionService
-from server.serving.vendor.common import vendor_model
-from server.serving.vendor.novassium import NovassiumService
-from server.serving.vendor.sdapi import SdApiService
 from server.settings import Settings
 from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
 from server.storage.s3 import S3Uploader
@@ -33,7 +38,7 @@ from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
 from server.tasks.speech import SpeechTasks
 from server.tasks.store import SqliteTaskStore
-from server.tasks.upscale import UpscaleTasks
+from server.tasks.submission import TaskSubmission
 from server.tasks.videos import VideoTasks
 from server.tasks.webhooks import WebhookSender
 
@@ -73,21 +78,29 @@ class Components:
             self.task_store, self.task_runner.progress, self.storage, self.s3_uploader.presigned_url
         )
 
-        # Capabilities.
+        # Capabilities, and the adapters of each API family over them.
         self.text = TextCapability(scheduler, settings.limits)
-        self.images = ImageService(scheduler, self.storage, settings.limits, url_ttl_s=tasks.url_ttl_s)
-        self.transcriptions = TranscriptionService(scheduler, settings.audio)
-        self.speech = SpeechService(scheduler, settings.audio)
-        self.image_tasks = ImageTasks(
+        self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
+        self.submission = TaskSubmission(
+            self.task_runner, allow_private_urls=tasks.allow_private_urls, nsfw_detection=self.nsfw.configured
+        )
+        self.image_generator = ImageGenerator(
             scheduler,
-            self.task_runner,
             self.storage,
-            allow_private_urls=tasks.allow_private_urls,
-            safety_model=tasks.safety_model,
+            self.nsfw,
             batch_wait_ms=tasks.batch_wait_ms,
             max_batch_images=tasks.max_batch_images,
         )
-        self.upscale_tasks = UpscaleTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
+        self.openai_images = OpenAIImages(
+            self.image_generator, self.storage, settings.limits, url_ttl_s=tasks.url_ttl_s
+        )
+        self.v3_images = V3ImageTasks(self.image_generator, self.submission, self.task_runner)
+        self.upscaler = Upscaler(scheduler, self.storage, self.nsfw)
+        self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
+
+        self.transcriptions = TranscriptionService(scheduler, settings.audio)
+        self.speech = SpeechService(scheduler, settings.audio)
+        self.image_tasks = ImageTasks(self.submission)
         self.video_tasks = VideoTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
         self.speech_tasks = SpeechTasks(
             scheduler,
@@ -100,17 +113,16 @@ class Components:
 
         # Vendor families.
         vendor = settings.vendor
-        self.novassium = NovassiumService(
-            scheduler,
+        self.novassium = NovassiumImages(
+            self.image_generator,
             self.storage,
-            self.accounts,
             vendor,
             model=vendor_model(scheduler, vendor.novassium_model, "novassium_model"),
             url_ttl_s=tasks.url_ttl_s,
         )
-        self.sdapi = SdApiService(
+        self.sdapi = SdApiTasks(
             scheduler,
-            self.image_tasks,
+            self.v3_images,
             self.task_store,
             self.task_runner,
             self.storage,

@@ -55,6 +55,11 @@ _STATUS_CODES = {
 }
 
 
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    """The plain refusal of a request: 400 INVALID_REQUEST_BODY naming ``param``."""
+    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
+
+
 def openai_error_body(error: ApiError) -> bytes:
     detail = ErrorDetail(
         message=error.message,

@@ -15,6 +15,7 @@ unwinds this block, and the engines abort on cancellation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from server.errors import engine_api_error
 from server.telemetry.genai import Inference
 
 E = TypeVar("E", bound=Engine)
+_INDEX = re.compile(r"\[(\d+)\]")
 # What engine_call returns: entered, the engine (narrowed to its kind) and its record.
 EngineCall = AbstractAsyncContextManager[tuple[E, Inference]]
 
@@ -36,7 +38,9 @@ EngineCall = AbstractAsyncContextManager[tuple[E, Inference]]
 class WireNames:
     """How one API family names the capability's fields: a small table, and a prefix for the
     rest (``request.`` for the /v3 bodies). Errors name fields through it, so the client
-    sees its own field names."""
+    sees its own field names. A field of a list item is written with its index
+    (``controlnets[1].name``); its table entry has ``[]`` there and ``{}`` where the wire
+    name takes the index (``"controlnets[].name": "request.controlnet.units[{}].model_name"``)."""
 
     __slots__ = ("prefix", "table")
 
@@ -45,7 +49,11 @@ class WireNames:
         self.prefix = prefix
 
     def __call__(self, field: str) -> str:
-        return self.table.get(field, self.prefix + field)
+        indexes = _INDEX.findall(field)
+        wire = self.table.get(_INDEX.sub("[]", field) if indexes else field)
+        if wire is None:
+            return self.prefix + field
+        return wire.format(*indexes) if indexes else wire
 
     def invalid(self, field: str, message: str, code: ErrorCode = ErrorCode.INVALID_REQUEST_BODY) -> ApiError:
         """A refusal of ``field`` (a capability-side name), named as this family names it."""
@@ -108,3 +116,17 @@ async def engine_call(
         scheduler.lease(model, kind, priority=priority, owner=owner) as engine,
     ):
         yield engine, record
+
+
+@asynccontextmanager
+async def engine_record(
+    model: str,
+    operation: str,
+    *,
+    names: WireNames = SAME_NAMES,
+    attributes: dict[str, Any] | None = None,
+) -> AsyncIterator[Inference]:
+    """`engine_call` for work whose lease someone else holds: a job that joins a batch is
+    recorded and its errors mapped here, while the batch leases the model for all its jobs."""
+    async with Inference(operation, model, attributes=attributes) as record, _mapped_errors(names):
+        yield record

@@ -4,7 +4,8 @@ until they move into server/capabilities/ (this module then goes)."""
 from __future__ import annotations
 
 from engines.base import ModelKind
-from server.capabilities.text.sampling import bad_request, new_id, unix_now
+from server.capabilities.text.sampling import new_id, unix_now
+from server.errors import bad_request
 from server.sse import openai_error_event as sse_error
 from server.sse import sse_event
 

@@ -17,8 +17,8 @@ from litestar.testing import AsyncTestClient
 from engines.base import BatchImageEngine, ImageGeneration, ImageResult, ModelSpec, ProgressCallback
 from schemas.errors import ApiError, ErrorCode
 from server.app import build_components, create_app
+from server.capabilities.images.batching import ImageBatcher
 from server.settings import Settings
-from server.tasks.batching import ImageBatcher
 from tests.fakes import FAKE_SPECS, FakeImageEngine, fake_factory
 from tests.unit.test_image_tasks import REQUEST, poll
 

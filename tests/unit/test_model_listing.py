@@ -4,7 +4,7 @@ import pytest
 
 from engines.base import ModelKind, ModelSpec
 from schemas.errors import ApiError
-from server.serving.model_listing import ModelFilter, list_models
+from server.routes.v3.model_listing import ModelFilter, list_models
 
 SPECS = [
     ModelSpec(name="chat", kind=ModelKind.CHAT, path="-"),

@@ -83,10 +83,10 @@ async def test_a_level_outside_0_to_2_is_refused(nsfw_client: AsyncTestClient) -
 
 def test_the_demo_classifier_is_the_default_only_when_in_the_catalog(tmp_path: Path) -> None:
     demo = msgspec.structs.replace(FAKE_SAFETY_SPEC, name="demo-nsfw")
-    assert make_state(tmp_path / "a", [*FAKE_SPECS, demo]).image_tasks.safety_model == "demo-nsfw"
-    assert make_state(tmp_path / "b", [*FAKE_SPECS, FAKE_SAFETY_SPEC]).image_tasks.safety_model is None
+    assert make_state(tmp_path / "a", [*FAKE_SPECS, demo]).nsfw.model == "demo-nsfw"
+    assert make_state(tmp_path / "b", [*FAKE_SPECS, FAKE_SAFETY_SPEC]).nsfw.model is None
     off = make_state(tmp_path / "c", [*FAKE_SPECS, demo], tasks={"safety_model": ""})
-    assert off.image_tasks.safety_model is None
+    assert off.nsfw.model is None
 
 
 def test_the_configured_classifier_must_be_a_safety_model(tmp_path: Path) -> None:

@@ -35,18 +35,23 @@ class NsfwDetector:
     def configured(self) -> bool:
         return self.model is not None
 
-    async def results(self, images: list[Any], enabled: bool, level: int) -> list[NsfwResult | None]:
-        """Per image, the task result's ``nsfw_detection_result``; None each unless ``enabled``."""
-        if not enabled:
-            return [None] * len(images)
-        if self.model is None:  # accepted before a restart without a classifier
+    def require(self) -> str:
+        """The classifier's name, or a 400 when none is configured."""
+        if self.model is None:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST_BODY,
                 "NSFW detection is not configured on this server.",
                 param="extra.enable_nsfw_detection",
             )
+        return self.model
+
+    async def results(self, images: list[Any], enabled: bool, level: int) -> list[NsfwResult | None]:
+        """Per image, the task result's ``nsfw_detection_result``; None each unless ``enabled``."""
+        if not enabled:
+            return [None] * len(images)
+        model = self.require()
         # Only task work reaches here: it queues behind interactive requests, like the generation.
-        call = engine_call(self.scheduler, self.model, SafetyEngine, "image_safety", priority=Priority.BACKGROUND)
+        call = engine_call(self.scheduler, model, SafetyEngine, "image_safety", priority=Priority.BACKGROUND)
         async with call as (classifier, _):
             scores = await classifier.classify(images)
         counted = self.levels[level]

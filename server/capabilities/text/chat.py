@@ -31,13 +31,13 @@ from schemas.openai.common import TokenLogprob, TopLogprob, Usage
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.text.sampling import (
-    bad_request,
     check_n,
     new_id,
     resolve_max_tokens,
     sampling_options,
     unix_now,
 )
+from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
 

@@ -13,7 +13,6 @@ from schemas.openai.completions import Completion, CompletionChoice, CompletionL
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.text.sampling import (
-    bad_request,
     check_n,
     merge_streams,
     new_id,
@@ -22,6 +21,7 @@ from server.capabilities.text.sampling import (
     split_inputs,
     unix_now,
 )
+from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
 

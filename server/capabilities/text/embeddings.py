@@ -12,7 +12,8 @@ from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import engine_call, resident_engine
-from server.capabilities.text.sampling import bad_request, new_id, split_inputs
+from server.capabilities.text.sampling import new_id, split_inputs
+from server.errors import bad_request
 from server.settings import Limits
 
 

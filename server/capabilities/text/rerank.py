@@ -16,7 +16,8 @@ from schemas.openai.rerank import (
 )
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import engine_call
-from server.capabilities.text.sampling import bad_request, new_id, unix_now
+from server.capabilities.text.sampling import new_id, unix_now
+from server.errors import bad_request
 from server.settings import Limits
 
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from engines.base import SamplingOptions
-from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import SamplingRequest
+from server.errors import bad_request
 
 T = TypeVar("T")
 
@@ -23,10 +23,6 @@ def new_id(prefix: str) -> str:
 
 def unix_now() -> int:
     return int(time.time())
-
-
-def bad_request(message: str, param: str | None = None) -> ApiError:
-    return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=param)
 
 
 def check_n(n: int, max_n: int) -> None:

@@ -7,7 +7,7 @@ from engines.scheduler import Scheduler
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.capabilities.calls import resident_engine
 from server.capabilities.text.chat import message_to_template
-from server.capabilities.text.sampling import bad_request
+from server.errors import bad_request
 
 # A plain prompt is tokenized by any model with a tokenizer of its own.
 _TOKENIZING_KINDS = (ModelKind.CHAT, ModelKind.EMBEDDING)

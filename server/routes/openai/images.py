@@ -1,9 +1,7 @@
-"""Images: generations (JSON) and edits (multipart): parse, call the service, encode."""
+"""Images: generations (JSON) and edits (multipart): parse, call the adapter, encode."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Annotated
 
 import msgspec
@@ -15,13 +13,11 @@ from litestar.params import Body
 from litestar.response.base import ASGIResponse
 
 from schemas.openai.images import ImageEditRequest, ImageGenerationRequest, ImagesResponse
-from server.accounts import Accounts
-from server.accounts_hooks import caller_key_id
+from server.accounts_hooks import Caller
 from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES
-from server.routes.disconnect import until_disconnect
-from server.services import Services
-from server.serving.common import bad_request
-from server.state import AppState
+from server.errors import bad_request
+from server.routes.openai.image_jobs import OpenAIImages
+from server.routes.openapi import operation_id
 from server.validation import OpenAIBody, ParsedForm, convert, parse_into_data
 
 # An edit uploads an image and a mask; the form fields beside them are small.
@@ -31,12 +27,7 @@ _encoder = msgspec.json.Encoder()
 _RESPONSES = {200: ResponseSpec(data_container=ImagesResponse, description="Success")}
 
 
-async def _json(
-    request: Request, work: Callable[[], Awaitable[ImagesResponse]], accounts: Accounts, images: int
-) -> ASGIResponse:
-    # One price per image, reserved first and refunded if the work fails or the client leaves.
-    async with accounts.charged(caller_key_id(request), accounts.settings.price_per_image * images):
-        response = await until_disconnect(request, work())
+def _json(response: ImagesResponse) -> ASGIResponse:
     return ASGIResponse(body=_encoder.encode(response), media_type="application/json")
 
 
@@ -76,16 +67,23 @@ class ImagesController(Controller):
     path = "/images"
     tags = ["openai: images"]
 
-    @post("/generations", status_code=200, responses=_RESPONSES, dto=OpenAIBody, return_dto=None)
+    @post(
+        "/generations",
+        status_code=200,
+        operation_id=operation_id("createImage"),
+        responses=_RESPONSES,
+        dto=OpenAIBody,
+        return_dto=None,
+    )
     async def generations(
-        self, request: Request, data: ImageGenerationRequest, services: Services, app_state: AppState
+        self, request: Request, data: ImageGenerationRequest, images: OpenAIImages, caller: Caller
     ) -> ASGIResponse:
-        work = partial(services.images.generate, data, str(request.base_url))
-        return await _json(request, work, app_state.accounts, data.n)
+        return _json(await images.generate(data, str(request.base_url), caller.meter))
 
     @post(
         "/edits",
         status_code=200,
+        operation_id=operation_id("createImageEdit"),
         responses=_RESPONSES,
         request_max_body_size=EDIT_MAX_BODY_BYTES,
         # Parsed by its own rules (the SDK names a list of images "image[]", and extra_body
@@ -98,8 +96,7 @@ class ImagesController(Controller):
         self,
         request: Request,
         data: Annotated[ImageEditRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
-        services: Services,
-        app_state: AppState,
+        images: OpenAIImages,
+        caller: Caller,
     ) -> ASGIResponse:
-        work = partial(services.images.edit, data, str(request.base_url))
-        return await _json(request, work, app_state.accounts, data.n)
+        return _json(await images.edit(data, str(request.base_url), caller.meter))

@@ -5,9 +5,9 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import Parameter
 
+from engines.scheduler import Scheduler
 from schemas.v3.models import ModelList
-from server.serving.model_listing import ModelFilter, list_models
-from server.state import AppState
+from server.routes.v3.model_listing import ModelFilter, list_models
 
 
 def _flag(value: str | None) -> bool | None:
@@ -18,10 +18,14 @@ class ModelsV3Controller(Controller):
     path = "/v3/model"
     tags = ["v3: models"]
 
-    @get("", summary="List image checkpoints, LoRAs, embeddings, VAEs, ControlNets and upscalers")
+    @get(
+        "",
+        summary="List image checkpoints, LoRAs, embeddings, VAEs, ControlNets and upscalers",
+        operation_id="listV3Models",
+    )
     async def list_models(
         self,
-        app_state: AppState,
+        scheduler: Scheduler,
         visibility: Annotated[str | None, Parameter(query="filter.visibility")] = None,
         source: Annotated[str | None, Parameter(query="filter.source")] = None,
         types: Annotated[str | None, Parameter(query="filter.types")] = None,
@@ -42,5 +46,5 @@ class ModelsV3Controller(Controller):
             is_inpainting=_flag(is_inpainting),
             query=text,
         )
-        specs = [engine.spec for engine in app_state.scheduler.registry]
+        specs = [engine.spec for engine in scheduler.registry]
         return list_models(specs, filters, limit, cursor)

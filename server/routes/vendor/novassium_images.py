@@ -9,19 +9,19 @@ the requested width:height and resized with Lanczos, so any size the API documen
 
 from __future__ import annotations
 
-import asyncio
 import io
 import secrets
-import uuid
 from typing import Any, cast
 
-from engines.base import ImageEngine, ImageGeneration
-from engines.scheduler import Scheduler
+from engines.base import ImageGeneration
 from schemas.errors import ApiError, ErrorCode
 from schemas.limits import MAX_NOVASSIUM_SEED, MIN_NOVASSIUM_PIXELS
 from schemas.vendor.novassium import GenerateRequest, GenerateResponse
-from server.accounts import Accounts
-from server.serving.vendor.styles import STYLE_PRESETS, styled_prompts
+from server.accounts import Meter
+from server.capabilities.calls import WireNames
+from server.capabilities.images.encoding import store_images
+from server.capabilities.images.generation import ImageGenerator
+from server.routes.vendor.styles import STYLE_PRESETS, styled_prompts
 from server.settings import VendorSettings
 from server.storage.local import LocalStorage
 
@@ -89,25 +89,27 @@ def _credits(value: float | None) -> int | float | None:
     return int(value) if float(value).is_integer() else value
 
 
-class NovassiumService:
+# The job's fields as Novassium names them.
+NOVASSIUM_NAMES = WireNames({"image_num": "samples", "width": "width", "height": "height"})
+
+
+class NovassiumImages:
     def __init__(
         self,
-        scheduler: Scheduler,
+        images: ImageGenerator,
         storage: LocalStorage,
-        accounts: Accounts,
         settings: VendorSettings,
         *,
         model: str | None,
         url_ttl_s: int,
     ) -> None:
-        self.scheduler = scheduler
+        self.images = images
         self.storage = storage
-        self.accounts = accounts
         self.settings = settings
         self.model = model
         self.url_ttl_s = url_ttl_s
 
-    async def generate(self, request: GenerateRequest, key_id: str | None, base_url: str) -> GenerateResponse:
+    async def generate(self, request: GenerateRequest, meter: Meter, base_url: str) -> GenerateResponse:
         if self.model is None:
             raise ApiError(ErrorCode.API_NOT_FOUND, "Novassium is not enabled on this server.")
         width, height = check_request(request)
@@ -126,25 +128,24 @@ class NovassiumService:
             seed=secrets.randbelow(MAX_NOVASSIUM_SEED + 1) if request.seed is None else request.seed,
             image_num=samples,
         )
-        cost = self.accounts.settings.price_per_image * samples
-        async with self.accounts.charged(key_id, cost) as remaining:
+        image_format = cast(str, request.output_format)
+        # One credit price per image delivered: reserved first, nothing kept on a failure.
+        async with meter.images(samples) as charge:
             try:
-                async with self.scheduler.lease(self.model) as engine:
-                    result = await cast(ImageEngine, engine).generate(job)
-                urls = await self._store(result.images, width, height, cast(str, request.output_format), base_url)
+                result = await self.images.generate(self.model, job, NOVASSIUM_NAMES)
+                urls = await store_images(
+                    self.storage,
+                    result.images,
+                    image_format,
+                    base_url,
+                    self.url_ttl_s,
+                    # Drawn at a size the model handles, answered at exactly the size asked.
+                    lambda image: fit_and_encode(image, width, height, image_format),
+                )
             except ApiError as error:
                 if error.status < 500:
                     raise
+                # Novassium's clients know one server error: the cause stays in the log.
                 raise ApiError(ErrorCode.ENGINE_ERROR, "Image generation failed; please try again.") from error
-        return GenerateResponse(success=True, images=urls, remaining_credits=_credits(remaining))
-
-    async def _store(self, images: list[Any], width: int, height: int, image_format: str, base_url: str) -> list[str]:
-        folder = uuid.uuid4().hex
-        urls = []
-        # One image at a time: at 16,384 pixels a side each one is most of a gigabyte.
-        for index, image in enumerate(images):
-            data = await asyncio.to_thread(fit_and_encode, image, width, height, image_format)
-            key = f"{folder}/{index}.{image_format}"
-            await asyncio.to_thread(self.storage.put, key, data)
-            urls.append(base_url.rstrip("/") + self.storage.signed_path(key, self.url_ttl_s))
-        return urls
+            charge.add(len(urls))
+        return GenerateResponse(success=True, images=urls, remaining_credits=_credits(charge.remaining))

@@ -26,14 +26,14 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.limits import SIDE_MULTIPLE
 from schemas.vendor.sdapi import SdRequest, is_yes
 from server.netguard import check_public_url_async
-from server.serving.vendor.downloads import fetch_image
+from server.routes.v3.image_tasks import BODY_TYPES, V3ImageTasks
+from server.routes.vendor.downloads import fetch_image
 from server.settings import VendorSettings
 from server.storage.local import LocalStorage
-from server.tasks.bodies import decode_task_body
-from server.tasks.images import BODY_TYPES, ImageTasks
 from server.tasks.models import Task, TaskStatus, TaskType
 from server.tasks.runner import TaskRunner
 from server.tasks.store import TaskStore
+from server.validation import decode_task_body
 
 SPAM_WINDOW_S = 30.0
 SPAM_TIPS = (
@@ -64,11 +64,11 @@ def _side(value: int) -> int:
     return value // SIDE_MULTIPLE * SIDE_MULTIPLE  # the pipelines draw in multiples of 8
 
 
-class SdApiService:
+class SdApiTasks:
     def __init__(
         self,
         scheduler: Scheduler,
-        image_tasks: ImageTasks,
+        v3_images: V3ImageTasks,
         store: TaskStore,
         runner: TaskRunner,
         storage: LocalStorage,
@@ -80,7 +80,8 @@ class SdApiService:
         clock: Any = time.monotonic,
     ) -> None:
         self.scheduler = scheduler
-        self.image_tasks = image_tasks
+        # The Stable Diffusion API is an adapter over the /v3 one: a request becomes a /v3 body.
+        self.v3_images = v3_images
         self.store = store
         self.runner = runner
         self.storage = storage
@@ -119,7 +120,7 @@ class SdApiService:
             raise _field("The prompt field is required.", "prompt")
         width, height = _side(body.width), _side(body.height)
         safety = is_yes(body.safety_checker)
-        if safety and self.image_tasks.safety_model is None:
+        if safety and not self.v3_images.images.nsfw.configured:
             raise _field("The safety checker is not available on this server.", "safety_checker")
         if body.webhook is not None:
             await check_public_url_async(body.webhook, allow_private=self.allow_private_urls, param="webhook")
@@ -180,9 +181,7 @@ class SdApiService:
         novita = await self._novita_body(task_type, body)
         raw = msgspec.json.encode(novita)
         try:
-            task_id = await self.image_tasks.submit(
-                task_type, raw, decode_task_body(raw, BODY_TYPES[task_type]), key_id
-            )
+            task_id = await self.v3_images.submit(task_type, raw, decode_task_body(raw, BODY_TYPES[task_type]), key_id)
         except ApiError as error:
             if error.param:
                 name = error.param.removeprefix("request.")

@@ -1,0 +1,81 @@
+"""Upscaling: an input image enlarged by a factor on an upscaler engine (/v3 upscale).
+
+The capability owns the input and output limits, the engine call and the task's output;
+the /v3 adapter maps Novita's fields onto it (server/routes/v3/upscale_tasks.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from engines.admission import Priority
+from engines.base import ProgressCallback, UpscaleEngine, UpscaleJob, upscaled_size
+from engines.scheduler import Scheduler
+from schemas.errors import ErrorCode
+from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, engine_call
+from server.capabilities.images.encoding import encode_image
+from server.capabilities.images.inputs import open_input_image
+from server.capabilities.images.safety import NsfwDetector
+from server.storage.local import LocalStorage
+from server.tasks.models import OutputFile
+from server.tasks.runner import TaskOutcome
+
+MAX_INPUT_SIDE = 2048  # the seed's limit for the input image
+# Bounds the encoded output and the memory of the final resize; 4096x4096 is 48 MiB as RGB.
+MAX_OUTPUT_PIXELS = 4096 * 4096
+
+
+class Upscaler:
+    def __init__(self, scheduler: Scheduler, storage: LocalStorage, nsfw: NsfwDetector) -> None:
+        self.scheduler = scheduler
+        self.storage = storage
+        self.nsfw = nsfw
+
+    def engine(self, model: str, names: WireNames = SAME_NAMES) -> UpscaleEngine:
+        return catalog_engine(self.scheduler, model, UpscaleEngine, names)
+
+    @staticmethod
+    def check(job: UpscaleJob, names: WireNames = SAME_NAMES) -> None:
+        """The input decodes within the limits and its output stays under MAX_OUTPUT_PIXELS. Blocking."""
+        with open_input_image(job.image, names("image")) as image:
+            width, height = image.size
+        if width > MAX_INPUT_SIDE or height > MAX_INPUT_SIDE:
+            message = f"The image is {width}x{height}; at most {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} is accepted."
+            raise names.invalid("image", message, ErrorCode.IMAGE_EXCEEDS_MAX_RESOLUTION)
+        out_width, out_height = upscaled_size(width, height, job.scale)
+        if out_width * out_height > MAX_OUTPUT_PIXELS:
+            message = (
+                f"Upscaling {width}x{height} by {job.scale:g} gives {out_width}x{out_height}, "
+                f"over the limit of {MAX_OUTPUT_PIXELS} pixels; use a smaller {names('scale')}."
+            )
+            raise names.invalid("scale", message, ErrorCode.IMAGE_EXCEEDS_MAX_RESOLUTION)
+
+    async def run_task(
+        self,
+        task_id: str,
+        model: str,
+        job: UpscaleJob,
+        progress: ProgressCallback,
+        *,
+        image_type: str,
+        nsfw_detection: bool = False,
+        nsfw_level: int = 0,
+        owner: str | None = None,
+    ) -> TaskOutcome:
+        """The upscaled image stored as ``<task_id>/0.<image_type>``, checked for NSFW content if asked."""
+        if nsfw_detection:
+            self.nsfw.require()
+        call = engine_call(
+            self.scheduler, model, UpscaleEngine, "image_upscale", priority=Priority.BACKGROUND, owner=owner
+        )
+        async with call as (engine, record):
+            upscaled: Any = await engine.upscale(job, progress)
+            record.set({"omniserve.image.width": upscaled.width, "omniserve.image.height": upscaled.height})
+            record.produced(images=1)
+        # The classifier judges what the client receives: the upscaled image.
+        [nsfw] = await self.nsfw.results([upscaled], nsfw_detection, nsfw_level)
+        data = await asyncio.to_thread(encode_image, upscaled, image_type)
+        key = f"{task_id}/0.{image_type}"
+        await asyncio.to_thread(self.storage.put, key, data)
+        return TaskOutcome(outputs=[OutputFile(kind="image", key=key, media_type=image_type, nsfw=nsfw)])
