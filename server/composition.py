@@ -95,7 +95,7 @@ class Components:
             self.image_generator, self.storage, settings.limits, url_ttl_s=tasks.url_ttl_s
         )
         self.v3_images = V3ImageTasks(self.image_generator, self.submission, self.task_runner)
-        self.upscaler = Upscaler(scheduler, self.storage, self.nsfw)
+        self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
 
         self.transcriptions = TranscriptionService(scheduler, settings.audio)

@@ -6,7 +6,6 @@ the /v3 adapter maps Novita's fields onto it (server/routes/v3/upscale_tasks.py)
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from engines.admission import Priority
@@ -14,11 +13,9 @@ from engines.base import ProgressCallback, UpscaleEngine, UpscaleJob, upscaled_s
 from engines.scheduler import Scheduler
 from schemas.errors import ErrorCode
 from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, engine_call
-from server.capabilities.images.encoding import encode_image
+from server.capabilities.images.encoding import ImageOutputs
+from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.inputs import open_input_image
-from server.capabilities.images.safety import NsfwDetector
-from server.storage.local import LocalStorage
-from server.tasks.models import OutputFile
 from server.tasks.runner import TaskOutcome
 
 MAX_INPUT_SIDE = 2048  # the seed's limit for the input image
@@ -27,10 +24,10 @@ MAX_OUTPUT_PIXELS = 4096 * 4096
 
 
 class Upscaler:
-    def __init__(self, scheduler: Scheduler, storage: LocalStorage, nsfw: NsfwDetector) -> None:
+    def __init__(self, scheduler: Scheduler, images: ImageGenerator) -> None:
         self.scheduler = scheduler
-        self.storage = storage
-        self.nsfw = nsfw
+        # Its outputs are delivered as generated images are: scored, encoded, stored.
+        self.images = images
 
     def engine(self, model: str, names: WireNames = SAME_NAMES) -> UpscaleEngine:
         return catalog_engine(self.scheduler, model, UpscaleEngine, names)
@@ -57,15 +54,12 @@ class Upscaler:
         model: str,
         job: UpscaleJob,
         progress: ProgressCallback,
-        *,
-        image_type: str,
-        nsfw_detection: bool = False,
-        nsfw_level: int = 0,
+        outputs: ImageOutputs,
         owner: str | None = None,
     ) -> TaskOutcome:
-        """The upscaled image stored as ``<task_id>/0.<image_type>``, checked for NSFW content if asked."""
-        if nsfw_detection:
-            self.nsfw.require()
+        """The upscaled image, delivered as ``outputs`` asks."""
+        if outputs.nsfw_detection:
+            self.images.nsfw.require()
         call = engine_call(
             self.scheduler, model, UpscaleEngine, "image_upscale", priority=Priority.BACKGROUND, owner=owner
         )
@@ -74,8 +68,4 @@ class Upscaler:
             record.set({"omniserve.image.width": upscaled.width, "omniserve.image.height": upscaled.height})
             record.produced(images=1)
         # The classifier judges what the client receives: the upscaled image.
-        [nsfw] = await self.nsfw.results([upscaled], nsfw_detection, nsfw_level)
-        data = await asyncio.to_thread(encode_image, upscaled, image_type)
-        key = f"{task_id}/0.{image_type}"
-        await asyncio.to_thread(self.storage.put, key, data)
-        return TaskOutcome(outputs=[OutputFile(kind="image", key=key, media_type=image_type, nsfw=nsfw)])
+        return TaskOutcome(outputs=await self.images.deliver(task_id, [upscaled], outputs))

@@ -8,7 +8,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from server.storage.local import LocalStorage
+from server.tasks.models import OutputFile
 
 PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -38,3 +41,29 @@ async def store_images(
         await asyncio.to_thread(storage.put, key, data)
         urls.append(base_url.rstrip("/") + storage.signed_path(key, ttl_s))
     return urls
+
+
+class ImageOutputs(msgspec.Struct, kw_only=True, frozen=True):
+    """How a task's images are delivered: their format, and whether (and at which Novita
+    level) each is scored for NSFW content."""
+
+    image_type: str = "png"
+    nsfw_detection: bool = False
+    nsfw_level: int = 0
+
+
+async def store_task_images(
+    storage: LocalStorage,
+    task_id: str,
+    images: list[Any],
+    image_type: str,
+    nsfw: list[dict[str, object] | None],
+) -> list[OutputFile]:
+    """Each image of a task stored as ``<task_id>/<index>.<image_type>`` with its NSFW result."""
+    outputs = []
+    for index, (image, detection) in enumerate(zip(images, nsfw, strict=True)):
+        data = await asyncio.to_thread(encode_image, image, image_type)
+        key = f"{task_id}/{index}.{image_type}"
+        await asyncio.to_thread(storage.put, key, data)
+        outputs.append(OutputFile(kind="image", key=key, media_type=image_type, nsfw=detection))
+    return outputs

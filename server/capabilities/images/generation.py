@@ -9,9 +9,9 @@ and name those fields back through their `WireNames` when something is refused.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from engines.admission import Priority
 from engines.base import (
@@ -28,7 +28,7 @@ from engines.scheduler import Scheduler
 from schemas.errors import ErrorCode
 from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, engine_call, engine_record
 from server.capabilities.images.batching import ImageBatcher
-from server.capabilities.images.encoding import encode_image
+from server.capabilities.images.encoding import ImageOutputs, store_task_images
 from server.capabilities.images.safety import NsfwDetector
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile
@@ -136,25 +136,20 @@ class ImageGenerator:
         model: str,
         job: ImageGeneration,
         progress: ProgressCallback,
-        *,
-        image_type: str,
-        nsfw_detection: bool = False,
-        nsfw_level: int = 0,
+        outputs: ImageOutputs,
         owner: str | None = None,
     ) -> TaskOutcome:
-        """One background job of a task: batched with others where the engine allows, checked
-        for NSFW content if asked, each image stored as ``<task_id>/<index>.<image_type>``."""
-        if nsfw_detection:
+        """One background job of a task: batched with others where the engine allows, then
+        delivered as ``outputs`` asks."""
+        if outputs.nsfw_detection:
             self.nsfw.require()  # accepted before a restart without a classifier: fail before drawing
         result = await self._generate_in_background(model, job, progress, owner)
-        nsfw = await self.nsfw.results(result.images, nsfw_detection, nsfw_level)
-        outputs = []
-        for index, (image, detection) in enumerate(zip(result.images, nsfw, strict=True)):
-            data = await asyncio.to_thread(encode_image, image, image_type)
-            key = f"{task_id}/{index}.{image_type}"
-            await asyncio.to_thread(self.storage.put, key, data)
-            outputs.append(OutputFile(kind="image", key=key, media_type=image_type, nsfw=detection))
-        return TaskOutcome(outputs=outputs, seed=result.seed)
+        return TaskOutcome(outputs=await self.deliver(task_id, result.images, outputs), seed=result.seed)
+
+    async def deliver(self, task_id: str, images: list[Any], outputs: ImageOutputs) -> list[OutputFile]:
+        """A task's images scored (when asked) and stored."""
+        nsfw = await self.nsfw.results(images, outputs.nsfw_detection, outputs.nsfw_level)
+        return await store_task_images(self.storage, task_id, images, outputs.image_type, nsfw)
 
     async def _generate_in_background(
         self, model: str, job: ImageGeneration, progress: ProgressCallback, owner: str | None

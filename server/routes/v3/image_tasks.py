@@ -9,8 +9,10 @@ import secrets
 
 from engines.base import ControlUnit, HiresFix, ImageGeneration, LoraWeight
 from schemas.limits import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
+from schemas.v3.common import CommonExtra
 from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
 from server.capabilities.calls import WireNames
+from server.capabilities.images.encoding import ImageOutputs
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.inputs import base64_image_bytes, decode_input_image
 from server.tasks.models import Task, TaskType
@@ -44,6 +46,15 @@ V3_IMAGE_NAMES = WireNames(
     },
     prefix="request.",
 )
+
+
+def image_outputs(extra: CommonExtra) -> ImageOutputs:
+    """How a /v3 task's images are delivered, from its ``extra``."""
+    return ImageOutputs(
+        image_type=extra.response_image_type,
+        nsfw_detection=extra.enable_nsfw_detection,
+        nsfw_level=extra.nsfw_detection_level,
+    )
 
 
 def _input_image(value: str, field: str, *, check: bool) -> bytes:
@@ -151,14 +162,6 @@ class V3ImageTasks:
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])
         job = await asyncio.to_thread(image_job, body, task.seed or 0)
-        extra = body.extra
         return await self.images.run_task(
-            task.task_id,
-            task.model,
-            job,
-            progress,
-            image_type=extra.response_image_type,
-            nsfw_detection=extra.enable_nsfw_detection,
-            nsfw_level=extra.nsfw_detection_level,
-            owner=task.owner_key_id,
+            task.task_id, task.model, job, progress, image_outputs(body.extra), owner=task.owner_key_id
         )

@@ -9,6 +9,7 @@ from schemas.v3.upscale import UpscaleBody
 from server.capabilities.calls import WireNames
 from server.capabilities.images.inputs import base64_image_bytes
 from server.capabilities.upscale import Upscaler
+from server.routes.v3.image_tasks import image_outputs
 from server.tasks.models import Task, TaskType
 from server.tasks.runner import ProgressReporter, TaskOutcome, TaskRunner
 from server.tasks.submission import TaskSubmission
@@ -44,14 +45,6 @@ class V3UpscaleTasks:
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, UpscaleBody)
         job = await asyncio.to_thread(upscale_job, body)
-        extra = body.extra
         return await self.upscaler.run_task(
-            task.task_id,
-            task.model,
-            job,
-            progress,
-            image_type=extra.response_image_type,
-            nsfw_detection=extra.enable_nsfw_detection,
-            nsfw_level=extra.nsfw_detection_level,
-            owner=task.owner_key_id,
+            task.task_id, task.model, job, progress, image_outputs(body.extra), owner=task.owner_key_id
         )
