@@ -21,7 +21,7 @@ Goal: omniserve adds under 5% to the direct loop's per-image time at 512x512.
                                           [--notify poll|webhook]
 
 The small size is 128x128, not 64x64: the /v3 API refuses sides below 128
-(`server.tasks.images.MIN_SIDE`), and the comparison needs the same job on both sides. Images per
+(`schemas.limits.MIN_IMAGE_SIDE`), and the comparison needs the same job on both sides. Images per
 size default to 48 below 512x512 and 16 from 512x512 up (`--jobs` sets one count for every size),
 per round (`--rounds`, default 1); warm-up jobs run before each timed turn and are not counted.
 
