@@ -9,7 +9,7 @@
   batching on  the same server with tasks.batch_wait_ms = 20 and tasks.max_batch_images = 8.
 
 Every request is one 128x128 image with its own seed: 128 is the smallest side the /v3 API takes
-(`server.tasks.images.MIN_SIDE`), and the anchor runs the same jobs. It prints images/s per way and
+(`schemas.limits.MIN_IMAGE_SIDE`), and the anchor runs the same jobs. It prints images/s per way and
 the ratios to the one-at-a-time pipeline. Goal: batching on >= 2x the pipeline loop.
 
 (b) vLLM wake against cold load, on the demo chat model: the time of a cold `load()`, then, where

@@ -26,7 +26,7 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import AwsS3Storage, CustomStorage
 from server.settings import S3Settings
 from server.storage.local import LocalStorage
-from server.tasks.bodies import decode_task_body
+from server.validation import decode_task_body
 from server.tasks.models import OutputFile, S3Object, Task
 
 log = logging.getLogger("omniserve.storage")
