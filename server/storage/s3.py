@@ -26,8 +26,8 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import AwsS3Storage, CustomStorage
 from server.settings import S3Settings
 from server.storage.local import LocalStorage
-from server.validation import decode_task_body
 from server.tasks.models import OutputFile, S3Object, Task
+from server.validation import decode_task_body
 
 log = logging.getLogger("omniserve.storage")
 
