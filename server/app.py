@@ -116,6 +116,12 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "v3_upscale": components.v3_upscale,
         "novassium": components.novassium,
         "sdapi": components.sdapi,
+        # Audio and video.
+        "speech": components.speech,
+        "v3_speech": components.v3_speech,
+        "transcriber": components.transcriber,
+        "videos": components.openai_videos,
+        "v3_videos": components.v3_videos,
         "chat": text.chat,
         "completions": text.completions,
         "embeddings": text.embeddings,

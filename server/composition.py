@@ -16,30 +16,31 @@ from server.accounts import Accounts
 from server.auth import Authenticator
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
+from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
+from server.capabilities.transcription.transcriber import Transcriber
 from server.capabilities.upscale import Upscaler
+from server.capabilities.video.generation import VideoGenerator
 from server.catalog import ModelCatalog
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.routes.health import Readiness
 from server.routes.openai.image_jobs import OpenAIImages
+from server.routes.openai.video_jobs import OpenAIVideos
 from server.routes.v3.image_tasks import V3ImageTasks
+from server.routes.v3.speech_tasks import V3SpeechTasks
 from server.routes.v3.upscale_tasks import V3UpscaleTasks
+from server.routes.v3.video_tasks import V3VideoTasks
 from server.routes.vendor.common import vendor_model
 from server.routes.vendor.novassium_images import NovassiumImages
 from server.routes.vendor.sdapi_tasks import SdApiTasks
-from server.serving.speech import SpeechService
-from server.serving.transcriptions import TranscriptionService
 from server.settings import Settings
 from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
 from server.storage.s3 import S3Uploader
-from server.tasks.images import ImageTasks
 from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
-from server.tasks.speech import SpeechTasks
 from server.tasks.store import SqliteTaskStore
 from server.tasks.submission import TaskSubmission
-from server.tasks.videos import VideoTasks
 from server.tasks.webhooks import WebhookSender
 
 
@@ -98,17 +99,20 @@ class Components:
         self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
 
-        self.transcriptions = TranscriptionService(scheduler, settings.audio)
-        self.speech = SpeechService(scheduler, settings.audio)
-        self.image_tasks = ImageTasks(self.submission)
-        self.video_tasks = VideoTasks(scheduler, self.task_runner, self.storage, image_tasks=self.image_tasks)
-        self.speech_tasks = SpeechTasks(
-            scheduler,
-            self.task_runner,
-            self.storage,
-            image_tasks=self.image_tasks,
-            max_chars=settings.audio.max_speech_chars,
-            model=tasks.speech_model,
+        self.transcriber = Transcriber(scheduler, settings.audio)
+        self.speech = SpeechSynthesis(scheduler, self.storage, settings.audio)
+        self.v3_speech = V3SpeechTasks(
+            self.speech, self.submission, self.task_runner, scheduler, model=tasks.speech_model
+        )
+        self.videos = VideoGenerator(scheduler, self.storage)
+        self.v3_videos = V3VideoTasks(self.videos, self.submission, self.task_runner, scheduler)
+        self.openai_videos = OpenAIVideos(
+            self.videos,
+            self.v3_videos,
+            self.task_store,
+            self.task_runner.progress,
+            # Outputs are deleted once older than both of these (the cleaner started in start()).
+            retention_s=max(tasks.output_max_age_s, tasks.url_ttl_s),
         )
 
         # Vendor families.

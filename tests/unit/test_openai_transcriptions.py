@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from PIL import Image
 
-from engines.base import TranscriptionTask
+from engines.base import TranscribedSegment, TranscriptionJob, TranscriptionTask
+from engines.errors import EngineFailure, Overloaded
 from server.app import build_components, create_app
 from server.settings import Settings
 from tests.audio_inputs import encode, tone
@@ -183,6 +185,62 @@ async def test_engine_failure_mid_stream_is_a_final_error_event(client: AsyncTes
     assert events[0] == {"type": "transcript.text.delta", "delta": "alpha alpha."}
     assert events[-1]["error"]["code"] == "ENGINE_ERROR"
     assert "secret" not in response.text
+
+
+async def test_an_engine_failure_mid_stream_is_mapped_as_any_engine_failure(client: AsyncTestClient) -> None:
+    fake = engine(client)
+    original = fake.transcribe_stream
+
+    async def failing(job: TranscriptionJob) -> AsyncIterator[TranscribedSegment]:
+        async for segment in original(job):
+            yield segment
+            raise EngineFailure("fake-whisper")
+
+    fake.transcribe_stream = failing  # type: ignore[method-assign]
+    events = sse_events((await transcribe(client, {"stream": "true"})).text)
+    assert events[0] == {"type": "transcript.text.delta", "delta": "alpha alpha."}
+    assert events[-1]["error"] == {
+        "message": "The engine for model 'fake-whisper' failed to serve the request.",
+        "type": "server_error",
+        "param": None,
+        "code": "ENGINE_ERROR",
+    }
+
+
+async def test_a_lease_refused_after_the_stream_began_is_the_overload_event(
+    client: AsyncTestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission passed before the first byte; the slot's deadline then ran out. The stream
+    ends with the overload as the API words it, not with a generic failure."""
+    busy = "Model 'fake-whisper' is busy; its turn did not come within 30 s."
+
+    @asynccontextmanager
+    async def refused(*_: Any, **__: Any) -> AsyncIterator[None]:
+        raise Overloaded(busy, retry_after=15.0)
+        yield
+
+    monkeypatch.setattr(client.app_state.scheduler, "lease", refused)  # type: ignore[attr-defined]
+    response = await transcribe(client, {"stream": "true"})
+    assert response.status_code == 200
+    [event] = sse_events(response.text)
+    assert event["error"] == {
+        "message": busy,
+        "type": "service_unavailable_error",
+        "param": None,
+        "code": "SERVICE_NOT_AVAILABLE",
+    }
+    assert not engine(client).jobs
+
+
+async def test_routes_have_their_operation_ids(client: AsyncTestClient) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    operations = {path: paths[path]["post"]["operationId"] for path in paths if "/audio/trans" in path}
+    assert operations == {
+        "/v1/audio/transcriptions": "createTranscription",
+        "/v1/audio/translations": "createTranslation",
+        "/openai/v1/audio/transcriptions": "openaiCreateTranscription",
+        "/openai/v1/audio/translations": "openaiCreateTranslation",
+    }
 
 
 @pytest.mark.parametrize(

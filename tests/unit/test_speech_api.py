@@ -174,3 +174,13 @@ async def test_txt2speech_off_or_misconfigured(tmp_path: Path) -> None:
         assert response.status_code == 404 and response.json()["reason"] == "MODEL_NOT_FOUND"
     with pytest.raises(ValueError, match="speech_model"):
         speech_state(tmp_path / "other", tasks={"speech_model": "fake-chat"})
+
+
+async def test_routes_have_their_operation_ids(client: AsyncTestClient) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    operations = {path: paths[path]["post"]["operationId"] for path in paths if "speech" in path}
+    assert operations == {
+        "/v1/audio/speech": "createSpeech",
+        "/openai/v1/audio/speech": "openaiCreateSpeech",
+        "/v3/async/txt2speech": "txt2speech",
+    }

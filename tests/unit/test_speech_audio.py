@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from server.serving.speech_audio import OUTPUT_RATE, AudioEncoder, encode_audio
+from server.capabilities.speech.audio import OUTPUT_RATE, AudioEncoder, encode_audio
 
 RATE = 22_050
 

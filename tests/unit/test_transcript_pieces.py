@@ -7,7 +7,7 @@ import pytest
 from engines.audio import decoding
 from engines.audio.languages import WHISPER_LANGUAGES, language_code, language_name
 from engines.errors import InvalidJob, JobProblem
-from server.serving.subtitles import srt, timestamp, vtt
+from server.capabilities.transcription.subtitles import srt, timestamp, vtt
 from tests.audio_inputs import tone
 from tests.fakes_audio import fake_segments
 

@@ -372,3 +372,23 @@ async def test_openai_unknown_and_unfinished_videos(client: AsyncTestClient) -> 
     assert (await client.get("/openai/v1/videos/no-such-video/content")).status_code == 404
     variant = await client.get("/openai/v1/videos/no-such-video/content", params={"variant": "thumbnail"})
     assert variant.status_code == 400 and variant.json()["error"]["param"] == "variant"
+
+
+async def test_routes_have_their_operation_ids(client: AsyncTestClient) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    operations = {
+        (path, method): operation["operationId"]
+        for path, item in paths.items()
+        if "video" in path
+        for method, operation in item.items()
+    }
+    assert operations == {
+        ("/v1/videos", "post"): "createVideo",
+        ("/v1/videos/{video_id}", "get"): "getVideo",
+        ("/v1/videos/{video_id}/content", "get"): "retrieveVideoContent",
+        ("/openai/v1/videos", "post"): "openaiCreateVideo",
+        ("/openai/v1/videos/{video_id}", "get"): "openaiGetVideo",
+        ("/openai/v1/videos/{video_id}/content", "get"): "openaiRetrieveVideoContent",
+        ("/v3/async/txt2video", "post"): "txt2video",
+        ("/v3/async/img2video", "post"): "img2video",
+    }

@@ -1,8 +1,7 @@
-"""Audio transcriptions and translations (multipart): parse, call the service, encode."""
+"""Audio transcriptions and translations (multipart): parse the form, call the transcriber, answer."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from typing import Annotated, TypeVar
 
 from litestar import Controller, Request, Router, post
@@ -17,13 +16,13 @@ from litestar.response.streaming import ASGIStreamingResponse
 from engines.base import TranscriptionTask
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.transcriptions import Transcription, TranscriptionRequest, TranslationRequest
-from server.accounts_hooks import caller_meter
-from server.routes.disconnect import until_disconnect
-from server.routes.openai.text import SSE_HEADERS
-from server.services import Services
-from server.serving.common import bad_request
-from server.serving.transcriptions import RenderedTranscript
+from server.accounts_hooks import Caller
+from server.capabilities.transcription.rendering import RenderedTranscript
+from server.capabilities.transcription.transcriber import Transcriber
+from server.errors import bad_request
+from server.routes.openapi import operation_id
 from server.settings import AudioSettings
+from server.sse import SSE_HEADERS
 from server.validation import ParsedForm, convert, parse_into_data
 
 RequestT = TypeVar("RequestT", TranscriptionRequest, TranslationRequest)
@@ -87,8 +86,7 @@ async def _translation_form(request: Request) -> TranslationRequest:
     return await _read_form(request, TranslationRequest)
 
 
-async def _respond(request: Request, work: Awaitable[RenderedTranscript]) -> ASGIResponse:
-    rendered = await until_disconnect(request, work)
+def _answer(rendered: RenderedTranscript) -> ASGIResponse:
     return ASGIResponse(body=rendered.body, media_type=rendered.media_type)
 
 
@@ -100,27 +98,35 @@ class TranscriptionsController(Controller):
     dto = ParsedForm
     return_dto = None
 
-    @post("/transcriptions", status_code=200, responses=_RESPONSES, guards=[parse_into_data(_transcription_form)])
+    @post(
+        "/transcriptions",
+        status_code=200,
+        operation_id=operation_id("createTranscription"),
+        responses=_RESPONSES,
+        guards=[parse_into_data(_transcription_form)],
+    )
     async def transcriptions(
         self,
-        request: Request,
         data: Annotated[TranscriptionRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
-        services: Services,
+        transcriber: Transcriber,
+        caller: Caller,
     ) -> ASGIResponse:
         if data.stream:
-            # The streaming response cancels the iterator when the client goes away,
-            # which stops the decoder at its next segment.
-            events = await services.transcriptions.stream(data, caller_meter(request))
+            events = await transcriber.stream(data, caller.meter)
             return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
-        meter = caller_meter(request)
-        return await _respond(request, services.transcriptions.create(data, TranscriptionTask.TRANSCRIBE, meter))
+        return _answer(await transcriber.create(data, TranscriptionTask.TRANSCRIBE, caller.meter))
 
-    @post("/translations", status_code=200, responses=_RESPONSES, guards=[parse_into_data(_translation_form)])
+    @post(
+        "/translations",
+        status_code=200,
+        operation_id=operation_id("createTranslation"),
+        responses=_RESPONSES,
+        guards=[parse_into_data(_translation_form)],
+    )
     async def translations(
         self,
-        request: Request,
         data: Annotated[TranslationRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
-        services: Services,
+        transcriber: Transcriber,
+        caller: Caller,
     ) -> ASGIResponse:
-        meter = caller_meter(request)
-        return await _respond(request, services.transcriptions.create(data, TranscriptionTask.TRANSLATE, meter))
+        return _answer(await transcriber.create(data, TranscriptionTask.TRANSLATE, caller.meter))

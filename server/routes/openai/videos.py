@@ -12,31 +12,17 @@ from litestar.params import Body
 from litestar.response import File
 
 from schemas.openai.videos import Video, VideoCreateRequest
+from server.accounts_hooks import Caller
 from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes
-from server.serving.common import bad_request
-from server.serving.videos import OpenAIVideos
-from server.state import AppState
+from server.errors import bad_request
+from server.routes.openai.video_jobs import OpenAIVideos
+from server.routes.openapi import operation_id
+from server.storage.local import LocalStorage
 from server.validation import ParsedForm, convert, parse_into_data
 
 _MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif"}
 # One reference image plus the text fields.
 CREATE_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES
-
-
-def _caller(request: Request) -> str | None:
-    key_id: str | None = request.scope.get("state", {}).get("api_key_id")
-    return key_id
-
-
-def _service(app_state: AppState) -> OpenAIVideos:
-    tasks = app_state.settings.tasks
-    return OpenAIVideos(
-        app_state.video_tasks,
-        app_state.task_store,
-        app_state.task_runner.progress,
-        # Outputs are deleted once older than both of these (AppState's cleaner).
-        retention_s=max(tasks.output_max_age_s, tasks.url_ttl_s),
-    )
 
 
 def _reference(value: Any) -> bytes | None:
@@ -87,6 +73,7 @@ class VideosController(Controller):
     @post(
         "/",
         status_code=200,
+        operation_id=operation_id("createVideo"),
         request_max_body_size=CREATE_MAX_BODY_BYTES,
         summary="Create a video job",
         # Multipart as the openai SDK sends it, or the same fields as a JSON object; parsed
@@ -97,19 +84,25 @@ class VideosController(Controller):
     )
     async def create(
         self,
-        request: Request,
         data: Annotated[VideoCreateRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
-        app_state: AppState,
+        videos: OpenAIVideos,
+        caller: Caller,
     ) -> Video:
-        return await _service(app_state).create(data, _caller(request))
+        return await videos.create(data, caller.key_id)
 
-    @get("/{video_id:str}", summary="Retrieve a video job")
-    async def retrieve(self, request: Request, video_id: str, app_state: AppState) -> Video:
-        return await _service(app_state).retrieve(video_id, _caller(request))
+    @get("/{video_id:str}", operation_id=operation_id("getVideo"), summary="Retrieve a video job")
+    async def retrieve(self, video_id: str, videos: OpenAIVideos, caller: Caller) -> Video:
+        return await videos.retrieve(video_id, caller.key_id)
 
-    @get("/{video_id:str}/content", summary="Download a video job's file")
-    async def content(self, request: Request, video_id: str, app_state: AppState, variant: str = "video") -> File:
+    @get(
+        "/{video_id:str}/content",
+        operation_id=operation_id("retrieveVideoContent"),
+        summary="Download a video job's file",
+    )
+    async def content(
+        self, video_id: str, videos: OpenAIVideos, storage: LocalStorage, caller: Caller, variant: str = "video"
+    ) -> File:
         if variant != "video":
             raise bad_request(f"variant {variant!r} is not offered; only 'video'.", "variant")
-        path, video_type = await _service(app_state).content(video_id, _caller(request), app_state.storage)
+        path, video_type = await videos.content(video_id, caller.key_id, storage)
         return File(path=path, media_type=_MEDIA_TYPES.get(video_type, "application/octet-stream"))

@@ -7,7 +7,7 @@ from litestar import Controller, Request, post
 from schemas.v3.common import TaskSubmitted
 from schemas.v3.speech import Txt2SpeechBody
 from server.accounts_hooks import Caller
-from server.state import AppState
+from server.routes.v3.speech_tasks import V3SpeechTasks
 from server.validation import NovitaBody, refuse_empty_body
 
 
@@ -19,9 +19,9 @@ class V3SpeechController(Controller):
     return_dto = None
     guards = [refuse_empty_body]
 
+    # The task stores its body as sent; Litestar keeps the bytes it decoded `data` from.
     @post("/txt2speech", status_code=200, summary="Submit a text-to-speech task", operation_id="txt2speech")
     async def txt2speech(
-        self, request: Request, data: Txt2SpeechBody, app_state: AppState, caller: Caller
+        self, request: Request, data: Txt2SpeechBody, v3_speech: V3SpeechTasks, caller: Caller
     ) -> TaskSubmitted:
-        raw = await request.body()
-        return TaskSubmitted(task_id=await app_state.speech_tasks.submit(raw, data, caller.key_id))
+        return TaskSubmitted(task_id=await v3_speech.submit(await request.body(), data, caller.key_id))

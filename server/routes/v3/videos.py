@@ -7,7 +7,8 @@ from litestar import Controller, Request, post
 from schemas.v3.common import TaskSubmitted
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody
 from server.accounts_hooks import Caller
-from server.state import AppState
+from server.routes.v3.video_tasks import V3VideoTasks
+from server.tasks.models import TaskType
 from server.validation import NovitaBody, refuse_empty_body
 
 
@@ -19,16 +20,18 @@ class V3VideoController(Controller):
     return_dto = None
     guards = [refuse_empty_body]
 
+    # Each task stores its body as sent; Litestar keeps the bytes it decoded `data` from.
+
     @post("/txt2video", status_code=200, summary="Submit a text-to-video task", operation_id="txt2video")
     async def txt2video(
-        self, request: Request, data: Txt2VideoBody, app_state: AppState, caller: Caller
+        self, request: Request, data: Txt2VideoBody, v3_videos: V3VideoTasks, caller: Caller
     ) -> TaskSubmitted:
-        task = await app_state.video_tasks.submit_txt2video(await request.body(), data, caller.key_id)
+        task = await v3_videos.submit(TaskType.TXT_TO_VIDEO, await request.body(), data, caller.key_id)
         return TaskSubmitted(task_id=task.task_id)
 
     @post("/img2video", status_code=200, summary="Submit an image-to-video task", operation_id="img2video")
     async def img2video(
-        self, request: Request, data: Img2VideoBody, app_state: AppState, caller: Caller
+        self, request: Request, data: Img2VideoBody, v3_videos: V3VideoTasks, caller: Caller
     ) -> TaskSubmitted:
-        task = await app_state.video_tasks.submit_img2video(await request.body(), data, caller.key_id)
+        task = await v3_videos.submit(TaskType.IMG_TO_VIDEO, await request.body(), data, caller.key_id)
         return TaskSubmitted(task_id=task.task_id)

@@ -1,5 +1,6 @@
-"""OpenAI's video jobs over the /v3 video tasks: a create becomes a txt2video (or, with an input
-image, img2video) task, and a video's id is its task id, so either API can follow the job."""
+"""The OpenAI adapter of video generation: video jobs over the /v3 video tasks. A create becomes
+a txt2video (or, with an input image, img2video) task whose stored body is the Novita body it
+stands for, and a video's id is its task id, so either API can follow the job."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import functools
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -15,13 +17,17 @@ from engines.base import VideoEngine, VideoMode
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.videos import Video, VideoCreateRequest, VideoError, VideoStatus
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoPromptSegment
+from server.capabilities.calls import WireNames
 from server.capabilities.images.inputs import open_input_image
-from server.serving.common import bad_request
+from server.capabilities.video.generation import VideoGenerator
+from server.errors import bad_request
+from server.routes.v3.video_tasks import MODES, V3VideoTasks
 from server.storage.local import LocalStorage
-from server.tasks.bodies import decode_task_body
 from server.tasks.models import Task, TaskStatus, TaskType
 from server.tasks.store import TaskStore
-from server.tasks.videos import VideoTasks
+from server.validation import decode_task_body
+
+B = TypeVar("B", Txt2VideoBody, Img2VideoBody)
 
 _STATUSES: dict[TaskStatus, VideoStatus] = {
     TaskStatus.QUEUED: "queued",
@@ -29,18 +35,31 @@ _STATUSES: dict[TaskStatus, VideoStatus] = {
     TaskStatus.SUCCEED: "completed",
     TaskStatus.FAILED: "failed",
 }
-# Where the task's checks name a /v3 field, the OpenAI request names another.
-_PARAMS = {
-    "model_name": "model",
-    "width": "size",
-    "height": "size",
-    "prompts": "prompt",
-    "frames_num": "seconds",
-    "frames_per_second": "seconds",
-    "image_file": "input_reference",
-}
+# The job's fields as OpenAI names them; the rest keep their names.
+OPENAI_VIDEO_NAMES = WireNames(
+    {
+        "width": "size",
+        "height": "size",
+        "prompts": "prompt",
+        "num_frames": "seconds",
+        "fps": "seconds",
+        "image": "input_reference",
+    }
+)
+# The fields of the Novita body a create stores, as OpenAI names what they were made from: the
+# body's schema checks their ranges.
+_FROM_NOVITA = WireNames(
+    {
+        "model_name": "model",
+        "width": "size",
+        "height": "size",
+        "prompts": "prompt",
+        "frames_num": "seconds",
+        "frames_per_second": "seconds",
+        "image_file": "input_reference",
+    }
+)
 _DEFAULT_STEPS = 25
-_VIDEO_TASKS = (TaskType.TXT_TO_VIDEO, TaskType.IMG_TO_VIDEO)
 
 
 def _parse_seconds(value: str) -> float:
@@ -73,10 +92,28 @@ def _image_size(image_file: str) -> tuple[int, int]:
     return width // 8 * 8, height // 8 * 8
 
 
+def _stored(body: B) -> tuple[bytes, B]:
+    """The body as a task stores it, and as its schema reads it back: the schema checks the ranges
+    (of the size, of the frames) of what this adapter made of the request."""
+    raw = msgspec.json.encode(body)
+    try:
+        return raw, decode_task_body(raw, type(body))
+    except ApiError as error:
+        error.param = _FROM_NOVITA(error.param) if error.param else None
+        raise
+
+
 class OpenAIVideos:
     def __init__(
-        self, tasks: VideoTasks, store: TaskStore, progress: dict[str, tuple[int, int]], *, retention_s: int
+        self,
+        videos: VideoGenerator,
+        tasks: V3VideoTasks,
+        store: TaskStore,
+        progress: dict[str, tuple[int, int]],
+        *,
+        retention_s: int,
     ) -> None:
+        self.videos = videos
         self.tasks = tasks
         self.store = store
         self.progress = progress
@@ -84,39 +121,35 @@ class OpenAIVideos:
 
     async def create(self, request: VideoCreateRequest, owner: str | None) -> Video:
         mode: VideoMode = "text-to-video" if request.input_reference is None else "image-to-video"
-        name = request.model or self.tasks.default_model(mode)
+        name = request.model or self.videos.default_model(mode)
         if name is None:
             raise bad_request(f"This server has no {mode} model.", "model")
-        try:
-            engine = self.tasks.video_engine(name, mode, param="model")
-            frames = round(_parse_seconds(request.seconds) * engine.fps)
-            if frames < 1:
-                raise bad_request(f"At {engine.fps} frames a second, {request.seconds} s holds no frame.", "seconds")
-            steps = int(engine.spec.options.get("steps", _DEFAULT_STEPS))
-            if request.input_reference is None:
-                task = await self._text_to_video(request, engine, frames, steps, owner)
-            else:
-                task = await self._image_to_video(request, engine, frames, steps, owner)
-        except ApiError as error:
-            error.param = _PARAMS.get(error.param or "", error.param)
-            raise
+        engine = self.videos.engine(name, mode, OPENAI_VIDEO_NAMES)
+        frames = round(_parse_seconds(request.seconds) * engine.fps)
+        if frames < 1:
+            raise bad_request(f"At {engine.fps} frames a second, {request.seconds} s holds no frame.", "seconds")
+        steps = int(engine.spec.options.get("steps", _DEFAULT_STEPS))
+        if request.input_reference is None:
+            task = await self._text_to_video(request, engine, frames, steps, owner)
+        else:
+            task = await self._image_to_video(request, engine, frames, steps, owner)
         return await self._video(task)
 
     async def _text_to_video(
         self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
     ) -> Task:
         width, height = _parse_size(request.size) if request.size else engine.native_size
-        body = Txt2VideoBody(
-            model_name=engine.spec.name,
-            prompts=[VideoPromptSegment(prompt=request.prompt, frames=frames)],
-            width=width,
-            height=height,
-            steps=steps,
-            seed=request.seed,
+        raw, body = _stored(
+            Txt2VideoBody(
+                model_name=engine.spec.name,
+                prompts=[VideoPromptSegment(prompt=request.prompt, frames=frames)],
+                width=width,
+                height=height,
+                steps=steps,
+                seed=request.seed,
+            )
         )
-        # Decoded again, as a /v3 body is: its schema checks the ranges (of the size, the frames).
-        raw = msgspec.json.encode(body)
-        return await self.tasks.submit_txt2video(raw, decode_task_body(raw, Txt2VideoBody), owner)
+        return await self.tasks.submit(TaskType.TXT_TO_VIDEO, raw, body, owner, OPENAI_VIDEO_NAMES)
 
     async def _image_to_video(
         self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
@@ -130,22 +163,23 @@ class OpenAIVideos:
             if actual != wanted:
                 message = f"input_reference is {actual[0]}x{actual[1]} (in multiples of 8); size asks {request.size}."
                 raise bad_request(message, "input_reference")
-        body = Img2VideoBody(
-            model_name=engine.spec.name,
-            image_file=image_file,
-            frames_num=frames,
-            frames_per_second=engine.fps,
-            image_file_resize_mode="ORIGINAL_DIMENSION",
-            steps=steps,
-            seed=request.seed,
+        raw, body = _stored(
+            Img2VideoBody(
+                model_name=engine.spec.name,
+                image_file=image_file,
+                frames_num=frames,
+                frames_per_second=engine.fps,
+                image_file_resize_mode="ORIGINAL_DIMENSION",
+                steps=steps,
+                seed=request.seed,
+            )
         )
-        raw = msgspec.json.encode(body)
-        return await self.tasks.submit_img2video(raw, decode_task_body(raw, Img2VideoBody), owner)
+        return await self.tasks.submit(TaskType.IMG_TO_VIDEO, raw, body, owner, OPENAI_VIDEO_NAMES)
 
     async def _task(self, video_id: str, owner: str | None) -> Task:
         task = await self.store.get(video_id)
         # Another key's job is reported as missing, not as forbidden: ids are not probes.
-        if task is None or task.task_type not in _VIDEO_TASKS or (task.owner_key_id not in (None, owner)):
+        if task is None or task.task_type not in MODES or (task.owner_key_id not in (None, owner)):
             raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Video '{video_id}' does not exist.", param="video_id")
         return task
 
@@ -165,7 +199,8 @@ class OpenAIVideos:
         return path, output.media_type
 
     async def _video(self, task: Task) -> Video:
-        fps = self.tasks.video_engine(task.model, _mode(task)).fps
+        engine = self.videos.engine(task.model, MODES[task.task_type])
+        fps = engine.fps
         prompt: str | None = None
         if task.task_type is TaskType.TXT_TO_VIDEO:
             text = msgspec.json.decode(task.request, type=Txt2VideoBody)
@@ -178,7 +213,7 @@ class OpenAIVideos:
             if image.enable_frame_interpolation:  # a blended frame between each pair, twice the rate
                 frames, fps = 2 * frames - 1, 2 * fps
             if image.image_file_resize_mode == "CROP_TO_ASPECT_RATIO":
-                size = self.tasks.video_engine(task.model, "image-to-video").native_size
+                size = engine.native_size
             else:
                 size = await asyncio.to_thread(_image_size, image.image_file)
         percent = self.progress.get(task.task_id, (0, 0))[0]
@@ -200,7 +235,3 @@ class OpenAIVideos:
             if task.status is TaskStatus.FAILED
             else None,
         )
-
-
-def _mode(task: Task) -> VideoMode:
-    return "text-to-video" if task.task_type is TaskType.TXT_TO_VIDEO else "image-to-video"

@@ -1,0 +1,1 @@
+"""Speech to text: OpenAI's /audio/transcriptions and /audio/translations on faster-whisper."""
