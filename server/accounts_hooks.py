@@ -58,13 +58,3 @@ def caller_dependency(accounts: Accounts) -> Callable[[Request], Caller]:
         return Caller(key_id, accounts.meter(key_id, state.get("api_account")))
 
     return caller
-
-
-def caller_meter(connection: ASGIConnection) -> Meter:
-    """Transitional, for handlers not yet taking a `Caller`."""
-    state = connection.scope.get("state", {})
-    key_id: str | None = state.get("api_key_id")
-    if key_id is None:
-        return UNMETERED
-    meter: Meter = connection.app.state.omniserve.accounts.meter(key_id, state.get("api_account"))
-    return meter

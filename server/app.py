@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Response, Router, get
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
@@ -127,9 +126,6 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "embeddings": text.embeddings,
         "rerank": text.rerank,
         "tokenize": text.tokenize,
-        # Transitional: controllers that still take the whole composition root.
-        "services": components,
-        "app_state": components,
     }
     dependencies = {
         name: Provide(_constant(value), sync_to_thread=False, use_cache=True) for name, value in services.items()
@@ -211,8 +207,6 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         lifespan=[engines_lifespan],
         request_max_body_size=components.settings.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="omniserve", version=VERSION, path="/schema"),
-        state=State({"omniserve": components}),
-        signature_types=[Components],
         debug=False,
         logging_config=None,
         **tracing.app_options(tracer_provider),

@@ -137,11 +137,6 @@ class Components:
         )
         self.webhook_bodies.vendor_bodies.append(self.sdapi.webhook_body)
 
-    # Transitional names, until every controller takes its services by name.
-    @property
-    def services(self) -> Components:
-        return self
-
     async def start(self) -> None:
         await self.task_runner.start()
         # After the runner's recovery: reservations of tasks it failed are refunded.

@@ -141,29 +141,15 @@ _PROBLEM_CODES = {
     JobProblem.AUDIO_FILE: ErrorCode.INVALID_AUDIO_FILE,
 }
 
-# The engine-side fields whose wire name differs from their own, as clients have always seen
-# them; used only until adapters pass their own names (``names``).
-_DEFAULT_WIRE_NAMES = {
-    "sampler": "sampler_name",  # ImageGeneration.sampler
-    "refiner_switch_at": "refiner",  # ImageGeneration.refiner_switch_at
-    "scale": "scale_factor",  # UpscaleJob.scale
-    "audio": "file",  # TranscriptionJob.audio: the uploaded file
-}
-
-
-def _default_wire_name(field: str) -> str:
-    return _DEFAULT_WIRE_NAMES.get(field, field)
-
 
 def engine_api_error(exc: EngineError, names: Callable[[str], str] | None = None) -> ApiError:
     """The one mapping from an engine's domain error onto the API vocabulary.
 
     ``names`` turns an engine-side field (a job struct's field name) into the calling API's
-    wire name for it; without it, the field is the param, but for the few in
-    ``_DEFAULT_WIRE_NAMES``.
+    wire name for it (each adapter's `WireNames`); without it, the field is the param.
     """
     field = exc.field
-    param = None if field is None else (names or _default_wire_name)(field)
+    param = field if field is None or names is None else names(field)
     retry_after: float | None = None
     if isinstance(exc, ModelNotFound):
         code = ErrorCode.MODEL_NOT_FOUND

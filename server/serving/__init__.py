@@ -1,1 +1,0 @@
-"""Request handling behind the routes: plain classes a unit test drives without HTTP."""

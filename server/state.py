@@ -1,5 +1,0 @@
-"""Transitional: the composition root's old name, for handlers not yet given their services."""
-
-from server.composition import Components as AppState
-
-__all__ = ["AppState"]
