@@ -74,7 +74,7 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 
 class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # Concurrent /v3 tasks; image engines also serialise on their device lock. Each waiting image
+    # Concurrent /v3 tasks; image engines also take turns on their device. Each waiting image
     # task holds a worker, so this also bounds how many tasks one image batch can collect.
     workers: int = 8
     # Compatible txt2img tasks (same model, size, steps, sampler, guidance, adapters) arriving
