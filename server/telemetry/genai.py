@@ -1,12 +1,12 @@
 """One engine call, recorded per the OpenTelemetry GenAI conventions: a span named
 "{gen_ai.operation.name} {gen_ai.request.model}" and the gen_ai.server.* metrics.
 
-Serving code wraps its lease in it, on the same line, so queue wait and model load nest
-under the call's span and count in its duration::
+`engine_call` (server/capabilities/calls.py) opens one around the lease, so queue wait and
+model load nest under the call's span and count in its duration::
 
-    async with inference("embeddings", request.model) as call, self.scheduler.lease(request.model):
+    async with engine_call(scheduler, model, EmbeddingEngine, "embeddings") as (engine, record):
         result = await engine.embed(inputs, request_id)
-        call.usage(input_tokens=result.prompt_tokens)
+        record.usage(input_tokens=result.prompt_tokens)
 
 Metrics are recorded whether or not tracing is on; span attributes only when the span
 records, so a server without tracing pays for neither.
