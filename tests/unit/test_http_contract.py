@@ -218,3 +218,24 @@ async def test_a_request_naming_a_model_of_another_kind_loads_nothing(client: As
         assert (error["code"], error["param"]) == ("INVALID_REQUEST_BODY", "model"), path
         assert f"The model '{body['model']}' is a" in error["message"], path
     assert {state.value for state in state.scheduler.residency().values()} == {"unloaded"}
+
+
+async def test_every_route_declares_its_operation_id(client: AsyncTestClient) -> None:
+    from litestar.routes import HTTPRoute
+
+    app = client.app
+    undeclared = [
+        (route.path, handler.handler_name)
+        for route in app.routes
+        if isinstance(route, HTTPRoute) and not route.path.startswith("/schema")  # the document's own routes
+        for handler in route.route_handlers
+        if handler.include_in_schema and handler.operation_id is None
+    ]
+    assert undeclared == []
+    ids = [
+        operation["operationId"]
+        for item in (await client.get("/schema/openapi.json")).json()["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    ]
+    assert len(ids) == len(set(ids)) >= 50
