@@ -1,8 +1,7 @@
 """One cancellation mechanism for every route: a request whose client goes away is cancelled.
 
-`CancelOnDisconnect` runs each HTTP request's handling as a task. Once the request body has
-been read, it watches the connection; when the client disconnects before the response is
-complete, it cancels that task. Cancellation travels down to the engine call: a lease is
+Once a request's body has been read, `CancelOnDisconnect` watches the connection; when the
+client disconnects before the response is complete, it cancels the request's task. Cancellation travels down to the engine call: a lease is
 released, vLLM aborts the request, a diffusers or Whisper worker thread stops at its next
 step, a charge keeps only what was produced. Routes need nothing of their own (vLLM marks
 each handler with ``with_cancellation``; here no handler can forget it).
@@ -11,7 +10,6 @@ each handler with ``with_cancellation``; here no handler can forget it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
@@ -27,19 +25,19 @@ class CancelOnDisconnect:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # The request's own task is the one cancelled: no task of its own for the app, so a
+        # request costs no extra scheduling hop before its handler runs.
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - an ASGI server always runs a request in a task
+            raise RuntimeError("a request outside a task")
         watch = _RequestWatch(receive)
-        work = asyncio.ensure_future(self.app(scope, watch.receive, watch.wrap_send(send)))
-        watch.on_disconnect = work.cancel
+        watch.on_disconnect = task.cancel
         try:
-            await asyncio.shield(work)
+            await self.app(scope, watch.receive, watch.wrap_send(send))
         except asyncio.CancelledError:
-            if work.done() and watch.disconnected:
+            if watch.cancelled_request and task.uncancel() == 0:
                 return  # the client left and its work was cancelled: nobody to answer
-            # The server itself is stopping this request: stop the work too.
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            raise
+            raise  # the server itself is stopping this request
         finally:
             watch.close()
 
@@ -57,7 +55,9 @@ class _RequestWatch:
         self._body_done = False
         self._response_done = False
         self._watcher: asyncio.Task[ReceiveMessage] | None = None
+        self._closed = False
         self.disconnected = False
+        self.cancelled_request = False
         self.on_disconnect: Callable[[], object] | None = None
 
     async def receive(self) -> ReceiveMessage:
@@ -82,7 +82,8 @@ class _RequestWatch:
             if message["type"] == "http.disconnect":
                 break
         self.disconnected = True
-        if not self._response_done and self.on_disconnect is not None:
+        if not self._response_done and not self._closed and self.on_disconnect is not None:
+            self.cancelled_request = True
             self.on_disconnect()
         return message
 
@@ -95,5 +96,6 @@ class _RequestWatch:
         return tracked_send
 
     def close(self) -> None:
+        self._closed = True
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()

@@ -64,8 +64,8 @@ async def test_a_finished_answer_is_not_cancelled_and_the_watcher_stops() -> Non
     await asyncio.wait_for(CancelOnDisconnect(app)(HTTP_SCOPE, connection.receive, connection.send), 5)
     assert [message["type"] for message in connection.sent] == ["http.response.start", "http.response.body"]
     await asyncio.sleep(0.01)
-    # The watcher waited on the connection once and was then stopped with the request.
-    assert connection.receives == 2
+    # The watcher (if it got as far as waiting on the connection) was stopped with the request.
+    assert connection.receives <= 2
     assert not [task for task in asyncio.all_tasks() if "_RequestWatch._watch" in repr(task.get_coro())]
 
 
