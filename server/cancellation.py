@@ -1,10 +1,11 @@
 """One cancellation mechanism for every route: a request whose client goes away is cancelled.
 
 Once a request's body has been read, `CancelOnDisconnect` watches the connection; when the
-client disconnects before the response is complete, it cancels the request's task. Cancellation travels down to the engine call: a lease is
-released, vLLM aborts the request, a diffusers or Whisper worker thread stops at its next
-step, a charge keeps only what was produced. Routes need nothing of their own (vLLM marks
-each handler with ``with_cancellation``; here no handler can forget it).
+client disconnects before the response is complete, it cancels the request's task.
+Cancellation travels down to the engine call: a lease is released, vLLM aborts the request,
+a diffusers or Whisper worker thread stops at its next step, a charge keeps only what was
+produced. Routes need nothing of their own (vLLM marks each handler with
+``with_cancellation``; here no handler can forget it).
 """
 
 from __future__ import annotations
