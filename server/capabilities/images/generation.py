@@ -26,6 +26,7 @@ from engines.image.hires import HIRES_UPSCALERS
 from engines.image.samplers import SAMPLERS
 from engines.scheduler import Scheduler
 from schemas.errors import ErrorCode
+from server.capabilities.addons import check_addons
 from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, engine_call, engine_record
 from server.capabilities.images.batching import ImageBatcher
 from server.capabilities.images.encoding import ImageOutputs, store_task_images
@@ -69,12 +70,7 @@ class ImageGenerator:
         options = engine.spec.options
         if job.vae and job.vae not in options.get("vaes", {}):
             raise names.invalid("vae", f"Unknown VAE '{job.vae}' for model {engine.spec.name}.")
-        for lora in job.loras:
-            if lora.name not in options.get("loras", {}):
-                raise names.invalid("loras", f"Unknown LoRA '{lora.name}'.")
-        for embedding in job.embeddings:
-            if embedding not in options.get("embeddings", {}):
-                raise names.invalid("embeddings", f"Unknown embedding '{embedding}'.")
+        check_addons(engine.spec, job.loras, job.embeddings, names)
         if job.sampler and job.sampler not in SAMPLERS:
             raise names.invalid("sampler", f"Unknown sampler '{job.sampler}'.")
         if job.refiner_switch_at is not None and "refiner" not in options:

@@ -19,6 +19,7 @@ from engines.scheduler import Scheduler
 from engines.video.encoding import VideoType, encode_video, interpolate_frames
 from schemas.errors import ErrorCode
 from schemas.limits import MAX_TXT2VIDEO_FRAMES, MAX_VIDEO_SIDE, MIN_VIDEO_SIDE, SIDE_MULTIPLE
+from server.capabilities.addons import check_addons
 from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, engine_call
 from server.capabilities.images.inputs import open_input_image
 from server.storage.local import LocalStorage
@@ -64,13 +65,7 @@ class VideoGenerator:
         if total > MAX_TXT2VIDEO_FRAMES:
             message = f"The prompt segments hold {total} frames; at most {MAX_TXT2VIDEO_FRAMES} in all."
             raise names.invalid("prompts", message)
-        options = engine.spec.options
-        for lora in job.loras:
-            if lora.name not in options.get("loras", {}):
-                raise names.invalid("loras", f"Unknown LoRA '{lora.name}'.")
-        for embedding in job.embeddings:
-            if embedding not in options.get("embeddings", {}):
-                raise names.invalid("embeddings", f"Unknown embedding '{embedding}'.")
+        check_addons(engine.spec, job.loras, job.embeddings, names)
 
     @staticmethod
     def check_resize_mode(resize_mode: str, names: WireNames = SAME_NAMES) -> None:
