@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import msgspec
 from litestar import Controller, Request, post
 from litestar.datastructures import FormMultiDict, UploadFile
 from litestar.enums import RequestEncodingType
@@ -18,17 +17,13 @@ from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES
 from server.errors import bad_request
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openapi import operation_id
+from server.routes.responses import json_response
 from server.validation import OpenAIBody, ParsedForm, convert, parse_into_data
 
 # An edit uploads an image and a mask; the form fields beside them are small.
 EDIT_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES + 1024 * 1024
 _FILE_FIELDS = ("image", "image[]", "mask")
-_encoder = msgspec.json.Encoder()
 _RESPONSES = {200: ResponseSpec(data_container=ImagesResponse, description="Success")}
-
-
-def _json(response: ImagesResponse) -> ASGIResponse:
-    return ASGIResponse(body=_encoder.encode(response), media_type="application/json")
 
 
 async def _file(form: FormMultiDict, names: tuple[str, ...], param: str) -> bytes | None:
@@ -78,7 +73,7 @@ class ImagesController(Controller):
     async def generations(
         self, request: Request, data: ImageGenerationRequest, images: OpenAIImages, caller: Caller
     ) -> ASGIResponse:
-        return _json(await images.generate(data, str(request.base_url), caller.meter))
+        return json_response(await images.generate(data, str(request.base_url), caller.meter))
 
     @post(
         "/edits",
@@ -99,4 +94,4 @@ class ImagesController(Controller):
         images: OpenAIImages,
         caller: Caller,
     ) -> ASGIResponse:
-        return _json(await images.edit(data, str(request.base_url), caller.meter))
+        return json_response(await images.edit(data, str(request.base_url), caller.meter))

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgspec
 from litestar import Controller, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
 
 from schemas.openai.chat import ChatCompletion, ChatCompletionRequest
 from schemas.openai.completions import Completion, CompletionRequest
@@ -22,19 +19,7 @@ from server.capabilities.text.embeddings import EmbeddingService
 from server.capabilities.text.rerank import RerankService
 from server.capabilities.text.tokenize import TokenizeService
 from server.routes.openapi import operation_id
-from server.sse import SSE_HEADERS
-
-_encoder = msgspec.json.Encoder()
-
-
-def event_stream(events: AsyncIterator[bytes]) -> ASGIResponse:
-    return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def json_response(body: msgspec.Struct) -> ASGIResponse:
-    # Handlers answer with ASGI responses so that one route can send JSON or SSE;
-    # the body schemas are declared to OpenAPI through ``responses``.
-    return ASGIResponse(body=_encoder.encode(body), media_type="application/json")
+from server.routes.responses import event_stream, json_response
 
 
 def _documented(model: type[msgspec.Struct], *, streams: bool = False) -> dict[int, ResponseSpec]:

@@ -11,7 +11,6 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 from litestar.response.base import ASGIResponse
-from litestar.response.streaming import ASGIStreamingResponse
 
 from engines.base import TranscriptionTask
 from schemas.errors import ApiError, ErrorCode
@@ -21,8 +20,8 @@ from server.capabilities.transcription.rendering import RenderedTranscript
 from server.capabilities.transcription.transcriber import Transcriber
 from server.errors import bad_request
 from server.routes.openapi import operation_id
+from server.routes.responses import event_stream
 from server.settings import AudioSettings
-from server.sse import SSE_HEADERS
 from server.validation import ParsedForm, convert, parse_into_data
 
 RequestT = TypeVar("RequestT", TranscriptionRequest, TranslationRequest)
@@ -113,7 +112,7 @@ class TranscriptionsController(Controller):
     ) -> ASGIResponse:
         if data.stream:
             events = await transcriber.stream(data, caller.meter)
-            return ASGIStreamingResponse(iterator=events, media_type="text/event-stream", headers=SSE_HEADERS)
+            return event_stream(events)
         return _answer(await transcriber.create(data, TranscriptionTask.TRANSCRIBE, caller.meter))
 
     @post(
