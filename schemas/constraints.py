@@ -59,16 +59,18 @@ def refusal(
 
 
 # The constrained types several schemas share.
-ImageSide = Annotated[
-    int,
-    msgspec.Meta(
-        ge=MIN_IMAGE_SIDE,
-        le=MAX_IMAGE_SIDE,
+def pixel_side(low: int, high: int) -> msgspec.Meta:
+    """A picture's side in pixels, a multiple of SIDE_MULTIPLE in [low, high]; refused as INVALID_IMAGE_SIZE."""
+    return msgspec.Meta(
+        ge=low,
+        le=high,
         multiple_of=SIDE_MULTIPLE,
         extra=refusal(ErrorCode.INVALID_IMAGE_SIZE),
         description=f"Pixels, a multiple of {SIDE_MULTIPLE}.",
-    ),
-]
+    )
+
+
+ImageSide = Annotated[int, pixel_side(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)]
 Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)]
 NotBlank = Annotated[str, msgspec.Meta(pattern=NOT_BLANK)]
 Steps = Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)]

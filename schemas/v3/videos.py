@@ -7,8 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import ClipSkip, GuidanceScale, Prompt, Seed, UnitInterval, refusal
-from schemas.errors import ErrorCode
+from schemas.constraints import ClipSkip, GuidanceScale, Prompt, Seed, UnitInterval, pixel_side, refusal
 from schemas.limits import (
     MAX_IMG2VIDEO_FRAMES,
     MAX_MOTION_BUCKET_ID,
@@ -18,22 +17,12 @@ from schemas.limits import (
     MAX_VIDEO_STEPS,
     MIN_MOTION_BUCKET_ID,
     MIN_VIDEO_SIDE,
-    SIDE_MULTIPLE,
 )
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import EmbeddingRef, LoraRef
 
 VideoType = Literal["mp4", "gif", "webm"]
-VideoSide = Annotated[
-    int,
-    msgspec.Meta(
-        ge=MIN_VIDEO_SIDE,
-        le=MAX_VIDEO_SIDE,
-        multiple_of=SIDE_MULTIPLE,
-        extra=refusal(ErrorCode.INVALID_IMAGE_SIZE),
-        description=f"Pixels, a multiple of {SIDE_MULTIPLE}.",
-    ),
-]
+VideoSide = Annotated[int, pixel_side(MIN_VIDEO_SIDE, MAX_VIDEO_SIDE)]
 VideoSteps = Annotated[int, msgspec.Meta(ge=1, le=MAX_VIDEO_STEPS)]
 
 
