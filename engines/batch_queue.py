@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
+from engines.workpools import WorkPool, run_in
+
 J = TypeVar("J")
 R = TypeVar("R")
 
@@ -125,7 +127,7 @@ class BatchQueue(Generic[J, R]):
     async def _run_batch(self, batch: list[_Entry[J, R]]) -> None:
         self._in_flight = batch
         try:
-            outcomes = await asyncio.to_thread(self._run, [entry.job for entry in batch])
+            outcomes = await run_in(WorkPool.ENGINE, self._run, [entry.job for entry in batch])
         except Exception as error:
             outcomes = [error] * len(batch)
         if len(outcomes) != len(batch):

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from engines.workpools import WorkPool, run_in
+
 T = TypeVar("T")
 
 
@@ -19,7 +21,7 @@ async def run_cancellable(work: Callable[[threading.Event], T]) -> T:
     device-serial engine (the only guard of its device and of the engine's own state), must
     not end while the thread still computes, or the next job would run beside it."""
     cancelled = threading.Event()
-    running = asyncio.ensure_future(asyncio.to_thread(work, cancelled))
+    running = asyncio.ensure_future(run_in(WorkPool.ENGINE, work, cancelled))
     try:
         return await asyncio.shield(running)
     except asyncio.CancelledError:

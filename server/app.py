@@ -13,6 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
 
+from engines import workpools
 from engines.admission import AdmissionPolicy
 from engines.base import ModelSpec
 from engines.devices import discover_devices
@@ -26,6 +27,7 @@ from engines.registry import (
     vllm_factory,
 )
 from engines.scheduler import Scheduler
+from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard
 from server.cancellation import CancelOnDisconnect
@@ -72,6 +74,14 @@ def default_factories(settings: Settings) -> dict[str, EngineFactory]:
 def build_components(
     settings: Settings, specs: list[ModelSpec], factories: dict[str, EngineFactory] | None = None
 ) -> Components:
+    workpools.configure(
+        {
+            WorkPool.ENGINE: settings.threads.engine,
+            WorkPool.MEDIA: settings.threads.media,
+            WorkPool.NETWORK: settings.threads.network,
+            WorkPool.STORAGE: settings.threads.storage,
+        }
+    )
     registry = ModelRegistry(specs, factories or default_factories(settings))
     policy = AdmissionPolicy(
         max_queue_depth=settings.limits.max_queue_depth,

@@ -12,11 +12,11 @@ that window, and deployments that need more put webhooks behind an egress proxy.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 
 _SCHEMES = frozenset({"http", "https"})
@@ -84,4 +84,4 @@ def check_public_url(url: str, *, allow_private: bool, param: str = "webhook.url
 
 async def check_public_url_async(url: str, *, allow_private: bool, param: str = "webhook.url") -> None:
     """``check_public_url`` with DNS in a worker thread, so the event loop never waits on it."""
-    await asyncio.to_thread(check_public_url, url, allow_private=allow_private, param=param)
+    await run_in(WorkPool.NETWORK, check_public_url, url, allow_private=allow_private, param=param)

@@ -33,6 +33,21 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_batch_inputs: int = 2048
 
 
+class ThreadSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Threads for each class of blocking work, each its own pool (engines/workpools.py), so
+    a slow class (an S3 endpoint, a burst of decodes) cannot take the threads of another."""
+
+    engine: int = 32
+    media: int = 4
+    network: int = 8
+    storage: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("engine", "media", "network", "storage"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"threads.{name} must be at least 1")
+
+
 class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Serve without keys on a non-loopback address only when this is set on purpose.
     allow_open: bool = False
@@ -209,6 +224,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
+    threads: ThreadSettings = msgspec.field(default_factory=ThreadSettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)

@@ -59,6 +59,7 @@ from engines.base import (
 )
 from engines.batch_queue import BatchQueue
 from engines.threads import run_cancellable
+from engines.workpools import WorkPool, executor, run_in
 
 log = logging.getLogger("omniserve.engines.whisper")
 
@@ -153,7 +154,7 @@ class WhisperEngine:
 
     async def load(self) -> None:
         if self._model is None:
-            self._model, self._batched = await asyncio.to_thread(self._load_model)
+            self._model, self._batched = await run_in(WorkPool.ENGINE, self._load_model)
 
     def _load_model(self) -> tuple[Any, Any]:
         import numpy as np
@@ -226,7 +227,7 @@ class WhisperEngine:
             return None
         samples = job.audio
         if isinstance(samples, bytes | bytearray):
-            samples = await asyncio.to_thread(_decode_audio, samples)
+            samples = await run_in(WorkPool.MEDIA, _decode_audio, samples)
             job = msgspec.structs.replace(job, audio=samples)
         # Audio over the long-audio threshold, where that is set below one window, keeps its pipeline.
         longest = min(WINDOW_S, float(self.spec.options.get("batched_min_duration_s", WINDOW_S)))
@@ -285,7 +286,7 @@ class WhisperEngine:
 
         async with self._queue:
             # A plain executor future: the thread reports through the queue and never raises.
-            loop.run_in_executor(None, work)
+            loop.run_in_executor(executor(WorkPool.ENGINE), work)
             try:
                 while (item := await queue.get()) is not _END:
                     if isinstance(item, BaseException):

@@ -11,7 +11,6 @@ compel they go to diffusers as they are, and a prompt over the window is refused
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import json
@@ -31,6 +30,7 @@ from engines.image.devices import parameter_bytes, pipeline_bytes, release_memor
 from engines.image.hires import HIRES_UPSCALERS, LATENT_UPSCALER, upscale_images, upscale_latents
 from engines.image.samplers import SAMPLERS, make_scheduler
 from engines.threads import run_cancellable
+from engines.workpools import WorkPool, run_in
 
 log = logging.getLogger("omniserve.engines.diffusers")
 
@@ -222,7 +222,7 @@ class DiffusersImageEngine:
 
     async def load(self) -> None:
         if self._pipe is None:
-            self._pipe = await asyncio.to_thread(self._load_pipeline)
+            self._pipe = await run_in(WorkPool.ENGINE, self._load_pipeline)
             self._scheduler_class, self._scheduler_config = type(self._pipe.scheduler), self._pipe.scheduler.config
 
     def _load_pipeline(self) -> Any:

@@ -24,7 +24,6 @@ other down.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
@@ -35,6 +34,7 @@ from engines.base import ModelSpec
 from engines.image.devices import parameter_bytes, release_memory
 from engines.registry import CatalogError
 from engines.threads import run_cancellable
+from engines.workpools import WorkPool, run_in
 
 log = logging.getLogger("omniserve.engines.safety")
 
@@ -84,7 +84,7 @@ class SafetyClassifierEngine:
 
     async def load(self) -> None:
         if self._model is None:
-            self._model, self._processor = await asyncio.to_thread(self._load)
+            self._model, self._processor = await run_in(WorkPool.ENGINE, self._load)
 
     def _load(self) -> tuple[Any, Any]:
         import torch

@@ -19,7 +19,6 @@ the result is deterministic. A job holds its device turn for all its tiles.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import logging
@@ -31,6 +30,7 @@ from engines.base import ModelSpec, ProgressCallback, UpscaleJob, upscaled_size
 from engines.errors import InvalidJob, JobProblem
 from engines.image.devices import pipeline_bytes, release_memory
 from engines.threads import run_cancellable
+from engines.workpools import WorkPool, run_in
 
 log = logging.getLogger("omniserve.engines.upscaler")
 
@@ -114,7 +114,7 @@ class UpscalerEngine:
 
     async def load(self) -> None:
         if self._pipe is None:
-            self._pipe = await asyncio.to_thread(self._load_pipeline)
+            self._pipe = await run_in(WorkPool.ENGINE, self._load_pipeline)
 
     def _load_pipeline(self) -> Any:
         import torch

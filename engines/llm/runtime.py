@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 from engines.base import EngineInfo, ModelSpec
 from engines.llm.sizing import cache_options
+from engines.workpools import WorkPool, run_in
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -91,7 +91,7 @@ class VllmEngineBase:
         # small CPU machine), so it runs on a worker thread and the event loop keeps
         # answering /health. The AsyncLLM binds to the loop at its first request, which
         # happens on the serving loop.
-        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        llm = await run_in(WorkPool.ENGINE, AsyncLLM.from_engine_args, args)
         self._llm = llm
         self._sleep_enabled = bool(options.get("enable_sleep_mode"))
         self._info = EngineInfo(max_model_len=llm.model_config.max_model_len)

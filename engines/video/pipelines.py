@@ -12,7 +12,6 @@ Like the image engines, a job runs on a worker thread under the device's lock.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import io
@@ -29,6 +28,7 @@ from engines.errors import InvalidJob
 from engines.image.adapters import activate_loras, add_embeddings
 from engines.image.devices import pipeline_bytes, release_memory
 from engines.threads import run_cancellable
+from engines.workpools import WorkPool, run_in
 
 log = logging.getLogger("omniserve.engines.video")
 
@@ -122,7 +122,7 @@ class DiffusersVideoEngine:
 
     async def load(self) -> None:
         if self._pipe is None:
-            self._pipe = await asyncio.to_thread(self._load_pipeline)
+            self._pipe = await run_in(WorkPool.ENGINE, self._load_pipeline)
             self._scheduler_config = self._pipe.scheduler.config
             self._call_parameters = set(inspect.signature(self._pipe.__call__).parameters)
 

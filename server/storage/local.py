@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engines.workpools import WorkPool, run_in
+
 log = logging.getLogger("omniserve")
 
 SECRET_BYTES = 32
@@ -122,7 +124,7 @@ class LocalStorage:
 async def clean_outputs_periodically(storage: LocalStorage, max_age_s: float, interval_s: float = 600.0) -> None:
     """Delete task outputs past their age, now and then, until cancelled."""
     while True:
-        removed = await asyncio.to_thread(storage.cleanup_expired, max_age_s)
+        removed = await run_in(WorkPool.STORAGE, storage.cleanup_expired, max_age_s)
         if removed:
             log.info("removed %d expired task output folders", removed)
         await asyncio.sleep(interval_s)

@@ -13,7 +13,6 @@ local copy stays the source of truth until the output cleanup removes it.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import AwsS3Storage, CustomStorage
 from server.settings import S3Settings
@@ -230,7 +230,7 @@ class S3Uploader:
         if custom_storage.aws_s3 is None:
             return
         check_aws_s3(custom_storage.aws_s3)
-        if not await asyncio.to_thread(self.has_credentials):
+        if not await run_in(WorkPool.STORAGE, self.has_credentials):
             raise ApiError(
                 ErrorCode.INVALID_REQUEST_BODY,
                 "custom_storage.aws_s3 is not available: this server has no S3 credentials configured.",
@@ -248,7 +248,7 @@ class S3Uploader:
         # Checked again here, so a submit path that skipped `check` never hands boto3 a bad name.
         check_aws_s3(spec)
         try:
-            return await asyncio.to_thread(self._upload_all, spec, task.task_id, outputs)
+            return await run_in(WorkPool.STORAGE, self._upload_all, spec, task.task_id, outputs)
         except UploadFailed as failure:
             raise ApiError(
                 ErrorCode.TASK_FAILED, f"Uploading the outputs to S3 bucket '{spec.bucket}' failed: {failure}."

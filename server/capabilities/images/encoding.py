@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import uuid
 from collections.abc import Callable
@@ -10,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from engines.workpools import WorkPool, run_in
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile
 
@@ -36,9 +36,9 @@ async def store_images(
     folder = uuid.uuid4().hex  # a fresh folder per request, a valid key segment
     urls = []
     for index, image in enumerate(images):
-        data = await asyncio.to_thread(encode, image)
+        data = await run_in(WorkPool.MEDIA, encode, image)
         key = f"{folder}/{index}.{extension}"
-        await asyncio.to_thread(storage.put, key, data)
+        await run_in(WorkPool.STORAGE, storage.put, key, data)
         urls.append(base_url.rstrip("/") + storage.signed_path(key, ttl_s))
     return urls
 
@@ -62,8 +62,8 @@ async def store_task_images(
     """Each image of a task stored as ``<task_id>/<index>.<image_type>`` with its NSFW result."""
     outputs = []
     for index, (image, detection) in enumerate(zip(images, nsfw, strict=True)):
-        data = await asyncio.to_thread(encode_image, image, image_type)
+        data = await run_in(WorkPool.MEDIA, encode_image, image, image_type)
         key = f"{task_id}/{index}.{image_type}"
-        await asyncio.to_thread(storage.put, key, data)
+        await run_in(WorkPool.STORAGE, storage.put, key, data)
         outputs.append(OutputFile(kind="image", key=key, media_type=image_type, nsfw=detection))
     return outputs

@@ -23,6 +23,7 @@ import msgspec
 from engines.admission import Priority
 from engines.base import ProgressCallback, SpeechAudio, SpeechEngine, SpeechJob
 from engines.scheduler import Scheduler
+from engines.workpools import WorkPool, run_in
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import SAME_NAMES, WireNames, engine_call, resident_engine
 from server.capabilities.speech.audio import MEDIA_TYPES, AudioEncoder, encode_audio
@@ -124,10 +125,10 @@ class SpeechSynthesis:
                         charge.add(seconds)
                         # Encoding takes milliseconds per second of audio: off the event loop, and
                         # while the engine speaks the next sentence.
-                        data = await asyncio.to_thread(encoder.write, audio.samples, audio.sample_rate)
+                        data = await run_in(WorkPool.MEDIA, encoder.write, audio.samples, audio.sample_rate)
                         if data:
                             yield data
-        yield await asyncio.to_thread(encoder.close)
+        yield await run_in(WorkPool.MEDIA, encoder.close)
 
     # -- /v3 tasks: a file per text ------------------------------------------------------------
 
@@ -155,8 +156,8 @@ class SpeechSynthesis:
                 produced = len(result.samples) / result.sample_rate
                 record.produced(audio_seconds=produced)
                 seconds += produced
-                data = await asyncio.to_thread(
-                    encode_audio, result.samples, result.sample_rate, audio_format, gain=order.volume
+                data = await run_in(
+                    WorkPool.MEDIA, encode_audio, result.samples, result.sample_rate, audio_format, gain=order.volume
                 )
                 files.append(data)
                 spoken += len(job.text)
@@ -164,7 +165,7 @@ class SpeechSynthesis:
         outputs = []
         for index, data in enumerate(files):
             key = f"{task_id}/{index}.{audio_format}"
-            await asyncio.to_thread(self.storage.put, key, data)
+            await run_in(WorkPool.STORAGE, self.storage.put, key, data)
             outputs.append(OutputFile(kind="audio", key=key, media_type=audio_format))
         return TaskOutcome(outputs=outputs, audio_seconds=seconds)
 

@@ -9,7 +9,6 @@ never queues.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,6 +17,7 @@ from engines.audio.languages import language_code
 from engines.base import TranscriptionEngine, TranscriptionJob, TranscriptionTask
 from engines.errors import EngineError, EngineFailure
 from engines.scheduler import Scheduler
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.transcriptions import (
     TranscriptionRequest,
@@ -123,7 +123,9 @@ class Transcriber:
         if task is TranscriptionTask.TRANSLATE and len(languages) == 1:
             raise bad_request(f"The model '{request.model}' is English-only and cannot translate.", "model")
         try:
-            samples = await asyncio.to_thread(decode_upload, request.file, max_duration_s=self.audio.max_duration_s)
+            samples = await run_in(
+                WorkPool.MEDIA, decode_upload, request.file, max_duration_s=self.audio.max_duration_s
+            )
         except EngineError as exc:
             raise engine_api_error(exc, OPENAI_NAMES) from None
         return TranscriptionJob(

@@ -10,13 +10,13 @@ fields back through their `WireNames` when something is refused.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from engines.admission import Priority
 from engines.base import ModelKind, ProgressCallback, VideoEngine, VideoGeneration, VideoMode
 from engines.scheduler import Scheduler
 from engines.video.encoding import VideoType, encode_video, interpolate_frames
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ErrorCode
 from schemas.limits import MAX_TXT2VIDEO_FRAMES, MAX_VIDEO_SIDE, MIN_VIDEO_SIDE, SIDE_MULTIPLE
 from server.capabilities.addons import check_addons
@@ -127,11 +127,11 @@ class VideoGenerator:
             record.produced(video_frames=len(result.frames))
         frames = result.frames
         if interpolate:
-            frames = await asyncio.to_thread(interpolate_frames, frames)
+            frames = await run_in(WorkPool.MEDIA, interpolate_frames, frames)
             fps *= 2  # twice the frames in the same time
-        data = await asyncio.to_thread(encode_video, frames, fps, video_type)
+        data = await run_in(WorkPool.MEDIA, encode_video, frames, fps, video_type)
         key = f"{task_id}/0.{video_type}"
-        await asyncio.to_thread(self.storage.put, key, data)
+        await run_in(WorkPool.STORAGE, self.storage.put, key, data)
         return TaskOutcome(outputs=[OutputFile(kind="video", key=key, media_type=video_type)], seed=result.seed)
 
 

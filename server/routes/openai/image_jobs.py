@@ -3,13 +3,13 @@ answered with every image at once (the /v3 API queues tasks instead)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import secrets
 from typing import Any
 
 from engines.base import ImageGeneration
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.limits import MAX_IMAGE_NUM, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
 from schemas.openai.images import (
@@ -140,7 +140,7 @@ class OpenAIImages:
     async def edit(self, request: ImageEditRequest, base_url: str, meter: Meter = UNMETERED) -> ImagesResponse:
         engine = self.images.engine(request.model, OPENAI_IMAGE_NAMES)
         self._check(request)
-        size, mask = await asyncio.to_thread(_edit_inputs, request)
+        size, mask = await run_in(WorkPool.MEDIA, _edit_inputs, request)
         job = self._job(request, size, init_image=request.image, mask_image=mask, strength=request.strength)
         self.images.check_denoising(job, OPENAI_IMAGE_NAMES)
         self.images.check(engine, job, OPENAI_IMAGE_NAMES)
@@ -160,7 +160,7 @@ class OpenAIImages:
     async def _encode(self, request: ImageRequestFields, images: list[Any], base_url: str) -> list[ImageData]:
         output_format = request.output_format
         if request.response_format == "b64_json" or self.storage is None:
-            encoded = await asyncio.to_thread(lambda: [encode_image(image, output_format) for image in images])
+            encoded = await run_in(WorkPool.MEDIA, lambda: [encode_image(image, output_format) for image in images])
             return [ImageData(b64_json=base64.b64encode(item).decode("ascii")) for item in encoded]
         urls = await store_images(
             self.storage,

@@ -4,7 +4,6 @@ stands for, and a video's id is its task id, so either API can follow the job.""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import math
@@ -14,6 +13,7 @@ from typing import TypeVar
 import msgspec
 
 from engines.base import VideoEngine, VideoMode
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.videos import Video, VideoCreateRequest, VideoError, VideoStatus
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoPromptSegment
@@ -159,7 +159,7 @@ class OpenAIVideos:
         if request.size:
             # As with OpenAI, the reference image is the first frame: it must have the video's size.
             wanted = _parse_size(request.size)
-            actual = await asyncio.to_thread(_image_size, image_file)
+            actual = await run_in(WorkPool.MEDIA, _image_size, image_file)
             if actual != wanted:
                 message = f"input_reference is {actual[0]}x{actual[1]} (in multiples of 8); size asks {request.size}."
                 raise bad_request(message, "input_reference")
@@ -215,7 +215,7 @@ class OpenAIVideos:
             if image.image_file_resize_mode == "CROP_TO_ASPECT_RATIO":
                 size = engine.native_size
             else:
-                size = await asyncio.to_thread(_image_size, image.image_file)
+                size = await run_in(WorkPool.MEDIA, _image_size, image.image_file)
         percent = self.progress.get(task.task_id, (0, 0))[0]
         completed_at = task.complete_time_ms // 1000 if task.complete_time_ms is not None else None
         return Video(

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import secrets
 
 from engines.base import ControlUnit, HiresFix, ImageGeneration, LoraWeight
+from engines.workpools import WorkPool, run_in
 from schemas.limits import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
@@ -154,14 +154,14 @@ class V3ImageTasks:
         await self.submission.check_extra(body.extra)
         seed = secrets.randbelow(SEED_LIMIT) if request.seed is None or request.seed < 0 else request.seed
         # Decoding input images costs milliseconds per megapixel: off the event loop.
-        job = await asyncio.to_thread(image_job, body, seed, check_inputs=True)
+        job = await run_in(WorkPool.MEDIA, image_job, body, seed, check_inputs=True)
         self.images.check(engine, job, V3_IMAGE_NAMES)
         task = await self.submission.submit(task_type, engine.spec.name, raw, body.extra, owner, seed=seed)
         return task.task_id
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])
-        job = await asyncio.to_thread(image_job, body, task.seed or 0)
+        job = await run_in(WorkPool.MEDIA, image_job, body, task.seed or 0)
         return await self.images.run_task(
             task.task_id, task.model, job, progress, image_outputs(body.extra), owner=task.owner_key_id
         )

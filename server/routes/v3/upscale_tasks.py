@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from engines.base import UpscaleJob
+from engines.workpools import WorkPool, run_in
 from schemas.v3.upscale import UpscaleBody
 from server.capabilities.calls import WireNames
 from server.capabilities.images.inputs import base64_image_bytes
@@ -37,14 +36,14 @@ class V3UpscaleTasks:
         engine = self.upscaler.engine(body.request.model_name, V3_UPSCALE_NAMES)
         await self.submission.check_extra(body.extra)
         # Decoding the input costs milliseconds per megapixel: off the event loop.
-        job = await asyncio.to_thread(upscale_job, body)
-        await asyncio.to_thread(self.upscaler.check, job, V3_UPSCALE_NAMES)
+        job = await run_in(WorkPool.MEDIA, upscale_job, body)
+        await run_in(WorkPool.MEDIA, self.upscaler.check, job, V3_UPSCALE_NAMES)
         task = await self.submission.submit(TaskType.UPSCALE, engine.spec.name, raw, body.extra, owner)
         return task.task_id
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, UpscaleBody)
-        job = await asyncio.to_thread(upscale_job, body)
+        job = await run_in(WorkPool.MEDIA, upscale_job, body)
         return await self.upscaler.run_task(
             task.task_id, task.model, job, progress, image_outputs(body.extra), owner=task.owner_key_id
         )

@@ -5,11 +5,11 @@ store, with their own field names for what is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from engines.base import Engine, LoraWeight, VideoEngine, VideoGeneration, VideoMode, VideoPrompt
 from engines.scheduler import Scheduler
+from engines.workpools import WorkPool, run_in
 from schemas.limits import SEED_LIMIT
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody
 from server.capabilities.calls import WireNames, catalog_engine
@@ -102,7 +102,7 @@ class V3VideoTasks:
             self.videos.check_resize_mode(body.image_file_resize_mode, names)
         seed = _seed(body.seed)
         # Decoding an input image costs milliseconds per megapixel: off the event loop.
-        job = await asyncio.to_thread(video_job, body, engine, seed, names)
+        job = await run_in(WorkPool.MEDIA, video_job, body, engine, seed, names)
         self.videos.check(engine, job, names)
         await self.submission.check_extra(body.extra)
         if body.extra.enable_nsfw_detection:
@@ -112,7 +112,7 @@ class V3VideoTasks:
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])
         engine = self.videos.engine(task.model, MODES[task.task_type])
-        job = await asyncio.to_thread(video_job, body, engine, task.seed or 0)
+        job = await run_in(WorkPool.MEDIA, video_job, body, engine, task.seed or 0)
         image_body = body if isinstance(body, Img2VideoBody) else None
         return await self.videos.run_task(
             task.task_id,

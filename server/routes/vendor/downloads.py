@@ -3,10 +3,9 @@ server's own network unless settings allow private URLs (``server/netguard.py``)
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes, decode_input_image
 from server.netguard import check_public_url_async
@@ -29,7 +28,7 @@ async def fetch_image(
         data = base64_image_bytes(source, param)
     else:
         data = await _download(http, source, param=param, allow_private=allow_private, timeout_s=timeout_s)
-    return await asyncio.to_thread(decode_input_image, data, param)
+    return await run_in(WorkPool.MEDIA, decode_input_image, data, param)
 
 
 async def _download(http: httpx.AsyncClient, url: str, *, param: str, allow_private: bool, timeout_s: float) -> bytes:

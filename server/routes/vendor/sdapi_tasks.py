@@ -22,6 +22,7 @@ import httpx
 import msgspec
 
 from engines.scheduler import Scheduler
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.limits import SIDE_MULTIPLE
 from schemas.vendor.sdapi import SdRequest, is_yes
@@ -193,7 +194,7 @@ class SdApiTasks:
             if task is None:  # pragma: no cover - the task was just stored
                 raise ApiError(ErrorCode.TASK_NOT_FOUND, "The request was lost.")
             if task.status.finished or self.clock() >= deadline:
-                return await asyncio.to_thread(self.render, task, base_url)
+                return await run_in(WorkPool.MEDIA, self.render, task, base_url)
             await asyncio.sleep(_POLL_S)
 
     async def fetch(self, task_id: str, key_id: str | None, base_url: str) -> dict[str, Any]:
@@ -201,7 +202,7 @@ class SdApiTasks:
         # Another key's request is reported as missing: ids are not probes.
         if task is None or (task.owner_key_id is not None and task.owner_key_id != key_id):
             raise ApiError(ErrorCode.TASK_NOT_FOUND, "Request not found.")
-        return await asyncio.to_thread(self.render, task, base_url)
+        return await run_in(WorkPool.MEDIA, self.render, task, base_url)
 
     def render(self, task: Task, base_url: str) -> dict[str, Any]:
         """The vendor's body for a task in any state. Blocking (may write a blank image)."""
