@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -83,6 +84,37 @@ def encode(wav_bytes: bytes, container: str) -> bytes:
         for packet in stream.encode(None):
             output.mux(packet)
     return buffer.getvalue()
+
+
+def _without_id3(mp3: bytes) -> bytes:
+    if mp3[:3] != b"ID3":
+        return mp3
+    size = (mp3[6] << 21) | (mp3[7] << 14) | (mp3[8] << 7) | mp3[9]  # syncsafe integer
+    return mp3[10 + size :]
+
+
+def _first_audio_frame(mp3: bytes) -> int:
+    """Where the first audio frame starts: FFmpeg reads the Xing/Info frame as the header."""
+    import av
+
+    with av.open(io.BytesIO(mp3), format="mp3") as container:
+        packet = next(container.demux(audio=0))
+        return int(packet.pos)
+
+
+def lying_mp3(declared_s: float, actual_s: float) -> bytes:
+    """An MP3 whose Info header counts ``declared_s`` of frames, followed by ``actual_s`` of
+    frames it does not count: FFmpeg reports the declared length and decodes all of it. The
+    header's byte count is set to the whole file's, so FFmpeg finds no mismatch to warn of."""
+    header = _without_id3(encode(tone(declared_s), "mp3"))
+    body = _without_id3(encode(tone(actual_s), "mp3"))
+    body = body[_first_audio_frame(body) :]
+    lying = bytearray(header + body)
+    tag = lying.find(b"Info")
+    flags = struct.unpack_from(">I", lying, tag + 4)[0]
+    assert flags & 0x3 == 0x3, "the Info header should count frames and bytes"
+    struct.pack_into(">I", lying, tag + 12, len(lying))
+    return bytes(lying)
 
 
 def words(text: str) -> list[str]:

@@ -31,13 +31,14 @@ own default of 4 oversubscribes small machines, badly so beside torch's OpenMP t
 `beam_size` (5), `temperature` (unset: Whisper's fallback schedule 0.0, 0.2, ... 1.0),
 `batch_size` (8: chunks per batch of one long file, and jobs per batch across requests),
 `batched_min_duration_s` (30), `batch_requests` (true; false decodes every job alone) and
-`batch_wait_ms` (0: how long a batch that is not full waits for more jobs before it starts).
+`batch_wait_ms` (0: how long a batch that is not full waits for more jobs before it starts),
+`max_duration_s` (3600: the longest audio a job may hand over as an encoded file, decoded
+here; the server hands over samples it decoded within its own limit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import os
@@ -48,7 +49,7 @@ from typing import Any
 
 import msgspec
 
-from engines.audio.decoding import SAMPLE_RATE
+from engines.audio.decoding import SAMPLE_RATE, decode_upload
 from engines.audio.whisper_batching import WindowJob, WindowResult, decode_windows, transcribe_default
 from engines.base import (
     ModelSpec,
@@ -65,6 +66,7 @@ log = logging.getLogger("omniserve.engines.whisper")
 
 DEFAULT_BEAM_SIZE = 5
 DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_DURATION_S = 3600.0
 WINDOW_S = 30.0  # Whisper reads audio in windows of this length
 _END = object()  # what the worker thread sends after the last segment of a stream
 
@@ -112,12 +114,6 @@ def _window_result(window: WindowResult) -> TranscriptionResult:
         duration=window.duration,
         segments=[_segment(index, segment) for index, segment in enumerate(window.segments)],
     )
-
-
-def _decode_audio(data: bytes | bytearray) -> Any:
-    from faster_whisper import decode_audio
-
-    return decode_audio(io.BytesIO(data), sampling_rate=SAMPLE_RATE)
 
 
 class WhisperEngine:
@@ -227,7 +223,7 @@ class WhisperEngine:
             return None
         samples = job.audio
         if isinstance(samples, bytes | bytearray):
-            samples = await run_in(WorkPool.MEDIA, _decode_audio, samples)
+            samples = await run_in(WorkPool.MEDIA, self._decode, samples)
             job = msgspec.structs.replace(job, audio=samples)
         # Audio over the long-audio threshold, where that is set below one window, keeps its pipeline.
         longest = min(WINDOW_S, float(self.spec.options.get("batched_min_duration_s", WINDOW_S)))
@@ -243,6 +239,11 @@ class WhisperEngine:
             vad_filter=job.vad_filter if job.vad_filter is not None else bool(job.batched),
             may_fall_back=len(temperatures) > 1,
         )
+
+    def _decode(self, data: bytes | bytearray) -> Any:
+        """An encoded file's samples, within the engine's own duration limit."""
+        limit = float(self.spec.options.get("max_duration_s", DEFAULT_MAX_DURATION_S))
+        return decode_upload(bytes(data), max_duration_s=limit, label="audio")
 
     def _decode_windows(self, jobs: list[WindowJob]) -> list[TranscriptionResult | BaseException | None]:
         with self._compute:
@@ -300,7 +301,7 @@ class WhisperEngine:
     ) -> TranscriptionResult:
         audio = job.audio
         if isinstance(audio, bytes | bytearray):
-            audio = _decode_audio(audio)
+            audio = self._decode(audio)
         options = self.spec.options
         duration = audio.shape[0] / SAMPLE_RATE
         batched = job.batched

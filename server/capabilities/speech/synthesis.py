@@ -27,6 +27,7 @@ from engines.workpools import WorkPool, run_in
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import SAME_NAMES, WireNames, engine_call, resident_engine
 from server.capabilities.speech.audio import MEDIA_TYPES, AudioEncoder, encode_audio
+from server.capabilities.started_streams import started_stream
 from server.settings import AudioSettings
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile
@@ -100,14 +101,9 @@ class SpeechSynthesis:
     ) -> SpeechStream:
         """The audio as it is produced. Raises before the first byte on anything refused."""
         await self.check(order, names)
-        self.scheduler.check_admission(order.model)
-        chunks = self._encoded(order, audio_format, meter, names)
-        try:
-            first = await anext(chunks)
-        except BaseException:
-            await chunks.aclose()
-            raise
-        return SpeechStream(MEDIA_TYPES[audio_format], _prepend(first, chunks))
+        # The lease and the first sentence are had before the first byte (see started_stream).
+        chunks = await started_stream(self._encoded(order, audio_format, meter, names))
+        return SpeechStream(MEDIA_TYPES[audio_format], chunks)
 
     async def _encoded(
         self, order: SpeechOrder, audio_format: str, meter: Meter, names: WireNames
@@ -168,16 +164,6 @@ class SpeechSynthesis:
             await run_in(WorkPool.STORAGE, self.storage.put, key, data)
             outputs.append(OutputFile(kind="audio", key=key, media_type=audio_format))
         return TaskOutcome(outputs=outputs, audio_seconds=seconds)
-
-
-async def _prepend(first: bytes, rest: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-    try:
-        yield first
-        async for chunk in rest:
-            yield chunk
-    finally:
-        # Closing the inner generator releases its lease even when the client left mid-stream.
-        await rest.aclose()
 
 
 async def _next_sentence(sentences: AsyncIterator[SpeechAudio]) -> SpeechAudio | None:
