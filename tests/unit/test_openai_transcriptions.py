@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,10 @@ from litestar.testing import AsyncTestClient
 from PIL import Image
 
 from engines.base import TranscribedSegment, TranscriptionJob, TranscriptionTask
-from engines.errors import EngineFailure, Overloaded
+from engines.errors import EngineFailure
 from server.app import build_components, create_app
 from server.settings import Settings
-from tests.audio_inputs import encode, tone
+from tests.audio_inputs import encode, lying_mp3, tone
 from tests.fakes import FAKE_SPECS, fake_factory
 from tests.fakes_audio import FAKE_WHISPER_EN_SPEC, FAKE_WHISPER_SPEC, FakeWhisperEngine
 
@@ -207,28 +206,13 @@ async def test_an_engine_failure_mid_stream_is_mapped_as_any_engine_failure(clie
     }
 
 
-async def test_a_lease_refused_after_the_stream_began_is_the_overload_event(
-    client: AsyncTestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Admission passed before the first byte; the slot's deadline then ran out. The stream
-    ends with the overload as the API words it, not with a generic failure."""
-    busy = "Model 'fake-whisper' is busy; its turn did not come within 30 s."
-
-    @asynccontextmanager
-    async def refused(*_: Any, **__: Any) -> AsyncIterator[None]:
-        raise Overloaded(busy, retry_after=15.0)
-        yield
-
-    monkeypatch.setattr(client.app_state.scheduler, "lease", refused)  # type: ignore[attr-defined]
-    response = await transcribe(client, {"stream": "true"})
-    assert response.status_code == 200
-    [event] = sse_events(response.text)
-    assert event["error"] == {
-        "message": busy,
-        "type": "service_unavailable_error",
-        "param": None,
-        "code": "SERVICE_NOT_AVAILABLE",
-    }
+async def test_a_file_holding_more_than_it_declares_is_refused_at_the_limit(make_client: AudioClient) -> None:
+    client = await make_client(max_duration_s=5.0)
+    response = await transcribe(client, audio=lying_mp3(2.0, 60.0), filename="speech.mp3")
+    assert error_of(response) == (400, "INVALID_AUDIO_FILE", "file"), response.text
+    assert "more than 5 s" in response.json()["error"]["message"]
+    streamed = await transcribe(client, {"stream": "true"}, audio=lying_mp3(2.0, 60.0), filename="speech.mp3")
+    assert error_of(streamed) == (400, "INVALID_AUDIO_FILE", "file"), streamed.text
     assert not engine(client).jobs
 
 
