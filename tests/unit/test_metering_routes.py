@@ -29,7 +29,7 @@ from server.accounts import speech_seconds_bound
 from server.app import build_components, create_app
 from server.composition import Components
 from server.settings import Settings
-from tests.audio_inputs import tone
+from tests.audio_inputs import lying_mp3, tone
 from tests.fakes import FAKE_SPECS, FakeTextEngine, fake_factory
 from tests.fakes_audio import FAKE_WHISPER_SPEC, FakeWhisperEngine
 from tests.fakes_audio import SAMPLE_RATE as WHISPER_RATE
@@ -361,6 +361,34 @@ async def test_streamed_transcription_refused_before_the_stream_begins(app: Mete
     app.set_credits(short)
     refused(await upload(app, "transcriptions", {"stream": "true"}), short, app)
     assert whisper(app).jobs == []
+
+
+async def test_audio_beyond_what_the_container_declares_is_charged_too(app: Metered) -> None:
+    """The reservation before the queue covers the declared 2 s; the 20 s the file holds
+    beyond them are reserved once decoded, and charged."""
+    app.set_credits(1000)
+    files = {"file": ("speech.mp3", lying_mp3(2.0, 20.0), "application/octet-stream")}
+    response = await app.client.post(
+        "/v1/audio/transcriptions", data={"model": "fake-whisper"}, files=files, headers=app.auth
+    )
+    assert response.status_code == 200, response.text
+    seconds = len(whisper(app).jobs[-1].audio) / WHISPER_RATE
+    assert seconds > 21
+    assert app.credits() == pytest.approx(1000 - TRANSCRIPTION_SECOND * seconds)
+    assert [state for _, state in app.charges()] == ["committed", "committed"]
+    assert app.state.keystore.open_reservations() == ()
+
+    # Enough for what the file declares, not for what it holds: refused before the engine.
+    enough_for_declared = TRANSCRIPTION_SECOND * 5
+    app.set_credits(enough_for_declared)
+    refused(
+        await app.client.post(
+            "/v1/audio/transcriptions", data={"model": "fake-whisper"}, files=files, headers=app.auth
+        ),
+        enough_for_declared,
+        app,
+    )
+    assert len(whisper(app).jobs) == 1
 
 
 async def test_failed_transcriptions_are_refunded(app: Metered) -> None:
