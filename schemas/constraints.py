@@ -16,11 +16,15 @@ import msgspec
 
 from schemas.errors import ErrorCode
 from schemas.limits import (
+    MAX_AUDIO_NAME_CHARS,
     MAX_CLIP_SKIP,
     MAX_GUIDANCE_SCALE,
     MAX_IMAGE_SIDE,
     MAX_PROMPT_CHARS,
+    MAX_SPEECH_INPUT_CHARS,
+    MAX_SPEECH_INSTRUCTIONS_CHARS,
     MAX_STEPS,
+    MAX_TRANSCRIPTION_PROMPT_CHARS,
     MIN_IMAGE_SIDE,
     SEED_LIMIT,
     SIDE_MULTIPLE,
@@ -78,3 +82,14 @@ GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
 ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]
 Seed = Annotated[int, msgspec.Meta(ge=-1, le=SEED_LIMIT, description="-1 (or null): the server draws one.")]
 UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+# The free strings of the audio routes, each under its ceiling in schemas/limits.py.
+def bounded_text(max_chars: int) -> msgspec.Meta:
+    return msgspec.Meta(max_length=max_chars, description=f"At most {max_chars} characters.")
+
+
+AudioName = Annotated[str, bounded_text(MAX_AUDIO_NAME_CHARS)]
+SpeechInput = Annotated[str, bounded_text(MAX_SPEECH_INPUT_CHARS)]
+SpeechInstructions = Annotated[str, bounded_text(MAX_SPEECH_INSTRUCTIONS_CHARS)]
+TranscriptionPrompt = Annotated[str, bounded_text(MAX_TRANSCRIPTION_PROMPT_CHARS)]

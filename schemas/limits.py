@@ -52,3 +52,10 @@ MIN_SDAPI_SIDE, MAX_SDAPI_SIDE = 128, 1024
 MAX_SDAPI_SAMPLES = 4
 MAX_SDAPI_STEPS = 50
 MIN_SDAPI_GUIDANCE, MAX_SDAPI_GUIDANCE = 1.0, 20.0
+
+# Speech and transcription text: a ceiling for every free string of the audio routes. What a
+# speech request may have spoken in all is limited further by the setting audio.max_speech_chars.
+MAX_SPEECH_INPUT_CHARS = 4096  # OpenAI's limit on /audio/speech input
+MAX_SPEECH_INSTRUCTIONS_CHARS = 4096  # as long as the input it would steer
+MAX_TRANSCRIPTION_PROMPT_CHARS = 4096  # Whisper reads at most 223 tokens of it
+MAX_AUDIO_NAME_CHARS = 256  # a model, voice or language name

@@ -119,9 +119,11 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Uploads for transcription: OpenAI's own limit is 25 MB.
     max_upload_bytes: int = 25 * 1024 * 1024
-    # Decoded duration of one transcription input.
+    # Decoded duration of one transcription input, enforced while decoding (a container's
+    # declared length is only a claim); it bounds the samples one upload can take in memory.
     max_duration_s: float = 3600.0
     # Characters of text per speech request (OpenAI's input limit), and per /v3 task in all.
+    # The schemas cap each text field too (schemas/limits.py); this may only lower that.
     max_speech_chars: int = 4096
 
 

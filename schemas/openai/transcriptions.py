@@ -6,8 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import UnitInterval
-from schemas.limits import MAX_PROMPT_CHARS
+from schemas.constraints import AudioName, TranscriptionPrompt, UnitInterval
 
 TranscriptFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 Granularity = Literal["word", "segment"]
@@ -23,9 +22,9 @@ class TranslationRequest(msgspec.Struct, kw_only=True):
     """
 
     file: Annotated[bytes, msgspec.Meta(description="The audio: one file part named file.")]
-    model: str
+    model: AudioName
     # Whisper reads at most 223 prompt tokens; the limit bounds the text before it is tokenized.
-    prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)] | None = None
+    prompt: TranscriptionPrompt | None = None
     response_format: TranscriptFormat = "json"
     temperature: UnitInterval | None = None
     vad_filter: bool | None = None
@@ -39,8 +38,9 @@ class TranscriptionRequest(TranslationRequest, kw_only=True):
     ``verbose_json``. ``stream`` sends the text as server-sent events, for json and text.
     """
 
-    language: str | None = None
-    timestamp_granularities: list[Granularity] = []
+    language: AudioName | None = None
+    # Each granularity once at most: there are two.
+    timestamp_granularities: Annotated[list[Granularity], msgspec.Meta(max_length=2)] = []
     stream: bool = False
 
 

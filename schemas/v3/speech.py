@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import refusal
+from schemas.constraints import NOT_BLANK, AudioName, refusal
 from schemas.limits import (
     MAX_SPEECH_SPEED,
     MAX_SPEECH_TEXT_CHARS,
@@ -20,12 +20,14 @@ from schemas.v3.common import CommonExtra
 class Txt2SpeechRequest(msgspec.Struct, kw_only=True):
     # Novita's voices are Emily, James, Olivia, Michael, Sarah and John; a model's catalog entry
     # maps them (and any other names it offers) to its speakers.
-    voice_id: str
+    voice_id: AudioName
     # A BCP 47 code such as "en-US", "zh-CN", "ja-JP"; the model must speak it.
-    language: str
+    language: AudioName
     # Each text is spoken into its own audio file. A text's refusal names the list (request.texts).
+    # Blank texts are refused here, so the count of texts is bounded by audio.max_speech_chars
+    # (the characters of all texts together), checked before any work.
     texts: Annotated[
-        list[Annotated[str, msgspec.Meta(max_length=MAX_SPEECH_TEXT_CHARS)]],
+        list[Annotated[str, msgspec.Meta(max_length=MAX_SPEECH_TEXT_CHARS, pattern=NOT_BLANK)]],
         msgspec.Meta(min_length=1, extra=refusal(at_field=True)),
     ]
     volume: Annotated[float, msgspec.Meta(ge=MIN_SPEECH_VOLUME, le=MAX_SPEECH_VOLUME)] = 1.0  # gain

@@ -184,7 +184,7 @@ async def test_novassium_checks_the_key_before_the_body(keyed: tuple[AsyncTestCl
             {"request": {"voice_id": "Emily", "language": "en-US", "texts": ["fine", "x" * 513]}},
             "INVALID_REQUEST_BODY",
             "request.texts",
-            "request.texts[1] must hold at most 512 characters.",
+            "request.texts[1] must hold at most 512 characters and not be blank.",
         ),
         (
             "/v3/async/txt2video",

@@ -239,6 +239,12 @@ async def test_routes_have_their_operation_ids(client: AsyncTestClient) -> None:
         ({"temperature": "warm"}, "temperature"),
         ({"language": "klingon"}, "language"),
         ({"prompt": "x" * 5000}, "prompt"),
+        ({"language": "l" * 300}, "language"),
+        ({"model": "m" * 300}, "model"),
+        (
+            {"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment", "word"]},
+            "timestamp_granularities",
+        ),
         ({"vad_filter": "maybe"}, "vad_filter"),
         ({"model": "fake-chat"}, "model"),
     ],

@@ -76,6 +76,11 @@ async def test_pcm_is_24_khz_16_bit(client: AsyncTestClient) -> None:
     [
         ({"input": "   "}, 400, "INVALID_REQUEST_BODY", "input"),
         ({"input": "x" * 101}, 400, "INVALID_REQUEST_BODY", "input"),
+        ({"input": "x" * 5000}, 400, "INVALID_REQUEST_BODY", "input"),
+        ({"instructions": "Speak slowly. " * 400}, 400, "INVALID_REQUEST_BODY", "instructions"),
+        ({"voice": "v" * 300}, 400, "INVALID_REQUEST_BODY", "voice"),
+        ({"voice": {"id": "v" * 300}}, 400, "INVALID_REQUEST_BODY", "voice.id"),
+        ({"model": "m" * 300}, 400, "INVALID_REQUEST_BODY", "model"),
         ({"input": "!!! ???"}, 400, "INVALID_REQUEST_BODY", "input"),
         ({"voice": "nobody"}, 400, "INVALID_REQUEST_BODY", "voice"),
         ({"response_format": "ogg"}, 400, "INVALID_REQUEST_BODY", "response_format"),
@@ -136,6 +141,9 @@ async def test_txt2speech_defaults_to_wav_and_applies_speed(client: AsyncTestCli
         ({"texts": []}, "request.texts"),
         ({"texts": ["ok", ""]}, "request.texts"),
         ({"texts": ["x" * 513]}, "request.texts"),
+        ({"texts": ["ok", " \n "]}, "request.texts"),
+        ({"voice_id": "v" * 300}, "request.voice_id"),
+        ({"language": "l" * 300}, "request.language"),
         ({"texts": ["x" * 60, "y" * 60]}, "request.texts"),  # over max_speech_chars in all
         ({"volume": 0.5}, "request.volume"),
         ({"volume": 2.5}, "request.volume"),
