@@ -107,7 +107,9 @@ def check_declared(data: bytes, *, max_duration_s: float, label: str = _LABEL) -
 class _Samples:
     """float32 samples appended chunk by chunk into a buffer of at most ``limit`` samples.
     It starts at ``start`` samples and doubles as needed; a chunk that would take it past
-    ``limit`` raises _TooLong, before any memory for it is taken."""
+    ``limit`` raises _TooLong, before any memory for it is taken. The buffer grows and shrinks
+    in place (realloc: large blocks are remapped, not copied), so the old and the new buffer
+    are never held side by side."""
 
     def __init__(self, start: int, limit: int) -> None:
         self.limit = limit
@@ -119,15 +121,12 @@ class _Samples:
         if end > self.limit:
             raise _TooLong
         if end > self.buffer.shape[0]:
-            grown = np.empty(min(self.limit, max(end, 2 * self.buffer.shape[0])), dtype=np.float32)
-            grown[: self.size] = self.buffer[: self.size]
-            self.buffer = grown
+            self.buffer.resize(min(self.limit, max(end, 2 * self.buffer.shape[0])), refcheck=False)
         # int16 to float32 as faster-whisper converts: exact, the division is by a power of two.
         np.divide(chunk, 32768.0, out=self.buffer[self.size : end], dtype=np.float32)
         self.size = end
 
     def result(self) -> np.ndarray:
-        # Shrinking in place gives the unused tail back without a copy.
         self.buffer.resize(self.size, refcheck=False)
         return self.buffer
 

@@ -39,10 +39,18 @@ def test_samples_are_faster_whispers(container: str) -> None:
 def test_the_lying_file_declares_seconds_and_holds_minutes(lying: bytes) -> None:
     assert declared_duration(lying) == pytest.approx(DECLARED_S, abs=0.1)
     assert check_declared(lying, max_duration_s=LIMIT_S) == pytest.approx(DECLARED_S, abs=0.1)
-    # Under a limit it meets, all of it is decoded: the buffer sized from the header grows.
-    samples = decode_upload(lying, max_duration_s=HELD_S + 10)
+    # Under a limit it meets, all of it is decoded: the buffer sized from the header grows, in
+    # place, so memory never holds more than the limit's worth of samples.
+    limit_s = HELD_S + 10
+    tracemalloc.start()
+    try:
+        samples = decode_upload(lying, max_duration_s=limit_s)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert len(samples) / SAMPLE_RATE == pytest.approx(DECLARED_S + HELD_S, abs=0.2)
     assert samples.flags.owndata and samples.base is None
+    assert peak < limit_s * SAMPLE_RATE * 4 + 1_000_000, peak
 
 
 def test_a_lying_file_is_refused_at_the_limit_without_decoding_the_rest(lying: bytes) -> None:
