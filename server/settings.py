@@ -102,6 +102,13 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     output_max_age_s: int = 86400
     # Webhook targets and fetched URLs may point at private or loopback addresses.
     allow_private_urls: bool = False
+    # Requests to client-chosen URLs (webhook deliveries, input images named by URL) run
+    # under one total deadline each, DNS to last byte, so a server that trickles bytes cannot
+    # hold a request or a worker; a caller may ask for less (vendor.sdapi_fetch_timeout_s).
+    fetch_timeout_s: float = 15.0
+    # The most bytes such a download reads; past it the request fails with a 400 and memory
+    # stays flat. Input images have their own, smaller limit within this one.
+    max_fetch_bytes: int = 16 * 1024 * 1024
     # The catalog's safety classifier that extra.enable_nsfw_detection runs. Unset: "demo-nsfw"
     # when the catalog has it, else none; "" turns detection off (such requests get a 400).
     safety_model: str | None = None
@@ -114,6 +121,8 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("tasks.workers must be at least 1")
         if self.batch_wait_ms < 0 or self.max_batch_images < 1:
             raise ValueError("tasks.batch_wait_ms must not be negative and tasks.max_batch_images at least 1")
+        if self.fetch_timeout_s <= 0 or self.max_fetch_bytes < 1:
+            raise ValueError("tasks.fetch_timeout_s and tasks.max_fetch_bytes must be positive")
 
 
 class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -165,7 +174,8 @@ class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # How long a Stable Diffusion API request waits for its image before answering
     # "processing" with a fetch URL.
     sdapi_wait_s: float = 20.0
-    # Input images the Stable Diffusion API downloads (init_image, mask_image).
+    # Input images the Stable Diffusion API downloads (init_image, mask_image): the total
+    # deadline of each download, DNS included (at most tasks.fetch_timeout_s).
     sdapi_fetch_timeout_s: float = 15.0
 
 
