@@ -42,9 +42,9 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        if host != self._target.host or port != self._target.port or not self._target.addresses:
+        if host != self._target.host or port != self._target.port:
             raise httpcore.ConnectError(f"{host}:{port} was not vetted for this request")
-        failure: Exception | None = None
+        failure: Exception = httpcore.ConnectError(f"{host} has no vetted address")
         for address in self._target.addresses:
             try:
                 return await self._inner.connect_tcp(
@@ -52,7 +52,6 @@ class _PinnedBackend(httpcore.AsyncNetworkBackend):
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
-        assert failure is not None
         raise failure
 
     async def connect_unix_socket(
