@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from engines.scheduler import Scheduler
 from server.accounts import Accounts
 from server.auth import Authenticator
@@ -24,6 +22,7 @@ from server.capabilities.video.generation import VideoGenerator
 from server.catalog import ModelCatalog
 from server.keystore import KeyStore
 from server.metrics import Metrics
+from server.outbound import OutboundHttp
 from server.routes.health import Readiness
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openai.video_jobs import OpenAIVideos
@@ -62,8 +61,10 @@ class Components:
         self.readiness = Readiness(scheduler)
         self.accounts = Accounts(keystore, settings.accounts)
         self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
-        self.http = httpx.AsyncClient(follow_redirects=False)
-        self.webhooks = WebhookSender(self.http, allow_private=tasks.allow_private_urls)
+        self.outbound = OutboundHttp(
+            allow_private=tasks.allow_private_urls, timeout_s=tasks.fetch_timeout_s, max_bytes=tasks.max_fetch_bytes
+        )
+        self.webhooks = WebhookSender(self.outbound)
         self.metrics = Metrics(scheduler, tasks=self.task_store, webhooks=self.webhooks)
         self.s3_uploader = S3Uploader(settings.s3, self.storage)
         self.webhook_bodies = WebhookBodies(self.storage, settings.public_base_url, self.s3_uploader.presigned_url)
@@ -130,10 +131,9 @@ class Components:
             self.task_store,
             self.task_runner,
             self.storage,
-            self.http,
+            self.outbound,
             vendor,
             model=vendor_model(scheduler, vendor.sdapi_model, "sdapi_model"),
-            allow_private_urls=tasks.allow_private_urls,
         )
         self.webhook_bodies.vendor_bodies.append(self.sdapi.webhook_body)
 
@@ -149,6 +149,5 @@ class Components:
             self._cleaner.cancel()
             await asyncio.gather(self._cleaner, return_exceptions=True)
         await self.task_runner.stop()
-        await self.http.aclose()
         self.task_store.close()
         self.keystore.close()

@@ -102,6 +102,13 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     output_max_age_s: int = 86400
     # Webhook targets and fetched URLs may point at private or loopback addresses.
     allow_private_urls: bool = False
+    # Requests to client-chosen URLs (webhook deliveries, input images named by URL) run
+    # under one total deadline each, DNS to last byte, so a server that trickles bytes cannot
+    # hold a request or a worker; a caller may ask for less (vendor.sdapi_fetch_timeout_s).
+    fetch_timeout_s: float = 15.0
+    # The most bytes such a download reads; past it the request fails with a 400 and memory
+    # stays flat. Input images have their own, smaller limit within this one.
+    max_fetch_bytes: int = 16 * 1024 * 1024
     # The catalog's safety classifier that extra.enable_nsfw_detection runs. Unset: "demo-nsfw"
     # when the catalog has it, else none; "" turns detection off (such requests get a 400).
     safety_model: str | None = None
@@ -114,6 +121,8 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("tasks.workers must be at least 1")
         if self.batch_wait_ms < 0 or self.max_batch_images < 1:
             raise ValueError("tasks.batch_wait_ms must not be negative and tasks.max_batch_images at least 1")
+        if self.fetch_timeout_s <= 0 or self.max_fetch_bytes < 1:
+            raise ValueError("tasks.fetch_timeout_s and tasks.max_fetch_bytes must be positive")
 
 
 class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -167,8 +176,45 @@ class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # How long a Stable Diffusion API request waits for its image before answering
     # "processing" with a fetch URL.
     sdapi_wait_s: float = 20.0
-    # Input images the Stable Diffusion API downloads (init_image, mask_image).
+    # Input images the Stable Diffusion API downloads (init_image, mask_image): the total
+    # deadline of each download, DNS included (at most tasks.fetch_timeout_s).
     sdapi_fetch_timeout_s: float = 15.0
+
+
+AWS_REGIONS = (
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "ca-central-1",
+    "ca-west-1",
+    "mx-central-1",
+    "sa-east-1",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "il-central-1",
+    "me-south-1",
+    "me-central-1",
+    "af-south-1",
+    "ap-east-1",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-7",
+)
 
 
 class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -188,10 +234,24 @@ class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     read_timeout_s: float = 60.0
     # Attempts per upload, the first included (boto3's "standard" retry mode).
     max_attempts: int = 3
+    # The buckets a client may name: the server's credentials write there on the client's
+    # behalf, so a bucket must be allowed on purpose. Exact names, or a prefix ending in "*"
+    # ("tenant-a-*"); "*" alone allows any bucket the credentials reach. Empty (the default):
+    # custom_storage.aws_s3 is refused.
+    allowed_buckets: list[str] = []
+    # The regions a client may name: each gets its own boto3 client, kept for reuse, so the
+    # set is fixed. The default is AWS's commercial regions; an S3-compatible server
+    # usually wants its own one name here.
+    allowed_regions: list[str] = msgspec.field(default_factory=lambda: list(AWS_REGIONS))
 
     def __post_init__(self) -> None:
         if bool(self.access_key_id) != bool(self.secret_access_key):
             raise ValueError("s3.access_key_id and s3.secret_access_key must be set together")
+        for pattern in self.allowed_buckets:
+            if not pattern or "*" in pattern[:-1]:
+                raise ValueError(f"s3.allowed_buckets: {pattern!r} is not a bucket name or a prefix ending in '*'")
+        if not self.allowed_regions:
+            raise ValueError("s3.allowed_regions must name at least one region")
 
 
 class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -11,6 +11,8 @@ import msgspec
 
 ACCESS_KEY_ID = "test-access-key"
 SECRET_ACCESS_KEY = "test-secret-key"
+# The buckets the tests create and name (s3.allowed_buckets); anything else is refused.
+ALLOWED_BUCKETS = ["bucket-*", "e2e-*", "my-bucket"]
 
 
 class LocalS3(msgspec.Struct):
@@ -31,13 +33,14 @@ class LocalS3(msgspec.Struct):
         options = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
         self.client(region).create_bucket(Bucket=name, **options)
 
-    def settings(self) -> dict[str, str]:
+    def settings(self) -> dict[str, Any]:
         """omniserve's [s3] settings for this server."""
         return {
             "endpoint_url": self.endpoint_url,
             "access_key_id": ACCESS_KEY_ID,
             "secret_access_key": SECRET_ACCESS_KEY,
             "addressing_style": "path",
+            "allowed_buckets": ALLOWED_BUCKETS,
         }
 
 

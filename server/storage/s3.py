@@ -7,6 +7,11 @@ under it (both checked to be plain names), so the private-address guard that web
 URLs pass (server/netguard.py) does not apply here: an S3-compatible server on a private
 network is the usual setup.
 
+The server's credentials write wherever a client points them, so the bucket must be on
+``s3.allowed_buckets`` (empty by default: custom storage is refused until an operator
+names buckets) and the region on ``s3.allowed_regions``; one boto3 client is kept per
+allowed region, so their number is fixed by the settings, not by clients.
+
 Uploads run after the task's executor, in the runner, so every task kind gets them. The
 local copy stays the source of truth until the output cleanup removes it.
 """
@@ -124,6 +129,12 @@ def normalized_path(path: str) -> str:
     return trimmed
 
 
+def bucket_allowed(bucket: str, patterns: list[str]) -> bool:
+    """Whether ``bucket`` matches an ``s3.allowed_buckets`` entry: the same name, a prefix
+    ending in "*", or "*" for any bucket."""
+    return any(bucket == pattern or (pattern.endswith("*") and bucket.startswith(pattern[:-1])) for pattern in patterns)
+
+
 def check_aws_s3(spec: AwsS3Storage) -> None:
     """400 INVALID_REQUEST_BODY naming the field unless region, bucket and path are well formed."""
     check_region(spec.region)
@@ -186,6 +197,15 @@ class S3Uploader:
         self._has_credentials: bool | None = None
         self._clients: dict[str, Any] = {}
 
+    def check_allowed(self, spec: AwsS3Storage) -> None:
+        """400 naming the field unless the bucket and region are ones this server writes to."""
+        if not bucket_allowed(spec.bucket, self.settings.allowed_buckets):
+            if not self.settings.allowed_buckets:
+                raise _invalid("custom_storage.aws_s3 is not enabled on this server: no bucket is allowed.", "bucket")
+            raise _invalid(f"'{spec.bucket}' is not a bucket this server uploads to.", "bucket")
+        if spec.region not in self.settings.allowed_regions:
+            raise _invalid(f"'{spec.region}' is not a region this server uploads to.", "region")
+
     def has_credentials(self) -> bool:
         """Whether settings or boto3's default chain give credentials. May block once."""
         with self._lock:
@@ -205,8 +225,11 @@ class S3Uploader:
         return self._session
 
     def _client(self, region: str) -> Any:
-        """One client per region (signatures name the region); boto3 clients are thread-safe,
-        creating them is not."""
+        """One client per allowed region (signatures name the region); boto3 clients are
+        thread-safe, creating them is not."""
+        if region not in self.settings.allowed_regions:
+            # Callers check first; this keeps the cache bounded by the settings regardless.
+            raise UploadFailed(f"the region '{region}' is not allowed")
         with self._lock:
             client = self._clients.get(region)
             if client is None:
@@ -230,6 +253,7 @@ class S3Uploader:
         if custom_storage.aws_s3 is None:
             return
         check_aws_s3(custom_storage.aws_s3)
+        self.check_allowed(custom_storage.aws_s3)
         if not await run_in(WorkPool.STORAGE, self.has_credentials):
             raise ApiError(
                 ErrorCode.INVALID_REQUEST_BODY,
@@ -245,8 +269,10 @@ class S3Uploader:
         spec = requested_s3(task.request)
         if spec is None or not outputs:
             return outputs
-        # Checked again here, so a submit path that skipped `check` never hands boto3 a bad name.
+        # Checked again here, so a submit path that skipped `check` never hands boto3 a bad
+        # name, and a task accepted before the allowlists changed follows the new ones.
         check_aws_s3(spec)
+        self.check_allowed(spec)
         try:
             return await run_in(WorkPool.STORAGE, self._upload_all, spec, task.task_id, outputs)
         except UploadFailed as failure:
@@ -284,13 +310,14 @@ class S3Uploader:
 
     def presigned_url(self, obj: S3Object, ttl_s: int) -> str | None:
         """A signed GET URL for an uploaded output, valid ``ttl_s`` seconds; None when this
-        server has no credentials (the caller then links the local copy).
+        server has no credentials or no longer allows the object's region (the caller then
+        links the local copy).
 
         Signing is local computation and runs on the event loop. The first call after a
         restart may look credentials up, and refreshable ones (instance roles) renew
         themselves now and then; both are rare enough not to need a thread.
         """
-        if not self.has_credentials():
+        if not self.has_credentials() or obj.region not in self.settings.allowed_regions:
             return None
         url: str = self._client(obj.region).generate_presigned_url(
             "get_object", Params={"Bucket": obj.bucket, "Key": obj.key}, ExpiresIn=min(ttl_s, MAX_PRESIGN_TTL_S)

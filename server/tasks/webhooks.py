@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from schemas.errors import ApiError
-from server.netguard import check_public_url_async
+from server.outbound import OutboundHttp
 from server.telemetry.tasks import webhook_result, webhook_span
 
 logger = logging.getLogger(__name__)
@@ -39,15 +39,13 @@ def _redacted(url: str) -> str:
 class WebhookSender:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        outbound: OutboundHttp,
         *,
-        allow_private: bool,
         timeout_s: float = 5.0,
         max_retries: int = 5,
         backoff_s: float = 1.0,
     ) -> None:
-        self._client = client
-        self._allow_private = allow_private
+        self._outbound = outbound
         self._timeout_s = timeout_s
         self._max_retries = max_retries
         self._backoff_s = backoff_s
@@ -98,21 +96,15 @@ class WebhookSender:
     async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> str | None:
         """One POST; None on success, else why it failed (for the log)."""
         try:
-            # Checked before every attempt: the name may resolve elsewhere by now. A refusal
-            # is retried like any failure, and nothing is ever sent to a refused address.
-            await check_public_url_async(url, allow_private=self._allow_private)
+            # Vetted for every attempt and sent over a connection pinned to the vetted
+            # addresses (server/outbound.py): a refusal is retried like any failure, and
+            # nothing is ever sent to a refused address. One deadline bounds the attempt,
+            # DNS included, so a receiver that trickles bytes cannot hold it open; redirects
+            # are not followed (the new location was never vetted). The answer's body is
+            # not read: its status is all we need.
+            status = await self._outbound.post(url, body, headers, param="webhook.url", timeout_s=self._timeout_s)
         except ApiError as exc:
             return f"refused: {exc.message}"
-        try:
-            # httpx's timeout bounds each phase (connect, each read); the outer one bounds
-            # the whole attempt, so a receiver that trickles bytes cannot hold it open.
-            async with asyncio.timeout(self._timeout_s):
-                # Redirects are not followed: the new location was never checked by netguard.
-                # Streaming without reading the body: the answer's status is all we need.
-                async with self._client.stream(
-                    "POST", url, content=body, headers=headers, timeout=self._timeout_s, follow_redirects=False
-                ) as response:
-                    status = response.status_code
         except (TimeoutError, httpx.TimeoutException):
             return f"no answer within {self._timeout_s:g} s"
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

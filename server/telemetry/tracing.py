@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, StatusCode
 
 from schemas.errors import ApiError
 from server.settings import TelemetrySettings
+from server.telemetry.redaction import RedactingProcessor
 
 log = logging.getLogger("omniserve.telemetry")
 
@@ -114,7 +115,8 @@ def build_tracer_provider(
     # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES (deployment.environment, ...).
     resource = Resource.create({SERVICE_NAME: choice.service_name, SERVICE_VERSION: version})
     provider = TracerProvider(resource=resource, sampler=sampler)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Every span leaves through the redaction: URL attributes may carry signatures and tokens.
+    provider.add_span_processor(RedactingProcessor(BatchSpanProcessor(exporter)))
     log.info("tracing to %s (%s)", choice.exporter, choice.endpoint or "exporter default")
     return provider
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY, LocalS3, local_s3
+from tests.s3_server import ACCESS_KEY_ID, ALLOWED_BUCKETS, SECRET_ACCESS_KEY, LocalS3, local_s3
 
 READY_TIMEOUT_S = 420
 
@@ -61,8 +62,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
     (data_dir / "models").mkdir()
     (data_dir / "models" / "demo").symlink_to(demo_root)
     port = free_port()
+    # Lists are set in TOML: the buckets the tests upload to (s3.allowed_buckets).
+    config = data_dir / "omniserve.toml"
+    config.write_text(f"[s3]\nallowed_buckets = {json.dumps(ALLOWED_BUCKETS)}\n")
     env = {
         **os.environ,
+        "OMNISERVE_CONFIG": str(config),
         "OMNISERVE_DATA_DIR": str(data_dir),
         "OMNISERVE_PORT": str(port),
         # The webhook receivers in these tests listen on loopback.

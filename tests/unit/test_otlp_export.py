@@ -100,3 +100,39 @@ async def test_spans_arrive_over_otlp_http(tmp_path: Path) -> None:
     attributes = {a.key: plain(a.value) for a in embeddings.attributes}
     assert attributes["gen_ai.operation.name"] == "embeddings"
     assert attributes["gen_ai.usage.input_tokens"] == 5
+
+
+async def test_url_query_values_and_userinfo_never_leave_in_spans(tmp_path: Path) -> None:
+    """A signed file URL's signature reaches the server span's URL attributes; what the
+    collector receives has every query value redacted."""
+    async with otlp_receiver() as (endpoint, received):
+        settings = TelemetrySettings(exporter="otlp-http", endpoint=endpoint, service_name="omniserve-otlp-test")
+        provider = build_tracer_provider(settings, {}, version="0.1.0")
+        assert provider is not None
+        try:
+            state = make_state(tmp_path)
+            async with AsyncTestClient(create_app(state, tracer_provider=provider)) as client:
+                await state.load_task  # type: ignore[misc]
+                response = await client.get("/v3/files/t1/0.png?expires=4102444800&signature=s3cr3t-sig")
+                assert response.status_code in (403, 404)
+            with provider.get_tracer("test").start_as_current_span("outbound") as span:
+                span.set_attribute("url.full", "https://user:pa55@hooks.example/cb?token=t0ken#frag")
+                span.add_event("exception", {"exception.message": "failed for url 'https://h.example/x?key=k3y'"})
+            assert await asyncio.to_thread(provider.force_flush)
+        finally:
+            await asyncio.to_thread(provider.shutdown)
+
+    exported = str([request for _, request in received])
+    for secret in ("s3cr3t-sig", "4102444800", "pa55", "t0ken", "k3y"):
+        assert secret not in exported
+    spans = {
+        span.name: {a.key: plain(a.value) for a in span.attributes}
+        for _, request in received
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+    server = next(attributes for name, attributes in spans.items() if name.startswith("GET"))
+    urls = [value for value in server.values() if isinstance(value, str) and "signature" in value]
+    assert urls and all("signature=REDACTED" in value for value in urls)
+    assert spans["outbound"]["url.full"] == "https://REDACTED@hooks.example/cb?token=REDACTED#frag"

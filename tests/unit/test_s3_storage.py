@@ -21,7 +21,7 @@ from schemas.v3.common import AwsS3Storage, CustomStorage
 from server.app import create_app
 from server.settings import S3Settings, SettingsError, load_settings
 from server.storage.local import LocalStorage
-from server.storage.s3 import S3Uploader, check_aws_s3, object_key
+from server.storage.s3 import S3Uploader, bucket_allowed, check_aws_s3, object_key
 from server.tasks.models import OutputFile, S3Object, Task, TaskType
 from tests.fakes import FAKE_SPECS, FAKE_UPSCALER_SPEC
 from tests.s3_server import LocalS3, local_s3
@@ -196,9 +196,9 @@ async def test_a_missing_bucket_fails_with_a_reason(tmp_path: Path, s3: LocalS3)
     uploader.storage.put(f"{TASK_ID}/0.png", b"png")
     outputs = [OutputFile(kind="image", key=f"{TASK_ID}/0.png", media_type="png")]
     with pytest.raises(ApiError) as caught:
-        await uploader.upload(_task(_spec(bucket="no-such-bucket-here")), outputs)
+        await uploader.upload(_task(_spec(bucket="bucket-no-such-one")), outputs)
     assert caught.value.code is ErrorCode.TASK_FAILED
-    assert "no-such-bucket-here" in caught.value.message and "NoSuchBucket" in caught.value.message
+    assert "bucket-no-such-one" in caught.value.message and "NoSuchBucket" in caught.value.message
 
 
 async def test_malformed_values_never_reach_boto3(tmp_path: Path, s3: LocalS3) -> None:
@@ -223,7 +223,7 @@ async def test_an_unreachable_endpoint_fails_with_a_reason(tmp_path: Path) -> No
 
 @pytest.mark.usefixtures("no_aws_environment")
 async def test_without_credentials_submission_is_refused(tmp_path: Path) -> None:
-    uploader = S3Uploader(S3Settings(), LocalStorage(tmp_path / "outputs", b"k" * 32))
+    uploader = S3Uploader(S3Settings(allowed_buckets=["my-bucket"]), LocalStorage(tmp_path / "outputs", b"k" * 32))
     with pytest.raises(ApiError) as caught:
         await uploader.check(CustomStorage(aws_s3=_spec()))
     assert caught.value.code is ErrorCode.INVALID_REQUEST_BODY
@@ -343,7 +343,7 @@ async def test_upscale_tasks_upload_too(tmp_path: Path, s3: LocalS3) -> None:
 
 @pytest.mark.usefixtures("no_aws_environment")
 async def test_a_server_without_credentials_refuses_aws_s3(tmp_path: Path) -> None:
-    state = make_state(tmp_path)
+    state = make_state(tmp_path, s3={"allowed_buckets": ["my-bucket"]})
     async with AsyncTestClient(create_app(state)) as client:
         await state.load_task  # type: ignore[misc]
         aws_s3 = {"region": "us-east-1", "bucket": "my-bucket", "path": "renders"}
@@ -353,3 +353,86 @@ async def test_a_server_without_credentials_refuses_aws_s3(tmp_path: Path) -> No
         assert response.status_code == 400
         assert response.json()["metadata"]["param"] == "extra.custom_storage.aws_s3"
         assert "credentials" in response.json()["message"]
+
+
+# --- which buckets and regions the server's credentials write to -------------------------
+
+
+def test_bucket_patterns() -> None:
+    assert bucket_allowed("bucket-abc", ["bucket-*"]) and bucket_allowed("exact", ["exact"])
+    assert bucket_allowed("anything", ["*"])
+    assert not bucket_allowed("bucket", ["bucket-*"]) and not bucket_allowed("exact-not", ["exact"])
+    assert not bucket_allowed("anything", [])
+    for bad in (["a*b"], [""]):
+        with pytest.raises(ValueError, match="allowed_buckets"):
+            S3Settings(allowed_buckets=bad)
+    with pytest.raises(ValueError, match="allowed_regions"):
+        S3Settings(allowed_regions=[])
+    assert S3Settings().allowed_buckets == [] and "us-east-1" in S3Settings().allowed_regions
+
+
+async def test_a_bucket_off_the_allowlist_is_a_400_and_is_never_written(
+    s3_client: AsyncTestClient, s3: LocalS3
+) -> None:
+    victim = f"victim-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(victim)
+    aws_s3 = {"region": "us-east-1", "bucket": victim, "path": "renders"}
+    response = await s3_client.post(
+        "/v3/async/txt2img", json={"request": REQUEST, "extra": {"custom_storage": {"aws_s3": aws_s3}}}
+    )
+    assert response.status_code == 400
+    assert response.json()["reason"] == "INVALID_REQUEST_BODY"
+    assert response.json()["metadata"]["param"] == "extra.custom_storage.aws_s3.bucket"
+    assert "Contents" not in s3.client().list_objects_v2(Bucket=victim)
+
+
+async def test_a_region_off_the_allowlist_is_a_400(tmp_path: Path, s3: LocalS3) -> None:
+    state = make_state(tmp_path, s3={**s3.settings(), "allowed_regions": ["us-east-1"]})
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        aws_s3 = {"region": "eu-west-1", "bucket": _bucket(), "path": "renders"}
+        response = await client.post(
+            "/v3/async/txt2img", json={"request": REQUEST, "extra": {"custom_storage": {"aws_s3": aws_s3}}}
+        )
+    assert response.status_code == 400
+    assert response.json()["metadata"]["param"] == "extra.custom_storage.aws_s3.region"
+
+
+async def test_by_default_custom_storage_is_refused_even_with_credentials(tmp_path: Path, s3: LocalS3) -> None:
+    settings = {key: value for key, value in s3.settings().items() if key != "allowed_buckets"}
+    state = make_state(tmp_path, s3=settings)
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        aws_s3 = {"region": "us-east-1", "bucket": _bucket(), "path": "renders"}
+        response = await client.post(
+            "/v3/async/txt2img", json={"request": REQUEST, "extra": {"custom_storage": {"aws_s3": aws_s3}}}
+        )
+    assert response.status_code == 400
+    assert response.json()["metadata"]["param"] == "extra.custom_storage.aws_s3.bucket"
+    assert "not enabled" in response.json()["message"]
+
+
+async def test_a_stored_task_follows_the_current_allowlist(tmp_path: Path, s3: LocalS3) -> None:
+    # A task accepted before the allowlist changed (or a restart) is checked again at upload.
+    victim = f"victim-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(victim)
+    uploader = _uploader(tmp_path, s3)
+    uploader.storage.put(f"{TASK_ID}/0.png", b"png")
+    outputs = [OutputFile(kind="image", key=f"{TASK_ID}/0.png", media_type="png")]
+    with pytest.raises(ApiError) as caught:
+        await uploader.upload(_task(_spec(bucket=victim)), outputs)
+    assert caught.value.param == "extra.custom_storage.aws_s3.bucket"
+    assert "Contents" not in s3.client().list_objects_v2(Bucket=victim)
+
+
+async def test_boto3_clients_are_bounded_by_the_allowed_regions(tmp_path: Path, s3: LocalS3) -> None:
+    regions = ["us-east-1", "eu-west-1"]
+    settings = msgspec.convert({**s3.settings(), "allowed_regions": regions}, S3Settings)
+    uploader = S3Uploader(settings, LocalStorage(tmp_path / "outputs", b"k" * 32))
+    for region in [*regions, "ap-south-1", "us-west-2", *regions]:
+        uploader.presigned_url(S3Object(region=region, bucket="bucket-x", key="k"), 60)
+    assert sorted(uploader._clients) == sorted(regions)
+    assert uploader.presigned_url(S3Object(region="ap-south-1", bucket="bucket-x", key="k"), 60) is None
+    with pytest.raises(ApiError) as caught:
+        uploader.check_allowed(_spec(region="ap-south-1", bucket="bucket-x"))
+    assert caught.value.param == "extra.custom_storage.aws_s3.region"

@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,37 @@ async def test_sdapi_refuses_private_image_urls_by_default(tmp_path: Path, image
         response = await client.post("/api/v3/img2img", json={"prompt": "x", "init_image": f"{image_server}/init.png"})
     assert response.status_code == 400
     assert "not a public address" in response.json()["message"]["init_image"][0]
+
+
+async def test_sdapi_image_download_has_one_total_deadline(tmp_path: Path) -> None:
+    """A host that trickles its image a byte at a time (each read well within any per-read
+    timeout) is cut at vendor.sdapi_fetch_timeout_s: a 400 naming init_image."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 100000\r\n\r\n")
+        try:
+            for _ in range(100000):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except ConnectionError:
+            pass
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    state = make_state(tmp_path, vendor={"sdapi_fetch_timeout_s": 1.0}, tasks={"allow_private_urls": True})
+    async with server, AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        started = time.monotonic()
+        async with asyncio.timeout(10):  # without a total deadline this would run for hours
+            response = await client.post(
+                "/api/v3/img2img", json={"prompt": "x", "init_image": f"http://127.0.0.1:{port}/slow.png"}
+            )
+        elapsed = time.monotonic() - started
+    assert response.status_code == 400
+    assert "within 1 s" in response.json()["message"]["init_image"][0]
+    assert elapsed < 3.0
 
 
 @pytest.fixture

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import httpx
-
+from server.outbound import OutboundHttp
 from server.tasks.webhooks import WebhookSender
 
 Received = list[tuple[dict[str, str], bytes]]
@@ -41,11 +41,8 @@ async def receiver(answer: Callable[[int], int | None]) -> AsyncIterator[tuple[s
 
 async def test_retries_after_a_5xx_and_delivers_the_envelope() -> None:
     payload = b'{"task": {"task_id": "t1", "status": "TASK_STATUS_SUCCEED"}, "images": []}'
-    async with (
-        receiver(lambda n: 500 if n == 1 else 200) as (url, received),
-        httpx.AsyncClient(trust_env=False) as client,
-    ):
-        sender = WebhookSender(client, allow_private=True, backoff_s=0.01)
+    async with receiver(lambda n: 500 if n == 1 else 200) as (url, received):
+        sender = WebhookSender(OutboundHttp(allow_private=True), backoff_s=0.01)
         assert await sender.deliver(url, payload, headers={"x-trace": "abc"})
     assert len(received) == 2
     headers, body = received[-1]
@@ -56,8 +53,8 @@ async def test_retries_after_a_5xx_and_delivers_the_envelope() -> None:
 
 
 async def test_a_silent_receiver_times_out_and_gives_up() -> None:
-    async with receiver(lambda n: None) as (url, received), httpx.AsyncClient(trust_env=False) as client:
-        sender = WebhookSender(client, allow_private=True, timeout_s=0.2, max_retries=2, backoff_s=0.01)
+    async with receiver(lambda n: None) as (url, received):
+        sender = WebhookSender(OutboundHttp(allow_private=True), timeout_s=0.2, max_retries=2, backoff_s=0.01)
         started = time.monotonic()
         assert not await sender.deliver(url, b"{}")
         elapsed = time.monotonic() - started
@@ -67,8 +64,29 @@ async def test_a_silent_receiver_times_out_and_gives_up() -> None:
 
 
 async def test_private_targets_are_never_contacted() -> None:
-    async with receiver(lambda n: 200) as (url, received), httpx.AsyncClient(trust_env=False) as client:
-        sender = WebhookSender(client, allow_private=False, max_retries=1, backoff_s=0.01)
+    async with receiver(lambda n: 200) as (url, received):
+        sender = WebhookSender(OutboundHttp(allow_private=False), max_retries=1, backoff_s=0.01)
         assert not await sender.deliver(url, b"{}")
     assert received == []
     assert sender.failed == 1
+
+
+async def test_a_rebinding_name_is_delivered_to_its_vetted_address_only() -> None:
+    # Each attempt resolves once and connects to what it vetted: the name is never looked up
+    # a second time by the HTTP client, where a rebinding server could answer 127.0.0.1.
+    asked: list[str] = []
+    answers = iter(["127.0.0.1", "127.0.0.2"])
+
+    def rebinding(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        asked.append(host)
+        return [ipaddress.ip_address(next(answers))]
+
+    async with receiver(lambda n: 200) as (url, received):
+        port = url.split(":")[2].split("/")[0]
+        outbound = OutboundHttp(
+            allow_private=False, resolver=rebinding, address_allowed=lambda a: str(a) == "127.0.0.1"
+        )
+        sender = WebhookSender(outbound, max_retries=0)
+        assert await sender.deliver(f"http://hooks.test:{port}/hook", b"{}")
+    assert asked == ["hooks.test"] and len(received) == 1
+    assert received[0][0]["host"] == f"hooks.test:{port}"

@@ -18,7 +18,6 @@ import io
 import time
 from typing import Any
 
-import httpx
 import msgspec
 
 from engines.scheduler import Scheduler
@@ -27,6 +26,7 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.limits import SIDE_MULTIPLE
 from schemas.vendor.sdapi import SdRequest, is_yes
 from server.netguard import check_public_url_async
+from server.outbound import OutboundHttp
 from server.routes.v3.image_tasks import BODY_TYPES, V3ImageTasks
 from server.routes.vendor.downloads import fetch_image
 from server.settings import VendorSettings
@@ -73,11 +73,10 @@ class SdApiTasks:
         store: TaskStore,
         runner: TaskRunner,
         storage: LocalStorage,
-        http: httpx.AsyncClient,
+        outbound: OutboundHttp,
         settings: VendorSettings,
         *,
         model: str | None,
-        allow_private_urls: bool,
         clock: Any = time.monotonic,
     ) -> None:
         self.scheduler = scheduler
@@ -86,10 +85,9 @@ class SdApiTasks:
         self.store = store
         self.runner = runner
         self.storage = storage
-        self.http = http
+        self.outbound = outbound
         self.settings = settings
         self.model = model
-        self.allow_private_urls = allow_private_urls
         self.clock = clock
         # Digests of recent request bodies, oldest first, for the duplicate-request filter.
         self._recent: collections.OrderedDict[bytes, float] = collections.OrderedDict()
@@ -124,7 +122,12 @@ class SdApiTasks:
         if safety and not self.v3_images.images.nsfw.configured:
             raise _field("The safety checker is not available on this server.", "safety_checker")
         if body.webhook is not None:
-            await check_public_url_async(body.webhook, allow_private=self.allow_private_urls, param="webhook")
+            await check_public_url_async(
+                body.webhook,
+                allow_private=self.outbound.allow_private,
+                param="webhook",
+                timeout_s=self.settings.sdapi_fetch_timeout_s,
+            )
         request: dict[str, Any] = {
             "model_name": self._model(body.model_id),
             "prompt": body.prompt,
@@ -163,13 +166,7 @@ class SdApiTasks:
                 raise _field(f"The {name.replace('_', ' ')} field is required.", name)
         images = await asyncio.gather(
             *(
-                fetch_image(
-                    self.http,
-                    source or "",
-                    param=name,
-                    allow_private=self.allow_private_urls,
-                    timeout_s=self.settings.sdapi_fetch_timeout_s,
-                )
+                fetch_image(self.outbound, source or "", param=name, timeout_s=self.settings.sdapi_fetch_timeout_s)
                 for name, source in sources.items()
             )
         )
