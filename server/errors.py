@@ -8,6 +8,7 @@ are logged with their traceback here and reach the client only as a generic 500.
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 from collections.abc import Callable
@@ -39,6 +40,7 @@ _OPENAI_TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
@@ -50,6 +52,7 @@ _STATUS_CODES = {
     404: ErrorCode.API_NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.REQUEST_BODY_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     429: ErrorCode.RATE_LIMIT_EXCEEDED,
     503: ErrorCode.SERVICE_NOT_AVAILABLE,
 }
@@ -87,6 +90,8 @@ _NOVASSIUM_CODES = {
     ErrorCode.BILLING_BALANCE_NOT_ENOUGH: ("insufficient_credits", None),
     ErrorCode.API_NOT_FOUND: ("not_found", None),
     ErrorCode.METHOD_NOT_ALLOWED: ("method_not_allowed", None),
+    ErrorCode.ACCESS_DENY: ("forbidden", None),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: ("unsupported_media_type", None),
 }
 
 
@@ -125,14 +130,35 @@ def is_openai_path(path: str) -> bool:
     return path.startswith(("/openai/", "/v1/")) or path in ("/openai", "/v1")
 
 
-def _body_for(path: str) -> Callable[[ApiError], bytes]:
+class ErrorFamily(enum.StrEnum):
+    """The error envelopes, one per API family."""
+
+    OPENAI = "openai"
+    NOVITA = "novita"
+    NOVASSIUM = "novassium"
+    SDAPI = "sdapi"
+
+
+def error_family(path: str) -> ErrorFamily:
     if is_openai_path(path):
-        return openai_error_body
+        return ErrorFamily.OPENAI
     if path.startswith("/api/novassium/"):
-        return novassium_error_body
+        return ErrorFamily.NOVASSIUM
     if path.startswith("/api/v3/"):
-        return sdapi_error_body
-    return v3_error_body
+        return ErrorFamily.SDAPI
+    return ErrorFamily.NOVITA
+
+
+_BODIES: dict[ErrorFamily, Callable[[ApiError], bytes]] = {
+    ErrorFamily.OPENAI: openai_error_body,
+    ErrorFamily.NOVITA: v3_error_body,
+    ErrorFamily.NOVASSIUM: novassium_error_body,
+    ErrorFamily.SDAPI: sdapi_error_body,
+}
+
+
+def _body_for(path: str) -> Callable[[ApiError], bytes]:
+    return _BODIES[error_family(path)]
 
 
 _PROBLEM_CODES = {
@@ -205,8 +231,8 @@ def _from_validation(exc: ValidationException) -> ApiError:
     return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Invalid request: {reason}")
 
 
-def error_response(path: str, error: ApiError) -> Response[bytes]:
-    headers = {}
+def error_response(path: str, error: ApiError, headers: dict[str, str] | None = None) -> Response[bytes]:
+    headers = dict(headers or {})
     if error.retry_after is not None:
         seconds = max(1, round(error.retry_after))
         headers["Retry-After"] = str(seconds)
@@ -224,4 +250,6 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
     # An engine's own failures were logged where they happened.
     if error.status >= 500 and not isinstance(exc, (ApiError, EngineError)):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request.url.path, error)
+    # A 405 says which methods the route takes (RFC 9110: Allow is required there).
+    allow = exc.headers.get("allow") if isinstance(exc, MethodNotAllowedException) and exc.headers else None
+    return error_response(request.url.path, error, {"Allow": allow} if allow else None)
