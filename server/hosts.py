@@ -23,6 +23,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.enums import RequestEncodingType
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import BodyKwarg
 from litestar.types import Guard, Scope
 
 from schemas.errors import ApiError, ErrorCode
@@ -101,7 +102,8 @@ def _takes_json(handler: BaseRouteHandler) -> bool:
     data = handler.parsed_fn_signature.parameters.get("data")
     if data is None:
         return False
-    media_type = data.kwarg_definition.media_type if data.kwarg_definition is not None else None
+    definition = data.kwarg_definition
+    media_type = definition.media_type if isinstance(definition, BodyKwarg) else None
     return media_type not in (RequestEncodingType.MULTI_PART, RequestEncodingType.URL_ENCODED)
 
 

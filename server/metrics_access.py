@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.response.base import ASGIResponse
 from litestar.types import ASGIApp, Guard, Receive, Scope, Send
 
 from schemas.errors import ApiError, ErrorCode
@@ -37,6 +38,9 @@ def metrics_guards(settings: MetricsSettings, authenticator: Authenticator) -> l
     return [on_metrics_listener]
 
 
+_NOT_FOUND = ASGIResponse(body=b"not found\n", status_code=404, media_type="text/plain")
+
+
 class MetricsListenerOnlyServesMetrics:
     """On the metrics listener, every path but /metrics is 404, so the API is not reachable
     through the scraper's network."""
@@ -47,14 +51,6 @@ class MetricsListenerOnlyServesMetrics:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _listener_port(scope) == self.port and scope["path"] != METRICS_PATH:
-            body = b"not found\n"
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _NOT_FOUND(scope, receive, send)
             return
         await self.app(scope, receive, send)
