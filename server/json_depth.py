@@ -10,19 +10,16 @@ measured.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 
-# A JSON string, escapes included (the unrolled form: fast on long strings such as base64).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = bytes(byte for byte in range(256) if byte not in b"[]{}")
-_OPENERS = np.zeros(256, dtype=np.int8)
-_OPENERS[[ord("["), ord("{")]] = 1
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_STEP = np.zeros(256, dtype=np.int64)
+_STEP[[ord("["), ord("{")]] = 1
+_STEP[[ord("]"), ord("}")]] = -1
 _BLOCK = 1 << 20
 # Bodies larger than this are measured on a worker thread, off the event loop.
 _INLINE_BYTES = 256 * 1024
@@ -30,17 +27,30 @@ _FORM_TYPES = (b"multipart/", b"application/x-www-form-urlencoded")
 
 
 def json_depth(raw: bytes) -> int:
-    """How deeply ``raw`` nests arrays and objects (brackets inside strings do not count)."""
-    if b'"' in raw:
-        raw = _STRING.sub(b"", raw)
-    brackets = raw.translate(None, _NOT_BRACKET)
+    """How deeply ``raw`` nests arrays and objects; brackets inside strings do not count.
+
+    Linear and vectorised, whatever the input: a quote ends or starts a string unless an odd
+    run of backslashes comes before it, and a bracket counts when an even number of such
+    quotes comes before it. Processed in blocks, carrying the state across block edges.
+    """
     depth = deepest = 0
-    for start in range(0, len(brackets), _BLOCK):
-        block = np.frombuffer(brackets, dtype=np.uint8, count=min(_BLOCK, len(brackets) - start), offset=start)
-        # +1 for an opener, -1 for a closer.
-        running = np.cumsum(_OPENERS[block].astype(np.int64) * 2 - 1) + depth
+    in_string = 0  # 1 inside a string
+    backslashes = 0  # the run of backslashes that ended the previous block
+    for start in range(0, len(raw), _BLOCK):
+        block = np.frombuffer(raw, dtype=np.uint8, count=min(_BLOCK, len(raw) - start), offset=start)
+        index = np.arange(len(block), dtype=np.int64)
+        before = -(backslashes + 1)  # where the last non-backslash was, before this block
+        last_plain = np.maximum.accumulate(np.where(block != _BACKSLASH, index, before))
+        previous_plain = np.concatenate(([before], last_plain[:-1]))
+        escaped = (index - previous_plain - 1) % 2 == 1
+        quotes = (block == _QUOTE) & ~escaped
+        inside = (np.cumsum(quotes, dtype=np.int64) + in_string) % 2 == 1
+        steps = np.where(inside, 0, _STEP[block])
+        running = np.cumsum(steps) + depth
         deepest = max(deepest, int(running.max()))
         depth = int(running[-1])
+        in_string = int(inside[-1])
+        backslashes = len(block) - 1 - int(last_plain[-1])
     return deepest
 
 

@@ -93,6 +93,61 @@ async def test_brackets_inside_strings_do_not_count(client: AsyncTestClient) -> 
     assert (await client.post("/v3/async/txt2img", json=body)).status_code == 200
 
 
+def _reference_depth(text: str) -> int | None:
+    """Nesting by a plain character walk; None where a backslash stands outside a string
+    (invalid JSON, which every decoder refuses at that character)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == "\\":
+            return None
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def test_nesting_matches_a_character_walk_across_block_edges(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from server import json_depth
+
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(5000):
+        text = "".join(rng.choice('[]{}"\\ab,:') for _ in range(rng.randint(1, 80)))
+        expected = _reference_depth(text)
+        if expected is None:
+            continue
+        monkeypatch.setattr(json_depth, "_BLOCK", rng.choice([1, 2, 3, 7, 1 << 20]))
+        assert json_depth.json_depth(text.encode()) == expected, text
+        checked += 1
+    assert checked > 500
+
+
+def test_nesting_is_measured_in_linear_time() -> None:
+    import time
+
+    from server.json_depth import json_depth
+
+    # Escaped quotes in an unterminated string: a backtracking string pattern takes seconds here.
+    body = b"[" * 200 + b'"' + b'\\"' * 40000
+    started = time.monotonic()
+    assert json_depth(body) == 200
+    assert time.monotonic() - started < 1.0
+
+
 async def test_a_form_body_is_not_measured(client: AsyncTestClient) -> None:
     response = await client.post(
         "/v1/audio/transcriptions", files={"file": ("a.wav", b"[" * 5000, "audio/wav")}, data={"model": "x"}
