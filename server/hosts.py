@@ -9,9 +9,10 @@ the address the connection arrived on, the host of ``public_url`` or one of
 - an open server (no keys) refuses the request (403 ACCESS_DENY): a web page that rebinds
   its own name to 127.0.0.1 cannot drive a local server.
 
-An open server also takes JSON routes' bodies only with a JSON content type (415 otherwise):
-a page can post ``text/plain`` or a form across sites without a CORS preflight, but not
-``application/json``. Form routes keep taking forms. Probes (/health, /ready) are exempt.
+An open server also takes JSON bodies only with a JSON content type (415 otherwise): a page
+can post ``text/plain`` or a form across sites without a CORS preflight, but not
+``application/json``. Form routes keep taking forms (and JSON where they take it too), never
+``text/plain``. Probes (/health, /ready) are exempt.
 """
 
 from __future__ import annotations
@@ -97,14 +98,18 @@ def output_base_url(request: Request[Any, Any, Any]) -> str:
     return policy.base_url(request)
 
 
-def _takes_json(handler: BaseRouteHandler) -> bool:
-    """Whether the handler's body (its ``data``) is JSON, not a form."""
+_FORM_MEDIA_TYPES = frozenset({RequestEncodingType.MULTI_PART.value, RequestEncodingType.URL_ENCODED.value})
+
+
+def _body_kind(handler: BaseRouteHandler) -> str | None:
+    """ "form" when the handler's body (its ``data``) is a form, "json" for any other body, None
+    when it takes no body."""
     data = handler.parsed_fn_signature.parameters.get("data")
     if data is None:
-        return False
+        return None
     definition = data.kwarg_definition
     media_type = definition.media_type if isinstance(definition, BodyKwarg) else None
-    return media_type not in (RequestEncodingType.MULTI_PART, RequestEncodingType.URL_ENCODED)
+    return "form" if media_type in (RequestEncodingType.MULTI_PART, RequestEncodingType.URL_ENCODED) else "json"
 
 
 def is_json_media_type(content_type: str) -> bool:
@@ -123,13 +128,19 @@ def open_server_guard(authenticator: Authenticator, hosts: HostPolicy) -> Guard:
                 ErrorCode.ACCESS_DENY,
                 f"Host '{name}' is not allowed on a server without API keys; add it to auth.allowed_hosts.",
             )
-        method = connection.scope.get("method", "GET")
-        if method in _BODY_METHODS and _takes_json(handler):
-            content_type = connection.headers.get("content-type", "")
-            if not is_json_media_type(content_type):
-                raise ApiError(
-                    ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-                    "This route takes a JSON body: send it with 'Content-Type: application/json'.",
-                )
+        kind = _body_kind(handler) if connection.scope.get("method") in _BODY_METHODS else None
+        if kind is None:
+            return
+        content_type = connection.headers.get("content-type", "")
+        if is_json_media_type(content_type):
+            return
+        # A form route takes its forms (some also take the same fields as JSON).
+        if kind == "form" and content_type.partition(";")[0].strip().lower() in _FORM_MEDIA_TYPES:
+            return
+        expected = "application/json or multipart/form-data" if kind == "form" else "application/json"
+        raise ApiError(
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            f"This route takes a body sent as {expected}, not {content_type or 'no content type'}.",
+        )
 
     return browser_safe

@@ -140,7 +140,9 @@ _OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trac
 def _statuses(path: str, operation: Operation) -> list[int]:
     if path in _UNGUARDED:
         return [500]
-    statuses = [400, 401, 403, 404, 429, 500, 503]
+    statuses = [401, 403, 404, 429, 500, 503]
+    if operation.request_body is not None or operation.parameters:
+        statuses.append(400)
     if operation.request_body is not None:
         statuses += [413, 415]
     return sorted(statuses)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from litestar.testing import AsyncTestClient
+from openapi_spec_validator import validate as validate_openapi
 
 from server.app import create_app
 from server.cli import main
@@ -285,7 +286,13 @@ async def test_an_open_server_keeps_form_routes_on_forms(client: AsyncTestClient
     response = await client.post(
         "/v1/images/edits", files={"image": ("a.png", b"not an image", "image/png")}, data={"prompt": "x"}
     )
-    assert response.status_code != 415
+    assert response.status_code == 400 and "UNSUPPORTED_MEDIA_TYPE" not in response.text
+    # /v1/videos takes a form or the same fields as JSON, but never text/plain.
+    video = b'{"model": "fake-video", "prompt": "a barn"}'
+    plain = await client.post("/v1/videos", content=video, headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415, plain.text
+    as_json = await client.post("/v1/videos", content=video, headers={"Content-Type": "application/json"})
+    assert as_json.status_code != 415
 
 
 async def test_a_keyed_server_takes_any_content_type(keyed: tuple[AsyncTestClient, Components]) -> None:
@@ -406,6 +413,7 @@ async def test_documented_error_responses_match_the_real_ones(keyed: tuple[Async
     _, customer = state.keystore.create("customer")
     auth = {"Authorization": f"Bearer {customer}"}
     document = (await client.get("/schema/openapi.json")).json()
+    validate_openapi(document)  # still a valid OpenAPI document
     assert "/metrics" in document["paths"]
     cases = [
         ("/v1/chat/completions", "post", {"model": 5}, auth, 400),
