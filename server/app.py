@@ -35,10 +35,10 @@ from server.cancellation import CancelOnDisconnect
 from server.composition import Components
 from server.errors import handle_exception
 from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
-from server.json_depth import JsonDepthLimit
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.metrics_access import METRICS_PATH, MetricsListenerOnlyServesMetrics, metrics_guards
+from server.request_bodies import BodyGuard
 from server.routes.admin import AdminController
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
@@ -245,8 +245,8 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     document_error_responses(app)
     # Outermost, so unknown routes and errors get a request id, a metric and a log line too;
     # inside it, a request whose client leaves is cancelled; innermost, JSON bodies nested
-    # too deeply are refused before anything decodes them.
-    handler: Any = JsonDepthLimit(app.asgi_handler, settings.limits.max_json_depth)
+    # too deeply are refused before anything decodes them (server/request_bodies.py).
+    handler: Any = BodyGuard(app.asgi_handler, settings.limits.max_json_depth)
     if settings.metrics.access == "port":
         handler = MetricsListenerOnlyServesMetrics(handler, settings.metrics.port)
     app.asgi_handler = RequestTelemetry(CancelOnDisconnect(handler))

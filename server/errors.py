@@ -29,6 +29,7 @@ from engines.errors import (
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import ErrorDetail, ErrorResponse
 from schemas.v3.common import V3Error
+from server.request_bodies import client_left_mid_body
 from server.validation import validation_error as validation_error  # its home; imported from here too
 
 log = logging.getLogger("omniserve.errors")
@@ -246,6 +247,13 @@ def error_response(path: str, error: ApiError, headers: dict[str, str] | None = 
 
 
 def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
+    if client_left_mid_body(request.scope) and not isinstance(exc, ApiError):
+        # Litestar reports the body it could not finish as a server error; nobody is there to
+        # read the answer, and it is not the server's failure.
+        log.info("client left before sending its whole body: %s %s", request.method, request.url.path)
+        return error_response(
+            request.url.path, ApiError(ErrorCode.INVALID_REQUEST_BODY, "The client left before sending the whole body.")
+        )
     error = as_api_error(exc)
     # An engine's own failures were logged where they happened.
     if error.status >= 500 and not isinstance(exc, (ApiError, EngineError)):

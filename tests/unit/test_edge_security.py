@@ -122,7 +122,7 @@ def _reference_depth(text: str) -> int | None:
 def test_nesting_matches_a_character_walk_across_block_edges(monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 
-    from server import json_depth
+    from server import request_bodies
 
     rng = random.Random(7)
     checked = 0
@@ -131,8 +131,8 @@ def test_nesting_matches_a_character_walk_across_block_edges(monkeypatch: pytest
         expected = _reference_depth(text)
         if expected is None:
             continue
-        monkeypatch.setattr(json_depth, "_BLOCK", rng.choice([1, 2, 3, 7, 1 << 20]))
-        assert json_depth.json_depth(text.encode()) == expected, text
+        monkeypatch.setattr(request_bodies, "_BLOCK", rng.choice([1, 2, 3, 7, 1 << 20]))
+        assert request_bodies.json_depth(text.encode()) == expected, text
         checked += 1
     assert checked > 500
 
@@ -140,7 +140,7 @@ def test_nesting_matches_a_character_walk_across_block_edges(monkeypatch: pytest
 def test_nesting_is_measured_in_linear_time() -> None:
     import time
 
-    from server.json_depth import json_depth
+    from server.request_bodies import json_depth
 
     # Escaped quotes in an unterminated string: a backtracking string pattern takes seconds here.
     body = b"[" * 200 + b'"' + b'\\"' * 40000

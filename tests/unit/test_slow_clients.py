@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 
@@ -80,7 +81,8 @@ async def test_a_silent_connection_is_closed(server: LiveServer) -> None:
     assert time.monotonic() - started <= HEADER_TIMEOUT_S + SLACK_S
 
 
-async def test_a_trickled_body_is_cut_at_the_deadline(server: LiveServer) -> None:
+async def test_a_trickled_body_is_cut_at_the_deadline(server: LiveServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="omniserve.errors")
     reader, writer = await _connect(server)
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -91,6 +93,10 @@ async def test_a_trickled_body_is_cut_at_the_deadline(server: LiveServer) -> Non
     writer.close()
     assert answer == b""  # closed: the app saw the client leave
     assert took <= BODY_TIMEOUT_S + SLACK_S
+    await asyncio.sleep(0.5)
+    # The client leaving is not logged as a server error.
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert any("left before sending its whole body" in record.getMessage() for record in caplog.records)
 
 
 async def test_oversized_headers_are_refused(server: LiveServer) -> None:

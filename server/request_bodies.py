@@ -1,11 +1,14 @@
-"""One nesting limit for every JSON body, checked before anything decodes or walks it.
+"""Request bodies as they arrive, before the app reads them: one place for every route.
 
-Decoders (msgspec, Litestar's) and the code that walks decoded bodies recurse once per level,
-so a body nested a few hundred levels deep would end in a RecursionError, a 500. `JsonDepthLimit`
-sits in front of the app and measures each request body as it completes; a body deeper than
-``limits.max_json_depth`` is refused with INVALID_REQUEST_BODY (400) in the family's envelope,
-whichever route, decoder or content type it was sent to. Form bodies are not JSON and are not
-measured.
+- One nesting limit for every JSON body. Decoders (msgspec, Litestar's) and the code that walks
+  decoded bodies recurse once per level, so a body nested a few hundred levels deep would end
+  in a RecursionError, a 500. `BodyGuard` measures each body as it completes; one deeper than
+  ``limits.max_json_depth`` is refused with INVALID_REQUEST_BODY (400) in the family's
+  envelope, whichever route, decoder or content type it was sent to. Form bodies are not JSON
+  and are not measured.
+- A client that leaves before its body is complete (or is cut by the body deadline) is marked
+  in the request's state, so the error handler reads the failure that follows as the client
+  leaving, not as a server error.
 """
 
 from __future__ import annotations
@@ -61,25 +64,45 @@ def nests_deeper_than(raw: bytes, limit: int) -> bool:
     return json_depth(raw) > limit
 
 
-class JsonDepthLimit:
+CLIENT_LEFT_STATE = "omniserve.client_left_mid_body"
+
+
+def client_left_mid_body(scope: Scope) -> bool:
+    return bool(scope.get("state", {}).get(CLIENT_LEFT_STATE))
+
+
+class BodyGuard:
     def __init__(self, app: ASGIApp, max_depth: int) -> None:
         self.app = app
         self.max_depth = max_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_form(scope):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        measure = not _is_form(scope)
         chunks: list[bytes] = []
         max_depth = self.max_depth
+        body_done = False
 
-        async def measured_receive() -> ReceiveMessage:
+        async def guarded_receive() -> ReceiveMessage:
+            nonlocal body_done
             message = await receive()
+            if body_done:
+                return message
+            if message["type"] == "http.disconnect":
+                body_done = True
+                scope.setdefault("state", {})[CLIENT_LEFT_STATE] = True
+                return message
             if message["type"] != "http.request":
+                return message
+            if not measure:
+                body_done = not message.get("more_body", False)
                 return message
             chunks.append(message.get("body", b""))
             if message.get("more_body", False):
                 return message
+            body_done = True
             body = b"".join(chunks)
             chunks.clear()
             if len(body) > _INLINE_BYTES:
@@ -93,7 +116,7 @@ class JsonDepthLimit:
                 )
             return message
 
-        await self.app(scope, measured_receive, send)
+        await self.app(scope, guarded_receive, send)
 
 
 def _is_form(scope: Scope) -> bool:
