@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Response, Router, get
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,12 +30,15 @@ from engines.registry import (
 from engines.scheduler import Scheduler
 from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
-from server.auth import Authenticator, key_guard
+from server.auth import Authenticator, key_guard, require_admin
 from server.cancellation import CancelOnDisconnect
 from server.composition import Components
 from server.errors import handle_exception
+from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
 from server.keystore import KeyStore
 from server.metrics import Metrics
+from server.metrics_access import METRICS_PATH, MetricsListenerOnlyServesMetrics, metrics_guards
+from server.request_bodies import BodyGuard
 from server.routes.admin import AdminController
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
@@ -43,6 +47,7 @@ from server.routes.openai.speech import SpeechController
 from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
 from server.routes.openai.videos import VideosController
+from server.routes.openapi import document_error_responses
 from server.routes.v3.account import AccountController
 from server.routes.v3.files import FilesController
 from server.routes.v3.images import V3ImageController
@@ -93,12 +98,21 @@ def build_components(
     devices = discover_devices(settings.scheduler.host_budget, settings.scheduler.gpu_budget)
     keystore = KeyStore(settings.data_path / "keys.sqlite3")
     authenticator = Authenticator(
-        keystore, settings.auth.static_keys, open_when_no_keys=settings.is_loopback or settings.auth.allow_open
+        keystore,
+        settings.auth.static_keys,
+        open_when_no_keys=settings.is_loopback or settings.auth.allow_open,
+        static_admin_keys=settings.auth.static_admin_keys,
     )
     return Components(settings, Scheduler(registry, policy, devices), keystore, authenticator)
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4", include_in_schema=False)
+@get(
+    METRICS_PATH,
+    media_type="text/plain; version=0.0.4",
+    summary="Prometheus metrics (who may read them: settings metrics.access)",
+    operation_id="metrics",
+    tags=["operations"],
+)
 async def metrics(metrics: Metrics) -> Response[bytes]:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -182,7 +196,9 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             guards=[require_key, enforce_account],
         )
 
-    admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_key])
+    settings = components.settings
+    hosts = HostPolicy(settings)
+    admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_key, require_admin])
     v3_router = Router(
         path="/",
         route_handlers=[
@@ -198,7 +214,9 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     app = Litestar(
         route_handlers=[
             HealthController,
-            metrics,
+            Router(
+                path="/", route_handlers=[metrics], guards=metrics_guards(settings.metrics, components.authenticator)
+            ),
             openai_router("/openai/v1"),
             openai_router("/v1"),
             v3_router,
@@ -212,6 +230,9 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             ),
             SdApiController,
         ],
+        # Every route: on an open server, a trusted Host and JSON bodies sent as JSON.
+        guards=[open_server_guard(components.authenticator, hosts)],
+        state=State({HOSTS_STATE: hosts}),
         dependencies=_dependencies(components),
         exception_handlers={Exception: handle_exception},
         lifespan=[engines_lifespan],
@@ -221,7 +242,12 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         logging_config=None,
         **tracing.app_options(tracer_provider),
     )
+    document_error_responses(app)
     # Outermost, so unknown routes and errors get a request id, a metric and a log line too;
-    # inside it, a request whose client leaves is cancelled.
-    app.asgi_handler = RequestTelemetry(CancelOnDisconnect(app.asgi_handler))
+    # inside it, a request whose client leaves is cancelled; innermost, JSON bodies nested
+    # too deeply are refused before anything decodes them (server/request_bodies.py).
+    handler: Any = BodyGuard(app.asgi_handler, settings.limits.max_json_depth)
+    if settings.metrics.access == "port":
+        handler = MetricsListenerOnlyServesMetrics(handler, settings.metrics.port)
+    app.asgi_handler = RequestTelemetry(CancelOnDisconnect(handler))
     return app

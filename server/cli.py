@@ -50,10 +50,8 @@ def _keys_exist(settings: Settings) -> bool:
 
 
 def cmd_serve(settings: Settings) -> int:
-    import uvicorn
-
     from server.app import VERSION, build_components, create_app
-    from server.http_server import DrainingServer
+    from server.http_server import DrainingServer, listening_sockets, uvicorn_config
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
         print(
@@ -71,12 +69,10 @@ def cmd_serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
     components = build_components(settings, _catalog(settings))
-    config = uvicorn.Config(
+    config = uvicorn_config(
         create_app(components, tracer_provider=tracer_provider),
-        host=settings.host,
-        port=settings.port,
+        settings,
         loop="uvloop",
-        http="httptools",
         log_level=settings.log_level,
         access_log=False,  # the app writes its own, with request and trace ids
         log_config=None,  # uvicorn's records go through the handler configure_logging set
@@ -84,7 +80,7 @@ def cmd_serve(settings: Settings) -> int:
         lifespan="on",
     )
     try:
-        DrainingServer(config, components.readiness).run()
+        DrainingServer(config, components.readiness).run(sockets=listening_sockets(config, settings))
     finally:
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the spans still batched
@@ -117,8 +113,9 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     store = KeyStore(settings.data_path / "keys.sqlite3")
     try:
         if args.keys_command == "create":
-            info, key = store.create(args.name)
-            print(f"id:  {info.id}\nkey: {key}\n(the key is shown once; only its hash is stored)")
+            info, key = store.create(args.name, admin=args.admin)
+            role = "admin" if info.admin else "customer"
+            print(f"id:  {info.id}\nkey: {key}\nrole: {role}\n(the key is shown once; only its hash is stored)")
         elif args.keys_command == "list":
             for info in store.list():
                 state = "revoked" if info.revoked_at else "active"
@@ -127,7 +124,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
                 if account is not None and not account.subscription_active:
                     state = "inactive"
                 balance = "unmetered" if account is None or account.credits is None else f"{account.credits:g}"
-                print(f"{info.id}  {state:<8} {created}  {balance:>10}  {info.name}")
+                role = "admin" if info.admin else "customer"
+                print(f"{info.id}  {state:<8} {role:<8} {created}  {balance:>10}  {info.name}")
         elif args.keys_command == "revoke":
             store.revoke(args.id)
             print(f"revoked {args.id}")
@@ -167,41 +165,62 @@ def _limit(value: int | None) -> str:
     return "default" if value is None else "unlimited" if value == 0 else str(value)
 
 
+def _config_option() -> argparse.ArgumentParser:
+    """``--config``, accepted before the command and after any (sub)command. Its default is
+    SUPPRESS, so a command that does not repeat it keeps the value given earlier."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="TOML settings file (default: $OMNISERVE_CONFIG, else built-in defaults)",
+    )
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="omniserve", description="Serve every kind of model behind familiar APIs.")
-    parser.add_argument("--config", help="TOML settings file (default: $OMNISERVE_CONFIG, else built-in defaults)")
+    config = _config_option()
+    parser = argparse.ArgumentParser(
+        prog="omniserve", description="Serve every kind of model behind familiar APIs.", parents=[config]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server (the demo catalog when no models are configured)")
-    serve.add_argument("--config", dest="serve_config", help="TOML settings file")
+    serve = commands.add_parser(
+        "serve", parents=[config], help="run the server (the demo catalog when no models are configured)"
+    )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    demo = commands.add_parser("demo", help="build the demo models under the data dir")
+    demo = commands.add_parser("demo", parents=[config], help="build the demo models under the data dir")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
-    keys = commands.add_parser("keys", help="manage API keys")
+    keys = commands.add_parser("keys", parents=[config], help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    key_commands.add_parser("create", help="create a key and print it once").add_argument("name")
-    key_commands.add_parser("list", help="list keys (never the keys themselves)")
-    key_commands.add_parser("revoke", help="revoke a key").add_argument("id")
-    key_commands.add_parser("rotate", help="replace a key's secret").add_argument("id")
-    credit = key_commands.add_parser("credit", help="add to or set a key's credit balance")
+    create = key_commands.add_parser("create", parents=[config], help="create a key and print it once")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="the key may also call the operator routes (/admin)")
+    key_commands.add_parser("list", parents=[config], help="list keys (never the keys themselves)")
+    key_commands.add_parser("revoke", parents=[config], help="revoke a key").add_argument("id")
+    key_commands.add_parser("rotate", parents=[config], help="replace a key's secret").add_argument("id")
+    credit = key_commands.add_parser("credit", parents=[config], help="add to or set a key's credit balance")
     credit.add_argument("id")
     amount = credit.add_mutually_exclusive_group(required=True)
     amount.add_argument("--add", type=float, help="credits to add (negative to take away)")
     amount.add_argument("--set", type=float, help="the new balance")
     amount.add_argument("--unmetered", action="store_true", help="no balance: never charged")
-    limits = key_commands.add_parser("limits", help="a key's request windows (unset: the settings' defaults)")
+    limits = key_commands.add_parser(
+        "limits", parents=[config], help="a key's request windows (unset: the settings' defaults)"
+    )
     limits.add_argument("id")
     limits.add_argument("--hour", type=int, help="requests per hour (0: no limit)")
     limits.add_argument("--day", type=int, help="requests per day (0: no limit)")
-    key_commands.add_parser("deactivate", help="suspend a key's subscription (403)").add_argument("id")
-    key_commands.add_parser("activate", help="restore a key's subscription").add_argument("id")
+    key_commands.add_parser("deactivate", parents=[config], help="suspend a key's subscription (403)").add_argument(
+        "id"
+    )
+    key_commands.add_parser("activate", parents=[config], help="restore a key's subscription").add_argument("id")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(getattr(args, "serve_config", None) or args.config)
+        settings = load_settings(getattr(args, "config", None))
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2

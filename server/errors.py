@@ -8,6 +8,7 @@ are logged with their traceback here and reach the client only as a generic 500.
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from engines.errors import (
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import ErrorDetail, ErrorResponse
 from schemas.v3.common import V3Error
+from server.request_bodies import client_left_mid_body
 from server.validation import validation_error as validation_error  # its home; imported from here too
 
 log = logging.getLogger("omniserve.errors")
@@ -39,6 +41,7 @@ _OPENAI_TYPES = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
 }
@@ -50,6 +53,7 @@ _STATUS_CODES = {
     404: ErrorCode.API_NOT_FOUND,
     405: ErrorCode.METHOD_NOT_ALLOWED,
     413: ErrorCode.REQUEST_BODY_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     429: ErrorCode.RATE_LIMIT_EXCEEDED,
     503: ErrorCode.SERVICE_NOT_AVAILABLE,
 }
@@ -87,6 +91,8 @@ _NOVASSIUM_CODES = {
     ErrorCode.BILLING_BALANCE_NOT_ENOUGH: ("insufficient_credits", None),
     ErrorCode.API_NOT_FOUND: ("not_found", None),
     ErrorCode.METHOD_NOT_ALLOWED: ("method_not_allowed", None),
+    ErrorCode.ACCESS_DENY: ("forbidden", None),
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: ("unsupported_media_type", None),
 }
 
 
@@ -125,14 +131,35 @@ def is_openai_path(path: str) -> bool:
     return path.startswith(("/openai/", "/v1/")) or path in ("/openai", "/v1")
 
 
-def _body_for(path: str) -> Callable[[ApiError], bytes]:
+class ErrorFamily(enum.StrEnum):
+    """The error envelopes, one per API family."""
+
+    OPENAI = "openai"
+    NOVITA = "novita"
+    NOVASSIUM = "novassium"
+    SDAPI = "sdapi"
+
+
+def error_family(path: str) -> ErrorFamily:
     if is_openai_path(path):
-        return openai_error_body
+        return ErrorFamily.OPENAI
     if path.startswith("/api/novassium/"):
-        return novassium_error_body
+        return ErrorFamily.NOVASSIUM
     if path.startswith("/api/v3/"):
-        return sdapi_error_body
-    return v3_error_body
+        return ErrorFamily.SDAPI
+    return ErrorFamily.NOVITA
+
+
+_BODIES: dict[ErrorFamily, Callable[[ApiError], bytes]] = {
+    ErrorFamily.OPENAI: openai_error_body,
+    ErrorFamily.NOVITA: v3_error_body,
+    ErrorFamily.NOVASSIUM: novassium_error_body,
+    ErrorFamily.SDAPI: sdapi_error_body,
+}
+
+
+def _body_for(path: str) -> Callable[[ApiError], bytes]:
+    return _BODIES[error_family(path)]
 
 
 _PROBLEM_CODES = {
@@ -205,8 +232,8 @@ def _from_validation(exc: ValidationException) -> ApiError:
     return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Invalid request: {reason}")
 
 
-def error_response(path: str, error: ApiError) -> Response[bytes]:
-    headers = {}
+def error_response(path: str, error: ApiError, headers: dict[str, str] | None = None) -> Response[bytes]:
+    headers = dict(headers or {})
     if error.retry_after is not None:
         seconds = max(1, round(error.retry_after))
         headers["Retry-After"] = str(seconds)
@@ -220,8 +247,17 @@ def error_response(path: str, error: ApiError) -> Response[bytes]:
 
 
 def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
+    if client_left_mid_body(request.scope) and not isinstance(exc, ApiError):
+        # Litestar reports the body it could not finish as a server error; nobody is there to
+        # read the answer, and it is not the server's failure.
+        log.info("client left before sending its whole body: %s %s", request.method, request.url.path)
+        return error_response(
+            request.url.path, ApiError(ErrorCode.INVALID_REQUEST_BODY, "The client left before sending the whole body.")
+        )
     error = as_api_error(exc)
     # An engine's own failures were logged where they happened.
     if error.status >= 500 and not isinstance(exc, (ApiError, EngineError)):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request.url.path, error)
+    # A 405 says which methods the route takes (RFC 9110: Allow is required there).
+    allow = exc.headers.get("allow") if isinstance(exc, MethodNotAllowedException) and exc.headers else None
+    return error_response(request.url.path, error, {"Allow": allow} if allow else None)

@@ -52,6 +52,10 @@ _ACCOUNT_COLUMNS = {
     "day_limit": "INTEGER",
 }
 
+# The role column, added the same way: keys from before it are customer keys (0); an admin key
+# (1) may also call the operator routes (/admin).
+_ROLE_COLUMNS = {"admin": "INTEGER NOT NULL DEFAULT 0"}
+
 RESERVED, COMMITTED, REFUNDED = "reserved", "committed", "refunded"
 
 
@@ -61,6 +65,7 @@ class KeyInfo(msgspec.Struct, kw_only=True):
     created_at: float
     rotated_at: float | None
     revoked_at: float | None
+    admin: bool = False
 
     @property
     def active(self) -> bool:
@@ -116,7 +121,7 @@ class KeyStore:
 
     def _migrate(self) -> None:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(api_keys)")}
-        for column, declaration in _ACCOUNT_COLUMNS.items():
+        for column, declaration in {**_ACCOUNT_COLUMNS, **_ROLE_COLUMNS}.items():
             if column not in present:
                 try:
                     self._db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {declaration}")
@@ -131,23 +136,26 @@ class KeyStore:
     def close(self) -> None:
         self._db.close()
 
-    def create(self, name: str) -> tuple[KeyInfo, str]:
+    def create(self, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]:
         key_id = secrets.token_hex(6)
         key = _new_key(key_id)
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO api_keys (id, name, hash, created_at) VALUES (?, ?, ?, ?)",
-                (key_id, name, hash_key(key), now),
+                "INSERT INTO api_keys (id, name, hash, created_at, admin) VALUES (?, ?, ?, ?, ?)",
+                (key_id, name, hash_key(key), now, int(admin)),
             )
-        return KeyInfo(id=key_id, name=name, created_at=now, rotated_at=None, revoked_at=None), key
+        return KeyInfo(id=key_id, name=name, created_at=now, rotated_at=None, revoked_at=None, admin=admin), key
 
     def list(self) -> list[KeyInfo]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, name, created_at, rotated_at, revoked_at FROM api_keys ORDER BY created_at"
+                "SELECT id, name, created_at, rotated_at, revoked_at, admin FROM api_keys ORDER BY created_at"
             ).fetchall()
-        return [KeyInfo(id=r[0], name=r[1], created_at=r[2], rotated_at=r[3], revoked_at=r[4]) for r in rows]
+        return [
+            KeyInfo(id=r[0], name=r[1], created_at=r[2], rotated_at=r[3], revoked_at=r[4], admin=bool(r[5]))
+            for r in rows
+        ]
 
     def revoke(self, key_id: str) -> None:
         with self._lock:
@@ -176,16 +184,21 @@ class KeyStore:
 
     def verify(self, key: str) -> str | None:
         """The key's id when the key is valid and not revoked, else None."""
+        identity = self.identify(key)
+        return identity[0] if identity is not None else None
+
+    def identify(self, key: str) -> tuple[str, bool] | None:
+        """The key's id and whether it is an admin key, when the key is valid and not revoked."""
         key_id = _key_id(key)
         if key_id is None:
             return None
         with self._lock:
             row = self._db.execute(
-                "SELECT hash FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
+                "SELECT hash, admin FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
             ).fetchone()
-        if row is None:
+        if row is None or not hmac.compare_digest(row[0], hash_key(key)):
             return None
-        return key_id if hmac.compare_digest(row[0], hash_key(key)) else None
+        return key_id, bool(row[1])
 
     # Accounts: credits, subscription and rate limits per key.
 

@@ -31,6 +31,33 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Upper bound for n (chat/completions) and for the inputs of one embedding request.
     max_n: int = 16
     max_batch_inputs: int = 2048
+    # Deepest nesting of arrays and objects in a JSON body: decoders recurse once per level, and a
+    # body deeper than the interpreter's stack would fail as a 500; deeper ones answer 400.
+    max_json_depth: int = 128
+    # Open connections at once; past it a request answers 503 (uvicorn's limit_concurrency), so
+    # slow or idle clients cannot hold an unbounded number of sockets and tasks.
+    max_connections: int = 1024
+    # A request's line and headers must arrive within this long of its first byte (or of the
+    # connection opening), else the connection is closed with a 408: clients that trickle their
+    # headers (slowloris) cannot hold a connection.
+    header_timeout_s: float = 10.0
+    # And its body within this long of the headers: trickled bodies are cut the same way.
+    # Generous, for large uploads on slow links.
+    body_timeout_s: float = 120.0
+    # Idle keep-alive connections are closed after this long.
+    keep_alive_timeout_s: float = 5.0
+    # A request line plus headers longer than this answers 431 (the HTTP parser has no limit).
+    max_header_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_json_depth < 1 or self.max_connections < 1 or self.max_header_bytes < 1024:
+            raise ValueError(
+                "limits.max_json_depth and limits.max_connections must be at least 1, "
+                "limits.max_header_bytes at least 1024"
+            )
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limits.{name} must be positive")
 
 
 class ThreadSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -51,8 +78,25 @@ class ThreadSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Serve without keys on a non-loopback address only when this is set on purpose.
     allow_open: bool = False
-    # Extra keys given in configuration (for containers); held in memory as hashes only.
+    # Extra keys given in configuration (for containers); held in memory as hashes only. Each
+    # gets its own id (``static-`` and a digest of the key); they have no balance (unmetered).
     static_keys: list[str] = []
+    # The same for admin keys, which may also call the operator routes (/admin).
+    static_admin_keys: list[str] = []
+    # Host header values (names, without port) an open server answers besides the loopback names
+    # and its own address: a page on another site cannot reach it through DNS rebinding. Output
+    # URLs are built from the Host header only for these hosts too. "*" allows any host.
+    allowed_hosts: list[str] = []
+
+
+class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Who may read /metrics (queue depths, model names, task counts: operator information)."""
+
+    # "key": on the API port, with an admin key (open only when the whole server is open);
+    # "open": on the API port, to anyone; "port": only on its own listener at host:port below.
+    access: Literal["open", "key", "port"] = "key"
+    host: str = "127.0.0.1"
+    port: int = 9464
 
 
 class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -294,6 +338,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
     vendor: VendorSettings = msgspec.field(default_factory=VendorSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 
@@ -328,7 +373,7 @@ def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
     target[leaf] = value.split(",") if leaf in _LIST_FIELDS else value
 
 
-_LIST_FIELDS = frozenset({"static_keys"})
+_LIST_FIELDS = frozenset({"static_keys", "static_admin_keys", "allowed_hosts"})
 
 
 def load_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,4 +1,5 @@
-"""Operator views behind the API key guard: what the scheduler holds and why."""
+"""Operator views, for admin keys only (``omniserve keys create NAME --admin``): what the
+scheduler holds and why."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ import msgspec
 from litestar import Controller, Response, get
 
 from engines.scheduler import Scheduler
+from server.hosts import PROBE_OPT
 
 
 class ReadyStatus(msgspec.Struct, kw_only=True):
@@ -32,7 +33,7 @@ class HealthController(Controller):
     path = ""
     tags = ["health"]
 
-    @get("/health", summary="Liveness", operation_id="health", exclude_from_auth=True)
+    @get("/health", summary="Liveness", operation_id="health", opt={PROBE_OPT: True})
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
@@ -40,6 +41,7 @@ class HealthController(Controller):
         "/ready",
         summary="Readiness: 200 once the startup and pinned models are loaded, 503 otherwise",
         operation_id="ready",
+        opt={PROBE_OPT: True},
     )
     async def ready(self, readiness: Readiness) -> Response[ReadyStatus]:
         status, code = readiness.status()

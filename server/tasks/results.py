@@ -147,8 +147,9 @@ class TaskResults:
 
     async def owned_task(self, task_id: str, caller_key_id: str | None) -> Task:
         task = await self.store.get(task_id)
-        # Another key's task is reported as missing, not as forbidden: ids are not probes.
-        if task is None or (task.owner_key_id is not None and task.owner_key_id != caller_key_id):
+        # Another key's task is reported as missing, not as forbidden: ids are not probes. A task
+        # made on an open server (no owner) stays with open callers, not with keys made later.
+        if task is None or task.owner_key_id != caller_key_id:
             raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Task '{task_id}' does not exist.", param="task_id")
         return task
 

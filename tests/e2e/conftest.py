@@ -75,6 +75,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
         # The suite sends more than the default 100 requests an hour with its one key.
         "OMNISERVE_ACCOUNTS__REQUESTS_PER_HOUR": "0",
         "OMNISERVE_ACCOUNTS__REQUESTS_PER_DAY": "0",
+        # The suite scrapes /metrics without a key (by default it takes an admin key).
+        "OMNISERVE_METRICS__ACCESS": "open",
         # Novassium draws small on the tiny demo model; the answer is still the requested size.
         "OMNISERVE_VENDOR__NOVASSIUM_MAX_SIDE": "256",
         "OMNISERVE_VENDOR__NOVASSIUM_STEPS": "4",

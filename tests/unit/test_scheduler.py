@@ -366,7 +366,7 @@ async def test_metrics_count_evictions_and_loads() -> None:
 
 
 async def test_admin_scheduler_route(tmp_path: Path) -> None:
-    state = make_state(tmp_path, auth={"static_keys": ["admin-key"]})
+    state = make_state(tmp_path, auth={"static_admin_keys": ["admin-key"]})
     async with AsyncTestClient(create_app(state)) as client:
         await state.load_task  # type: ignore[misc]
         assert (await client.get("/admin/scheduler")).status_code == 401

@@ -15,6 +15,7 @@ from schemas.openai.images import ImageEditRequest, ImageGenerationRequest, Imag
 from server.accounts_hooks import Caller
 from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES
 from server.errors import bad_request
+from server.hosts import output_base_url
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openapi import operation_id
 from server.routes.responses import json_response
@@ -73,7 +74,7 @@ class ImagesController(Controller):
     async def generations(
         self, request: Request, data: ImageGenerationRequest, images: OpenAIImages, caller: Caller
     ) -> ASGIResponse:
-        return json_response(await images.generate(data, str(request.base_url), caller.meter))
+        return json_response(await images.generate(data, output_base_url(request), caller.meter))
 
     @post(
         "/edits",
@@ -94,4 +95,4 @@ class ImagesController(Controller):
         images: OpenAIImages,
         caller: Caller,
     ) -> ASGIResponse:
-        return json_response(await images.edit(data, str(request.base_url), caller.meter))
+        return json_response(await images.edit(data, output_base_url(request), caller.meter))

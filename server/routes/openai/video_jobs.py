@@ -178,8 +178,8 @@ class OpenAIVideos:
 
     async def _task(self, video_id: str, owner: str | None) -> Task:
         task = await self.store.get(video_id)
-        # Another key's job is reported as missing, not as forbidden: ids are not probes.
-        if task is None or task.task_type not in MODES or (task.owner_key_id not in (None, owner)):
+        # Another key's job (or one made with no key) is reported as missing: ids are not probes.
+        if task is None or task.task_type not in MODES or task.owner_key_id != owner:
             raise ApiError(ErrorCode.TASK_NOT_FOUND, f"Video '{video_id}' does not exist.", param="video_id")
         return task
 

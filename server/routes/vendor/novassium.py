@@ -11,6 +11,7 @@ from schemas.vendor.novassium import GenerateRequest, GenerateResponse
 from server.accounts import Accounts
 from server.accounts_hooks import Caller
 from server.auth import Authenticator, presented_key
+from server.hosts import output_base_url
 from server.routes.vendor.novassium_images import NovassiumImages
 from server.validation import LooseBody
 
@@ -40,4 +41,4 @@ class NovassiumController(Controller):
     async def generate(
         self, request: Request, novassium: NovassiumImages, caller: Caller, data: GenerateRequest = _NOTHING_SENT
     ) -> GenerateResponse:
-        return await novassium.generate(data, caller.meter, str(request.base_url))
+        return await novassium.generate(data, caller.meter, output_base_url(request))

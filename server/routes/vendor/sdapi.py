@@ -9,6 +9,7 @@ from litestar import Controller, Request, post
 from schemas.vendor.sdapi import FetchRequest, SdRequest
 from server.accounts import Accounts
 from server.auth import Authenticator
+from server.hosts import output_base_url
 from server.routes.vendor.sdapi_tasks import SdApiTasks
 from server.tasks.models import TaskType
 from server.validation import LooseBody
@@ -38,7 +39,7 @@ class SdApiController(Controller):
         # The duplicate filter compares the bodies as sent (Litestar keeps the bytes it decoded).
         sdapi.check_duplicate(key_id, await request.body())
         accounts.admit(key_id)
-        return await sdapi.submit(task_type, body, key_id, str(request.base_url))
+        return await sdapi.submit(task_type, body, key_id, output_base_url(request))
 
     @post("/text2img", status_code=200, summary="Text to image", operation_id="sdapiText2img")
     async def text2img(
@@ -96,4 +97,4 @@ class SdApiController(Controller):
         key_id = authenticator.authenticate(data.key)
         # Polling is not new work: it checks the subscription but uses no request window.
         accounts.admit(key_id, count=False)
-        return await sdapi.fetch(request_id, key_id, str(request.base_url))
+        return await sdapi.fetch(request_id, key_id, output_base_url(request))

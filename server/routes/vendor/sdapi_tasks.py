@@ -196,8 +196,8 @@ class SdApiTasks:
 
     async def fetch(self, task_id: str, key_id: str | None, base_url: str) -> dict[str, Any]:
         task = await self.store.get(task_id)
-        # Another key's request is reported as missing: ids are not probes.
-        if task is None or (task.owner_key_id is not None and task.owner_key_id != key_id):
+        # Another key's request (or one made with no key) is reported as missing: ids are not probes.
+        if task is None or task.owner_key_id != key_id:
             raise ApiError(ErrorCode.TASK_NOT_FOUND, "Request not found.")
         return await run_in(WorkPool.MEDIA, self.render, task, base_url)
 
