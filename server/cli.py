@@ -53,6 +53,7 @@ def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
     from server.app import VERSION, build_components, create_app
+    from server.data_lock import DataDirLocked
     from server.http_server import DrainingServer
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
@@ -71,6 +72,11 @@ def cmd_serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
     components = build_components(settings, _catalog(settings))
+    try:
+        components.data_lock.acquire()
+    except DataDirLocked as exc:
+        print(exc, file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         create_app(components, tracer_provider=tracer_provider),
         host=settings.host,
@@ -84,7 +90,7 @@ def cmd_serve(settings: Settings) -> int:
         lifespan="on",
     )
     try:
-        DrainingServer(config, components.readiness).run()
+        DrainingServer(config, components.readiness, on_drain=components.begin_drain).run()
     finally:
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the spans still batched
