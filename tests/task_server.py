@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -21,6 +21,9 @@ from tests.fakes import FAKE_SPECS, FakeImageEngine, fake_factory
 
 
 class SlowImageEngine(FakeImageEngine):
+    # One job at a time on its device, as the diffusers engines: other tasks wait for the turn.
+    device_serial: Literal[True] = True
+
     async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult:
         step_s = float(os.environ.get("TEST_STEP_S", "0"))
         for step in range(1, job.steps + 1):
