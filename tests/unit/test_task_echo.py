@@ -42,7 +42,9 @@ BODIES: dict[TaskType, dict[str, Any]] = {
         "extra": {"webhook": {"url": "https://h/x"}, "padding": SECRET},
         "top_level_junk": {"nested": [SECRET]},
     },
-    TaskType.INPAINTING: {"request": {"model_name": "m", "prompt": "p", "image_base64": IMAGE, "mask_image_base64": IMAGE}},
+    TaskType.INPAINTING: {
+        "request": {"model_name": "m", "prompt": "p", "image_base64": IMAGE, "mask_image_base64": IMAGE}
+    },
     TaskType.UPSCALE: {"request": {"model_name": "u", "image_base64": IMAGE, "scale_factor": 2}},
     TaskType.IMG_TO_VIDEO: {"model_name": "v", "image_file": IMAGE, "frames_num": 4, "extra_field": SECRET},
     TaskType.TXT_TO_IMG: {
