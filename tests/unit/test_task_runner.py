@@ -303,3 +303,19 @@ async def test_the_output_cleaner_survives_an_error(tmp_path: Path) -> None:
 
 def test_task_status_values() -> None:
     assert TaskStatus.QUEUED.value == "TASK_STATUS_QUEUED"
+
+
+async def test_shutdown_does_not_wait_for_a_webhook_in_flight(tmp_path: Path) -> None:
+    async with receiver(lambda n: None) as (url, received):  # never answers
+        state = make_state(tmp_path, **FREE)
+        _, key = state.keystore.create("a")
+        async with running(state) as client:
+            Gate(state, hold=False)
+            await submit(client, key, extra={"webhook": {"url": url}})
+            await until(lambda: asyncio.sleep(0, len(received) >= 1))  # an attempt is in flight
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 3.0  # not the 5 s attempt timeout, nor its retries
+        again = make_state(tmp_path, **FREE)
+        assert again.task_store.pending_webhooks() == 1  # left in the outbox for the next start
+        again.task_store.close()
+        again.keystore.close()
