@@ -22,7 +22,6 @@ from server.app import create_app
 from server.composition import Components
 from server.data_lock import DataDirLock, DataDirLocked
 from server.storage.local import clean_outputs_periodically
-from server.tasks.models import TaskStatus
 from server.tasks.outbox import backoff_ms
 from server.tasks.runner import CANCELLED_REASON, LOST_REASON, UNRECORDED_REASON
 from tests.unit.conftest import make_state
@@ -299,10 +298,6 @@ async def test_the_output_cleaner_survives_an_error(tmp_path: Path) -> None:
         await asyncio.gather(cleaner, return_exceptions=True)
     state.task_store.close()
     state.keystore.close()
-
-
-def test_task_status_values() -> None:
-    assert TaskStatus.QUEUED.value == "TASK_STATUS_QUEUED"
 
 
 async def test_shutdown_does_not_wait_for_a_webhook_in_flight(tmp_path: Path) -> None:
