@@ -51,6 +51,7 @@ def _keys_exist(settings: Settings) -> bool:
 
 def cmd_serve(settings: Settings) -> int:
     from server.app import VERSION, build_components, create_app
+    from server.data_lock import DataDirLocked
     from server.http_server import DrainingServer, listening_sockets, uvicorn_config
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
@@ -69,6 +70,11 @@ def cmd_serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
     components = build_components(settings, _catalog(settings))
+    try:
+        components.data_lock.acquire()
+    except DataDirLocked as exc:
+        print(exc, file=sys.stderr)
+        return 2
     config = uvicorn_config(
         create_app(components, tracer_provider=tracer_provider),
         settings,
@@ -80,7 +86,9 @@ def cmd_serve(settings: Settings) -> int:
         lifespan="on",
     )
     try:
-        DrainingServer(config, components.readiness).run(sockets=listening_sockets(config, settings))
+        DrainingServer(config, components.readiness, on_drain=components.begin_drain).run(
+            sockets=listening_sockets(config, settings)
+        )
     finally:
         if tracer_provider is not None:
             tracer_provider.shutdown()  # exports the spans still batched

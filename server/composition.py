@@ -8,6 +8,7 @@ the services it uses through Litestar's dependency injection.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from engines.scheduler import Scheduler
 from server.accounts import Accounts
@@ -20,6 +21,7 @@ from server.capabilities.transcription.transcriber import Transcriber
 from server.capabilities.upscale import Upscaler
 from server.capabilities.video.generation import VideoGenerator
 from server.catalog import ModelCatalog
+from server.data_lock import DataDirLock, DataDirLocked
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.outbound import OutboundHttp
@@ -42,6 +44,8 @@ from server.tasks.store import SqliteTaskStore
 from server.tasks.submission import TaskSubmission
 from server.tasks.webhooks import WebhookSender
 
+log = logging.getLogger("omniserve")
+
 
 class Components:
     def __init__(
@@ -54,6 +58,7 @@ class Components:
         data = settings.data_path
         tasks = settings.tasks
         self.load_task: asyncio.Task[None] | None = None
+        self.data_lock = DataDirLock(data)
         self._cleaner: asyncio.Task[None] | None = None
 
         self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
@@ -75,9 +80,18 @@ class Components:
             workers=tasks.workers,
             uploader=self.s3_uploader,
             billing=self.accounts,
+            max_queued=tasks.max_queued,
+            max_queued_per_key=tasks.max_queued_per_key,
+            max_run_s=tasks.max_run_s,
+            drain_grace_s=tasks.drain_grace_s,
+            retention_s=tasks.retention_s,
         )
         self.task_results = TaskResults(
-            self.task_store, self.task_runner.progress, self.storage, self.s3_uploader.presigned_url
+            self.task_store,
+            self.task_runner.progress,
+            self.storage,
+            self.s3_uploader.presigned_url,
+            cancel=self.task_runner.cancel,
         )
 
         # Capabilities, and the adapters of each API family over them.
@@ -138,11 +152,21 @@ class Components:
         self.webhook_bodies.vendor_bodies.append(self.sdapi.webhook_body)
 
     async def start(self) -> None:
+        # Before any recovery: a second process on this data dir would fail our running tasks.
+        try:
+            self.data_lock.acquire()
+        except DataDirLocked as exc:
+            log.error("%s", exc)
+            raise
         await self.task_runner.start()
         # After the runner's recovery: reservations of tasks it failed are refunded.
         await self.accounts.reconcile(self.task_store.status_of)
         max_age = max(self.settings.tasks.output_max_age_s, self.settings.tasks.url_ttl_s)
         self._cleaner = asyncio.create_task(clean_outputs_periodically(self.storage, max_age))
+
+    def begin_drain(self) -> None:
+        """The stop signal arrived (called from the signal handler): start no new task."""
+        self.task_runner.drain()
 
     async def stop(self) -> None:
         if self._cleaner is not None:
@@ -151,3 +175,4 @@ class Components:
         await self.task_runner.stop()
         self.task_store.close()
         self.keystore.close()
+        self.data_lock.release()

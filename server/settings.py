@@ -159,10 +159,26 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The catalog's speech model that /v3 txt2speech runs. Unset: "demo-tts" when the catalog has
     # it, else its first speech model; "" turns txt2speech off (submissions get a 404).
     speech_model: str | None = None
+    # Tasks waiting for a worker, in all and per key: past either, a submission gets 429
+    # QUEUE_FULL (with Retry-After) instead of growing a backlog no one will see the end of.
+    max_queued: int = 10_000
+    max_queued_per_key: int = 1_000
+    # Longest a task may hold a worker (waiting for its model included) before it fails.
+    max_run_s: float = 7200.0
+    # After a stop signal, how long running tasks may still finish; those still running then
+    # are failed with a reason. Tasks that have not started stay queued for the next start.
+    drain_grace_s: float = 20.0
+    # Finished tasks (their stored request bodies with them) are deleted this long after
+    # they end; 0 keeps them forever.
+    retention_s: float = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError("tasks.workers must be at least 1")
+        if self.max_queued < 1 or self.max_queued_per_key < 1:
+            raise ValueError("tasks.max_queued and tasks.max_queued_per_key must be at least 1")
+        if self.max_run_s <= 0 or self.drain_grace_s < 0 or self.retention_s < 0:
+            raise ValueError("tasks.max_run_s must be positive, drain_grace_s and retention_s not negative")
         if self.batch_wait_ms < 0 or self.max_batch_images < 1:
             raise ValueError("tasks.batch_wait_ms must not be negative and tasks.max_batch_images at least 1")
         if self.fetch_timeout_s <= 0 or self.max_fetch_bytes < 1:

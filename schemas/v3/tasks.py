@@ -57,3 +57,9 @@ class TaskResult(msgspec.Struct, kw_only=True):
     images: list[TaskImage]
     videos: list[TaskVideo]
     audios: list[TaskAudio]
+
+
+class TaskCancelBody(msgspec.Struct, kw_only=True):
+    """POST /v3/async/task-cancel (omniserve's own: Novita documents no cancel route)."""
+
+    task_id: str

@@ -122,11 +122,17 @@ class LocalStorage:
 
 
 async def clean_outputs_periodically(storage: LocalStorage, max_age_s: float, interval_s: float = 600.0) -> None:
-    """Delete task outputs past their age, now and then, until cancelled."""
+    """Delete task outputs past their age, now and then, until cancelled. A sweep that fails
+    (the disk, a permission) is logged and the next one runs as planned: one bad folder must
+    not stop every later cleanup."""
     while True:
-        removed = await run_in(WorkPool.STORAGE, storage.cleanup_expired, max_age_s)
-        if removed:
-            log.info("removed %d expired task output folders", removed)
+        try:
+            removed = await run_in(WorkPool.STORAGE, storage.cleanup_expired, max_age_s)
+        except Exception:
+            log.exception("task output cleanup failed; trying again in %g s", interval_s)
+        else:
+            if removed:
+                log.info("removed %d expired task output folders", removed)
         await asyncio.sleep(interval_s)
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import collections
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 
 from schemas.errors import ApiError, ErrorCode
+from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
+from schemas.v3.speech import Txt2SpeechBody
 from schemas.v3.tasks import DebugInfo, NsfwResult, TaskAudio, TaskExtra, TaskImage, TaskInfo, TaskResult, TaskVideo
+from schemas.v3.upscale import UpscaleBody
+from schemas.v3.videos import Img2VideoBody, Txt2VideoBody
 from server.storage.local import LocalStorage
-from server.tasks.models import S3Object, Task, TaskStatus
+from server.tasks.models import S3Object, Task, TaskStatus, TaskType
 from server.tasks.store import TaskStore
 from server.tasks.webhooks import envelope
 
@@ -25,26 +30,122 @@ def _ms(value: int | None) -> str:
     return str(value) if value is not None else ""
 
 
-def _without_images(value: object) -> object:
+# The schema each task kind's stored body was accepted under: what the echo may show.
+ECHO_SCHEMAS: dict[TaskType, type[msgspec.Struct]] = {
+    TaskType.TXT_TO_IMG: Txt2ImgBody,
+    TaskType.IMG_TO_IMG: Img2ImgBody,
+    TaskType.INPAINTING: InpaintingBody,
+    TaskType.UPSCALE: UpscaleBody,
+    TaskType.TXT_TO_VIDEO: Txt2VideoBody,
+    TaskType.IMG_TO_VIDEO: Img2VideoBody,
+    TaskType.TXT_TO_SPEECH: Txt2SpeechBody,
+}
+# Echoes of recently polled tasks; small (no images, only known fields), keyed by task id.
+ECHO_CACHE_SIZE = 1024
+
+
+def is_image_field(name: str) -> bool:
+    """Whether a body field carries an input image (base64 or a file's contents)."""
+    return name.endswith(("base64", "image_file")) or name in ("image", "init_image", "mask_image")
+
+
+def _elided(value: str) -> str:
+    return f"<{len(value)} base64 characters>"
+
+
+def _echo(value: object, info: msgspec.inspect.Type) -> object:
+    """``value`` as its schema ``info`` knows it: fields the schema does not declare are
+    dropped and every input image, at any depth (ControlNet units are a list), elided."""
+    if isinstance(info, msgspec.inspect.Metadata):
+        return _echo(value, info.type)
+    if isinstance(info, msgspec.inspect.StructType):
+        if not isinstance(value, dict):
+            return None
+        echoed: dict[str, object] = {}
+        for field in info.fields:
+            if field.encode_name not in value:
+                continue
+            item = value[field.encode_name]
+            if is_image_field(field.encode_name) and isinstance(item, str):
+                echoed[field.encode_name] = _elided(item)
+            else:
+                echoed[field.encode_name] = _echo(item, field.type)
+        return echoed
+    if isinstance(info, msgspec.inspect.UnionType):
+        for member in info.types:
+            if isinstance(member, (msgspec.inspect.StructType, msgspec.inspect.DictType)) and isinstance(value, dict):
+                return _echo(value, member)
+            if isinstance(member, (msgspec.inspect.ListType, msgspec.inspect.TupleType)) and isinstance(value, list):
+                return _echo(value, member)
+        return value if _is_scalar(value) else None
+    if isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType)):
+        return [_echo(item, info.item_type) for item in value] if isinstance(value, list) else None
+    if isinstance(info, msgspec.inspect.DictType):
+        if not isinstance(value, dict):
+            return None
+        return {key: _echo(item, info.value_type) for key, item in value.items()}
+    if isinstance(info, msgspec.inspect.AnyType):
+        return _any_echo(value)
+    return value if _is_scalar(value) else None
+
+
+def _any_echo(value: object) -> object:
+    """A free-form field (``extra.enterprise_plan.metadata``): kept, but no long string in it,
+    whatever its key, since nothing says what it is."""
     if isinstance(value, dict):
-        return {
-            key: f"<{len(item)} base64 characters>"
-            if key.endswith(("base64", "image_file")) and isinstance(item, str)
-            else _without_images(item)
-            for key, item in value.items()
-        }
+        return {key: _any_echo(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_any_echo(item) for item in value]
+    if isinstance(value, str) and len(value) > 256:
+        return _elided(value)
     return value
 
 
-@functools.lru_cache(maxsize=256)
-def _request_info(raw: bytes) -> str:
-    """The request as submitted, with input images elided: the seed's debug info echoes the
-    parameters, and megabytes of base64 in every poll would help no one. Cached: clients
-    poll the same task many times a second, and re-encoding its body each time is waste."""
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+@functools.cache
+def _schema_info(task_type: TaskType) -> msgspec.inspect.Type:
+    return msgspec.inspect.type_info(ECHO_SCHEMAS[task_type])
+
+
+def request_echo(task_type: TaskType, raw: bytes) -> str:
+    """The request as submitted, as the seed's debug info echoes it: only the fields the
+    task's schema declares, input images elided (megabytes of base64 in every poll and
+    webhook would help no one)."""
     try:
-        return _encoder.encode(_without_images(msgspec.json.decode(raw))).decode()
+        decoded = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return ""
+    return _encoder.encode(_echo(decoded, _schema_info(task_type))).decode()
+
+
+class EchoCache:
+    """Echoes by task id, least recently used out first: clients poll a task many times a
+    second, and decoding its body each time is waste. Keyed by id, never by the body, so
+    the cache holds only the small echoes."""
+
+    def __init__(self, size: int = ECHO_CACHE_SIZE) -> None:
+        self.size = size
+        self._echoes: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._echoes)
+
+    def __call__(self, task: Task) -> str:
+        echo = self._echoes.get(task.task_id)
+        if echo is not None:
+            self._echoes.move_to_end(task.task_id)
+            return echo
+        echo = request_echo(task.task_type, task.request)
+        self._echoes[task.task_id] = echo
+        if len(self._echoes) > self.size:
+            self._echoes.popitem(last=False)
+        return echo
+
+
+_echoes = EchoCache()
 
 
 def build_result(
@@ -81,7 +182,7 @@ def build_result(
                 videos.append(TaskVideo(video_url=url, video_url_ttl=ttl, video_type=output.media_type))
             elif output.kind == "audio":
                 audios.append(TaskAudio(audio_url=url, audio_url_ttl=ttl, audio_type=output.media_type))
-    request_info = _request_info(task.request)
+    request_info = _echoes(task)
     return TaskResult(
         extra=TaskExtra(
             seed=str(task.seed) if task.seed is not None else "",
@@ -138,12 +239,18 @@ class TaskResults:
     """What a poll of a task answers: its record, with live progress and fresh signed URLs."""
 
     def __init__(
-        self, store: TaskStore, progress: Mapping[str, tuple[int, int]], storage: LocalStorage, presign: Presigner
+        self,
+        store: TaskStore,
+        progress: Mapping[str, tuple[int, int]],
+        storage: LocalStorage,
+        presign: Presigner,
+        cancel: Callable[[Task], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.progress = progress
         self.storage = storage
         self.presign = presign
+        self._cancel = cancel
 
     async def owned_task(self, task_id: str, caller_key_id: str | None) -> Task:
         task = await self.store.get(task_id)
@@ -156,3 +263,11 @@ class TaskResults:
     async def result(self, task_id: str, caller_key_id: str | None, base_url: str) -> TaskResult:
         task = await self.owned_task(task_id, caller_key_id)
         return build_result(task, self.storage, base_url, self.progress.get(task_id), presign=self.presign)
+
+    async def cancel(self, task_id: str, caller_key_id: str | None, base_url: str) -> TaskResult:
+        """Cancel the caller's task (the runner fails, refunds and notifies it); the result as it
+        stands after. A task that already ended is answered as it is."""
+        task = await self.owned_task(task_id, caller_key_id)
+        if not task.status.finished and self._cancel is not None:
+            await self._cancel(task)
+        return await self.result(task_id, caller_key_id, base_url)

@@ -1,9 +1,19 @@
 """Durable task records: a ``TaskStore`` protocol and its SQLite implementation.
 
 Status moves one way: QUEUED -> PROCESSING -> SUCCEED | FAILED (QUEUED may also finish
-or fail directly: test-mode webhooks and rejected requests never run). Every write names
-the statuses it may leave, so a late or repeated write never corrupts a finished task;
-it just reports False.
+or fail directly: test-mode webhooks, cancelled and rejected requests never run). Every
+write names the statuses it may leave, so a late or repeated write never corrupts a
+finished task; it just reports False.
+
+A task stays QUEUED while a runner holds it waiting for an engine, and becomes PROCESSING
+only when its work starts (``mark_processing``): a restart queues it again instead of
+failing a task that never ran. ``attempts`` counts the runners that took it (``claim``);
+a clean stop gives the claim back (``release``), so a task whose claims pile up is one
+that was held each time the process died.
+
+The webhook outbox lives here too: the transaction that ends a task with a webhook URL
+also records its delivery, so no crash can lose one; deliveries leave the outbox once
+they are sent or given up (``server/tasks/outbox.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -37,9 +48,19 @@ class TaskStore(Protocol):
 
     async def list_by_status(self, status: TaskStatus, limit: int) -> list[Task]: ...
 
-    async def recover_interrupted(self, reason: str) -> int: ...
+    async def recover_interrupted(
+        self, reason: str, *, max_claims: int | None = None, held_reason: str = ""
+    ) -> list[str]: ...
 
     async def next_queued(self, limit: int) -> list[Task]: ...
+
+    async def claim(self, task_id: str) -> bool:
+        """Count a runner taking a QUEUED task; False when it is no longer QUEUED."""
+        ...
+
+    async def release(self, task_id: str) -> None:
+        """Give back a claim of a task that never started (a clean stop)."""
+        ...
 
 
 _SCHEMA = """
@@ -63,7 +84,23 @@ CREATE TABLE IF NOT EXISTS tasks (
     extra BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_status_submit ON tasks (status, submit_time_ms);
+CREATE INDEX IF NOT EXISTS tasks_complete ON tasks (complete_time_ms);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    task_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_attempt_ms);
 """
+
+# A finished task's webhook, queued in the transaction that finished it (only when it has a URL).
+_ENQUEUE_WEBHOOK = (
+    "INSERT OR REPLACE INTO webhook_outbox (task_id, url, attempts, next_attempt_ms, created_ms) "
+    "SELECT task_id, webhook_url, 0, ?, ? FROM tasks WHERE task_id = ? AND webhook_url IS NOT NULL "
+    "AND webhook_url != ''"
+)
 
 _COLUMNS = (
     "task_id, task_type, status, model, owner_key_id, request, progress_percent, eta, reason, seed, "
@@ -72,6 +109,16 @@ _COLUMNS = (
 
 _QUEUED = TaskStatus.QUEUED.value
 _PROCESSING = TaskStatus.PROCESSING.value
+_FINISHED = (TaskStatus.SUCCEED.value, TaskStatus.FAILED.value)
+
+
+class PendingWebhook(msgspec.Struct, kw_only=True):
+    """One delivery in the outbox: the body is rendered from the task when it is sent."""
+
+    task_id: str
+    url: str
+    attempts: int
+    next_attempt_ms: int
 
 
 class _Extra(msgspec.Struct, kw_only=True):
@@ -151,7 +198,16 @@ class SqliteTaskStore:
         return [_row_to_task(row) for row in rows]
 
     async def create(self, task: Task) -> None:
-        self._write(
+        """Record a new task; one created finished (webhook test mode) queues its webhook."""
+        with self._transaction() as db:
+            self._insert(db, task)
+            if task.status.finished:
+                now = now_ms()
+                db.execute(_ENQUEUE_WEBHOOK, (now, now, task.task_id))
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, task: Task) -> None:
+        db.execute(
             f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 17)})",
             (
                 task.task_id,
@@ -182,11 +238,22 @@ class SqliteTaskStore:
         tasks = self._select(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
         return tasks[0] if tasks else None
 
+    async def claim(self, task_id: str) -> bool:
+        return (
+            self._write("UPDATE tasks SET attempts = attempts + 1 WHERE task_id = ? AND status = ?", (task_id, _QUEUED))
+            == 1
+        )
+
+    async def release(self, task_id: str) -> None:
+        self._write(
+            "UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE task_id = ? AND status = ?", (task_id, _QUEUED)
+        )
+
     async def mark_processing(self, task_id: str, execute_time_ms: int) -> bool:
+        """QUEUED -> PROCESSING, when the task's work starts."""
         return (
             self._write(
-                "UPDATE tasks SET status = ?, execute_time_ms = ?, attempts = attempts + 1 "
-                "WHERE task_id = ? AND status = ?",
+                "UPDATE tasks SET status = ?, execute_time_ms = ? WHERE task_id = ? AND status = ?",
                 (_PROCESSING, execute_time_ms, task_id, _QUEUED),
             )
             == 1
@@ -213,22 +280,29 @@ class SqliteTaskStore:
                 return False
             extra = _decode_extra(row[0])
             extra.outputs = outputs
+            now = now_ms()
             db.execute(
                 "UPDATE tasks SET status = ?, progress_percent = 100, eta = 0, reason = '', seed = ?, "
                 "complete_time_ms = ?, extra = ? WHERE task_id = ?",
-                (TaskStatus.SUCCEED.value, seed, now_ms(), _encode_extra(extra), task_id),
+                (TaskStatus.SUCCEED.value, seed, now, _encode_extra(extra), task_id),
             )
+            db.execute(_ENQUEUE_WEBHOOK, (now, now, task_id))
         return True
 
     async def fail(self, task_id: str, reason: str) -> bool:
-        return (
-            self._write(
-                "UPDATE tasks SET status = ?, reason = ?, eta = 0, complete_time_ms = ? "
-                "WHERE task_id = ? AND status IN (?, ?)",
-                (TaskStatus.FAILED.value, reason, now_ms(), task_id, _QUEUED, _PROCESSING),
-            )
-            == 1
-        )
+        with self._transaction() as db:
+            return self._fail(db, task_id, reason, now_ms())
+
+    @staticmethod
+    def _fail(db: sqlite3.Connection, task_id: str, reason: str, now: int) -> bool:
+        changed = db.execute(
+            "UPDATE tasks SET status = ?, reason = ?, eta = 0, complete_time_ms = ? "
+            "WHERE task_id = ? AND status IN (?, ?)",
+            (TaskStatus.FAILED.value, reason, now, task_id, _QUEUED, _PROCESSING),
+        ).rowcount
+        if changed:
+            db.execute(_ENQUEUE_WEBHOOK, (now, now, task_id))
+        return changed == 1
 
     async def list_by_status(self, status: TaskStatus, limit: int) -> list[Task]:
         return self._select(
@@ -236,18 +310,97 @@ class SqliteTaskStore:
             (status.value, limit),
         )
 
-    async def recover_interrupted(self, reason: str) -> int:
-        """Fail every PROCESSING task (called at startup, before any runner starts).
+    async def recover_interrupted(
+        self, reason: str, *, max_claims: int | None = None, held_reason: str = ""
+    ) -> list[str]:
+        """Fail every PROCESSING task (called at startup, before any runner starts); the ids
+        of the tasks failed, whose webhooks are now in the outbox.
 
         A task that was running when the process died lost its engine state mid-run, and
         it may be what killed the process: re-running it could crash every restart. Failing
         it ends it visibly, and the client decides whether to submit again. QUEUED tasks
-        never started, so they stay queued and the runner takes them again.
+        never started, so they stay queued and the runner takes them again, unless
+        ``max_claims`` runners already took one and each time the process died before a
+        clean stop (then ``held_reason`` fails it: it may be what kills the process).
         """
-        return self._write(
-            "UPDATE tasks SET status = ?, reason = ?, eta = 0, complete_time_ms = ? WHERE status = ?",
-            (TaskStatus.FAILED.value, reason, now_ms(), _PROCESSING),
+        now = now_ms()
+        with self._transaction() as db:
+            rows = db.execute("SELECT task_id FROM tasks WHERE status = ?", (_PROCESSING,)).fetchall()
+            failed = [(row[0], reason) for row in rows]
+            if max_claims is not None:
+                rows = db.execute(
+                    "SELECT task_id FROM tasks WHERE status = ? AND attempts >= ?", (_QUEUED, max_claims)
+                ).fetchall()
+                failed += [(row[0], held_reason) for row in rows]
+            for task_id, why in failed:
+                self._fail(db, task_id, why, now)
+        return [task_id for task_id, _ in failed]
+
+    async def queued_ids(self, page: int = 1000) -> AsyncIterator[tuple[str, str | None]]:
+        """Every QUEUED task as (task_id, owner_key_id), oldest first, read a page at a time
+        so a long backlog never sits in memory as whole rows."""
+        after: tuple[int, int] = (-1, -1)
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT submit_time_ms, rowid, task_id, owner_key_id FROM tasks WHERE status = ? "
+                    "AND (submit_time_ms, rowid) > (?, ?) ORDER BY submit_time_ms, rowid LIMIT ?",
+                    (_QUEUED, *after, page),
+                ).fetchall()
+            for row in rows:
+                yield row[2], row[3]
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    async def ids_with_status(self, status: TaskStatus) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT task_id FROM tasks WHERE status = ?", (status.value,)).fetchall()
+        return [row[0] for row in rows]
+
+    async def delete_finished_before(self, cutoff_ms: int, limit: int = 500) -> int:
+        """Delete up to ``limit`` finished tasks (with their stored bodies and any webhook still
+        pending) that completed before ``cutoff_ms``; how many. Small batches keep each write
+        transaction short."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT task_id FROM tasks WHERE complete_time_ms < ? AND status IN (?, ?) LIMIT ?",
+                (cutoff_ms, *_FINISHED, limit),
+            ).fetchall()
+            ids = [(row[0],) for row in rows]
+            db.executemany("DELETE FROM webhook_outbox WHERE task_id = ?", ids)
+            db.executemany("DELETE FROM tasks WHERE task_id = ?", ids)
+        return len(ids)
+
+    # -- the webhook outbox ------------------------------------------------------------------
+
+    def due_webhooks(self, now: int, limit: int) -> list[PendingWebhook]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id, url, attempts, next_attempt_ms FROM webhook_outbox WHERE next_attempt_ms <= ? "
+                "ORDER BY next_attempt_ms LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [PendingWebhook(task_id=r[0], url=r[1], attempts=r[2], next_attempt_ms=r[3]) for r in rows]
+
+    def next_webhook_due(self) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt_ms) FROM webhook_outbox").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def webhook_done(self, task_id: str) -> None:
+        """Delivered, or given up: out of the outbox."""
+        self._write("DELETE FROM webhook_outbox WHERE task_id = ?", (task_id,))
+
+    def webhook_retry(self, task_id: str, attempts: int, next_attempt_ms: int) -> None:
+        self._write(
+            "UPDATE webhook_outbox SET attempts = ?, next_attempt_ms = ? WHERE task_id = ?",
+            (attempts, next_attempt_ms, task_id),
         )
+
+    def pending_webhooks(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM webhook_outbox").fetchone()[0])
 
     def status_counts(self) -> dict[TaskStatus, int]:
         """Tasks by status, for /metrics (an indexed GROUP BY, cheap enough at scrape time)."""

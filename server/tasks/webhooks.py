@@ -2,6 +2,8 @@
 
 The body is ``{"event_type": "ASYNC_TASK_RESULT", "payload": <task-result body>}``; a
 timeout, a connection error or a non-2xx answer is retried with exponential backoff.
+Task webhooks go through the durable outbox (``server/tasks/outbox.py``), which calls
+``attempt`` once per try and keeps the retry schedule in the task store.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ class WebhookSender:
             attempts, failure = await self._deliver(url, body, request_headers)
             webhook_result(span, attempts=attempts, failure=failure)
         return failure is None
+
+    async def attempt(
+        self, url: str, body: bytes, *, trace_context: Mapping[str, str] | None = None, attempt: int = 1
+    ) -> str | None:
+        """One POST of a body as given (the outbox's retries are its own); None when it got a
+        2xx, else why not. It joins the task's trace like ``deliver``."""
+        request_headers = {"content-type": "application/json"}
+        with webhook_span(urlsplit(url).hostname or "", trace_context, request_headers) as span:
+            failure = await self._attempt(url, body, request_headers)
+            webhook_result(span, attempts=attempt, failure=failure)
+        if failure is not None:
+            logger.warning("webhook to %s failed (attempt %d): %s", _redacted(url), attempt, failure)
+        return failure
 
     async def _deliver(self, url: str, body: bytes, request_headers: dict[str, str]) -> tuple[int, str | None]:
         """The attempts made and, when none got a 2xx, why the last one failed."""

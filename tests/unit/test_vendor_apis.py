@@ -313,8 +313,8 @@ async def test_sdapi_webhook_gets_the_sd_body_with_track_id(
 
 async def test_sdapi_fetch_after_a_restart(tmp_path: Path) -> None:
     """A job answered "processing" is still fetched after the server restarts: the one that was
-    running reports the restart as its failure, the queued one runs to the end."""
-    settings: dict[str, Any] = {"vendor": {"sdapi_wait_s": 0.0}, "tasks": {"workers": 1}}
+    running (past the stop's grace) reports the stop as its failure, the queued one runs to the end."""
+    settings: dict[str, Any] = {"vendor": {"sdapi_wait_s": 0.0}, "tasks": {"workers": 1, "drain_grace_s": 0.1}}
     state = make_state(tmp_path, **settings)
     _, key = state.keystore.create("tester")
     async with AsyncTestClient(create_app(state)) as client:
@@ -323,7 +323,9 @@ async def test_sdapi_fetch_after_a_restart(tmp_path: Path) -> None:
         original = engine.generate  # type: ignore[attr-defined]
         started = asyncio.Event()
 
-        async def stuck(*_: Any, **__: Any) -> Any:
+        async def stuck(job: Any, progress: Any = None) -> Any:
+            if progress is not None:
+                progress(0.1)  # its work has begun
             started.set()
             await asyncio.Event().wait()
 
@@ -338,7 +340,7 @@ async def test_sdapi_fetch_after_a_restart(tmp_path: Path) -> None:
     async with AsyncTestClient(create_app(again)) as client:
         await again.load_task  # type: ignore[misc]
         failed = (await client.post(f"/api/v3/fetch/{running['id']}", json={"key": key})).json()
-        assert failed["status"] == "failed" and failed["track_id"] == 1 and "restarted" in failed["reason"]
+        assert failed["status"] == "failed" and failed["track_id"] == 1 and "stopped" in failed["reason"]
         for _ in range(500):
             fetched = (await client.post(f"/api/v3/fetch/{queued['id']}", json={"key": key})).json()
             if fetched["status"] != "processing":
