@@ -11,9 +11,10 @@ from engines.scheduler import Scheduler
 from schemas.openai.common import Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.calls import EngineCall, StreamedCall, engine_call, resident_engine, streamed_call
 from server.capabilities.text.sampling import (
     check_n,
+    check_sequences,
     merge_streams,
     new_id,
     resolve_max_tokens,
@@ -69,6 +70,7 @@ class CompletionService:
         if request.best_of is not None and request.best_of != request.n:
             raise bad_request("best_of is not supported; use n.", "best_of")
         raw = split_inputs(request.prompt, "prompt", self.limits.max_batch_inputs)
+        check_sequences(len(raw), request.n, self.limits.max_sequences_per_request)
         prompts = []
         for item in raw:
             ids = engine.tokenize(item) if isinstance(item, str) else list(item)
@@ -145,7 +147,12 @@ class CompletionService:
         )
 
     def _call(
-        self, request: CompletionRequest, prompts: list[_Prompt], request_id: str, charge: Charge
+        self,
+        request: CompletionRequest,
+        prompts: list[_Prompt],
+        request_id: str,
+        charge: Charge,
+        leased: TextGenerationEngine | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -156,15 +163,25 @@ class CompletionService:
             options=prompts[0].options,
             response_id=request_id,
             input_tokens=sum(len(prompt.ids) for prompt in prompts),
+            weight=len(prompts) * request.n,
+            leased=leased,
         )
 
-    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
+    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> StreamedCall[TextGenerationEngine]:
+        """SSE bytes once the model admits the request (see `ChatService.stream`)."""
         _, prompts = await self._prepare(request)
-        self.scheduler.check_admission(request.model)
-        return guarded_events(self._stream_events(request, prompts, self._charge(request, prompts, meter)))
+        charge = self._charge(request, prompts, meter)
+        return streamed_call(
+            self.scheduler,
+            request.model,
+            TextGenerationEngine,
+            lambda engine: guarded_events(self._stream_events(request, prompts, charge, engine)),
+            charge=charge,
+            weight=len(prompts) * request.n,
+        )
 
     async def _stream_events(
-        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge
+        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge, leased: TextGenerationEngine
     ) -> AsyncIterator[bytes]:
         request_id = new_id("cmpl")
         created = unix_now()
@@ -178,7 +195,7 @@ class CompletionService:
                 Completion(id=request_id, created=created, model=request.model, choices=choices, usage=usage)
             )
 
-        async with self._call(request, prompts, request_id, charge) as (engine, record):
+        async with self._call(request, prompts, request_id, charge, leased) as (engine, record):
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
                 choices = []

@@ -30,6 +30,19 @@ def check_n(n: int, max_n: int) -> None:
         raise bad_request(f"n must be between 1 and {max_n}.", "n")
 
 
+def check_sequences(prompts: int, n: int, max_sequences: int, prompt_param: str = "prompt") -> int:
+    """The sequences a request generates (prompts times n), or a 400 naming the field to cut."""
+    sequences = prompts * n
+    if sequences > max_sequences:
+        param = prompt_param if prompts > max_sequences else "n"
+        raise bad_request(
+            f"This request would generate {sequences} sequences ({prompts} prompts x n={n}); "
+            f"at most {max_sequences} are allowed per request.",
+            param,
+        )
+    return sequences
+
+
 def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
     """The generation budget, or a 400 that states the model's context limit."""
     if prompt_tokens >= max_model_len:
