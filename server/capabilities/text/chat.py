@@ -103,10 +103,10 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
 
 
 class ChatService:
-    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+    def __init__(self, scheduler: Scheduler, limits: Limits, templates: TemplateRenderer | None = None) -> None:
         self.scheduler = scheduler
         self.limits = limits
-        self.templates = TemplateRenderer(limits)
+        self.templates = templates or TemplateRenderer(limits)
 
     async def _plan(
         self, request: ChatCompletionRequest, engine: TextGenerationEngine, template: ChatTemplateInput

@@ -20,6 +20,7 @@ from server.capabilities.text.sampling import (
     resolve_max_tokens,
     sampling_options,
     split_inputs,
+    token_ids,
     unix_now,
 )
 from server.errors import bad_request
@@ -63,7 +64,7 @@ class CompletionService:
         self.scheduler = scheduler
         self.limits = limits
 
-    def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
+    async def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
         check_n(request.n, self.limits.max_n)
         if request.suffix is not None:
             raise bad_request("suffix is not supported by this server.", "suffix")
@@ -72,8 +73,7 @@ class CompletionService:
         raw = split_inputs(request.prompt, "prompt", self.limits.max_batch_inputs)
         check_sequences(len(raw), request.n, self.limits.max_sequences_per_request)
         prompts = []
-        for item in raw:
-            ids = engine.tokenize(item) if isinstance(item, str) else list(item)
+        for item, ids in zip(raw, await token_ids(engine, raw), strict=True):
             if not ids:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
@@ -86,7 +86,7 @@ class CompletionService:
 
     async def _prepare(self, request: CompletionRequest) -> tuple[TextGenerationEngine, list[_Prompt]]:
         engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
-        return engine, self._prompts(request, engine)
+        return engine, await self._prompts(request, engine)
 
     def _run(
         self, engine: TextGenerationEngine, prompts: list[_Prompt], request_id: str

@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from engines.base import SamplingOptions
+from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
+from engines.workpools import WorkPool, run_in
 from schemas.openai.common import SamplingRequest
 from server.errors import bad_request
 
@@ -79,6 +80,16 @@ def split_inputs(raw: str | list[Any], param: str, max_items: int) -> list[str |
     if not items or len(items) > max_items:
         raise bad_request(f"{param} must hold between 1 and {max_items} items.", param)
     return items
+
+
+async def token_ids(engine: TextGenerationEngine | EmbeddingEngine, items: list[str | list[int]]) -> list[list[int]]:
+    """Each item as token ids. Texts are tokenized on the engine pool: a batch of long
+    texts keeps a CPU busy for a while, which the event loop must not wait out."""
+
+    def tokenize_all() -> list[list[int]]:
+        return [engine.tokenize(item) if isinstance(item, str) else list(item) for item in items]
+
+    return await run_in(WorkPool.ENGINE, tokenize_all)
 
 
 def normalize_stop(stop: str | list[str] | None) -> list[str]:
