@@ -16,6 +16,7 @@ unwinds this block, and the engines abort on cancellation.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, Generic, TypeVar
@@ -104,14 +105,20 @@ async def engine_call(
     attributes: dict[str, Any] | None = None,
     input_tokens: int | None = None,
     weight: int = 1,
-    leased: E | None = None,
+    leased: Leased[E] | None = None,
 ) -> AsyncIterator[tuple[E, Inference]]:
     """Hold ``model`` as a ``kind`` engine for the block, recorded and metered (see above).
     ``owner`` defaults to the caller's key (the auth guard sets it for the scheduler);
     ``weight`` is how many of the model's concurrent slots the work takes (its sequences).
     ``leased``: the engine, when its lease is already held (a `StreamedCall`'s)."""
     record = Inference(
-        operation, model, options=options, response_id=response_id, input_tokens=input_tokens, attributes=attributes
+        operation,
+        model,
+        options=options,
+        response_id=response_id,
+        input_tokens=input_tokens,
+        attributes=attributes,
+        began=None if leased is None else leased.since,
     )
     async with (
         charge if charge is not None else nullcontext(),
@@ -120,10 +127,21 @@ async def engine_call(
         (
             scheduler.lease(model, kind, priority=priority, owner=owner, weight=weight)
             if leased is None
-            else nullcontext(leased)
+            else nullcontext(leased.engine)
         ) as engine,
     ):
         yield engine, record
+
+
+class Leased(Generic[E]):
+    """An engine whose lease a `StreamedCall` holds, and when it began waiting for it (so the
+    call's record counts the wait, as `engine_call`'s does)."""
+
+    __slots__ = ("engine", "since")
+
+    def __init__(self, engine: E, since: float) -> None:
+        self.engine = engine
+        self.since = since
 
 
 class StreamedCall(Generic[E]):
@@ -131,8 +149,8 @@ class StreamedCall(Generic[E]):
 
     The response takes the lease before its first byte (`admitted`), so a full queue or a
     wait past the limit is a plain 429/503 with Retry-After rather than an error event after
-    a 200. It then sends ``events(engine)``, which runs its `engine_call` with
-    ``leased=engine``, and gives the lease back once the stream has ended, however it ended.
+    a 200. It then sends ``events(leased)``, which runs its `engine_call` with that
+    ``leased``, and gives the lease back once the stream has ended, however it ended.
     """
 
     __slots__ = ("charge", "events", "lease", "names")
@@ -140,7 +158,7 @@ class StreamedCall(Generic[E]):
     def __init__(
         self,
         lease: AbstractAsyncContextManager[E],
-        events: Callable[[E], AsyncIterator[bytes]],
+        events: Callable[[Leased[E]], AsyncIterator[bytes]],
         *,
         names: WireNames = SAME_NAMES,
         charge: Charge | None = None,
@@ -154,9 +172,10 @@ class StreamedCall(Generic[E]):
     async def admitted(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Hold the lease for the block, which sends the events yielded; an `ApiError` when
         the model cannot take the work."""
+        since = time.perf_counter()
         try:
             async with _mapped_errors(self.names), self.lease as engine:
-                yield self.events(engine)
+                yield self.events(Leased(engine, since))
         finally:
             if self.charge is not None:
                 # Refunds a charge whose events never ran; one they settled is left as it is.
@@ -167,7 +186,7 @@ def streamed_call(
     scheduler: Scheduler,
     model: str,
     kind: type[E],
-    events: Callable[[E], AsyncIterator[bytes]],
+    events: Callable[[Leased[E]], AsyncIterator[bytes]],
     *,
     names: WireNames = SAME_NAMES,
     charge: Charge | None = None,

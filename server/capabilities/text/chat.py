@@ -29,7 +29,7 @@ from schemas.openai.chat import (
 )
 from schemas.openai.common import TokenLogprob, TopLogprob, Usage
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, StreamedCall, engine_call, resident_engine, streamed_call
+from server.capabilities.calls import EngineCall, Leased, StreamedCall, engine_call, resident_engine, streamed_call
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
@@ -248,7 +248,7 @@ class ChatService:
         request: ChatCompletionRequest,
         plan: _ChatPlan,
         charge: Charge,
-        leased: TextGenerationEngine | None = None,
+        leased: Leased[TextGenerationEngine] | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -274,13 +274,13 @@ class ChatService:
             self.scheduler,
             request.model,
             TextGenerationEngine,
-            lambda engine: guarded_events(self._stream_events(request, plan, charge, engine)),
+            lambda leased: guarded_events(self._stream_events(request, plan, charge, leased)),
             charge=charge,
             weight=request.n,
         )
 
     async def _stream_events(
-        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge, leased: TextGenerationEngine
+        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge, leased: Leased[TextGenerationEngine]
     ) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         created = unix_now()

@@ -11,7 +11,7 @@ from engines.scheduler import Scheduler
 from schemas.openai.common import Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, StreamedCall, engine_call, resident_engine, streamed_call
+from server.capabilities.calls import EngineCall, Leased, StreamedCall, engine_call, resident_engine, streamed_call
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
@@ -152,7 +152,7 @@ class CompletionService:
         prompts: list[_Prompt],
         request_id: str,
         charge: Charge,
-        leased: TextGenerationEngine | None = None,
+        leased: Leased[TextGenerationEngine] | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -175,13 +175,13 @@ class CompletionService:
             self.scheduler,
             request.model,
             TextGenerationEngine,
-            lambda engine: guarded_events(self._stream_events(request, prompts, charge, engine)),
+            lambda leased: guarded_events(self._stream_events(request, prompts, charge, leased)),
             charge=charge,
             weight=len(prompts) * request.n,
         )
 
     async def _stream_events(
-        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge, leased: TextGenerationEngine
+        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge, leased: Leased[TextGenerationEngine]
     ) -> AsyncIterator[bytes]:
         request_id = new_id("cmpl")
         created = unix_now()
