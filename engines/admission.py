@@ -42,17 +42,23 @@ class AdmissionPolicy(msgspec.Struct, kw_only=True):
 
 
 class _Waiter:
-    __slots__ = ("future", "since")
+    __slots__ = ("future", "since", "weight")
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
+    def __init__(self, future: asyncio.Future[None], weight: int) -> None:
         self.future = future
         self.since = time.monotonic()
+        self.weight = weight
 
 
 class FairGate:
     """A counting semaphore whose waiters are served by priority, and within a priority
     round-robin by owner, first come first served per owner. A background waiter that has
-    waited `aging_s` goes ahead of interactive ones (oldest such waiter first)."""
+    waited `aging_s` goes ahead of interactive ones (oldest such waiter first).
+
+    A holder may take several units (its ``weight``: a request's sequences on an engine
+    that batches them). The next waiter in order waits until its weight fits, and those
+    behind it wait too, so a heavy request is not overtaken forever by light ones. A weight
+    above the limit takes the whole gate (the work runs alone)."""
 
     def __init__(self, limit: int, *, aging_s: float = 0.0) -> None:
         self.limit = limit
@@ -62,14 +68,18 @@ class FairGate:
         # Per priority, the owners with waiters in turn order (dict order), each with its queue.
         self._queues: dict[Priority, dict[str | None, deque[_Waiter]]] = {p: {} for p in Priority}
 
-    def locked(self) -> bool:
-        return self.held >= self.limit or self.waiting > 0
+    def _units(self, weight: int) -> int:
+        return max(1, min(weight, self.limit))
 
-    async def acquire(self, priority: Priority, owner: str | None, timeout: float) -> None:
-        if not self.locked():
-            self.held += 1
+    def locked(self, weight: int = 1) -> bool:
+        return self.held + self._units(weight) > self.limit or self.waiting > 0
+
+    async def acquire(self, priority: Priority, owner: str | None, timeout: float, weight: int = 1) -> None:
+        units = self._units(weight)
+        if not self.locked(units):
+            self.held += units
             return
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), units)
         self._queues[priority].setdefault(owner, deque()).append(waiter)
         self.waiting += 1
         try:
@@ -77,26 +87,39 @@ class FairGate:
                 await waiter.future
         except BaseException:
             if waiter.future.done() and not waiter.future.cancelled():
-                self.release()  # granted as the wait ended: hand the slot on
+                self.release(units)  # granted as the wait ended: hand the units on
             else:
                 self._withdraw(priority, owner, waiter)
             raise
 
-    def release(self) -> None:
-        self.held -= 1
-        while self.held < self.limit and self.waiting > 0:
-            waiter = self._next()
-            if not waiter.future.done():
-                self.held += 1
-                waiter.future.set_result(None)
+    def release(self, weight: int = 1) -> None:
+        """Give back what an ``acquire`` of the same ``weight`` took."""
+        self.held -= self._units(weight)
+        self._grant()
 
-    def _next(self) -> _Waiter:
+    def _grant(self) -> None:
+        """Serve waiters in order while the next one's weight fits."""
+        while self.waiting > 0:
+            owners, owner = self._next_owner()
+            waiter = owners[owner][0]
+            if waiter.future.done():  # cancelled, not yet withdrawn: skip it
+                self._pop(owners, owner)
+                continue
+            if self.held + waiter.weight > self.limit:
+                return
+            self._pop(owners, owner)
+            self.held += waiter.weight
+            waiter.future.set_result(None)
+
+    def _next_owner(self) -> tuple[dict[str | None, deque[_Waiter]], str | None]:
+        """The owner whose first waiter is served next, and the queues it is in."""
         aged = self._aged_owners()
         if aged:
-            owners, owner = self._queues[Priority.BACKGROUND], aged[0]
-        else:
-            owners = next(queues for queues in self._queues.values() if queues)
-            owner = next(iter(owners))
+            return self._queues[Priority.BACKGROUND], aged[0]
+        owners = next(queues for queues in self._queues.values() if queues)
+        return owners, next(iter(owners))
+
+    def _pop(self, owners: dict[str | None, deque[_Waiter]], owner: str | None) -> _Waiter:
         queue = owners.pop(owner)
         waiter = queue.popleft()
         if queue:
@@ -121,3 +144,5 @@ class FairGate:
             self.waiting -= 1
             if not queue:
                 del owners[owner]
+            # A heavy waiter at the head may have held back lighter ones that fit.
+            self._grant()

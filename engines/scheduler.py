@@ -387,8 +387,8 @@ class Scheduler:
 
     # -- admission -----------------------------------------------------------------------------
 
-    def _check_queue(self, slot: _Slot) -> None:
-        if slot.capacity.locked() and slot.waiting >= self.policy.max_queue_depth:
+    def _check_queue(self, slot: _Slot, weight: int = 1) -> None:
+        if slot.capacity.locked(weight) and slot.waiting >= self.policy.max_queue_depth:
             raise Overloaded(
                 f"Model '{slot.engine.spec.name}' has {slot.waiting} requests waiting; try again shortly.",
                 retry_after=1.0,
@@ -401,11 +401,18 @@ class Scheduler:
         self._check_queue(self._slot(name))
 
     async def _take_turn(
-        self, gate: FairGate, slot: _Slot, priority: Priority, owner: str | None, deadline: float, span: str
+        self,
+        gate: FairGate,
+        slot: _Slot,
+        priority: Priority,
+        owner: str | None,
+        deadline: float,
+        span: str,
+        weight: int = 1,
     ) -> None:
-        """Acquire `gate` for `slot`'s lease by `deadline` (monotonic), or raise Overloaded."""
-        if not gate.locked():
-            await gate.acquire(priority, owner, 0.0)  # free: no wait
+        """Acquire `weight` of `gate` for `slot`'s lease by `deadline` (monotonic), or raise Overloaded."""
+        if not gate.locked(weight):
+            await gate.acquire(priority, owner, 0.0, weight)  # free: no wait
             return
         timeout = max(deadline - time.monotonic(), 0.0)
         try:
@@ -416,7 +423,7 @@ class Scheduler:
                 "omniserve.queue.priority": priority.name.lower(),
             }
             with _tracer.start_as_current_span(span, attributes=attributes):
-                await gate.acquire(priority, owner, timeout)
+                await gate.acquire(priority, owner, timeout, weight)
         except TimeoutError:
             waited = self.policy.timeout_for(priority)
             raise Overloaded(
@@ -424,10 +431,10 @@ class Scheduler:
                 retry_after=max(min(waited, self.policy.queue_timeout_s) / 2, 1.0),
             ) from None
 
-    async def _admit(self, slot: _Slot, priority: Priority, owner: str | None, deadline: float) -> None:
-        if slot.capacity.locked():
-            self._check_queue(slot)
-        await self._take_turn(slot.capacity, slot, priority, owner, deadline, "scheduler queue wait")
+    async def _admit(self, slot: _Slot, priority: Priority, owner: str | None, deadline: float, weight: int) -> None:
+        if slot.capacity.locked(weight):
+            self._check_queue(slot, weight)
+        await self._take_turn(slot.capacity, slot, priority, owner, deadline, "scheduler queue wait", weight)
 
     @asynccontextmanager
     async def _device_turn(
@@ -496,12 +503,12 @@ class Scheduler:
 
     @overload
     def lease(
-        self, name: str, *, priority: Priority = ..., owner: str | None = ...
+        self, name: str, *, priority: Priority = ..., owner: str | None = ..., weight: int = ...
     ) -> AbstractAsyncContextManager[Engine]: ...
 
     @overload
     def lease(
-        self, name: str, kind: type[E], *, priority: Priority = ..., owner: str | None = ...
+        self, name: str, kind: type[E], *, priority: Priority = ..., owner: str | None = ..., weight: int = ...
     ) -> AbstractAsyncContextManager[E]: ...
 
     def lease(
@@ -511,16 +518,19 @@ class Scheduler:
         *,
         priority: Priority = Priority.INTERACTIVE,
         owner: str | None = None,
+        weight: int = 1,
     ) -> AbstractAsyncContextManager[Any]:
         """Hold the model, loaded, as a `kind` engine for the block. Waiters for a slot are
         served by `priority`, then round-robin by `owner` (an API key id; by default the
-        context's `lease_owner`). A model of the wrong kind is refused at once: nothing waits,
+        context's `lease_owner`). `weight`: how many of the model's `max_concurrency` slots
+        the work takes (the sequences of a request an engine batches; more than all of them
+        takes all of them). A model of the wrong kind is refused at once: nothing waits,
         loads or is evicted for it."""
-        return self._lease(name, kind, priority, owner)
+        return self._lease(name, kind, priority, owner, weight)
 
     @asynccontextmanager
     async def _lease(
-        self, name: str, kind: type[Engine], priority: Priority, owner: str | None
+        self, name: str, kind: type[Engine], priority: Priority, owner: str | None, weight: int
     ) -> AsyncIterator[Engine]:
         slot = self._slot(name, kind)
         owner = owner if owner is not None else lease_owner.get()
@@ -528,7 +538,7 @@ class Scheduler:
         deadline = time.monotonic() + self.policy.timeout_for(priority)
         slot.demand += 1
         try:
-            await self._admit(slot, priority, owner, deadline)
+            await self._admit(slot, priority, owner, deadline, weight)
             try:
                 await self._make_resident(slot, deadline)
                 async with self._device_turn(slot, priority, owner, deadline):
@@ -539,7 +549,7 @@ class Scheduler:
                         slot.active -= 1
                         slot.last_used = time.monotonic()
             finally:
-                slot.capacity.release()
+                slot.capacity.release(weight)
         finally:
             self._release_demand(slot)
 

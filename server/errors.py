@@ -232,17 +232,19 @@ def _from_validation(exc: ValidationException) -> ApiError:
     return ApiError(ErrorCode.INVALID_REQUEST_BODY, f"Invalid request: {reason}")
 
 
+def retry_after_headers(error: ApiError) -> dict[str, str]:
+    """Retry-After (whole seconds) and OpenAI's retry-after-ms, when the error has a delay."""
+    if error.retry_after is None:
+        return {}
+    return {"Retry-After": str(max(1, round(error.retry_after))), "retry-after-ms": str(int(error.retry_after * 1000))}
+
+
 def error_response(path: str, error: ApiError, headers: dict[str, str] | None = None) -> Response[bytes]:
-    headers = dict(headers or {})
-    if error.retry_after is not None:
-        seconds = max(1, round(error.retry_after))
-        headers["Retry-After"] = str(seconds)
-        headers["retry-after-ms"] = str(int(error.retry_after * 1000))
     return Response(
         content=_body_for(path)(error),
         status_code=error.status,
         media_type=MediaType.JSON,
-        headers=headers,
+        headers={**(headers or {}), **retry_after_headers(error)},
     )
 
 

@@ -49,6 +49,21 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A request line plus headers longer than this answers 431 (the HTTP parser has no limit).
     max_header_bytes: int = 64 * 1024
 
+    # Sequences one chat or completion request may generate: its prompts times n. Each one
+    # takes one of the model's concurrent slots (256, as many as vLLM batches by default), so
+    # one request may fill a model but never queue thousands of sequences under one lease.
+    max_sequences_per_request: int = 256
+    # A chat template is code (Jinja): one from a client could loop or build strings without
+    # bound on the server's CPU. Clients may send one (chat_template, or in
+    # chat_template_kwargs) only when this is set, for trusted clients only.
+    allow_client_chat_templates: bool = False
+    # Longest a chat template may take to render one request (off the event loop); past it
+    # the request gets a 400. A render cannot be stopped, only abandoned: its thread runs on.
+    chat_template_timeout_s: float = 5.0
+    # Client templates rendering at once, abandoned ones included, so that slow ones cannot
+    # take every thread of the engine pool; more get a 503.
+    max_client_template_renders: int = 2
+
     def __post_init__(self) -> None:
         if self.max_json_depth < 1 or self.max_connections < 1 or self.max_header_bytes < 1024:
             raise ValueError(

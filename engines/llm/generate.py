@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from opentelemetry import propagate
 
 from engines.base import (
@@ -24,9 +25,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omniserve.engines.vllm")
 
+# vLLM's own threshold: a temperature below it means greedy decoding.
+GREEDY_TEMPERATURE = 1e-5
+
+
+def greedy_copies(options: SamplingOptions) -> int:
+    """How many times one computed sequence is repeated to answer ``options``: greedy
+    decoding is deterministic, so n greedy choices are one sequence n times. vLLM refuses
+    n > 1 when greedy; OpenAI answers n identical choices, and so does this engine."""
+    greedy = options.temperature is not None and options.temperature < GREEDY_TEMPERATURE
+    return options.n if greedy and options.n > 1 else 1
+
 
 def to_sampling_params(options: SamplingOptions) -> SamplingParams:
     from vllm import SamplingParams
+    from vllm.exceptions import VLLMClientError
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     structured = None
@@ -39,7 +52,7 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
     elif options.choice is not None:
         structured = StructuredOutputsParams(choice=options.choice)
     kwargs: dict[str, Any] = {
-        "n": options.n,
+        "n": 1 if greedy_copies(options) > 1 else options.n,
         "max_tokens": options.max_tokens,
         "seed": options.seed,
         "stop": options.stop or None,
@@ -70,8 +83,9 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
             kwargs[name] = value
     try:
         return SamplingParams(**kwargs)
-    except ValueError as exc:
-        raise InvalidJob(str(exc)) from exc
+    except (ValueError, VLLMClientError) as exc:
+        # vLLM's validation errors are not ValueErrors: both are the request's fault.
+        raise InvalidJob(str(exc), getattr(exc, "parameter", None)) from exc
 
 
 def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> TokenLogprobs:
@@ -140,6 +154,7 @@ class VllmTextEngine(VllmEngineBase):
         from vllm.inputs.engine import tokens_input
 
         params = to_sampling_params(options)
+        copies = greedy_copies(options)
         # The caller's span context (traceparent), so vLLM's own spans join the request's trace.
         # Only when its OTLP tracing is on (otlp_traces_endpoint in the model's options): vLLM
         # logs a warning for every request that brings trace headers to it otherwise.
@@ -152,10 +167,10 @@ class VllmTextEngine(VllmEngineBase):
             async for output in self.llm.generate(
                 tokens_input(prompt_token_ids), params, request_id, trace_headers=trace_headers or None
             ):
-                step = GenerationStep(
-                    prompt_tokens=len(prompt_token_ids),
-                    sequences=[self._delta(seq, options.logprobs) for seq in output.outputs],
-                )
+                sequences = [self._delta(seq, options.logprobs) for seq in output.outputs]
+                if copies > 1 and sequences:
+                    sequences = [msgspec.structs.replace(sequences[0], index=i) for i in range(copies)]
+                step = GenerationStep(prompt_tokens=len(prompt_token_ids), sequences=sequences)
                 if first and options.prompt_logprobs is not None and output.prompt_logprobs is not None:
                     step.prompt_logprobs = [
                         None if entries is None else _position_logprobs(token, entries, options.prompt_logprobs)

@@ -94,7 +94,11 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # vLLM's extras. Template variables only: what replaces or steers the template itself
+    # is refused (server/capabilities/text/templates.py).
     chat_template_kwargs: dict[str, Any] | None = None
+    # A whole Jinja template of the client's own; refused unless the server allows it.
+    chat_template: str | None = None
     add_generation_prompt: bool = True
 
 

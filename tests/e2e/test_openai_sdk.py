@@ -66,6 +66,44 @@ def _reference(texts: list[str], server: RunningServer) -> np.ndarray:
     return np.asarray(model.encode(texts, normalize_embeddings=True))
 
 
+def test_greedy_n_gives_identical_choices(client: openai.OpenAI) -> None:
+    result = client.chat.completions.create(
+        model="demo-chat",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=6,
+        n=3,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    texts = [choice.message.content for choice in result.choices]
+    assert texts[0] and texts == [texts[0]] * 3
+    completion = client.completions.create(model="demo-chat", prompt="Once upon", max_tokens=4, n=2, temperature=0)
+    assert completion.choices[0].text == completion.choices[1].text
+
+
+def test_client_chat_templates_are_refused_at_once(client: openai.OpenAI, server: RunningServer) -> None:
+    bomb = "{% for a in range(100000) %}{% for b in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="demo-chat",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=2,
+            extra_body={"chat_template_kwargs": {"chat_template": bomb}},
+        )
+    assert refused.value.param == "chat_template_kwargs.chat_template"
+    assert time.monotonic() - started < 2
+    assert httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200
+    # Template variables still reach the model's own template.
+    result = client.chat.completions.create(
+        model="demo-chat",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=2,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+    )
+    assert result.choices[0].message.role == "assistant"
+
+
 def test_embeddings_base64_default_and_float(client: openai.OpenAI, server: RunningServer) -> None:
     texts = ["a red apple", "the stock market"]
     expected = _reference(texts, server)

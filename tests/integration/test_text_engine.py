@@ -170,3 +170,20 @@ async def test_tokenize_round_trip(services: TextCapability) -> None:
     assert tokens.count == len(tokens.tokens) and tokens.max_model_len == 512
     text = await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat", tokens=tokens.tokens))
     assert text.prompt.strip() == "the lazy dog"
+
+
+async def test_greedy_n_gives_n_identical_choices(services: TextCapability) -> None:
+    result = await services.chat.create(chat_request(max_tokens=6, temperature=0.0, n=3, ignore_eos=True))
+    texts = [choice.message.content for choice in result.choices]
+    assert [choice.index for choice in result.choices] == [0, 1, 2]
+    assert texts[0] and texts == [texts[0]] * 3
+    assert result.usage.completion_tokens == 18
+    completion = await services.completions.create(
+        msgspec.convert(
+            {"model": "demo-chat", "prompt": ["The quick", "Hello"], "max_tokens": 4, "temperature": 0, "n": 2},
+            CompletionRequest,
+        )
+    )
+    assert len(completion.choices) == 4
+    assert completion.choices[0].text == completion.choices[1].text
+    assert completion.choices[2].text == completion.choices[3].text

@@ -7,6 +7,7 @@ from server.capabilities.text.chat import ChatService
 from server.capabilities.text.completions import CompletionService
 from server.capabilities.text.embeddings import EmbeddingService
 from server.capabilities.text.rerank import RerankService
+from server.capabilities.text.templates import TemplateRenderer
 from server.capabilities.text.tokenize import TokenizeService
 from server.settings import Limits
 
@@ -15,8 +16,10 @@ class TextCapability:
     """The text services over one scheduler and one set of limits."""
 
     def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
-        self.chat = ChatService(scheduler, limits)
+        # One renderer, so that its cap on client templates holds for every route.
+        templates = TemplateRenderer(limits)
+        self.chat = ChatService(scheduler, limits, templates)
         self.completions = CompletionService(scheduler, limits)
         self.embeddings = EmbeddingService(scheduler, limits)
         self.rerank = RerankService(scheduler, limits)
-        self.tokenize = TokenizeService(scheduler)
+        self.tokenize = TokenizeService(scheduler, templates)

@@ -29,14 +29,16 @@ from schemas.openai.chat import (
 )
 from schemas.openai.common import TokenLogprob, TopLogprob, Usage
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.calls import EngineCall, Leased, StreamedCall, engine_call, resident_engine, streamed_call
 from server.capabilities.text.sampling import (
     check_n,
+    check_sequences,
     new_id,
     resolve_max_tokens,
     sampling_options,
     unix_now,
 )
+from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer, template_input
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
@@ -101,12 +103,16 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
 
 
 class ChatService:
-    def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
+    def __init__(self, scheduler: Scheduler, limits: Limits, templates: TemplateRenderer | None = None) -> None:
         self.scheduler = scheduler
         self.limits = limits
+        self.templates = templates or TemplateRenderer(limits)
 
-    def _plan(self, request: ChatCompletionRequest, engine: TextGenerationEngine) -> _ChatPlan:
+    async def _plan(
+        self, request: ChatCompletionRequest, engine: TextGenerationEngine, template: ChatTemplateInput
+    ) -> _ChatPlan:
         check_n(request.n, self.limits.max_n)
+        check_sequences(1, request.n, self.limits.max_sequences_per_request, "messages")
         if not request.messages:
             raise bad_request("messages must hold at least one message.", "messages")
         # Tools travel as plain dicts (to the template and to vLLM's parsers); most
@@ -117,11 +123,12 @@ class ChatService:
         if tools and tool_choice is None:
             tool_choice = "auto"
         messages = [message_to_template(message) for message in request.messages]
-        prompt_ids = engine.render_chat(
+        prompt_ids = await self.templates.render(
+            engine,
             messages,
+            template,
             tools=tools if tools else None,
             add_generation_prompt=request.add_generation_prompt,
-            template_kwargs=request.chat_template_kwargs,
         )
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         budget = resolve_max_tokens(
@@ -169,8 +176,9 @@ class ChatService:
         return plan
 
     async def _prepare(self, request: ChatCompletionRequest) -> tuple[TextGenerationEngine, _ChatPlan]:
+        template = template_input(request, self.limits)  # refused before any model loads
         engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
-        return engine, self._plan(request, engine)
+        return engine, await self._plan(request, engine, template)
 
     def _charge(self, request: ChatCompletionRequest, plan: _ChatPlan, meter: Meter) -> Charge:
         capped = request.max_tokens is not None or request.max_completion_tokens is not None
@@ -236,7 +244,11 @@ class ChatService:
         return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
 
     def _call(
-        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
+        self,
+        request: ChatCompletionRequest,
+        plan: _ChatPlan,
+        charge: Charge,
+        leased: Leased[TextGenerationEngine] | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -246,17 +258,29 @@ class ChatService:
             charge=charge,
             options=plan.options,
             response_id=plan.request_id,
+            weight=request.n,
+            leased=leased,
         )
 
-    async def stream(self, request: ChatCompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
-        """SSE bytes. Errors found before the first byte raise here (a normal error
-        response); errors after it go out as a final ``data:`` event."""
+    async def stream(
+        self, request: ChatCompletionRequest, meter: Meter = UNMETERED
+    ) -> StreamedCall[TextGenerationEngine]:
+        """SSE bytes, once the model admits the request. Errors found before the first byte,
+        admission included, raise (a normal error response); errors after it go out as a
+        final ``data:`` event."""
         _, plan = await self._prepare(request)
-        self.scheduler.check_admission(request.model)
-        return guarded_events(self._stream_events(request, plan, self._charge(request, plan, meter)))
+        charge = self._charge(request, plan, meter)
+        return streamed_call(
+            self.scheduler,
+            request.model,
+            TextGenerationEngine,
+            lambda leased: guarded_events(self._stream_events(request, plan, charge, leased)),
+            charge=charge,
+            weight=request.n,
+        )
 
     async def _stream_events(
-        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
+        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge, leased: Leased[TextGenerationEngine]
     ) -> AsyncIterator[bytes]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         created = unix_now()
@@ -271,7 +295,7 @@ class ChatService:
         completion_tokens = 0
         called_tools = [False] * request.n
         forced_text = [""] * request.n
-        async with self._call(request, plan, charge) as (engine, record):
+        async with self._call(request, plan, charge, leased) as (engine, record):
             for index in range(request.n):
                 yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
             step: GenerationStep

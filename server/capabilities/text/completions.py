@@ -11,14 +11,16 @@ from engines.scheduler import Scheduler
 from schemas.openai.common import Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.calls import EngineCall, Leased, StreamedCall, engine_call, resident_engine, streamed_call
 from server.capabilities.text.sampling import (
     check_n,
+    check_sequences,
     merge_streams,
     new_id,
     resolve_max_tokens,
     sampling_options,
     split_inputs,
+    token_ids,
     unix_now,
 )
 from server.errors import bad_request
@@ -62,16 +64,16 @@ class CompletionService:
         self.scheduler = scheduler
         self.limits = limits
 
-    def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
+    async def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
         check_n(request.n, self.limits.max_n)
         if request.suffix is not None:
             raise bad_request("suffix is not supported by this server.", "suffix")
         if request.best_of is not None and request.best_of != request.n:
             raise bad_request("best_of is not supported; use n.", "best_of")
         raw = split_inputs(request.prompt, "prompt", self.limits.max_batch_inputs)
+        check_sequences(len(raw), request.n, self.limits.max_sequences_per_request)
         prompts = []
-        for item in raw:
-            ids = engine.tokenize(item) if isinstance(item, str) else list(item)
+        for item, ids in zip(raw, await token_ids(engine, raw), strict=True):
             if not ids:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
@@ -84,7 +86,7 @@ class CompletionService:
 
     async def _prepare(self, request: CompletionRequest) -> tuple[TextGenerationEngine, list[_Prompt]]:
         engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
-        return engine, self._prompts(request, engine)
+        return engine, await self._prompts(request, engine)
 
     def _run(
         self, engine: TextGenerationEngine, prompts: list[_Prompt], request_id: str
@@ -145,7 +147,12 @@ class CompletionService:
         )
 
     def _call(
-        self, request: CompletionRequest, prompts: list[_Prompt], request_id: str, charge: Charge
+        self,
+        request: CompletionRequest,
+        prompts: list[_Prompt],
+        request_id: str,
+        charge: Charge,
+        leased: Leased[TextGenerationEngine] | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -156,15 +163,25 @@ class CompletionService:
             options=prompts[0].options,
             response_id=request_id,
             input_tokens=sum(len(prompt.ids) for prompt in prompts),
+            weight=len(prompts) * request.n,
+            leased=leased,
         )
 
-    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
+    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> StreamedCall[TextGenerationEngine]:
+        """SSE bytes once the model admits the request (see `ChatService.stream`)."""
         _, prompts = await self._prepare(request)
-        self.scheduler.check_admission(request.model)
-        return guarded_events(self._stream_events(request, prompts, self._charge(request, prompts, meter)))
+        charge = self._charge(request, prompts, meter)
+        return streamed_call(
+            self.scheduler,
+            request.model,
+            TextGenerationEngine,
+            lambda leased: guarded_events(self._stream_events(request, prompts, charge, leased)),
+            charge=charge,
+            weight=len(prompts) * request.n,
+        )
 
     async def _stream_events(
-        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge
+        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge, leased: Leased[TextGenerationEngine]
     ) -> AsyncIterator[bytes]:
         request_id = new_id("cmpl")
         created = unix_now()
@@ -178,7 +195,7 @@ class CompletionService:
                 Completion(id=request_id, created=created, model=request.model, choices=choices, usage=usage)
             )
 
-        async with self._call(request, prompts, request_id, charge) as (engine, record):
+        async with self._call(request, prompts, request_id, charge, leased) as (engine, record):
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
                 choices = []

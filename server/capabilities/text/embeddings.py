@@ -12,7 +12,7 @@ from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import engine_call, resident_engine
-from server.capabilities.text.sampling import new_id, split_inputs
+from server.capabilities.text.sampling import new_id, split_inputs, token_ids
 from server.errors import bad_request
 from server.settings import Limits
 
@@ -29,12 +29,11 @@ class EmbeddingService:
         self.scheduler = scheduler
         self.limits = limits
 
-    def _inputs(self, request: EmbeddingRequest, engine: EmbeddingEngine) -> list[list[int]]:
+    async def _inputs(self, request: EmbeddingRequest, engine: EmbeddingEngine) -> list[list[int]]:
         items = split_inputs(request.input, "input", self.limits.max_batch_inputs)
         limit = engine.info.max_model_len
         token_lists = []
-        for position, item in enumerate(items):
-            ids = engine.tokenize(item) if isinstance(item, str) else list(item)
+        for position, ids in enumerate(await token_ids(engine, items)):
             if not ids:
                 raise bad_request(f"input[{position}] is empty.", "input")
             if len(ids) > limit:
@@ -50,7 +49,7 @@ class EmbeddingService:
         engine = await resident_engine(self.scheduler, request.model, EmbeddingEngine)
         if request.dimensions is not None and not engine.spec.supports_dimensions:
             raise bad_request(f"The model '{request.model}' does not support the dimensions parameter.", "dimensions")
-        inputs = self._inputs(request, engine)
+        inputs = await self._inputs(request, engine)
         charge = meter.tokens(sum(len(ids) for ids in inputs))
         async with engine_call(self.scheduler, request.model, EmbeddingEngine, "embeddings", charge=charge) as call:
             leased, record = call

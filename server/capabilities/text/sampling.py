@@ -8,7 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
-from engines.base import SamplingOptions
+from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
+from engines.workpools import WorkPool, run_in
 from schemas.openai.common import SamplingRequest
 from server.errors import bad_request
 
@@ -28,6 +29,19 @@ def unix_now() -> int:
 def check_n(n: int, max_n: int) -> None:
     if not 1 <= n <= max_n:
         raise bad_request(f"n must be between 1 and {max_n}.", "n")
+
+
+def check_sequences(prompts: int, n: int, max_sequences: int, prompt_param: str = "prompt") -> int:
+    """The sequences a request generates (prompts times n), or a 400 naming the field to cut."""
+    sequences = prompts * n
+    if sequences > max_sequences:
+        param = prompt_param if prompts > max_sequences else "n"
+        raise bad_request(
+            f"This request would generate {sequences} sequences ({prompts} prompts x n={n}); "
+            f"at most {max_sequences} are allowed per request.",
+            param,
+        )
+    return sequences
 
 
 def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len: int, param: str) -> int:
@@ -66,6 +80,16 @@ def split_inputs(raw: str | list[Any], param: str, max_items: int) -> list[str |
     if not items or len(items) > max_items:
         raise bad_request(f"{param} must hold between 1 and {max_items} items.", param)
     return items
+
+
+async def token_ids(engine: TextGenerationEngine | EmbeddingEngine, items: list[str | list[int]]) -> list[list[int]]:
+    """Each item as token ids. Texts are tokenized on the engine pool: a batch of long
+    texts keeps a CPU busy for a while, which the event loop must not wait out."""
+
+    def tokenize_all() -> list[list[int]]:
+        return [engine.tokenize(item) if isinstance(item, str) else list(item) for item in items]
+
+    return await run_in(WorkPool.ENGINE, tokenize_all)
 
 
 def normalize_stop(stop: str | list[str] | None) -> list[str]:

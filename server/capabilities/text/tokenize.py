@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from engines.base import EmbeddingEngine, Engine, ModelKind, TextGenerationEngine
 from engines.scheduler import Scheduler
+from engines.workpools import WorkPool, run_in
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.capabilities.calls import resident_engine
 from server.capabilities.text.chat import message_to_template
+from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer
 from server.errors import bad_request
 
 # A plain prompt is tokenized by any model with a tokenizer of its own.
@@ -14,14 +16,18 @@ _TOKENIZING_KINDS = (ModelKind.CHAT, ModelKind.EMBEDDING)
 
 
 class TokenizeService:
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, templates: TemplateRenderer) -> None:
         self.scheduler = scheduler
+        self.templates = templates
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         if request.messages is not None:
             chat = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
-            tokens = chat.render_chat(
+            tokens = await self.templates.render(
+                chat,
                 [message_to_template(message) for message in request.messages],
+                ChatTemplateInput(None, client_template=False),
+                tools=None,
                 add_generation_prompt=request.add_generation_prompt,
             )
             return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=chat.info.max_model_len)
@@ -33,9 +39,11 @@ class TokenizeService:
         engine = await resident_engine(self.scheduler, request.model, Engine)
         if not isinstance(engine, TextGenerationEngine | EmbeddingEngine):
             raise bad_request(f"The model '{request.model}' has no tokenizer.", "model")
-        tokens = engine.tokenize(request.prompt, add_special_tokens=request.add_special_tokens)
+        tokens = await run_in(
+            WorkPool.ENGINE, engine.tokenize, request.prompt, add_special_tokens=request.add_special_tokens
+        )
         return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=engine.info.max_model_len)
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
-        return DetokenizeResponse(prompt=engine.detokenize(request.tokens))
+        return DetokenizeResponse(prompt=await run_in(WorkPool.ENGINE, engine.detokenize, request.tokens))
