@@ -40,6 +40,8 @@ MAX_TXT2VIDEO_FRAMES = 128  # Novita's limit, all prompt segments together
 MAX_IMG2VIDEO_FRAMES = 64  # before interpolation
 MAX_VIDEO_FPS = 30
 MIN_MOTION_BUCKET_ID, MAX_MOTION_BUCKET_ID = 1, 255
+# OpenAI /videos: the longest clip asked for; the frame limits above still apply to seconds x fps.
+MAX_VIDEO_SECONDS = 3600
 
 # Novassium (its documented ranges).
 MIN_NOVASSIUM_SIDE, MAX_NOVASSIUM_SIDE = 64, 16384

@@ -31,6 +31,17 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Upper bound for n (chat/completions) and for the inputs of one embedding request.
     max_n: int = 16
     max_batch_inputs: int = 2048
+    # Characters in each prompt-like text of the image and video APIs (prompt, negative_prompt,
+    # prompt segments): a text encoder's work grows with the prompt while the job holds its
+    # device. 4096 is four times Novita's documented 1024 and about 55 CLIP windows.
+    max_prompt_chars: int = 4096
+    # Pixels in one output image or video frame (width x height, after any upscale or resize):
+    # resizing and encoding run on the shared media pool and hold the whole image in memory.
+    # 4096 x 4096, the largest /v3 upscale output.
+    max_output_pixels: int = 4096 * 4096
+    # Pixels a request produces in all (width x height x images or frames). 1024 x 1024 x 128,
+    # the largest /v3 video; also 8 images of 2048 x 2048.
+    max_request_pixels: int = 1024 * 1024 * 128
 
 
 class ThreadSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import GuidanceScale, Prompt, Seed, Steps
+from schemas.constraints import GuidanceScale, Prompt, PromptText, Seed, Steps
 from schemas.limits import MAX_IMAGE_NUM
 
 ResponseFormat = Literal["url", "b64_json"]
@@ -30,7 +30,7 @@ class ImageRequestFields(msgspec.Struct, kw_only=True):
     user: str | None = None
     # Partial-image streaming (gpt-image) is not offered; true is refused rather than ignored.
     stream: bool = False
-    negative_prompt: str | None = None
+    negative_prompt: PromptText | None = None
     steps: Steps = 20
     guidance_scale: GuidanceScale = 7.5
     # None or -1: the server draws one.

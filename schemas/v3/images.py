@@ -7,7 +7,17 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.constraints import ClipSkip, GuidanceScale, ImageSide, Prompt, Seed, Steps, UnitInterval, refusal
+from schemas.constraints import (
+    ClipSkip,
+    GuidanceScale,
+    ImageSide,
+    Prompt,
+    PromptText,
+    Seed,
+    Steps,
+    UnitInterval,
+    refusal,
+)
 from schemas.limits import MAX_CONTROL_STRENGTH, MAX_CONTROL_UNITS, MAX_IMAGE_NUM
 from schemas.v3.common import CommonExtra
 
@@ -54,7 +64,7 @@ class ImageTaskRequest(msgspec.Struct, kw_only=True):
 
     model_name: str
     prompt: Prompt
-    negative_prompt: str | None = None
+    negative_prompt: PromptText | None = None
     sd_vae: str | None = None
     # A LoRA's refusal names the list (request.loras), as for an unknown name.
     loras: Annotated[list[LoraRef], msgspec.Meta(extra=refusal(at_field=True))] | None = None

@@ -7,11 +7,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import ClipSkip, GuidanceScale, Prompt, Seed, UnitInterval, pixel_side, refusal
+from schemas.constraints import ClipSkip, GuidanceScale, Prompt, PromptText, Seed, UnitInterval, pixel_side, refusal
 from schemas.limits import (
     MAX_IMG2VIDEO_FRAMES,
     MAX_MOTION_BUCKET_ID,
-    MAX_PROMPT_CHARS,
     MAX_VIDEO_FPS,
     MAX_VIDEO_SIDE,
     MAX_VIDEO_STEPS,
@@ -44,7 +43,7 @@ class Txt2VideoBody(msgspec.Struct, kw_only=True):
     width: VideoSide = 512
     height: VideoSide = 512
     steps: VideoSteps = 20
-    negative_prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)] | None = None
+    negative_prompt: PromptText | None = None
     guidance_scale: GuidanceScale = 7.5
     # -1 or null: the server draws one and reports it in the task result.
     seed: Seed | None = -1
