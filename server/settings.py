@@ -43,6 +43,11 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # the largest /v3 video; also 8 images of 2048 x 2048.
     max_request_pixels: int = 1024 * 1024 * 128
 
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_chars", "max_output_pixels", "max_request_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"limits.{name} must be at least 1")
+
 
 class ThreadSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Threads for each class of blocking work, each its own pool (engines/workpools.py), so

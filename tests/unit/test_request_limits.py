@@ -19,10 +19,11 @@ from PIL import Image
 
 from engines.base import ImageEngine, ModelKind, ModelSpec
 from engines.errors import Overloaded
+from schemas.limits import MAX_PROMPT_CHARS
 from server.app import build_components, create_app
 from server.composition import Components
-from server.prompt_limit import max_prompt_chars
-from server.settings import Settings
+from server.prompt_limit import max_prompt_chars, set_max_prompt_chars
+from server.settings import Settings, SettingsError, load_settings
 from tests.fakes import FAKE_SPECS, FAKE_UPSCALER_SPEC, FakeImageEngine
 from tests.unit.conftest import make_state
 
@@ -63,6 +64,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[AsyncTestClient, Components
         await state.load_task  # type: ignore[misc]
         client.headers["Authorization"] = f"Bearer {key}"  # the OpenAI and /v3 routes; others send theirs
         yield client, state, key
+    set_max_prompt_chars(MAX_PROMPT_CHARS)  # the limit is process-wide: leave the default for other tests
 
 
 def _v3_image(kind: str, **request: Any) -> dict[str, Any]:
@@ -342,3 +344,23 @@ async def test_novassium_answers_a_full_queue_as_rate_limited(app: tuple[AsyncTe
         "message": "Rate limit exceeded. Please try again later.",
         "code": "rate_limit_exceeded",
     }
+
+
+def test_the_limits_are_settings() -> None:
+    settings = load_settings(
+        environ={
+            "OMNISERVE_LIMITS__MAX_PROMPT_CHARS": "1000",
+            "OMNISERVE_LIMITS__MAX_OUTPUT_PIXELS": "1048576",
+            "OMNISERVE_LIMITS__MAX_REQUEST_PIXELS": "4194304",
+        }
+    )
+    assert settings.limits.max_prompt_chars == 1000
+    assert (settings.limits.max_output_pixels, settings.limits.max_request_pixels) == (1048576, 4194304)
+    defaults = load_settings(environ={}).limits
+    assert (defaults.max_prompt_chars, defaults.max_output_pixels, defaults.max_request_pixels) == (
+        4096,
+        4096 * 4096,
+        1024 * 1024 * 128,
+    )
+    with pytest.raises(SettingsError, match="max_prompt_chars"):
+        load_settings(environ={"OMNISERVE_LIMITS__MAX_PROMPT_CHARS": "0"})

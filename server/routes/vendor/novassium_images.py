@@ -4,7 +4,8 @@ per sample, generate through the scheduler, resize to the requested size, store,
 The model draws at a size it handles (the requested aspect ratio, at most
 ``vendor.novassium_max_side`` a side, multiples of 8); each image is then centre-cropped to
 the requested width:height and resized with Lanczos, so any size the API documents
-(64..16,384 a side) is answered at exactly that size.
+(64..16,384 a side) is answered at exactly that size, within the server's pixel limits
+(``limits.max_output_pixels`` for each image, ``limits.max_request_pixels`` for all samples).
 """
 
 from __future__ import annotations
