@@ -19,6 +19,7 @@ from schemas.limits import (
     MAX_CLIP_SKIP,
     MAX_GUIDANCE_SCALE,
     MAX_IMAGE_SIDE,
+    MAX_NAME_CHARS,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
     MIN_IMAGE_SIDE,
@@ -80,6 +81,7 @@ _PROMPT_LIMIT = f"At most limits.max_prompt_chars characters ({MAX_PROMPT_CHARS}
 PromptText = Annotated[str, msgspec.Meta(extra={PROMPT_TEXT: True}, description=_PROMPT_LIMIT)]
 Prompt = Annotated[str, msgspec.Meta(pattern=NOT_BLANK, extra={PROMPT_TEXT: True}, description=_PROMPT_LIMIT)]
 NotBlank = Annotated[str, msgspec.Meta(pattern=NOT_BLANK)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
 Steps = Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
 ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]

@@ -15,6 +15,9 @@ MAX_STEPS = 100
 MAX_GUIDANCE_SCALE = 30.0
 MAX_CLIP_SKIP = 12
 MAX_PROMPT_CHARS = 4096
+# A name the server looks up (model, LoRA, embedding, VAE, sampler, ControlNet, preprocessor):
+# far longer than any catalog name, short enough to quote back in a refusal.
+MAX_NAME_CHARS = 256
 # Seeds are 32-bit; -1 (or null) asks the server to draw one.
 SEED_LIMIT = 2**32 - 1
 MAX_CONTROL_UNITS = 4

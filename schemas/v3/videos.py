@@ -7,7 +7,17 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import ClipSkip, GuidanceScale, Prompt, PromptText, Seed, UnitInterval, pixel_side, refusal
+from schemas.constraints import (
+    ClipSkip,
+    GuidanceScale,
+    Name,
+    Prompt,
+    PromptText,
+    Seed,
+    UnitInterval,
+    pixel_side,
+    refusal,
+)
 from schemas.limits import (
     MAX_IMG2VIDEO_FRAMES,
     MAX_MOTION_BUCKET_ID,
@@ -37,7 +47,7 @@ class VideoPromptSegment(msgspec.Struct, kw_only=True):
 
 
 class Txt2VideoBody(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     # At most MAX_TXT2VIDEO_FRAMES frames in all. A segment's refusal names the list (prompts).
     prompts: Annotated[list[VideoPromptSegment], msgspec.Meta(min_length=1, extra=refusal(at_field=True))]
     width: VideoSide = 512
@@ -57,7 +67,7 @@ class Txt2VideoBody(msgspec.Struct, kw_only=True):
 
 
 class Img2VideoBody(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     # The image to animate, base64 (a data: URL prefix is accepted too).
     image_file: str
     frames_num: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMG2VIDEO_FRAMES)] = 14

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.constraints import PromptText, refusal
+from schemas.constraints import Name, PromptText, refusal
 from schemas.limits import (
     MAX_SDAPI_GUIDANCE,
     MAX_SDAPI_SAMPLES,
@@ -36,7 +36,7 @@ def _between(low: float, high: float, name: str) -> msgspec.Meta:
 
 class SdRequest(msgspec.Struct, kw_only=True, frozen=True):
     key: str | None = None
-    model_id: str | None = None
+    model_id: Name | None = None
     prompt: PromptText | None = None
     negative_prompt: PromptText | None = None
     # Rounded down to a multiple of 8.

@@ -187,6 +187,28 @@ async def test_the_default_limit_refuses_a_huge_negative_prompt(tmp_path: Path) 
         assert "at most 4096" in response.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v3/async/txt2img", _v3_image("txt2img", loras=[{"model_name": "l" * 100_000}]), "request.loras"),
+        ("/v3/async/txt2img", _v3_image("txt2img", embeddings=[{"model_name": "e" * 100_000}]), None),
+        ("/v3/async/txt2img", _v3_image("txt2img", sampler_name="s" * 100_000), "request.sampler_name"),
+        ("/v3/async/txt2img", _v3_image("txt2img", model_name="m" * 100_000), "request.model_name"),
+        ("/v1/images/generations", {"model": "m" * 100_000, "prompt": "a cat"}, "model"),
+    ],
+)
+async def test_names_are_bounded_and_not_quoted_back_whole(
+    app: tuple[AsyncTestClient, Components, str], path: str, body: dict[str, Any], param: str | None
+) -> None:
+    client, _, _ = app
+    response = await client.post(path, json=body)
+    assert response.status_code == 400, response.text[:500]
+    assert len(response.content) < 2000
+    if param is not None:
+        payload = response.json()
+        assert (payload["error"]["param"] if path.startswith("/v1/") else payload["metadata"]["param"]) == param
+
+
 # Output pixels: max_output_pixels 1024 x 1024 per image, max_request_pixels 4 x 512 x 512.
 
 
