@@ -20,6 +20,7 @@ from schemas.limits import (
     MAX_CLIP_SKIP,
     MAX_GUIDANCE_SCALE,
     MAX_IMAGE_SIDE,
+    MAX_NAME_CHARS,
     MAX_PROMPT_CHARS,
     MAX_SPEECH_INPUT_CHARS,
     MAX_SPEECH_INSTRUCTIONS_CHARS,
@@ -35,6 +36,9 @@ ERROR_CODE = "error_code"
 MESSAGE = "message"
 PARAM = "param"
 AT_FIELD = "errors_at_field"
+# Marks text that counts against the server's prompt limit (``limits.max_prompt_chars``), checked
+# after decoding (server/prompt_limit.py) because the limit is a setting, not a constant.
+PROMPT_TEXT = "prompt_text"
 
 # ``pattern`` for text that must hold something besides whitespace (msgspec searches, unanchored).
 NOT_BLANK = r"\S"
@@ -75,8 +79,13 @@ def pixel_side(low: int, high: int) -> msgspec.Meta:
 
 
 ImageSide = Annotated[int, pixel_side(MIN_IMAGE_SIDE, MAX_IMAGE_SIDE)]
-Prompt = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PROMPT_CHARS, pattern=NOT_BLANK)]
+_PROMPT_LIMIT = f"At most limits.max_prompt_chars characters ({MAX_PROMPT_CHARS} by default)."
+# Every prompt-like text of the image and video APIs (prompts, negative prompts, prompt segments):
+# one limit, one refusal naming the field, on every route.
+PromptText = Annotated[str, msgspec.Meta(extra={PROMPT_TEXT: True}, description=_PROMPT_LIMIT)]
+Prompt = Annotated[str, msgspec.Meta(pattern=NOT_BLANK, extra={PROMPT_TEXT: True}, description=_PROMPT_LIMIT)]
 NotBlank = Annotated[str, msgspec.Meta(pattern=NOT_BLANK)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_CHARS)]
 Steps = Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
 ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]

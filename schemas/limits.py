@@ -15,6 +15,9 @@ MAX_STEPS = 100
 MAX_GUIDANCE_SCALE = 30.0
 MAX_CLIP_SKIP = 12
 MAX_PROMPT_CHARS = 4096
+# A name the server looks up (model, LoRA, embedding, VAE, sampler, ControlNet, preprocessor):
+# far longer than any catalog name, short enough to quote back in a refusal.
+MAX_NAME_CHARS = 256
 # Seeds are 32-bit; -1 (or null) asks the server to draw one.
 SEED_LIMIT = 2**32 - 1
 MAX_CONTROL_UNITS = 4
@@ -40,6 +43,8 @@ MAX_TXT2VIDEO_FRAMES = 128  # Novita's limit, all prompt segments together
 MAX_IMG2VIDEO_FRAMES = 64  # before interpolation
 MAX_VIDEO_FPS = 30
 MIN_MOTION_BUCKET_ID, MAX_MOTION_BUCKET_ID = 1, 255
+# OpenAI /videos: the longest clip asked for; the frame limits above still apply to seconds x fps.
+MAX_VIDEO_SECONDS = 3600
 
 # Novassium (its documented ranges).
 MIN_NOVASSIUM_SIDE, MAX_NOVASSIUM_SIDE = 64, 16384

@@ -15,6 +15,7 @@ from server.accounts import Accounts
 from server.auth import Authenticator
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
+from server.capabilities.output_limits import OutputLimit
 from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
 from server.capabilities.transcription.transcriber import Transcriber
@@ -25,6 +26,7 @@ from server.data_lock import DataDirLock, DataDirLocked
 from server.keystore import KeyStore
 from server.metrics import Metrics
 from server.outbound import OutboundHttp
+from server.prompt_limit import set_max_prompt_chars
 from server.routes.health import Readiness
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openai.video_jobs import OpenAIVideos
@@ -100,12 +102,15 @@ class Components:
         self.submission = TaskSubmission(
             self.task_runner, allow_private_urls=tasks.allow_private_urls, nsfw_detection=self.nsfw.configured
         )
+        set_max_prompt_chars(settings.limits.max_prompt_chars)
+        output_limit = OutputLimit.from_limits(settings.limits)
         self.image_generator = ImageGenerator(
             scheduler,
             self.storage,
             self.nsfw,
             batch_wait_ms=tasks.batch_wait_ms,
             max_batch_images=tasks.max_batch_images,
+            output_limit=output_limit,
         )
         self.openai_images = OpenAIImages(
             self.image_generator, self.storage, settings.limits, url_ttl_s=tasks.url_ttl_s
@@ -119,7 +124,7 @@ class Components:
         self.v3_speech = V3SpeechTasks(
             self.speech, self.submission, self.task_runner, scheduler, model=tasks.speech_model
         )
-        self.videos = VideoGenerator(scheduler, self.storage)
+        self.videos = VideoGenerator(scheduler, self.storage, output_limit=output_limit)
         self.v3_videos = V3VideoTasks(self.videos, self.submission, self.task_runner, scheduler)
         self.openai_videos = OpenAIVideos(
             self.videos,

@@ -88,6 +88,8 @@ _NOVASSIUM_CODES = {
     ErrorCode.API_NOT_ALLOWED: ("no_active_subscription", "Your subscription is inactive; API access is revoked."),
     ErrorCode.RATE_LIMIT_EXCEEDED: ("rate_limit_exceeded", "Rate limit exceeded. Please try again later."),
     ErrorCode.QUEUE_FULL: ("rate_limit_exceeded", "Rate limit exceeded. Please try again later."),
+    # Busy, not broken: the table's 5xx code, a message that says to come back (with Retry-After).
+    ErrorCode.SERVICE_NOT_AVAILABLE: ("server_error", "The server is busy. Please try again later."),
     ErrorCode.BILLING_BALANCE_NOT_ENOUGH: ("insufficient_credits", None),
     ErrorCode.API_NOT_FOUND: ("not_found", None),
     ErrorCode.METHOD_NOT_ALLOWED: ("method_not_allowed", None),

@@ -63,6 +63,17 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Client templates rendering at once, abandoned ones included, so that slow ones cannot
     # take every thread of the engine pool; more get a 503.
     max_client_template_renders: int = 2
+    # Characters in each prompt-like text of the image and video APIs (prompt, negative_prompt,
+    # prompt segments): a text encoder's work grows with the prompt while the job holds its
+    # device. 4096 is four times Novita's documented 1024 and about 55 CLIP windows.
+    max_prompt_chars: int = 4096
+    # Pixels in one output image or video frame (width x height, after any upscale or resize):
+    # resizing and encoding run on the shared media pool and hold the whole image in memory.
+    # 4096 x 4096, the largest /v3 upscale output.
+    max_output_pixels: int = 4096 * 4096
+    # Pixels a request produces in all (width x height x images or frames). 1024 x 1024 x 128,
+    # the largest /v3 video; also 8 images of 2048 x 2048.
+    max_request_pixels: int = 1024 * 1024 * 128
 
     def __post_init__(self) -> None:
         if self.max_json_depth < 1 or self.max_connections < 1 or self.max_header_bytes < 1024:
@@ -73,6 +84,9 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"limits.{name} must be positive")
+        for name in ("max_prompt_chars", "max_output_pixels", "max_request_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"limits.{name} must be at least 1")
 
 
 class ThreadSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -33,6 +33,7 @@ from litestar.typing import FieldDefinition
 
 from schemas.constraints import AT_FIELD, ERROR_CODE, MESSAGE, NOT_BLANK, PARAM
 from schemas.errors import ApiError, ErrorCode
+from server.prompt_limit import check_prompts
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
@@ -86,9 +87,11 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError, body_ty
 def convert(fields: Any, body_type: type[T], *, strict: bool = True) -> T:
     """Decoded JSON (or form fields) as ``body_type``; ApiError on a mistyped or out-of-range field."""
     try:
-        return msgspec.convert(fields, body_type, strict=strict)
+        value = msgspec.convert(fields, body_type, strict=strict)
     except msgspec.ValidationError as exc:
         raise validation_error(exc, body_type) from None
+    check_prompts(value)  # limits.max_prompt_chars, a setting: no Meta bound can hold it
+    return value
 
 
 def decode_task_body(raw: bytes, body_type: type[T]) -> T:

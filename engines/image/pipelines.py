@@ -5,8 +5,9 @@ keeps serving. Jobs run one at a time per device, in the scheduler's device turn
 a DeviceSerialEngine): two pipelines on one device only slow each other down, and a job sets
 shared pipeline state (scheduler, active LoRAs, a swapped-in VAE) for its duration, which is
 safe because no second job of this engine can run until the lease of the first has ended.
-Prompts go through compel (A1111 emphasis, prompts longer than CLIP's 77-token window); without
-compel they go to diffusers as they are, and a prompt over the window is refused, never truncated.
+Prompts go through compel's embedding providers (A1111 emphasis, prompts longer than CLIP's 77-token
+window), weighted and chunked in linear time (engines/image/prompt_encoding.py); without compel they
+go to diffusers as they are, and a prompt over the window is refused, never truncated.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from engines.image.addons import PipelineAddons, swapped_vae
 from engines.image.control import PREPROCESSORS, control_arguments
 from engines.image.devices import parameter_bytes, pipeline_bytes, release_memory
 from engines.image.hires import HIRES_UPSCALERS, LATENT_UPSCALER, upscale_images, upscale_latents
+from engines.image.prompt_encoding import encode_weighted
 from engines.image.samplers import SAMPLERS, make_scheduler
 from engines.threads import run_cancellable
 from engines.workpools import WorkPool, run_in
 
 log = logging.getLogger("omniserve.engines.diffusers")
+# The most 77-token windows a prompt may fill (catalog option max_prompt_chunks): 64 windows are
+# 4,800 tokens, more than the server's default prompt limit (limits.max_prompt_chars) can hold.
+MAX_PROMPT_CHUNKS = 64
 
 
 class _Cancelled(Exception):
@@ -116,8 +121,11 @@ def _text_key(job: ImageGeneration) -> tuple[str, str, int | None]:
     return job.prompt, job.negative_prompt, job.clip_skip
 
 
-def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: Any) -> dict[str, Any]:
-    """prompt_embeds (and SDXL's pooled embeds) for both prompts, through compel."""
+def _encode_prompts(
+    pipe: Any, prompt: str, negative: str, skip: int, manager: Any, max_chunks: int = MAX_PROMPT_CHUNKS
+) -> dict[str, Any]:
+    """prompt_embeds (and SDXL's pooled embeds) for both prompts, through compel's providers and
+    the linear weighting of engines/image/prompt_encoding.py."""
     import torch
 
     provider_class = _compel_provider()
@@ -131,10 +139,7 @@ def _encode_prompts(pipe: Any, prompt: str, negative: str, skip: int, manager: A
     providers = [provider_class(t, e, m, skip=skip + xl, normalize=not xl) for t, e, m in encoders]
     runs = {"prompt": parse_emphasis(prompt), "negative_prompt": parse_emphasis(negative)}
     embeds = {
-        key: [
-            p.get_embeddings_for_weighted_prompt_fragments([[t for t, _ in r]], [[w for _, w in r]], device=pipe.device)
-            for p in providers
-        ]
+        key: [encode_weighted(p, r, device=pipe.device, max_chunks=max_chunks, field=key) for p in providers]
         for key, r in runs.items()
     }
     # CFG batches positive and negative together, so both must be equally long: pad in whole
@@ -569,7 +574,8 @@ class DiffusersImageEngine:
             # The manager expands multi-vector embedding tokens; without embeddings it only costs time.
             # Embeddings live in the checkpoint's first tokenizer, which a refiner does not have.
             manager = DiffusersTextualInversionManager(pipe) if self._embeddings and pipe is self._pipe else None
-            return _encode_prompts(pipe, job.prompt, job.negative_prompt, skip, manager)
+            max_chunks = int(self.spec.options.get("max_prompt_chunks", MAX_PROMPT_CHUNKS))
+            return _encode_prompts(pipe, job.prompt, job.negative_prompt, skip, manager, max_chunks)
         found: list[Any] = [getattr(pipe, name, None) for name in ("tokenizer", "tokenizer_2")]
         tokenizers = [tokenizer for tokenizer in found if tokenizer is not None]
         for param, text in (("prompt", job.prompt), ("negative_prompt", job.negative_prompt)):

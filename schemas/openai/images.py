@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import GuidanceScale, Prompt, Seed, Steps
+from schemas.constraints import GuidanceScale, Name, Prompt, PromptText, Seed, Steps
 from schemas.limits import MAX_IMAGE_NUM
 
 ResponseFormat = Literal["url", "b64_json"]
@@ -21,7 +21,7 @@ class ImageRequestFields(msgspec.Struct, kw_only=True):
     """
 
     prompt: Prompt
-    model: str
+    model: Name
     # At most MAX_IMAGE_NUM, or the server's limits.max_n if lower.
     n: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_NUM)] = 1
     size: str = "auto"
@@ -30,13 +30,13 @@ class ImageRequestFields(msgspec.Struct, kw_only=True):
     user: str | None = None
     # Partial-image streaming (gpt-image) is not offered; true is refused rather than ignored.
     stream: bool = False
-    negative_prompt: str | None = None
+    negative_prompt: PromptText | None = None
     steps: Steps = 20
     guidance_scale: GuidanceScale = 7.5
     # None or -1: the server draws one.
     seed: Seed | None = None
     # An A1111 sampler name (as in /v3); None keeps the checkpoint's own scheduler.
-    sampler_name: str | None = None
+    sampler_name: Name | None = None
 
 
 class ImageGenerationRequest(ImageRequestFields, kw_only=True):

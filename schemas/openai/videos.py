@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import NotBlank, Seed
+from schemas.constraints import Name, Prompt, Seed
 
 VideoStatus = Literal["queued", "in_progress", "completed", "failed"]
 
@@ -17,9 +17,9 @@ class VideoCreateRequest(msgspec.Struct, kw_only=True):
     uploaded image file (or an ``input_reference[image_url]`` data URL): the video then starts
     from that image, on an image-to-video model, and the image must already have ``size``."""
 
-    prompt: NotBlank
+    prompt: Prompt
     # None: the catalog's first video model of the needed kind (text- or image-to-video).
-    model: str | None = None
+    model: Name | None = None
     # Clip length in seconds; frames = seconds x the model's frame rate.
     seconds: str = "4"
     # "WIDTHxHEIGHT"; None: the model's native size (text) or the input image's (image).

@@ -7,18 +7,29 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.constraints import ClipSkip, GuidanceScale, ImageSide, Prompt, Seed, Steps, UnitInterval, refusal
+from schemas.constraints import (
+    ClipSkip,
+    GuidanceScale,
+    ImageSide,
+    Name,
+    Prompt,
+    PromptText,
+    Seed,
+    Steps,
+    UnitInterval,
+    refusal,
+)
 from schemas.limits import MAX_CONTROL_STRENGTH, MAX_CONTROL_UNITS, MAX_IMAGE_NUM
 from schemas.v3.common import CommonExtra
 
 
 class LoraRef(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     strength: UnitInterval = 1.0
 
 
 class EmbeddingRef(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
 
 
 class HiresFix(msgspec.Struct, kw_only=True):
@@ -35,11 +46,11 @@ class Refiner(msgspec.Struct, kw_only=True):
 
 
 class ControlNetUnit(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     image_base64: str
     strength: Annotated[float, msgspec.Meta(ge=0, le=MAX_CONTROL_STRENGTH)] = 1.0
     # novita-client's default; "none" passes the image to the ControlNet as it is.
-    preprocessor: str = "canny"
+    preprocessor: Name = "canny"
     # 0 <= guidance_start < guidance_end <= 1 (checked together, naming guidance_start).
     guidance_start: float = 0.0
     guidance_end: float = 1.0
@@ -52,10 +63,10 @@ class ControlNet(msgspec.Struct, kw_only=True):
 class ImageTaskRequest(msgspec.Struct, kw_only=True):
     """The fields every image task shares."""
 
-    model_name: str
+    model_name: Name
     prompt: Prompt
-    negative_prompt: str | None = None
-    sd_vae: str | None = None
+    negative_prompt: PromptText | None = None
+    sd_vae: Name | None = None
     # A LoRA's refusal names the list (request.loras), as for an unknown name.
     loras: Annotated[list[LoraRef], msgspec.Meta(extra=refusal(at_field=True))] | None = None
     embeddings: list[EmbeddingRef] | None = None
@@ -65,7 +76,7 @@ class ImageTaskRequest(msgspec.Struct, kw_only=True):
     seed: Seed | None = -1
     clip_skip: ClipSkip | None = None
     guidance_scale: GuidanceScale = 7.5
-    sampler_name: str | None = "Euler a"
+    sampler_name: Name | None = "Euler a"
 
 
 class Txt2ImgRequest(ImageTaskRequest, kw_only=True):

@@ -6,12 +6,13 @@ from typing import Annotated
 
 import msgspec
 
+from schemas.constraints import Name
 from schemas.limits import MAX_SCALE
 from schemas.v3.common import CommonExtra
 
 
 class UpscaleRequest(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     # The image to upscale, at most 2048x2048; a data: URL prefix is accepted too.
     image_base64: str
     # The factor for each side; the output is round(side * scale_factor).

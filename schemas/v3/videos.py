@@ -7,11 +7,20 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.constraints import ClipSkip, GuidanceScale, Prompt, Seed, UnitInterval, pixel_side, refusal
+from schemas.constraints import (
+    ClipSkip,
+    GuidanceScale,
+    Name,
+    Prompt,
+    PromptText,
+    Seed,
+    UnitInterval,
+    pixel_side,
+    refusal,
+)
 from schemas.limits import (
     MAX_IMG2VIDEO_FRAMES,
     MAX_MOTION_BUCKET_ID,
-    MAX_PROMPT_CHARS,
     MAX_VIDEO_FPS,
     MAX_VIDEO_SIDE,
     MAX_VIDEO_STEPS,
@@ -38,13 +47,13 @@ class VideoPromptSegment(msgspec.Struct, kw_only=True):
 
 
 class Txt2VideoBody(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     # At most MAX_TXT2VIDEO_FRAMES frames in all. A segment's refusal names the list (prompts).
     prompts: Annotated[list[VideoPromptSegment], msgspec.Meta(min_length=1, extra=refusal(at_field=True))]
     width: VideoSide = 512
     height: VideoSide = 512
     steps: VideoSteps = 20
-    negative_prompt: Annotated[str, msgspec.Meta(max_length=MAX_PROMPT_CHARS)] | None = None
+    negative_prompt: PromptText | None = None
     guidance_scale: GuidanceScale = 7.5
     # -1 or null: the server draws one and reports it in the task result.
     seed: Seed | None = -1
@@ -58,7 +67,7 @@ class Txt2VideoBody(msgspec.Struct, kw_only=True):
 
 
 class Img2VideoBody(msgspec.Struct, kw_only=True):
-    model_name: str
+    model_name: Name
     # The image to animate, base64 (a data: URL prefix is accepted too).
     image_file: str
     frames_num: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMG2VIDEO_FRAMES)] = 14

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.constraints import refusal
+from schemas.constraints import PromptText, refusal
 from schemas.errors import ErrorCode
 from schemas.limits import MAX_NOVASSIUM_SAMPLES, MAX_NOVASSIUM_SEED, MAX_NOVASSIUM_SIDE, MIN_NOVASSIUM_SIDE
 
@@ -23,7 +23,7 @@ _SIDE = msgspec.Meta(
 class GenerateRequest(msgspec.Struct, kw_only=True, frozen=True):
     # Every field is optional here so that a missing one gets the API's own message
     # ("Prompt is required.") rather than a generic decoding error.
-    prompt: str | None = None
+    prompt: PromptText | None = None
     style_preset: str | None = None
     aspect_ratio: str | None = None
     samples: (
@@ -37,7 +37,7 @@ class GenerateRequest(msgspec.Struct, kw_only=True, frozen=True):
         ]
         | None
     ) = None
-    negative_prompt: str | None = None
+    negative_prompt: PromptText | None = None
     seed: (
         Annotated[
             int,

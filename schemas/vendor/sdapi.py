@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from schemas.constraints import refusal
+from schemas.constraints import Name, PromptText, refusal
 from schemas.limits import (
     MAX_SDAPI_GUIDANCE,
     MAX_SDAPI_SAMPLES,
@@ -36,9 +36,9 @@ def _between(low: float, high: float, name: str) -> msgspec.Meta:
 
 class SdRequest(msgspec.Struct, kw_only=True, frozen=True):
     key: str | None = None
-    model_id: str | None = None
-    prompt: str | None = None
-    negative_prompt: str | None = None
+    model_id: Name | None = None
+    prompt: PromptText | None = None
+    negative_prompt: PromptText | None = None
     # Rounded down to a multiple of 8.
     width: Annotated[int, _between(MIN_SDAPI_SIDE, MAX_SDAPI_SIDE, "width")] = 512
     height: Annotated[int, _between(MIN_SDAPI_SIDE, MAX_SDAPI_SIDE, "height")] = 512

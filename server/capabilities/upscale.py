@@ -19,8 +19,6 @@ from server.capabilities.images.inputs import open_input_image
 from server.tasks.runner import TaskOutcome
 
 MAX_INPUT_SIDE = 2048  # the seed's limit for the input image
-# Bounds the encoded output and the memory of the final resize; 4096x4096 is 48 MiB as RGB.
-MAX_OUTPUT_PIXELS = 4096 * 4096
 
 
 class Upscaler:
@@ -32,21 +30,16 @@ class Upscaler:
     def engine(self, model: str, names: WireNames = SAME_NAMES) -> UpscaleEngine:
         return catalog_engine(self.scheduler, model, UpscaleEngine, names)
 
-    @staticmethod
-    def check(job: UpscaleJob, names: WireNames = SAME_NAMES) -> None:
-        """The input decodes within the limits and its output stays under MAX_OUTPUT_PIXELS. Blocking."""
+    def check(self, job: UpscaleJob, names: WireNames = SAME_NAMES) -> None:
+        """The input decodes within the limits and its output within the server's pixel limits
+        (the final resize and the encoding hold it whole). Blocking."""
         with open_input_image(job.image, names("image")) as image:
             width, height = image.size
         if width > MAX_INPUT_SIDE or height > MAX_INPUT_SIDE:
             message = f"The image is {width}x{height}; at most {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} is accepted."
             raise names.invalid("image", message, ErrorCode.IMAGE_EXCEEDS_MAX_RESOLUTION)
         out_width, out_height = upscaled_size(width, height, job.scale)
-        if out_width * out_height > MAX_OUTPUT_PIXELS:
-            message = (
-                f"Upscaling {width}x{height} by {job.scale:g} gives {out_width}x{out_height}, "
-                f"over the limit of {MAX_OUTPUT_PIXELS} pixels; use a smaller {names('scale')}."
-            )
-            raise names.invalid("scale", message, ErrorCode.IMAGE_EXCEEDS_MAX_RESOLUTION)
+        self.images.output_limit.check(out_width, out_height, 1, names, size_field="scale", count_field="scale")
 
     async def run_task(
         self,

@@ -233,6 +233,14 @@ async def test_progress_is_visible_while_running(client: AsyncTestClient) -> Non
         ("txt2video", txt2video(prompts=[{"frames": 100, "prompt": "a"}] * 2), 400, "INVALID_REQUEST_BODY", "prompts"),
         ("txt2video", txt2video(prompts=[{"frames": 0, "prompt": "a"}]), 400, "INVALID_REQUEST_BODY", "prompts"),
         ("txt2video", txt2video(prompts=[{"frames": 2, "prompt": " "}]), 400, "INVALID_REQUEST_BODY", "prompts"),
+        (
+            "txt2video",
+            txt2video(prompts=[{"frames": 2, "prompt": "a"}, {"frames": 2, "prompt": "b" * 4097}]),
+            400,
+            "INVALID_REQUEST_BODY",
+            "prompts[1].prompt",
+        ),
+        ("txt2video", txt2video(negative_prompt="n" * 4097), 400, "INVALID_REQUEST_BODY", "negative_prompt"),
         ("txt2video", txt2video(width=60), 400, "INVALID_IMAGE_SIZE", "width"),
         ("txt2video", txt2video(height=2048), 400, "INVALID_IMAGE_SIZE", "height"),
         ("txt2video", txt2video(steps=0), 400, "INVALID_REQUEST_BODY", "steps"),
@@ -348,6 +356,20 @@ async def test_openai_image_to_video_from_an_uploaded_reference(client: AsyncTes
         ({"prompt": "x", "size": "big"}, "size"),
         ({"prompt": "x", "size": "60x64"}, "size"),
         ({"prompt": " "}, "prompt"),
+        ({"prompt": "p" * 4097}, "prompt"),
+        # Numbers float() reads but that are no clip length: no 500 from seconds x fps.
+        ({"prompt": "x", "seconds": "1e308"}, "seconds"),
+        ({"prompt": "x", "seconds": "inf"}, "seconds"),
+        ({"prompt": "x", "seconds": "nan"}, "seconds"),
+        ({"prompt": "x", "seconds": "-4"}, "seconds"),
+        ({"prompt": "x", "seconds": "0"}, "seconds"),
+        ({"prompt": "x", "seconds": "4\u0661"}, "seconds"),  # an Arabic-Indic digit
+        ({"prompt": "x", "seconds": "99999"}, "seconds"),
+        # Digits str.isdigit() takes and int() does not, or takes as other digits.
+        ({"prompt": "x", "size": "\u00b2x\u00b2"}, "size"),
+        ({"prompt": "x", "size": "\uff18\uff10x64"}, "size"),  # fullwidth 80
+        ({"prompt": "x", "size": "80x64x8"}, "size"),
+        ({"prompt": "x", "size": "99999999x64"}, "size"),
     ],
 )
 async def test_openai_bad_input(client: AsyncTestClient, fields: dict[str, str], param: str | None) -> None:
@@ -355,6 +377,32 @@ async def test_openai_bad_input(client: AsyncTestClient, fields: dict[str, str],
     assert response.status_code in (400, 404), response.text
     error = response.json()["error"]
     assert error["param"] == param, error
+
+
+async def test_video_pixels_are_bounded_by_the_settings(tmp_path: Path) -> None:
+    limits = {"max_output_pixels": 128 * 128, "max_request_pixels": 80 * 64 * 8}
+    settings = msgspec.convert({"data_dir": str(tmp_path), "limits": limits}, Settings)
+    state = build_components(settings, [*FAKE_SPECS, TEXT_SPEC, IMAGE_SPEC], {"fake": factory, "fake-video": factory})
+    async with AsyncTestClient(create_app(state)) as test_client:
+        await state.load_task  # type: ignore[misc]
+        large = await test_client.post("/v3/async/txt2video", json=txt2video(width=256, height=128))
+        assert large.status_code == 400 and large.json()["metadata"]["param"] == "width", large.text
+        assert large.json()["reason"] == "IMAGE_EXCEEDS_MAX_RESOLUTION"
+        many = await test_client.post("/v3/async/txt2video", json=txt2video(prompts=[{"frames": 9, "prompt": "a"}]))
+        assert many.status_code == 400 and many.json()["metadata"]["param"] == "prompts", many.text
+        fits = await test_client.post("/v3/async/txt2video", json=txt2video(prompts=[{"frames": 8, "prompt": "a"}]))
+        assert fits.status_code == 200, fits.text
+        # Interpolation doubles the frames: 5 become 9.
+        doubled = img2video(frames_num=5, enable_frame_interpolation=True, image_file=png((80, 64)))
+        doubled["image_file_resize_mode"] = "ORIGINAL_DIMENSION"
+        refused = await test_client.post("/v3/async/img2video", json=doubled)
+        assert refused.status_code == 400 and refused.json()["metadata"]["param"] == "frames_num", refused.text
+        openai = await test_client.post(
+            "/openai/v1/videos", files={"prompt": (None, "x"), "seconds": (None, "3"), "size": (None, "80x64")}
+        )
+        # 3 s at 4 fps: 12 frames. The frame count of a text-to-video job is the prompt's, as OpenAI
+        # names it (the same param as for too many frames).
+        assert openai.status_code == 400 and openai.json()["error"]["param"] == "prompt", openai.text
 
 
 async def test_openai_reference_must_have_the_size(client: AsyncTestClient) -> None:

@@ -31,6 +31,7 @@ from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, eng
 from server.capabilities.images.batching import ImageBatcher
 from server.capabilities.images.encoding import ImageOutputs, store_task_images
 from server.capabilities.images.safety import NsfwDetector
+from server.capabilities.output_limits import DEFAULT_OUTPUT_LIMIT, OutputLimit
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile
 from server.tasks.runner import TaskOutcome
@@ -48,10 +49,12 @@ class ImageGenerator:
         *,
         batch_wait_ms: float = 0.0,
         max_batch_images: int = 8,
+        output_limit: OutputLimit = DEFAULT_OUTPUT_LIMIT,
     ) -> None:
         self.scheduler = scheduler
         self.storage = storage
         self.nsfw = nsfw
+        self.output_limit = output_limit
         # Compatible background jobs waiting on several runner workers share one pipeline call.
         self.batcher: ImageBatcher | None = None
         if batch_wait_ms > 0 and max_batch_images > 1:
@@ -67,6 +70,8 @@ class ImageGenerator:
 
     def check(self, engine: ImageEngine, job: ImageGeneration, names: WireNames = SAME_NAMES) -> None:
         """Refuse what ``engine`` cannot run; the wire schemas have checked every fixed range."""
+        self.check_output(job, names)
+        self.check_denoising(job, names)
         options = engine.spec.options
         if job.vae and job.vae not in options.get("vaes", {}):
             raise names.invalid("vae", f"Unknown VAE '{job.vae}' for model {engine.spec.name}.")
@@ -77,6 +82,15 @@ class ImageGenerator:
             raise names.invalid("refiner_switch_at", f"The model '{engine.spec.name}' has no refiner on this server.")
         self._check_hires(job, names)
         self._check_controlnets(engine, job, names)
+
+    def check_output(self, job: ImageGeneration, names: WireNames = SAME_NAMES) -> None:
+        """The images the job delivers (after a hires fix, at its target size) stay within the
+        server's pixel limits."""
+        if job.hires_fix is not None:
+            width, height, side = job.hires_fix.width, job.hires_fix.height, "hires_fix.width"
+        else:
+            width, height, side = job.width, job.height, "width"
+        self.output_limit.check(width, height, job.image_num, names, size_field=side)
 
     @staticmethod
     def _check_hires(job: ImageGeneration, names: WireNames) -> None:

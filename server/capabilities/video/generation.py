@@ -22,6 +22,7 @@ from schemas.limits import MAX_TXT2VIDEO_FRAMES, MAX_VIDEO_SIDE, MIN_VIDEO_SIDE,
 from server.capabilities.addons import check_addons
 from server.capabilities.calls import SAME_NAMES, WireNames, catalog_engine, engine_call
 from server.capabilities.images.inputs import open_input_image
+from server.capabilities.output_limits import DEFAULT_OUTPUT_LIMIT, OutputLimit
 from server.storage.local import LocalStorage
 from server.tasks.models import OutputFile
 from server.tasks.runner import TaskOutcome
@@ -35,9 +36,12 @@ _STEPS_SHARE = 0.9
 
 
 class VideoGenerator:
-    def __init__(self, scheduler: Scheduler, storage: LocalStorage) -> None:
+    def __init__(
+        self, scheduler: Scheduler, storage: LocalStorage, *, output_limit: OutputLimit = DEFAULT_OUTPUT_LIMIT
+    ) -> None:
         self.scheduler = scheduler
         self.storage = storage
+        self.output_limit = output_limit
 
     def engine(self, model: str, mode: VideoMode, names: WireNames = SAME_NAMES) -> VideoEngine:
         """The catalog's video model if it makes ``mode`` videos (404 for an unknown name, 400 for
@@ -58,13 +62,22 @@ class VideoGenerator:
 
     # -- the rules that depend on the model ----------------------------------------------------
 
-    @staticmethod
-    def check(engine: VideoEngine, job: VideoGeneration, names: WireNames = SAME_NAMES) -> None:
-        """Refuse what ``engine`` cannot run; the wire schemas have checked every fixed range."""
+    def check(
+        self, engine: VideoEngine, job: VideoGeneration, names: WireNames = SAME_NAMES, *, interpolate: bool = False
+    ) -> None:
+        """Refuse what ``engine`` cannot run; the wire schemas have checked every fixed range.
+        ``interpolate``: a blended frame goes between each pair (2n - 1 frames)."""
         total = sum(segment.frames for segment in job.prompts)
         if total > MAX_TXT2VIDEO_FRAMES:
             message = f"The prompt segments hold {total} frames; at most {MAX_TXT2VIDEO_FRAMES} in all."
             raise names.invalid("prompts", message)
+        frames = job.frame_count
+        if interpolate:
+            frames = 2 * frames - 1
+        count_field = "prompts" if job.prompts else "num_frames"
+        self.output_limit.check(
+            job.width, job.height, frames, names, size_field="width", count_field=count_field, unit="frame"
+        )
         check_addons(engine.spec, job.loras, job.embeddings, names)
 
     @staticmethod

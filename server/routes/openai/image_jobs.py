@@ -142,7 +142,6 @@ class OpenAIImages:
         self._check(request)
         size, mask = await run_in(WorkPool.MEDIA, _edit_inputs, request)
         job = self._job(request, size, init_image=request.image, mask_image=mask, strength=request.strength)
-        self.images.check_denoising(job, OPENAI_IMAGE_NAMES)
         self.images.check(engine, job, OPENAI_IMAGE_NAMES)
         return await self._run(request, job, base_url, meter)
 

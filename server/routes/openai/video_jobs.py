@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ import msgspec
 from engines.base import VideoEngine, VideoMode
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
+from schemas.limits import MAX_VIDEO_SECONDS
 from schemas.openai.videos import Video, VideoCreateRequest, VideoError, VideoStatus
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody, VideoPromptSegment
 from server.capabilities.calls import WireNames
@@ -60,23 +62,27 @@ _FROM_NOVITA = WireNames(
     }
 )
 _DEFAULT_STEPS = 25
+# Patterns over ASCII digits: `\d` and str.isdigit take other scripts' digits, which int() may refuse.
+_SECONDS = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
+_SIZE = re.compile(r"([0-9]{1,5})[xX]([0-9]{1,5})")
 
 
 def _parse_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise bad_request(f"seconds must be a positive number, not {value!r}.", "seconds")
+    """A plain decimal ("4", "2.5"): no exponent, no inf or nan, no non-ASCII digits, and at most
+    MAX_VIDEO_SECONDS, so that seconds x fps is always a small whole number of frames."""
+    seconds = float(value) if _SECONDS.fullmatch(value) else math.nan
+    if not 0 < seconds <= MAX_VIDEO_SECONDS:
+        message = f"seconds must be a positive number like '4' or '2.5', at most {MAX_VIDEO_SECONDS}; not {value!r}."
+        raise bad_request(message, "seconds")
     return seconds
 
 
 def _parse_size(value: str) -> tuple[int, int]:
-    width, _, height = value.lower().partition("x")
-    if not (width.isdigit() and height.isdigit()):
+    """ASCII digits only (str.isdigit also takes '²'); the task body's schema checks the range."""
+    match = _SIZE.fullmatch(value)
+    if match is None:
         raise bad_request(f"size must be WIDTHxHEIGHT, like 512x512, not {value!r}.", "size")
-    return int(width), int(height)
+    return int(match.group(1)), int(match.group(2))
 
 
 def _format_seconds(frames: int, fps: int) -> str:

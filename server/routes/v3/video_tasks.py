@@ -103,7 +103,8 @@ class V3VideoTasks:
         seed = _seed(body.seed)
         # Decoding an input image costs milliseconds per megapixel: off the event loop.
         job = await run_in(WorkPool.MEDIA, video_job, body, engine, seed, names)
-        self.videos.check(engine, job, names)
+        interpolate = isinstance(body, Img2VideoBody) and body.enable_frame_interpolation
+        self.videos.check(engine, job, names, interpolate=interpolate)
         await self.submission.check_extra(body.extra)
         if body.extra.enable_nsfw_detection:
             raise bad_request("NSFW detection is not available for video tasks.", "extra.enable_nsfw_detection")

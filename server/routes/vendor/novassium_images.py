@@ -4,7 +4,8 @@ per sample, generate through the scheduler, resize to the requested size, store,
 The model draws at a size it handles (the requested aspect ratio, at most
 ``vendor.novassium_max_side`` a side, multiples of 8); each image is then centre-cropped to
 the requested width:height and resized with Lanczos, so any size the API documents
-(64..16,384 a side) is answered at exactly that size.
+(64..16,384 a side) is answered at exactly that size, within the server's pixel limits
+(``limits.max_output_pixels`` for each image, ``limits.max_request_pixels`` for all samples).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class NovassiumImages:
         if self.model is None:
             raise ApiError(ErrorCode.API_NOT_FOUND, "Novassium is not enabled on this server.")
         width, height = check_request(request)
+        # Each image is resized to the size asked and encoded whole: bounded before anything runs.
+        self.images.output_limit.check(width, height, cast(int, request.samples), NOVASSIUM_NAMES)
         prompt, negative = styled_prompts(
             cast(str, request.style_preset), cast(str, request.prompt), request.negative_prompt
         )
@@ -143,8 +146,8 @@ class NovassiumImages:
                     lambda image: fit_and_encode(image, width, height, image_format),
                 )
             except ApiError as error:
-                if error.status < 500:
-                    raise
+                if error.status < 500 or error.retry_after is not None:
+                    raise  # refusals, and a busy server (503/429 with Retry-After), keep their answer
                 # Novassium's clients know one server error: the cause stays in the log.
                 raise ApiError(ErrorCode.ENGINE_ERROR, "Image generation failed; please try again.") from error
             charge.add(len(urls))
