@@ -3,16 +3,14 @@
 Errors found before the first byte are ordinary error responses. After it, the status is
 already 200, so `guarded_events` turns any exception into the family's final error event
 (OpenAI's SDKs raise on a chunk holding ``error``) and then sends the family's terminator.
-A stream that must wait for a model is `Admitted`: its response takes the lease before the
-first byte, so a refusal is still an ordinary error response.
+A stream that must wait for a model takes its lease before the first byte
+(``server.capabilities.started_streams``), so a refusal is still an ordinary error response.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Protocol
 
 import msgspec
 
@@ -24,14 +22,6 @@ log = logging.getLogger("omniserve.errors")
 SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encoder = msgspec.json.Encoder()
-
-
-class Admitted(Protocol):
-    """Events to send once the server admitted the work (``server.capabilities.calls.StreamedCall``)."""
-
-    def admitted(self) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """Wait for admission (raising when refused); the block sends the events yielded."""
-        ...
 
 
 def sse_event(payload: msgspec.Struct) -> bytes:

@@ -16,12 +16,11 @@ unwinds this block, and the engines abort on cancellation.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from engines.admission import Priority, lease_owner
+from engines.admission import Priority
 from engines.base import Engine, SamplingOptions
 from engines.errors import EngineError
 from engines.scheduler import Scheduler
@@ -105,12 +104,10 @@ async def engine_call(
     attributes: dict[str, Any] | None = None,
     input_tokens: int | None = None,
     weight: int = 1,
-    leased: Leased[E] | None = None,
 ) -> AsyncIterator[tuple[E, Inference]]:
     """Hold ``model`` as a ``kind`` engine for the block, recorded and metered (see above).
     ``owner`` defaults to the caller's key (the auth guard sets it for the scheduler);
-    ``weight`` is how many of the model's concurrent slots the work takes (its sequences).
-    ``leased``: the engine, when its lease is already held (a `StreamedCall`'s)."""
+    ``weight`` is how many of the model's concurrent slots the work takes (its sequences)."""
     record = Inference(
         operation,
         model,
@@ -118,88 +115,14 @@ async def engine_call(
         response_id=response_id,
         input_tokens=input_tokens,
         attributes=attributes,
-        began=None if leased is None else leased.since,
     )
     async with (
         charge if charge is not None else nullcontext(),
         record,
         _mapped_errors(names),
-        (
-            scheduler.lease(model, kind, priority=priority, owner=owner, weight=weight)
-            if leased is None
-            else nullcontext(leased.engine)
-        ) as engine,
+        scheduler.lease(model, kind, priority=priority, owner=owner, weight=weight) as engine,
     ):
         yield engine, record
-
-
-class Leased(Generic[E]):
-    """An engine whose lease a `StreamedCall` holds, and when it began waiting for it (so the
-    call's record counts the wait, as `engine_call`'s does)."""
-
-    __slots__ = ("engine", "since")
-
-    def __init__(self, engine: E, since: float) -> None:
-        self.engine = engine
-        self.since = since
-
-
-class StreamedCall(Generic[E]):
-    """An engine call whose output streams (server-sent events).
-
-    The response takes the lease before its first byte (`admitted`), so a full queue or a
-    wait past the limit is a plain 429/503 with Retry-After rather than an error event after
-    a 200. It then sends ``events(leased)``, which runs its `engine_call` with that
-    ``leased``, and gives the lease back once the stream has ended, however it ended.
-    """
-
-    __slots__ = ("charge", "events", "lease", "names")
-
-    def __init__(
-        self,
-        lease: AbstractAsyncContextManager[E],
-        events: Callable[[Leased[E]], AsyncIterator[bytes]],
-        *,
-        names: WireNames = SAME_NAMES,
-        charge: Charge | None = None,
-    ) -> None:
-        self.lease = lease
-        self.events = events
-        self.names = names
-        self.charge = charge
-
-    @asynccontextmanager
-    async def admitted(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Hold the lease for the block, which sends the events yielded; an `ApiError` when
-        the model cannot take the work."""
-        since = time.perf_counter()
-        try:
-            async with _mapped_errors(self.names), self.lease as engine:
-                yield self.events(Leased(engine, since))
-        finally:
-            if self.charge is not None:
-                # Refunds a charge whose events never ran; one they settled is left as it is.
-                self.charge.close(failed=True)
-
-
-def streamed_call(
-    scheduler: Scheduler,
-    model: str,
-    kind: type[E],
-    events: Callable[[Leased[E]], AsyncIterator[bytes]],
-    *,
-    names: WireNames = SAME_NAMES,
-    charge: Charge | None = None,
-    priority: Priority = Priority.INTERACTIVE,
-    owner: str | None = None,
-    weight: int = 1,
-) -> StreamedCall[E]:
-    """A `StreamedCall` leasing ``model`` as a ``kind`` engine (arguments as `engine_call`)."""
-    # The owner is the caller's key now, while the request's context is at hand.
-    owner = owner if owner is not None else lease_owner.get()
-    return StreamedCall(
-        scheduler.lease(model, kind, priority=priority, owner=owner, weight=weight), events, names=names, charge=charge
-    )
 
 
 @asynccontextmanager

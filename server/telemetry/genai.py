@@ -51,7 +51,6 @@ class Inference:
     """The record of one engine call; an async context manager around the lease."""
 
     __slots__ = (
-        "_began",
         "_first_token_at",
         "_started",
         "_token",
@@ -75,11 +74,7 @@ class Inference:
         response_id: str | None = None,
         input_tokens: int | None = None,
         attributes: dict[str, Any] | None = None,
-        began: float | None = None,
     ) -> None:
-        # ``began`` (time.perf_counter()): when the call started waiting for its model, if
-        # before this record (a streamed call takes its lease before its events run).
-        self._began = began
         self.operation = operation
         self.model = model
         self.input_tokens = input_tokens
@@ -89,8 +84,7 @@ class Inference:
         self.audio_seconds = 0.0
         self.video_frames = 0
         self._first_token_at: float | None = None
-        start_ns = None if began is None else time.time_ns() - int((time.perf_counter() - began) * 1e9)
-        self.span = _tracer.start_span(f"{operation} {model}", kind=SpanKind.INTERNAL, start_time=start_ns)
+        self.span = _tracer.start_span(f"{operation} {model}", kind=SpanKind.INTERNAL)
         if self.span.is_recording():
             self.span.set_attributes(
                 {
@@ -117,7 +111,7 @@ class Inference:
 
     async def __aenter__(self) -> Inference:
         self._token = context.attach(trace.set_span_in_context(self.span))
-        self._started = self._began if self._began is not None else time.perf_counter()
+        self._started = time.perf_counter()
         return self
 
     async def __aexit__(

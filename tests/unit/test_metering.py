@@ -112,16 +112,15 @@ async def test_streamed_chat_cut_by_a_disconnect_pays_for_what_was_sent(app: App
     engine.step_delay = 0.01  # type: ignore[attr-defined]
     request = msgspec.convert({**CHAT, "max_tokens": 40, "stream": True}, ChatCompletionRequest)
     meter = state.accounts.meter(key_id, state.keystore.account(key_id))
-    call = await state.text.chat.stream(request, meter)
+    events = await state.text.chat.stream(request, meter)
     prompt_tokens = len(engine.render_chat([{"role": "user", "content": "hi"}]))  # type: ignore[attr-defined]
     assert credits(state, key_id) == 100 - prompt_tokens - 40  # the worst case, reserved up front
 
     received: list[bytes] = []
 
     async def client_reads() -> None:
-        async with call.admitted() as events:
-            async for event in events:
-                received.append(event)
+        async for event in events:
+            received.append(event)
 
     reader = asyncio.create_task(client_reads())
     while len(received) < 6:  # the role chunk and five tokens

@@ -207,15 +207,14 @@ async def test_streamed_completion_cut_by_the_client_pays_for_what_was_sent(app:
         {"model": "fake-chat", "prompt": PROMPT, "max_tokens": 40, "stream": True}, CompletionRequest
     )
     meter = app.state.accounts.meter(app.key_id, app.state.keystore.account(app.key_id))
-    call = await app.state.text.completions.stream(request, meter)
+    events = await app.state.text.completions.stream(request, meter)
     assert app.credits() == 100 - len(PROMPT) * INPUT_TOKEN - 40 * OUTPUT_TOKEN  # the worst case, reserved
 
     received: list[bytes] = []
 
     async def client_reads() -> None:
-        async with call.admitted() as events:
-            async for event in events:
-                received.append(event)
+        async for event in events:
+            received.append(event)
 
     reader = asyncio.create_task(client_reads())
     for _ in range(1000):

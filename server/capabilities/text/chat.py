@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import msgspec
@@ -29,7 +29,8 @@ from schemas.openai.chat import (
 )
 from schemas.openai.common import TokenLogprob, TopLogprob, Usage
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, Leased, StreamedCall, engine_call, resident_engine, streamed_call
+from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.started_streams import READY, started_stream
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
@@ -248,7 +249,6 @@ class ChatService:
         request: ChatCompletionRequest,
         plan: _ChatPlan,
         charge: Charge,
-        leased: Leased[TextGenerationEngine] | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -259,29 +259,21 @@ class ChatService:
             options=plan.options,
             response_id=plan.request_id,
             weight=request.n,
-            leased=leased,
         )
 
-    async def stream(
-        self, request: ChatCompletionRequest, meter: Meter = UNMETERED
-    ) -> StreamedCall[TextGenerationEngine]:
+    async def stream(self, request: ChatCompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         """SSE bytes, once the model admits the request. Errors found before the first byte,
-        admission included, raise (a normal error response); errors after it go out as a
-        final ``data:`` event."""
+        admission included, raise (a normal error response, with Retry-After when the model is
+        busy); errors after it go out as a final ``data:`` event."""
         _, plan = await self._prepare(request)
         charge = self._charge(request, plan, meter)
-        return streamed_call(
-            self.scheduler,
-            request.model,
-            TextGenerationEngine,
-            lambda leased: guarded_events(self._stream_events(request, plan, charge, leased)),
-            charge=charge,
-            weight=request.n,
-        )
+        # The lease is had before the first byte (see started_stream).
+        events = await started_stream(self._stream_events(request, plan, charge))
+        return guarded_events(events)
 
     async def _stream_events(
-        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge, leased: Leased[TextGenerationEngine]
-    ) -> AsyncIterator[bytes]:
+        self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
+    ) -> AsyncGenerator[bytes, None]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         created = unix_now()
 
@@ -295,7 +287,8 @@ class ChatService:
         completion_tokens = 0
         called_tools = [False] * request.n
         forced_text = [""] * request.n
-        async with self._call(request, plan, charge, leased) as (engine, record):
+        async with self._call(request, plan, charge) as (engine, record):
+            yield READY
             for index in range(request.n):
                 yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
             step: GenerationStep

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
@@ -11,7 +11,8 @@ from engines.scheduler import Scheduler
 from schemas.openai.common import Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
-from server.capabilities.calls import EngineCall, Leased, StreamedCall, engine_call, resident_engine, streamed_call
+from server.capabilities.calls import EngineCall, engine_call, resident_engine
+from server.capabilities.started_streams import READY, started_stream
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
@@ -152,7 +153,6 @@ class CompletionService:
         prompts: list[_Prompt],
         request_id: str,
         charge: Charge,
-        leased: Leased[TextGenerationEngine] | None = None,
     ) -> EngineCall[TextGenerationEngine]:
         return engine_call(
             self.scheduler,
@@ -164,25 +164,18 @@ class CompletionService:
             response_id=request_id,
             input_tokens=sum(len(prompt.ids) for prompt in prompts),
             weight=len(prompts) * request.n,
-            leased=leased,
         )
 
-    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> StreamedCall[TextGenerationEngine]:
+    async def stream(self, request: CompletionRequest, meter: Meter = UNMETERED) -> AsyncIterator[bytes]:
         """SSE bytes once the model admits the request (see `ChatService.stream`)."""
         _, prompts = await self._prepare(request)
         charge = self._charge(request, prompts, meter)
-        return streamed_call(
-            self.scheduler,
-            request.model,
-            TextGenerationEngine,
-            lambda leased: guarded_events(self._stream_events(request, prompts, charge, leased)),
-            charge=charge,
-            weight=len(prompts) * request.n,
-        )
+        events = await started_stream(self._stream_events(request, prompts, charge))
+        return guarded_events(events)
 
     async def _stream_events(
-        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge, leased: Leased[TextGenerationEngine]
-    ) -> AsyncIterator[bytes]:
+        self, request: CompletionRequest, prompts: list[_Prompt], charge: Charge
+    ) -> AsyncGenerator[bytes, None]:
         request_id = new_id("cmpl")
         created = unix_now()
         n = request.n
@@ -195,7 +188,8 @@ class CompletionService:
                 Completion(id=request_id, created=created, model=request.model, choices=choices, usage=usage)
             )
 
-        async with self._call(request, prompts, request_id, charge, leased) as (engine, record):
+        async with self._call(request, prompts, request_id, charge) as (engine, record):
+            yield READY
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
                 choices = []
