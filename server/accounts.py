@@ -30,8 +30,13 @@ from server.tasks.models import Task, TaskStatus, TaskType
 
 HOUR_S = 3600.0
 DAY_S = 86400.0
-# Keys from settings (auth.static_keys) have no row: no balance, the default windows.
-STATIC_KEY = "static"
+# Keys from settings (auth.static_keys) have no row in the key store: no balance, so they are
+# never charged, and the default request windows (each key its own, by its own id).
+STATIC_KEY_PREFIX = "static-"
+
+
+def _is_static(key_id: str) -> bool:
+    return key_id.startswith(STATIC_KEY_PREFIX)
 
 _IMAGE_TASKS = frozenset({TaskType.TXT_TO_IMG, TaskType.IMG_TO_IMG, TaskType.INPAINTING})
 # Speech is reserved before it is spoken, from the text: a generous bound on its length
@@ -71,7 +76,7 @@ class Accounts:
         self._windows: dict[str, tuple[_Window, _Window]] = {}
 
     def account(self, key_id: str) -> KeyAccount | None:
-        return None if key_id == STATIC_KEY else self.store.account(key_id)
+        return None if _is_static(key_id) else self.store.account(key_id)
 
     def admit(self, key_id: str | None, *, count: bool = True) -> KeyAccount | None:
         """Refuse a key whose subscription is off, or (``count``) one past its hourly or
@@ -116,7 +121,7 @@ class Accounts:
 
     def reserve(self, key_id: str | None, request_id: str, cost: float) -> float | None:
         """Take ``cost`` credits for ``request_id``; the balance left (None: unmetered)."""
-        if key_id is None or key_id == STATIC_KEY or cost <= 0:
+        if key_id is None or _is_static(key_id) or cost <= 0:
             return self.balance(key_id)
         try:
             return self.store.reserve(request_id, key_id, cost)

@@ -12,6 +12,7 @@ from litestar.types import Guard
 
 from engines.admission import lease_owner
 from schemas.errors import ApiError, ErrorCode
+from server.accounts import STATIC_KEY_PREFIX
 from server.keystore import KeyStore, hash_key
 from server.telemetry.spans import step
 
@@ -30,9 +31,6 @@ def presented_key(connection: ASGIConnection) -> str | None:
         return key or None
     header_key = headers.get("x-api-key")
     return header_key.strip() if header_key else None
-
-
-STATIC_KEY_PREFIX = "static-"
 
 
 def static_key_id(key: str) -> str:
