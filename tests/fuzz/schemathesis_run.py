@@ -36,7 +36,7 @@ SEED = 20261203
 # Per operation, on top of the coverage phase's boundary and negative cases (a fixed set
 # per schema): the fuzzing phase's random cases. Sized so the whole run stays near a
 # minute on two cores.
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 25
 REQUEST_TIMEOUT_S = 15
 RUN_TIMEOUT_S = 420
 # How often a body field named below takes a catalog value instead of a generated one.
@@ -67,7 +67,15 @@ def run_config(specs: list[ModelSpec], voices: list[str]) -> dict[str, Any]:
         "suppress-health-check": ["all"],
         "cache": {"enabled": False},
         "generation": {"mode": "all", "max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
-        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True}},
+        # Coverage: boundary and invalid values from each schema. Fuzzing: random cases, where
+        # the catalog dictionaries apply. Stateful: chains that feed ids from responses (a
+        # created video, a task) into the routes that read them.
+        "phases": {
+            "examples": {"enabled": True},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True},
+            "stateful": {"enabled": True},
+        },
         "dictionaries": {
             "models": {"values": models},
             "loras": {"values": loras},
@@ -100,15 +108,19 @@ class Finding:
         return f"{self.operation}: {self.code} {self.title} x{self.count} ({first_line})\n    {self.reproducer}"
 
 
-@dataclass
+@dataclass(repr=False)
 class FuzzReport:
     requests: int = 0
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     operations: set[str] = field(default_factory=set)
-    findings: dict[tuple[str, str, str], Finding] = field(default_factory=dict)
+    findings: dict[tuple[str, str, str, str], Finding] = field(default_factory=dict)
     unanswered: list[str] = field(default_factory=list)  # reproducers of requests with no response
+    errors: list[str] = field(default_factory=list)  # what kept Schemathesis from testing an operation
     exit_code: int = 0
     output_tail: str = ""
+
+    def __repr__(self) -> str:
+        return f"FuzzReport({self.requests} requests, {len(self.findings)} findings)"
 
     def by_check(self, check: str) -> list[Finding]:
         return sorted((f for f in self.findings.values() if f.check == check), key=lambda f: (f.code, f.operation))
@@ -119,6 +131,7 @@ class FuzzReport:
             f"{self.requests} requests over {len(self.operations)} operations; statuses {statuses}",
             *(finding.describe() for finding in sorted(self.findings.values(), key=lambda f: (f.code, f.operation))),
             *(f"no response: {reproducer}" for reproducer in self.unanswered),
+            *(f"error: {error}" for error in self.errors),
         ]
         return "\n".join(lines)
 
@@ -150,6 +163,8 @@ def read_report(path: Path) -> FuzzReport:
     report = FuzzReport()
     seen_cases: set[str] = set()
     for kind, event in _events(path):
+        if kind in ("NonFatalError", "FatalError"):
+            report.errors.append(f"{event.get('label', kind)}: {json.dumps(event)[:400]}")
         if kind != "ScenarioFinished":
             continue
         recorder = event["recorder"]
@@ -171,7 +186,9 @@ def read_report(path: Path) -> FuzzReport:
                 if check["status"] != "failure":
                     continue
                 failure = check["failure_info"]["failure"]
-                key = (operation, check["name"], failure["code"])
+                # One finding a distinct cause: the message's first line says what is wrong.
+                cause = failure["message"].strip().split("\n", 1)[0]
+                key = (operation, check["name"], failure["code"], cause)
                 if key not in report.findings:
                     unknown = {"method": "?", "uri": "?"}
                     request = interactions[case_id]["request"] if case_id in interactions else unknown
@@ -210,7 +227,7 @@ def run_schemathesis(document_url: str, work_dir: Path, specs: list[ModelSpec], 
     ]
     # cwd: Schemathesis keeps crash files and example databases in the working directory.
     result = subprocess.run(command, cwd=work_dir, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    report = read_report(events_path)
+    report = read_report(events_path) if events_path.exists() else FuzzReport()
     report.exit_code = result.returncode
     report.output_tail = (result.stdout + result.stderr)[-4000:]
     return report

@@ -73,6 +73,7 @@ def test_document_describes_every_route_the_app_serves(fuzz_server: FuzzServer) 
 
 
 def test_every_documented_operation_is_fuzzed(fuzz_server: FuzzServer, fuzz_report: FuzzReport) -> None:
+    assert not fuzz_report.errors, "\n".join(fuzz_report.errors)
     assert _document_operations(fuzz_server) <= fuzz_report.operations
     assert fuzz_report.requests >= 20 * len(fuzz_report.operations)
 
