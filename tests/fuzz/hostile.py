@@ -10,14 +10,21 @@ only to Unicode ("²", "١٢٨"), bodies under the wrong media type.
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
+import urllib.parse
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tests.audio_inputs import tone
 from tests.fuzz.fakeserver import tiny_png_base64
 
 PNG = tiny_png_base64()
+PNG_BYTES = base64.b64decode(PNG)
+WAV = tone(1.0)
 CHAT_MESSAGES = [{"role": "user", "content": "hi"}]
 V3_EXTRA = {"response_image_type": "png", "enable_nsfw_detection": True, "nsfw_detection_level": 1}
 SDAPI = {
@@ -248,12 +255,15 @@ class Probe:
     """One request: what is hostile about it, where, and what to send."""
 
     cause: str
-    path: str
-    content: bytes
+    path: str  # with the query string, for a GET
+    content: bytes = b""
     content_type: str | None = "application/json"
     field: str | None = None  # None: the whole document is the hostile part
+    method: str = "POST"
 
     def reproducer(self, limit: int = 300) -> str:
+        if self.method == "GET":
+            return f"curl 'BASE{self.path}'"
         text = self.content.decode("utf-8", "backslashreplace")
         text = text if len(text) <= limit else f"{text[:limit]}...({len(self.content)} bytes)"
         header = f" -H 'Content-Type: {self.content_type}'" if self.content_type is not None else ""
@@ -294,8 +304,19 @@ def _replaced(body: Any, path: tuple[str | int, ...], value: Any) -> bytes:
 def field_probes(path: str, body: dict[str, Any]) -> Iterator[Probe]:
     for field in _leaf_paths(body):
         name = ".".join(str(step) for step in field)
-        for cause, value in FIELD_VALUES:
+        values = FIELD_VALUES + [(cause, _b64(image)) for cause, image in IMAGE_FILES]
+        for cause, value in values if _at(body, field) == PNG else FIELD_VALUES:
             yield Probe(cause, path, _replaced(body, field, value), field=name)
+
+
+def _at(body: Any, path: tuple[str | int, ...]) -> Any:
+    for step in path:
+        body = body[step]
+    return body
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def document_probes(path: str, body: dict[str, Any] | None, max_body_bytes: int) -> Iterator[Probe]:
@@ -355,3 +376,186 @@ def document_probes(path: str, body: dict[str, Any] | None, max_body_bytes: int)
 
 def _first_key(body: dict[str, Any] | None) -> bytes:
     return next(iter(body), "model").encode() if body else b"model"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and whose pixels are a few bytes:
+    what a decompression bomb looks like to a server that reads the header."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b"")
+
+
+# Each replaces one image (a base64 field, or a file part) in turn.
+IMAGE_FILES: list[tuple[str, bytes]] = [
+    ("PNG claiming 100000x100000", _png_claiming(100_000, 100_000)),
+    ("PNG claiming 12000x12000", _png_claiming(12_000, 12_000)),
+    ("PNG claiming 0x0", _png_claiming(0, 0)),
+    ("PNG cut in half", PNG_BYTES[: len(PNG_BYTES) // 2]),
+    ("PNG signature only", PNG_BYTES[:8]),
+    ("not an image", b"GIF89a" + b"\x00" * 32),
+]
+
+# The multipart routes' forms: text fields, and file parts as (filename, bytes, media type).
+FormFiles = dict[str, tuple[str, bytes, str]]
+MULTIPART_BASES: list[tuple[str, dict[str, str], FormFiles]] = [
+    (
+        "/v1/images/edits",
+        {
+            "model": "fake-sd",
+            "prompt": "a cat",
+            "n": "1",
+            "size": "128x128",
+            "response_format": "b64_json",
+            "output_format": "png",
+            "steps": "2",
+            "guidance_scale": "7",
+            "seed": "1",
+            "strength": "0.5",
+            "negative_prompt": "a dog",
+        },
+        {"image": ("in.png", PNG_BYTES, "image/png"), "mask": ("mask.png", PNG_BYTES, "image/png")},
+    ),
+    (
+        "/v1/audio/transcriptions",
+        {
+            "model": "fake-whisper",
+            "response_format": "verbose_json",
+            "temperature": "0",
+            "language": "en",
+            "prompt": "hi",
+            "timestamp_granularities[]": "word",
+            "vad_filter": "false",
+        },
+        {"file": ("in.wav", WAV, "audio/wav")},
+    ),
+    (
+        "/v1/audio/translations",
+        {"model": "fake-whisper", "response_format": "json", "temperature": "0", "prompt": "hi"},
+        {"file": ("in.wav", WAV, "audio/wav")},
+    ),
+    ("/v1/videos", {"model": "fake-animatediff", "prompt": "a cat", "seconds": "1", "size": "64x64", "seed": "1"}, {}),
+    (
+        "/v1/videos",
+        {"model": "fake-svd", "prompt": "a cat", "seconds": "1", "seed": "1"},
+        {"input_reference": ("in.png", PNG_BYTES, "image/png")},
+    ),
+]
+# Form fields arrive as text, so every number and size in them is parsed by the server.
+FORM_VALUES: list[tuple[str, bytes]] = [
+    ("empty", b""),
+    ("superscript digit", "²".encode()),
+    ("superscript size", "²x²".encode()),
+    ("Arabic-Indic digits", "\u0661\u0662\u0668".encode()),
+    ("Arabic-Indic size", "\u0661\u0662\u0668x\u0661\u0662\u0668".encode()),
+    ("fullwidth digits", "\uff11\uff12\uff18".encode()),
+    ("1e308", b"1e308"),
+    ("1e309", b"1e309"),
+    ("-1e400", b"-1e400"),
+    ("NaN", b"NaN"),
+    ("Infinity", b"Infinity"),
+    ("-Infinity", b"-Infinity"),
+    ("minus one", b"-1"),
+    ("400 digits", b"9" * 400),
+    ("hex", b"0x80"),
+    ("padded digits", b" 1 "),
+    ("underscored digits", b"1_0"),
+    ("NUL", b"\x00"),
+    ("invalid UTF-8", b"\xff\xfe\xfd"),
+    ("100k characters", b"A" * 100_000),
+    ("JSON null", b"null"),
+    ("JSON list", b"[]"),
+    ("half a size", b"128x"),
+    ("zero size", b"0x0"),
+    ("three sides", b"128x128x128"),
+    ("negative size", b"-128x-128"),
+    ("huge size", b"99999999999x99999999999"),
+]
+_BOUNDARY = "fuzz-boundary-7e1c"
+
+
+def _multipart(fields: dict[str, bytes], files: FormFiles) -> bytes:
+    parts = [
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + value + b"\r\n"
+        for name, value in fields.items()
+    ]
+    parts += [
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        f"Content-Type: {media_type}\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+        for name, (filename, content, media_type) in files.items()
+    ]
+    return b"".join(parts) + f"--{_BOUNDARY}--\r\n".encode()
+
+
+def form_probe(cause: str, path: str, fields: dict[str, bytes], files: FormFiles, field: str | None) -> Probe:
+    return Probe(cause, path, _multipart(fields, files), f"multipart/form-data; boundary={_BOUNDARY}", field)
+
+
+def multipart_probes(path: str, fields: dict[str, str], files: FormFiles) -> Iterator[Probe]:
+    """Each text field replaced by each FORM_VALUE, each file part by each IMAGE_FILE (or emptied)."""
+    encoded = {name: value.encode() for name, value in fields.items()}
+    for name in fields:
+        for cause, value in FORM_VALUES:
+            yield form_probe(cause, path, {**encoded, name: value}, files, name)
+    for name, (filename, _, media_type) in files.items():
+        for cause, content in [("empty file", b""), *IMAGE_FILES]:
+            yield form_probe(cause, path, encoded, {**files, name: (filename, content, media_type)}, name)
+    doubled = b"".join(
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    )
+    yield Probe(
+        "every field twice",
+        path,
+        doubled + _multipart(encoded, files),
+        f"multipart/form-data; boundary={_BOUNDARY}",
+    )
+
+
+# Query and path parameters of the GET routes: text the server parses (ids, expiry times,
+# signatures, page sizes and cursors).
+PARAMETER_VALUES: list[tuple[str, str]] = [
+    ("empty", ""),
+    ("superscript digit", "²"),
+    ("Arabic-Indic digits", "\u0661\u0662\u0668"),
+    ("fullwidth digits", "\uff11\uff12\uff18"),
+    ("1e308", "1e308"),
+    ("1e309", "1e309"),
+    ("NaN", "NaN"),
+    ("Infinity", "Infinity"),
+    ("minus one", "-1"),
+    ("-2^63-1", str(-(2**63) - 1)),
+    ("2^64", str(2**64)),
+    ("400 digits", "9" * 400),
+    ("hex", "0x10"),
+    ("padded digits", " 1 "),
+    ("NUL", "\x00"),
+    ("8000 characters", "A" * 8000),
+    ("parent directory", ".."),
+    ("path traversal", "../../etc/passwd"),
+    ("encoded traversal", "%2e%2e%2f"),
+    ("JSON list", "[]"),
+]
+
+
+def parameter_probes(path: str, parameters: list[dict[str, Any]]) -> Iterator[Probe]:
+    """Each parameter of a GET route replaced by each PARAMETER_VALUE, the others plausible."""
+    plain = {parameter["name"]: ("1" if parameter["in"] == "query" else "fuzz") for parameter in parameters}
+    for parameter in parameters:
+        for cause, value in PARAMETER_VALUES:
+            values = {**plain, parameter["name"]: value}
+            url = path
+            query = {}
+            for other in parameters:
+                if other["in"] == "path":
+                    url = url.replace("{" + other["name"] + "}", urllib.parse.quote(values[other["name"]], safe=""))
+                elif other["in"] == "query":
+                    query[other["name"]] = values[other["name"]]
+            target = f"{url}?{urllib.parse.urlencode(query)}" if query else url
+            yield Probe(cause, target, method="GET", content_type=None, field=parameter["name"])

@@ -18,7 +18,18 @@ import pytest
 
 from tests.fuzz.conftest import FuzzServer
 from tests.fuzz.fakeserver import MAX_BODY_BYTES
-from tests.fuzz.hostile import BASE_BODIES, BASE_STATUS, PATH_PARAMETERS, Probe, document_probes, field_probes
+from tests.fuzz.hostile import (
+    BASE_BODIES,
+    BASE_STATUS,
+    MULTIPART_BASES,
+    PATH_PARAMETERS,
+    Probe,
+    document_probes,
+    field_probes,
+    form_probe,
+    multipart_probes,
+    parameter_probes,
+)
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(300)]
 
@@ -53,11 +64,17 @@ def _url(path: str) -> str:
     return path
 
 
+def _request(client: httpx.Client, probe: Probe) -> httpx.Response:
+    if probe.method == "GET":
+        return client.get(probe.path)
+    headers = {} if probe.content_type is None else {"content-type": probe.content_type}
+    return client.post(_url(probe.path), content=probe.content, headers=headers)
+
+
 def _send(client: httpx.Client, probe: Probe) -> tuple[str, str] | None:
     """What was wrong with the answer to ``probe`` (in short, and the answer), or None."""
-    headers = {} if probe.content_type is None else {"content-type": probe.content_type}
     try:
-        response = client.post(_url(probe.path), content=probe.content, headers=headers)
+        response = _request(client, probe)
     except httpx.TransportError as exc:
         return "no answer", type(exc).__name__
     if response.status_code >= 500:
@@ -87,9 +104,14 @@ def _failures(client: httpx.Client, probes: Iterable[Probe]) -> tuple[int, str]:
     return sent, "\n".join(lines)
 
 
-def test_every_json_route_has_a_base_body(document: dict[str, Any]) -> None:
-    routes = {path.replace("/openai/v1/", "/v1/", 1) for path in _post_routes(document, "application/json")}
-    assert routes == set(BASE_BODIES)
+def _v1(path: str) -> str:
+    return path.replace("/openai/v1/", "/v1/", 1)
+
+
+def test_every_post_route_has_a_base_body(document: dict[str, Any]) -> None:
+    assert {_v1(path) for path in _post_routes(document, "application/json")} == set(BASE_BODIES)
+    multipart = {path for path, _, _ in MULTIPART_BASES}
+    assert {_v1(path) for path in _post_routes(document, "multipart/form-data")} == multipart
 
 
 def test_base_bodies_are_accepted(client: httpx.Client) -> None:
@@ -98,13 +120,17 @@ def test_base_bodies_are_accepted(client: httpx.Client) -> None:
     assert statuses == {path: BASE_STATUS.get(path, 200) for path in BASE_BODIES}
 
 
+def test_base_forms_are_accepted(client: httpx.Client) -> None:
+    """As the base bodies are: the form probes change one field or file of these."""
+    for path, fields, files in MULTIPART_BASES:
+        encoded = {name: value.encode() for name, value in fields.items()}
+        response = _request(client, form_probe("base form", path, encoded, files, None))
+        assert response.status_code == 200, (path, response.text)
+
+
 def test_hostile_documents_get_no_server_error(client: httpx.Client, document: dict[str, Any]) -> None:
     routes = _post_routes(document)
-    probes = (
-        probe
-        for path in routes
-        for probe in document_probes(path, BASE_BODIES.get(path.replace("/openai/v1/", "/v1/", 1)), MAX_BODY_BYTES)
-    )
+    probes = (probe for path in routes for probe in document_probes(path, BASE_BODIES.get(_v1(path)), MAX_BODY_BYTES))
     sent, failures = _failures(client, probes)
     assert sent > 30 * len(routes)
     assert not failures, f"of {sent} hostile documents, these got a server error:\n{failures}"
@@ -117,3 +143,19 @@ def test_hostile_field_values_get_no_server_error(client: httpx.Client) -> None:
     assert sent > 1000
     assert not failures, f"of {sent} bodies with one hostile field, these got a server error:\n{failures}"
     assert client.get("/health").status_code == 200
+
+
+def test_hostile_form_fields_get_no_server_error(client: httpx.Client) -> None:
+    probes = (probe for path, fields, files in MULTIPART_BASES for probe in multipart_probes(path, fields, files))
+    sent, failures = _failures(client, probes)
+    assert sent > 500
+    assert not failures, f"of {sent} forms with one hostile field or file, these got a server error:\n{failures}"
+
+
+def test_hostile_parameters_get_no_server_error(client: httpx.Client, document: dict[str, Any]) -> None:
+    gets = {path: item["get"] for path, item in document["paths"].items() if "get" in item}
+    routes = {path: operation["parameters"] for path, operation in gets.items() if operation.get("parameters")}
+    probes = (probe for path, parameters in routes.items() for probe in parameter_probes(path, parameters))
+    sent, failures = _failures(client, probes)
+    assert sent > 100
+    assert not failures, f"of {sent} requests with one hostile parameter, these got a server error:\n{failures}"
