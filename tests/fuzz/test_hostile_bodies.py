@@ -1,10 +1,12 @@
-"""Hostile request bodies (tests/fuzz/hostile.py) against every POST route: never a server error.
+"""Hostile requests (tests/fuzz/hostile.py) against every route: never a server error.
 
 Whole-document probes go to every POST route of the document, both OpenAI mounts included.
-Field probes start from a body each JSON route accepts and replace one field at a time, so
-each hostile value reaches the validation of its own field; they go to the /v1 mount (the
-/openai/v1 mount serves the same controllers). Every probe must get an answer below 500
-with no stack trace in it; the test lists every probe that did not, grouped by cause.
+Field and form probes start from a body or form each POST route accepts and replace one
+field (or file) at a time, so each hostile value reaches the validation of its own field;
+they go to the /v1 mount (the /openai/v1 mount serves the same controllers). Parameter
+probes do the same to each query and path parameter of the GET routes. Every probe must
+get an answer below 500 with no stack trace in it; a test lists every probe that did not,
+grouped by cause, with a request that shows it.
 """
 
 from __future__ import annotations
