@@ -1,0 +1,69 @@
+"""The fuzz tests' server: every model kind in the catalog, each on a fake engine.
+
+Every route reaches its capability; a request costs the HTTP and validation layers, not a model.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoResult
+from tests.fakes import FAKE_SAFETY_SPEC, FAKE_SPECS, FAKE_UPSCALER_SPEC, fake_factory
+from tests.fakes_audio import FAKE_WHISPER_SPEC, FakeWhisperEngine
+from tests.fakes_speech import FAKE_SPEECH_SPEC, FakeSpeechEngine
+from tests.unit.test_video_tasks import IMAGE_SPEC, TEXT_SPEC, FakeVideoEngine
+
+
+class FlatVideoEngine(FakeVideoEngine):
+    """Frames of one flat colour: a fuzzed 1024x1024, 128-frame video encodes in a moment
+    (random frames, as the unit tests' fake draws, take the encoder seconds)."""
+
+    async def generate(self, job: VideoGeneration, progress: ProgressCallback | None = None) -> VideoResult:
+        self.jobs.append(job)
+        if progress is not None:
+            progress(1.0)
+        frames = np.full((job.frame_count, job.height, job.width, 3), job.seed % 256, dtype=np.uint8)
+        return VideoResult(frames=frames, seed=job.seed)
+
+
+FUZZ_SPECS: list[ModelSpec] = [
+    *FAKE_SPECS,
+    FAKE_SAFETY_SPEC,
+    FAKE_UPSCALER_SPEC,
+    FAKE_WHISPER_SPEC,
+    FAKE_SPEECH_SPEC,
+    TEXT_SPEC,
+    IMAGE_SPEC,
+]
+FACTORIES: dict[str, Any] = {
+    "fake": fake_factory,
+    "fake-whisper": FakeWhisperEngine,
+    "fake-speech": FakeSpeechEngine,
+    "fake-video": FlatVideoEngine,
+}
+VOICES = sorted(FakeSpeechEngine.voice_pitch)
+# Loopback with no keys: the server is open, so every body reaches its route's validation
+# (the Stable Diffusion API's in-body key included). Request quotas are off, so a fuzzed
+# burst is not answered with 429s; vendor generation is kept small so accepted requests
+# stay cheap, and the Stable Diffusion API answers "processing" at once instead of waiting.
+# Body limits are small so that a body over them is cheap to send.
+MAX_BODY_BYTES = 2 * 1024 * 1024
+SETTINGS: dict[str, Any] = {
+    "limits": {"max_body_bytes": MAX_BODY_BYTES},
+    "audio": {"max_upload_bytes": MAX_BODY_BYTES},
+    "accounts": {"requests_per_hour": 0, "requests_per_day": 0},
+    "vendor": {"novassium_steps": 1, "novassium_max_side": 64, "sdapi_wait_s": 0.0, "sdapi_fetch_timeout_s": 1.0},
+    "tasks": {"workers": 2, "safety_model": FAKE_SAFETY_SPEC.name},
+}
+
+
+def tiny_png_base64(side: int = 128) -> str:
+    """A valid image at the smallest side every image route accepts."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (30, 120, 200)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
