@@ -72,6 +72,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_headers = False  # between a request's first byte (or the connection) and its headers' end
         self._in_body = False
         self._header_bytes = 0
+        self._header_tail = b""  # the last bytes seen, for a blank line split across reads
 
     # Headers: from the connection opening (a client that sends nothing is cut too), and from
     # the first byte of each later request on the connection.
@@ -83,6 +84,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _start_headers(self) -> None:
         self._in_headers = True
         self._header_bytes = 0
+        self._header_tail = b""
         self._arm(self.header_timeout_s, self._headers_too_slow)
 
     def on_message_begin(self) -> None:
@@ -94,7 +96,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._in_headers and not self._in_body:
             self._start_headers()  # the first byte of a keep-alive connection's next request
         if self._in_headers:
-            self._header_bytes += len(data)
+            # Only the bytes up to the blank line that ends the headers count: the read that
+            # ends them often carries the start of the body too (one write from the client).
+            seen = self._header_tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._header_tail))
+            self._header_tail = seen[-3:]
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(_TOO_LARGE_431)
                 return

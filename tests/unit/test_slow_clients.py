@@ -108,6 +108,21 @@ async def test_oversized_headers_are_refused(server: LiveServer) -> None:
     assert answer.startswith(b"HTTP/1.1 431")
 
 
+async def test_a_large_body_sent_with_its_headers_in_one_write_is_not_taken_for_headers(server: LiveServer) -> None:
+    body = b'{"model": "fake-chat", "messages": [{"role": "user", "content": "' + b"a" * 100_000 + b'"}]}'
+    reader, writer = await _connect(server)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 ") and b"431" not in status, status
+
+
 async def test_connections_past_the_cap_are_refused(server: LiveServer) -> None:
     held = [await _connect(server) for _ in range(MAX_CONNECTIONS)]
     try:
