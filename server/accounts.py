@@ -38,6 +38,7 @@ STATIC_KEY_PREFIX = "static-"
 def _is_static(key_id: str) -> bool:
     return key_id.startswith(STATIC_KEY_PREFIX)
 
+
 _IMAGE_TASKS = frozenset({TaskType.TXT_TO_IMG, TaskType.IMG_TO_IMG, TaskType.INPAINTING})
 # Speech is reserved before it is spoken, from the text: a generous bound on its length
 # (slow speech reads about 10 characters a second), settled to the seconds produced.
