@@ -104,6 +104,9 @@ class GenerationStep(msgspec.Struct, kw_only=True, gc=False):
 
 class EngineInfo(msgspec.Struct, kw_only=True):
     max_model_len: int
+    # Token ids 0 .. vocab_size - 1 are the model's (its tokenizer's and its embedding's):
+    # the server refuses any other id a client sends before the tokenizer or the engine sees it.
+    vocab_size: int
 
 
 @runtime_checkable

@@ -25,6 +25,7 @@ from schemas.limits import (
     MAX_SPEECH_INPUT_CHARS,
     MAX_SPEECH_INSTRUCTIONS_CHARS,
     MAX_STEPS,
+    MAX_TOKEN_ID,
     MAX_TRANSCRIPTION_PROMPT_CHARS,
     MIN_IMAGE_SIDE,
     SEED_LIMIT,
@@ -91,6 +92,11 @@ GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
 ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]
 Seed = Annotated[int, msgspec.Meta(ge=-1, le=SEED_LIMIT, description="-1 (or null): the server draws one.")]
 UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
+_TOKEN_ID = f"A token id of the model's vocabulary (0 to at most {MAX_TOKEN_ID})."
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_ID, description=_TOKEN_ID)]
+# A token id as a JSON object key (logit_bias): ASCII digits only, never a sign, spaces or
+# digits that are digits only to Unicode, which int() would read.
+TokenIdKey = Annotated[str, msgspec.Meta(pattern=f"^[0-9]{{1,{len(str(MAX_TOKEN_ID))}}}$", description=_TOKEN_ID)]
 
 
 # The free strings of the audio routes, each under its ceiling in schemas/limits.py.

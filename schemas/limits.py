@@ -64,3 +64,8 @@ MAX_SPEECH_INPUT_CHARS = 4096  # OpenAI's limit on /audio/speech input
 MAX_SPEECH_INSTRUCTIONS_CHARS = 4096  # as long as the input it would steer
 MAX_TRANSCRIPTION_PROMPT_CHARS = 4096  # Whisper reads at most 223 tokens of it
 MAX_AUDIO_NAME_CHARS = 256  # a model, voice or language name
+
+# Token ids the text routes take (detokenize, prompts and inputs as ids, logit_bias, stop ids):
+# vLLM and the tokenizers hold them as 32-bit integers, and no vocabulary comes near the limit.
+# Each model's own vocabulary size bounds them further (EngineInfo.vocab_size).
+MAX_TOKEN_ID = 2**31 - 1

@@ -9,7 +9,8 @@ document describes it; a DTO of this module decodes it, the way its API's client
   or ``""`` field is "not given"; an empty body is ``{}``.
 - ``OpenAIBody``: JSON, numbers converted as Litestar does for the other OpenAI routes.
 - ``ParsedForm``: a form (or body) already parsed by the route's guard, which keeps the
-  route's own parsing rules; see ``parse_into_data``.
+  route's own parsing rules; see ``parse_into_data``. Such a route reads its form with
+  ``read_form``, which refuses a text part that is not text.
 
 A failure raises ApiError, which the app's one exception handler renders in the envelope of
 the route family. A field's constraint (``msgspec.Meta``) is refused as schemas/constraints.py
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.datastructures import FormMultiDict
 from litestar.dto import AbstractDTO, DTOConfig
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
@@ -66,6 +68,12 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError, body_ty
     """
     text = str(exc)
     path = None
+    if " - at `key` in `$" in text:
+        # A key of an object that breaks the key's type (logit_bias's token ids): the object is the param.
+        text, _, where = text.partition(" - at `key` in `$")
+        owner = where.rstrip("`").lstrip(".") or None
+        message = f"Invalid key in '{owner}': {text}" if owner else f"Invalid key in the request body: {text}"
+        return ApiError(ErrorCode.INVALID_REQUEST_BODY, message, param=owner)
     if " - at `$" in text:
         text, _, where = text.partition(" - at `$")
         path = where.rstrip("`").lstrip(".") or None
@@ -350,16 +358,36 @@ class ParsedForm(_BodyDecoder):
 # would replace the app's own (tracing names the server span in one).
 
 
+async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    """The request's form (empty for a body that is not one), as ``request.form()`` reads it.
+
+    Litestar decodes each text part in the charset its part declares (UTF-8 by default) and
+    lets the codec's error escape; bytes that are not text in that charset, or a charset no
+    codec knows, are the client's mistake and are refused here, as INVALID_REQUEST_BODY."""
+    try:
+        return await request.form()
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            ErrorCode.INVALID_REQUEST_BODY,
+            f"A text field of the form is not valid {exc.encoding} text (byte {exc.start} of its value); "
+            "send text as UTF-8, and files as file parts.",
+        ) from None
+    except LookupError:  # codecs.lookup: the only lookup form parsing does
+        raise ApiError(
+            ErrorCode.INVALID_REQUEST_BODY, "A text field of the form declares a charset this server does not know."
+        ) from None
+
+
 def parse_into_data(parse: Callable[[Request[Any, Any, Any]], Awaitable[Any]]) -> Guard:
     """A guard that runs ``parse`` and hands its result to ``ParsedForm`` as ``data``.
 
-    ``parse`` reads the request's form with ``request.form()`` (or its body); the form is
-    then where Litestar's own form reading finds it ({} for a body that is not a form)."""
+    ``parse`` reads the request's form with ``read_form`` (or its body); the form is then
+    where Litestar's own form reading finds it ({} for a body that is not a form)."""
 
     async def parse_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         request = cast("Request[Any, Any, Any]", connection)
         parsed = await parse(request)
-        await request.form()
+        await read_form(request)
         connection.scope["state"][_PARSED] = parsed
 
     return parse_body

@@ -22,11 +22,20 @@ from engines.base import (
     upscaled_size,
 )
 
+# Characters are the fakes' tokens: every code point is one.
+FAKE_VOCAB_SIZE = 0x110000
+
+
+def _token_text(token: int) -> str:
+    """A surrogate is no text a JSON answer can carry: it reads as U+FFFD, as a real tokenizer
+    shows a token that is part of a character."""
+    return "\ufffd" if 0xD800 <= token <= 0xDFFF else chr(token)
+
 
 class _FakeBase:
     def __init__(self, spec: ModelSpec, max_model_len: int = 64, fail_load: bool = False) -> None:
         self.spec = spec
-        self.info = EngineInfo(max_model_len=max_model_len)
+        self.info = EngineInfo(max_model_len=max_model_len, vocab_size=FAKE_VOCAB_SIZE)
         self.loaded = False
         self.fail_load = fail_load
         self.aborted: list[str] = []
@@ -69,10 +78,10 @@ class FakeTextEngine(_FakeBase):
         return self.tokenize(text + ("assistant:" if add_generation_prompt else ""))
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
-        return "".join(chr(token) for token in token_ids)
+        return "".join(_token_text(token) for token in token_ids)
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
-        return [chr(token) for token in token_ids]
+        return [_token_text(token) for token in token_ids]
 
     def tool_parser(self) -> Any | None:
         return None

@@ -26,6 +26,14 @@ def sleep_mode_available() -> bool:
         return False
 
 
+def vocab_size(llm: AsyncLLM, tokenizer: Any) -> int:
+    """How many token ids the model knows. The tokenizer and the model's embedding may differ
+    (a model pads its embedding, a tokenizer adds placeholder tokens): an id either knows is
+    one vLLM takes in a prompt, as its own check does."""
+    tokenizer_ids = int(getattr(tokenizer, "max_token_id", len(tokenizer) - 1)) + 1
+    return max(tokenizer_ids, int(llm.model_config.get_vocab_size()))
+
+
 class VllmEngineBase:
     """Owns an AsyncLLM, whose engine core always runs in a process of its own.
 
@@ -94,8 +102,10 @@ class VllmEngineBase:
         llm = await run_in(WorkPool.ENGINE, AsyncLLM.from_engine_args, args)
         self._llm = llm
         self._sleep_enabled = bool(options.get("enable_sleep_mode"))
-        self._info = EngineInfo(max_model_len=llm.model_config.max_model_len)
         self._tokenizer = llm.get_tokenizer()
+        self._info = EngineInfo(
+            max_model_len=llm.model_config.max_model_len, vocab_size=vocab_size(llm, self._tokenizer)
+        )
 
     async def unload(self) -> None:
         llm, self._llm = self._llm, None

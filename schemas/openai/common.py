@@ -4,6 +4,8 @@ from typing import Any
 
 import msgspec
 
+from schemas.constraints import TokenId, TokenIdKey
+
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
     message: str
@@ -48,7 +50,7 @@ class SamplingExtras(msgspec.Struct, kw_only=True):
     repetition_penalty: float | None = None
     min_tokens: int | None = None
     ignore_eos: bool | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     skip_special_tokens: bool | None = None
     include_stop_str_in_output: bool | None = None
     guided_json: Any = None
@@ -67,7 +69,7 @@ class SamplingRequest(SamplingExtras, kw_only=True):
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[TokenIdKey, float] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -4,11 +4,12 @@ from typing import Literal
 
 import msgspec
 
+from schemas.constraints import TokenId
 from schemas.openai.common import SamplingRequest, Usage
 
 # msgspec allows one array type per union; the service checks that a list is all
 # strings, all token ids, or all token-id lists.
-Prompt = str | list[str | int | list[int]]
+Prompt = str | list[str | TokenId | list[TokenId]]
 
 
 class CompletionRequest(SamplingRequest, kw_only=True):

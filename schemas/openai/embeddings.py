@@ -4,8 +4,10 @@ from typing import Literal
 
 import msgspec
 
+from schemas.constraints import TokenId
+
 # As with completion prompts, the service checks that a list is homogeneous.
-EmbeddingInput = str | list[str | int | list[int]]
+EmbeddingInput = str | list[str | TokenId | list[TokenId]]
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.constraints import TokenId
 from schemas.openai.chat import ChatMessage
 
 
@@ -21,7 +22,7 @@ class TokenizeResponse(msgspec.Struct, kw_only=True):
 
 class DetokenizeRequest(msgspec.Struct, kw_only=True):
     model: str
-    tokens: list[int]
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(msgspec.Struct, kw_only=True):

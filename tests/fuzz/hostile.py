@@ -50,6 +50,8 @@ BASE_STATUS = {
     "/api/v3/img2img": 400,
     "/api/v3/inpaint": 400,
     "/api/v3/fetch/{request_id}": 404,
+    # A task id that names no task: the id is read, then looked up.
+    "/v3/async/task-cancel": 404,
 }
 # A body each JSON route accepts, under its /v1 (or only) path: its fields are what the
 # hostile values replace, one at a time, so each replacement is the only thing wrong.
@@ -152,6 +154,7 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
         "request": {"voice_id": "Emily", "language": "en-US", "texts": ["Hello there."], "volume": 1.0, "speed": 1.0},
         "extra": {"response_audio_type": "wav"},
     },
+    "/v3/async/task-cancel": {"task_id": "no-such-task"},
     "/v3/async/img2video": {
         "model_name": "fake-svd",
         "image_file": PNG,

@@ -172,6 +172,21 @@ async def test_tokenize_round_trip(services: TextCapability) -> None:
     assert text.prompt.strip() == "the lazy dog"
 
 
+async def test_ids_past_the_vocabulary_are_refused_before_the_tokenizer(
+    services: TextCapability, scheduler: Scheduler
+) -> None:
+    from schemas.openai.tokenize import DetokenizeRequest
+
+    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat"))
+    vocab_size = engine.info.vocab_size
+    assert vocab_size >= len(engine.tokenizer)  # type: ignore[attr-defined]
+    last = await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat", tokens=[vocab_size - 1]))
+    assert isinstance(last.prompt, str)
+    with pytest.raises(ApiError) as refused:
+        await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat", tokens=[1, vocab_size]))
+    assert (refused.value.status, refused.value.param) == (400, "tokens[1]")
+
+
 async def test_greedy_n_gives_n_identical_choices(services: TextCapability) -> None:
     result = await services.chat.create(chat_request(max_tokens=6, temperature=0.0, n=3, ignore_eos=True))
     texts = [choice.message.content for choice in result.choices]

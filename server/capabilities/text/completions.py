@@ -14,6 +14,7 @@ from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.started_streams import READY, started_stream
 from server.capabilities.text.sampling import (
+    check_input_ids,
     check_n,
     check_sequences,
     merge_streams,
@@ -73,12 +74,15 @@ class CompletionService:
             raise bad_request("best_of is not supported; use n.", "best_of")
         raw = split_inputs(request.prompt, "prompt", self.limits.max_batch_inputs)
         check_sequences(len(raw), request.n, self.limits.max_sequences_per_request)
+        check_input_ids(request.prompt, engine.info.vocab_size, "prompt")
         prompts = []
         for item, ids in zip(raw, await token_ids(engine, raw), strict=True):
             if not ids:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
-            options = sampling_options(request, max_tokens=budget, logprobs=request.logprobs)
+            options = sampling_options(
+                request, max_tokens=budget, logprobs=request.logprobs, vocab_size=engine.info.vocab_size
+            )
             if request.echo and request.logprobs is not None:
                 options.prompt_logprobs = request.logprobs
             echo_text = (item if isinstance(item, str) else engine.detokenize(ids)) if request.echo else ""

@@ -12,7 +12,7 @@ from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import engine_call, resident_engine
-from server.capabilities.text.sampling import new_id, split_inputs, token_ids
+from server.capabilities.text.sampling import check_input_ids, new_id, split_inputs, token_ids
 from server.errors import bad_request
 from server.settings import Limits
 
@@ -31,6 +31,7 @@ class EmbeddingService:
 
     async def _inputs(self, request: EmbeddingRequest, engine: EmbeddingEngine) -> list[list[int]]:
         items = split_inputs(request.input, "input", self.limits.max_batch_inputs)
+        check_input_ids(request.input, engine.info.vocab_size, "input")
         limit = engine.info.max_model_len
         token_lists = []
         for position, ids in enumerate(await token_ids(engine, items)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
 from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
@@ -82,6 +82,32 @@ def split_inputs(raw: str | list[Any], param: str, max_items: int) -> list[str |
     return items
 
 
+def check_token_ids(ids: Iterable[int], vocab_size: int, param: str) -> None:
+    """Token ids a client sent, each one of the model's vocabulary; else a 400 naming the first
+    that is not (``param[index]``). A tokenizer given an id outside its vocabulary fails (an
+    id past 32 bits overflows it) or reads memory it does not own; the engine would refuse it."""
+    for index, token in enumerate(ids):
+        if not 0 <= token < vocab_size:
+            raise bad_request(
+                f"{param}[{index}] is {token}, which is not a token id of this model: "
+                f"its vocabulary holds the ids 0 to {vocab_size - 1}.",
+                f"{param}[{index}]",
+            )
+
+
+def check_input_ids(raw: str | list[Any], vocab_size: int, param: str) -> None:
+    """The token ids in a prompt/input field (one list of ids, or a list of them), each an id
+    of the model's vocabulary; a 400 names the first that is not (``prompt[1][5]``)."""
+    if isinstance(raw, str):
+        return
+    if all(isinstance(item, int) for item in raw):
+        check_token_ids(raw, vocab_size, param)
+        return
+    for position, item in enumerate(raw):
+        if isinstance(item, list):
+            check_token_ids(item, vocab_size, f"{param}[{position}]")
+
+
 async def token_ids(engine: TextGenerationEngine | EmbeddingEngine, items: list[str | list[int]]) -> list[list[int]]:
     """Each item as token ids. Texts are tokenized on the engine pool: a batch of long
     texts keeps a CPU busy for a while, which the event loop must not wait out."""
@@ -98,7 +124,12 @@ def normalize_stop(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def sampling_options(request: SamplingRequest, *, max_tokens: int, logprobs: int | None) -> SamplingOptions:
+def sampling_options(
+    request: SamplingRequest, *, max_tokens: int, logprobs: int | None, vocab_size: int
+) -> SamplingOptions:
+    """The engine's options for a request; token ids in them (stop_token_ids, logit_bias) must
+    be ids of the model's vocabulary of ``vocab_size`` ids."""
+    check_token_ids(request.stop_token_ids or (), vocab_size, "stop_token_ids")
     options = SamplingOptions(
         n=request.n,
         max_tokens=max_tokens,
@@ -122,10 +153,17 @@ def sampling_options(request: SamplingRequest, *, max_tokens: int, logprobs: int
         choice=request.guided_choice,
     )
     if request.logit_bias:
-        try:
-            options.logit_bias = {int(token): bias for token, bias in request.logit_bias.items()}
-        except ValueError:
-            raise bad_request("logit_bias keys must be token ids.", "logit_bias") from None
+        options.logit_bias = {}
+        for key, bias in request.logit_bias.items():
+            # The schema's pattern (TokenIdKey) lets a final newline through, as a regex's $ does.
+            token = int(key) if key.isascii() and key.isdigit() else -1
+            if not 0 <= token < vocab_size:
+                raise bad_request(
+                    f"logit_bias names {key!r}, which is not a token id of this model: "
+                    f"its vocabulary holds the ids 0 to {vocab_size - 1}.",
+                    "logit_bias",
+                )
+            options.logit_bias[token] = bias
     if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
         raise bad_request(f"At most {MAX_TOP_LOGPROBS} top logprobs may be requested.", "top_logprobs")
     return options

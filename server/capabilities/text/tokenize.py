@@ -8,6 +8,7 @@ from engines.workpools import WorkPool, run_in
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.capabilities.calls import resident_engine
 from server.capabilities.text.chat import message_to_template
+from server.capabilities.text.sampling import check_token_ids
 from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer
 from server.errors import bad_request
 
@@ -46,4 +47,5 @@ class TokenizeService:
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         engine = await resident_engine(self.scheduler, request.model, TextGenerationEngine)
+        check_token_ids(request.tokens, engine.info.vocab_size, "tokens")
         return DetokenizeResponse(prompt=await run_in(WorkPool.ENGINE, engine.detokenize, request.tokens))

@@ -19,7 +19,7 @@ from server.hosts import output_base_url
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openapi import operation_id
 from server.routes.responses import json_response
-from server.validation import OpenAIBody, ParsedForm, convert, parse_into_data
+from server.validation import OpenAIBody, ParsedForm, convert, parse_into_data, read_form
 
 # An edit uploads an image and a mask; the form fields beside them are small.
 EDIT_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES + 1024 * 1024
@@ -43,7 +43,7 @@ async def _edit_request(request: Request) -> ImageEditRequest:
     list), ``mask``, and every other field, ``extra_body`` included, as text parts."""
     if request.content_type[0] != RequestEncodingType.MULTI_PART:
         raise bad_request("images/edits takes multipart/form-data: the image is a file part.")
-    form = await request.form()
+    form = await read_form(request)
     try:
         fields: dict[str, object] = {name: value for name, value in form.items() if name not in _FILE_FIELDS}
         for name in ("prompt", "model"):

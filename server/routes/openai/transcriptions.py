@@ -22,7 +22,7 @@ from server.errors import bad_request
 from server.routes.openapi import operation_id
 from server.routes.responses import event_stream
 from server.settings import AudioSettings
-from server.validation import ParsedForm, convert, parse_into_data
+from server.validation import ParsedForm, convert, parse_into_data, read_form
 
 RequestT = TypeVar("RequestT", TranscriptionRequest, TranslationRequest)
 _RESPONSES = {
@@ -48,7 +48,7 @@ async def _read_form(request: Request, schema: type[RequestT]) -> RequestT:
     if request.content_type[0] != RequestEncodingType.MULTI_PART:
         raise bad_request("This route takes multipart/form-data: the audio is a file part named 'file'.", "file")
     try:
-        form = await request.form()
+        form = await read_form(request)
     except RequestEntityTooLarge:
         limit = request.route_handler.resolve_request_max_body_size()
         raise ApiError(

@@ -16,11 +16,12 @@ from server.accounts_hooks import Caller
 from server.capabilities.images.inputs import MAX_INPUT_IMAGE_BYTES, base64_image_bytes
 from server.errors import bad_request
 from server.routes.openai.video_jobs import OpenAIVideos
-from server.routes.openapi import operation_id
+from server.routes.openapi import file_download, operation_id
 from server.storage.local import LocalStorage
-from server.validation import ParsedForm, convert, parse_into_data
+from server.validation import ParsedForm, convert, parse_into_data, read_form
 
 _MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm", "gif": "image/gif"}
+_OTHER_MEDIA_TYPE = "application/octet-stream"
 # One reference image plus the text fields.
 CREATE_MAX_BODY_BYTES = 2 * MAX_INPUT_IMAGE_BYTES
 
@@ -42,7 +43,7 @@ def _reference(value: Any) -> bytes | None:
 async def _create_request(request: Request) -> VideoCreateRequest:
     fields: dict[str, Any]
     if request.content_type[0] == RequestEncodingType.MULTI_PART:
-        form = await request.form()
+        form = await read_form(request)
         try:
             fields = {}
             for name, value in form.items():
@@ -98,6 +99,8 @@ class VideosController(Controller):
         "/{video_id:str}/content",
         operation_id=operation_id("retrieveVideoContent"),
         summary="Download a video job's file",
+        description="The video in the type it was made in: MP4 for jobs made here; WebM or GIF for /v3 video tasks.",
+        operation_class=file_download([*_MEDIA_TYPES.values(), _OTHER_MEDIA_TYPE]),
     )
     async def content(
         self, video_id: str, videos: OpenAIVideos, storage: LocalStorage, caller: Caller, variant: str = "video"
@@ -105,4 +108,4 @@ class VideosController(Controller):
         if variant != "video":
             raise bad_request(f"variant {variant!r} is not offered; only 'video'.", "variant")
         path, video_type = await videos.content(video_id, caller.key_id, storage)
-        return File(path=path, media_type=_MEDIA_TYPES.get(video_type, "application/octet-stream"))
+        return File(path=path, media_type=_MEDIA_TYPES.get(video_type, _OTHER_MEDIA_TYPE))

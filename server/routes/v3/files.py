@@ -7,6 +7,7 @@ from litestar import Controller, get
 from litestar.response import File
 
 from schemas.errors import ApiError, ErrorCode
+from server.routes.openapi import file_download
 from server.storage.local import LocalStorage
 
 _CONTENT_TYPES = {
@@ -19,6 +20,7 @@ _CONTENT_TYPES = {
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
 }
+_OTHER_CONTENT_TYPE = "application/octet-stream"
 
 
 class FilesController(Controller):
@@ -29,6 +31,7 @@ class FilesController(Controller):
         "/{task_id:str}/{name:str}",
         summary="Download a task output by its signed URL",
         operation_id="downloadTaskOutput",
+        operation_class=file_download([*_CONTENT_TYPES.values(), _OTHER_CONTENT_TYPE]),
     )
     async def download(self, task_id: str, name: str, expires: int, signature: str, storage: LocalStorage) -> File:
         key = f"{task_id}/{name}"
@@ -37,5 +40,5 @@ class FilesController(Controller):
         path = storage.open_path(key)
         if path is None:
             raise ApiError(ErrorCode.TASK_NOT_FOUND, "This output no longer exists.")
-        media_type = _CONTENT_TYPES.get(name.rsplit(".", 1)[-1], "application/octet-stream")
+        media_type = _CONTENT_TYPES.get(name.rsplit(".", 1)[-1], _OTHER_CONTENT_TYPE)
         return File(path=path, media_type=media_type, content_disposition_type="inline")
