@@ -7,7 +7,7 @@ failed). Credits live in the key store, so a reservation is one SQL transaction 
 ``UPDATE ... WHERE credits >= cost`` keeps a balance from going negative under any
 concurrency; a request id pays at most once.
 
-Request windows are sliding, per key, kept in memory: a restart forgets them (the limits
+Request windows are sliding, per key and per API family, kept in memory: a restart forgets them (the limits
 guard fair use, not money). Requests without a key (open mode) are not accounted at all.
 """
 
@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
+from typing import Literal
 
 import msgspec
 
@@ -33,6 +34,8 @@ DAY_S = 86400.0
 # Keys from settings (auth.static_keys) have no row in the key store: no balance, so they are
 # never charged, and the default request windows (each key its own, by its own id).
 STATIC_KEY_PREFIX = "static-"
+# The API families, each with its own request windows (accounts.windows in the settings).
+ApiFamily = Literal["openai", "v3", "novassium", "sdapi"]
 
 
 def _is_static(key_id: str) -> bool:
@@ -74,34 +77,34 @@ class Accounts:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self._windows: dict[str, tuple[_Window, _Window]] = {}
+        self._windows: dict[tuple[str, ApiFamily], tuple[_Window, _Window]] = {}
 
     def account(self, key_id: str) -> KeyAccount | None:
         return None if _is_static(key_id) else self.store.account(key_id)
 
-    def admit(self, key_id: str | None, *, count: bool = True) -> KeyAccount | None:
+    def admit(self, key_id: str | None, family: ApiFamily, *, count: bool = True) -> KeyAccount | None:
         """Refuse a key whose subscription is off, or (``count``) one past its hourly or
-        daily window; otherwise count the request. The key's account, None when open."""
+        daily window in ``family``; otherwise count the request. The key's account, None
+        when open."""
         if key_id is None:
             return None
         account = self.account(key_id)
         if account is not None and not account.subscription_active:
             raise ApiError(ErrorCode.API_NOT_ALLOWED, "This API key has no active subscription.")
         if count:
-            self._count(key_id, account)
+            self._count(key_id, family, account)
         return account
 
-    def _count(self, key_id: str, account: KeyAccount | None) -> None:
-        hour_limit = self.settings.requests_per_hour
-        day_limit = self.settings.requests_per_day
+    def _count(self, key_id: str, family: ApiFamily, account: KeyAccount | None) -> None:
+        hour_limit, day_limit = self.settings.windows.limits(family)
         if account is not None:
             hour_limit = hour_limit if account.hour_limit is None else account.hour_limit
             day_limit = day_limit if account.day_limit is None else account.day_limit
         if hour_limit <= 0 and day_limit <= 0:
             return
-        windows = self._windows.get(key_id)
+        windows = self._windows.get((key_id, family))
         if windows is None:
-            windows = self._windows[key_id] = (_Window(HOUR_S), _Window(DAY_S))
+            windows = self._windows[(key_id, family)] = (_Window(HOUR_S), _Window(DAY_S))
         now = self.clock()
         hour, day = windows
         wait = max(hour.wait(hour_limit, now), day.wait(day_limit, now))

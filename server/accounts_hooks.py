@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
-from server.accounts import UNMETERED, Accounts, Meter
+from server.accounts import UNMETERED, Accounts, ApiFamily, Meter
 
 
 class Caller:
@@ -33,14 +33,14 @@ def caller_key_id(connection: ASGIConnection) -> str | None:
     return key_id
 
 
-def account_guard(accounts: Accounts) -> Guard:
+def account_guard(accounts: Accounts, family: ApiFamily) -> Guard:
     async def enforce_account(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """Runs after the key guard. Every request checks the subscription; only POSTs (the
         requests that do work) count against the request windows, so polling a task result
-        or listing models never uses them up."""
+        or listing models never uses them up. The windows are the router's family's."""
         does_work = isinstance(connection, Request) and connection.method == "POST"
         key_id = caller_key_id(connection)
-        account = accounts.admit(key_id, count=does_work)
+        account = accounts.admit(key_id, family, count=does_work)
         if key_id is not None:
             connection.scope["state"]["api_account"] = account
 

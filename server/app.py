@@ -180,7 +180,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             await scheduler.unload_all()
 
     require_key = key_guard(components.authenticator)
-    enforce_account = account_guard(components.accounts)
+    openai_account = account_guard(components.accounts, "openai")
 
     def openai_router(path: str) -> Router:
         return Router(
@@ -193,7 +193,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
                 transcriptions_router(components.settings.audio),
                 VideosController,
             ],
-            guards=[require_key, enforce_account],
+            guards=[require_key, openai_account],
         )
 
     settings = components.settings
@@ -209,7 +209,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             ModelsV3Controller,
             AccountController,
         ],
-        guards=[require_key, enforce_account],
+        guards=[require_key, account_guard(components.accounts, "v3")],
     )
     app = Litestar(
         route_handlers=[

@@ -7,6 +7,7 @@ The model catalog is only configurable in TOML (it is a list of tables).
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -225,13 +226,65 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_speech_chars: int = 4096
 
 
+class RequestWindows(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Sliding request windows of one API family, per key; 0 means no limit. Unset: the
+    family's default (FamilyWindows), so setting one window keeps the other's default."""
+
+    requests_per_hour: int | None = None
+    requests_per_day: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.requests_per_hour or 0) < 0 or (self.requests_per_day or 0) < 0:
+            raise ValueError("request windows must not be negative (0 means no limit)")
+
+
+# Each family's windows, (per hour, per day), where the settings do not say.
+# OpenAI (/v1, /openai/v1) and Novita's /v3 document no fixed request count (their limits
+# depend on the account's tier), so none is imposed unless the operator sets one. Novassium
+# documents 100 requests an hour and 2,400 a day per key; its clients expect them. The Stable
+# Diffusion API's limits depend on the plan bought, not on a documented number, so none (its
+# duplicate-request filter still applies).
+FAMILY_WINDOW_DEFAULTS: dict[str, tuple[int, int]] = {
+    "openai": (0, 0),
+    "v3": (0, 0),
+    "novassium": (100, 2400),
+    "sdapi": (0, 0),
+}
+
+
+class FamilyWindows(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Each API family's windows, counted per key and per family: a key's Novassium requests
+    do not use up its OpenAI ones."""
+
+    openai: RequestWindows = msgspec.field(default_factory=RequestWindows)
+    v3: RequestWindows = msgspec.field(default_factory=RequestWindows)
+    novassium: RequestWindows = msgspec.field(default_factory=RequestWindows)
+    sdapi: RequestWindows = msgspec.field(default_factory=RequestWindows)
+
+    def __post_init__(self) -> None:
+        for family, (hour, day) in FAMILY_WINDOW_DEFAULTS.items():
+            windows: RequestWindows = getattr(self, family)
+            if windows.requests_per_hour is None:
+                windows.requests_per_hour = hour
+            if windows.requests_per_day is None:
+                windows.requests_per_day = day
+
+    def limits(self, family: str) -> tuple[int, int]:
+        """The family's (per hour, per day) limits; 0 means none."""
+        windows: RequestWindows = getattr(self, family)
+        return windows.requests_per_hour or 0, windows.requests_per_day or 0
+
+
 class AccountSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Per-key request windows and prices; a key's own limits (``omniserve keys limits``)
-    override the windows. 0 means no limit."""
+    override the windows of every family. 0 means no limit."""
 
-    # Novassium's documented limits, applied to every API family by default.
-    requests_per_hour: int = 100
-    requests_per_day: int = 2400
+    windows: FamilyWindows = msgspec.field(default_factory=FamilyWindows)
+    # Deprecated: one window for every family, as before windows existed. When either is set,
+    # both apply to every family (the unset one keeps its old default, 100 or 2400) and
+    # load_settings warns; combined with accounts.windows they are refused.
+    requests_per_hour: int | None = None
+    requests_per_day: int | None = None
     # Credits charged per produced output, for keys that have a balance.
     price_per_image: float = 1.0
     price_per_video_frame: float = 0.0
@@ -248,6 +301,20 @@ class AccountSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.default_max_tokens < 1:
             raise ValueError("accounts.default_max_tokens must be at least 1")
+        if self.requests_per_hour is not None or self.requests_per_day is not None:
+            if self.windows != FamilyWindows():
+                raise ValueError(
+                    "accounts.requests_per_hour/requests_per_day (deprecated) and accounts.windows "
+                    "cannot be set together; set each family's windows under accounts.windows"
+                )
+            hour = 100 if self.requests_per_hour is None else self.requests_per_hour
+            day = 2400 if self.requests_per_day is None else self.requests_per_day
+            self.windows = FamilyWindows(
+                **{
+                    family: RequestWindows(requests_per_hour=hour, requests_per_day=day)
+                    for family in FAMILY_WINDOW_DEFAULTS
+                }
+            )
 
 
 class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -419,6 +486,78 @@ def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
 
 
 _LIST_FIELDS = frozenset({"static_keys", "static_admin_keys", "allowed_hosts"})
+FILE_SUFFIX = "_FILE"
+# A secret file is a key or a password; anything larger is a wrong path (a device, a log).
+MAX_SETTING_FILE_BYTES = 64 * 1024
+# Kubernetes gives every pod <SERVICE>_PORT=tcp://10.0.0.1:8000 for each Service in its
+# namespace: for a Service named "omniserve" that is OMNISERVE_PORT, not a port of ours.
+_SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+
+log = logging.getLogger("omniserve.settings")
+# Names already reported, so that loading settings again does not repeat the warning.
+_reported: set[str] = set()
+
+
+def _warn_once(name: str, message: str) -> None:
+    if name not in _reported:
+        _reported.add(name)
+        log.warning(message)
+
+
+def is_setting_path(path: list[str], struct: type[msgspec.Struct] = Settings) -> bool:
+    """Whether ``path`` (lower-case field names) names one setting of ``struct``: a field that
+    is not itself a section, reached through sections only."""
+    fields = {field.name: field.type for field in msgspec.structs.fields(struct)}
+    head, rest = path[0], path[1:]
+    if head not in fields:
+        return False
+    kind = fields[head]
+    is_section = isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+    if not rest:
+        return not is_section
+    return is_section and is_setting_path(rest, kind)
+
+
+def _env_path(name: str) -> list[str]:
+    return name[len(ENV_PREFIX) :].lower().split("__")
+
+
+def _read_setting_file(name: str, file_name: str) -> str:
+    try:
+        with open(file_name, "rb") as handle:
+            data = handle.read(MAX_SETTING_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot read {file_name}: {exc.strerror or exc}") from None
+    if len(data) > MAX_SETTING_FILE_BYTES:
+        raise SettingsError(f"{name}: {file_name} is larger than {MAX_SETTING_FILE_BYTES} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise SettingsError(f"{name}: {file_name} is not UTF-8 text") from None
+    # Files written by editors and `echo` end with a newline that is no part of the secret.
+    return text.rstrip("\r\n")
+
+
+def _environment_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``OMNISERVE_*`` variables that name settings, by variable name, with ``*_FILE``
+    ones read. Other variables with the prefix are another program's (Kubernetes service
+    links among them): each is logged once, by name only, and ignored."""
+    chosen: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        if is_setting_path(_env_path(name)):
+            if name == f"{ENV_PREFIX}PORT" and value.strip().lower().startswith(_SERVICE_LINK_SCHEMES):
+                _warn_once(name, f"ignoring {name}: a Kubernetes service link, not a port number")
+                continue
+            if name + FILE_SUFFIX in environ:
+                raise SettingsError(f"{name} and {name}{FILE_SUFFIX} are both set; set one of them")
+            chosen[name] = value
+        elif name.endswith(FILE_SUFFIX) and is_setting_path(_env_path(name[: -len(FILE_SUFFIX)])):
+            chosen[name[: -len(FILE_SUFFIX)]] = _read_setting_file(name, value)
+        else:
+            _warn_once(name, f"ignoring {name}: it names no setting")
+    return chosen
 
 
 def load_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -430,11 +569,14 @@ def load_settings(config_file: str | Path | None = None, environ: Mapping[str, s
             raw = tomllib.loads(Path(config_file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read config {config_file}: {exc}") from exc
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        _set_path(raw, path, value)
+    for name, value in _environment_settings(environ).items():
+        _set_path(raw, _env_path(name), value)
+    accounts = raw.get("accounts")
+    if isinstance(accounts, dict) and ("requests_per_hour" in accounts or "requests_per_day" in accounts):
+        log.warning(
+            "accounts.requests_per_hour/requests_per_day are deprecated: they now apply to every API "
+            "family; set each family's windows under accounts.windows instead"
+        )
     try:
         # strict=False lets "8080" from the environment become an int.
         return msgspec.convert(raw, Settings, strict=False)

@@ -11,12 +11,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
+from schemas.errors import ApiError, ErrorCode
+from server.accounts import Accounts
 from server.app import create_app
 from server.composition import Components
 from server.keystore import KeyStore
+from server.settings import AccountSettings
 from tests.unit.conftest import make_state
 
 NOVASSIUM = "/api/novassium/v1/generate"
@@ -109,21 +113,66 @@ async def test_hourly_window_trips_and_resets(app: tuple[AsyncTestClient, Compon
 
 async def test_each_family_answers_its_own_429(app: tuple[AsyncTestClient, Components, str, str]) -> None:
     client, state, key_id, key = app
-    state.keystore.set_limits(key_id, 1, None)
+    state.keystore.set_limits(key_id, 1, None)  # a key's own limit holds in every family, each counted apart
     auth = {"Authorization": f"Bearer {key}"}
     image = {"model": "fake-sd", "prompt": "x", "size": "128x128", "steps": 1, "response_format": "b64_json"}
     assert (await client.post("/v1/images/generations", json=image, headers=auth)).status_code == 200
     openai = await client.post("/v1/images/generations", json=image, headers=auth)
     assert openai.status_code == 429 and openai.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
     assert "retry-after" in openai.headers
-    v3 = await client.post(
-        "/v3/async/txt2img", json={"request": {"model_name": "fake-sd", "prompt": "x"}}, headers=auth
-    )
+    # /openai/v1 is the same family as /v1: the same window.
+    assert (await client.post("/openai/v1/images/generations", json=image, headers=auth)).status_code == 429
+    v3_body = {"request": {"model_name": "fake-sd", "prompt": "x", "width": 128, "height": 128, "steps": 1}}
+    assert (await client.post("/v3/async/txt2img", json=v3_body, headers=auth)).status_code == 200
+    v3 = await client.post("/v3/async/txt2img", json=v3_body, headers=auth)
     assert v3.status_code == 429 and v3.json()["reason"] == "RATE_LIMIT_EXCEEDED"
-    sd = await client.post("/api/v3/text2img", json={"key": key, "prompt": "x"})
+    sd_body = {"key": key, "prompt": "x", "num_inference_steps": 1}
+    assert (await client.post("/api/v3/text2img", json=sd_body)).status_code == 200
+    sd = await client.post("/api/v3/text2img", json={**sd_body, "prompt": "y"})
     assert sd.status_code == 429 and sd.json()["message"] == "Rate limit exceeded"
     # Polling and listing are not work: they use no window.
     assert (await client.get("/v3/user", headers=auth)).status_code == 200
+
+
+def test_default_windows_hold_only_on_novassium(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.sqlite3")
+    info, _ = store.create("k")
+    accounts = Accounts(store, AccountSettings(), clock=Clock())
+    for _ in range(150):  # past Novassium's 100 an hour: no limit on the other families
+        for family in ("openai", "v3", "sdapi"):
+            accounts.admit(info.id, family)
+    for _ in range(100):
+        accounts.admit(info.id, "novassium")
+    with pytest.raises(ApiError) as refused:
+        accounts.admit(info.id, "novassium")
+    assert refused.value.code is ErrorCode.RATE_LIMIT_EXCEEDED and "hourly" in str(refused.value)
+    store.close()
+
+
+def test_each_familys_windows_come_from_settings_and_a_keys_own_limits_win(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / "keys.sqlite3")
+    first, _ = store.create("first")
+    second, _ = store.create("second")
+    windows = {"openai": {"requests_per_hour": 2}, "v3": {"requests_per_day": 1}, "novassium": {"requests_per_hour": 0}}
+    settings = msgspec.convert({"windows": windows}, AccountSettings)
+    clock = Clock()
+    accounts = Accounts(store, settings, clock=clock)
+    accounts.admit(first.id, "openai")
+    accounts.admit(first.id, "openai")
+    with pytest.raises(ApiError):
+        accounts.admit(first.id, "openai")
+    accounts.admit(second.id, "openai")  # each key its own windows
+    accounts.admit(first.id, "v3")
+    with pytest.raises(ApiError, match="daily"):
+        accounts.admit(first.id, "v3")
+    for _ in range(200):  # hour off, day still Novassium's 2,400
+        accounts.admit(first.id, "novassium")
+    clock.now += 3600
+    accounts.admit(first.id, "openai")  # the hour has passed
+    store.set_limits(second.id, 0, None)  # the key's own "no hourly limit" overrides the family's
+    for _ in range(5):
+        accounts.admit(second.id, "openai")
+    store.close()
 
 
 async def test_v3_task_charges_per_image_and_a_failed_task_refunds(

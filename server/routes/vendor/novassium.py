@@ -23,7 +23,7 @@ def novassium_key_guard(authenticator: Authenticator, accounts: Accounts) -> Gua
     async def novassium_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """The key is checked before the body is read, so a client without one learns that first."""
         key_id = authenticator.authenticate(presented_key(connection))
-        account = accounts.admit(key_id)
+        account = accounts.admit(key_id, "novassium")
         connection.scope["state"]["api_key_id"] = key_id
         if key_id is not None:
             connection.scope["state"]["api_account"] = account

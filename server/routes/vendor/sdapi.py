@@ -38,7 +38,7 @@ class SdApiController(Controller):
         key_id = authenticator.authenticate(body.key)
         # The duplicate filter compares the bodies as sent (Litestar keeps the bytes it decoded).
         sdapi.check_duplicate(key_id, await request.body())
-        accounts.admit(key_id)
+        accounts.admit(key_id, "sdapi")
         return await sdapi.submit(task_type, body, key_id, output_base_url(request))
 
     @post("/text2img", status_code=200, summary="Text to image", operation_id="sdapiText2img")
@@ -96,5 +96,5 @@ class SdApiController(Controller):
     ) -> dict[str, Any]:
         key_id = authenticator.authenticate(data.key)
         # Polling is not new work: it checks the subscription but uses no request window.
-        accounts.admit(key_id, count=False)
+        accounts.admit(key_id, "sdapi", count=False)
         return await sdapi.fetch(request_id, key_id, output_base_url(request))
