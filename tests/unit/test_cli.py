@@ -32,3 +32,12 @@ def test_bad_settings_exit_cleanly(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setenv("OMNISERVE_PORT", "not-a-port")
     assert main(["keys", "list"]) == 2
     assert "invalid settings" in capsys.readouterr().err
+
+
+def test_kubernetes_service_links_do_not_stop_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace with a Service named "omniserve" gives every pod these variables."""
+    monkeypatch.setenv("OMNISERVE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("OMNISERVE_PORT", "tcp://10.0.0.1:8000")
+    monkeypatch.setenv("OMNISERVE_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("OMNISERVE_PORT_8000_TCP_ADDR", "10.0.0.1")
+    assert main(["keys", "list"]) == 0
