@@ -5,7 +5,16 @@ them in turns with the same streaming-chat load at each concurrency, and prints
 requests/s, time to first token (p50/p99) and inter-token latency (p50), with the
 omniserve/vLLM ratio for each (for latencies, vLLM/omniserve, so above 1 is better).
 
-    python benchmarks/llm_frontend.py [--duration 20] [--concurrency 1,16,64]
+A p99 from one short run is mostly noise, so each level runs --rounds turns per server and
+the table shows the spread of p99 across rounds (min..max) next to its mean. For omniserve it
+also shows the worst event-loop delay during the level (omniserve_event_loop_lag_max_seconds,
+read from /metrics before and after each turn; that gauge resets on every scrape) and how
+many probe wake-ups came 100 ms or more late. Answers other than 200 are counted: 429/503
+(refused, busy) with and without Retry-After, and anything else as errors. A refused client
+waits the Retry-After it was given (at most 1 s) before its next request, so a refusing
+server is not hammered in a tight loop.
+
+    python benchmarks/llm_frontend.py [--duration 10] [--rounds 3] [--concurrency 1,16,64,256]
 
 Only one server is under load at a time; the load generator runs in this process on the
 same machine.
@@ -22,10 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,6 +48,13 @@ ENGINE_OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 51
 PROMPT = [{"role": "user", "content": "Tell me a long story about the river and the old library."}]
 
 
+# Longest a refused client waits before its next request, whatever Retry-After says.
+MAX_REFUSED_WAIT_S = 1.0
+LAG_MAX = "omniserve_event_loop_lag_max_seconds"
+LAG_COUNT = "omniserve_event_loop_lag_seconds_count"
+LAG_UNDER_100MS = "omniserve_event_loop_lag_seconds_bucket"
+
+
 class Result(msgspec.Struct):
     concurrency: int
     requests_per_s: float
@@ -45,6 +63,26 @@ class Result(msgspec.Struct):
     itl_p50_ms: float
     completed: int
     errors: int
+    refused_with_retry_after: int = 0
+    refused_without_retry_after: int = 0
+    loop_lag_max_ms: float | None = None
+    loop_stalls_100ms: int | None = None
+
+
+class Refused(Exception):
+    """A 429 or 503: the server is busy; ``retry_after`` is its header (seconds), if any."""
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        super().__init__(status)
+        self.retry_after = retry_after
+
+
+class Level(msgspec.Struct):
+    """One server at one concurrency: the rounds averaged, with the spread of p99."""
+
+    mean: Result
+    ttft_p99_min_ms: float
+    ttft_p99_max_ms: float
 
 
 def omniserve_command(model_path: str, data_dir: Path, port: int) -> list[str]:
@@ -52,9 +90,35 @@ def omniserve_command(model_path: str, data_dir: Path, port: int) -> list[str]:
     options = ", ".join(f"{key} = {msgspec.json.encode(value).decode()}" for key, value in ENGINE_OPTIONS.items())
     config.write_text(
         f'port = {port}\ndata_dir = "{data_dir}"\nlog_level = "warning"\n\n'
+        # The benchmark reads the loop-lag gauge from /metrics without a key.
+        '[metrics]\naccess = "open"\n\n'
         f'[[models]]\nname = "{MODEL}"\nkind = "chat"\npath = "{model_path}"\noptions = {{ {options} }}\n'
     )
     return [sys.executable, "-m", "server", "serve", "--config", str(config)]
+
+
+async def scrape_loop_lag(url: str) -> tuple[float, float, float] | None:
+    """omniserve's worst loop delay since the previous scrape (which this one resets), the
+    probe's wake-up count and how many of those were under 100 ms; None where not served."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+            if response.status != 200:
+                return None
+            text = await response.text()
+    except aiohttp.ClientError:
+        return None
+    worst = count = under = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == LAG_MAX:
+                worst = sample.value
+            elif sample.name == LAG_COUNT:
+                count = sample.value
+            elif sample.name == LAG_UNDER_100MS and sample.labels.get("le") == "0.1":
+                under = sample.value
+    if worst is None or count is None or under is None:
+        return None
+    return worst, count, under
 
 
 def vllm_command(model_path: str, port: int) -> list[str]:
@@ -94,6 +158,10 @@ async def one_request(session: aiohttp.ClientSession, url: str, max_tokens: int)
     last = 0.0
     gaps: list[float] = []
     async with session.post(f"{url}/v1/chat/completions", json=body) as response:
+        if response.status in (429, 503):
+            await response.read()
+            header = response.headers.get("Retry-After")
+            raise Refused(response.status, float(header) if header else None)
         response.raise_for_status()
         async for raw in response.content:
             line = raw.strip()
@@ -116,6 +184,7 @@ async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: in
     ttfts: list[float] = []
     gaps: list[float] = []
     errors = 0
+    refused: Counter[bool] = Counter()
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -126,6 +195,10 @@ async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: in
             while time.perf_counter() < stop_at:
                 try:
                     first, request_gaps = await one_request(session, url, max_tokens)
+                except Refused as refusal:
+                    refused[refusal.retry_after is not None] += 1
+                    await asyncio.sleep(min(refusal.retry_after or 0.0, MAX_REFUSED_WAIT_S))
+                    continue
                 except (TimeoutError, aiohttp.ClientError):
                     errors += 1
                     continue
@@ -144,7 +217,20 @@ async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: in
         itl_p50_ms=1000 * statistics.median(gaps) if gaps else float("nan"),
         completed=len(ttfts),
         errors=errors,
+        refused_with_retry_after=refused[True],
+        refused_without_retry_after=refused[False],
     )
+
+
+async def measured_load(server: Server, concurrency: int, duration_s: float, max_tokens: int) -> Result:
+    """One turn of load, with omniserve's loop lag over it where /metrics serves the probe."""
+    before = await scrape_loop_lag(server.url)
+    result = await run_load(server.url, concurrency, duration_s, max_tokens)
+    after = await scrape_loop_lag(server.url)
+    if before is not None and after is not None:
+        result.loop_lag_max_ms = 1000 * after[0]
+        result.loop_stalls_100ms = round((after[1] - before[1]) - (after[2] - before[2]))
+    return result
 
 
 class Server:
@@ -163,21 +249,29 @@ class Server:
         self.log.close()
 
 
-def mean_result(results: list[Result]) -> Result:
-    return Result(
+def summarize(results: list[Result]) -> Level:
+    lags = [r.loop_lag_max_ms for r in results if r.loop_lag_max_ms is not None]
+    stalls = [r.loop_stalls_100ms for r in results if r.loop_stalls_100ms is not None]
+    p99s = [r.ttft_p99_ms for r in results]
+    mean = Result(
         concurrency=results[0].concurrency,
         requests_per_s=statistics.mean(r.requests_per_s for r in results),
         ttft_p50_ms=statistics.mean(r.ttft_p50_ms for r in results),
-        ttft_p99_ms=statistics.mean(r.ttft_p99_ms for r in results),
+        ttft_p99_ms=statistics.mean(p99s),
         itl_p50_ms=statistics.mean(r.itl_p50_ms for r in results),
         completed=sum(r.completed for r in results),
         errors=sum(r.errors for r in results),
+        refused_with_retry_after=sum(r.refused_with_retry_after for r in results),
+        refused_without_retry_after=sum(r.refused_without_retry_after for r in results),
+        loop_lag_max_ms=max(lags) if lags else None,
+        loop_stalls_100ms=sum(stalls) if stalls else None,
     )
+    return Level(mean=mean, ttft_p99_min_ms=min(p99s), ttft_p99_max_ms=max(p99s))
 
 
 async def bench(
     servers: list[Server], levels: list[int], rounds: int, duration_s: float, max_tokens: int
-) -> dict[str, list[Result]]:
+) -> dict[str, list[Level]]:
     """Both servers stay up (an idle server costs next to nothing); at each level they take
     turns, alternating who goes first, so drift on the machine hits both alike."""
     for server in servers:
@@ -185,17 +279,17 @@ async def bench(
         await wait_ready(server.url, server.process)
         print(f"{server.name}: ready in {time.monotonic() - started:.0f} s", flush=True)
         await run_load(server.url, 4, 3, max_tokens)  # warm-up
-    summary: dict[str, list[Result]] = {server.name: [] for server in servers}
+    summary: dict[str, list[Level]] = {server.name: [] for server in servers}
     for level in levels:
         runs: dict[str, list[Result]] = {server.name: [] for server in servers}
         for round_index in range(rounds):
             order = servers if round_index % 2 == 0 else list(reversed(servers))
             for server in order:
-                result = await run_load(server.url, level, duration_s, max_tokens)
+                result = await measured_load(server, level, duration_s, max_tokens)
                 print(f"  {server.name} c={level} round {round_index + 1}: {msgspec.json.encode(result).decode()}")
                 runs[server.name].append(result)
         for name, results in runs.items():
-            summary[name].append(mean_result(results))
+            summary[name].append(summarize(results))
     return summary
 
 
@@ -205,32 +299,41 @@ def ratio(ours: float, theirs: float, higher_is_better: bool) -> str:
     return f"{(ours / theirs) if higher_is_better else (theirs / ours):.2f}"
 
 
-def print_table(ours: list[Result], theirs: list[Result]) -> None:
-    header = (
-        "| concurrency | server | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | done | errors |\n"
-        "|---|---|---|---|---|---|---|---|"
+def print_table(ours: list[Level], theirs: list[Level], rounds: int) -> None:
+    print(
+        "| c | server | req/s | TTFT p50 ms | TTFT p99 ms | p99 min..max | ITL p50 ms | 200 | 429/503 (+RA / -RA) "
+        "| errors | loop lag max ms | lag >=100 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
-    print(header)
     for a, b in zip(ours, theirs, strict=True):
-        for name, r in (("omniserve", a), ("vLLM", b)):
+        for name, level in (("omniserve", a), ("vLLM", b)):
+            r = level.mean
+            lag = f"{r.loop_lag_max_ms:.1f}" if r.loop_lag_max_ms is not None else "n/a"
+            stalls = str(r.loop_stalls_100ms) if r.loop_stalls_100ms is not None else "n/a"
             print(
                 f"| {r.concurrency} | {name} | {r.requests_per_s:.2f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} "
-                f"| {r.itl_p50_ms:.2f} | {r.completed} | {r.errors} |"
+                f"| {level.ttft_p99_min_ms:.0f}..{level.ttft_p99_max_ms:.0f} | {r.itl_p50_ms:.2f} | {r.completed} "
+                f"| {r.refused_with_retry_after} / {r.refused_without_retry_after} | {r.errors} | {lag} | {stalls} |"
             )
+        x, y = a.mean, b.mean
         print(
-            f"| {a.concurrency} | **ratio** | {ratio(a.requests_per_s, b.requests_per_s, True)} "
-            f"| {ratio(a.ttft_p50_ms, b.ttft_p50_ms, False)} | {ratio(a.ttft_p99_ms, b.ttft_p99_ms, False)} "
-            f"| {ratio(a.itl_p50_ms, b.itl_p50_ms, False)} | | |"
+            f"| {x.concurrency} | **ratio** | {ratio(x.requests_per_s, y.requests_per_s, True)} "
+            f"| {ratio(x.ttft_p50_ms, y.ttft_p50_ms, False)} | {ratio(x.ttft_p99_ms, y.ttft_p99_ms, False)} | "
+            f"| {ratio(x.itl_p50_ms, y.itl_p50_ms, False)} | | | | | |"
         )
-    print("\nratios: req/s omniserve/vLLM; latencies vLLM/omniserve (above 1.0 means omniserve is better)")
+    print(
+        f"\n{rounds} rounds per server and level; req/s, p50s and p99 are means over rounds, p99 min..max their "
+        "spread, counts are totals.\nratios: req/s omniserve/vLLM; latencies vLLM/omniserve (above 1.0 means "
+        "omniserve is better).\nloop lag: omniserve's worst event-loop delay in any round of the level, and its "
+        "25 ms probe's wake-ups that came 100 ms or more late (vLLM has no such probe)."
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per concurrency level")
-    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per turn")
+    parser.add_argument("--concurrency", default="1,16,64,256", help="comma-separated levels")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2, help="turns per server at each level (results averaged)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per server at each level")
     parser.add_argument("--model-path", help="a chat model folder (default: build the demo chat model)")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
@@ -254,7 +357,7 @@ def main() -> None:
             server.stop()
     ours, theirs = summary["omniserve"], summary["vllm"]
     print()
-    print_table(ours, theirs)
+    print_table(ours, theirs, args.rounds)
 
 
 if __name__ == "__main__":

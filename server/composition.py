@@ -45,6 +45,7 @@ from server.tasks.runner import TaskRunner
 from server.tasks.store import SqliteTaskStore
 from server.tasks.submission import TaskSubmission
 from server.tasks.webhooks import WebhookSender
+from server.telemetry.loop_lag import LoopLagProbe
 
 log = logging.getLogger("omniserve")
 
@@ -72,7 +73,8 @@ class Components:
             allow_private=tasks.allow_private_urls, timeout_s=tasks.fetch_timeout_s, max_bytes=tasks.max_fetch_bytes
         )
         self.webhooks = WebhookSender(self.outbound)
-        self.metrics = Metrics(scheduler, tasks=self.task_store, webhooks=self.webhooks)
+        self.loop_lag = LoopLagProbe(settings.metrics.loop_lag_interval_s)
+        self.metrics = Metrics(scheduler, tasks=self.task_store, webhooks=self.webhooks, loop_lag=self.loop_lag)
         self.s3_uploader = S3Uploader(settings.s3, self.storage)
         self.webhook_bodies = WebhookBodies(self.storage, settings.public_base_url, self.s3_uploader.presigned_url)
         self.task_runner = TaskRunner(
@@ -168,12 +170,14 @@ class Components:
         await self.accounts.reconcile(self.task_store.status_of)
         max_age = max(self.settings.tasks.output_max_age_s, self.settings.tasks.url_ttl_s)
         self._cleaner = asyncio.create_task(clean_outputs_periodically(self.storage, max_age))
+        self.loop_lag.start()
 
     def begin_drain(self) -> None:
         """The stop signal arrived (called from the signal handler): start no new task."""
         self.task_runner.drain()
 
     async def stop(self) -> None:
+        await self.loop_lag.stop()
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.gather(self._cleaner, return_exceptions=True)

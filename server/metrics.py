@@ -19,6 +19,7 @@ from server.tasks.models import TaskStatus
 from server.tasks.store import SqliteTaskStore
 from server.tasks.webhooks import WebhookSender
 from server.telemetry import instruments
+from server.telemetry.loop_lag import LoopLagProbe
 
 
 class _EngineCollector(Collector):
@@ -135,7 +136,12 @@ class _TaskCollector(Collector):
 
 class Metrics:
     def __init__(
-        self, scheduler: Scheduler, *, tasks: SqliteTaskStore | None = None, webhooks: WebhookSender | None = None
+        self,
+        scheduler: Scheduler,
+        *,
+        tasks: SqliteTaskStore | None = None,
+        webhooks: WebhookSender | None = None,
+        loop_lag: LoopLagProbe | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         for instrument in instruments.ALL:
@@ -146,6 +152,8 @@ class Metrics:
         self.registry.register(ProcessCollector(registry=None))
         if tasks is not None and webhooks is not None:
             self.registry.register(_TaskCollector(tasks, webhooks))
+        if loop_lag is not None:
+            self.registry.register(loop_lag)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -127,6 +127,13 @@ class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     access: Literal["open", "key", "port"] = "key"
     host: str = "127.0.0.1"
     port: int = 9464
+    # How often the event-loop lag probe wakes (omniserve_event_loop_lag_*): short enough to
+    # catch a stall of tens of ms, long enough to cost nothing; 0 turns the probe off.
+    loop_lag_interval_s: float = 0.025
+
+    def __post_init__(self) -> None:
+        if self.loop_lag_interval_s < 0:
+            raise ValueError("metrics.loop_lag_interval_s must not be negative")
 
 
 class VllmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
