@@ -33,6 +33,7 @@ _CODECS = {
 _CONTAINER_OPTIONS = {"ogg": {"page_duration": "100000"}}
 # LAME's default algorithm quality (3) spends more CPU than speaking the text does; 7 halves the
 # encoding time at the same bit rate, and at 64 kbit/s speech it measured the same signal-to-noise.
+# It is LAME's fastest: 8 and 9 write the same bytes, and a lower bit rate or cutoff saves no time.
 _CODEC_OPTIONS = {"libmp3lame": {"compression_level": "7"}}
 _UNKNOWN_LENGTH = 0xFFFFFFFF
 
