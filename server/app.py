@@ -58,6 +58,7 @@ from server.routes.v3.videos import V3VideoController
 from server.routes.vendor.novassium import NovassiumController, novassium_key_guard
 from server.routes.vendor.sdapi import SdApiController
 from server.settings import Settings
+from server.startup_heap import freeze_startup_heap
 from server.telemetry import tracing
 from server.telemetry.http import RequestTelemetry
 
@@ -158,6 +159,13 @@ def _dependencies(components: Components) -> dict[str, Provide]:
     return dependencies
 
 
+async def load_startup_models(scheduler: Scheduler) -> None:
+    """The startup models, then the startup heap frozen (server/startup_heap.py), with no
+    await between, so /ready says 200 only once full collections no longer walk that heap."""
+    await scheduler.load_all()
+    freeze_startup_heap()
+
+
 def create_app(components: Components, *, tracer_provider: TracerProvider | None = None) -> Litestar:
     """With ``tracer_provider`` (the globally installed one), every request gets a server span."""
 
@@ -166,7 +174,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         # Models load in the background: /health answers at once and /ready says 503
         # until the startup models are resident (engines/scheduler.py: load_all).
         scheduler = components.scheduler
-        components.load_task = asyncio.create_task(scheduler.load_all())
+        components.load_task = asyncio.create_task(load_startup_models(scheduler))
         scheduler.start()
         await components.start()
         try:
