@@ -54,7 +54,6 @@ import argparse
 import asyncio
 import contextlib
 import http.client
-import io
 import multiprocessing
 import os
 import statistics
@@ -71,7 +70,6 @@ from typing import Any
 
 import aiohttp
 import msgspec
-import numpy as np
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +78,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from machine import free_port, load  # noqa: E402
 from v3_clients import Server, toml_value, wait_ready  # noqa: E402
+
+from tests.audio_inputs import lying_mp3  # noqa: E402
 
 HOST = "127.0.0.1"
 CHAT_MODEL = "demo-chat"
@@ -495,55 +495,6 @@ async def negative_generations(client: Client) -> Outcome:
     return single(*await post_headers_first(client, "/v1/images/generations", raw, "application/json"))
 
 
-def _encode_mp3(seconds: float, rate: int = 16000) -> bytes:
-    """A quiet 440 Hz tone as a 32 kb/s mono MP3 (PyAV's libmp3lame), ID3 tag stripped."""
-    import av
-
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.1 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp3") as output:
-        stream: Any = output.add_stream("libmp3lame", rate=rate, layout="mono")
-        stream.bit_rate = 32_000
-        resampler = av.AudioResampler(format=stream.format, layout="mono", rate=rate)
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
-        frame.sample_rate = rate
-        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
-            for packet in stream.encode(converted):
-                output.mux(packet)
-        for packet in stream.encode(None):
-            output.mux(packet)
-    mp3 = buffer.getvalue()
-    if mp3[:3] == b"ID3":
-        size = (mp3[6] << 21) | (mp3[7] << 14) | (mp3[8] << 7) | mp3[9]  # syncsafe integer
-        mp3 = mp3[10 + size :]
-    return mp3
-
-
-def _first_audio_frame(mp3: bytes) -> int:
-    """Where the first audio frame starts: FFmpeg reads the Info frame before it as a header."""
-    import av
-
-    with av.open(io.BytesIO(mp3), format="mp3") as container:
-        packet = next(container.demux(audio=0))
-        return int(packet.pos or 0)
-
-
-def lying_mp3(declared_s: float = DECLARED_AUDIO_S, held_s: float = HELD_AUDIO_S) -> bytes:
-    """An MP3 whose Info header counts `declared_s` of frames, followed by `held_s` of frames it
-    does not count (one encoded minute, repeated): FFmpeg reports the declared length and
-    decodes all of it. The header's byte count is set to the whole file's, so nothing looks amiss."""
-    header = _encode_mp3(declared_s)
-    minute = _encode_mp3(AUDIO_CHUNK_S)
-    minute = minute[_first_audio_frame(minute) :]
-    lying = bytearray(header + minute * round(held_s / AUDIO_CHUNK_S))
-    tag = lying.find(b"Info")
-    if tag < 0 or int.from_bytes(lying[tag + 4 : tag + 8], "big") & 0x3 != 0x3:
-        raise RuntimeError("the encoder wrote no Info header that counts frames and bytes")
-    lying[tag + 12 : tag + 16] = len(lying).to_bytes(4, "big")
-    return bytes(lying)
-
-
 async def lying_audio(client: Client, audio: bytes) -> Outcome:
     boundary = "hostile-load-boundary"
     form = (
@@ -803,7 +754,7 @@ def main() -> None:
     os.environ["OMNISERVE_TASKS__ALLOW_PRIVATE_URLS"] = "true"
     started = time.monotonic()
     specs = demo_specs(args.demo_root)
-    audio = lying_mp3()
+    audio = lying_mp3(DECLARED_AUDIO_S, HELD_AUDIO_S, chunk_s=AUDIO_CHUNK_S, bit_rate=32_000)
     print(f"demo models and the lying MP3 ready in {time.monotonic() - started:.1f} s", flush=True)
     work = Path(tempfile.mkdtemp(prefix="omniserve-hostile-"))
     port = free_port()

@@ -10,7 +10,8 @@ import time
 from typing import TYPE_CHECKING
 
 from engines.base import ModelSpec
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings
+from server.settings_loading import SettingsError, load_settings
 
 if TYPE_CHECKING:
     from server.keystore import KeyStore

@@ -65,7 +65,7 @@ def silence(seconds: float, rate: int) -> np.ndarray:
     return np.zeros(int(seconds * rate), dtype=np.float32)
 
 
-def encode(wav_bytes: bytes, container: str) -> bytes:
+def encode(wav_bytes: bytes, container: str, *, bit_rate: int | None = None) -> bytes:
     """The WAV re-encoded into ``container`` (a key of CONTAINERS) with PyAV."""
     import av
 
@@ -75,6 +75,8 @@ def encode(wav_bytes: bytes, container: str) -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=format_name) as output:
         stream = output.add_stream(codec, rate=out_rate, layout="mono")
+        if bit_rate is not None:
+            stream.bit_rate = bit_rate
         resampler = av.AudioResampler(format=stream.format, layout="mono", rate=out_rate)
         frame = av.AudioFrame.from_ndarray((samples * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
         frame.sample_rate = rate
@@ -102,13 +104,18 @@ def _first_audio_frame(mp3: bytes) -> int:
         return int(packet.pos)
 
 
-def lying_mp3(declared_s: float, actual_s: float) -> bytes:
+def lying_mp3(
+    declared_s: float, actual_s: float, *, chunk_s: float | None = None, bit_rate: int | None = None
+) -> bytes:
     """An MP3 whose Info header counts ``declared_s`` of frames, followed by ``actual_s`` of
     frames it does not count: FFmpeg reports the declared length and decodes all of it. The
-    header's byte count is set to the whole file's, so FFmpeg finds no mismatch to warn of."""
-    header = _without_id3(encode(tone(declared_s), "mp3"))
-    body = _without_id3(encode(tone(actual_s), "mp3"))
-    body = body[_first_audio_frame(body) :]
+    header's byte count is set to the whole file's, so FFmpeg finds no mismatch to warn of.
+    ``chunk_s``: the held frames are one encoded chunk of that length, repeated (fast to make
+    for long files)."""
+    header = _without_id3(encode(tone(declared_s), "mp3", bit_rate=bit_rate))
+    piece = chunk_s if chunk_s is not None else actual_s
+    body = _without_id3(encode(tone(piece), "mp3", bit_rate=bit_rate))
+    body = body[_first_audio_frame(body) :] * max(1, round(actual_s / piece))
     lying = bytearray(header + body)
     tag = lying.find(b"Info")
     flags = struct.unpack_from(">I", lying, tag + 4)[0]

@@ -16,7 +16,7 @@ from engines.base import ImageGeneration, ImageResult, ModelKind, ModelSpec, Pro
 from server.app import build_components, create_app
 from server.data_lock import DataDirLocked
 from server.http_server import DrainingServer
-from server.settings import load_settings
+from server.settings_loading import load_settings
 from tests.fakes import FAKE_SPECS, FakeImageEngine, fake_factory
 
 

@@ -32,11 +32,17 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(
-    tmp_path: Path, *, specs: list[ModelSpec] | None = None, factory: Any = fake_factory, **settings: object
+    tmp_path: Path,
+    *,
+    specs: list[ModelSpec] | None = None,
+    factory: Any = fake_factory,
+    factories: dict[str, Any] | None = None,
+    **settings: object,
 ) -> AsyncIterator[tuple[str, Components]]:
-    """The base URL of the running app, and its components."""
+    """The base URL of the running app, and its components. ``factory`` builds the fake
+    catalog's engines; ``factories`` adds engines of other kinds."""
     config = msgspec.convert({"data_dir": str(tmp_path), **settings}, Settings)
-    state = build_components(config, specs if specs is not None else FAKE_SPECS, {"fake": factory})
+    state = build_components(config, specs if specs is not None else FAKE_SPECS, {"fake": factory, **(factories or {})})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())

@@ -4,21 +4,17 @@ cancellation mechanism (server/cancellation.py) under a real HTTP server."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
-import uvicorn
 
 from engines.base import ImageGeneration, ImageResult, ModelKind, ModelSpec, ProgressCallback
-from server.app import build_components, create_app
 from server.composition import Components
-from server.settings import Settings
-from tests.fakes import FAKE_SPECS, FakeImageEngine, FakeTextEngine, fake_factory
+from tests.fakes import FakeImageEngine, FakeTextEngine, fake_factory
+from tests.unit.serving import serve
 
 
 class SlowImageEngine(FakeImageEngine):
@@ -45,28 +41,10 @@ def factory(spec: ModelSpec) -> Any:
     return fake_factory(spec)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Components]]:
-    settings = msgspec.convert({"data_dir": str(tmp_path)}, Settings)
-    state = build_components(settings, FAKE_SPECS, {"fake": factory})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning", lifespan="on"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(30):
-            while not server.started:
-                await asyncio.sleep(0.05)
-            await state.load_task  # type: ignore[misc]
-        yield f"http://127.0.0.1:{port}", state
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 30)
+    async with serve(tmp_path, factory=factory) as running:
+        yield running
 
 
 async def _leave_after(url: str, path: str, body: dict[str, Any], started: asyncio.Event) -> None:

@@ -23,7 +23,8 @@ from schemas.limits import MAX_PROMPT_CHARS
 from server.app import build_components, create_app
 from server.composition import Components
 from server.prompt_limit import max_prompt_chars, set_max_prompt_chars
-from server.settings import Settings, SettingsError, load_settings
+from server.settings import Settings
+from server.settings_loading import SettingsError, load_settings
 from tests.fakes import FAKE_SPECS, FAKE_UPSCALER_SPEC, FakeImageEngine
 from tests.unit.conftest import make_state
 

@@ -19,7 +19,8 @@ from PIL import Image
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import AwsS3Storage, CustomStorage
 from server.app import create_app
-from server.settings import S3Settings, SettingsError, load_settings
+from server.settings import S3Settings
+from server.settings_loading import SettingsError, load_settings
 from server.storage.local import LocalStorage
 from server.storage.s3 import S3Uploader, bucket_allowed, check_aws_s3, object_key
 from server.tasks.models import OutputFile, S3Object, Task, TaskType

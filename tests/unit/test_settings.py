@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engines.base import ModelKind
-from server import settings as settings_module
-from server.settings import SettingsError, is_setting_path, load_settings
+from server import settings_loading as settings_module
+from server.settings_loading import SettingsError, is_setting_path, load_settings
 
 
 @pytest.fixture(autouse=True)

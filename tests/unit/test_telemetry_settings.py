@@ -12,7 +12,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-from server.settings import Settings, SettingsError, TelemetrySettings, load_settings
+from server.settings import Settings, TelemetrySettings
+from server.settings_loading import SettingsError, load_settings
 from server.telemetry.logs import REQUEST_ID, JsonFormatter
 from server.telemetry.tracing import TracingChoice, build_tracer_provider, resolve, span_exporter
 from tests.tracing import PROVIDER

@@ -7,28 +7,25 @@ keeps every request waiting."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
-import uvicorn
 
 import server.app
 import server.capabilities.transcription.transcriber as transcriber_module
 from engines.admission import AdmissionPolicy
 from engines.audio.decoding import decode_upload
 from engines.base import TranscribedSegment, TranscriptionJob
-from server.app import build_components, create_app
 from server.composition import Components
-from server.settings import Settings
 from tests.audio_inputs import tone
-from tests.fakes import FAKE_SPECS, fake_factory
+from tests.fakes import FAKE_SPECS
 from tests.fakes_audio import FAKE_WHISPER_SPEC, FakeWhisperEngine
+from tests.unit.serving import serve as serve_app
 
 MODEL = FAKE_WHISPER_SPEC.name
 AUDIO = tone(3.0)
@@ -54,12 +51,6 @@ class Served:
         return await client.post(self.url + "/v1/audio/transcriptions", data=data, files=files, timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 ServeFactory = Callable[..., Awaitable[Served]]
 
 
@@ -67,26 +58,20 @@ ServeFactory = Callable[..., Awaitable[Served]]
 async def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ServeFactory]:
     """Starts the app under uvicorn with the given `limits` settings, one request per model at a time."""
     monkeypatch.setattr(server.app, "AdmissionPolicy", functools.partial(AdmissionPolicy, max_concurrency=1))
-    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+    async with contextlib.AsyncExitStack() as running:
 
-    async def start(**limits: Any) -> Served:
-        settings = msgspec.convert({"data_dir": str(tmp_path), "limits": limits}, Settings)
-        factories = {"fake": fake_factory, "fake-whisper": FakeWhisperEngine}
-        state = build_components(settings, [*FAKE_SPECS, FAKE_WHISPER_SPEC], factories)  # type: ignore[arg-type]
-        port = free_port()
-        uv = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning", lifespan="on"))
-        task = asyncio.create_task(uv.serve())
-        servers.append((uv, task))
-        async with asyncio.timeout(30):
-            while not uv.started:
-                await asyncio.sleep(0.02)
-            await state.load_task  # type: ignore[misc]
-        return Served(f"http://127.0.0.1:{port}", state)
+        async def start(**limits: Any) -> Served:
+            url, state = await running.enter_async_context(
+                serve_app(
+                    tmp_path,
+                    specs=[*FAKE_SPECS, FAKE_WHISPER_SPEC],
+                    factories={"fake-whisper": FakeWhisperEngine},
+                    limits=limits,
+                )
+            )
+            return Served(url, state)
 
-    yield start
-    for uv, task in servers:
-        uv.should_exit = True
-        await asyncio.wait_for(task, 30)
+        yield start
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
