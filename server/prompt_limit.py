@@ -65,11 +65,48 @@ def _prompt_fields(struct_type: type[msgspec.Struct]) -> dict[str, tuple[str, bo
     return fields
 
 
+def _structs_in(info: Any) -> list[type[msgspec.Struct]]:
+    """The struct types a field of type ``info`` may hold, directly or inside lists and unions."""
+    inspect = msgspec.inspect
+    if isinstance(info, inspect.Metadata):
+        return _structs_in(info.type)
+    if isinstance(info, inspect.UnionType):
+        return [found for member in info.types for found in _structs_in(member)]
+    if isinstance(info, inspect.ListType):
+        return _structs_in(info.item_type)
+    if isinstance(info, inspect.StructType):
+        return [info.cls]
+    return []
+
+
+@functools.cache
+def _holds_prompts(struct_type: type[msgspec.Struct]) -> bool:
+    """Whether any prompt text can sit in ``struct_type`` at any depth: bodies that hold none
+    (every text request) are not walked at all."""
+    seen: set[type[msgspec.Struct]] = set()
+    pending = [struct_type]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        if any(marked for _, marked in _prompt_fields(current).values()):
+            return True
+        info = msgspec.inspect.type_info(current)
+        if isinstance(info, msgspec.inspect.StructType):
+            pending.extend(found for field in info.fields for found in _structs_in(field.type))
+    return False
+
+
 def check_prompts(value: Any, path: str = "") -> None:
     """Refuse (400 INVALID_REQUEST_BODY naming the field) a prompt text of ``value`` over the limit."""
     if isinstance(value, msgspec.Struct):
+        if not _holds_prompts(type(value)):
+            return
         for name, (wire, marked) in _prompt_fields(type(value)).items():
             item = getattr(value, name)
+            if not marked and not isinstance(item, msgspec.Struct | list):
+                continue
             where = f"{path}.{wire}" if path else wire
             if marked:
                 _check_text(item, where)
