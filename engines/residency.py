@@ -34,7 +34,7 @@ class ModelResidency(msgspec.Struct, kw_only=True):
     loads: int
     last_load_s: float | None
     total_load_s: float
-    evictions: dict[str, int]  # by reason: "lru" (made room for another), "idle" (the TTL)
+    evictions: dict[str, int]  # by reason: "lru" (made room for another), "idle" (the TTL), "admin" (the admin API)
     sleeps: int  # evictions done by sleeping the engine rather than unloading it
     wakes: int  # leases that woke the model instead of loading it
     total_wake_s: float

@@ -42,7 +42,15 @@ from opentelemetry import trace
 from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner
 from engines.base import DeviceSerialEngine, Engine, ModelSpec, SleepableEngine, served_kinds
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
-from engines.errors import EngineError, ModelNotFound, Overloaded, WrongModelKind
+from engines.errors import (
+    EngineError,
+    ModelDoesNotFit,
+    ModelInUse,
+    ModelLoadFailed,
+    ModelNotFound,
+    Overloaded,
+    WrongModelKind,
+)
 from engines.registry import ModelRegistry
 from engines.residency import HOLDS_MEMORY, DeviceUsage, ModelResidency, Residency, SchedulerReport
 
@@ -558,6 +566,83 @@ class Scheduler:
         if slot.demand == 0:
             # The model may be evicted now, and a load waiting for room may have no requester left.
             self._room_freed.set()
+
+    # -- operator actions (the admin API) ------------------------------------------------------
+    #
+    # Each takes a name or alias and returns the catalog name. Changes hold until the process
+    # ends: a restart starts again from the catalog's pins.
+
+    async def load_model(self, name: str) -> str:
+        """Load (or wake) the model now, evicting idle unpinned models, least recently used
+        first, to make room. ModelDoesNotFit at once when pinned models and models in use
+        leave no room; ModelLoadFailed when the engine fails (a failed model is tried again).
+        The load runs shielded: a caller that gives up does not cancel it halfway."""
+        slot = self._slot(name)
+        await self._operator_load(slot)
+        return slot.name
+
+    async def _operator_load(self, slot: _Slot) -> None:
+        if slot.state is Residency.RESIDENT:
+            return
+        if slot.load_task is None or slot.load_task.done():
+            slot.load_task = asyncio.ensure_future(self.load(slot.name))
+        try:
+            await asyncio.shield(slot.load_task)
+        except NoRoomError:
+            raise ModelDoesNotFit(
+                f"The model '{slot.name}' does not fit on {slot.device}: pinned models and models in use "
+                "hold its budget. Unpin or unload some first."
+            ) from None
+        except Exception:
+            raise ModelLoadFailed(slot.name) from None
+
+    async def unload_model(self, name: str) -> str:
+        """Unload the model now, freeing its memory (the host copy of a sleeping one too), and
+        unpin it: a pinned model is loaded by definition. ModelInUse while requests hold or
+        wait for it, or while it is loading or unloading: the admin API does not hold new
+        requests back to drain a model; its caller tries again."""
+        slot = self._slot(name)
+        async with self._placement:
+            loading = slot.load_task is not None and not slot.load_task.done()
+            if loading or slot.state in (Residency.LOADING, Residency.UNLOADING):
+                raise ModelInUse(f"The model '{slot.name}' is loading or unloading; try again when it has settled.")
+            if slot.state is Residency.UNLOADED:
+                slot.pinned = False
+                return slot.name
+            if slot.demand:
+                raise ModelInUse(
+                    f"The model '{slot.name}' has {slot.demand} requests running or waiting; try again when idle."
+                )
+            slot.pinned = False
+            # Checked and marked with no await between: no lease starts on it from here on.
+            reason = None if slot.state is Residency.FAILED else "admin"
+            log.info("unloading %s: asked by an operator", slot.name)
+            await self._unload(slot, reason=reason)
+        return slot.name
+
+    async def pin_model(self, name: str) -> str:
+        """Load the model as ``load_model`` does and keep it loaded: never evicted, never
+        unloaded for idleness, and required by ``ready``. It stays unpinned if it cannot load."""
+        slot = self._slot(name)
+        was_pinned = slot.pinned
+        # Pinned only once resident: a pinned model that is not resident makes the server unready.
+        await self._operator_load(slot)
+        slot.pinned = True
+        if slot.state is not Residency.RESIDENT:  # evicted between the load and the pin
+            try:
+                await self._operator_load(slot)
+            except BaseException:
+                slot.pinned = was_pinned
+                raise
+        return slot.name
+
+    def unpin_model(self, name: str) -> str:
+        """Let the model be evicted and unloaded for idleness again; it stays loaded for now."""
+        slot = self._slot(name)
+        slot.pinned = False
+        # It may be evicted now, for a load waiting for room.
+        self._room_freed.set()
+        return slot.name
 
     # -- visibility ----------------------------------------------------------------------------
 
