@@ -11,7 +11,6 @@ from typing import Any
 from litestar import Litestar, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
 
 from engines import workpools
@@ -40,6 +39,7 @@ from server.metrics import Metrics
 from server.metrics_access import METRICS_PATH, MetricsListenerOnlyServesMetrics, metrics_guards
 from server.request_bodies import BodyGuard
 from server.routes.admin import AdminController
+from server.routes.api_docs import openapi_config
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
@@ -245,7 +245,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         exception_handlers={Exception: handle_exception},
         lifespan=[engines_lifespan],
         request_max_body_size=components.settings.limits.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="omniserve", version=VERSION, path="/schema"),
+        openapi_config=openapi_config("omniserve", VERSION),
         debug=False,
         logging_config=None,
         **tracing.app_options(tracer_provider),
