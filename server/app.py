@@ -32,6 +32,7 @@ from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
 from server.cancellation import CancelOnDisconnect
 from server.composition import Components
+from server.cors import UnlistedOriginsAsSameSite, cors_config
 from server.errors import handle_exception
 from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
 from server.keystore import KeyStore
@@ -206,6 +207,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
 
     settings = components.settings
     hosts = HostPolicy(settings)
+    cors = cors_config(settings.http)
     admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_key, require_admin])
     v3_router = Router(
         path="/",
@@ -245,6 +247,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         exception_handlers={Exception: handle_exception},
         lifespan=[engines_lifespan],
         request_max_body_size=components.settings.limits.max_body_bytes,
+        cors_config=cors,
         openapi_config=openapi_config("omniserve", VERSION),
         debug=False,
         logging_config=None,
@@ -253,8 +256,11 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     document_error_responses(app)
     # Outermost, so unknown routes and errors get a request id, a metric and a log line too;
     # inside it, a request whose client leaves is cancelled; innermost, JSON bodies nested
-    # too deeply are refused before anything decodes them (server/request_bodies.py).
+    # too deeply are refused before anything decodes them (server/request_bodies.py), and
+    # an Origin that CORS does not allow is dropped (server/cors.py).
     handler: Any = BodyGuard(app.asgi_handler, settings.limits.max_json_depth)
+    if cors is not None:
+        handler = UnlistedOriginsAsSameSite(handler, cors)
     if settings.metrics.access == "port":
         handler = MetricsListenerOnlyServesMetrics(handler, settings.metrics.port)
     app.asgi_handler = RequestTelemetry(CancelOnDisconnect(handler))

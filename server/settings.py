@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -109,6 +110,31 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # and its own address: a page on another site cannot reach it through DNS rebinding. Output
     # URLs are built from the Host header only for these hosts too. "*" allows any host.
     allowed_hosts: list[str] = []
+
+
+class HttpSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What web pages of other origins may do with this server from a browser (CORS)."""
+
+    # Origins ("https://app.example.com", scheme://host[:port]) whose pages may call the API
+    # from a browser and read its answers; "*" allows any origin. Empty: no CORS headers at all,
+    # so a browser lets no other site's page read an answer.
+    cors_origins: list[str] = []
+    # How long a browser may reuse a preflight's answer.
+    cors_max_age_s: int = 600
+
+    def __post_init__(self) -> None:
+        for origin in self.cors_origins:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or origin != f"{parts.scheme}://{parts.netloc}"
+            ):
+                raise ValueError(f"http.cors_origins: {origin!r} is not an origin (scheme://host[:port]) or '*'")
+        if self.cors_max_age_s < 0:
+            raise ValueError("http.cors_max_age_s must not be negative")
 
 
 class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -450,6 +476,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
     vendor: VendorSettings = msgspec.field(default_factory=VendorSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 
