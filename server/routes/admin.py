@@ -25,9 +25,9 @@ _CONFLICT = {
 }
 
 
-def _admin_model(scheduler: Scheduler, name: str) -> AdminModel:
+def _admin_model(scheduler: Scheduler, name: str, report: SchedulerReport | None = None) -> AdminModel:
     spec = scheduler.spec(name)
-    residency = scheduler.report().models[spec.name]
+    residency = (report or scheduler.report()).models[spec.name]
     return AdminModel(
         name=spec.name,
         aliases=list(spec.aliases),
@@ -58,7 +58,9 @@ class AdminController(Controller):
 
     @get("/models", summary="The catalog's models: where each lives and stands", operation_id="listAdminModels")
     async def list_models(self, scheduler: Scheduler) -> AdminModelList:
-        return AdminModelList(models=[_admin_model(scheduler, engine.spec.name) for engine in scheduler.registry])
+        report = scheduler.report()
+        models = [_admin_model(scheduler, engine.spec.name, report) for engine in scheduler.registry]
+        return AdminModelList(models=models)
 
     @get("/models/{name:path}", summary="One catalog model, by name or alias", operation_id="getAdminModel")
     async def get_model(self, name: str, scheduler: Scheduler) -> AdminModel:
