@@ -91,6 +91,8 @@ class SequenceDelta(msgspec.Struct, kw_only=True, gc=False):
     token_ids: list[int]
     logprobs: list[TokenLogprobs] | None = None
     finish_reason: str | None = None
+    # The stop string that ended the sequence (finish_reason "stop"), when one did.
+    stop_string: str | None = None
 
 
 class GenerationStep(msgspec.Struct, kw_only=True, gc=False):

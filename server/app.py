@@ -40,6 +40,7 @@ from server.metrics import Metrics
 from server.metrics_access import METRICS_PATH, MetricsListenerOnlyServesMetrics, metrics_guards
 from server.request_bodies import BodyGuard
 from server.routes.admin import AdminController
+from server.routes.anthropic.messages import MessagesController
 from server.routes.api_docs import openapi_config
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
@@ -148,6 +149,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "videos": components.openai_videos,
         "v3_videos": components.v3_videos,
         "chat": text.chat,
+        "turns": text.turns,
         "completions": text.completions,
         "embeddings": text.embeddings,
         "rerank": text.rerank,
@@ -205,6 +207,9 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             guards=[require_key, openai_account],
         )
 
+    # Anthropic's Messages API: under /v1 beside OpenAI's routes, with their key and windows.
+    anthropic_router = Router(path="/v1", route_handlers=[MessagesController], guards=[require_key, openai_account])
+
     settings = components.settings
     hosts = HostPolicy(settings)
     cors = cors_config(settings.http)
@@ -229,6 +234,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             ),
             openai_router("/openai/v1"),
             openai_router("/v1"),
+            anthropic_router,
             v3_router,
             admin_router,
             FilesController,

@@ -1,8 +1,8 @@
 """Render every failure in the envelope of the route family that was called.
 
 One handler per envelope: ``/openai`` and ``/v1`` speak OpenAI's error body, ``/v3``
-speaks Novita's, ``/api/novassium`` Novassium's and ``/api/v3`` the Stable Diffusion API's;
-anything else falls back to Novita's shape. Unexpected exceptions
+speaks Novita's, ``/api/novassium`` Novassium's, ``/api/v3`` the Stable Diffusion API's and
+``/v1/messages`` Anthropic's; anything else falls back to Novita's shape. Unexpected exceptions
 are logged with their traceback here and reach the client only as a generic 500.
 """
 
@@ -28,6 +28,9 @@ from engines.errors import (
     Overloaded,
     WrongModelKind,
 )
+from schemas.anthropic.messages import ErrorDetail as AnthropicErrorDetail
+from schemas.anthropic.messages import ErrorResponse as AnthropicErrorResponse
+from schemas.anthropic.messages import ErrorType as AnthropicErrorType
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import ErrorDetail, ErrorResponse
 from schemas.v3.common import V3Error
@@ -84,6 +87,39 @@ def v3_error_body(error: ApiError) -> bytes:
     )
 
 
+# Anthropic's error types. The status is the code's own (as in every family); the type says
+# what the failure is, so a key that is not valid is an authentication_error although this
+# server answers it with 403 (INVALID_API_KEY), as on every route.
+_ANTHROPIC_CODE_TYPES: dict[ErrorCode, AnthropicErrorType] = {
+    ErrorCode.MISSING_API_KEY: "authentication_error",
+    ErrorCode.INVALID_API_KEY: "authentication_error",
+    ErrorCode.API_NOT_ALLOWED: "permission_error",
+    ErrorCode.ACCESS_DENY: "permission_error",
+    ErrorCode.QUEUE_FULL: "overloaded_error",
+    ErrorCode.SERVICE_NOT_AVAILABLE: "overloaded_error",
+}
+_ANTHROPIC_STATUS_TYPES: dict[int, AnthropicErrorType] = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def anthropic_error_body(error: ApiError) -> bytes:
+    """Anthropic's envelope. It has no field for the code or the param, so the message names
+    the param (as Anthropic's own messages do: ``max_tokens: Field required``)."""
+    kind = _ANTHROPIC_CODE_TYPES.get(error.code) or _ANTHROPIC_STATUS_TYPES.get(error.status)
+    if kind is None:
+        kind = "api_error" if error.status >= 500 else "invalid_request_error"
+    message = error.message
+    if error.param and error.param not in message:
+        message = f"{error.param}: {message}"
+    return msgspec.json.encode(AnthropicErrorResponse(error=AnthropicErrorDetail(type=kind, message=message)))
+
+
 # Novassium's error table: its lowercase codes, and its own messages where it gives them.
 _NOVASSIUM_CODES = {
     ErrorCode.MISSING_API_KEY: ("missing_api_key", "API key is missing."),
@@ -132,6 +168,11 @@ def sdapi_error_body(error: ApiError) -> bytes:
     return msgspec.json.encode(body)
 
 
+def is_anthropic_path(path: str) -> bool:
+    """Anthropic's Messages API, served beside OpenAI's routes under /v1."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
 def is_openai_path(path: str) -> bool:
     return path.startswith(("/openai/", "/v1/")) or path in ("/openai", "/v1")
 
@@ -143,9 +184,12 @@ class ErrorFamily(enum.StrEnum):
     NOVITA = "novita"
     NOVASSIUM = "novassium"
     SDAPI = "sdapi"
+    ANTHROPIC = "anthropic"
 
 
 def error_family(path: str) -> ErrorFamily:
+    if is_anthropic_path(path):
+        return ErrorFamily.ANTHROPIC
     if is_openai_path(path):
         return ErrorFamily.OPENAI
     if path.startswith("/api/novassium/"):
@@ -160,6 +204,7 @@ _BODIES: dict[ErrorFamily, Callable[[ApiError], bytes]] = {
     ErrorFamily.NOVITA: v3_error_body,
     ErrorFamily.NOVASSIUM: novassium_error_body,
     ErrorFamily.SDAPI: sdapi_error_body,
+    ErrorFamily.ANTHROPIC: anthropic_error_body,
 }
 
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 
 from schemas.errors import ApiError
-from server.errors import as_api_error, openai_error_body
+from server.errors import anthropic_error_body, as_api_error, openai_error_body
 
 log = logging.getLogger("omniserve.errors")
 
@@ -26,6 +26,16 @@ _encoder = msgspec.json.Encoder()
 
 def sse_event(payload: msgspec.Struct) -> bytes:
     return b"data: " + _encoder.encode(payload) + b"\n\n"
+
+
+def named_event(name: str, payload: msgspec.Struct) -> bytes:
+    """An event with an ``event:`` line (Anthropic's streams name every event)."""
+    return b"event: " + name.encode() + b"\ndata: " + _encoder.encode(payload) + b"\n\n"
+
+
+def anthropic_error_event(error: ApiError) -> bytes:
+    """An error after an Anthropic stream began: its ``error`` event, which its SDKs raise."""
+    return b"event: error\ndata: " + anthropic_error_body(error) + b"\n\n"
 
 
 def openai_error_event(error: ApiError) -> bytes:

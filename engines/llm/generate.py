@@ -208,4 +208,6 @@ class VllmTextEngine(VllmEngineBase):
             token_ids=list(seq.token_ids),
             logprobs=logprobs,
             finish_reason=seq.finish_reason,
+            # vLLM's stop_reason: the stop string, or the stop token id (not reported).
+            stop_string=seq.stop_reason if isinstance(seq.stop_reason, str) else None,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import get_args
 
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
@@ -27,6 +28,7 @@ from litestar.types import Method
 from litestar.types.callable_types import OperationIDCreator
 from litestar.types.internal_types import PathParameterDefinition
 
+from schemas.anthropic.messages import ErrorType as AnthropicErrorType
 from schemas.errors import ErrorCode
 from server.errors import ErrorFamily, error_family
 
@@ -139,6 +141,29 @@ ERROR_SCHEMAS: dict[ErrorFamily, tuple[str, Schema]] = {
                 "tips": _STRING,
             },
             description="The Stable Diffusion API's error body.",
+        ),
+    ),
+    ErrorFamily.ANTHROPIC: (
+        "AnthropicError",
+        Schema(
+            type=OpenAPIType.OBJECT,
+            required=["type", "error"],
+            properties={
+                "type": Schema(type=OpenAPIType.STRING, const="error"),
+                "error": Schema(
+                    type=OpenAPIType.OBJECT,
+                    required=["type", "message"],
+                    properties={
+                        "type": Schema(
+                            type=OpenAPIType.STRING,
+                            enum=list(get_args(AnthropicErrorType)),
+                            description="Anthropic's error type, from the unified code (server/errors.py).",
+                        ),
+                        "message": _STRING,
+                    },
+                ),
+            },
+            description="Anthropic's error body.",
         ),
     ),
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engines.scheduler import Scheduler
 from server.capabilities.text.chat import ChatService
+from server.capabilities.text.chat_turns import ChatTurns
 from server.capabilities.text.completions import CompletionService
 from server.capabilities.text.embeddings import EmbeddingService
 from server.capabilities.text.rerank import RerankService
@@ -19,6 +20,8 @@ class TextCapability:
         # One renderer, so that its cap on client templates holds for every route.
         templates = TemplateRenderer(limits)
         self.chat = ChatService(scheduler, limits, templates)
+        # The same chat, for adapters of other API families (Anthropic's Messages API).
+        self.turns = ChatTurns(scheduler, limits, templates)
         self.completions = CompletionService(scheduler, limits)
         self.embeddings = EmbeddingService(scheduler, limits)
         self.rerank = RerankService(scheduler, limits)
