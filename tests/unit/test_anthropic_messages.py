@@ -306,6 +306,9 @@ async def test_ignored_and_refused_fields(base_url: str) -> None:
         "type": "invalid_request_error",
         "message": "messages[0].content[0]: This model accepts text content only; image blocks are not supported.",
     }
+    prefill = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,"}]
+    prefilled = await post(base_url, "/v1/messages", body(messages=prefill))
+    assert prefilled.status_code == 400 and error_of(prefilled)["message"].startswith("messages[1]: ")
     bad_stop = await post(base_url, "/v1/messages", body(max_tokens=100_000))
     assert bad_stop.status_code == 400 and "max_tokens" in error_of(bad_stop)["message"]
 

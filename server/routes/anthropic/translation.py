@@ -6,7 +6,8 @@ calls; ``tool_result`` blocks -> tool messages; ``tools[].input_schema`` -> the 
 parameters; ``tool_choice`` auto / any / tool / none -> "auto" / "required" / the named
 function / "none" (``disable_parallel_tool_use`` -> ``parallel_tool_calls`` false);
 ``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``. Images are refused, as the
-OpenAI route refuses image parts: no model served here reads them.
+OpenAI route refuses image parts: no model served here reads them. A final assistant message
+(Anthropic's prefill, which the answer continues) is refused: templates cannot continue it.
 """
 
 from __future__ import annotations
@@ -152,6 +153,13 @@ def chat_request(body: MessageInputs) -> ChatCompletionRequest:
         parallel_tool_calls=parallel,
     )
     if isinstance(body, MessagesRequest):
+        if body.messages and body.messages[-1].role == "assistant":
+            # Anthropic continues a final assistant message (a prefill); the chat templates
+            # here can only close it and start a new turn, which would answer something else.
+            raise bad_request(
+                "A final assistant message (prefill) is not supported: end with a user message.",
+                f"messages[{len(body.messages) - 1}]",
+            )
         request.max_tokens = body.max_tokens
         request.stop = body.stop_sequences or None
         request.temperature = body.temperature
