@@ -10,14 +10,20 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from litestar.testing import AsyncTestClient
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from engines.base import GenerationStep, ModelKind, ModelSpec, SamplingOptions, SequenceDelta
 from engines.errors import EngineFailure
 from schemas.anthropic.messages import MessagesRequest
 from schemas.errors import ApiError, ErrorCode
+from server.app import build_components, create_app
 from server.errors import anthropic_error_body, error_family
 from server.routes.anthropic.translation import chat_request
+from server.settings import Settings
 from tests.fakes import FakeEmbeddingEngine, FakeTextEngine
+from tests.tracing import FORWARD, PROVIDER
 from tests.unit.serving import serve
 
 REPLY = "Hello there. STOP now."
@@ -338,3 +344,43 @@ async def test_failure_after_the_stream_began_is_an_error_event(base_url: str) -
     name, data = sent[-1]
     assert name == "error" and data["error"]["type"] == "api_error"
     assert "message_stop" not in [name for name, _ in sent]
+
+
+# Metering and tracing: as chat.
+
+
+async def test_a_metered_key_pays_for_the_tokens_it_used(tmp_path: Path) -> None:
+    # One credit per prompt token, two per generated token: exact in floating point.
+    prices = {"price_per_1k_input_tokens": 1000.0, "price_per_1k_output_tokens": 2000.0}
+    async with serve(tmp_path, specs=SPECS, factory=factory, accounts=prices) as (url, state):
+        info, key = state.keystore.create("metered")
+        state.keystore.set_credits(info.id, 10_000.0)
+        whole = (await post(url, "/v1/messages", body(max_tokens=7), **{"x-api-key": key})).json()
+        used = whole["usage"]["input_tokens"] + 2 * whole["usage"]["output_tokens"]
+        account = state.keystore.account(info.id)
+        assert account is not None and account.credits == 10_000.0 - used
+        streamed = events(await post(url, "/v1/messages", body(max_tokens=7, stream=True), **{"x-api-key": key}))
+        output_tokens = streamed[-2][1]["usage"]["output_tokens"]
+        account = state.keystore.account(info.id)
+        assert account is not None and account.credits == 10_000.0 - 2 * used
+        assert output_tokens == whole["usage"]["output_tokens"] == 7
+
+
+async def test_a_message_is_traced_as_a_chat(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    FORWARD.target = SimpleSpanProcessor(exporter)
+    try:
+        state = build_components(msgspec.convert({"data_dir": str(tmp_path)}, Settings), SPECS, {"fake": factory})
+        async with AsyncTestClient(create_app(state, tracer_provider=PROVIDER)) as client:
+            await state.load_task  # type: ignore[misc]
+            response = await client.post("/v1/messages", json=body(max_tokens=4))
+            assert response.status_code == 200, response.text
+        spans = {span.name: span for span in exporter.get_finished_spans()}
+        server, chat = spans["POST /v1/messages"], spans[f"chat {MODEL}"]
+        assert chat.parent is not None and chat.parent.span_id == server.context.span_id
+        attributes = dict(chat.attributes or {})
+        assert attributes["gen_ai.operation.name"] == "chat"
+        assert attributes["gen_ai.request.model"] == MODEL
+        assert attributes["gen_ai.usage.output_tokens"] == 4
+    finally:
+        FORWARD.target = None
