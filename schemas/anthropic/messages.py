@@ -4,7 +4,9 @@ Unknown fields are refused with a 400 that names them (``forbid_unknown_fields``
 this server does not implement would otherwise be dropped without a word. Fields Anthropic's
 clients send that change nothing a client could rely on here are accepted and ignored:
 ``thinking`` and ``service_tier`` on the request, ``cache_control`` and ``citations`` on
-content blocks (prompt caching is a hint; no citations are made).
+content blocks and on the request (prompt caching is a hint; no citations are made), ``speed``
+and ``inference_geo`` (hints about where and how fast to serve) and ``output_config.effort``
+(no model here has a separate thinking phase to spend effort on).
 """
 
 from __future__ import annotations
@@ -82,6 +84,17 @@ class Metadata(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user_id: str | None = None
 
 
+class JsonOutputFormat(msgspec.Struct, tag="json_schema", tag_field="type", kw_only=True, forbid_unknown_fields=True):
+    schema: dict[str, Any]
+
+
+class OutputConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Structured output: the answer's text follows the schema.
+    format: JsonOutputFormat | None = None
+    # Accepted, ignored.
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+
+
 class MessageInputs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What both /v1/messages and /v1/messages/count_tokens read: the prompt."""
 
@@ -90,8 +103,12 @@ class MessageInputs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     system: str | list[TextBlock] | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
-    # Accepted, ignored: no model served here has a separate thinking phase.
+    output_config: OutputConfig | None = None
+    # Accepted, ignored: no model served here has a separate thinking phase; caching and
+    # speed are hints.
     thinking: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None
+    speed: Literal["standard", "fast"] | None = None
 
 
 class MessagesRequest(MessageInputs, kw_only=True, forbid_unknown_fields=True):
@@ -103,8 +120,9 @@ class MessagesRequest(MessageInputs, kw_only=True, forbid_unknown_fields=True):
     top_p: Annotated[float, msgspec.Meta(gt=0.0, le=1.0)] | None = None
     top_k: Annotated[int, msgspec.Meta(ge=1)] | None = None
     metadata: Metadata | None = None
-    # Accepted, ignored: there is one tier here.
+    # Accepted, ignored: there is one tier and one place here.
     service_tier: str | None = None
+    inference_geo: str | None = None
 
 
 class CountTokensRequest(MessageInputs, kw_only=True, forbid_unknown_fields=True):

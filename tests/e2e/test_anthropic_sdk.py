@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import anthropic
 import httpx
 import pytest
@@ -48,8 +50,13 @@ def model(server: RunningServer) -> str:
 
 
 def test_create(client: anthropic.Anthropic, model: str) -> None:
+    # This SDK has no sampling keywords; the API still takes them.
     message = client.messages.create(
-        model=model, system="You are brief.", messages=MESSAGES, max_tokens=12, temperature=0.7, top_k=20
+        model=model,
+        system="You are brief.",
+        messages=MESSAGES,
+        max_tokens=12,
+        extra_body={"temperature": 0.7, "top_p": 0.9, "top_k": 20},
     )
     assert message.type == "message" and message.role == "assistant" and message.model == model
     assert message.id.startswith("msg_")
@@ -70,11 +77,14 @@ def test_max_tokens_stop_reason_with_a_bearer_key(server: RunningServer, model: 
 def test_stop_sequence(client: anthropic.Anthropic, model: str) -> None:
     # Greedy decoding says the same text twice: a piece of it, as a stop sequence, ends the
     # second turn where it first appears, and is not part of the text.
-    said = client.messages.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0)
+    greedy = {"temperature": 0}
+    said = client.messages.create(model=model, messages=MESSAGES, max_tokens=16, extra_body=greedy)
     text = "".join(block.text for block in said.content if block.type == "text")
     assert len(text) >= 6, said
     stop = text[len(text) // 2 :][:3]
-    cut = client.messages.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0, stop_sequences=[stop])
+    cut = client.messages.create(
+        model=model, messages=MESSAGES, max_tokens=16, stop_sequences=[stop], extra_body=greedy
+    )
     assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", stop)
     assert "".join(block.text for block in cut.content if block.type == "text") == text[: text.index(stop)]
 
@@ -115,6 +125,20 @@ def test_forced_tool_use(client: anthropic.Anthropic, model: str) -> None:
         ],
     )
     assert follow_up.usage.input_tokens > message.usage.input_tokens
+
+
+def test_structured_output(client: anthropic.Anthropic, model: str) -> None:
+    message = client.messages.create(
+        model=model,
+        messages=[{"role": "user", "content": "Weather in Rome as JSON."}],
+        max_tokens=160,
+        output_config={"format": {"type": "json_schema", "schema": WEATHER_TOOL["input_schema"]}},
+    )
+    assert message.stop_reason == "end_turn", message
+    [block] = message.content
+    assert block.type == "text"
+    answer = json.loads(block.text)
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
 
 
 def test_streamed_tool_use(client: anthropic.Anthropic, model: str) -> None:

@@ -297,9 +297,21 @@ async def test_forced_tool_use(base_url: str, choice: dict[str, Any]) -> None:
     assert sent[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
+async def test_output_config_format_is_structured_output(base_url: str) -> None:
+    schema = WEATHER_TOOL["input_schema"]
+    message = (
+        await post(base_url, "/v1/messages", body(output_config={"format": {"type": "json_schema", "schema": schema}}))
+    ).json()
+    [block] = message["content"]
+    assert (block["type"], json.loads(block["text"]), message["stop_reason"]) == ("text", CALL, "end_turn")
+
+
 async def test_ignored_and_refused_fields(base_url: str) -> None:
-    accepted = await post(base_url, "/v1/messages", body(thinking={"type": "disabled"}, service_tier="auto"))
+    hints = {"thinking": {"type": "disabled"}, "service_tier": "auto", "inference_geo": "us", "speed": "fast"}
+    ignored = {**hints, "cache_control": {"type": "ephemeral"}, "output_config": {"effort": "low"}}
+    accepted = await post(base_url, "/v1/messages", body(**ignored))
     assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["content"] == [{"type": "text", "text": REPLY}]
     refused = await post(base_url, "/v1/messages", body(mcp_servers=[]))
     assert refused.status_code == 400
     assert error_of(refused)["type"] == "invalid_request_error" and "mcp_servers" in error_of(refused)["message"]

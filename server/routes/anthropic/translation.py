@@ -5,7 +5,8 @@ newlines, as the OpenAI route joins text parts); ``tool_use`` blocks -> the assi
 calls; ``tool_result`` blocks -> tool messages; ``tools[].input_schema`` -> the function's
 parameters; ``tool_choice`` auto / any / tool / none -> "auto" / "required" / the named
 function / "none" (``disable_parallel_tool_use`` -> ``parallel_tool_calls`` false);
-``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``. Images are refused, as the
+``stop_sequences`` -> ``stop``; ``metadata.user_id`` -> ``user``; ``output_config.format``
+(a JSON schema) -> ``response_format`` json_schema. Images are refused, as the
 OpenAI route refuses image parts: no model served here reads them. A final assistant message
 (Anthropic's prefill, which the answer continues) is refused: templates cannot continue it.
 """
@@ -42,8 +43,10 @@ from schemas.openai.chat import (
     ChatMessage,
     FunctionCall,
     FunctionDefinition,
+    JsonSchemaFormat,
     NamedFunction,
     NamedToolChoice,
+    ResponseFormat,
     Tool,
     ToolCall,
 )
@@ -52,7 +55,9 @@ from server.capabilities.text.chat_turns import TurnResult, call_input
 from server.errors import bad_request
 
 # The chat capability's field names that Anthropic names otherwise.
-ANTHROPIC_NAMES = WireNames({"stop": "stop_sequences", "max_completion_tokens": "max_tokens"})
+ANTHROPIC_NAMES = WireNames(
+    {"stop": "stop_sequences", "max_completion_tokens": "max_tokens", "response_format": "output_config.format"}
+)
 
 IMAGES_REFUSED = "This model accepts text content only; image blocks are not supported."
 
@@ -145,12 +150,16 @@ def chat_request(body: MessageInputs) -> ChatCompletionRequest:
         for tool in body.tools or []
     ]
     tool_choice, parallel = _tool_choice(body.tool_choice, bool(tools))
+    output_format = body.output_config.format if body.output_config else None
     request = ChatCompletionRequest(
         model=body.model,
         messages=messages,
         tools=tools or None,
         tool_choice=None if not tools else tool_choice,
         parallel_tool_calls=parallel,
+        response_format=None
+        if output_format is None
+        else ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(schema=output_format.schema)),
     )
     if isinstance(body, MessagesRequest):
         if body.messages and body.messages[-1].role == "assistant":
