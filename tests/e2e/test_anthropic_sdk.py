@@ -171,7 +171,9 @@ def test_errors(client: anthropic.Anthropic, model: str, server: RunningServer) 
     with pytest.raises(anthropic.NotFoundError) as unknown:
         client.messages.create(model="no-such-model", messages=MESSAGES, max_tokens=4)
     assert unknown.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
-    anonymous = anthropic.Anthropic(base_url=server.base_url, api_key=None, auth_token="", max_retries=0)
+    anonymous = anthropic.Anthropic(
+        base_url=server.base_url, api_key=None, default_headers={"Authorization": anthropic.omit}, max_retries=0
+    )
     with pytest.raises(anthropic.AuthenticationError):
         anonymous.messages.create(model=model, messages=MESSAGES, max_tokens=4)
     # A key that is not valid is 403 on every route of this server; its type says what it is.
