@@ -33,6 +33,7 @@ from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
 from server.cancellation import CancelOnDisconnect
 from server.composition import Components
+from server.console.pages import ConsoleController
 from server.errors import handle_exception
 from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
 from server.keystore import KeyStore
@@ -222,6 +223,8 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     app = Litestar(
         route_handlers=[
             HealthController,
+            # The page holds no data (its calls carry the user's key), so it needs none.
+            ConsoleController,
             Router(
                 path="/", route_handlers=[metrics], guards=metrics_guards(settings.metrics, components.authenticator)
             ),
