@@ -46,13 +46,13 @@ def _page(name: str, media_type: str) -> Response[bytes]:
 
 class ConsoleController(Controller):
     path = ""
-    include_in_schema = False
 
-    @get("/", summary="The browser console")
+    # Pages, not API operations: left out of the OpenAPI document.
+    @get("/", summary="The browser console", include_in_schema=False)
     async def index(self) -> Response[bytes]:
         return _page(INDEX, "text/html")
 
-    @get("/console/{name:str}", summary="The browser console's scripts and styles")
+    @get("/console/{name:str}", summary="The browser console's scripts and styles", include_in_schema=False)
     async def asset(self, name: str) -> Response[bytes]:
         media_type = ASSET_TYPES.get(name)
         if media_type is None:

@@ -4,6 +4,7 @@ and see residency with an admin key. A full-page screenshot is kept in test-arti
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -16,12 +17,14 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.audio_inputs import SENTENCE, espeak, word_error_rate
 from tests.e2e.conftest import RunningServer
+
+# The Chromium driver: the screenshot takes the whole page through its DevTools protocol.
+WebDriver = webdriver.Chrome
 
 pytestmark = pytest.mark.e2e
 
@@ -252,7 +255,11 @@ def test_admin_key_shows_residency_and_memory(console: WebDriver, server: Runnin
     assert chat, "the startup models are resident"
 
     ARTIFACTS.mkdir(exist_ok=True)
-    height = int(console.execute_script("return document.documentElement.scrollHeight"))
-    console.set_window_size(1280, min(max(height, 800), 6000))
-    assert console.save_screenshot(str(SCREENSHOT))
+    # The whole page, not only the window: Chromium draws beyond the viewport on request.
+    size = console.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    page = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    shot = console.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": page}
+    )
+    SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
     print(f"console screenshot: {SCREENSHOT}")
