@@ -34,7 +34,6 @@ function setStatus(id, text, isError) {
 }
 
 function formatBytes(bytes) {
-  if (!bytes) return "—";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let value = bytes;
   let unit = 0;
@@ -194,9 +193,9 @@ function renderModels(report) {
     const residency = report ? report.models[card.id] : undefined;
     const row = element("tr", { "data-model": card.id });
     const state = residency ? residency.state : report ? "alias" : "needs an admin key";
-    const memory = residency
-      ? `${formatBytes(residency.footprint_bytes)}${residency.footprint_source === "unknown" ? "" : ` (${residency.footprint_source})`}`
-      : "—";
+    let memory = "—";
+    if (residency && residency.footprint_source === "unknown") memory = "not measured yet";
+    else if (residency) memory = `${formatBytes(residency.footprint_bytes)} (${residency.footprint_source})`;
     row.append(
       element("th", { scope: "row" }, card.id),
       element("td", {}, card.kind || "—"),
@@ -302,9 +301,13 @@ async function sendChat(event) {
     setStatus("chat-status", `Done${finish ? ` (${finish})` : ""}${tokens}.`);
     reply.dataset.state = "done";
   } catch (failure) {
-    if (content) conversation.push({ role: "assistant", content });
-    else conversation.pop(); // the turn left no answer: it is not part of the conversation
     const stopped = failure.name === "AbortError";
+    if (content) conversation.push({ role: "assistant", content });
+    else {
+      conversation.pop(); // the turn left no answer: it is not part of the conversation
+      body.textContent = stopped ? "(stopped)" : "(no answer)";
+      body.classList.add("muted");
+    }
     setStatus("chat-status", stopped ? "Stopped." : failure.message, !stopped);
     reply.dataset.state = stopped ? "stopped" : "failed";
   } finally {

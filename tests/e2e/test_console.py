@@ -256,8 +256,9 @@ def test_admin_key_shows_residency_and_memory(console: WebDriver, server: Runnin
 
     ARTIFACTS.mkdir(exist_ok=True)
     # The whole page, not only the window: Chromium draws beyond the viewport on request.
-    size = console.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    page = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    height = console.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]["height"]
+    # The window's width: drawn beyond the viewport, the page has no scroll bar to leave out.
+    page = {"x": 0, "y": 0, "width": console.execute_script("return window.innerWidth"), "height": height, "scale": 1}
     shot = console.execute_cdp_cmd(
         "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": page}
     )
