@@ -100,3 +100,27 @@ class EngineFailure(EngineError):
     def __init__(self, model: str) -> None:
         super().__init__(f"The engine for model '{model}' failed to serve the request.")
         self.model = model
+
+
+class ModelInUse(EngineError):
+    """An operator action cannot be done now: the model has requests under way or waiting,
+    or is between states (loading, unloading)."""
+
+    field = "model"
+
+
+class ModelDoesNotFit(EngineError):
+    """The model cannot be placed: its device's budget is held by pinned models and models
+    in use, which are never evicted."""
+
+    field = "model"
+
+
+class ModelLoadFailed(EngineError):
+    """Loading the model failed; the cause is logged where it happened."""
+
+    field = "model"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' failed to load; see the server log.")
+        self.model = model

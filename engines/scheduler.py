@@ -42,9 +42,18 @@ from opentelemetry import trace
 from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner
 from engines.base import DeviceSerialEngine, Engine, ModelSpec, SleepableEngine, served_kinds
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
-from engines.errors import EngineError, ModelNotFound, Overloaded, WrongModelKind
+from engines.errors import (
+    EngineError,
+    ModelDoesNotFit,
+    ModelInUse,
+    ModelLoadFailed,
+    ModelNotFound,
+    Overloaded,
+    WrongModelKind,
+)
 from engines.registry import ModelRegistry
 from engines.residency import HOLDS_MEMORY, DeviceUsage, ModelResidency, Residency, SchedulerReport
+from engines.sizing import Footprint, FootprintTooLarge, PlannedEngine, SizingPolicy, plan_footprint
 
 log = logging.getLogger("omniserve.scheduler")
 # The global provider (a no-op until tracing is configured): the engines know nothing of the server.
@@ -76,6 +85,9 @@ class _Slot:
         self.demand = 0
         self.last_used: float | None = None
         self.measured_bytes = 0
+        # An undeclared model's footprint planned from its files (engines/sizing.py), used
+        # until a load measures it.
+        self.planned: Footprint | None = None
         self.loads = 0
         self.last_load_s: float | None = None
         self.total_load_s = 0.0
@@ -98,7 +110,16 @@ class _Slot:
 
     @property
     def footprint(self) -> int:
-        return self.engine.spec.memory_bytes or self.measured_bytes
+        planned = self.planned.total_bytes if self.planned else 0
+        return self.engine.spec.memory_bytes or self.measured_bytes or planned
+
+    @property
+    def footprint_source(self) -> str:
+        if self.engine.spec.memory_bytes:
+            return "declared"
+        if self.loads and (self.measured_bytes or not self.planned):
+            return "measured"
+        return "estimated" if self.planned else "unknown"
 
     @property
     def evictable(self) -> bool:
@@ -111,7 +132,11 @@ def _model_attributes(slot: _Slot) -> dict[str, str]:
 
 class Scheduler:
     def __init__(
-        self, registry: ModelRegistry, policy: AdmissionPolicy, devices: list[DeviceMemory] | None = None
+        self,
+        registry: ModelRegistry,
+        policy: AdmissionPolicy,
+        devices: list[DeviceMemory] | None = None,
+        sizing: SizingPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -136,6 +161,27 @@ class Scheduler:
         self._startup: set[str] = set()
         self._startup_done = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._plan_footprints(sizing or SizingPolicy())
+
+    def _plan_footprints(self, sizing: SizingPolicy) -> None:
+        """Plan every undeclared model on a budgeted device, and hand engines that size
+        themselves (vLLM) their plan. FootprintTooLarge, before anything loads, for models
+        that could never fit their device's whole budget."""
+        too_large: dict[str, tuple[Footprint, int]] = {}
+        for slot in self._slots.values():
+            budget = self.devices.get(slot.device)
+            if budget is None:
+                continue  # nothing is budgeted there: an engine sizes itself alone
+            slot.planned = plan_footprint(slot.engine.spec, device=slot.device, budget=budget, policy=sizing)
+            if slot.planned is None:
+                continue
+            if slot.planned.total_bytes > budget.budget_bytes:
+                too_large[slot.name] = (slot.planned, budget.budget_bytes)
+            if isinstance(slot.engine, PlannedEngine):
+                slot.engine.use_footprint(slot.planned)
+            log.info("model %s: planned footprint %d MiB on %s", slot.name, slot.footprint >> 20, slot.device)
+        if too_large:
+            raise FootprintTooLarge(too_large)
 
     def _slot(self, name: str, kind: type[Engine] = Engine) -> _Slot:
         """The model's slot, if the catalog has it and its kind serves the protocol `kind`.
@@ -559,19 +605,95 @@ class Scheduler:
             # The model may be evicted now, and a load waiting for room may have no requester left.
             self._room_freed.set()
 
+    # -- operator actions (the admin API) ------------------------------------------------------
+    #
+    # Each takes a name or alias and returns the catalog name. Changes hold until the process
+    # ends: a restart starts again from the catalog's pins.
+
+    async def load_model(self, name: str) -> str:
+        """Load (or wake) the model now, evicting idle unpinned models, least recently used
+        first, to make room. ModelDoesNotFit at once when pinned models and models in use
+        leave no room; ModelLoadFailed when the engine fails (a failed model is tried again).
+        The load runs shielded: a caller that gives up does not cancel it halfway."""
+        slot = self._slot(name)
+        await self._operator_load(slot)
+        return slot.name
+
+    async def _operator_load(self, slot: _Slot) -> None:
+        if slot.state is Residency.RESIDENT:
+            return
+        if slot.load_task is None or slot.load_task.done():
+            slot.load_task = asyncio.ensure_future(self.load(slot.name))
+        try:
+            await asyncio.shield(slot.load_task)
+        except NoRoomError:
+            raise ModelDoesNotFit(
+                f"The model '{slot.name}' does not fit on {slot.device}: pinned models and models in use "
+                "hold its budget. Unpin or unload some first."
+            ) from None
+        except Exception:
+            raise ModelLoadFailed(slot.name) from None
+
+    async def unload_model(self, name: str) -> str:
+        """Unload the model now, freeing its memory (the host copy of a sleeping one too), and
+        unpin it: a pinned model is loaded by definition. ModelInUse while requests hold or
+        wait for it, or while it is loading or unloading: the admin API does not hold new
+        requests back to drain a model; its caller tries again."""
+        slot = self._slot(name)
+        async with self._placement:
+            loading = slot.load_task is not None and not slot.load_task.done()
+            if loading or slot.state in (Residency.LOADING, Residency.UNLOADING):
+                raise ModelInUse(f"The model '{slot.name}' is loading or unloading; try again when it has settled.")
+            if slot.state is Residency.UNLOADED:
+                slot.pinned = False
+                return slot.name
+            if slot.demand:
+                raise ModelInUse(
+                    f"The model '{slot.name}' has {slot.demand} requests running or waiting; try again when idle."
+                )
+            slot.pinned = False
+            # Checked and marked with no await between: no lease starts on it from here on.
+            reason = None if slot.state is Residency.FAILED else "admin"
+            log.info("unloading %s: asked by an operator", slot.name)
+            await self._unload(slot, reason=reason)
+        return slot.name
+
+    async def pin_model(self, name: str) -> str:
+        """Load the model as ``load_model`` does and keep it loaded: never evicted, never
+        unloaded for idleness, and required by ``ready``. It stays unpinned if it cannot load."""
+        slot = self._slot(name)
+        was_pinned = slot.pinned
+        # Pinned only once resident: a pinned model that is not resident makes the server unready.
+        await self._operator_load(slot)
+        slot.pinned = True
+        if slot.state is not Residency.RESIDENT:  # evicted between the load and the pin
+            try:
+                await self._operator_load(slot)
+            except BaseException:
+                slot.pinned = was_pinned
+                raise
+        return slot.name
+
+    def unpin_model(self, name: str) -> str:
+        """Let the model be evicted and unloaded for idleness again; it stays loaded for now."""
+        slot = self._slot(name)
+        slot.pinned = False
+        # It may be evicted now, for a load waiting for room.
+        self._room_freed.set()
+        return slot.name
+
     # -- visibility ----------------------------------------------------------------------------
 
     def report(self) -> SchedulerReport:
         now = time.monotonic()
         models = {}
         for name, slot in self._slots.items():
-            source = "declared" if slot.engine.spec.memory_bytes else "measured" if slot.loads else "unknown"
             models[name] = ModelResidency(
                 state=slot.state,
                 device=slot.device,
                 pinned=slot.pinned,
                 footprint_bytes=slot.footprint,
-                footprint_source=source,
+                footprint_source=slot.footprint_source,
                 idle_s=None if slot.last_used is None or slot.active else round(now - slot.last_used, 3),
                 leases=slot.active,
                 queue_depth=slot.demand - slot.active,

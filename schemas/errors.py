@@ -34,6 +34,10 @@ class ErrorCode(enum.StrEnum):
     ACCESS_DENY = "ACCESS_DENY"
     # The key is valid but its account may not call the API (no active subscription).
     API_NOT_ALLOWED = "API_NOT_ALLOWED"
+    # Admin API: the model's state does not allow the action now (requests running or waiting,
+    # loading or unloading), or its device has no room beside pinned models and models in use.
+    MODEL_IN_USE = "MODEL_IN_USE"
+    MODEL_DOES_NOT_FIT = "MODEL_DOES_NOT_FIT"
     ENGINE_ERROR = "ENGINE_ERROR"
     UNKNOWN = "UNKNOWN"
 
@@ -68,6 +72,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_AUDIO_FILE: 400,
     ErrorCode.ACCESS_DENY: 403,
     ErrorCode.API_NOT_ALLOWED: 403,
+    ErrorCode.MODEL_IN_USE: 409,
+    ErrorCode.MODEL_DOES_NOT_FIT: 409,
     ErrorCode.ENGINE_ERROR: 500,
     ErrorCode.UNKNOWN: 500,
 }

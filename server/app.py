@@ -11,7 +11,6 @@ from typing import Any
 from litestar import Litestar, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace import TracerProvider
 
 from engines import workpools
@@ -28,12 +27,14 @@ from engines.registry import (
     vllm_factory,
 )
 from engines.scheduler import Scheduler
+from engines.sizing import SizingPolicy
 from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
 from server.cancellation import CancelOnDisconnect
 from server.composition import Components
 from server.console.pages import ConsoleController
+from server.cors import UnlistedOriginsAsSameSite, cors_config
 from server.errors import handle_exception
 from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
 from server.keystore import KeyStore
@@ -41,6 +42,7 @@ from server.metrics import Metrics
 from server.metrics_access import METRICS_PATH, MetricsListenerOnlyServesMetrics, metrics_guards
 from server.request_bodies import BodyGuard
 from server.routes.admin import AdminController
+from server.routes.api_docs import openapi_config
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
@@ -97,7 +99,17 @@ def build_components(
         background_timeout_s=settings.scheduler.background_timeout_s,
         background_aging_s=settings.scheduler.background_aging_s,
     )
-    devices = discover_devices(settings.scheduler.host_budget, settings.scheduler.gpu_budget)
+    scheduling = settings.scheduler
+    sizing = SizingPolicy(
+        default_sequences=scheduling.default_sequences,
+        default_max_model_len=scheduling.default_max_model_len,
+        kv_cache_share=scheduling.kv_cache_share,
+        vllm_overhead_bytes=scheduling.vllm_overhead_bytes,
+        activation_factor=scheduling.activation_factor,
+    )
+    devices = discover_devices(scheduling.host_budget, scheduling.gpu_budget)
+    # Before anything opens: a catalog model that can never fit raises FootprintTooLarge here.
+    scheduler = Scheduler(registry, policy, devices, sizing)
     keystore = KeyStore(settings.data_path / "keys.sqlite3")
     authenticator = Authenticator(
         keystore,
@@ -105,7 +117,7 @@ def build_components(
         open_when_no_keys=settings.is_loopback or settings.auth.allow_open,
         static_admin_keys=settings.auth.static_admin_keys,
     )
-    return Components(settings, Scheduler(registry, policy, devices), keystore, authenticator)
+    return Components(settings, scheduler, keystore, authenticator)
 
 
 @get(
@@ -207,6 +219,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
 
     settings = components.settings
     hosts = HostPolicy(settings)
+    cors = cors_config(settings.http)
     admin_router = Router(path="/", route_handlers=[AdminController], guards=[require_key, require_admin])
     v3_router = Router(
         path="/",
@@ -248,7 +261,8 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         exception_handlers={Exception: handle_exception},
         lifespan=[engines_lifespan],
         request_max_body_size=components.settings.limits.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="omniserve", version=VERSION, path="/schema"),
+        cors_config=cors,
+        openapi_config=openapi_config("omniserve", VERSION),
         debug=False,
         logging_config=None,
         **tracing.app_options(tracer_provider),
@@ -256,8 +270,11 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     document_error_responses(app)
     # Outermost, so unknown routes and errors get a request id, a metric and a log line too;
     # inside it, a request whose client leaves is cancelled; innermost, JSON bodies nested
-    # too deeply are refused before anything decodes them (server/request_bodies.py).
+    # too deeply are refused before anything decodes them (server/request_bodies.py), and
+    # an Origin that CORS does not allow is dropped (server/cors.py).
     handler: Any = BodyGuard(app.asgi_handler, settings.limits.max_json_depth)
+    if cors is not None:
+        handler = UnlistedOriginsAsSameSite(handler, cors)
     if settings.metrics.access == "port":
         handler = MetricsListenerOnlyServesMetrics(handler, settings.metrics.port)
     app.asgi_handler = RequestTelemetry(CancelOnDisconnect(handler))

@@ -51,6 +51,7 @@ def _keys_exist(settings: Settings) -> bool:
 
 
 def cmd_serve(settings: Settings) -> int:
+    from engines.sizing import FootprintTooLarge
     from server.app import VERSION, build_components, create_app
     from server.data_lock import DataDirLocked
     from server.http_server import DrainingServer, listening_sockets, uvicorn_config
@@ -70,7 +71,11 @@ def cmd_serve(settings: Settings) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
-    components = build_components(settings, _catalog(settings))
+    try:
+        components = build_components(settings, _catalog(settings))
+    except FootprintTooLarge as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         components.data_lock.acquire()
     except DataDirLocked as exc:

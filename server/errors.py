@@ -22,6 +22,8 @@ from engines.errors import (
     EngineError,
     InvalidJob,
     JobProblem,
+    ModelDoesNotFit,
+    ModelInUse,
     ModelNotFound,
     Overloaded,
     WrongModelKind,
@@ -40,6 +42,7 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
@@ -186,6 +189,10 @@ def engine_api_error(exc: EngineError, names: Callable[[str], str] | None = None
         code = ErrorCode.INVALID_REQUEST_BODY
     elif isinstance(exc, InvalidJob):
         code = _PROBLEM_CODES[exc.problem]
+    elif isinstance(exc, ModelInUse):
+        code = ErrorCode.MODEL_IN_USE
+    elif isinstance(exc, ModelDoesNotFit):
+        code = ErrorCode.MODEL_DOES_NOT_FIT
     elif isinstance(exc, Overloaded):
         code = ErrorCode.QUEUE_FULL if exc.queue_full else ErrorCode.SERVICE_NOT_AVAILABLE
         retry_after = exc.retry_after

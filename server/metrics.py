@@ -48,7 +48,7 @@ class _EngineCollector(Collector):
         )
         evictions = CounterMetricFamily(
             "omniserve_model_evictions",
-            "Models unloaded to make room (lru) or for idleness (idle)",
+            "Models unloaded to make room (lru), for idleness (idle) or by an operator (admin)",
             labels=["model", "reason"],
         )
         loads = SummaryMetricFamily("omniserve_model_load_seconds", "Time taken by model loads", labels=["model"])
@@ -86,7 +86,7 @@ class _EngineCollector(Collector):
             if hasattr(engine, "batched_jobs"):
                 batches.add_metric([name], float(getattr(engine, "batches_run", 0)))
                 batched.add_metric([name], float(engine.batched_jobs))
-            for reason in ("lru", "idle"):
+            for reason in ("lru", "idle", "admin"):
                 evictions.add_metric([name, reason], float(report[name].evictions.get(reason, 0)))
             loads.add_metric([name], count_value=report[name].loads, sum_value=report[name].total_load_s)
             sleeps.add_metric([name], float(report[name].sleeps))

@@ -1,12 +1,47 @@
-"""Operator views, for admin keys only (``omniserve keys create NAME --admin``): what the
-scheduler holds and why."""
+"""Operator routes, for admin keys only (``omniserve keys create NAME --admin``): what the
+scheduler holds and why, and the catalog's models loaded, unloaded, pinned and unpinned at
+runtime.
+
+The model actions are idempotent PUTs and DELETEs on two sets, the loaded models and the
+pinned ones; each answers the model as it stands afterwards. Names may hold slashes, so the
+name is the last segment of each path. What they change lasts until the process ends.
+"""
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from litestar import Controller, delete, get, put
+from litestar.openapi.datastructures import ResponseSpec
 
 from engines.residency import SchedulerReport
 from engines.scheduler import Scheduler
+from schemas.admin import AdminModel, AdminModelList
+
+# The conflicts the model actions answer with (the envelope is added with the other errors).
+_CONFLICT = {
+    409: ResponseSpec(
+        data_container=None,
+        description="The model is in use or between states (MODEL_IN_USE), or does not fit (MODEL_DOES_NOT_FIT)",
+    )
+}
+
+
+def _admin_model(scheduler: Scheduler, name: str, report: SchedulerReport | None = None) -> AdminModel:
+    spec = scheduler.spec(name)
+    residency = (report or scheduler.report()).models[spec.name]
+    return AdminModel(
+        name=spec.name,
+        aliases=list(spec.aliases),
+        kind=spec.kind,
+        engine=spec.engine,
+        path=spec.path,
+        device=residency.device,
+        state=residency.state,
+        pinned=residency.pinned,
+        footprint_bytes=residency.footprint_bytes,
+        footprint_source=residency.footprint_source,
+        leases=residency.leases,
+        queue_depth=residency.queue_depth,
+    )
 
 
 class AdminController(Controller):
@@ -20,3 +55,50 @@ class AdminController(Controller):
     )
     async def scheduler(self, scheduler: Scheduler) -> SchedulerReport:
         return scheduler.report()
+
+    @get("/models", summary="The catalog's models: where each lives and stands", operation_id="listAdminModels")
+    async def list_models(self, scheduler: Scheduler) -> AdminModelList:
+        report = scheduler.report()
+        models = [_admin_model(scheduler, engine.spec.name, report) for engine in scheduler.registry]
+        return AdminModelList(models=models)
+
+    @get("/models/{name:path}", summary="One catalog model, by name or alias", operation_id="getAdminModel")
+    async def get_model(self, name: str, scheduler: Scheduler) -> AdminModel:
+        return _admin_model(scheduler, name.lstrip("/"))
+
+    @put(
+        "/loaded/{name:path}",
+        summary="Load a model now, evicting idle unpinned models (least recently used first) for room",
+        operation_id="loadModel",
+        responses=_CONFLICT,
+    )
+    async def load_model(self, name: str, scheduler: Scheduler) -> AdminModel:
+        return _admin_model(scheduler, await scheduler.load_model(name.lstrip("/")))
+
+    @delete(
+        "/loaded/{name:path}",
+        summary="Unload a model (and unpin it); refused while requests use it",
+        operation_id="unloadModel",
+        status_code=200,
+        responses=_CONFLICT,
+    )
+    async def unload_model(self, name: str, scheduler: Scheduler) -> AdminModel:
+        return _admin_model(scheduler, await scheduler.unload_model(name.lstrip("/")))
+
+    @put(
+        "/pinned/{name:path}",
+        summary="Pin a model: load it, then never evict it or unload it for idleness",
+        operation_id="pinModel",
+        responses=_CONFLICT,
+    )
+    async def pin_model(self, name: str, scheduler: Scheduler) -> AdminModel:
+        return _admin_model(scheduler, await scheduler.pin_model(name.lstrip("/")))
+
+    @delete(
+        "/pinned/{name:path}",
+        summary="Unpin a model; it stays loaded until evicted",
+        operation_id="unpinModel",
+        status_code=200,
+    )
+    async def unpin_model(self, name: str, scheduler: Scheduler) -> AdminModel:
+        return _admin_model(scheduler, scheduler.unpin_model(name.lstrip("/")))

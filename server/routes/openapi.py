@@ -149,6 +149,7 @@ _DESCRIPTIONS = {
     403: "The key is invalid, inactive or lacks the role (INVALID_API_KEY, API_NOT_ALLOWED, ACCESS_DENY)",
     404: "No such route, model or task (API_NOT_FOUND, MODEL_NOT_FOUND, TASK_NOT_FOUND)",
     405: "The route does not take this method (METHOD_NOT_ALLOWED); Allow lists those it takes",
+    409: "The model is in use or between states (MODEL_IN_USE), or does not fit (MODEL_DOES_NOT_FIT)",
     413: "The body is larger than limits.max_body_bytes (REQUEST_BODY_TOO_LARGE)",
     415: "On a server without keys, a JSON route was sent another content type (UNSUPPORTED_MEDIA_TYPE)",
     429: "A request window or a queue is full (RATE_LIMIT_EXCEEDED, QUEUE_FULL); see Retry-After",
@@ -187,12 +188,14 @@ def describe_error_responses(openapi: OpenAPI) -> None:
             operation: Operation | None = getattr(item, method, None)
             if operation is None:
                 continue
+            declared = {int(status) for status in operation.responses or {} if status.isdigit() and int(status) >= 400}
             responses = {
                 status: response
                 for status, response in (operation.responses or {}).items()
                 if not (status.isdigit() and int(status) >= 400)
             }
-            for status in _statuses(path, operation):
+            # The common statuses, and those a route declares itself (``responses=``) in the envelope.
+            for status in sorted(set(_statuses(path, operation)) | (declared & _DESCRIPTIONS.keys())):
                 headers: dict[str, OpenAPIHeader | Reference] = {}
                 if status in (429, 503):
                     headers["Retry-After"] = retry_after

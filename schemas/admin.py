@@ -1,0 +1,29 @@
+"""The admin API's bodies (server/routes/admin.py): the catalog's models and where each stands."""
+
+from __future__ import annotations
+
+import msgspec
+
+from engines.base import ModelKind
+from engines.residency import Residency
+
+
+class AdminModel(msgspec.Struct, kw_only=True):
+    name: str
+    aliases: list[str]
+    kind: ModelKind
+    engine: str
+    path: str
+    device: str
+    state: Residency
+    # Never evicted nor unloaded for idleness; the catalog's pin until changed at runtime.
+    pinned: bool
+    footprint_bytes: int
+    # "declared" in the catalog, "measured" at the last load, or "unknown" before the first.
+    footprint_source: str
+    leases: int  # requests running on it
+    queue_depth: int  # requests waiting for a slot or for it to load
+
+
+class AdminModelList(msgspec.Struct, kw_only=True):
+    models: list[AdminModel]
