@@ -88,7 +88,20 @@ def paste_key(driver: WebDriver, key: str) -> None:
 
 
 def options_of(driver: WebDriver, picker: str) -> list[str]:
-    return [option.get_attribute("value") or "" for option in Select(driver.find_element(By.ID, picker)).options]
+    return list(
+        driver.execute_script("return Array.from(document.getElementById(arguments[0]).options, o => o.value)", picker)
+    )
+
+
+def model_rows(driver: WebDriver) -> dict[str, list[str]]:
+    """Each model row's cells (kind, context, residency, device, memory), read in one script:
+    the page redraws the table on every refresh, so elements found earlier may be gone."""
+    return dict(
+        driver.execute_script(
+            "return Array.from(document.querySelectorAll('#models-table tbody tr'),"
+            " row => [row.dataset.model, Array.from(row.querySelectorAll('td'), cell => cell.textContent)]);"
+        )
+    )
 
 
 def fill(driver: WebDriver, field_id: str, text: str) -> None:
@@ -120,15 +133,14 @@ def console(browser: WebDriver, server: RunningServer) -> WebDriver:
 
 
 def test_models_are_listed_with_their_kinds_and_residency_needs_an_admin_key(console: WebDriver) -> None:
-    rows = console.find_elements(By.CSS_SELECTOR, "#models-table tbody tr")
-    kinds = {row.get_attribute("data-model"): row.find_elements(By.TAG_NAME, "td")[0].text for row in rows}
+    rows = model_rows(console)
+    kinds = {name: cells[0] for name, cells in rows.items()}
     assert kinds["demo-sd"] == "image" and kinds["whisper-1"] == "transcription" and kinds["demo-tts"] == "speech"
     chat_models = options_of(console, "chat-model")
     assert chat_models and all(kinds[name] == "chat" for name in chat_models)
     assert "demo-sd" in options_of(console, "image-model") and "demo-sd" not in chat_models
     assert "need an admin key" in console.find_element(By.ID, "models-note").text
-    states = {cell.text for cell in console.find_elements(By.CSS_SELECTOR, "#models-table td.state")}
-    assert states == {"needs an admin key"}
+    assert {cells[2] for cells in rows.values()} == {"needs an admin key"}
 
 
 def test_chat_streams_the_reply(console: WebDriver) -> None:
@@ -240,19 +252,18 @@ def _admin_key(server: RunningServer) -> str:
 def test_admin_key_shows_residency_and_memory(console: WebDriver, server: RunningServer) -> None:
     paste_key(console, _admin_key(server))
 
-    def resident_image_model(driver: WebDriver) -> list[str] | None:
-        cells = driver.find_elements(By.CSS_SELECTOR, "#models-table tr[data-model='demo-sd'] td")
-        texts = [cell.text for cell in cells]
-        return texts if texts and texts[2] not in ("needs an admin key", "") else None
+    def with_residency(driver: WebDriver) -> dict[str, list[str]] | None:
+        rows = model_rows(driver)
+        return rows if "demo-sd" in rows and rows["demo-sd"][2] != "needs an admin key" else None
 
-    cells = wait(console, MODELS_S, resident_image_model, "residency with an admin key")
+    rows = wait(console, MODELS_S, with_residency, "residency with an admin key")
+    cells = rows["demo-sd"]
     # kind, context, residency, device, memory: demo-sd drew the pictures above.
     assert cells[0] == "image"
     assert cells[2] in ("resident", "sleeping", "unloaded", "loading", "unloading")
     assert "need an admin key" not in console.find_element(By.ID, "models-note").text
     assert console.find_elements(By.CSS_SELECTOR, "#devices meter")
-    chat = console.find_elements(By.CSS_SELECTOR, "#models-table tr td.state-resident")
-    assert chat, "the startup models are resident"
+    assert "resident" in {row[2] for row in rows.values()}, "the startup models are resident"
 
     ARTIFACTS.mkdir(exist_ok=True)
     # The whole page, not only the window: Chromium draws beyond the viewport on request.
