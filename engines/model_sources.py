@@ -17,11 +17,14 @@ what its pipeline loads is about 5.
 from __future__ import annotations
 
 import glob
+import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 import msgspec
+
+log = logging.getLogger("omniserve.models")
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[^\s@/][^\s@]*))?$")
 _PATH_PREFIXES = ("/", "./", "../", "~")
@@ -131,8 +134,9 @@ def cached_snapshot(ref: HubId, cache_dir: Path) -> Path:
     return Path(folder)
 
 
-def download(ref: HubId, cache_dir: Path) -> Path:
-    """`ref`'s snapshot in the cache, downloading what is missing (the files `select_files` keeps)."""
+def download(ref: HubId, cache_dir: Path, *, cached_when_unreachable: bool = True) -> Path:
+    """`ref`'s snapshot in the cache, downloading what is missing (the files `select_files` keeps).
+    When the hub cannot be reached, the cached copy serves if `cached_when_unreachable`."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import DryRunError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -154,14 +158,15 @@ def download(ref: HubId, cache_dir: Path) -> Path:
     except RevisionNotFoundError:
         raise ModelSourceError(f"{ref}: the model has no revision {ref.revision!r}") from None
     except Exception as exc:
-        # The hub is unreachable or failing: a copy already in the cache still serves.
+        unreachable = f"{ref}: the Hugging Face Hub could not be reached ({exc.__class__.__name__}: {exc})"
         try:
-            return cached_snapshot(ref, cache_dir)
+            folder = cached_snapshot(ref, cache_dir)
         except ModelSourceError:
-            raise ModelSourceError(
-                f"{ref}: the Hugging Face Hub could not be reached ({exc.__class__.__name__}: {exc}), and the "
-                f"cache at {cache_dir} does not hold it"
-            ) from None
+            raise ModelSourceError(f"{unreachable}, and the cache at {cache_dir} does not hold it") from None
+        if not cached_when_unreachable:
+            raise ModelSourceError(f"{unreachable}; the cache holds an earlier copy at {folder}") from None
+        log.warning("%s; serving the cached copy at %s", unreachable, folder)
+        return folder
 
 
 def select_files(paths: Iterable[str]) -> list[str]:

@@ -49,7 +49,7 @@ def cmd_models_pull(reference: str) -> int:
         )
         return 2
     try:
-        folder = download(ref, cache)
+        folder = download(ref, cache, cached_when_unreachable=False)
     except ModelSourceError as exc:
         print(exc, file=sys.stderr)
         return 1
