@@ -33,6 +33,7 @@ def _keys_exist(settings: Settings) -> bool:
 
 
 def cmd_serve(settings: Settings, models: list[str], kinds: list[str]) -> int:
+    from engines.sizing import FootprintTooLarge
     from server.app import VERSION, build_components, create_app
     from server.data_lock import DataDirLocked
     from server.http_server import DrainingServer, listening_sockets, uvicorn_config
@@ -58,7 +59,11 @@ def cmd_serve(settings: Settings, models: list[str], kinds: list[str]) -> int:
         print(exc, file=sys.stderr)
         return 2
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
-    components = build_components(settings, catalog)
+    try:
+        components = build_components(settings, catalog)
+    except FootprintTooLarge as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         components.data_lock.acquire()
     except DataDirLocked as exc:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from engines.base import EngineInfo, ModelSpec
 from engines.llm.sizing import cache_options
+from engines.sizing import Footprint, standalone_plan
 from engines.workpools import WorkPool, run_in
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ class VllmEngineBase:
         self._info: EngineInfo | None = None
         self._tokenizer: Any = None
         self._sleep_enabled = False
+        # The scheduler's plan for an undeclared model (engines/sizing.py); None until given.
+        self._plan: Footprint | None = None
+
+    def use_footprint(self, plan: Footprint) -> None:
+        self._plan = plan
 
     @property
     def llm(self) -> AsyncLLM:
@@ -79,11 +85,14 @@ class VllmEngineBase:
         # vLLM's own stat loggers feed a Prometheus registry omniserve does not serve and
         # cost the serving process several percent of a core under load; a catalog entry
         # can turn them back on with options.disable_log_stats = false. The cache is sized
-        # from the declared footprint unless the catalog sizes it (engines/llm/sizing.py).
+        # from the declared or planned footprint unless the catalog sizes it
+        # (engines/llm/sizing.py): never vLLM's default share of the device.
+        if self._plan is None and not self.spec.memory_bytes:
+            self._plan = await run_in(WorkPool.ENGINE, standalone_plan, self.spec)
         options: dict[str, Any] = {
             "enable_log_requests": False,
             "disable_log_stats": True,
-            **cache_options(self.spec),
+            **cache_options(self.spec, self._plan),
             **self.spec.options,
         }
         if runner is not None:
@@ -113,7 +122,9 @@ class VllmEngineBase:
             llm.shutdown()
 
     def memory_bytes(self) -> int:
-        return self.spec.memory_bytes
+        # The engine core runs in a process of its own, which this process cannot measure:
+        # what it was sized to hold is the best count there is.
+        return self.spec.memory_bytes or (self._plan.total_bytes if self._plan else 0)
 
     @property
     def supports_sleep(self) -> bool:

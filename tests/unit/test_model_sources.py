@@ -158,7 +158,7 @@ def test_online_an_unreachable_hub_falls_back_to_the_cache(
     with pytest.raises(ModelSourceError, match=r"could not be reached \(ConnectionError: no route to host\)"):
         resolve("org/absent", cache_dir=cache, offline=False)
     # `models pull` wants the hub: a cached copy is no success there.
-    with pytest.raises(ModelSourceError, match="could not be reached .*; the cache holds an earlier copy at"):
+    with pytest.raises(ModelSourceError, match=r"could not be reached .*; the cache holds an earlier copy at"):
         download(HubId("org/tiny"), cache, cached_when_unreachable=False)
 
 
