@@ -65,6 +65,7 @@ def served(work: Path) -> Iterator[RunningServer]:
 def test_the_named_models_are_served_together(served: RunningServer) -> None:
     client = openai.OpenAI(base_url=served.openai_url, api_key=served.api_key, max_retries=0, timeout=300)
     assert sorted(model.id for model in client.models.list()) == sorted([HUB_MODEL, LOCAL_NAME])
+    assert client.models.retrieve(HUB_MODEL).id == HUB_MODEL  # a name with a slash, in a URL path
     for name in (HUB_MODEL, LOCAL_NAME):
         result = client.chat.completions.create(
             model=name, messages=[{"role": "user", "content": "Hello, how are you today?"}], max_tokens=4

@@ -111,6 +111,15 @@ def test_a_configured_path_that_is_missing_stops_the_start(tmp_path: Path, cache
         startup_catalog(settings(tmp_path, [entry]), [], [])
 
 
+def test_a_configured_hub_id_missing_offline_stops_the_start(tmp_path: Path, cache: Path) -> None:
+    entry = ModelSpec(name="big", kind=ModelKind.CHAT, path="org/absent@v2")
+    with pytest.raises(CatalogStartError) as error:
+        startup_catalog(settings(tmp_path, [entry]), [], [])
+    assert str(error.value).startswith(
+        f"model big: org/absent@v2: not a local path, and not in the Hugging Face cache at {cache}"
+    )
+
+
 def test_serve_exits_2_for_an_unknown_id_offline_before_taking_the_data_dir(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
