@@ -99,7 +99,7 @@ def infer_model(path: Path, kind: ModelKind | None = None) -> InferredModel:
         levels = _nsfw_levels(folder, strict=kind is None)
         if levels["0"]:  # else the engine's default labels apply (engines/image/safety.py)
             options["levels"] = levels
-    elif found is ModelKind.VIDEO and (folder / _MOTION_ADAPTER_DIR).is_dir():
+    elif found is ModelKind.VIDEO and _image_pipeline_with_motion_adapter(folder):
         options["motion_adapter"] = str(folder / _MOTION_ADAPTER_DIR)
     return InferredModel(
         kind=found, engine=ENGINE_FOR_KIND[found], options=options, tool_parser=tool_parser, evidence=evidence
@@ -153,9 +153,16 @@ def _classify_pipeline(path: Path, index: dict[str, Any]) -> tuple[ModelKind, st
         )
     if _VIDEO_PIPELINE.search(name):
         return ModelKind.VIDEO, evidence
-    if (path / _MOTION_ADAPTER_DIR / "config.json").is_file():
+    if _image_pipeline_with_motion_adapter(path):
         return ModelKind.VIDEO, f"{evidence} with an AnimateDiff {_MOTION_ADAPTER_DIR}/"
     return ModelKind.IMAGE, evidence
+
+
+def _image_pipeline_with_motion_adapter(folder: Path) -> bool:
+    """An image checkpoint that AnimateDiff animates with the MotionAdapter beside its components
+    (the video engine puts them together; engines/video/pipelines.py)."""
+    name = str((_read_json(folder / "model_index.json") or {}).get("_class_name", ""))
+    return not _VIDEO_PIPELINE.search(name) and (folder / _MOTION_ADAPTER_DIR / "config.json").is_file()
 
 
 def _classify_transformers(path: Path, config: dict[str, Any]) -> tuple[ModelKind, str]:

@@ -166,6 +166,15 @@ def test_an_sd_checkpoint_with_a_motion_adapter_is_animatediff_video(tmp_path: P
     assert inferred.options == {"motion_adapter": str(tmp_path / "motion_adapter")}
 
 
+def test_an_animatediff_pipeline_keeps_its_own_motion_adapter(tmp_path: Path) -> None:
+    files = {
+        "model_index.json": {"_class_name": "AnimateDiffPipeline"},
+        "motion_adapter/config.json": {"_class_name": "MotionAdapter"},
+    }
+    inferred = infer_model(layout(tmp_path, files))
+    assert (inferred.kind, inferred.options) == (ModelKind.VIDEO, {})
+
+
 @pytest.mark.parametrize("pipeline", ["StableDiffusionXLImg2ImgPipeline", "StableDiffusionInpaintPipeline"])
 def test_derived_image_pipelines_are_refused(tmp_path: Path, pipeline: str) -> None:
     with pytest.raises(UnrecognizedModel, match=pipeline):
