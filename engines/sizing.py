@@ -29,6 +29,7 @@ from engines.devices import HOST, DeviceMemory, host_total_bytes
 from engines.llm.sizing import (
     VLLM_DEFAULT_MODEL_LEN,
     config_model_len,
+    engine_options,
     kv_bytes_per_token,
     kv_dtype_bytes,
     read_config,
@@ -121,18 +122,19 @@ def _vllm_plan(
     spec: ModelSpec, folder: Path, device: str, budget: DeviceMemory | None, policy: SizingPolicy
 ) -> Footprint:
     config = read_config(folder) if folder.is_dir() else {}
-    per_token = kv_bytes_per_token(config, kv_dtype_bytes(spec.options, config))
-    option = spec.options.get("max_model_len")
+    options = engine_options(spec.options, on_cpu=device == HOST)
+    per_token = kv_bytes_per_token(config, kv_dtype_bytes(options, config))
+    option = options.get("max_model_len")
     if isinstance(option, int) and option > 0:
         max_model_len = option
     else:
         max_model_len = min(config_model_len(config) or VLLM_DEFAULT_MODEL_LEN, policy.default_max_model_len)
-    weights = weight_bytes(spec, folder)
+    weights = weight_bytes(options, folder)
     total = budget.total_bytes if budget else 0
     cache = planned_cache_bytes(per_token, max_model_len, budget.budget_bytes if budget else None, policy)
     # Where the catalog sizes the cache itself, that is the cache the model holds.
-    given = spec.options.get("kv_cache_memory_bytes")
-    utilization = spec.options.get("gpu_memory_utilization")
+    given = options.get("kv_cache_memory_bytes")
+    utilization = options.get("gpu_memory_utilization")
     if isinstance(given, int) and given > 0:
         cache = given
     elif isinstance(utilization, (int, float)) and total > 0:

@@ -53,8 +53,8 @@ def _variant(file: Path) -> str | None:
 
 def weight_files(folder: Path, variant: str | None = None) -> list[Path]:
     """The weight files a library loads from one folder (not its subfolders)."""
-    if folder.is_file():
-        return [folder] if folder.suffix in WEIGHT_SUFFIXES else []
+    if folder.is_file():  # a single-file checkpoint (diffusers .safetensors, a GGUF for vLLM)
+        return [folder]
     if not folder.is_dir():
         return []
     files = [f for f in folder.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES and f.name not in _NOT_WEIGHTS]

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from engines.base import EngineInfo, ModelSpec
-from engines.llm.sizing import cache_options
+from engines.llm.sizing import cache_options, engine_options
 from engines.sizing import Footprint, standalone_plan
 from engines.workpools import WorkPool, run_in
 
@@ -23,6 +23,16 @@ def sleep_mode_available() -> bool:
         from vllm.platforms import current_platform
 
         return bool(current_platform.is_sleep_mode_available())
+    except Exception:
+        return False
+
+
+def runs_on_cpu() -> bool:
+    """Whether vLLM's platform here is the CPU (no GPU it supports)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
     except Exception:
         return False
 
@@ -87,13 +97,15 @@ class VllmEngineBase:
         # can turn them back on with options.disable_log_stats = false. The cache is sized
         # from the declared or planned footprint unless the catalog sizes it
         # (engines/llm/sizing.py): never vLLM's default share of the device.
+        # On CPU an entry without a dtype runs in float32 (engines/llm/sizing.py: CPU_DTYPE).
         if self._plan is None and not self.spec.memory_bytes:
             self._plan = await run_in(WorkPool.ENGINE, standalone_plan, self.spec)
+        on_cpu = runs_on_cpu()
         options: dict[str, Any] = {
             "enable_log_requests": False,
             "disable_log_stats": True,
-            **cache_options(self.spec, self._plan),
-            **self.spec.options,
+            **cache_options(self.spec, self._plan, on_cpu=on_cpu),
+            **engine_options(self.spec.options, on_cpu=on_cpu),
         }
         if runner is not None:
             options.setdefault("runner", runner)

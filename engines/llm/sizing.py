@@ -51,6 +51,16 @@ _LENGTH_KEYS = (
 )
 # The context vLLM assumes when config.json names none.
 VLLM_DEFAULT_MODEL_LEN = 2048
+# On CPU, vLLM left to choose (dtype "auto") computes a float32 checkpoint in bfloat16, and its
+# bfloat16 CPU kernels kill the engine process (SIGILL) at the first step on some x86 machines
+# that report bfloat16 support (the project's test VMs); float32 runs everywhere. So on CPU a
+# catalog entry without a dtype gets this one, and is sized for it.
+CPU_DTYPE = "float32"
+
+
+def engine_options(options: dict[str, Any], *, on_cpu: bool) -> dict[str, Any]:
+    """The catalog's options with the dtype the engine will use where they name none."""
+    return {"dtype": CPU_DTYPE, **options} if on_cpu else options
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -117,9 +127,9 @@ def config_model_len(config: dict[str, Any]) -> int | None:
     return min(lengths) if lengths else None
 
 
-def weight_bytes(spec: ModelSpec, folder: Path) -> int:
-    """The weights in memory: at options.dtype's width where the catalog sets one, else as stored."""
-    dtype = spec.options.get("dtype")
+def weight_bytes(options: dict[str, Any], folder: Path) -> int:
+    """The weights in memory: at options.dtype's width where it is set, else as stored."""
+    dtype = options.get("dtype")
     width = DTYPE_BYTES.get(dtype.lower()) if isinstance(dtype, str) else None
     return model_weight_bytes(folder, float_bytes=width)
 
@@ -130,7 +140,7 @@ def _utilization(plan: Footprint) -> float:
     return min(math.ceil(plan.total_bytes / plan.device_total_bytes * 1000) / 1000, 1.0)
 
 
-def cache_options(spec: ModelSpec, plan: Footprint | None) -> dict[str, Any]:
+def cache_options(spec: ModelSpec, plan: Footprint | None, *, on_cpu: bool = False) -> dict[str, Any]:
     """The vLLM arguments that size the cache, unless the catalog sizes it itself.
 
     Declared footprint: `kv_cache_memory_bytes` = footprint - weights (activations are not
@@ -141,7 +151,8 @@ def cache_options(spec: ModelSpec, plan: Footprint | None) -> dict[str, Any]:
         return {}
     if spec.memory_bytes > 0:
         folder = Path(spec.path)
-        cache = spec.memory_bytes - (weight_bytes(spec, folder) if folder.is_dir() else 0)
+        weights = weight_bytes(engine_options(spec.options, on_cpu=on_cpu), folder) if folder.is_dir() else 0
+        cache = spec.memory_bytes - weights
         return {"kv_cache_memory_bytes": cache} if cache > 0 else {}
     if plan is None or plan.kv_cache_bytes <= 0:
         return {}

@@ -17,7 +17,7 @@ from engines.scheduler import Scheduler
 from engines.sizing import Footprint, FootprintTooLarge
 from server.cli import main
 from tests.fakes import FakeTextEngine
-from tests.unit.test_sizing import TINY_LLAMA, TINY_PER_TOKEN, llm_folder, safetensors
+from tests.model_files import TINY_LLAMA, TINY_PER_TOKEN, llm_folder, safetensors
 
 MB = 1 << 20
 GB = 1 << 30

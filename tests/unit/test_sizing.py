@@ -4,9 +4,7 @@ files written here: config.json and weight files whose headers say what they hol
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,47 +13,12 @@ from engines.devices import DeviceMemory
 from engines.llm.sizing import kv_bytes_per_token
 from engines.sizing import Footprint, SizingPolicy, plan_footprint
 from engines.weights import weight_files
+from tests.model_files import TINY_LLAMA, TINY_PER_TOKEN, llm_folder, safetensors
 
 MB = 1 << 20
 GB = 1 << 30
 POLICY = SizingPolicy()  # 4 sequences, 8192 tokens at most, 25% of the budget, 1 GiB overhead, x1.5
 HOST = DeviceMemory(name="cpu", total_bytes=24 * GB, budget_bytes=19 * GB)
-
-# The demo chat model's shape: 2 layers, 2 heads of 32, float32.
-TINY_LLAMA = {
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-    "hidden_size": 64,
-    "max_position_embeddings": 1024,
-    "dtype": "float32",
-}
-TINY_PER_TOKEN = 2 * 2 * 2 * 32 * 4  # K and V x layers x KV heads x head_dim x float32
-
-
-def safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> int:
-    """A safetensors file whose header describes `tensors` (name: (dtype, shape)); the data
-    are zeros. Returns the data's size."""
-    widths = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1}
-    header: dict[str, Any] = {}
-    offset = 0
-    for name, (dtype, shape) in tensors.items():
-        size = math.prod(shape) * widths[dtype]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as stream:
-        stream.write(len(encoded).to_bytes(8, "little") + encoded)
-        stream.truncate(8 + len(encoded) + offset)
-    return offset
-
-
-def llm_folder(root: Path, config: dict[str, Any], weights: int = MB) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text(json.dumps(config))
-    safetensors(root / "model.safetensors", {"w": ("F32", [weights // 4])})
-    return root
 
 
 def spec(path: Path, engine: str = "vllm", kind: ModelKind = ModelKind.CHAT, **options: object) -> ModelSpec:
@@ -121,11 +84,18 @@ def test_catalog_cache_counts_as_given(tmp_path: Path) -> None:
     assert plan(spec(folder, gpu_memory_utilization=0.5), gpu).kv_cache_bytes == 40 * GB - MB - GB
 
 
-def test_weights_at_the_catalog_dtype(tmp_path: Path) -> None:
+def test_weights_and_cache_at_the_dtype_vllm_computes_in(tmp_path: Path) -> None:
     safetensors(tmp_path / "model.safetensors", {"w": ("BF16", [MB])})
-    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
-    assert plan(spec(tmp_path)).weights_bytes == 2 * MB  # as stored
-    assert plan(spec(tmp_path, dtype="float32")).weights_bytes == 4 * MB
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_LLAMA, "dtype": "bfloat16"}))
+    # On CPU an entry without a dtype runs in float32 (engines/llm/sizing.py: CPU_DTYPE).
+    on_cpu = plan(spec(tmp_path))
+    assert on_cpu.weights_bytes == 4 * MB and on_cpu.kv_cache_bytes == 4 * 1024 * TINY_PER_TOKEN
+    bf16 = plan(spec(tmp_path, dtype="bfloat16"))
+    assert bf16.weights_bytes == 2 * MB and bf16.kv_cache_bytes == 4 * 1024 * TINY_PER_TOKEN // 2
+    # On a GPU vLLM keeps the checkpoint's dtype.
+    gpu = DeviceMemory(name="cuda:0", total_bytes=80 * GB, budget_bytes=72 * GB)
+    assert plan(spec(tmp_path), gpu).weights_bytes == 2 * MB
+    assert plan(spec(tmp_path), gpu).kv_cache_bytes == 4 * 1024 * TINY_PER_TOKEN // 2
 
 
 def test_declared_and_missing_models_get_no_plan(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 from engines.base import ModelKind, ModelSpec
 from engines.llm.sizing import cache_options
 from engines.sizing import Footprint
+from tests.model_files import safetensors
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -29,6 +30,13 @@ def test_cache_gets_the_footprint_left_after_the_weights(tmp_path: Path) -> None
     (tmp_path / "model.safetensors").write_bytes(b"\0" * MB)
     (tmp_path / "config.json").write_text("{}")
     assert cache_options(chat(tmp_path, 5 * MB), None) == {"kv_cache_memory_bytes": 4 * MB}
+
+
+def test_declared_cache_counts_weights_at_the_dtype_used(tmp_path: Path) -> None:
+    safetensors(tmp_path / "model.safetensors", {"w": ("BF16", [MB // 2])})  # 1 MiB stored
+    assert cache_options(chat(tmp_path, 5 * MB), None) == {"kv_cache_memory_bytes": 4 * MB}
+    # On CPU an entry without a dtype runs in float32: its weights take twice as much.
+    assert cache_options(chat(tmp_path, 5 * MB), None, on_cpu=True) == {"kv_cache_memory_bytes": 3 * MB}
 
 
 def test_catalog_sizing_is_left_alone(tmp_path: Path) -> None:
