@@ -30,7 +30,7 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     path: str
     # Passed to the engine library as they are (vLLM: AsyncEngineArgs fields).
     options: dict[str, Any] = {}
-    # Declared device footprint; 0 means measure after load.
+    # Declared device footprint; 0: planned from the files (engines/sizing.py), then measured at load.
     memory_bytes: int = 0
     # Loaded at startup and never evicted or unloaded for idleness.
     pinned: bool = False

@@ -26,7 +26,8 @@ class ModelResidency(msgspec.Struct, kw_only=True):
     device: str
     pinned: bool
     footprint_bytes: int
-    # "declared" in the catalog, "measured" at the last load, or "unknown" before the first.
+    # "declared" in the catalog, "measured" at the last load, "estimated" from the model's files
+    # before its first load (engines/sizing.py), or "unknown" when none of these is known.
     footprint_source: str
     idle_s: float | None  # since the last lease ended; None before the first load
     leases: int

@@ -53,6 +53,7 @@ from engines.errors import (
 )
 from engines.registry import ModelRegistry
 from engines.residency import HOLDS_MEMORY, DeviceUsage, ModelResidency, Residency, SchedulerReport
+from engines.sizing import Footprint, FootprintTooLarge, PlannedEngine, SizingPolicy, plan_footprint
 
 log = logging.getLogger("omniserve.scheduler")
 # The global provider (a no-op until tracing is configured): the engines know nothing of the server.
@@ -84,6 +85,9 @@ class _Slot:
         self.demand = 0
         self.last_used: float | None = None
         self.measured_bytes = 0
+        # An undeclared model's footprint planned from its files (engines/sizing.py), used
+        # until a load measures it.
+        self.planned: Footprint | None = None
         self.loads = 0
         self.last_load_s: float | None = None
         self.total_load_s = 0.0
@@ -106,7 +110,16 @@ class _Slot:
 
     @property
     def footprint(self) -> int:
-        return self.engine.spec.memory_bytes or self.measured_bytes
+        planned = self.planned.total_bytes if self.planned else 0
+        return self.engine.spec.memory_bytes or self.measured_bytes or planned
+
+    @property
+    def footprint_source(self) -> str:
+        if self.engine.spec.memory_bytes:
+            return "declared"
+        if self.loads and (self.measured_bytes or not self.planned):
+            return "measured"
+        return "estimated" if self.planned else "unknown"
 
     @property
     def evictable(self) -> bool:
@@ -119,7 +132,11 @@ def _model_attributes(slot: _Slot) -> dict[str, str]:
 
 class Scheduler:
     def __init__(
-        self, registry: ModelRegistry, policy: AdmissionPolicy, devices: list[DeviceMemory] | None = None
+        self,
+        registry: ModelRegistry,
+        policy: AdmissionPolicy,
+        devices: list[DeviceMemory] | None = None,
+        sizing: SizingPolicy | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
@@ -144,6 +161,27 @@ class Scheduler:
         self._startup: set[str] = set()
         self._startup_done = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._plan_footprints(sizing or SizingPolicy())
+
+    def _plan_footprints(self, sizing: SizingPolicy) -> None:
+        """Plan every undeclared model on a budgeted device, and hand engines that size
+        themselves (vLLM) their plan. FootprintTooLarge, before anything loads, for models
+        that could never fit their device's whole budget."""
+        too_large: dict[str, tuple[Footprint, int]] = {}
+        for slot in self._slots.values():
+            budget = self.devices.get(slot.device)
+            if budget is None:
+                continue  # nothing is budgeted there: an engine sizes itself alone
+            slot.planned = plan_footprint(slot.engine.spec, device=slot.device, budget=budget, policy=sizing)
+            if slot.planned is None:
+                continue
+            if slot.planned.total_bytes > budget.budget_bytes:
+                too_large[slot.name] = (slot.planned, budget.budget_bytes)
+            if isinstance(slot.engine, PlannedEngine):
+                slot.engine.use_footprint(slot.planned)
+            log.info("model %s: planned footprint %d MiB on %s", slot.name, slot.footprint >> 20, slot.device)
+        if too_large:
+            raise FootprintTooLarge(too_large)
 
     def _slot(self, name: str, kind: type[Engine] = Engine) -> _Slot:
         """The model's slot, if the catalog has it and its kind serves the protocol `kind`.
@@ -650,13 +688,12 @@ class Scheduler:
         now = time.monotonic()
         models = {}
         for name, slot in self._slots.items():
-            source = "declared" if slot.engine.spec.memory_bytes else "measured" if slot.loads else "unknown"
             models[name] = ModelResidency(
                 state=slot.state,
                 device=slot.device,
                 pinned=slot.pinned,
                 footprint_bytes=slot.footprint,
-                footprint_source=source,
+                footprint_source=slot.footprint_source,
                 idle_s=None if slot.last_used is None or slot.active else round(now - slot.last_used, 3),
                 leases=slot.active,
                 queue_depth=slot.demand - slot.active,

@@ -4,12 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The speech tests speak their input with espeak-ng and measure audio with sox.
-if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
+# The speech tests speak their input with espeak-ng and measure audio with sox; the console
+# test drives headless Chromium through its driver.
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v sox >/dev/null || missing+=(sox)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-        apt-get install -y -q espeak-ng sox >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng sox >/dev/null; }
+        apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
     else
-        echo "the speech tests need espeak-ng and sox: install them (Debian: apt-get install espeak-ng sox)" >&2
+        echo "the tests need ${missing[*]}: install them (Debian: apt-get install ${missing[*]})" >&2
         exit 1
     fi
 fi

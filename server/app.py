@@ -27,11 +27,13 @@ from engines.registry import (
     vllm_factory,
 )
 from engines.scheduler import Scheduler
+from engines.sizing import SizingPolicy
 from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
 from server.cancellation import CancelOnDisconnect
 from server.composition import Components
+from server.console.pages import ConsoleController
 from server.cors import UnlistedOriginsAsSameSite, cors_config
 from server.errors import handle_exception
 from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
@@ -98,7 +100,17 @@ def build_components(
         background_timeout_s=settings.scheduler.background_timeout_s,
         background_aging_s=settings.scheduler.background_aging_s,
     )
-    devices = discover_devices(settings.scheduler.host_budget, settings.scheduler.gpu_budget)
+    scheduling = settings.scheduler
+    sizing = SizingPolicy(
+        default_sequences=scheduling.default_sequences,
+        default_max_model_len=scheduling.default_max_model_len,
+        kv_cache_share=scheduling.kv_cache_share,
+        vllm_overhead_bytes=scheduling.vllm_overhead_bytes,
+        activation_factor=scheduling.activation_factor,
+    )
+    devices = discover_devices(scheduling.host_budget, scheduling.gpu_budget)
+    # Before anything opens: a catalog model that can never fit raises FootprintTooLarge here.
+    scheduler = Scheduler(registry, policy, devices, sizing)
     keystore = KeyStore(settings.data_path / "keys.sqlite3")
     authenticator = Authenticator(
         keystore,
@@ -106,7 +118,7 @@ def build_components(
         open_when_no_keys=settings.is_loopback or settings.auth.allow_open,
         static_admin_keys=settings.auth.static_admin_keys,
     )
-    return Components(settings, Scheduler(registry, policy, devices), keystore, authenticator)
+    return Components(settings, scheduler, keystore, authenticator)
 
 
 @get(
@@ -229,6 +241,8 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
     app = Litestar(
         route_handlers=[
             HealthController,
+            # The page holds no data (its calls carry the user's key), so it needs none.
+            ConsoleController,
             Router(
                 path="/", route_handlers=[metrics], guards=metrics_guards(settings.metrics, components.authenticator)
             ),

@@ -1,14 +1,15 @@
-"""The served catalog as OpenAI's model list: names, aliases, context length once loaded."""
+"""The served catalog as OpenAI's model list: names, aliases, kinds, context length once loaded."""
 
 from __future__ import annotations
 
 import time
+from typing import cast
 
 from engines.base import ModelKind, TextGenerationEngine
 from engines.residency import Residency
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
-from schemas.openai.models import ModelCard
+from schemas.openai.models import ModelCard, ModelKindName
 
 
 class ModelCatalog:
@@ -26,7 +27,14 @@ class ModelCatalog:
             if spec.kind is ModelKind.CHAT and residency[spec.name] is Residency.RESIDENT:
                 max_len = engine.info.max_model_len if isinstance(engine, TextGenerationEngine) else None
             for name in (spec.name, *spec.aliases):
-                cards.append(ModelCard(id=name, created=self.started_at, max_model_len=max_len))
+                cards.append(
+                    ModelCard(
+                        id=name,
+                        created=self.started_at,
+                        kind=cast(ModelKindName, spec.kind.value),
+                        max_model_len=max_len,
+                    )
+                )
         return cards
 
     def card(self, name: str) -> ModelCard:

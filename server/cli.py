@@ -1,4 +1,4 @@
-"""`omniserve serve | demo | keys ...`"""
+"""`omniserve serve | demo | models ... | keys ...`"""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from engines.base import ModelSpec
 from server.settings import Settings
 from server.settings_loading import SettingsError, load_settings
 
@@ -19,23 +18,6 @@ if TYPE_CHECKING:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _catalog(settings: Settings) -> list[ModelSpec]:
-    if settings.models:
-        return list(settings.models)
-    from engines.audio.demo import build_audio_demo_models
-    from engines.demo import build_demo_models
-    from engines.image.demo import build_image_demo_models
-    from engines.video.demo import build_video_demo_models
-
-    root = settings.data_path / "models" / "demo"
-    return [
-        *build_demo_models(root),
-        *build_image_demo_models(root),
-        *build_audio_demo_models(root),
-        *build_video_demo_models(root),
-    ]
 
 
 def _keys_exist(settings: Settings) -> bool:
@@ -50,10 +32,12 @@ def _keys_exist(settings: Settings) -> bool:
         store.close()
 
 
-def cmd_serve(settings: Settings) -> int:
+def cmd_serve(settings: Settings, models: list[str], kinds: list[str]) -> int:
+    from engines.sizing import FootprintTooLarge
     from server.app import VERSION, build_components, create_app
     from server.data_lock import DataDirLocked
     from server.http_server import DrainingServer, listening_sockets, uvicorn_config
+    from server.startup_catalog import CatalogStartError, startup_catalog
 
     if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
         print(
@@ -62,15 +46,24 @@ def cmd_serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    # Catalog paths are local; a missing file should fail at once, not wait on a hub.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from server.telemetry.logs import configure_logging
     from server.telemetry.tracing import configure_tracing
 
     configure_logging(settings.log_level, settings.log_format)
+    # Hub ids are downloaded (or, with HF_HUB_OFFLINE=1, found in the cache) and every --model is
+    # classified before the data lock, the port or any engine: a catalog that cannot be served
+    # stops here with nothing started.
+    try:
+        catalog = startup_catalog(settings, models, kinds)
+    except CatalogStartError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
-    components = build_components(settings, _catalog(settings))
+    try:
+        components = build_components(settings, catalog)
+    except FootprintTooLarge as exc:
+        print(exc, file=sys.stderr)
+        return 2
     try:
         components.data_lock.acquire()
     except DataDirLocked as exc:
@@ -193,12 +186,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve", parents=[config], help="run the server (the demo catalog when no models are configured)"
+        "serve", parents=[config], help="run the server (the demo catalog when no models are configured or named)"
     )
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]ID_OR_PATH",
+        help="serve this model (repeatable): a local folder or a Hugging Face id (org/name[@revision]), under "
+        "NAME, else under the argument as given; its kind is read from its files. Added to the configured "
+        "models; the demo catalog is not served",
+    )
+    serve.add_argument(
+        "--model-kind",
+        action="append",
+        default=[],
+        metavar="NAME=KIND",
+        help="the kind of the --model served as NAME, where its files leave it open (e.g. embedding)",
+    )
     demo = commands.add_parser("demo", parents=[config], help="build the demo models under the data dir")
     demo.add_argument("--force", action="store_true", help="rebuild even if present")
+    models = commands.add_parser("models", parents=[config], help="models in the catalog and the Hugging Face cache")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    model_commands.add_parser(
+        "list", parents=[config], help="the configured models, and the models in the Hugging Face cache with sizes"
+    )
+    model_commands.add_parser(
+        "pull", parents=[config], help="download a model into the Hugging Face cache (not with HF_HUB_OFFLINE=1)"
+    ).add_argument("id", metavar="ORG/NAME[@REVISION]")
     keys = commands.add_parser("keys", parents=[config], help="manage API keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", parents=[config], help="create a key and print it once")
@@ -240,9 +257,13 @@ def main(argv: list[str] | None = None) -> int:
             settings.port = args.port
     _setup_logging(settings.log_level)
     if args.command == "serve":
-        return cmd_serve(settings)
+        return cmd_serve(settings, args.model, args.model_kind)
     if args.command == "demo":
         return cmd_demo(settings, args.force)
+    if args.command == "models":
+        from server.model_commands import cmd_models_list, cmd_models_pull
+
+        return cmd_models_list(settings) if args.models_command == "list" else cmd_models_pull(args.id)
     return cmd_keys(settings, args)
 
 

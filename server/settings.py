@@ -174,7 +174,33 @@ class SchedulerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # Task work that has waited this long goes ahead of interactive requests; 0: never.
     background_aging_s: float = 60.0
 
+    # A model without memory_bytes gets a footprint planned from its files before it loads
+    # (engines/sizing.py, docs/architecture.md), so that it is placed and evicted by it and
+    # vLLM never takes its default share of the device (0.92 of it).
+    # vLLM's KV cache holds this many sequences of max_model_len tokens: enough to batch a few
+    # long requests (or many short ones) without reserving the device for a full batch of 256.
+    default_sequences: int = 4
+    # max_model_len where the catalog gives none: config.json's context, capped at this. A
+    # model trained on 128k tokens would otherwise plan gigabytes of cache a sequence; vLLM is
+    # given the same limit, so longer prompts get a clear 400.
+    default_max_model_len: int = 8192
+    # The most of its device's budget one planned KV cache may take, so that several models
+    # share a device; a cache never holds less than one full-length sequence.
+    kv_cache_share: float = 0.25
+    # vLLM's memory beyond weights and cache: the engine-core process (interpreter, torch,
+    # kernels), a GPU's CUDA context and graphs, one batch's activations.
+    vllm_overhead_bytes: int = 1 << 30
+    # Other engines (diffusers, transformers, faster-whisper, Coqui): their weights times this,
+    # for activations (a diffusion step at 1024 x 1024 needs about half the weights again).
+    activation_factor: float = 1.5
+
     def __post_init__(self) -> None:
+        if self.default_sequences < 1 or self.default_max_model_len < 1:
+            raise ValueError("scheduler.default_sequences and scheduler.default_max_model_len must be at least 1")
+        if not 0.0 < self.kv_cache_share <= 1.0:
+            raise ValueError("scheduler.kv_cache_share must be above 0 and at most 1")
+        if self.vllm_overhead_bytes < 0 or self.activation_factor < 1.0:
+            raise ValueError("scheduler.vllm_overhead_bytes must not be negative, activation_factor at least 1")
         for name in ("host_budget", "gpu_budget"):
             try:
                 parse_budget(getattr(self, name), 1)

@@ -7,7 +7,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from engines.base import EngineInfo, ModelSpec
-from engines.llm.sizing import cache_options
+from engines.llm.sizing import cache_options, engine_options
+from engines.sizing import Footprint, standalone_plan
 from engines.workpools import WorkPool, run_in
 
 if TYPE_CHECKING:
@@ -22,6 +23,16 @@ def sleep_mode_available() -> bool:
         from vllm.platforms import current_platform
 
         return bool(current_platform.is_sleep_mode_available())
+    except Exception:
+        return False
+
+
+def runs_on_cpu() -> bool:
+    """Whether vLLM's platform here is the CPU (no GPU it supports)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
     except Exception:
         return False
 
@@ -47,6 +58,11 @@ class VllmEngineBase:
         self._info: EngineInfo | None = None
         self._tokenizer: Any = None
         self._sleep_enabled = False
+        # The scheduler's plan for an undeclared model (engines/sizing.py); None until given.
+        self._plan: Footprint | None = None
+
+    def use_footprint(self, plan: Footprint) -> None:
+        self._plan = plan
 
     @property
     def llm(self) -> AsyncLLM:
@@ -79,12 +95,17 @@ class VllmEngineBase:
         # vLLM's own stat loggers feed a Prometheus registry omniserve does not serve and
         # cost the serving process several percent of a core under load; a catalog entry
         # can turn them back on with options.disable_log_stats = false. The cache is sized
-        # from the declared footprint unless the catalog sizes it (engines/llm/sizing.py).
+        # from the declared or planned footprint unless the catalog sizes it
+        # (engines/llm/sizing.py): never vLLM's default share of the device.
+        # On CPU an entry without a dtype runs in float32 (engines/llm/sizing.py: CPU_DTYPE).
+        if self._plan is None and not self.spec.memory_bytes:
+            self._plan = await run_in(WorkPool.ENGINE, standalone_plan, self.spec)
+        on_cpu = runs_on_cpu()
         options: dict[str, Any] = {
             "enable_log_requests": False,
             "disable_log_stats": True,
-            **cache_options(self.spec),
-            **self.spec.options,
+            **cache_options(self.spec, self._plan, on_cpu=on_cpu),
+            **engine_options(self.spec.options, on_cpu=on_cpu),
         }
         if runner is not None:
             options.setdefault("runner", runner)
@@ -113,7 +134,9 @@ class VllmEngineBase:
             llm.shutdown()
 
     def memory_bytes(self) -> int:
-        return self.spec.memory_bytes
+        # The engine core runs in a process of its own, which this process cannot measure:
+        # what it was sized to hold is the best count there is.
+        return self.spec.memory_bytes or (self._plan.total_bytes if self._plan else 0)
 
     @property
     def supports_sleep(self) -> bool:

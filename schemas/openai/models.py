@@ -4,10 +4,17 @@ from typing import Literal
 
 import msgspec
 
+# What a model serves: omniserve's catalog kinds (engines/base.py ModelKind).
+ModelKindName = Literal[
+    "chat", "embedding", "rerank", "image", "safety", "upscaler", "transcription", "speech", "video"
+]
+
 
 class ModelCard(msgspec.Struct, kw_only=True):
     id: str
     created: int
+    # omniserve's own field (OpenAI's card has none), so a client can pick a model for a task.
+    kind: ModelKindName
     owned_by: str = "omniserve"
     object: Literal["model"] = "model"
     max_model_len: int | None = None
