@@ -21,6 +21,10 @@ class Priority(enum.IntEnum):
 # The owner (API key id) of the leases taken in this context, when `lease` is given none:
 # the server sets it per request once the key is known.
 lease_owner: ContextVar[str | None] = ContextVar("omniserve_lease_owner", default=None)
+# The most urgent priority the leases taken in this context may have: work that nobody waits
+# on (batch lines) runs the interactive services in a context set to BACKGROUND, so their
+# leases queue behind interactive requests without each service passing a priority.
+lease_priority_floor: ContextVar[Priority] = ContextVar("omniserve_lease_priority_floor", default=Priority.INTERACTIVE)
 
 
 class AdmissionPolicy(msgspec.Struct, kw_only=True):

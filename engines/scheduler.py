@@ -39,7 +39,7 @@ from typing import Any, TypeVar, cast, overload
 
 from opentelemetry import trace
 
-from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner
+from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner, lease_priority_floor
 from engines.base import DeviceSerialEngine, Engine, ModelSpec, SleepableEngine, served_kinds
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
 from engines.errors import (
@@ -580,6 +580,7 @@ class Scheduler:
     ) -> AsyncIterator[Engine]:
         slot = self._slot(name, kind)
         owner = owner if owner is not None else lease_owner.get()
+        priority = max(priority, lease_priority_floor.get())
         # One deadline for the whole wait: a slot, the load, the device turn.
         deadline = time.monotonic() + self.policy.timeout_for(priority)
         slot.demand += 1

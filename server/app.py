@@ -45,6 +45,7 @@ from server.routes.admin import AdminController
 from server.routes.anthropic.messages import MessagesController
 from server.routes.api_docs import openapi_config
 from server.routes.health import HealthController
+from server.routes.openai.batches import batch_routers
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
 from server.routes.openai.speech import SpeechController
@@ -166,6 +167,8 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "embeddings": text.embeddings,
         "rerank": text.rerank,
         "tokenize": text.tokenize,
+        "batch_files": components.batch_files,
+        "batches": components.batches,
     }
     dependencies = {
         name: Provide(_constant(value), sync_to_thread=False, use_cache=True) for name, value in services.items()
@@ -215,6 +218,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
                 SpeechController,
                 transcriptions_router(components.settings.audio),
                 VideosController,
+                *batch_routers(components.settings.batches),
             ],
             guards=[require_key, openai_account],
         )

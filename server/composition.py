@@ -13,6 +13,11 @@ import logging
 from engines.scheduler import Scheduler
 from server.accounts import Accounts
 from server.auth import Authenticator
+from server.batches.files import BatchFiles
+from server.batches.lines import line_services
+from server.batches.runner import BatchRunner
+from server.batches.service import Batches
+from server.batches.store import BatchStore, FileContents
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
 from server.capabilities.output_limits import OutputLimit
@@ -101,6 +106,18 @@ class Components:
         # Capabilities, and the adapters of each API family over them.
         self.text = TextCapability(scheduler, settings.limits)
         self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
+        # The Batch API: its lines run through the text services above (server/batches/).
+        self.batch_store = BatchStore(data / "batches.sqlite3")
+        batch_contents = FileContents(data / "batch_files")
+        self.batch_files = BatchFiles(self.batch_store, batch_contents, settings.batches)
+        self.batch_runner = BatchRunner(
+            self.batch_store,
+            batch_contents,
+            line_services(self.text),
+            accounts=self.accounts,
+            concurrent_lines=settings.batches.concurrent_lines,
+        )
+        self.batches = Batches(self.batch_store, self.batch_files, self.batch_runner, settings.batches)
         self.submission = TaskSubmission(
             self.task_runner, allow_private_urls=tasks.allow_private_urls, nsfw_detection=self.nsfw.configured
         )
@@ -166,6 +183,7 @@ class Components:
             log.error("%s", exc)
             raise
         await self.task_runner.start()
+        await self.batch_runner.start()  # unfinished batches resume where their results end
         # After the runner's recovery: reservations of tasks it failed are refunded.
         await self.accounts.reconcile(self.task_store.status_of)
         max_age = max(self.settings.tasks.output_max_age_s, self.settings.tasks.url_ttl_s)
@@ -182,6 +200,8 @@ class Components:
             self._cleaner.cancel()
             await asyncio.gather(self._cleaner, return_exceptions=True)
         await self.task_runner.stop()
+        await self.batch_runner.stop()
         self.task_store.close()
+        self.batch_store.close()
         self.keystore.close()
         self.data_lock.release()

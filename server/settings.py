@@ -277,6 +277,30 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_speech_chars: int = 4096
 
 
+class BatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The Files and Batch API (/v1/files, /v1/batches): what one upload and one batch may hold."""
+
+    # One uploaded file (larger: 413); OpenAI's own limit is 200 MB.
+    max_file_bytes: int = 100 * 1024 * 1024
+    # Lines of one batch input file, and bytes of one line (more: 400 at upload).
+    max_lines: int = 50_000
+    max_line_bytes: int = 1024 * 1024
+    # Files one key may hold (uploads and batch outputs); past it an upload gets a 400.
+    max_files_per_key: int = 1_000
+    # Batch lines running at once, all batches together. Keep it under a model's
+    # concurrency so interactive requests still find a free slot (they are served first
+    # anyway: batch lines lease at background priority).
+    concurrent_lines: int = 2
+    # Longest completion_window a batch may ask for, in hours ("24h" and "48h" are accepted).
+    max_window_h: int = 48
+
+    def __post_init__(self) -> None:
+        if min(self.max_file_bytes, self.max_lines, self.max_line_bytes, self.max_files_per_key) < 1:
+            raise ValueError("batches.max_file_bytes, max_lines, max_line_bytes and max_files_per_key must be positive")
+        if self.concurrent_lines < 1 or self.max_window_h < 1:
+            raise ValueError("batches.concurrent_lines and batches.max_window_h must be at least 1")
+
+
 class RequestWindows(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Sliding request windows of one API family, per key; 0 means no limit. Unset: the
     family's default (FamilyWindows), so setting one window keeps the other's default."""
@@ -497,6 +521,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
+    batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
     s3: S3Settings = msgspec.field(default_factory=S3Settings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)

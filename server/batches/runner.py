@@ -1,0 +1,322 @@
+"""Runs batches: validating -> in_progress -> finalizing -> completed (or failed, expired,
+cancelling -> cancelled), one asyncio task per unfinished batch, lines through the live routes'
+services at background priority.
+
+Durability: a line's result is committed (store.record_line) before it counts; a restart
+(``start``) resumes every unfinished batch with the lines that have no result. A line that was
+running when the process died had no result, so it runs again: recording is exactly once,
+execution at least once for the lines in flight at a crash (at most ``concurrent_lines``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from opentelemetry import trace
+
+from engines.admission import Priority, lease_owner, lease_priority_floor
+from engines.workpools import WorkPool, run_in
+from schemas.errors import ApiError, ErrorCode
+from schemas.openai.batches import Batch, BatchError, BatchErrors, BatchStatus, FileObject
+from server.accounts import UNMETERED, Accounts, Meter
+from server.batches.lines import (
+    LineService,
+    ParsedLine,
+    api_error_result,
+    line_error,
+    parse_lines,
+    success_result,
+)
+from server.batches.store import BatchStore, FileContents, LineResult
+
+log = logging.getLogger("omniserve.batches")
+_tracer = trace.get_tracer("omniserve.batches")
+
+# A line the scheduler turned away (queue full, busy past the background wait) is tried again
+# after this long (or the Retry-After it was given), until the batch is cancelled or expires.
+_RETRY_S = 5.0
+_RETRIED = {ErrorCode.QUEUE_FULL, ErrorCode.SERVICE_NOT_AVAILABLE}
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        store: BatchStore,
+        contents: FileContents,
+        services: dict[str, LineService],
+        *,
+        accounts: Accounts | None,
+        concurrent_lines: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.contents = contents
+        self.services = services
+        self.accounts = accounts
+        self.clock = clock
+        self._slots = asyncio.Semaphore(concurrent_lines)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Resume every batch that had not finished when the process last stopped."""
+        for batch_id in await run_in(WorkPool.STORAGE, self.store.active_batch_ids):
+            self.launch(batch_id)
+
+    async def stop(self) -> None:
+        """Stop running lines (those cut short run again at the next start)."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def launch(self, batch_id: str) -> None:
+        if self._stopping or batch_id in self._tasks:
+            return
+        self._wake[batch_id] = asyncio.Event()
+        task = asyncio.create_task(self._run(batch_id), name=f"batch {batch_id}")
+        self._tasks[batch_id] = task
+        task.add_done_callback(lambda _: self._forget(batch_id))
+
+    def _forget(self, batch_id: str) -> None:
+        self._tasks.pop(batch_id, None)
+        self._wake.pop(batch_id, None)
+
+    def notify(self, batch_id: str) -> None:
+        """The batch's status changed elsewhere (a cancel): its task looks again."""
+        event = self._wake.get(batch_id)
+        if event is not None:
+            event.set()
+
+    async def wait(self, batch_id: str) -> None:
+        """Until the batch's task ends (tests)."""
+        task = self._tasks.get(batch_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def _run(self, batch_id: str) -> None:
+        try:
+            await self._advance(batch_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("batch %s stopped on an unexpected error", batch_id)
+            await self._fail(batch_id, "internal_error", "The batch stopped on a server error.")
+
+    async def _advance(self, batch_id: str) -> None:
+        batch = await self._batch(batch_id)
+        if batch is None:
+            return
+        owner = await run_in(WorkPool.STORAGE, self.store.owner_of, batch_id) or ""
+        try:
+            data = await run_in(WorkPool.STORAGE, self.contents.read, batch.input_file_id)
+        except FileNotFoundError:
+            await self._fail(batch_id, "missing_input_file", f"The input file '{batch.input_file_id}' is gone.")
+            return
+        runnable, refused = parse_lines(data, batch.endpoint)
+        if batch.status == "validating":
+            batch = await self._validated(batch_id, len(runnable) + len(refused), refused)
+            if batch is None:
+                return
+        if batch.status == "in_progress":
+            done = await run_in(WorkPool.STORAGE, self.store.recorded_lines, batch_id)
+            pending = [line for line in runnable if line.line not in done]
+            await self._run_lines(batch_id, owner, batch, pending)
+            batch = await self._batch(batch_id)
+            if batch is None:
+                return
+        await self._finish(batch_id, owner, batch, [line.line for line in runnable] + [r.line for r in refused])
+
+    async def _validated(self, batch_id: str, total: int, refused: list[LineResult]) -> Batch | None:
+        now = int(self.clock())
+
+        def begin(batch: Batch) -> None:
+            batch.status, batch.in_progress_at = "in_progress", now
+            batch.request_counts.total = total
+
+        # The refused lines' results and the new status in one transaction: validation
+        # happens once, however often the process restarts during it.
+        updated = await run_in(WorkPool.STORAGE, self.store.update, batch_id, ["validating"], begin, results=refused)
+        return updated if updated is not None else await self._batch(batch_id)
+
+    async def _run_lines(self, batch_id: str, owner: str, batch: Batch, pending: list[ParsedLine]) -> None:
+        # Every lease taken below (in the line tasks, which copy this context) is background
+        # work of the batch's key: interactive requests go first, keys take turns.
+        lease_owner.set(owner or None)
+        lease_priority_floor.set(Priority.BACKGROUND)
+        service = self.services[batch.endpoint]
+        meter = self._meter(owner)
+        expires_at = batch.expires_at
+        wake = self._wake[batch_id]
+        running: set[asyncio.Task[None]] = set()
+        try:
+            for line in pending:
+                # A slot first, then the checks: a cancel or the expiry that came while
+                # waiting for the slot stops this line from starting.
+                await self._slots.acquire()
+                if wake.is_set() or (expires_at is not None and self.clock() >= expires_at):
+                    self._slots.release()
+                    break
+                task = asyncio.create_task(self._line(batch_id, batch.endpoint, service, meter, line, expires_at))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: self._slots.release())
+            # In-flight lines finish (also on cancel), then the batch moves on.
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+        except BaseException:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            raise
+        if expires_at is not None and self.clock() >= expires_at:
+            await self._mark_expiring(batch_id)
+
+    async def _line(
+        self,
+        batch_id: str,
+        endpoint: str,
+        service: LineService,
+        meter: Meter,
+        line: ParsedLine,
+        expires_at: int | None,
+    ) -> None:
+        attributes: dict[str, str | int] = {
+            "omniserve.batch.id": batch_id,
+            "omniserve.batch.line": line.line,
+            "omniserve.batch.custom_id": line.custom_id,
+        }
+        with _tracer.start_as_current_span(f"batch line {endpoint}", attributes=attributes):
+            while True:
+                try:
+                    result = success_result(line.line, line.custom_id, await service(line.request, meter))
+                except ApiError as error:
+                    if error.code in _RETRIED and not self._ending(batch_id, expires_at):
+                        await asyncio.sleep(max(error.retry_after or _RETRY_S, 1.0))
+                        continue
+                    result = api_error_result(line.line, line.custom_id, error)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("batch %s line %d failed", batch_id, line.line)
+                    failure = ApiError(ErrorCode.ENGINE_ERROR, "The request failed on a server error.")
+                    result = api_error_result(line.line, line.custom_id, failure)
+                break
+            await run_in(WorkPool.STORAGE, self.store.record_line, batch_id, result)
+
+    def _ending(self, batch_id: str, expires_at: int | None) -> bool:
+        wake = self._wake.get(batch_id)
+        return (wake is not None and wake.is_set()) or (expires_at is not None and self.clock() >= expires_at)
+
+    def _meter(self, owner: str) -> Meter:
+        """Each line is charged to the batch's key as the live route charges it."""
+        if self.accounts is None or not owner:
+            return UNMETERED
+        return self.accounts.meter(owner, self.accounts.account(owner))
+
+    async def _mark_expiring(self, batch_id: str) -> None:
+        """Expiry is recorded as a pending end: the finish writes status expired."""
+        now = int(self.clock())
+
+        def expire(batch: Batch) -> None:
+            batch.expired_at = batch.expired_at or now
+
+        await run_in(WorkPool.STORAGE, self.store.update, batch_id, ["in_progress"], expire)
+
+    async def _finish(self, batch_id: str, owner: str, batch: Batch, all_lines: list[int]) -> None:
+        """Write the output and error files, and end the batch, in one transaction."""
+        now = int(self.clock())
+        ending: BatchStatus
+        if batch.status == "in_progress":
+            ending = "expired" if batch.expired_at is not None else "completed"
+
+            def finalizing(found: Batch) -> None:
+                found.status, found.finalizing_at = "finalizing", now
+
+            updated = await run_in(WorkPool.STORAGE, self.store.update, batch_id, ["in_progress"], finalizing)
+            if updated is None:  # cancelled meanwhile
+                updated = await self._batch(batch_id)
+                if updated is None or updated.status != "cancelling":
+                    return
+                ending = "cancelled"
+            batch = updated
+        elif batch.status == "finalizing":
+            ending = "expired" if batch.expired_at is not None else "completed"
+        elif batch.status == "cancelling":
+            ending = "cancelled"
+        else:
+            return
+        results = await run_in(WorkPool.STORAGE, self.store.results, batch_id)
+        missing: list[LineResult] = []
+        if ending == "expired":
+            # OpenAI's convention: the lines an expired batch never ran are in its error file.
+            recorded = {result.line for result in results}
+            missing = [
+                line_error(number, None, "batch_expired", "This line was not run before the batch expired.")
+                for number in sorted(set(all_lines) - recorded)
+            ]
+            results = sorted([*results, *missing], key=lambda result: result.line)
+        files: list[tuple[str, FileObject]] = []
+        output_id = await self._write_file(owner, files, f"{batch_id}_output.jsonl", [r for r in results if r.ok])
+        error_id = await self._write_file(owner, files, f"{batch_id}_error.jsonl", [r for r in results if not r.ok])
+
+        def end(found: Batch) -> None:
+            found.status = ending
+            found.output_file_id, found.error_file_id = output_id, error_id
+            if ending == "completed":
+                found.completed_at = now
+            elif ending == "expired":
+                found.expired_at = found.expired_at or now
+            else:
+                found.cancelled_at = now
+
+        await run_in(
+            WorkPool.STORAGE,
+            self.store.update,
+            batch_id,
+            ["finalizing", "cancelling", "in_progress"],
+            end,
+            results=missing,
+            files=files,
+        )
+
+    async def _write_file(
+        self, owner: str, files: list[tuple[str, FileObject]], name: str, results: list[LineResult]
+    ) -> str | None:
+        if not results:
+            return None
+        data = b"".join(result.output + b"\n" for result in results)
+        file = FileObject(
+            id=f"file-{uuid.uuid4().hex}",
+            bytes=len(data),
+            created_at=int(self.clock()),
+            filename=name,
+            purpose="batch_output",
+        )
+        await run_in(WorkPool.STORAGE, self.contents.write, file.id, data)
+        files.append((owner, file))
+        return file.id
+
+    async def _fail(self, batch_id: str, code: str, message: str) -> None:
+        now = int(self.clock())
+
+        def fail(batch: Batch) -> None:
+            batch.status, batch.failed_at = "failed", now
+            batch.errors = BatchErrors(data=[BatchError(code=code, message=message)])
+
+        with contextlib.suppress(Exception):
+            await run_in(
+                WorkPool.STORAGE, self.store.update, batch_id, ["validating", "in_progress", "finalizing"], fail
+            )
+
+    async def _batch(self, batch_id: str) -> Batch | None:
+        return await run_in(WorkPool.STORAGE, self.store.batch, None, batch_id)
