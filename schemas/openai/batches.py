@@ -3,7 +3,7 @@ batch.py): files with purpose "batch", batches over one JSONL input file, their 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -14,6 +14,14 @@ BatchStatus = Literal[
 ]
 BatchEndpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"]
 FilePurpose = Literal["batch", "batch_output"]
+
+
+class FileUploadRequest(msgspec.Struct, kw_only=True):
+    """The multipart form of POST /files."""
+
+    file: Annotated[bytes, msgspec.Meta(description="The JSONL file part, one request per line.")]
+    # Only "batch": this server keeps files for batches (refused with a 400 otherwise).
+    purpose: str
 
 
 class FileObject(msgspec.Struct, kw_only=True):

@@ -11,7 +11,15 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import Body
 
 from schemas.errors import ApiError, ErrorCode
-from schemas.openai.batches import Batch, BatchCreateRequest, BatchList, FileDeleted, FileList, FileObject
+from schemas.openai.batches import (
+    Batch,
+    BatchCreateRequest,
+    BatchList,
+    FileDeleted,
+    FileList,
+    FileObject,
+    FileUploadRequest,
+)
 from server.accounts_hooks import Caller
 from server.batches.files import BatchFiles
 from server.batches.service import Batches
@@ -24,14 +32,12 @@ from server.validation import ParsedForm, parse_into_data, read_form
 _FORM_OVERHEAD_BYTES = 64 * 1024
 
 
-class UploadForm:
-    __slots__ = ("data", "filename", "purpose")
-
-    def __init__(self, data: bytes, filename: str, purpose: str) -> None:
-        self.data, self.filename, self.purpose = data, filename, purpose
+_FILENAME = "omniserve_upload_filename"
 
 
-async def _upload_form(request: Request[Any, Any, Any]) -> UploadForm:
+async def _upload_form(request: Request[Any, Any, Any]) -> FileUploadRequest:
+    """The form as the openai SDK sends it; the file part's name is kept in the request's
+    state for the file object."""
     if request.content_type[0] != RequestEncodingType.MULTI_PART:
         raise bad_request("This route takes multipart/form-data: the JSONL file as a part named 'file'.", "file")
     try:
@@ -48,7 +54,8 @@ async def _upload_form(request: Request[Any, Any, Any]) -> UploadForm:
         purpose = form.get("purpose")
         if not isinstance(purpose, str):
             raise bad_request("purpose is required ('batch').", "purpose")
-        return UploadForm(await uploads[0].read(), uploads[0].filename or "upload.jsonl", purpose)
+        request.scope["state"][_FILENAME] = uploads[0].filename or "upload.jsonl"
+        return FileUploadRequest(file=await uploads[0].read(), purpose=purpose)
     finally:
         await form.close()
 
@@ -68,12 +75,13 @@ class BatchFilesController(Controller):
     )
     async def upload(
         self,
-        data: Annotated[Any, Body(media_type=RequestEncodingType.MULTI_PART)],
+        data: Annotated[FileUploadRequest, Body(media_type=RequestEncodingType.MULTI_PART)],
+        request: Request[Any, Any, Any],
         batch_files: BatchFiles,
         caller: Caller,
     ) -> FileObject:
-        form: UploadForm = data
-        return await batch_files.upload(caller.key_id, form.filename, form.purpose, form.data)
+        filename = request.scope["state"][_FILENAME]
+        return await batch_files.upload(caller.key_id, filename, data.purpose, data.file)
 
     @get("/", operation_id=operation_id("listFiles"), summary="List the key's files")
     async def list_files(
