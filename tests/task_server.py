@@ -1,7 +1,8 @@
 """An omniserve process on the fake engines, for tests that stop and restart a real server:
 ``python -m tests.task_server``. Settings come from ``OMNISERVE_*`` variables as for
 ``omniserve serve``; ``TEST_STEP_S`` makes each image denoising step take that long, so a
-test can stop the process while a task is running."""
+test can stop the process while a task is running; ``TEST_TOKEN_S`` does the same for each
+generated token of the fake chat model (batch lines)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from server.app import build_components, create_app
 from server.data_lock import DataDirLocked
 from server.http_server import DrainingServer
 from server.settings_loading import load_settings
-from tests.fakes import FAKE_SPECS, FakeImageEngine, fake_factory
+from tests.fakes import FAKE_SPECS, FakeImageEngine, FakeTextEngine, fake_factory
 
 
 class SlowImageEngine(FakeImageEngine):
@@ -33,8 +34,14 @@ class SlowImageEngine(FakeImageEngine):
         return await super().generate(job)
 
 
+class SlowTextEngine(FakeTextEngine):
+    step_delay = float(os.environ.get("TEST_TOKEN_S", "0"))
+
+
 def factory(spec: ModelSpec) -> Any:
-    return SlowImageEngine(spec) if spec.kind is ModelKind.IMAGE else fake_factory(spec)
+    if spec.kind is ModelKind.IMAGE:
+        return SlowImageEngine(spec)
+    return SlowTextEngine(spec) if spec.kind is ModelKind.CHAT else fake_factory(spec)
 
 
 def main() -> int:
