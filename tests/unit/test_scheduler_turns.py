@@ -10,7 +10,7 @@ from typing import Any, Literal
 import msgspec
 import pytest
 
-from engines.admission import AdmissionPolicy, FairGate, Priority
+from engines.admission import AdmissionPolicy, FairGate, Priority, lease_priority_floor
 from engines.base import BatchImageEngine, DeviceSerialEngine, ImageGeneration, ImageResult, ModelKind, ModelSpec
 from engines.devices import DeviceMemory
 from engines.errors import Overloaded
@@ -265,3 +265,26 @@ async def test_a_cancelled_job_keeps_the_device_turn_until_its_thread_stops() ->
     assert device.most == 1  # never two jobs on the device at once
     [usage] = scheduler.report().devices
     assert (usage.serial_running, usage.serial_waiting) == (0, 0)
+
+
+async def test_a_background_floor_makes_default_leases_wait_behind_interactive_ones() -> None:
+    """Batch lines call the interactive services, whose leases name no priority: the context's
+    floor (lease_priority_floor) queues them as background work."""
+    scheduler = make_scheduler()
+    holder = Holder(scheduler, "sd-a")
+    await holder.entered.wait()
+    order: list[str] = []
+
+    async def use(label: str, floor: Priority) -> None:
+        lease_priority_floor.set(floor)
+        async with scheduler.lease("sd-a", owner=label):
+            order.append(label)
+            await asyncio.sleep(0)
+
+    waiters = []
+    for label, floor in [("batch", Priority.BACKGROUND), ("chat", Priority.INTERACTIVE)]:
+        waiters.append(asyncio.create_task(use(label, floor)))
+        await asyncio.sleep(0.01)  # queued in this order
+    await holder.release()
+    await asyncio.gather(*waiters)
+    assert order == ["chat", "batch"]
