@@ -43,7 +43,7 @@ SDAPI = {
     "track_id": 7,
 }
 # Routes the whole-document probes reach: a request id that names no request.
-PATH_PARAMETERS = {"{request_id}": "no-such-request"}
+PATH_PARAMETERS = {"{request_id}": "no-such-request", "{batch_id}": "batch_none"}
 # What each base body gets when it is not a 200.
 BASE_STATUS = {
     # The private init_image is refused, after every other field is read.
@@ -52,11 +52,20 @@ BASE_STATUS = {
     "/api/v3/fetch/{request_id}": 404,
     # A task id that names no task: the id is read, then looked up.
     "/v3/async/task-cancel": 404,
+    # An input file id that names no file: the body is read, then the file looked up.
+    "/v1/batches": 404,
 }
+BATCH_LINE = b'{"custom_id": "a", "body": {"model": "fake-chat", "messages": []}}\n'
 # A body each JSON route accepts, under its /v1 (or only) path: its fields are what the
 # hostile values replace, one at a time, so each replacement is the only thing wrong.
 # Optional fields are set, so that they are fuzzed too.
 BASE_BODIES: dict[str, dict[str, Any]] = {
+    "/v1/batches": {
+        "input_file_id": "file-none",
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": {"run": "fuzz"},
+    },
     "/v1/chat/completions": {
         "model": "fake-chat",
         "messages": CHAT_MESSAGES,
@@ -453,6 +462,7 @@ MULTIPART_BASES: list[tuple[str, dict[str, str], FormFiles]] = [
         {"model": "fake-whisper", "response_format": "json", "temperature": "0", "prompt": "hi"},
         {"file": ("in.wav", WAV, "audio/wav")},
     ),
+    ("/v1/files", {"purpose": "batch"}, {"file": ("in.jsonl", BATCH_LINE, "application/jsonl")}),
     ("/v1/videos", {"model": "fake-animatediff", "prompt": "a cat", "seconds": "1", "size": "64x64", "seed": "1"}, {}),
     (
         "/v1/videos",
