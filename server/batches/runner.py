@@ -118,11 +118,11 @@ class BatchRunner:
             return
         owner = await run_in(WorkPool.STORAGE, self.store.owner_of, batch_id) or ""
         try:
-            data = await run_in(WorkPool.STORAGE, self.contents.read, batch.input_file_id)
+            # Read and checked off the event loop: a file of 50,000 lines takes a while.
+            runnable, refused = await run_in(WorkPool.STORAGE, self._read_lines, batch.input_file_id, batch.endpoint)
         except FileNotFoundError:
             await self._fail(batch_id, "missing_input_file", f"The input file '{batch.input_file_id}' is gone.")
             return
-        runnable, refused = parse_lines(data, batch.endpoint)
         if batch.status == "validating":
             batch = await self._validated(batch_id, len(runnable) + len(refused), refused)
             if batch is None:
@@ -135,6 +135,9 @@ class BatchRunner:
             if batch is None:
                 return
         await self._finish(batch_id, owner, batch, [line.line for line in runnable] + [r.line for r in refused])
+
+    def _read_lines(self, file_id: str, endpoint: str) -> tuple[list[ParsedLine], list[LineResult]]:
+        return parse_lines(self.contents.read(file_id), endpoint)
 
     async def _validated(self, batch_id: str, total: int, refused: list[LineResult]) -> Batch | None:
         now = int(self.clock())
@@ -255,19 +258,17 @@ class BatchRunner:
             ending = "cancelled"
         else:
             return
-        results = await run_in(WorkPool.STORAGE, self.store.results, batch_id)
-        missing: list[LineResult] = []
         if ending == "expired":
             # OpenAI's convention: the lines an expired batch never ran are in its error file.
-            recorded = {result.line for result in results}
-            missing = [
+            recorded = await run_in(WorkPool.STORAGE, self.store.recorded_lines, batch_id)
+            never_ran = [
                 line_error(number, None, "batch_expired", "This line was not run before the batch expired.")
                 for number in sorted(set(all_lines) - recorded)
             ]
-            results = sorted([*results, *missing], key=lambda result: result.line)
+            await run_in(WorkPool.STORAGE, self.store.record_lines, batch_id, never_ran)
         files: list[tuple[str, FileObject]] = []
-        output_id = await self._write_file(owner, files, f"{batch_id}_output.jsonl", [r for r in results if r.ok])
-        error_id = await self._write_file(owner, files, f"{batch_id}_error.jsonl", [r for r in results if not r.ok])
+        output_id = await run_in(WorkPool.STORAGE, self._write_outputs, owner, files, batch_id, True)
+        error_id = await run_in(WorkPool.STORAGE, self._write_outputs, owner, files, batch_id, False)
 
         def end(found: Batch) -> None:
             found.status = ending
@@ -285,26 +286,24 @@ class BatchRunner:
             batch_id,
             ["finalizing", "cancelling", "in_progress"],
             end,
-            results=missing,
             files=files,
         )
 
-    async def _write_file(
-        self, owner: str, files: list[tuple[str, FileObject]], name: str, results: list[LineResult]
-    ) -> str | None:
-        if not results:
+    def _write_outputs(self, owner: str, files: list[tuple[str, FileObject]], batch_id: str, ok: bool) -> str | None:
+        """The output (``ok``) or error file, streamed from the recorded lines (blocking): its
+        id, or None when it would be empty. A crash before the batch's final transaction
+        leaves an unlisted file, written again at the next start."""
+        file_id = f"file-{uuid.uuid4().hex}"
+        size = self.contents.write_lines(file_id, self.store.outputs(batch_id, ok=ok))
+        if size == 0:
+            self.contents.delete(file_id)
             return None
-        data = b"".join(result.output + b"\n" for result in results)
-        file = FileObject(
-            id=f"file-{uuid.uuid4().hex}",
-            bytes=len(data),
-            created_at=int(self.clock()),
-            filename=name,
-            purpose="batch_output",
+        name = f"{batch_id}_{'output' if ok else 'error'}.jsonl"
+        created = int(self.clock())
+        files.append(
+            (owner, FileObject(id=file_id, bytes=size, created_at=created, filename=name, purpose="batch_output"))
         )
-        await run_in(WorkPool.STORAGE, self.contents.write, file.id, data)
-        files.append((owner, file))
-        return file.id
+        return file_id
 
     async def _fail(self, batch_id: str, code: str, message: str) -> None:
         now = int(self.clock())

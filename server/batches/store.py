@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -216,13 +216,30 @@ class BatchStore:
             rows = self._db.execute("SELECT line FROM batch_lines WHERE batch_id = ?", (batch_id,)).fetchall()
         return {row[0] for row in rows}
 
-    def results(self, batch_id: str) -> list[LineResult]:
-        """Every recorded line, in input order."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT line, ok, output FROM batch_lines WHERE batch_id = ? ORDER BY line", (batch_id,)
-            ).fetchall()
-        return [LineResult(line, bool(ok), bytes(output)) for line, ok, output in rows]
+    def record_lines(self, batch_id: str, results: Iterable[LineResult]) -> None:
+        """Record several lines at once (those never run, for an expired batch)."""
+        with immediate_transaction(self._db, self._lock) as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO batch_lines (batch_id, line, ok, output) VALUES (?, ?, ?, ?)",
+                [(batch_id, result.line, int(result.ok), result.output) for result in results],
+            )
+
+    def outputs(self, batch_id: str, *, ok: bool, chunk: int = 1000) -> Iterator[bytes]:
+        """The recorded outputs that succeeded (``ok``) or failed, in input order, read a chunk
+        at a time so that a large batch is never held in memory whole nor the lock held long."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT line, output FROM batch_lines WHERE batch_id = ? AND ok = ? AND line > ? "
+                    "ORDER BY line LIMIT ?",
+                    (batch_id, int(ok), after, chunk),
+                ).fetchall()
+            for _, output in rows:
+                yield bytes(output)
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -265,6 +282,21 @@ class FileContents:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, target)
+
+    def write_lines(self, file_id: str, lines: Iterable[bytes]) -> int:
+        """Write ``lines`` (each followed by a newline) whole, as ``write`` does; the bytes written."""
+        target = self.path(file_id)
+        temporary = target.with_suffix(".partial")
+        size = 0
+        with open(temporary, "wb") as out:
+            for line in lines:
+                out.write(line)
+                out.write(b"\n")
+                size += len(line) + 1
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+        return size
 
     def read(self, file_id: str) -> bytes:
         return self.path(file_id).read_bytes()

@@ -19,7 +19,7 @@ from server.accounts import Meter
 from server.batches.files import BatchFiles
 from server.batches.runner import BatchRunner
 from server.batches.service import Batches
-from server.batches.store import BatchStore, FileContents
+from server.batches.store import BatchStore, FileContents, LineResult
 from server.settings import BatchSettings
 
 ENDPOINT = "/v1/embeddings"
@@ -260,4 +260,14 @@ async def test_files_per_key_window_and_metadata_limits(tmp_path: Path) -> None:
             KEY, BatchCreateRequest(input_file_id=first.id, endpoint=ENDPOINT, metadata={"k" * 65: "v"})
         )
     assert metadata.value.param == "metadata"
+    store.close()
+
+
+def test_outputs_are_read_back_in_input_order_a_chunk_at_a_time(tmp_path: Path) -> None:
+    store = BatchStore(tmp_path / "b.sqlite3")
+    results = [LineResult(line, line % 3 != 0, f"out-{line}".encode()) for line in range(9)]
+    store.record_lines("batch_x", reversed(results))
+    assert store.record_line("batch_x", LineResult(4, False, b"again")) is False  # never replaced
+    assert list(store.outputs("batch_x", ok=True, chunk=2)) == [r.output for r in results if r.ok]
+    assert list(store.outputs("batch_x", ok=False, chunk=2)) == [b"out-0", b"out-3", b"out-6"]
     store.close()
