@@ -19,7 +19,7 @@ def test_finds_a_file_beside_the_package_without_importing_it(tmp_path: Path, mo
     monkeypatch.syspath_prepend(str(tmp_path))
     assert packaged_file("weights_pkg", "model.gguf") == package / "model.gguf"
     assert "weights_pkg" not in sys.modules
-    with pytest.raises(FileNotFoundError, match="other.gguf"):
+    with pytest.raises(FileNotFoundError, match=r"other\.gguf"):
         packaged_file("weights_pkg", "other.gguf")
 
 
