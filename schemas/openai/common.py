@@ -4,7 +4,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.constraints import TokenId, TokenIdKey
+from schemas.constraints import SamplingSeed, TokenId, TokenIdKey
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
@@ -66,7 +66,7 @@ class SamplingRequest(SamplingExtras, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: SamplingSeed | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[TokenIdKey, float] | None = None

@@ -1,0 +1,29 @@
+"""OpenAI and vLLM server conformance of the text routes, through the real app on fake engines:
+what a client written against either server sends, and what it reads back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+CHAT: dict[str, Any] = {"model": "fake-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+COMPLETION: dict[str, Any] = {"model": "fake-chat", "prompt": "hi", "max_tokens": 3}
+
+
+def refusal(response: Any) -> tuple[int, str | None]:
+    return response.status_code, response.json()["error"]["param"]
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 10**30])
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_a_seed_outside_int64_is_refused_naming_seed(
+    client: AsyncTestClient, path: str, body: dict[str, Any], seed: int
+) -> None:
+    assert refusal(await client.post(path, json={**body, "seed": seed})) == (400, "seed")
+
+
+@pytest.mark.parametrize("seed", [2**63 - 1, -(2**63), 0])
+async def test_a_seed_inside_int64_is_taken(client: AsyncTestClient, seed: int) -> None:
+    assert (await client.post("/v1/chat/completions", json={**CHAT, "seed": seed})).status_code == 200
