@@ -77,9 +77,19 @@ class VllmScoreEngine(_PoolingEngine):
         await self.score([("warm", "up")], f"warmup-{self.spec.name}")
 
     def _pair_prompt(self, query: str, document: str) -> tuple[list[int], int]:
-        encoded = self.tokenizer(
-            query, text_pair=document, truncation="only_second", max_length=self.info.max_model_len
-        )
+        limit = self.info.max_model_len
+        # Only the document is cut to fit; a query that fills the context alone cannot be
+        # scored (the tokenizer raises a bare Exception on it), and is the caller's fault.
+        query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        room = limit - self.tokenizer.num_special_tokens_to_add(pair=True)
+        if query_tokens >= room:
+            raise InvalidJob(
+                f"This model's maximum context length is {limit} tokens, but the query has {query_tokens} "
+                f"tokens: a query may have at most {room - 1}, to leave room for the special tokens and "
+                "the document.",
+                "query",
+            )
+        encoded = self.tokenizer(query, text_pair=document, truncation="only_second", max_length=limit)
         ids = list(encoded["input_ids"])
         type_ids = encoded.get("token_type_ids")
         # vLLM takes BERT's segment ids compressed to where the second segment starts.

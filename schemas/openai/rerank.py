@@ -26,6 +26,7 @@ class RerankResult(msgspec.Struct, kw_only=True):
 
 
 class RerankUsage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
     total_tokens: int
 
 

@@ -27,3 +27,11 @@ async def test_a_seed_outside_int64_is_refused_naming_seed(
 @pytest.mark.parametrize("seed", [2**63 - 1, -(2**63), 0])
 async def test_a_seed_inside_int64_is_taken(client: AsyncTestClient, seed: int) -> None:
     assert (await client.post("/v1/chat/completions", json={**CHAT, "seed": seed})).status_code == 200
+
+
+async def test_rerank_and_score_usage_count_prompt_tokens(client: AsyncTestClient) -> None:
+    rerank = await client.post("/v1/rerank", json={"model": "fake-rerank", "query": "a b", "documents": ["a", "c d"]})
+    score = await client.post("/v1/score", json={"model": "fake-rerank", "text_1": "a b", "text_2": ["a", "c d"]})
+    for response in (rerank, score):
+        usage = response.json()["usage"]
+        assert usage == {"prompt_tokens": 4 + 6, "total_tokens": 4 + 6}  # the fake counts characters

@@ -15,10 +15,14 @@ from schemas.openai.rerank import (
     ScoreResponse,
 )
 from server.accounts import UNMETERED, Meter
-from server.capabilities.calls import engine_call
+from server.capabilities.calls import SAME_NAMES, WireNames, engine_call
 from server.capabilities.text.sampling import new_id, unix_now
 from server.errors import bad_request
 from server.settings import Limits
+
+
+# /score's query is its first text.
+_SCORE_NAMES = WireNames({"query": "text_1"})
 
 
 class RerankService:
@@ -27,9 +31,16 @@ class RerankService:
         self.limits = limits
 
     async def _score(
-        self, model: str, pairs: list[tuple[str, str]], request_id: str, meter: Meter = UNMETERED
+        self,
+        model: str,
+        pairs: list[tuple[str, str]],
+        request_id: str,
+        meter: Meter = UNMETERED,
+        names: WireNames = SAME_NAMES,
     ) -> ScoreResult:
-        async with engine_call(self.scheduler, model, ScoreEngine, "rerank", response_id=request_id) as call:
+        async with engine_call(
+            self.scheduler, model, ScoreEngine, "rerank", response_id=request_id, names=names
+        ) as call:
             engine, record = call
             result = await engine.score(pairs, request_id)
             record.usage(input_tokens=result.prompt_tokens)
@@ -59,7 +70,7 @@ class RerankService:
                 )
                 for index, score in ranked
             ],
-            usage=RerankUsage(total_tokens=result.prompt_tokens),
+            usage=RerankUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
         )
 
     async def score(self, request: ScoreRequest, meter: Meter = UNMETERED) -> ScoreResponse:
@@ -72,11 +83,13 @@ class RerankService:
         if len(right) > self.limits.max_batch_inputs:
             raise bad_request(f"At most {self.limits.max_batch_inputs} pairs per request.", "text_2")
         request_id = new_id("score")
-        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id, meter)
+        result = await self._score(
+            request.model, list(zip(left, right, strict=True)), request_id, meter, _SCORE_NAMES
+        )
         return ScoreResponse(
             id=request_id,
             created=unix_now(),
             model=request.model,
             data=[ScoreData(index=i, score=score) for i, score in enumerate(result.scores)],
-            usage=RerankUsage(total_tokens=result.prompt_tokens),
+            usage=RerankUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
         )
