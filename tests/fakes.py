@@ -18,6 +18,8 @@ from engines.base import (
     SamplingOptions,
     ScoreResult,
     SequenceDelta,
+    TokenChoice,
+    TokenLogprobs,
     UpscaleJob,
     upscaled_size,
 )
@@ -61,8 +63,16 @@ class _FakeBase:
         return [ord(char) for char in text]
 
 
+def fake_logprobs(token: int, top_n: int) -> TokenLogprobs:
+    """The fakes' logprobs at one position: the token at -1.0 and, ranked above it, ``top_n``
+    alternatives from "0" on (as a sampled token that was not among the likeliest)."""
+    top = [TokenChoice(token=chr(ord("0") + rank), logprob=-0.5 - rank / 100) for rank in range(top_n)]
+    return TokenLogprobs(token=_token_text(token), logprob=-1.0, top=top)
+
+
 class FakeTextEngine(_FakeBase):
-    """Characters are tokens; generation emits "ab" repeated, one token per step."""
+    """Characters are tokens; generation emits "ab" repeated, one token per step, with
+    `fake_logprobs` when logprobs (or prompt logprobs) are asked for."""
 
     step_delay = 0.0
 
@@ -95,15 +105,25 @@ class FakeTextEngine(_FakeBase):
                 await asyncio.sleep(self.step_delay)
                 last = position == options.max_tokens - 1
                 char = "ab"[position % 2]
-                yield GenerationStep(
+                logprobs = None if options.logprobs is None else [fake_logprobs(ord(char), options.logprobs)]
+                step = GenerationStep(
                     prompt_tokens=len(prompt_token_ids),
                     sequences=[
                         SequenceDelta(
-                            index=i, text=char, token_ids=[ord(char)], finish_reason="length" if last else None
+                            index=i,
+                            text=char,
+                            token_ids=[ord(char)],
+                            logprobs=logprobs,
+                            finish_reason="length" if last else None,
                         )
                         for i in range(options.n)
                     ],
                 )
+                if position == 0 and options.prompt_logprobs is not None:
+                    step.prompt_logprobs = [None] + [
+                        fake_logprobs(token, options.prompt_logprobs) for token in prompt_token_ids[1:]
+                    ]
+                yield step
             finished = True
         finally:
             if not finished:

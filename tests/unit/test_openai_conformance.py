@@ -3,6 +3,7 @@ what a client written against either server sends, and what it reads back."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -35,3 +36,33 @@ async def test_rerank_and_score_usage_count_prompt_tokens(client: AsyncTestClien
     for response in (rerank, score):
         usage = response.json()["usage"]
         assert usage == {"prompt_tokens": 4 + 6, "total_tokens": 4 + 6}  # the fake counts characters
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_completion_top_logprobs_include_the_sampled_token(client: AsyncTestClient, stream: bool) -> None:
+    body = {**COMPLETION, "logprobs": 2, "stream": stream}
+    response = await client.post("/v1/completions", json=body)
+    assert response.status_code == 200
+    if stream:
+        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+        tops = [
+            top
+            for event in events
+            for choice in json.loads(event)["choices"]
+            for top in choice["logprobs"]["top_logprobs"]
+        ]
+    else:
+        tops = response.json()["choices"][0]["logprobs"]["top_logprobs"]
+    # The fake ranks "0" and "1" above the sampled token: logprobs + 1 entries, as OpenAI's.
+    assert tops == [
+        {"0": -0.5, "1": -0.51, "a": -1.0},
+        {"0": -0.5, "1": -0.51, "b": -1.0},
+        {"0": -0.5, "1": -0.51, "a": -1.0},
+    ]
+
+
+async def test_echoed_prompt_top_logprobs_include_the_prompt_token(client: AsyncTestClient) -> None:
+    body = {**COMPLETION, "logprobs": 1, "echo": True, "max_tokens": 1}
+    logprobs = (await client.post("/v1/completions", json=body)).json()["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["h", "i", "a"]
+    assert logprobs["top_logprobs"] == [None, {"0": -0.5, "i": -1.0}, {"0": -0.5, "a": -1.0}]

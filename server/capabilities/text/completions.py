@@ -53,7 +53,10 @@ class _LogprobsBuilder:
                 self.value.top_logprobs.append(None)
             else:
                 self.value.token_logprobs.append(entry.logprob)
-                self.value.top_logprobs.append({top.token: top.logprob for top in entry.top})
+                # OpenAI lists the sampled token among the alternatives too: up to logprobs + 1.
+                alternatives = {top.token: top.logprob for top in entry.top}
+                alternatives.setdefault(token, entry.logprob)
+                self.value.top_logprobs.append(alternatives)
 
     def take(self) -> CompletionLogprobs:
         value = self.value
