@@ -66,3 +66,13 @@ async def test_echoed_prompt_top_logprobs_include_the_prompt_token(client: Async
     logprobs = (await client.post("/v1/completions", json=body)).json()["choices"][0]["logprobs"]
     assert logprobs["tokens"] == ["h", "i", "a"]
     assert logprobs["top_logprobs"] == [None, {"0": -0.5, "i": -1.0}, {"0": -0.5, "a": -1.0}]
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_stream_options_without_streaming_are_refused(
+    client: AsyncTestClient, path: str, body: dict[str, Any]
+) -> None:
+    response = await client.post(path, json={**body, "stream_options": {"include_usage": True}})
+    assert refusal(response) == (400, "stream_options")
+    streamed = await client.post(path, json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert streamed.status_code == 200

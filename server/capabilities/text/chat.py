@@ -34,6 +34,7 @@ from server.capabilities.started_streams import READY, started_stream
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
+    check_stream_options,
     new_id,
     resolve_max_tokens,
     sampling_options,
@@ -113,6 +114,7 @@ class ChatService:
         self, request: ChatCompletionRequest, engine: TextGenerationEngine, template: ChatTemplateInput
     ) -> _ChatPlan:
         check_n(request.n, self.limits.max_n)
+        check_stream_options(request)
         check_sequences(1, request.n, self.limits.max_sequences_per_request, "messages")
         if not request.messages:
             raise bad_request("messages must hold at least one message.", "messages")

@@ -17,6 +17,7 @@ from server.capabilities.text.sampling import (
     check_input_ids,
     check_n,
     check_sequences,
+    check_stream_options,
     merge_streams,
     new_id,
     resolve_max_tokens,
@@ -71,6 +72,7 @@ class CompletionService:
 
     async def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
         check_n(request.n, self.limits.max_n)
+        check_stream_options(request)
         if request.suffix is not None:
             raise bad_request("suffix is not supported by this server.", "suffix")
         if request.best_of is not None and request.best_of != request.n:

@@ -31,6 +31,12 @@ def check_n(n: int, max_n: int) -> None:
         raise bad_request(f"n must be between 1 and {max_n}.", "n")
 
 
+def check_stream_options(request: SamplingRequest) -> None:
+    """stream_options steers a stream only; OpenAI and vLLM refuse it on a plain answer."""
+    if request.stream_options is not None and not request.stream:
+        raise bad_request("stream_options is allowed only when stream is true.", "stream_options")
+
+
 def check_sequences(prompts: int, n: int, max_sequences: int, prompt_param: str = "prompt") -> int:
     """The sequences a request generates (prompts times n), or a 400 naming the field to cut."""
     sequences = prompts * n
