@@ -76,3 +76,35 @@ async def test_stream_options_without_streaming_are_refused(
     assert refusal(response) == (400, "stream_options")
     streamed = await client.post(path, json={**body, "stream": True, "stream_options": {"include_usage": True}})
     assert streamed.status_code == 200
+
+
+def stream_chunks(response: Any) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    return [json.loads(event) for event in events[:-1]]
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_streamed_choices_come_one_per_chunk(client: AsyncTestClient, path: str, body: dict[str, Any]) -> None:
+    chunks = stream_chunks(await client.post(path, json={**body, "stream": True, "n": 3}))
+    assert all(len(chunk["choices"]) == 1 for chunk in chunks)
+    assert {chunk["choices"][0]["index"] for chunk in chunks} == {0, 1, 2}
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_continuous_usage_stats_put_usage_on_every_chunk(
+    client: AsyncTestClient, path: str, body: dict[str, Any]
+) -> None:
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    chunks = stream_chunks(await client.post(path, json={**body, "stream": True, "stream_options": options}))
+    prompt = chunks[-1]["usage"]["prompt_tokens"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    running = [chunk["usage"]["completion_tokens"] for chunk in chunks[:-1]]
+    # Chat opens with a role chunk before any token.
+    assert running == ([0, 1, 2, 3] if "messages" in body else [1, 2, 3])
+    assert all(chunk["usage"]["prompt_tokens"] == prompt for chunk in chunks)
+    plain = stream_chunks(
+        await client.post(path, json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    )
+    assert all(chunk["usage"] is None for chunk in plain[:-1])

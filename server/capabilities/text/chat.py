@@ -276,29 +276,46 @@ class ChatService:
     async def _stream_events(
         self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
     ) -> AsyncGenerator[bytes, None]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        options = request.stream_options
+        include_usage = bool(options and options.include_usage)
+        # vLLM's continuous_usage_stats: every chunk carries the usage so far (its choice's
+        # tokens), when usage is asked for at all.
+        continuous = include_usage and bool(options and options.continuous_usage_stats)
         created = unix_now()
+        prompt_tokens = len(plan.prompt_ids)
 
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+        def usage(completion_tokens: int) -> Usage:
+            return Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+
+        def chunk(choice: ChatChunkChoice | None, choice_tokens: int = 0) -> bytes:
+            # One choice per chunk, as OpenAI streams n > 1; the last chunk has none, and usage.
+            choices = [choice] if choice is not None else []
             return sse_event(
                 ChatCompletionChunk(
-                    id=plan.request_id, created=created, model=request.model, choices=choices, usage=usage
+                    id=plan.request_id,
+                    created=created,
+                    model=request.model,
+                    choices=choices,
+                    usage=usage(choice_tokens) if continuous and choice is not None else None,
                 )
             )
 
-        completion_tokens = 0
+        tokens = [0] * request.n
         called_tools = [False] * request.n
         forced_text = [""] * request.n
         async with self._call(request, plan, charge) as (engine, record):
             yield READY
             for index in range(request.n):
-                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+                yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")))
             step: GenerationStep
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
                 record.observe(step)
-                choices = []
                 for seq in step.sequences:
-                    completion_tokens += len(seq.token_ids)
+                    tokens[seq.index] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
                     delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
                     reason = seq.finish_reason
@@ -310,22 +327,15 @@ class ChatService:
                     if delta is None and reason is None:
                         continue
                     logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
-                    choices.append(
-                        ChatChunkChoice(
-                            index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
-                        )
+                    choice = ChatChunkChoice(
+                        index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
                     )
-                if choices:
-                    yield chunk(choices)
+                    yield chunk(choice, tokens[seq.index])
             if include_usage:
-                prompt_tokens = len(plan.prompt_ids)
-                yield chunk(
-                    [],
-                    Usage(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens,
-                    ),
+                yield sse_event(
+                    ChatCompletionChunk(
+                        id=plan.request_id, created=created, model=request.model, choices=[], usage=usage(sum(tokens))
+                    )
                 )
 
     def _stream_delta(

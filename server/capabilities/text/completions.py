@@ -190,7 +190,18 @@ class CompletionService:
         n = request.n
         echoed = [False] * (len(prompts) * n)
         offsets = [_LogprobsBuilder() for _ in echoed]
-        completion_tokens = 0
+        tokens = [0] * len(echoed)
+        stream_options = request.stream_options
+        include_usage = bool(stream_options and stream_options.include_usage)
+        # vLLM's continuous_usage_stats: each chunk carries its choice's usage so far.
+        continuous = include_usage and bool(stream_options and stream_options.continuous_usage_stats)
+
+        def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+            return Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
             return sse_event(
@@ -201,37 +212,27 @@ class CompletionService:
             yield READY
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
-                choices = []
+                prompt = prompts[prompt_index]
                 for seq in step.sequences:
                     choice = prompt_index * n + seq.index
                     text = seq.text
                     builder = offsets[choice]
                     if request.echo and not echoed[choice]:
                         echoed[choice] = True
-                        prompt = prompts[prompt_index]
                         text = prompt.echo_text + text
                         if step.prompt_logprobs is not None:
                             builder.add(step.prompt_logprobs, engine.token_strings(prompt.ids))
-                    completion_tokens += len(seq.token_ids)
+                    tokens[choice] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
                     if seq.logprobs is not None:
                         builder.add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
-                    choices.append(
-                        CompletionChoice(
-                            index=choice,
-                            text=text,
-                            logprobs=builder.take() if request.logprobs is not None else None,
-                            finish_reason=seq.finish_reason,
-                        )
+                    # One choice per chunk, as OpenAI streams n > 1 (and several prompts).
+                    completion = CompletionChoice(
+                        index=choice,
+                        text=text,
+                        logprobs=builder.take() if request.logprobs is not None else None,
+                        finish_reason=seq.finish_reason,
                     )
-                yield chunk(choices)
-        if request.stream_options and request.stream_options.include_usage:
-            prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
-            yield chunk(
-                [],
-                Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
-            )
+                    yield chunk([completion], usage(len(prompt.ids), tokens[choice]) if continuous else None)
+        if include_usage:
+            yield chunk([], usage(sum(len(prompt.ids) for prompt in prompts), sum(tokens)))
