@@ -108,3 +108,20 @@ async def test_continuous_usage_stats_put_usage_on_every_chunk(
         await client.post(path, json={**body, "stream": True, "stream_options": {"include_usage": True}})
     )
     assert all(chunk["usage"] is None for chunk in plain[:-1])
+
+
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+NAMED = {"type": "function", "function": {"name": "lookup"}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_named_tool_call_cut_by_max_tokens_finishes_with_length(client: AsyncTestClient, stream: bool) -> None:
+    body = {**CHAT, "tools": TOOLS, "tool_choice": NAMED, "stream": stream}  # the fake writes "aba": no JSON
+    response = await client.post("/v1/chat/completions", json=body)
+    if stream:
+        reasons = [c["choices"][0]["finish_reason"] for c in stream_chunks(response) if c["choices"]]
+        assert [reason for reason in reasons if reason] == ["length"]
+    else:
+        choice = response.json()["choices"][0]
+        assert choice["finish_reason"] == "length"
+        assert choice["message"]["tool_calls"][0]["function"] == {"name": "lookup", "arguments": "aba"}

@@ -75,6 +75,12 @@ def message_to_template(message: ChatMessage) -> dict[str, Any]:
     return rendered
 
 
+def tool_calls_reason(reason: str | None) -> str | None:
+    """The finish reason of a choice that called tools: "tool_calls", unless max_tokens cut
+    it short; then "length", for its last call's arguments are no whole JSON."""
+    return reason if reason == "length" else "tool_calls"
+
+
 def to_openai_logprobs(entries: list[TokenLogprobs]) -> ChoiceLogprobs:
     return ChoiceLogprobs(
         content=[
@@ -244,7 +250,7 @@ class ChatService:
             ToolCall(id=new_id("call"), function=FunctionCall(name=name, arguments=arguments))
             for name, arguments in calls
         ]
-        return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
+        return AssistantMessage(content=content or None, tool_calls=tool_calls), tool_calls_reason(reason)
 
     def _call(
         self,
@@ -323,7 +329,7 @@ class ChatService:
                         if plan.tool_mode == "forced" and plan.tool_choice == "required":
                             delta = self._required_calls_delta(forced_text[seq.index], plan, called_tools, seq.index)
                         if called_tools[seq.index]:
-                            reason = "tool_calls"
+                            reason = tool_calls_reason(reason)
                     if delta is None and reason is None:
                         continue
                     logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
