@@ -85,6 +85,8 @@ class FakeTextEngine(_FakeBase):
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         text = "".join(f"{m['role']}:{m['content']}\n" for m in messages)
+        if tools:  # as a real template lists the tools before the conversation
+            text = "tools:" + ",".join(tool["function"]["name"] for tool in tools) + "\n" + text
         return self.tokenize(text + ("assistant:" if add_generation_prompt else ""))
 
     def detokenize(self, token_ids: Sequence[int]) -> str:

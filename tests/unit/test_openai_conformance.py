@@ -125,3 +125,13 @@ async def test_a_named_tool_call_cut_by_max_tokens_finishes_with_length(client: 
         choice = response.json()["choices"][0]
         assert choice["finish_reason"] == "length"
         assert choice["message"]["tool_calls"][0]["function"] == {"name": "lookup", "arguments": "aba"}
+
+
+async def test_tokenize_renders_the_tools_as_chat_does(client: AsyncTestClient) -> None:
+    chat = await client.post("/v1/chat/completions", json={**CHAT, "tools": TOOLS, "tool_choice": NAMED})
+    counted = await client.post(
+        "/v1/tokenize", json={"model": "fake-chat", "messages": CHAT["messages"], "tools": TOOLS}
+    )
+    without_tools = await client.post("/v1/tokenize", json={"model": "fake-chat", "messages": CHAT["messages"]})
+    assert counted.json()["count"] == chat.json()["usage"]["prompt_tokens"]
+    assert counted.json()["count"] > without_tools.json()["count"]

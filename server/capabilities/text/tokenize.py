@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from engines.base import EmbeddingEngine, Engine, ModelKind, TextGenerationEngine
 from engines.scheduler import Scheduler
 from engines.workpools import WorkPool, run_in
@@ -28,7 +30,7 @@ class TokenizeService:
                 chat,
                 [message_to_template(message) for message in request.messages],
                 ChatTemplateInput(None, client_template=False),
-                tools=None,
+                tools=msgspec.to_builtins(request.tools) if request.tools else None,
                 add_generation_prompt=request.add_generation_prompt,
             )
             return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=chat.info.max_model_len)
