@@ -93,7 +93,9 @@ Steps = Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
 ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]
 Seed = Annotated[int, msgspec.Meta(ge=-1, le=SEED_LIMIT, description="-1 (or null): the server draws one.")]
-SamplingSeed = Annotated[int, msgspec.Meta(ge=MIN_SAMPLING_SEED, le=MAX_SAMPLING_SEED, description="A signed 64-bit integer.")]
+SamplingSeed = Annotated[
+    int, msgspec.Meta(ge=MIN_SAMPLING_SEED, le=MAX_SAMPLING_SEED, description="A signed 64-bit integer.")
+]
 UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
 _TOKEN_ID = f"A token id of the model's vocabulary (0 to at most {MAX_TOKEN_ID})."
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_ID, description=_TOKEN_ID)]

@@ -82,11 +82,14 @@ class FakeTextEngine(_FakeBase):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         text = "".join(f"{m['role']}:{m['content']}\n" for m in messages)
         if tools:  # as a real template lists the tools before the conversation
             text = "tools:" + ",".join(tool["function"]["name"] for tool in tools) + "\n" + text
+        if continue_final_message:  # the last message stays open, for the model to go on with
+            text = text.removesuffix("\n")
         return self.tokenize(text + ("assistant:" if add_generation_prompt else ""))
 
     def detokenize(self, token_ids: Sequence[int]) -> str:

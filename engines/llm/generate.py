@@ -119,6 +119,7 @@ class VllmTextEngine(VllmEngineBase):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         try:
@@ -126,6 +127,7 @@ class VllmTextEngine(VllmEngineBase):
                 messages,
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
                 tokenize=False,
                 **(template_kwargs or {}),
             )

@@ -99,7 +99,13 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     # A whole Jinja template of the client's own; refused unless the server allows it.
     chat_template: str | None = None
-    add_generation_prompt: bool = True
+    # vLLM's: null means true, unless continue_final_message (which leaves the last message
+    # open for the model to continue; both true is refused).
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool = False
+    # vLLM's: the last message's content is prepended to each choice's, when its role is the
+    # reply's (the assistant's; any role with add_generation_prompt false).
+    echo: bool = False
 
 
 class ChoiceLogprobs(msgspec.Struct, kw_only=True):

@@ -13,7 +13,8 @@ class TokenizeRequest(msgspec.Struct, kw_only=True):
     # Rendered into the chat prompt as chat completions renders them, so the count matches.
     tools: list[Tool] | None = None
     add_special_tokens: bool = True
-    add_generation_prompt: bool = True
+    add_generation_prompt: bool | None = None  # as chat completions' (see there)
+    continue_final_message: bool = False
 
 
 class TokenizeResponse(msgspec.Struct, kw_only=True):

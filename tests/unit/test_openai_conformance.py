@@ -135,3 +135,49 @@ async def test_tokenize_renders_the_tools_as_chat_does(client: AsyncTestClient) 
     without_tools = await client.post("/v1/tokenize", json={"model": "fake-chat", "messages": CHAT["messages"]})
     assert counted.json()["count"] == chat.json()["usage"]["prompt_tokens"]
     assert counted.json()["count"] > without_tools.json()["count"]
+
+
+CONTINUED = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Once upon"}]
+
+
+async def test_continue_final_message_leaves_the_last_message_open(client: AsyncTestClient) -> None:
+    body = {"model": "fake-chat", "messages": CONTINUED}
+    opened = await client.post("/v1/tokenize", json=body)
+    continued = await client.post("/v1/tokenize", json={**body, "continue_final_message": True})
+    detokenized = await client.post("/v1/detokenize", json={"model": "fake-chat", "tokens": continued.json()["tokens"]})
+    assert detokenized.json()["prompt"] == "user:hi\nassistant:Once upon"
+    assert opened.json()["count"] == continued.json()["count"] + len("\nassistant:")
+    chat = await client.post("/v1/chat/completions", json={**CHAT, **body, "continue_final_message": True})
+    assert chat.json()["usage"]["prompt_tokens"] == continued.json()["count"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/tokenize"])
+async def test_continue_final_message_with_add_generation_prompt_is_refused(client: AsyncTestClient, path: str) -> None:
+    body = {**CHAT, "messages": CONTINUED, "continue_final_message": True, "add_generation_prompt": True}
+    assert refusal(await client.post(path, json=body)) == (400, "continue_final_message")
+
+
+async def test_add_generation_prompt_false_opens_no_turn(client: AsyncTestClient) -> None:
+    with_turn = await client.post("/v1/chat/completions", json=CHAT)
+    without = await client.post("/v1/chat/completions", json={**CHAT, "add_generation_prompt": False})
+    prompt_tokens = with_turn.json()["usage"]["prompt_tokens"]
+    assert without.json()["usage"]["prompt_tokens"] == prompt_tokens - len("assistant:")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_echo_prepends_the_assistant_message(client: AsyncTestClient, stream: bool) -> None:
+    body = {**CHAT, "messages": CONTINUED, "continue_final_message": True, "echo": True, "n": 2, "stream": stream}
+    response = await client.post("/v1/chat/completions", json=body)
+    if stream:
+        content = {0: "", 1: ""}
+        for chunk in stream_chunks(response):
+            for choice in chunk["choices"]:
+                content[choice["index"]] += choice["delta"].get("content", "")
+        assert content == {0: "Once uponaba", 1: "Once uponaba"}
+    else:
+        assert [choice["message"]["content"] for choice in response.json()["choices"]] == ["Once uponaba"] * 2
+
+
+async def test_chat_echo_of_a_user_message_after_a_generation_prompt_is_nothing(client: AsyncTestClient) -> None:
+    response = await client.post("/v1/chat/completions", json={**CHAT, "echo": True})
+    assert response.json()["choices"][0]["message"]["content"] == "aba"

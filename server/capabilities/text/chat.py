@@ -40,7 +40,12 @@ from server.capabilities.text.sampling import (
     sampling_options,
     unix_now,
 )
-from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer, template_input
+from server.capabilities.text.templates import (
+    ChatTemplateInput,
+    TemplateRenderer,
+    generation_prompt,
+    template_input,
+)
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
@@ -73,6 +78,14 @@ def message_to_template(message: ChatMessage) -> dict[str, Any]:
             )
         rendered["tool_calls"] = calls
     return rendered
+
+
+def echo_text(echo: bool, last: dict[str, Any], add_generation_prompt: bool) -> str:
+    """vLLM's chat echo: the last message's content, when it is in the reply's role (the
+    assistant's after a generation prompt; without one, the reply goes on in the last role)."""
+    if not echo or (add_generation_prompt and last["role"] != "assistant"):
+        return ""
+    return str(last["content"])
 
 
 def tool_calls_reason(reason: str | None) -> str | None:
@@ -108,6 +121,7 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
     tool_mode: str  # "none" | "forced" | "parsed"
     tool_choice: Any = None
     parser_session: Any = None
+    echo_text: str = ""  # what each choice's content starts with (echo)
 
 
 class ChatService:
@@ -132,12 +146,14 @@ class ChatService:
         if tools and tool_choice is None:
             tool_choice = "auto"
         messages = [message_to_template(message) for message in request.messages]
+        add_generation_prompt = generation_prompt(request.add_generation_prompt, request.continue_final_message)
         prompt_ids = await self.templates.render(
             engine,
             messages,
             template,
             tools=tools if tools else None,
-            add_generation_prompt=request.add_generation_prompt,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=request.continue_final_message,
         )
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         budget = resolve_max_tokens(
@@ -164,6 +180,7 @@ class ChatService:
             options=options,
             tool_mode="none",
             tool_choice=tool_choice,
+            echo_text=echo_text(request.echo, messages[-1], add_generation_prompt),
         )
         if not tools or tool_choice == "none":
             return plan
@@ -215,6 +232,8 @@ class ChatService:
         choices = []
         for index in range(request.n):
             message, reason = self._final_message(plan, texts[index], finish[index])
+            if plan.echo_text:
+                message.content = plan.echo_text + (message.content or "")
             choices.append(
                 ChatChoice(
                     index=index,
@@ -317,6 +336,9 @@ class ChatService:
             yield READY
             for index in range(request.n):
                 yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")))
+            if plan.echo_text:
+                for index in range(request.n):
+                    yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=plan.echo_text)))
             step: GenerationStep
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
                 record.observe(step)

@@ -20,7 +20,6 @@ from server.capabilities.text.sampling import new_id, unix_now
 from server.errors import bad_request
 from server.settings import Limits
 
-
 # /score's query is its first text.
 _SCORE_NAMES = WireNames({"query": "text_1"})
 
@@ -83,9 +82,7 @@ class RerankService:
         if len(right) > self.limits.max_batch_inputs:
             raise bad_request(f"At most {self.limits.max_batch_inputs} pairs per request.", "text_2")
         request_id = new_id("score")
-        result = await self._score(
-            request.model, list(zip(left, right, strict=True)), request_id, meter, _SCORE_NAMES
-        )
+        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id, meter, _SCORE_NAMES)
         return ScoreResponse(
             id=request_id,
             created=unix_now(),

@@ -11,7 +11,7 @@ from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, Token
 from server.capabilities.calls import resident_engine
 from server.capabilities.text.chat import message_to_template
 from server.capabilities.text.sampling import check_token_ids
-from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer
+from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer, generation_prompt
 from server.errors import bad_request
 
 # A plain prompt is tokenized by any model with a tokenizer of its own.
@@ -31,7 +31,8 @@ class TokenizeService:
                 [message_to_template(message) for message in request.messages],
                 ChatTemplateInput(None, client_template=False),
                 tools=msgspec.to_builtins(request.tools) if request.tools else None,
-                add_generation_prompt=request.add_generation_prompt,
+                add_generation_prompt=generation_prompt(request.add_generation_prompt, request.continue_final_message),
+                continue_final_message=request.continue_final_message,
             )
             return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=chat.info.max_model_len)
         if request.prompt is None:
