@@ -70,6 +70,7 @@ class SamplingOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     json_object: bool = False
     regex: str | None = None
     choice: list[str] | None = None
+    grammar: str | None = None  # EBNF (GBNF), as vLLM's structured outputs take it
 
 
 class TokenChoice(msgspec.Struct, kw_only=True, array_like=True, gc=False):

@@ -75,6 +75,7 @@ class FakeTextEngine(_FakeBase):
     `fake_logprobs` when logprobs (or prompt logprobs) are asked for."""
 
     step_delay = 0.0
+    last_options: SamplingOptions | None = None  # what the last generation was asked, for tests
 
     def render_chat(
         self,
@@ -104,6 +105,7 @@ class FakeTextEngine(_FakeBase):
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
     ) -> AsyncIterator[GenerationStep]:
+        self.last_options = options
         finished = False
         try:
             for position in range(options.max_tokens):

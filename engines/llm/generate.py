@@ -51,6 +51,8 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
         structured = StructuredOutputsParams(regex=options.regex)
     elif options.choice is not None:
         structured = StructuredOutputsParams(choice=options.choice)
+    elif options.grammar is not None:
+        structured = StructuredOutputsParams(grammar=options.grammar)
     kwargs: dict[str, Any] = {
         "n": 1 if greedy_copies(options) > 1 else options.n,
         "max_tokens": options.max_tokens,

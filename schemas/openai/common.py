@@ -42,6 +42,19 @@ class TokenLogprob(msgspec.Struct, kw_only=True):
     top_logprobs: list[TopLogprob] = []
 
 
+class StructuredOutputs(msgspec.Struct, kw_only=True):
+    """vLLM's ``structured_outputs``: one constraint on what is generated (the newer name of
+    the guided_* fields)."""
+
+    json: Any = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool = False
+
+
 class SamplingExtras(msgspec.Struct, kw_only=True):
     """vLLM's sampling extras, which the openai SDK sends through ``extra_body``."""
 
@@ -56,6 +69,7 @@ class SamplingExtras(msgspec.Struct, kw_only=True):
     guided_json: Any = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
+    structured_outputs: StructuredOutputs | None = None
 
 
 class SamplingRequest(SamplingExtras, kw_only=True):

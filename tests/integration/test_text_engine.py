@@ -202,3 +202,20 @@ async def test_greedy_n_gives_n_identical_choices(services: TextCapability) -> N
     assert len(completion.choices) == 4
     assert completion.choices[0].text == completion.choices[1].text
     assert completion.choices[2].text == completion.choices[3].text
+
+
+def completion_request(**fields: Any) -> CompletionRequest:
+    return msgspec.convert({"model": "demo-chat", "prompt": "The answer is", **fields}, CompletionRequest)
+
+
+@pytest.mark.parametrize(
+    "structured",
+    [{"grammar": 'root ::= "yes" | "no"'}, {"choice": ["yes", "no"]}, {"regex": "(yes|no)"}],
+    ids=["grammar", "choice", "regex"],
+)
+async def test_structured_outputs_constrain_the_text(services: TextCapability, structured: dict[str, Any]) -> None:
+    result = await services.completions.create(
+        completion_request(max_tokens=8, temperature=1.0, seed=3, n=3, structured_outputs=structured)
+    )
+    assert {choice.text for choice in result.choices} <= {"yes", "no"}
+    assert all(choice.finish_reason == "stop" for choice in result.choices)

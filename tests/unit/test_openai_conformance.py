@@ -181,3 +181,44 @@ async def test_chat_echo_prepends_the_assistant_message(client: AsyncTestClient,
 async def test_chat_echo_of_a_user_message_after_a_generation_prompt_is_nothing(client: AsyncTestClient) -> None:
     response = await client.post("/v1/chat/completions", json={**CHAT, "echo": True})
     assert response.json()["choices"][0]["message"]["content"] == "aba"
+
+
+def chat_engine(client: AsyncTestClient) -> Any:
+    return client.app_state.scheduler.engine("fake-chat")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("structured", "field", "value"),
+    [
+        ({"json": {"type": "object"}}, "json_schema", {"type": "object"}),
+        ({"regex": "[ab]+"}, "regex", "[ab]+"),
+        ({"choice": ["x", "y"]}, "choice", ["x", "y"]),
+        ({"grammar": 'root ::= "a"'}, "grammar", 'root ::= "a"'),
+        ({"json_object": True}, "json_object", True),
+    ],
+)
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_structured_outputs_set_the_engine_constraint(
+    client: AsyncTestClient, path: str, body: dict[str, Any], structured: dict[str, Any], field: str, value: Any
+) -> None:
+    response = await client.post(path, json={**body, "structured_outputs": structured})
+    assert response.status_code == 200, response.text
+    assert getattr(chat_engine(client).last_options, field) == value
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"structured_outputs": {}},
+        {"structured_outputs": {"regex": "a", "choice": ["a"]}},
+        {"structured_outputs": {"structural_tag": "{}"}},
+        {"structured_outputs": {"regex": "a"}, "guided_choice": ["a"]},
+    ],
+)
+async def test_structured_outputs_hold_one_supported_constraint(client: AsyncTestClient, extra: dict[str, Any]) -> None:
+    assert refusal(await client.post("/v1/completions", json={**COMPLETION, **extra})) == (400, "structured_outputs")
+
+
+async def test_structured_outputs_beside_response_format_are_refused(client: AsyncTestClient) -> None:
+    body = {**CHAT, "structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}
+    assert refusal(await client.post("/v1/chat/completions", json=body)) == (400, "response_format")

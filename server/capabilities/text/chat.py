@@ -40,6 +40,7 @@ from server.capabilities.text.sampling import (
     sampling_options,
     unix_now,
 )
+from server.capabilities.text.structured import has_constraint
 from server.capabilities.text.templates import (
     ChatTemplateInput,
     TemplateRenderer,
@@ -167,6 +168,8 @@ class ChatService:
             raise bad_request("top_logprobs requires logprobs to be true.", "top_logprobs")
         options = sampling_options(request, max_tokens=budget, logprobs=top_logprobs, vocab_size=engine.info.vocab_size)
         fmt = request.response_format
+        if fmt is not None and fmt.type != "text" and has_constraint(options):
+            raise bad_request("Give response_format or a structured output constraint, not both.", "response_format")
         if fmt is not None and fmt.type == "json_object":
             options.json_object = True
         elif fmt is not None and fmt.type == "json_schema":

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
 from engines.workpools import WorkPool, run_in
 from schemas.openai.common import SamplingRequest
+from server.capabilities.text.structured import apply_structured_outputs
 from server.errors import bad_request
 
 T = TypeVar("T")
@@ -158,6 +159,8 @@ def sampling_options(
         regex=request.guided_regex,
         choice=request.guided_choice,
     )
+    if request.structured_outputs is not None:
+        apply_structured_outputs(request.structured_outputs, options)
     if request.logit_bias:
         options.logit_bias = {}
         for key, bias in request.logit_bias.items():
