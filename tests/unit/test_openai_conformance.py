@@ -222,3 +222,24 @@ async def test_structured_outputs_hold_one_supported_constraint(client: AsyncTes
 async def test_structured_outputs_beside_response_format_are_refused(client: AsyncTestClient) -> None:
     body = {**CHAT, "structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}
     assert refusal(await client.post("/v1/chat/completions", json=body)) == (400, "response_format")
+
+
+@pytest.mark.parametrize(
+    ("left", "right"), [("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2")]
+)
+async def test_score_takes_each_of_vllms_field_pairs(client: AsyncTestClient, left: str, right: str) -> None:
+    response = await client.post("/v1/score", json={"model": "fake-rerank", left: "a b", right: ["a", "c d", "b a"]})
+    assert response.status_code == 200, response.text
+    assert [item["score"] for item in response.json()["data"]] == [0.1, 0.0, 0.2]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"text_1": "a"},
+        {"text_1": "a", "documents": ["b"]},
+        {"text_1": "a", "text_2": "b", "queries": "a", "documents": "b"},
+    ],
+)
+async def test_score_refuses_anything_but_one_pair(client: AsyncTestClient, fields: dict[str, Any]) -> None:
+    assert refusal(await client.post("/v1/score", json={"model": "fake-rerank", **fields})) == (400, "text_1")
