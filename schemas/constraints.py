@@ -96,6 +96,8 @@ Seed = Annotated[int, msgspec.Meta(ge=-1, le=SEED_LIMIT, description="-1 (or nul
 SamplingSeed = Annotated[
     int, msgspec.Meta(ge=MIN_SAMPLING_SEED, le=MAX_SAMPLING_SEED, description="A signed 64-bit integer.")
 ]
+# vLLM's truncate_prompt_tokens: keep the last N prompt tokens; -1: as many as the context holds.
+TruncatePromptTokens = Annotated[int, msgspec.Meta(ge=-1, description="-1: the model's context length.")]
 UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
 _TOKEN_ID = f"A token id of the model's vocabulary (0 to at most {MAX_TOKEN_ID})."
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_ID, description=_TOKEN_ID)]

@@ -4,7 +4,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.constraints import SamplingSeed, TokenId, TokenIdKey
+from schemas.constraints import SamplingSeed, TokenId, TokenIdKey, TruncatePromptTokens
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
@@ -70,6 +70,7 @@ class SamplingExtras(msgspec.Struct, kw_only=True):
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
     structured_outputs: StructuredOutputs | None = None
+    truncate_prompt_tokens: TruncatePromptTokens | None = None
 
 
 class SamplingRequest(SamplingExtras, kw_only=True):

@@ -243,3 +243,39 @@ async def test_score_takes_each_of_vllms_field_pairs(client: AsyncTestClient, le
 )
 async def test_score_refuses_anything_but_one_pair(client: AsyncTestClient, fields: dict[str, Any]) -> None:
     assert refusal(await client.post("/v1/score", json={"model": "fake-rerank", **fields})) == (400, "text_1")
+
+
+async def test_truncate_prompt_tokens_keeps_the_last_tokens(client: AsyncTestClient) -> None:
+    body = {**COMPLETION, "prompt": "abcdefgh", "echo": True, "truncate_prompt_tokens": 3}
+    completion = (await client.post("/v1/completions", json=body)).json()
+    assert completion["usage"]["prompt_tokens"] == 3
+    assert completion["choices"][0]["text"] == "fgh" + "aba"
+    chat = await client.post("/v1/chat/completions", json={**CHAT, "truncate_prompt_tokens": 4})
+    assert chat.json()["usage"]["prompt_tokens"] == 4
+    embedding = await client.post(
+        "/v1/embeddings", json={"model": "fake-embed", "input": "x" * 100, "truncate_prompt_tokens": -1}
+    )
+    assert embedding.json()["usage"]["prompt_tokens"] == 64  # the fakes' context length
+    # Without it, the same input is past the context: refused.
+    assert (await client.post("/v1/embeddings", json={"model": "fake-embed", "input": "x" * 100})).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/completions", COMPLETION),
+        ("/v1/embeddings", {"model": "fake-embed", "input": "a"}),
+    ],
+)
+async def test_truncate_prompt_tokens_past_the_context_is_refused(
+    client: AsyncTestClient, path: str, body: dict[str, Any]
+) -> None:
+    assert refusal(await client.post(path, json={**body, "truncate_prompt_tokens": 65})) == (
+        400,
+        "truncate_prompt_tokens",
+    )
+    assert refusal(await client.post(path, json={**body, "truncate_prompt_tokens": -2})) == (
+        400,
+        "truncate_prompt_tokens",
+    )

@@ -38,6 +38,7 @@ from server.capabilities.text.sampling import (
     new_id,
     resolve_max_tokens,
     sampling_options,
+    truncate_prompt,
     unix_now,
 )
 from server.capabilities.text.structured import has_constraint
@@ -156,6 +157,9 @@ class ChatService:
             add_generation_prompt=add_generation_prompt,
             continue_final_message=request.continue_final_message,
         )
+        prompt_ids = truncate_prompt(prompt_ids, request.truncate_prompt_tokens, engine.info.max_model_len)
+        if not prompt_ids:
+            raise bad_request("truncate_prompt_tokens leaves no prompt.", "truncate_prompt_tokens")
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         budget = resolve_max_tokens(
             max_tokens,

@@ -24,6 +24,7 @@ from server.capabilities.text.sampling import (
     sampling_options,
     split_inputs,
     token_ids,
+    truncate_prompt,
     unix_now,
 )
 from server.errors import bad_request
@@ -81,7 +82,8 @@ class CompletionService:
         check_sequences(len(raw), request.n, self.limits.max_sequences_per_request)
         check_input_ids(request.prompt, engine.info.vocab_size, "prompt")
         prompts = []
-        for item, ids in zip(raw, await token_ids(engine, raw), strict=True):
+        for item, tokens in zip(raw, await token_ids(engine, raw), strict=True):
+            ids = truncate_prompt(tokens, request.truncate_prompt_tokens, engine.info.max_model_len)
             if not ids:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
@@ -90,7 +92,8 @@ class CompletionService:
             )
             if request.echo and request.logprobs is not None:
                 options.prompt_logprobs = request.logprobs
-            echo_text = (item if isinstance(item, str) else engine.detokenize(ids)) if request.echo else ""
+            whole = isinstance(item, str) and len(ids) == len(tokens)
+            echo_text = (item if whole else engine.detokenize(ids)) if request.echo else ""
             prompts.append(_Prompt(ids=ids, options=options, echo_text=echo_text))
         return prompts
 

@@ -12,7 +12,7 @@ from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import engine_call, resident_engine
-from server.capabilities.text.sampling import check_input_ids, new_id, split_inputs, token_ids
+from server.capabilities.text.sampling import check_input_ids, new_id, split_inputs, token_ids, truncate_prompt
 from server.errors import bad_request
 from server.settings import Limits
 
@@ -34,7 +34,8 @@ class EmbeddingService:
         check_input_ids(request.input, engine.info.vocab_size, "input")
         limit = engine.info.max_model_len
         token_lists = []
-        for position, ids in enumerate(await token_ids(engine, items)):
+        for position, tokens in enumerate(await token_ids(engine, items)):
+            ids = truncate_prompt(tokens, request.truncate_prompt_tokens, limit)
             if not ids:
                 raise bad_request(f"input[{position}] is empty.", "input")
             if len(ids) > limit:

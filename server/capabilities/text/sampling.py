@@ -73,6 +73,20 @@ def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len:
     return requested
 
 
+def truncate_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
+    """vLLM's truncate_prompt_tokens: the last ``keep`` tokens (-1: the model's context length)."""
+    if keep is None:
+        return ids
+    if keep > max_model_len:
+        raise bad_request(
+            f"truncate_prompt_tokens is {keep}, more than this model's maximum context length "
+            f"of {max_model_len} tokens.",
+            "truncate_prompt_tokens",
+        )
+    keep = max_model_len if keep == -1 else keep
+    return ids[-keep:] if keep else []
+
+
 def split_inputs(raw: str | list[Any], param: str, max_items: int) -> list[str | list[int]]:
     """A prompt/input field as a list of texts or token-id lists (OpenAI's four forms)."""
     items: list[Any]
