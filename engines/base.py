@@ -76,6 +76,7 @@ class SamplingOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
 class TokenChoice(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     token: str
     logprob: float
+    token_id: int = -1  # -1: not known
 
 
 class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
@@ -84,6 +85,8 @@ class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     top: list[TokenChoice]
+    token_id: int = -1  # -1: not known
+    rank: int | None = None  # the token's rank among all the vocabulary's (1: the likeliest)
 
 
 class SequenceDelta(msgspec.Struct, kw_only=True, gc=False):

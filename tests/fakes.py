@@ -66,8 +66,11 @@ class _FakeBase:
 def fake_logprobs(token: int, top_n: int) -> TokenLogprobs:
     """The fakes' logprobs at one position: the token at -1.0 and, ranked above it, ``top_n``
     alternatives from "0" on (as a sampled token that was not among the likeliest)."""
-    top = [TokenChoice(token=chr(ord("0") + rank), logprob=-0.5 - rank / 100) for rank in range(top_n)]
-    return TokenLogprobs(token=_token_text(token), logprob=-1.0, top=top)
+    top = [
+        TokenChoice(token=chr(ord("0") + rank), logprob=-0.5 - rank / 100, token_id=ord("0") + rank)
+        for rank in range(top_n)
+    ]
+    return TokenLogprobs(token=_token_text(token), logprob=-1.0, top=top, token_id=token, rank=top_n + 1)
 
 
 class FakeTextEngine(_FakeBase):

@@ -93,11 +93,16 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> TokenLogprobs:
     chosen_entry = entries.get(chosen)
     ranked = sorted(entries.items(), key=lambda item: item[1].rank or 0)
-    top = [TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob) for _, entry in ranked[:top_n]]
+    top = [
+        TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob, token_id=token)
+        for token, entry in ranked[:top_n]
+    ]
     return TokenLogprobs(
         token=(chosen_entry.decoded_token or "") if chosen_entry else "",
         logprob=chosen_entry.logprob if chosen_entry else float("-inf"),
         top=top,
+        token_id=chosen,
+        rank=chosen_entry.rank if chosen_entry else None,
     )
 
 

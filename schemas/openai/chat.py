@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.openai.common import SamplingRequest, TokenLogprob, Usage
+from schemas.openai.common import PromptLogprobs, SamplingRequest, TokenLogprob, Usage
 
 
 class ImageUrl(msgspec.Struct, kw_only=True):
@@ -123,6 +123,7 @@ class ChatChoice(msgspec.Struct, kw_only=True):
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # vLLM's return_token_ids
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -133,6 +134,9 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    # vLLM's extensions, when asked for.
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaFunctionCall(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -158,6 +162,7 @@ class ChatChunkChoice(msgspec.Struct, kw_only=True):
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # vLLM's return_token_ids: this chunk's
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):
@@ -167,3 +172,4 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None  # vLLM's return_token_ids: on the first chunks

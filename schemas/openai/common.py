@@ -29,6 +29,19 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     continuous_usage_stats: bool = False
 
 
+class PromptLogprob(msgspec.Struct, kw_only=True):
+    """One token at one prompt position, in vLLM's prompt_logprobs (keyed by token id)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str
+
+
+# One prompt position: the prompt's own token and the likeliest alternatives, by token id
+# (a JSON key); None for the first position, which has no logprob.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class TopLogprob(msgspec.Struct, kw_only=True):
     token: str
     logprob: float
@@ -71,6 +84,12 @@ class SamplingExtras(msgspec.Struct, kw_only=True):
     guided_choice: list[str] | None = None
     structured_outputs: StructuredOutputs | None = None
     truncate_prompt_tokens: TruncatePromptTokens | None = None
+    # The prompt's own logprobs, with this many alternatives at each position (not streamed).
+    prompt_logprobs: int | None = None
+    # prompt_token_ids on the answer, token_ids on each choice.
+    return_token_ids: bool | None = None
+    # Logprob tokens as "token_id:N", for tokens that are no text of their own.
+    return_tokens_as_token_ids: bool | None = None
 
 
 class SamplingRequest(SamplingExtras, kw_only=True):

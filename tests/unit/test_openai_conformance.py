@@ -279,3 +279,65 @@ async def test_truncate_prompt_tokens_past_the_context_is_refused(
         400,
         "truncate_prompt_tokens",
     )
+
+
+async def test_return_token_ids_on_chat(client: AsyncTestClient) -> None:
+    tokenized = await client.post("/v1/tokenize", json={"model": "fake-chat", "messages": CHAT["messages"]})
+    answer = (await client.post("/v1/chat/completions", json={**CHAT, "return_token_ids": True, "n": 2})).json()
+    assert answer["prompt_token_ids"] == tokenized.json()["tokens"]
+    assert [choice["token_ids"] for choice in answer["choices"]] == [[97, 98, 97]] * 2
+    chunks = stream_chunks(
+        await client.post("/v1/chat/completions", json={**CHAT, "return_token_ids": True, "stream": True})
+    )
+    assert chunks[0]["prompt_token_ids"] == tokenized.json()["tokens"]
+    assert [id for chunk in chunks for id in chunk["choices"][0]["token_ids"] or []] == [97, 98, 97]
+    plain = (await client.post("/v1/chat/completions", json=CHAT)).json()
+    assert plain["prompt_token_ids"] is None and plain["choices"][0]["token_ids"] is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_return_token_ids_on_completions(client: AsyncTestClient, stream: bool) -> None:
+    body = {**COMPLETION, "prompt": ["hi", "yo"], "return_token_ids": True, "stream": stream}
+    response = await client.post("/v1/completions", json=body)
+    if stream:
+        prompts: dict[int, Any] = {}
+        outputs: dict[int, list[int]] = {0: [], 1: []}
+        for chunk in stream_chunks(response):
+            for choice in chunk["choices"]:
+                prompts.setdefault(choice["index"], choice["prompt_token_ids"])
+                outputs[choice["index"]] += choice["token_ids"]
+        assert prompts == {0: [104, 105], 1: [121, 111]}
+        assert outputs == {0: [97, 98, 97], 1: [97, 98, 97]}
+    else:
+        choices = response.json()["choices"]
+        assert [choice["prompt_token_ids"] for choice in choices] == [[104, 105], [121, 111]]
+        assert [choice["token_ids"] for choice in choices] == [[97, 98, 97]] * 2
+
+
+async def test_return_tokens_as_token_ids(client: AsyncTestClient) -> None:
+    body = {**CHAT, "logprobs": True, "top_logprobs": 1, "return_tokens_as_token_ids": True, "max_tokens": 1}
+    entry = (await client.post("/v1/chat/completions", json=body)).json()["choices"][0]["logprobs"]["content"][0]
+    assert entry["token"] == "token_id:97" and entry["bytes"] == list(b"token_id:97")
+    assert [top["token"] for top in entry["top_logprobs"]] == ["token_id:48"]
+    body = {**COMPLETION, "logprobs": 1, "echo": True, "return_tokens_as_token_ids": True, "max_tokens": 1}
+    logprobs = (await client.post("/v1/completions", json=body)).json()["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["token_id:104", "token_id:105", "token_id:97"]
+    assert logprobs["top_logprobs"][2] == {"token_id:48": -0.5, "token_id:97": -1.0}
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETION)])
+async def test_prompt_logprobs(client: AsyncTestClient, path: str, body: dict[str, Any]) -> None:
+    answer = (await client.post(path, json={**body, "prompt_logprobs": 1})).json()
+    prompt_logprobs = answer["prompt_logprobs"] if "messages" in body else answer["choices"][0]["prompt_logprobs"]
+    assert prompt_logprobs[0] is None
+    # The fake ranks the prompt's own token after its alternatives.
+    assert prompt_logprobs[1] == {
+        "105" if "prompt" in body else str(ord("s")): {
+            "logprob": -1.0,
+            "rank": 2,
+            "decoded_token": "i" if "prompt" in body else "s",
+        },
+        "48": {"logprob": -0.5, "rank": 1, "decoded_token": "0"},
+    }
+    streamed = await client.post(path, json={**body, "prompt_logprobs": 1, "stream": True})
+    assert refusal(streamed) == (400, "prompt_logprobs")

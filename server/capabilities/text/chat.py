@@ -48,6 +48,7 @@ from server.capabilities.text.templates import (
     generation_prompt,
     template_input,
 )
+from server.capabilities.text.token_output import as_token_ids, prompt_logprobs_out
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
@@ -96,7 +97,9 @@ def tool_calls_reason(reason: str | None) -> str | None:
     return reason if reason == "length" else "tool_calls"
 
 
-def to_openai_logprobs(entries: list[TokenLogprobs]) -> ChoiceLogprobs:
+def to_openai_logprobs(entries: list[TokenLogprobs], as_ids: bool = False) -> ChoiceLogprobs:
+    if as_ids:
+        entries = as_token_ids(entries)
     return ChoiceLogprobs(
         content=[
             TokenLogprob(
@@ -224,12 +227,17 @@ class ChatService:
         token_counts = [0] * request.n
         logprobs: list[list[TokenLogprobs]] = [[] for _ in range(request.n)]
         finish: list[str | None] = [None] * request.n
+        output_ids: list[list[int]] = [[] for _ in range(request.n)]
+        prompt_logprobs = None
         call = self._call(request, plan, charge)
         async with call as (engine, record):
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
                 record.observe(step)
+                if step.prompt_logprobs is not None and request.prompt_logprobs is not None:
+                    prompt_logprobs = prompt_logprobs_out(step.prompt_logprobs, request.prompt_logprobs)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
+                    output_ids[seq.index].extend(seq.token_ids)
                     texts[seq.index] += seq.text
                     token_counts[seq.index] += len(seq.token_ids)
                     if seq.logprobs:
@@ -245,8 +253,13 @@ class ChatService:
                 ChatChoice(
                     index=index,
                     message=message,
-                    logprobs=to_openai_logprobs(logprobs[index]) if plan.options.logprobs is not None else None,
+                    logprobs=(
+                        to_openai_logprobs(logprobs[index], bool(request.return_tokens_as_token_ids))
+                        if plan.options.logprobs is not None
+                        else None
+                    ),
                     finish_reason=reason,
+                    token_ids=output_ids[index] if request.return_token_ids else None,
                 )
             )
         prompt_tokens = len(plan.prompt_ids)
@@ -261,6 +274,8 @@ class ChatService:
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
             ),
+            prompt_token_ids=plan.prompt_ids if request.return_token_ids else None,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _final_message(self, plan: _ChatPlan, text: str, reason: str | None) -> tuple[AssistantMessage, str | None]:
@@ -323,7 +338,7 @@ class ChatService:
                 total_tokens=prompt_tokens + completion_tokens,
             )
 
-        def chunk(choice: ChatChunkChoice | None, choice_tokens: int = 0) -> bytes:
+        def chunk(choice: ChatChunkChoice | None, choice_tokens: int = 0, first: bool = False) -> bytes:
             # One choice per chunk, as OpenAI streams n > 1; the last chunk has none, and usage.
             choices = [choice] if choice is not None else []
             return sse_event(
@@ -333,6 +348,7 @@ class ChatService:
                     model=request.model,
                     choices=choices,
                     usage=usage(choice_tokens) if continuous and choice is not None else None,
+                    prompt_token_ids=plan.prompt_ids if first and request.return_token_ids else None,
                 )
             )
 
@@ -342,7 +358,7 @@ class ChatService:
         async with self._call(request, plan, charge) as (engine, record):
             yield READY
             for index in range(request.n):
-                yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")))
+                yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")), first=True)
             if plan.echo_text:
                 for index in range(request.n):
                     yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=plan.echo_text)))
@@ -359,11 +375,16 @@ class ChatService:
                             delta = self._required_calls_delta(forced_text[seq.index], plan, called_tools, seq.index)
                         if called_tools[seq.index]:
                             reason = tool_calls_reason(reason)
-                    if delta is None and reason is None:
+                    if delta is None and reason is None and not (request.return_token_ids and seq.token_ids):
                         continue
-                    logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
+                    as_ids = bool(request.return_tokens_as_token_ids)
+                    logprobs = to_openai_logprobs(seq.logprobs, as_ids) if seq.logprobs is not None else None
                     choice = ChatChunkChoice(
-                        index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
+                        index=seq.index,
+                        delta=delta or ChatDelta(),
+                        logprobs=logprobs,
+                        finish_reason=reason,
+                        token_ids=seq.token_ids if request.return_token_ids else None,
                     )
                     yield chunk(choice, tokens[seq.index])
             if include_usage:

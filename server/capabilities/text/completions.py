@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import msgspec
 
 from engines.base import GenerationStep, SamplingOptions, TextGenerationEngine, TokenLogprobs
 from engines.scheduler import Scheduler
-from schemas.openai.common import Usage
+from schemas.openai.common import PromptLogprobs, Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
@@ -27,6 +27,7 @@ from server.capabilities.text.sampling import (
     truncate_prompt,
     unix_now,
 )
+from server.capabilities.text.token_output import as_token_ids, id_label, prompt_logprobs_out
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
@@ -45,7 +46,9 @@ class _LogprobsBuilder:
         self.offset = offset
         self.value = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
 
-    def add(self, entries: list[TokenLogprobs | None], tokens: list[str]) -> None:
+    def add(self, entries: Sequence[TokenLogprobs | None], tokens: list[str], top_n: int | None = None) -> None:
+        """``tokens``: how each position's token is written; ``top_n``: at most this many
+        alternatives (the engine may have computed more, for prompt_logprobs)."""
         for entry, token in zip(entries, tokens, strict=False):
             self.value.tokens.append(token)
             self.value.text_offset.append(self.offset)
@@ -56,7 +59,7 @@ class _LogprobsBuilder:
             else:
                 self.value.token_logprobs.append(entry.logprob)
                 # OpenAI lists the sampled token among the alternatives too: up to logprobs + 1.
-                alternatives = {top.token: top.logprob for top in entry.top}
+                alternatives = {top.token: top.logprob for top in entry.top[:top_n]}
                 alternatives.setdefault(token, entry.logprob)
                 self.value.top_logprobs.append(alternatives)
 
@@ -64,6 +67,17 @@ class _LogprobsBuilder:
         value = self.value
         self.value = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
         return value
+
+
+def written_tokens(
+    engine: TextGenerationEngine, ids: list[int], entries: list[TokenLogprobs] | None, as_ids: bool
+) -> list[str]:
+    """How the logprobs arrays write tokens: as text, or as "token_id:N" (return_tokens_as_token_ids)."""
+    if as_ids:
+        return [id_label(token) for token in ids]
+    if entries is not None:
+        return [entry.token for entry in entries]
+    return engine.token_strings(ids)
 
 
 class CompletionService:
@@ -91,9 +105,10 @@ class CompletionService:
                 request, max_tokens=budget, logprobs=request.logprobs, vocab_size=engine.info.vocab_size
             )
             if request.echo and request.logprobs is not None:
-                options.prompt_logprobs = request.logprobs
-            whole = isinstance(item, str) and len(ids) == len(tokens)
-            echo_text = (item if whole else engine.detokenize(ids)) if request.echo else ""
+                options.prompt_logprobs = max(options.prompt_logprobs or 0, request.logprobs)
+            echo_text = ""
+            if request.echo:
+                echo_text = item if isinstance(item, str) and len(ids) == len(tokens) else engine.detokenize(ids)
             prompts.append(_Prompt(ids=ids, options=options, echo_text=echo_text))
         return prompts
 
@@ -122,20 +137,29 @@ class CompletionService:
         texts = [prompt.echo_text for prompt in prompts for _ in range(n)]
         logprobs = [_LogprobsBuilder() for _ in texts]
         finish: list[str | None] = [None] * len(texts)
+        output_ids: list[list[int]] = [[] for _ in texts]
+        prompt_logprobs: list[PromptLogprobs | None] = [None] * len(prompts)
+        as_ids = bool(request.return_tokens_as_token_ids)
         completion_tokens = 0
         async with self._call(request, prompts, request_id, charge) as (engine, record):
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
+                prompt = prompts[prompt_index]
+                if step.prompt_logprobs is not None and request.prompt_logprobs is not None:
+                    prompt_logprobs[prompt_index] = prompt_logprobs_out(step.prompt_logprobs, request.prompt_logprobs)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
                     choice = prompt_index * n + seq.index
-                    if step.prompt_logprobs is not None and request.echo:
-                        prompt = prompts[prompt_index]
-                        logprobs[choice].add(step.prompt_logprobs, engine.token_strings(prompt.ids))
+                    if step.prompt_logprobs is not None and request.echo and request.logprobs is not None:
+                        logprobs[choice].add(
+                            step.prompt_logprobs, written_tokens(engine, prompt.ids, None, as_ids), request.logprobs
+                        )
                     texts[choice] += seq.text
+                    output_ids[choice].extend(seq.token_ids)
                     completion_tokens += len(seq.token_ids)
                     if seq.logprobs is not None:
-                        logprobs[choice].add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
+                        entries = as_token_ids(seq.logprobs) if as_ids else list(seq.logprobs)
+                        logprobs[choice].add(entries, [entry.token for entry in entries])
                     if seq.finish_reason is not None:
                         finish[choice] = seq.finish_reason
         prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
@@ -149,6 +173,9 @@ class CompletionService:
                     text=texts[i],
                     logprobs=logprobs[i].take() if request.logprobs is not None else None,
                     finish_reason=finish[i],
+                    prompt_logprobs=prompt_logprobs[i // n],
+                    prompt_token_ids=prompts[i // n].ids if request.return_token_ids else None,
+                    token_ids=output_ids[i] if request.return_token_ids else None,
                 )
                 for i in range(len(texts))
             ],
@@ -191,7 +218,8 @@ class CompletionService:
         request_id = new_id("cmpl")
         created = unix_now()
         n = request.n
-        echoed = [False] * (len(prompts) * n)
+        echoed = [False] * (len(prompts) * n)  # whether a choice has had its first chunk
+        as_ids = bool(request.return_tokens_as_token_ids)
         offsets = [_LogprobsBuilder() for _ in echoed]
         tokens = [0] * len(echoed)
         stream_options = request.stream_options
@@ -220,21 +248,26 @@ class CompletionService:
                     choice = prompt_index * n + seq.index
                     text = seq.text
                     builder = offsets[choice]
-                    if request.echo and not echoed[choice]:
-                        echoed[choice] = True
+                    first = not echoed[choice]
+                    echoed[choice] = True
+                    if request.echo and first:
                         text = prompt.echo_text + text
-                        if step.prompt_logprobs is not None:
-                            builder.add(step.prompt_logprobs, engine.token_strings(prompt.ids))
+                        if step.prompt_logprobs is not None and request.logprobs is not None:
+                            written = written_tokens(engine, prompt.ids, None, as_ids)
+                            builder.add(step.prompt_logprobs, written, request.logprobs)
                     tokens[choice] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
                     if seq.logprobs is not None:
-                        builder.add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
+                        entries = as_token_ids(seq.logprobs) if as_ids else list(seq.logprobs)
+                        builder.add(entries, [entry.token for entry in entries])
                     # One choice per chunk, as OpenAI streams n > 1 (and several prompts).
                     completion = CompletionChoice(
                         index=choice,
                         text=text,
                         logprobs=builder.take() if request.logprobs is not None else None,
                         finish_reason=seq.finish_reason,
+                        prompt_token_ids=prompt.ids if first and request.return_token_ids else None,
+                        token_ids=seq.token_ids if request.return_token_ids else None,
                     )
                     yield chunk([completion], usage(len(prompt.ids), tokens[choice]) if continuous else None)
         if include_usage:

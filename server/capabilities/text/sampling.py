@@ -12,6 +12,7 @@ from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
 from engines.workpools import WorkPool, run_in
 from schemas.openai.common import SamplingRequest
 from server.capabilities.text.structured import apply_structured_outputs
+from server.capabilities.text.token_output import set_prompt_logprobs
 from server.errors import bad_request
 
 T = TypeVar("T")
@@ -173,6 +174,7 @@ def sampling_options(
         regex=request.guided_regex,
         choice=request.guided_choice,
     )
+    set_prompt_logprobs(request, options)
     if request.structured_outputs is not None:
         apply_structured_outputs(request.structured_outputs, options)
     if request.logit_bias:
