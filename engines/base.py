@@ -205,12 +205,26 @@ class ScoreResult(msgspec.Struct, kw_only=True):
     prompt_tokens: int
 
 
+class ClassifyResult(msgspec.Struct, kw_only=True):
+    """Each input's class probabilities, and the classes' labels (index -> label)."""
+
+    probs: list[list[float]]
+    labels: list[str]
+    prompt_tokens: int
+
+
 @runtime_checkable
 class ScoreEngine(Engine, Protocol):
+    """A sequence classifier: scores (query, document) pairs, or classifies single texts."""
+
     @property
     def info(self) -> EngineInfo: ...
 
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
     async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult: ...
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult: ...
 
     async def abort(self, request_id: str) -> None: ...
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from engines.base import (
+    ClassifyResult,
     EmbeddingResult,
     EngineInfo,
     GenerationStep,
@@ -150,6 +151,11 @@ class FakeScoreEngine(_FakeBase):
     async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
         scores = [len(set(query.split()) & set(doc.split())) / 10 for query, doc in pairs]
         return ScoreResult(scores=scores, prompt_tokens=sum(len(q) + len(d) for q, d in pairs))
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult:
+        """Two classes: "short" with probability 1/len, "long" with the rest."""
+        probs = [[1 / len(ids), 1 - 1 / len(ids)] for ids in inputs]
+        return ClassifyResult(probs=probs, labels=["short", "long"], prompt_tokens=sum(len(ids) for ids in inputs))
 
 
 class FakeImageEngine(_FakeBase):

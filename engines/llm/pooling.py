@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from engines.base import EmbeddingResult, ScoreResult
+from engines.base import ClassifyResult, EmbeddingResult, ScoreResult
 from engines.errors import EngineFailure, InvalidJob
 from engines.llm.runtime import VllmEngineBase
 
@@ -110,3 +110,15 @@ class VllmScoreEngine(_PoolingEngine):
         outputs = await self._pool_all(items, request_id)
         scores = [float(output.outputs.data.reshape(-1)[0]) for output in outputs]
         return ScoreResult(scores=scores, prompt_tokens=prompt_tokens)
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult:
+        from vllm import PoolingParams
+        from vllm.inputs.engine import tokens_input
+
+        params = PoolingParams(task="classify")
+        outputs = await self._pool_all([(tokens_input(ids), params) for ids in inputs], request_id)
+        probs = [[float(value) for value in output.outputs.data.reshape(-1).tolist()] for output in outputs]
+        # The model's own class names (transformers' LABEL_<n> where it names none).
+        id2label = getattr(self.llm.model_config.hf_config, "id2label", None) or {}
+        labels = [str(id2label.get(index, f"LABEL_{index}")) for index in range(len(probs[0]) if probs else 0)]
+        return ClassifyResult(probs=probs, labels=labels, prompt_tokens=sum(len(ids) for ids in inputs))

@@ -341,3 +341,43 @@ async def test_prompt_logprobs(client: AsyncTestClient, path: str, body: dict[st
     }
     streamed = await client.post(path, json={**body, "prompt_logprobs": 1, "stream": True})
     assert refusal(streamed) == (400, "prompt_logprobs")
+
+
+async def test_classify_answers_vllms_shape(client: AsyncTestClient) -> None:
+    response = await client.post("/v1/classify", json={"model": "fake-rerank", "input": ["ab", "abcd"]})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["object"] == "list" and answer["id"].startswith("classify-")
+    assert answer["data"] == [
+        {"index": 0, "label": "short", "probs": [0.5, 0.5], "num_classes": 2},
+        {"index": 1, "label": "long", "probs": [0.25, 0.75], "num_classes": 2},
+    ]
+    assert answer["usage"] == {"prompt_tokens": 6, "completion_tokens": 0, "total_tokens": 6}
+
+
+async def test_classify_needs_a_classifier(client: AsyncTestClient) -> None:
+    response = await client.post("/v1/classify", json={"model": "fake-embed", "input": "ab"})
+    assert refusal(response) == (400, "model")
+
+
+async def test_pooling_pools_each_models_own_task(client: AsyncTestClient) -> None:
+    embedded = await client.post("/v1/embeddings", json={"model": "fake-embed", "input": "abc"})
+    pooled = await client.post("/v1/pooling", json={"model": "fake-embed", "input": "abc"})
+    assert pooled.status_code == 200, pooled.text
+    assert pooled.json()["data"] == [{"index": 0, "data": embedded.json()["data"][0]["embedding"], "object": "pooling"}]
+    classified = await client.post("/v1/pooling", json={"model": "fake-rerank", "input": "abcd", "task": "classify"})
+    assert classified.json()["data"][0]["data"] == [0.25, 0.75]
+    based = await client.post("/v1/pooling", json={"model": "fake-embed", "input": "abc", "encoding_format": "base64"})
+    assert isinstance(based.json()["data"][0]["data"], str)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "fake-chat", "input": "a"}, "model"),
+        ({"model": "fake-embed", "input": "a", "task": "classify"}, "task"),
+        ({"model": "fake-rerank", "input": "x" * 100}, "input"),
+    ],
+)
+async def test_pooling_refusals(client: AsyncTestClient, body: dict[str, Any], param: str) -> None:
+    assert refusal(await client.post("/v1/pooling", json=body)) == (400, param)

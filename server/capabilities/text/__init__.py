@@ -1,4 +1,4 @@
-"""Text: chat, completions, embeddings, rerank and score, tokenize, on vLLM engines."""
+"""Text: chat, completions, embeddings, rerank and score, classify and pooling, tokenize, on vLLM engines."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from engines.scheduler import Scheduler
 from server.capabilities.text.chat import ChatService
 from server.capabilities.text.completions import CompletionService
 from server.capabilities.text.embeddings import EmbeddingService
+from server.capabilities.text.pooling import PoolingService
 from server.capabilities.text.rerank import RerankService
 from server.capabilities.text.templates import TemplateRenderer
 from server.capabilities.text.tokenize import TokenizeService
@@ -22,4 +23,5 @@ class TextCapability:
         self.completions = CompletionService(scheduler, limits)
         self.embeddings = EmbeddingService(scheduler, limits)
         self.rerank = RerankService(scheduler, limits)
+        self.pooling = PoolingService(scheduler, limits)
         self.tokenize = TokenizeService(scheduler, templates)

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
-from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
+from engines.base import EmbeddingEngine, SamplingOptions, ScoreEngine, TextGenerationEngine
 from engines.workpools import WorkPool, run_in
 from schemas.openai.common import SamplingRequest
 from server.capabilities.text.structured import apply_structured_outputs
@@ -130,7 +130,9 @@ def check_input_ids(raw: str | list[Any], vocab_size: int, param: str) -> None:
             check_token_ids(item, vocab_size, f"{param}[{position}]")
 
 
-async def token_ids(engine: TextGenerationEngine | EmbeddingEngine, items: list[str | list[int]]) -> list[list[int]]:
+async def token_ids(
+    engine: TextGenerationEngine | EmbeddingEngine | ScoreEngine, items: list[str | list[int]]
+) -> list[list[int]]:
     """Each item as token ids. Texts are tokenized on the engine pool: a batch of long
     texts keeps a CPU busy for a while, which the event loop must not wait out."""
 
