@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -19,18 +18,21 @@ from schemas.openai.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
-    ChatMessage,
-    ChoiceLogprobs,
     DeltaFunctionCall,
     DeltaToolCall,
     FunctionCall,
-    TextPart,
     ToolCall,
 )
-from schemas.openai.common import TokenLogprob, TopLogprob, Usage
+from schemas.openai.common import Usage
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.started_streams import READY, started_stream
+from server.capabilities.text.chat_shapes import (
+    echo_text,
+    message_to_template,
+    to_openai_logprobs,
+    tool_calls_reason,
+)
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
@@ -48,72 +50,10 @@ from server.capabilities.text.templates import (
     generation_prompt,
     template_input,
 )
-from server.capabilities.text.token_output import as_token_ids, prompt_logprobs_out
+from server.capabilities.text.token_output import prompt_logprobs_out
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
-
-
-def message_to_template(message: ChatMessage) -> dict[str, Any]:
-    """A message as chat templates expect it: plain-string content, parsed tool arguments."""
-    content = message.content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, TextPart):
-                raise bad_request("This model accepts text content parts only.", "messages")
-            texts.append(part.text)
-        content = "\n".join(texts)
-    rendered: dict[str, Any] = {"role": message.role, "content": content or ""}
-    if message.name is not None:
-        rendered["name"] = message.name
-    if message.tool_call_id is not None:
-        rendered["tool_call_id"] = message.tool_call_id
-    if message.tool_calls:
-        calls = []
-        for call in message.tool_calls:
-            try:
-                arguments: Any = json.loads(call.function.arguments)
-            except ValueError:
-                arguments = call.function.arguments
-            calls.append(
-                {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
-            )
-        rendered["tool_calls"] = calls
-    return rendered
-
-
-def echo_text(echo: bool, last: dict[str, Any], add_generation_prompt: bool) -> str:
-    """vLLM's chat echo: the last message's content, when it is in the reply's role (the
-    assistant's after a generation prompt; without one, the reply goes on in the last role)."""
-    if not echo or (add_generation_prompt and last["role"] != "assistant"):
-        return ""
-    return str(last["content"])
-
-
-def tool_calls_reason(reason: str | None) -> str | None:
-    """The finish reason of a choice that called tools: "tool_calls", unless max_tokens cut
-    it short; then "length", for its last call's arguments are no whole JSON."""
-    return reason if reason == "length" else "tool_calls"
-
-
-def to_openai_logprobs(entries: list[TokenLogprobs], as_ids: bool = False) -> ChoiceLogprobs:
-    if as_ids:
-        entries = as_token_ids(entries)
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprob(
-                token=entry.token,
-                logprob=entry.logprob,
-                bytes=list(entry.token.encode()),
-                top_logprobs=[
-                    TopLogprob(token=top.token, logprob=top.logprob, bytes=list(top.token.encode()))
-                    for top in entry.top
-                ],
-            )
-            for entry in entries
-        ]
-    )
 
 
 class _ChatPlan(msgspec.Struct, kw_only=True):

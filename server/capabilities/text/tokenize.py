@@ -9,7 +9,7 @@ from engines.scheduler import Scheduler
 from engines.workpools import WorkPool, run_in
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.capabilities.calls import resident_engine
-from server.capabilities.text.chat import message_to_template
+from server.capabilities.text.chat_shapes import message_to_template
 from server.capabilities.text.sampling import check_token_ids
 from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer, generation_prompt
 from server.errors import bad_request
