@@ -69,15 +69,10 @@ class _LogprobsBuilder:
         return value
 
 
-def written_tokens(
-    engine: TextGenerationEngine, ids: list[int], entries: list[TokenLogprobs] | None, as_ids: bool
-) -> list[str]:
-    """How the logprobs arrays write tokens: as text, or as "token_id:N" (return_tokens_as_token_ids)."""
-    if as_ids:
-        return [id_label(token) for token in ids]
-    if entries is not None:
-        return [entry.token for entry in entries]
-    return engine.token_strings(ids)
+def prompt_tokens_written(engine: TextGenerationEngine, ids: list[int], as_ids: bool) -> list[str]:
+    """How the logprobs arrays write an echoed prompt's tokens: as text, or as "token_id:N"
+    (return_tokens_as_token_ids)."""
+    return [id_label(token) for token in ids] if as_ids else engine.token_strings(ids)
 
 
 class CompletionService:
@@ -152,7 +147,7 @@ class CompletionService:
                     choice = prompt_index * n + seq.index
                     if step.prompt_logprobs is not None and request.echo and request.logprobs is not None:
                         logprobs[choice].add(
-                            step.prompt_logprobs, written_tokens(engine, prompt.ids, None, as_ids), request.logprobs
+                            step.prompt_logprobs, prompt_tokens_written(engine, prompt.ids, as_ids), request.logprobs
                         )
                     texts[choice] += seq.text
                     output_ids[choice].extend(seq.token_ids)
@@ -253,7 +248,7 @@ class CompletionService:
                     if request.echo and first:
                         text = prompt.echo_text + text
                         if step.prompt_logprobs is not None and request.logprobs is not None:
-                            written = written_tokens(engine, prompt.ids, None, as_ids)
+                            written = prompt_tokens_written(engine, prompt.ids, as_ids)
                             builder.add(step.prompt_logprobs, written, request.logprobs)
                     tokens[choice] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
