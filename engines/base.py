@@ -70,11 +70,13 @@ class SamplingOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     json_object: bool = False
     regex: str | None = None
     choice: list[str] | None = None
+    grammar: str | None = None  # EBNF (GBNF), as vLLM's structured outputs take it
 
 
 class TokenChoice(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     token: str
     logprob: float
+    token_id: int = -1  # -1: not known
 
 
 class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
@@ -83,6 +85,8 @@ class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     top: list[TokenChoice]
+    token_id: int = -1  # -1: not known
+    rank: int | None = None  # the token's rank among all the vocabulary's (1: the likeliest)
 
 
 class SequenceDelta(msgspec.Struct, kw_only=True, gc=False):
@@ -162,6 +166,7 @@ class TextGenerationEngine(Engine, Protocol):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]: ...
 
@@ -202,12 +207,26 @@ class ScoreResult(msgspec.Struct, kw_only=True):
     prompt_tokens: int
 
 
+class ClassifyResult(msgspec.Struct, kw_only=True):
+    """Each input's class probabilities, and the classes' labels (index -> label)."""
+
+    probs: list[list[float]]
+    labels: list[str]
+    prompt_tokens: int
+
+
 @runtime_checkable
 class ScoreEngine(Engine, Protocol):
+    """A sequence classifier: scores (query, document) pairs, or classifies single texts."""
+
     @property
     def info(self) -> EngineInfo: ...
 
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
     async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult: ...
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult: ...
 
     async def abort(self, request_id: str) -> None: ...
 

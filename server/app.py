@@ -165,6 +165,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "completions": text.completions,
         "embeddings": text.embeddings,
         "rerank": text.rerank,
+        "pooling": text.pooling,
         "tokenize": text.tokenize,
     }
     dependencies = {

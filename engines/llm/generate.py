@@ -51,6 +51,8 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
         structured = StructuredOutputsParams(regex=options.regex)
     elif options.choice is not None:
         structured = StructuredOutputsParams(choice=options.choice)
+    elif options.grammar is not None:
+        structured = StructuredOutputsParams(grammar=options.grammar)
     kwargs: dict[str, Any] = {
         "n": 1 if greedy_copies(options) > 1 else options.n,
         "max_tokens": options.max_tokens,
@@ -91,11 +93,16 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> TokenLogprobs:
     chosen_entry = entries.get(chosen)
     ranked = sorted(entries.items(), key=lambda item: item[1].rank or 0)
-    top = [TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob) for _, entry in ranked[:top_n]]
+    top = [
+        TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob, token_id=token)
+        for token, entry in ranked[:top_n]
+    ]
     return TokenLogprobs(
         token=(chosen_entry.decoded_token or "") if chosen_entry else "",
         logprob=chosen_entry.logprob if chosen_entry else float("-inf"),
         top=top,
+        token_id=chosen,
+        rank=chosen_entry.rank if chosen_entry else None,
     )
 
 
@@ -119,6 +126,7 @@ class VllmTextEngine(VllmEngineBase):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         try:
@@ -126,6 +134,7 @@ class VllmTextEngine(VllmEngineBase):
                 messages,
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
                 tokenize=False,
                 **(template_kwargs or {}),
             )

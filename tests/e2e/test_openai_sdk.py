@@ -200,3 +200,36 @@ def test_disconnect_while_waiting_for_a_full_response_aborts_it(server: RunningS
     _wait_for_no_unfinished(server)
     assert _metric(server, "omniserve_engine_unfinished_requests") == 0
     assert _metric(server, "omniserve_engine_aborted_requests") == aborted_before + 1
+
+
+def test_vllm_conformance_through_the_sdk(client: openai.OpenAI, server: RunningServer) -> None:
+    stream = client.chat.completions.create(
+        model="demo-chat",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=3,
+        n=2,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    chunks = list(stream)
+    assert all(len(chunk.choices) == 1 for chunk in chunks[:-1])  # one choice per chunk
+    assert all(chunk.usage is not None for chunk in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="demo-chat",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=3,
+            stream_options={"include_usage": True},
+        )
+    assert refused.value.body["param"] == "stream_options"  # type: ignore[index]
+    classified = httpx.post(
+        f"{server.openai_url}/classify",
+        json={"model": "demo-rerank", "input": ["the sea"]},
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=60,
+    )
+    assert classified.status_code == 200, classified.text
+    assert classified.json()["data"][0]["num_classes"] == 1

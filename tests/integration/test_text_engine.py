@@ -207,3 +207,59 @@ async def test_greedy_n_gives_n_identical_choices(services: TextCapability) -> N
     assert len(completion.choices) == 4
     assert completion.choices[0].text == completion.choices[1].text
     assert completion.choices[2].text == completion.choices[3].text
+
+
+def completion_request(**fields: Any) -> CompletionRequest:
+    return msgspec.convert({"model": "demo-chat", "prompt": "The answer is", **fields}, CompletionRequest)
+
+
+@pytest.mark.parametrize(
+    "structured",
+    [{"grammar": 'root ::= "yes" | "no"'}, {"choice": ["yes", "no"]}, {"regex": "(yes|no)"}],
+    ids=["grammar", "choice", "regex"],
+)
+async def test_structured_outputs_constrain_the_text(services: TextCapability, structured: dict[str, Any]) -> None:
+    result = await services.completions.create(
+        completion_request(max_tokens=8, temperature=1.0, seed=3, n=3, structured_outputs=structured)
+    )
+    assert {choice.text for choice in result.choices} <= {"yes", "no"}
+    assert all(choice.finish_reason == "stop" for choice in result.choices)
+
+
+async def test_token_ids_and_prompt_logprobs_match_the_tokens(services: TextCapability) -> None:
+    result = await services.completions.create(
+        completion_request(
+            max_tokens=4,
+            ignore_eos=True,
+            logprobs=2,
+            prompt_logprobs=2,
+            return_token_ids=True,
+            return_tokens_as_token_ids=True,
+        )
+    )
+    choice = result.choices[0]
+    assert choice.prompt_token_ids and choice.token_ids and len(choice.token_ids) == 4
+    prompt_logprobs = choice.prompt_logprobs
+    assert prompt_logprobs is not None and prompt_logprobs[0] is None
+    for token, position in zip(choice.prompt_token_ids[1:], prompt_logprobs[1:], strict=True):
+        assert position is not None and str(token) in position
+        assert 2 <= len(position) <= 3  # the prompt's token and two alternatives (it may be one)
+    assert choice.logprobs is not None
+    assert choice.logprobs.tokens == [f"token_id:{token}" for token in choice.token_ids]
+    for top in choice.logprobs.top_logprobs:
+        assert top is not None and all(key.startswith("token_id:") for key in top)
+
+
+async def test_continue_final_message_renders_with_the_real_template(services: TextCapability) -> None:
+    messages = [*MESSAGES, {"role": "assistant", "content": "The river"}]
+    result = await services.chat.create(
+        chat_request(messages=messages, continue_final_message=True, echo=True, max_tokens=3, return_token_ids=True)
+    )
+    assert result.prompt_token_ids is not None  # the rendered prompt ends inside the assistant's message
+    from schemas.openai.tokenize import DetokenizeRequest
+
+    engine_text = await services.tokenize.detokenize(
+        DetokenizeRequest(model="demo-chat", tokens=result.prompt_token_ids)
+    )
+    assert engine_text.prompt.endswith("The river"), engine_text.prompt
+    assert (result.choices[0].message.content or "").startswith("The river")

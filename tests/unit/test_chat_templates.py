@@ -55,11 +55,16 @@ class TemplateTextEngine(FakeTextEngine):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         self.template_kwargs.append(template_kwargs)
         return self.renderer.render_chat(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, template_kwargs=template_kwargs
+            messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            template_kwargs=template_kwargs,
         )
 
 
