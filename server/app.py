@@ -46,6 +46,7 @@ from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
 from server.routes.openai.speech import SpeechController
+from server.routes.openai.responses_api import ResponsesController
 from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
 from server.routes.openai.videos import VideosController
@@ -159,6 +160,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "videos": components.openai_videos,
         "v3_videos": components.v3_videos,
         "chat": text.chat,
+        "responses": components.responses,
         "completions": text.completions,
         "embeddings": text.embeddings,
         "rerank": text.rerank,
@@ -207,6 +209,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             path=path,
             route_handlers=[
                 TextController,
+                ResponsesController,
                 ImagesController,
                 ModelsController,
                 SpeechController,
