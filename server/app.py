@@ -45,8 +45,8 @@ from server.routes.api_docs import openapi_config
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
-from server.routes.openai.speech import SpeechController
 from server.routes.openai.responses_api import ResponsesController
+from server.routes.openai.speech import SpeechController
 from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
 from server.routes.openai.videos import VideosController

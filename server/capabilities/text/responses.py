@@ -73,8 +73,9 @@ async def _chat_events(stream: AsyncIterator[bytes]) -> AsyncGenerator[_ChatChun
             chunk = _chunk_decoder.decode(data)
             if chunk.error is not None:
                 code = chunk.error.code
-                known = code in ErrorCode.__members__
-                raise ApiError(ErrorCode(code) if known else ErrorCode.UNKNOWN, chunk.error.message, param=chunk.error.param)
+                known = code is not None and code in ErrorCode.__members__
+                error_code = ErrorCode(code) if known and code is not None else ErrorCode.UNKNOWN
+                raise ApiError(error_code, chunk.error.message, param=chunk.error.param)
             yield chunk
 
 
@@ -149,9 +150,7 @@ class ResponsesService:
     def _answer(base: Response, completion: ChatCompletion) -> Response:
         choice = completion.choices[0]
         truncated = choice.finish_reason == "length"
-        calls = [
-            (call.id, call.function.name, call.function.arguments) for call in choice.message.tool_calls or []
-        ]
+        calls = [(call.id, call.function.name, call.function.arguments) for call in choice.message.tool_calls or []]
         return msgspec.structs.replace(
             base,
             status="incomplete" if truncated else "completed",
@@ -169,7 +168,9 @@ class ResponsesService:
         conversation, start = await self._conversation(request, owner)
         chunks = await self.chat.stream(chat_request(request, conversation), meter)
         events = ResponseEvents(self._base(request))
-        return guarded_events(self._events(events, chunks, owner, conversation, start), done=None, error_event=events.error)
+        return guarded_events(
+            self._events(events, chunks, owner, conversation, start), done=None, error_event=events.error
+        )
 
     async def _events(
         self,
@@ -195,7 +196,10 @@ class ResponsesService:
                     for call in delta.tool_calls or []:
                         function = call.function
                         pieces = events.tool_call(
-                            call.index, call.id, function.name if function else None, function.arguments if function else None
+                            call.index,
+                            call.id,
+                            function.name if function else None,
+                            function.arguments if function else None,
                         )
                         for event in pieces:
                             yield event
@@ -217,7 +221,9 @@ class ResponsesService:
 
     async def delete(self, response_id: str, owner: str = OPEN_OWNER) -> DeletedResponse:
         if not await run_in(WorkPool.STORAGE, self.store.delete, owner, response_id):
-            raise ApiError(ErrorCode.RESPONSE_NOT_FOUND, f"Response '{response_id}' does not exist.", param="response_id")
+            raise ApiError(
+                ErrorCode.RESPONSE_NOT_FOUND, f"Response '{response_id}' does not exist.", param="response_id"
+            )
         return DeletedResponse(id=response_id)
 
     async def input_items(
@@ -245,4 +251,3 @@ class ResponsesService:
             last_id=page[-1].id if page else None,
             has_more=len(items) > limit,
         )
-

@@ -135,7 +135,9 @@ class ResponseEvents:
         )
 
     def _item_event(self, kind: str, item: OutputItem) -> bytes:
-        return self._event(OutputItemEvent(type=kind, sequence_number=self._next(), output_index=len(self.output), item=item))
+        return self._event(
+            OutputItemEvent(type=kind, sequence_number=self._next(), output_index=len(self.output), item=item)
+        )
 
     def _open_message(self) -> list[bytes]:
         self._open = MessageItem(id=new_item_id("msg"), role="assistant", content=[], status="in_progress")
@@ -176,9 +178,7 @@ class ResponseEvents:
                 self._item_event_at("response.output_item.done", done_call, index),
             ]
         part = OutputText(text=self._text)
-        done_message = msgspec.structs.replace(
-            item, content=[part], status="incomplete" if truncated else "completed"
-        )
+        done_message = msgspec.structs.replace(item, content=[part], status="incomplete" if truncated else "completed")
         self.output.append(done_message)
         return [
             self._event(

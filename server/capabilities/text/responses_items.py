@@ -201,9 +201,7 @@ def chat_request(request: ResponseRequest, conversation: list[ConversationItem])
     )
 
 
-def output_items(
-    text: str | None, calls: list[tuple[str, str, str]], *, truncated: bool
-) -> list[OutputItem]:
+def output_items(text: str | None, calls: list[tuple[str, str, str]], *, truncated: bool) -> list[OutputItem]:
     """The output of one answer: its text as a message (also when empty and nothing was
     called, so that a response always says something), then each call (call id, name,
     arguments) as a function_call item."""
