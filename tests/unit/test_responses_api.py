@@ -379,3 +379,20 @@ async def test_a_failure_after_the_stream_began_is_an_error_event(tmp_path: Path
     assert events[-2]["type"] == "response.output_text.delta" and events[-2]["delta"] == "He"
     assert events[-1]["type"] == "error" and "/dev/secret" not in events[-1]["message"]
     assert events[-1]["code"] == "UNKNOWN"
+
+
+async def test_responses_are_metered_as_chat_is(tmp_path: Path) -> None:
+    prices = {"price_per_1k_input_tokens": 1000.0, "price_per_1k_output_tokens": 1000.0, "requests_per_hour": 0}
+    async with serve(tmp_path, accounts=prices) as (url, state):
+        info, key = state.keystore.create("metered")
+        state.keystore.set_credits(info.id, 100)
+        client = sdk(url, key)
+        made = await client.responses.create(model="fake-chat", input="hi", max_output_tokens=5)
+        assert made.usage is not None
+        assert state.keystore.account(info.id).credits == pytest.approx(100 - made.usage.total_tokens)  # type: ignore[union-attr]
+        streamed = await client.responses.create(model="fake-chat", input="hi", max_output_tokens=4, stream=True)
+        final = [event async for event in streamed][-1]
+        assert final.type == "response.incomplete" and final.response.usage is not None
+        spent = made.usage.total_tokens + final.response.usage.total_tokens
+        assert state.keystore.account(info.id).credits == pytest.approx(100 - spent)  # type: ignore[union-attr]
+        assert state.keystore.open_reservations() == ()
