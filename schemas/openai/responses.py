@@ -108,7 +108,7 @@ ToolChoice = Literal["none", "auto", "required"] | FunctionToolChoice
 
 
 class TextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
-    type: Literal["text", "json_object", "json_schema"] = "text"
+    type: Literal["text", "json_object", "json_schema"]
     # json_schema only.
     name: str | None = None
     schema: dict[str, Any] | None = None
@@ -117,7 +117,7 @@ class TextFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class TextConfig(msgspec.Struct, kw_only=True):
-    format: TextFormat = msgspec.field(default_factory=TextFormat)
+    format: TextFormat = msgspec.field(default_factory=lambda: TextFormat(type="text"))
 
 
 class ResponseRequest(msgspec.Struct, kw_only=True):
@@ -145,7 +145,9 @@ class ResponseRequest(msgspec.Struct, kw_only=True):
 
 
 class InputTokensDetails(msgspec.Struct, kw_only=True):
+    # No prompt cache is reported: both are always 0.
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class OutputTokensDetails(msgspec.Struct, kw_only=True):

@@ -11,7 +11,10 @@ from typing import Any
 import httpx
 import msgspec
 import openai
+import pydantic
 import pytest
+from openai.types.responses import Response as SdkResponse
+from openai.types.responses import ResponseItemList, ResponseStreamEvent
 
 from engines.base import GenerationStep, ModelKind, ModelSpec, SamplingOptions, SequenceDelta
 from schemas.errors import ApiError
@@ -22,6 +25,12 @@ from server.capabilities.text.responses_items import chat_messages, chat_request
 from server.capabilities.text.responses_store import ResponseStore, StoredResponse
 from tests.fakes import FakeTextEngine, fake_factory
 from tests.unit.serving import serve
+
+# The SDK's event classes by their type, to validate each strictly against its own class.
+SDK_EVENTS: dict[str, type[pydantic.BaseModel]] = {
+    model.model_fields["type"].annotation.__args__[0]: model  # type: ignore[union-attr]
+    for model in ResponseStreamEvent.__origin__.__args__  # type: ignore[attr-defined]
+}
 
 
 def request(**fields: Any) -> ResponseRequest:
@@ -147,6 +156,8 @@ def test_events_open_one_item_at_a_time_and_number_every_event() -> None:
         "response.completed",
     ]
     assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    for event in parsed:  # strictly, as the SDK's types declare them (its own parsing is lenient)
+        SDK_EVENTS[event["type"]].model_validate(event)
     assert [e["output_index"] for e in parsed if "output_index" in e] == [0] * 7 + [1] * 5
     assert parsed[6]["text"] == "Hello" and parsed[12]["arguments"] == '{"a": 1}'
     message, call = response.output
@@ -396,3 +407,41 @@ async def test_responses_are_metered_as_chat_is(tmp_path: Path) -> None:
         spent = made.usage.total_tokens + final.response.usage.total_tokens
         assert state.keystore.account(info.id).credits == pytest.approx(100 - spent)  # type: ignore[union-attr]
         assert state.keystore.open_reservations() == ()
+
+
+async def test_the_answers_validate_strictly_against_the_sdks_types(tmp_path: Path) -> None:
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object"}, "strict": False}
+    # tool_choice "required" has the model write a list of calls (the schema chat guides it with).
+    ScriptedTextEngine.script = ('[{"name": "f", ', '"parameters": {"a": 1}}]')
+    try:
+        async with serve(tmp_path, factory=scripted_factory) as (url, _), httpx.AsyncClient(base_url=url) as http:
+            text = (await http.post("/v1/responses", json={"model": "fake-chat", "input": "Hi"})).json()
+            SdkResponse.model_validate(text)
+            body = {
+                "model": "fake-chat",
+                "input": [
+                    {"role": "user", "content": "Hi"},
+                    {"type": "function_call_output", "call_id": "c", "output": "1"},
+                ],
+                "tools": [tool],
+                "tool_choice": "required",
+                "text": {"format": {"type": "json_object"}},
+                "previous_response_id": text["id"],
+            }
+            called = (await http.post("/v1/responses", json=body)).json()
+            SdkResponse.model_validate(called)
+            assert [(item["type"], item["name"], item["arguments"]) for item in called["output"]] == [
+                ("function_call", "f", '{"a": 1}')
+            ]
+            assert called["tool_choice"] == "required" and called["text"]["format"] == {"type": "json_object"}
+            items = (await http.get(f"/v1/responses/{called['id']}/input_items", params={"order": "asc"})).json()
+            ResponseItemList.model_validate(items)
+            assert [item["type"] for item in items["data"]] == ["message", "function_call_output"]
+            first_page = (await http.get(f"/v1/responses/{called['id']}/input_items", params={"limit": 1})).json()
+            assert first_page["has_more"] and first_page["data"][0]["type"] == "function_call_output"
+            bad_limit = await http.get(f"/v1/responses/{called['id']}/input_items", params={"limit": 0})
+            assert bad_limit.status_code == 400 and bad_limit.json()["error"]["param"] == "limit"
+            deleted = await http.delete(f"/v1/responses/{text['id']}")
+            assert deleted.json() == {"id": text["id"], "object": "response.deleted", "deleted": True}
+    finally:
+        ScriptedTextEngine.script = ("Hello", ", ", "world")
