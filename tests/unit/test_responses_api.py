@@ -3,6 +3,7 @@ stored responses and their scoping, errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ import pydantic
 import pytest
 from openai.types.responses import Response as SdkResponse
 from openai.types.responses import ResponseItemList, ResponseStreamEvent
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from engines.base import GenerationStep, ModelKind, ModelSpec, SamplingOptions, SequenceDelta
 from schemas.errors import ApiError
@@ -24,7 +27,10 @@ from server.capabilities.text.responses_events import ResponseEvents
 from server.capabilities.text.responses_items import chat_messages, chat_request, normalised_items
 from server.capabilities.text.responses_store import ResponseStore, StoredResponse
 from tests.fakes import FakeTextEngine, fake_factory
+from tests.tracing import FORWARD
+from tests.unit.conftest import make_state
 from tests.unit.serving import serve
+from tests.unit.test_tracing import finished_spans, named, traced_client
 
 # The SDK's event classes by their type, to validate each strictly against its own class.
 SDK_EVENTS: dict[str, type[pydantic.BaseModel]] = {
@@ -445,3 +451,40 @@ async def test_the_answers_validate_strictly_against_the_sdks_types(tmp_path: Pa
             assert deleted.json() == {"id": text["id"], "object": "response.deleted", "deleted": True}
     finally:
         ScriptedTextEngine.script = ("Hello", ", ", "world")
+
+
+async def test_a_client_that_leaves_a_stream_ends_its_generation(tmp_path: Path) -> None:
+    async with serve(tmp_path) as (url, state):
+        engine = state.scheduler.engine("fake-chat")
+        assert isinstance(engine, FakeTextEngine)
+        engine.step_delay = 0.05
+        body = {"model": "fake-chat", "input": "Hi", "max_output_tokens": 40, "stream": True}
+        async with httpx.AsyncClient(timeout=10) as http, http.stream("POST", url + "/v1/responses", json=body) as r:
+            assert r.status_code == 200
+            async for _ in r.aiter_bytes():
+                break
+            assert state.scheduler.queue_state()["fake-chat"] == (0, 1)
+        async with asyncio.timeout(10):
+            while not engine.aborted or state.scheduler.queue_state()["fake-chat"] != (0, 0):
+                await asyncio.sleep(0.02)
+        # Not stored: the client never heard it complete.
+        assert state.response_store.count("") == 0
+
+
+async def test_a_response_is_traced_as_a_chat_call_under_its_route(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    FORWARD.target = SimpleSpanProcessor(exporter)
+    try:
+        async for client in traced_client(make_state(tmp_path)):
+            exporter.clear()
+            body = {"model": "fake-chat", "input": "Hi", "max_output_tokens": 3, "stream": True}
+            async with client.stream("POST", "/v1/responses", json=body) as response:
+                assert response.status_code == 200
+                await response.aread()
+            spans = await finished_spans(exporter, "POST /v1/responses")
+            server, generation = named(spans, "POST /v1/responses"), named(spans, "chat fake-chat")
+            assert generation.context is not None and server.context is not None
+            assert generation.context.trace_id == server.context.trace_id
+            assert generation.attributes is not None and generation.attributes["gen_ai.usage.output_tokens"] == 3
+    finally:
+        FORWARD.target = None
