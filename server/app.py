@@ -47,6 +47,7 @@ from server.routes.api_docs import openapi_config
 from server.routes.health import HealthController
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
+from server.routes.openai.responses_api import ResponsesController
 from server.routes.openai.speech import SpeechController
 from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
@@ -162,6 +163,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "v3_videos": components.v3_videos,
         "chat": text.chat,
         "turns": text.turns,
+        "responses": components.responses,
         "completions": text.completions,
         "embeddings": text.embeddings,
         "rerank": text.rerank,
@@ -211,6 +213,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             path=path,
             route_handlers=[
                 TextController,
+                ResponsesController,
                 ImagesController,
                 ModelsController,
                 SpeechController,

@@ -18,6 +18,8 @@ from server.capabilities.images.safety import NsfwDetector
 from server.capabilities.output_limits import OutputLimit
 from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
+from server.capabilities.text.responses import ResponsesService
+from server.capabilities.text.responses_store import ResponseStore
 from server.capabilities.transcription.transcriber import Transcriber
 from server.capabilities.upscale import Upscaler
 from server.capabilities.video.generation import VideoGenerator
@@ -100,6 +102,14 @@ class Components:
 
         # Capabilities, and the adapters of each API family over them.
         self.text = TextCapability(scheduler, settings.limits)
+        self.response_store = ResponseStore(
+            data / "responses.sqlite3",
+            retention_s=settings.responses.retention_s,
+            max_per_owner=settings.responses.max_stored_per_key,
+        )
+        self.responses = ResponsesService(
+            self.text.chat, self.response_store, max_conversation_bytes=settings.responses.max_conversation_bytes
+        )
         self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
         self.submission = TaskSubmission(
             self.task_runner, allow_private_urls=tasks.allow_private_urls, nsfw_detection=self.nsfw.configured
@@ -183,5 +193,6 @@ class Components:
             await asyncio.gather(self._cleaner, return_exceptions=True)
         await self.task_runner.stop()
         self.task_store.close()
+        self.response_store.close()
         self.keystore.close()
         self.data_lock.release()
