@@ -36,6 +36,9 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pinned: bool = False
     # Tool-call parser name for chat models (vLLM's parser names, e.g. "hermes").
     tool_parser: str | None = None
+    # Reasoning parser name for chat models (vLLM's names, e.g. "deepseek_r1", "qwen3"): the
+    # reasoning is answered apart, as reasoning_content, and kept out of content.
+    reasoning_parser: str | None = None
     # Whether the model honours a `dimensions` request (Matryoshka embeddings).
     supports_dimensions: bool = False
     aliases: list[str] = []
@@ -176,6 +179,8 @@ class TextGenerationEngine(Engine, Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def tool_parser(self) -> Any | None: ...
+
+    def reasoning_parser(self) -> Any | None: ...
 
 
 class EmbeddingResult(msgspec.Struct, kw_only=True):

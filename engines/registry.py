@@ -15,10 +15,25 @@ class CatalogError(ValueError):
     pass
 
 
+def check_vllm_spec(spec: ModelSpec) -> None:
+    """Refuses, at catalog load, what a vLLM model's entry names but vLLM does not know."""
+    if spec.reasoning_parser is None:
+        return
+    if spec.kind is not ModelKind.CHAT:
+        raise CatalogError(f"model {spec.name}: reasoning_parser is for chat models only")
+    from engines.llm.reasoning import check_reasoning_parser
+
+    problem = check_reasoning_parser(spec.reasoning_parser)
+    if problem is not None:
+        raise CatalogError(f"model {spec.name}: {problem}")
+
+
 def vllm_factory(*, cpu_threads: int) -> EngineFactory:
     def build(spec: ModelSpec) -> Engine:
         from engines.llm.generate import VllmTextEngine
         from engines.llm.pooling import VllmEmbeddingEngine, VllmScoreEngine
+
+        check_vllm_spec(spec)
 
         engine_cls: type[Any] = {
             ModelKind.CHAT: VllmTextEngine,

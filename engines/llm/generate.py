@@ -147,6 +147,13 @@ class VllmTextEngine(VllmEngineBase):
 
         return ToolCallParser(self.spec.tool_parser, self.tokenizer)
 
+    def reasoning_parser(self) -> Any | None:
+        if self.spec.reasoning_parser is None:
+            return None
+        from engines.llm.reasoning import ReasoningParser
+
+        return ReasoningParser(self.spec.reasoning_parser, self.tokenizer)
+
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
     ) -> AsyncIterator[GenerationStep]:

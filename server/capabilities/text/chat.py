@@ -101,6 +101,8 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
     tool_mode: str  # "none" | "forced" | "parsed"
     tool_choice: Any = None
     parser_session: Any = None
+    # One reasoning session per choice, when the model has a reasoning parser.
+    reasoning: list[Any] = []
 
 
 class ChatService:
@@ -157,12 +159,17 @@ class ChatService:
             tool_mode="none",
             tool_choice=tool_choice,
         )
+        reasoning = engine.reasoning_parser()
+        if reasoning is not None:
+            reasoning_request = request_dict or cast(dict[str, Any], msgspec.to_builtins(request))
+            plan.reasoning = [reasoning.start(reasoning_request, prompt_ids) for _ in range(request.n)]
         if not tools or tool_choice == "none":
             return plan
         schema = forced_tool_schema(tools, tool_choice, request.parallel_tool_calls)
         if schema is not None:
             options.json_schema, options.json_object, options.compact_json = schema, False, True
             plan.tool_mode = "forced"
+            plan.reasoning = []  # the schema holds the whole output: no room for reasoning
             return plan
         parser = engine.tool_parser()
         if parser is None:
@@ -206,7 +213,7 @@ class ChatService:
                         finish[seq.index] = seq.finish_reason
         choices = []
         for index in range(request.n):
-            message, reason = self._final_message(plan, texts[index], finish[index])
+            message, reason = self._final_message(plan, index, texts[index], finish[index])
             choices.append(
                 ChatChoice(
                     index=index,
@@ -229,20 +236,32 @@ class ChatService:
             ),
         )
 
-    def _final_message(self, plan: _ChatPlan, text: str, reason: str | None) -> tuple[AssistantMessage, str | None]:
+    def _final_message(
+        self, plan: _ChatPlan, index: int, text: str, reason: str | None
+    ) -> tuple[AssistantMessage, str | None]:
         calls: list[tuple[str, str]] = []
+        reasoning: str | msgspec.UnsetType | None = msgspec.UNSET
+        if plan.reasoning:
+            # Reasoning first: a tool-call parser reads only the answer after it.
+            reasoning, answer = plan.reasoning[index].extract(text)
+            if answer is None:
+                return AssistantMessage(content=None, reasoning_content=reasoning), reason
+            text = answer
         content: str | None = text
         if plan.tool_mode == "forced":
             calls, content = calls_from_forced_output(text, plan.tool_choice), None
         elif plan.tool_mode == "parsed":
             content, calls = plan.parser_session.extract(text)
         if not calls:
-            return AssistantMessage(content=content if content is not None else text), reason
+            content = content if content is not None else text
+            return AssistantMessage(content=content, reasoning_content=reasoning), reason
         tool_calls = [
             ToolCall(id=new_id("call"), function=FunctionCall(name=name, arguments=arguments))
             for name, arguments in calls
         ]
-        return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
+        return AssistantMessage(
+            content=content or None, reasoning_content=reasoning, tool_calls=tool_calls
+        ), "tool_calls"
 
     def _call(
         self,
@@ -298,8 +317,17 @@ class ChatService:
                 for seq in step.sequences:
                     completion_tokens += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
-                    delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
                     reason = seq.finish_reason
+                    reasoning, text, token_ids = None, seq.text, seq.token_ids
+                    if plan.reasoning:
+                        split = plan.reasoning[seq.index].split_delta(text, token_ids, finished=reason is not None)
+                        reasoning, text, token_ids = split.reasoning, split.content, split.content_ids
+                    delta = None
+                    if text or not plan.reasoning:
+                        delta = self._stream_delta(plan, seq.index, text, token_ids, forced_text, called_tools)
+                    if reasoning:
+                        delta = delta or ChatDelta()
+                        delta.reasoning_content = reasoning
                     if reason is not None:
                         if plan.tool_mode == "forced" and plan.tool_choice == "required":
                             delta = self._required_calls_delta(forced_text[seq.index], plan, called_tools, seq.index)
