@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from engines.base import ModelKind, TextGenerationEngine
+from engines.base import AdapterEngine, ModelKind, TextGenerationEngine
 from engines.residency import Residency
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
@@ -27,6 +27,17 @@ class ModelCatalog:
                 max_len = engine.info.max_model_len if isinstance(engine, TextGenerationEngine) else None
             for name in (spec.name, *spec.aliases):
                 cards.append(ModelCard(id=name, created=self.started_at, max_model_len=max_len))
+            if isinstance(engine, AdapterEngine):
+                cards.extend(
+                    ModelCard(
+                        id=adapter.name,
+                        created=self.started_at,
+                        max_model_len=max_len,
+                        parent=spec.name,
+                        root=adapter.path,
+                    )
+                    for adapter in engine.adapters()
+                )
         return cards
 
     def card(self, name: str) -> ModelCard:

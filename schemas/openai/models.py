@@ -11,6 +11,9 @@ class ModelCard(msgspec.Struct, kw_only=True):
     owned_by: str = "omniserve"
     object: Literal["model"] = "model"
     max_model_len: int | None = None
+    # A LoRA adapter's card, as vLLM writes it: the model it adapts, and the adapter's folder.
+    parent: str | None = None
+    root: str | None = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -143,7 +143,13 @@ class ChatService:
         top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         if request.top_logprobs and not request.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true.", "top_logprobs")
-        options = sampling_options(request, max_tokens=budget, logprobs=top_logprobs, vocab_size=engine.info.vocab_size)
+        options = sampling_options(
+            request,
+            max_tokens=budget,
+            logprobs=top_logprobs,
+            vocab_size=engine.info.vocab_size,
+            adapter=self.scheduler.adapter_name(request.model),
+        )
         fmt = request.response_format
         if fmt is not None and fmt.type == "json_object":
             options.json_object = True
