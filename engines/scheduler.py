@@ -700,6 +700,8 @@ class Scheduler:
         """Serve a LoRA adapter of the chat model ``base`` under ``adapter.name``, until the
         process ends. The same adapter again is a no-op; ModelInUse when the name is taken by a
         model, an alias or another adapter; InvalidJob when the model or the adapter cannot."""
+        if self.registry.adapter_base(base) is not None:
+            raise InvalidJob(f"'{base}' is itself an adapter: name the model it adapts.", "model")
         slot = self._slot(base, TextGenerationEngine)
         engine = slot.engine
         if not isinstance(engine, AdapterEngine):

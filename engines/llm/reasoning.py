@@ -50,7 +50,13 @@ class ReasoningParser:
 
         from engines.llm.tools import without_nulls
 
-        vllm_request: Any = ChatCompletionRequest.model_validate(without_nulls(request))
+        try:
+            vllm_request: Any = ChatCompletionRequest.model_validate(without_nulls(request))
+        except ValueError:
+            # A body omniserve takes that vLLM's model does not: the parsers read only the
+            # thinking switches from it, so those are what is kept.
+            kept = {key: request[key] for key in ("model", "chat_template_kwargs") if request.get(key) is not None}
+            vllm_request = ChatCompletionRequest.model_validate({"messages": [], **kept})
         kwargs: dict[str, Any] = {}
         if vllm_request.chat_template_kwargs:
             # Some parsers follow a per-request thinking switch (e.g. enable_thinking).

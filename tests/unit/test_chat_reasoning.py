@@ -130,3 +130,9 @@ async def test_without_tools_the_answer_is_content() -> None:
     result = await text.chat.create(request(tools=None))
     assert result.choices[0].message.reasoning_content == "weigh it"
     assert result.choices[0].message.content == "CALL:lookup"
+
+
+def test_a_body_vllms_request_model_refuses_still_gets_its_reasoning_split() -> None:
+    body = {"model": "thinker", "messages": [{"role": "user", "content": [{"type": "odd"}]}], "n": "many"}
+    session = ReasoningParser("deepseek_r1", Tokenizer()).start(body, [5, 6])
+    assert session.extract("<think>hm</think>yes") == ("hm", "yes")

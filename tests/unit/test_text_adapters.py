@@ -133,6 +133,7 @@ async def test_a_name_already_served_is_a_conflict(client: tuple[httpx.AsyncClie
     [
         ({"model": "nope", "path": "/a"}, 404),  # no such model
         ({"model": "fake-embed", "path": "/a"}, 400),  # not a chat model
+        ({"model": "cat-lora", "path": "/a"}, 400),  # an adapter, not a model
         ({"model": "plain-chat", "path": "/a"}, 400),  # an engine without adapters
         ({"model": "fake-chat", "path": "/broken"}, 400),  # the engine refuses the adapter
         ({"model": "fake-chat"}, 400),  # no path
