@@ -20,6 +20,7 @@ from engines.errors import ModelNotFound
 from engines.residency import SchedulerReport
 from engines.scheduler import Scheduler
 from schemas.admin import AdminAdapter, AdminAdapterBody, AdminAdapterList, AdminModel, AdminModelList
+from server.errors import bad_request
 
 # The conflicts the model actions answer with (the envelope is added with the other errors).
 _CONFLICT = {
@@ -136,6 +137,8 @@ class AdminController(Controller):
     )
     async def add_adapter(self, name: str, data: AdminAdapterBody, scheduler: Scheduler) -> AdminAdapter:
         name = name.lstrip("/")
+        if not name.strip():
+            raise bad_request("An adapter needs a name.", "name")
         await scheduler.add_adapter(data.model, TextAdapter(name=name, path=data.path))
         return _adapter(scheduler, name)
 

@@ -150,6 +150,12 @@ async def test_refusals_leave_the_name_free(
     assert (await http.put("/admin/loras/try-me", json={"model": "fake-chat", "path": "/a"})).status_code == 200
 
 
+async def test_an_adapter_needs_a_name(client: tuple[httpx.AsyncClient, Any]) -> None:
+    http, _ = client
+    response = await http.put("/admin/loras/%20", json={"model": "fake-chat", "path": "/a"})
+    assert response.status_code == 400 and response.json()["reason"] == "INVALID_REQUEST_BODY"
+
+
 async def test_customers_cannot_manage_adapters(client: tuple[httpx.AsyncClient, Any]) -> None:
     http, _ = client
     response = await http.put("/admin/loras/x", json={"model": "fake-chat", "path": "/a"}, headers=CUSTOMER)
