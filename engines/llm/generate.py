@@ -143,6 +143,13 @@ class VllmTextEngine(VllmEngineBase):
 
     async def load(self) -> None:
         await self._start()
+        reasoning = self.reasoning_parser()
+        if reasoning is not None:
+            try:
+                reasoning.check()
+            except Exception:
+                await self.unload()
+                raise
         # One token end to end, so that "ready" means the first real request is fast.
         warmup = SamplingOptions(max_tokens=1)
         async for _ in self.generate(self.tokenize("warm up"), warmup, f"warmup-{self.spec.name}"):

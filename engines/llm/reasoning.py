@@ -44,6 +44,11 @@ class ReasoningParser:
         self._parser_cls = ReasoningParserManager.get_reasoning_parser(parser_name)
         self._tokenizer = tokenizer
 
+    def check(self) -> None:
+        """Builds the parser once, so that a tokenizer without its markers fails the load
+        rather than every request."""
+        self._parser_cls(self._tokenizer)
+
     def start(self, request: dict[str, Any], prompt_ids: list[int]) -> ReasoningSession:
         """A session for one choice of one request (streaming parsers keep state)."""
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import pytest
 
 from engines.admission import AdmissionPolicy
 from engines.base import GenerationStep, ModelKind, ModelSpec, SamplingOptions, SequenceDelta
@@ -136,3 +137,13 @@ def test_a_body_vllms_request_model_refuses_still_gets_its_reasoning_split() -> 
     body = {"model": "thinker", "messages": [{"role": "user", "content": [{"type": "odd"}]}], "n": "many"}
     session = ReasoningParser("deepseek_r1", Tokenizer()).start(body, [5, 6])
     assert session.extract("<think>hm</think>yes") == ("hm", "yes")
+
+
+def test_a_tokenizer_without_the_parsers_markers_fails_the_check() -> None:
+    class Plain:
+        def get_vocab(self) -> dict[str, int]:
+            return {"a": 1}
+
+    ReasoningParser("deepseek_r1", Tokenizer()).check()
+    with pytest.raises(RuntimeError, match="think"):
+        ReasoningParser("deepseek_r1", Plain()).check()
