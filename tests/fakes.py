@@ -106,6 +106,9 @@ class FakeTextEngine(_FakeBase):
     def tool_parser(self) -> Any | None:
         return None
 
+    def reasoning_parser(self) -> Any | None:
+        return None
+
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
     ) -> AsyncIterator[GenerationStep]:

@@ -115,6 +115,9 @@ class ChoiceLogprobs(msgspec.Struct, kw_only=True):
 class AssistantMessage(msgspec.Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # A reasoning model's thinking (catalog reasoning_parser): null when it gave none;
+    # absent for models without a reasoning parser.
+    reasoning_content: str | msgspec.UnsetType | None = msgspec.UNSET
     tool_calls: list[ToolCall] | None = None
 
 
@@ -154,6 +157,7 @@ class DeltaToolCall(msgspec.Struct, kw_only=True, omit_defaults=True):
 class ChatDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
 

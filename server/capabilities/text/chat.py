@@ -67,6 +67,8 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
     tool_choice: Any = None
     parser_session: Any = None
     echo_text: str = ""  # what each choice's content starts with (echo)
+    # One reasoning session per choice, when the model has a reasoning parser.
+    reasoning: list[Any] = []
 
 
 class ChatService:
@@ -113,7 +115,13 @@ class ChatService:
         top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         if request.top_logprobs and not request.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true.", "top_logprobs")
-        options = sampling_options(request, max_tokens=budget, logprobs=top_logprobs, vocab_size=engine.info.vocab_size)
+        options = sampling_options(
+            request,
+            max_tokens=budget,
+            logprobs=top_logprobs,
+            vocab_size=engine.info.vocab_size,
+            adapter=self.scheduler.adapter_name(request.model),
+        )
         fmt = request.response_format
         if fmt is not None and fmt.type != "text" and has_constraint(options):
             raise bad_request("Give response_format or a structured output constraint, not both.", "response_format")
@@ -132,12 +140,17 @@ class ChatService:
             tool_choice=tool_choice,
             echo_text=echo_text(request.echo, messages[-1], add_generation_prompt),
         )
+        reasoning = engine.reasoning_parser()
+        if reasoning is not None:
+            reasoning_request = request_dict or cast(dict[str, Any], msgspec.to_builtins(request))
+            plan.reasoning = [reasoning.start(reasoning_request, prompt_ids) for _ in range(request.n)]
         if not tools or tool_choice == "none":
             return plan
         schema = forced_tool_schema(tools, tool_choice, request.parallel_tool_calls)
         if schema is not None:
             options.json_schema, options.json_object, options.compact_json = schema, False, True
             plan.tool_mode = "forced"
+            plan.reasoning = []  # the schema holds the whole output: no room for reasoning
             return plan
         parser = engine.tool_parser()
         if parser is None:
@@ -186,7 +199,7 @@ class ChatService:
                         finish[seq.index] = seq.finish_reason
         choices = []
         for index in range(request.n):
-            message, reason = self._final_message(plan, texts[index], finish[index])
+            message, reason = self._final_message(plan, index, texts[index], finish[index])
             if plan.echo_text:
                 message.content = plan.echo_text + (message.content or "")
             choices.append(
@@ -218,20 +231,32 @@ class ChatService:
             prompt_logprobs=prompt_logprobs,
         )
 
-    def _final_message(self, plan: _ChatPlan, text: str, reason: str | None) -> tuple[AssistantMessage, str | None]:
+    def _final_message(
+        self, plan: _ChatPlan, index: int, text: str, reason: str | None
+    ) -> tuple[AssistantMessage, str | None]:
         calls: list[tuple[str, str]] = []
+        reasoning: str | msgspec.UnsetType | None = msgspec.UNSET
+        if plan.reasoning:
+            # Reasoning first: a tool-call parser reads only the answer after it.
+            reasoning, answer = plan.reasoning[index].extract(text)
+            if answer is None:
+                return AssistantMessage(content=None, reasoning_content=reasoning), reason
+            text = answer
         content: str | None = text
         if plan.tool_mode == "forced":
             calls, content = calls_from_forced_output(text, plan.tool_choice), None
         elif plan.tool_mode == "parsed":
             content, calls = plan.parser_session.extract(text)
         if not calls:
-            return AssistantMessage(content=content if content is not None else text), reason
+            content = content if content is not None else text
+            return AssistantMessage(content=content, reasoning_content=reasoning), reason
         tool_calls = [
             ToolCall(id=new_id("call"), function=FunctionCall(name=name, arguments=arguments))
             for name, arguments in calls
         ]
-        return AssistantMessage(content=content or None, tool_calls=tool_calls), tool_calls_reason(reason)
+        return AssistantMessage(
+            content=content or None, reasoning_content=reasoning, tool_calls=tool_calls
+        ), tool_calls_reason(reason)
 
     def _call(
         self,
@@ -308,8 +333,17 @@ class ChatService:
                 for seq in step.sequences:
                     tokens[seq.index] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
-                    delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
                     reason = seq.finish_reason
+                    reasoning, text, token_ids = None, seq.text, seq.token_ids
+                    if plan.reasoning:
+                        split = plan.reasoning[seq.index].split_delta(text, token_ids, finished=reason is not None)
+                        reasoning, text, token_ids = split.reasoning, split.content, split.content_ids
+                    delta = None
+                    if text or not plan.reasoning:
+                        delta = self._stream_delta(plan, seq.index, text, token_ids, forced_text, called_tools)
+                    if reasoning:
+                        delta = delta or ChatDelta()
+                        delta.reasoning_content = reasoning
                     if reason is not None:
                         if plan.tool_mode == "forced" and plan.tool_choice == "required":
                             delta = self._required_calls_delta(forced_text[seq.index], plan, called_tools, seq.index)

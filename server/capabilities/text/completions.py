@@ -97,7 +97,11 @@ class CompletionService:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
             options = sampling_options(
-                request, max_tokens=budget, logprobs=request.logprobs, vocab_size=engine.info.vocab_size
+                request,
+                max_tokens=budget,
+                logprobs=request.logprobs,
+                vocab_size=engine.info.vocab_size,
+                adapter=self.scheduler.adapter_name(request.model),
             )
             if request.echo and request.logprobs is not None:
                 options.prompt_logprobs = max(options.prompt_logprobs or 0, request.logprobs)

@@ -149,14 +149,21 @@ def normalize_stop(stop: str | list[str] | None) -> list[str]:
 
 
 def sampling_options(
-    request: SamplingRequest, *, max_tokens: int, logprobs: int | None, vocab_size: int
+    request: SamplingRequest,
+    *,
+    max_tokens: int,
+    logprobs: int | None,
+    vocab_size: int,
+    adapter: str | None = None,
 ) -> SamplingOptions:
     """The engine's options for a request; token ids in them (stop_token_ids, logit_bias) must
-    be ids of the model's vocabulary of ``vocab_size`` ids."""
+    be ids of the model's vocabulary of ``vocab_size`` ids. ``adapter``: the LoRA adapter the
+    request names as its model (the scheduler leases the model it adapts)."""
     check_token_ids(request.stop_token_ids or (), vocab_size, "stop_token_ids")
     options = SamplingOptions(
         n=request.n,
         max_tokens=max_tokens,
+        adapter=adapter,
         temperature=request.temperature,
         top_p=request.top_p,
         top_k=request.top_k,
