@@ -1,6 +1,6 @@
 """Hostile input against a real omniserve process: what each attack gets back, and what it costs everyone else.
 
-Starts `python -m server serve` on a small demo catalog (demo-chat, demo-sd, demo-whisper-tiny),
+Starts `python -m server serve` on a small demo catalog (demo-chat-tiny, demo-sd, demo-whisper-tiny),
 open on loopback (no keys), with a temp data dir and `OMNISERVE_TASKS__ALLOW_PRIVATE_URLS=true`
 so that the attack servers this script runs on loopback can be named as image URLs. Then, one
 attack at a time, it records:
@@ -82,7 +82,7 @@ from v3_clients import Server, toml_value, wait_ready  # noqa: E402
 from tests.audio_inputs import lying_mp3  # noqa: E402
 
 HOST = "127.0.0.1"
-CHAT_MODEL = "demo-chat"
+CHAT_MODEL = "demo-chat-tiny"
 IMAGE_MODEL = "demo-sd"
 STT_MODEL = "demo-whisper-tiny"
 

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import free_port  # noqa: E402
 
-MODEL = "demo-chat"
+MODEL = "demo-chat-tiny"
 ENGINE_OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20}
 PROMPT = [{"role": "user", "content": "Tell me a long story about the river and the old library."}]
 

@@ -173,11 +173,11 @@ async def image_batching(spec: ModelSpec, work: Path, args: argparse.Namespace) 
 
 
 async def llm_wake(work: Path) -> tuple[float, str, str]:
-    """Cold load seconds of demo-chat, and the sleep and wake times (or why there are none)."""
+    """Cold load seconds of demo-chat-tiny, and the sleep and wake times (or why there are none)."""
     from engines.demo import build_demo_models
     from engines.llm.generate import VllmTextEngine
 
-    spec = next(s for s in build_demo_models(work / "llm-models") if s.name == "demo-chat")
+    spec = next(s for s in build_demo_models(work / "llm-models") if s.name == "demo-chat-tiny")
     engine = VllmTextEngine(spec, cpu_threads=0)
     started = time.perf_counter()
     await engine.load()
@@ -239,7 +239,7 @@ def main() -> None:
     print(f"\ngoal: batching on >= {GOAL_RATIO:g}x the one-at-a-time pipeline: {verdict} ({ratio:.2f}x)")
 
     if not args.skip_llm:
-        print("\n(b) vLLM wake vs cold load, demo-chat")
+        print("\n(b) vLLM wake vs cold load, demo-chat-tiny")
         cold, slept, woke = asyncio.run(llm_wake(work))
         print(f"\n| cold load | sleep | wake |\n|---|---|---|\n| {cold:.2f} s | {slept} | {woke} |")
     print(f"\ntotal wall time: {time.monotonic() - wall:.1f} s")

@@ -21,6 +21,16 @@ class ModelKind(enum.StrEnum):
     VIDEO = "video"  # diffusers text-to-video and image-to-video pipelines
 
 
+class TextAdapter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A LoRA adapter of a vLLM chat model, served under a model name of its own
+    (catalog ``loras``, or added at runtime by the admin API). Not the image LoRAs, which are
+    add-ons a request names (``LoraWeight``)."""
+
+    name: str
+    # A local PEFT folder: adapter_config.json and adapter_model.safetensors.
+    path: str
+
+
 class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One catalog entry."""
 
@@ -36,6 +46,11 @@ class ModelSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pinned: bool = False
     # Tool-call parser name for chat models (vLLM's parser names, e.g. "hermes").
     tool_parser: str | None = None
+    # Reasoning parser name for chat models (vLLM's names, e.g. "deepseek_r1", "qwen3"): the
+    # reasoning is answered apart, as reasoning_content, and kept out of content.
+    reasoning_parser: str | None = None
+    # LoRA adapters of a vLLM chat model, each a model name of its own (engines/llm/adapters.py).
+    loras: list[TextAdapter] = []
     # Whether the model honours a `dimensions` request (Matryoshka embeddings).
     supports_dimensions: bool = False
     aliases: list[str] = []
@@ -70,11 +85,15 @@ class SamplingOptions(msgspec.Struct, kw_only=True, omit_defaults=True):
     json_object: bool = False
     regex: str | None = None
     choice: list[str] | None = None
+    grammar: str | None = None  # EBNF (GBNF), as vLLM's structured outputs take it
+    # The LoRA adapter (its model name) to generate with; None: the base model.
+    adapter: str | None = None
 
 
 class TokenChoice(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     token: str
     logprob: float
+    token_id: int = -1  # -1: not known
 
 
 class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
@@ -83,6 +102,8 @@ class TokenLogprobs(msgspec.Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     top: list[TokenChoice]
+    token_id: int = -1  # -1: not known
+    rank: int | None = None  # the token's rank among all the vocabulary's (1: the likeliest)
 
 
 class SequenceDelta(msgspec.Struct, kw_only=True, gc=False):
@@ -152,6 +173,17 @@ class DeviceSerialEngine(Engine, Protocol):
 
 
 @runtime_checkable
+class AdapterEngine(Protocol):
+    """An engine that serves LoRA adapters beside its base model."""
+
+    def adapters(self) -> list[TextAdapter]: ...
+
+    async def add_adapter(self, adapter: TextAdapter) -> None: ...
+
+    def remove_adapter(self, name: str) -> None: ...
+
+
+@runtime_checkable
 class TextGenerationEngine(Engine, Protocol):
     @property
     def info(self) -> EngineInfo: ...
@@ -162,6 +194,7 @@ class TextGenerationEngine(Engine, Protocol):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]: ...
 
@@ -178,6 +211,8 @@ class TextGenerationEngine(Engine, Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def tool_parser(self) -> Any | None: ...
+
+    def reasoning_parser(self) -> Any | None: ...
 
 
 class EmbeddingResult(msgspec.Struct, kw_only=True):
@@ -202,12 +237,26 @@ class ScoreResult(msgspec.Struct, kw_only=True):
     prompt_tokens: int
 
 
+class ClassifyResult(msgspec.Struct, kw_only=True):
+    """Each input's class probabilities, and the classes' labels (index -> label)."""
+
+    probs: list[list[float]]
+    labels: list[str]
+    prompt_tokens: int
+
+
 @runtime_checkable
 class ScoreEngine(Engine, Protocol):
+    """A sequence classifier: scores (query, document) pairs, or classifies single texts."""
+
     @property
     def info(self) -> EngineInfo: ...
 
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
+
     async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult: ...
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult: ...
 
     async def abort(self, request_id: str) -> None: ...
 

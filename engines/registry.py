@@ -15,10 +15,27 @@ class CatalogError(ValueError):
     pass
 
 
+def check_vllm_spec(spec: ModelSpec) -> None:
+    """Refuses, at catalog load, what a vLLM model's entry names but vLLM does not know."""
+    if spec.loras and spec.kind is not ModelKind.CHAT:
+        raise CatalogError(f"model {spec.name}: loras are for chat models only")
+    if spec.reasoning_parser is None:
+        return
+    if spec.kind is not ModelKind.CHAT:
+        raise CatalogError(f"model {spec.name}: reasoning_parser is for chat models only")
+    from engines.llm.reasoning import check_reasoning_parser
+
+    problem = check_reasoning_parser(spec.reasoning_parser)
+    if problem is not None:
+        raise CatalogError(f"model {spec.name}: {problem}")
+
+
 def vllm_factory(*, cpu_threads: int) -> EngineFactory:
     def build(spec: ModelSpec) -> Engine:
         from engines.llm.generate import VllmTextEngine
         from engines.llm.pooling import VllmEmbeddingEngine, VllmScoreEngine
+
+        check_vllm_spec(spec)
 
         engine_cls: type[Any] = {
             ModelKind.CHAT: VllmTextEngine,
@@ -80,22 +97,44 @@ def coqui_factory(*, device: str = "cpu") -> EngineFactory:
 
 
 class ModelRegistry:
+    """Every served name: catalog names, aliases and LoRA adapters (whose names lead to the
+    model they adapt), each unique."""
+
     def __init__(self, specs: list[ModelSpec], factories: dict[str, EngineFactory]) -> None:
         self._engines: dict[str, Engine] = {}
         self._names: dict[str, str] = {}
+        # Adapter name -> the catalog name of its base model.
+        self._adapters: dict[str, str] = {}
         for spec in specs:
             factory = factories.get(spec.engine)
             if factory is None:
                 raise CatalogError(f"model {spec.name}: unknown engine {spec.engine!r}")
-            for name in (spec.name, *spec.aliases):
+            for name in (spec.name, *spec.aliases, *(lora.name for lora in spec.loras)):
                 if name in self._names:
                     raise CatalogError(f"model name {name!r} is used twice in the catalog")
                 self._names[name] = spec.name
+            self._adapters.update((lora.name, spec.name) for lora in spec.loras)
             self._engines[spec.name] = factory(spec)
 
     def get(self, name: str) -> Engine | None:
+        """The engine serving ``name``: for an adapter, its base model's."""
         canonical = self._names.get(name)
         return None if canonical is None else self._engines[canonical]
+
+    def adapter_base(self, name: str) -> str | None:
+        """The catalog name of the model ``name`` adapts, when ``name`` is a LoRA adapter."""
+        return self._adapters.get(name)
+
+    def claim_adapter(self, name: str, base: str) -> bool:
+        """Takes ``name`` for an adapter of ``base``; False when the name is taken."""
+        if name in self._names:
+            return False
+        self._names[name] = self._adapters[name] = base
+        return True
+
+    def release_adapter(self, name: str) -> None:
+        if self._adapters.pop(name, None) is not None:
+            del self._names[name]
 
     def __iter__(self) -> Iterator[Engine]:
         return iter(self._engines.values())

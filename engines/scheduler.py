@@ -40,10 +40,20 @@ from typing import Any, TypeVar, cast, overload
 from opentelemetry import trace
 
 from engines.admission import AdmissionPolicy, FairGate, Priority, lease_owner, lease_priority_floor
-from engines.base import DeviceSerialEngine, Engine, ModelSpec, SleepableEngine, served_kinds
+from engines.base import (
+    AdapterEngine,
+    DeviceSerialEngine,
+    Engine,
+    ModelSpec,
+    SleepableEngine,
+    TextAdapter,
+    TextGenerationEngine,
+    served_kinds,
+)
 from engines.devices import HOST, DeviceMemory, MemoryProbe, model_device
 from engines.errors import (
     EngineError,
+    InvalidJob,
     ModelDoesNotFit,
     ModelInUse,
     ModelLoadFailed,
@@ -210,6 +220,10 @@ class Scheduler:
         """The engine for a name as a `kind` engine, neither loaded nor leased (for metadata
         such as options or context length)."""
         return self._slot(name, kind).engine
+
+    def adapter_name(self, name: str) -> str | None:
+        """``name`` when it names a LoRA adapter (served by the model it adapts), else None."""
+        return name if self.registry.adapter_base(name) is not None else None
 
     def residency(self) -> dict[str, Residency]:
         return {name: slot.state for name, slot in self._slots.items()}
@@ -682,6 +696,40 @@ class Scheduler:
         # It may be evicted now, for a load waiting for room.
         self._room_freed.set()
         return slot.name
+
+    async def add_adapter(self, base: str, adapter: TextAdapter) -> str:
+        """Serve a LoRA adapter of the chat model ``base`` under ``adapter.name``, until the
+        process ends. The same adapter again is a no-op; ModelInUse when the name is taken by a
+        model, an alias or another adapter; InvalidJob when the model or the adapter cannot."""
+        if self.registry.adapter_base(base) is not None:
+            raise InvalidJob(f"'{base}' is itself an adapter: name the model it adapts.", "model")
+        slot = self._slot(base, TextGenerationEngine)
+        engine = slot.engine
+        if not isinstance(engine, AdapterEngine):
+            raise InvalidJob(f"The model '{slot.name}' does not take LoRA adapters.", "model")
+        if self.registry.adapter_base(adapter.name) == slot.name and adapter in engine.adapters():
+            return slot.name
+        # Claimed before any await: two calls for one name cannot both pass.
+        if not self.registry.claim_adapter(adapter.name, slot.name):
+            raise ModelInUse(f"The name '{adapter.name}' is already served (a model, an alias or an adapter).")
+        try:
+            await engine.add_adapter(adapter)
+        except BaseException:
+            self.registry.release_adapter(adapter.name)
+            raise
+        return slot.name
+
+    def remove_adapter(self, name: str) -> str:
+        """Stop serving the adapter ``name`` (a catalog one comes back at the next start);
+        requests already running with it finish. Returns its base model's name."""
+        base = self.registry.adapter_base(name)
+        if base is None:
+            raise ModelNotFound(name)
+        engine = self._slots[base].engine
+        if isinstance(engine, AdapterEngine):
+            engine.remove_adapter(name)
+        self.registry.release_adapter(name)
+        return base
 
     # -- visibility ----------------------------------------------------------------------------
 

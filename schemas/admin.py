@@ -27,3 +27,20 @@ class AdminModel(msgspec.Struct, kw_only=True):
 
 class AdminModelList(msgspec.Struct, kw_only=True):
     models: list[AdminModel]
+
+
+class AdminAdapterBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A LoRA adapter to serve (PUT /admin/loras/{name})."""
+
+    model: str  # the chat model it adapts: a catalog name or alias
+    path: str  # a local PEFT folder (adapter_config.json, adapter_model.safetensors)
+
+
+class AdminAdapter(msgspec.Struct, kw_only=True):
+    name: str
+    model: str  # the catalog name of the model it adapts
+    path: str
+
+
+class AdminAdapterList(msgspec.Struct, kw_only=True):
+    adapters: list[AdminAdapter]

@@ -22,12 +22,14 @@ from schemas.limits import (
     MAX_IMAGE_SIDE,
     MAX_NAME_CHARS,
     MAX_PROMPT_CHARS,
+    MAX_SAMPLING_SEED,
     MAX_SPEECH_INPUT_CHARS,
     MAX_SPEECH_INSTRUCTIONS_CHARS,
     MAX_STEPS,
     MAX_TOKEN_ID,
     MAX_TRANSCRIPTION_PROMPT_CHARS,
     MIN_IMAGE_SIDE,
+    MIN_SAMPLING_SEED,
     SEED_LIMIT,
     SIDE_MULTIPLE,
 )
@@ -91,6 +93,11 @@ Steps = Annotated[int, msgspec.Meta(ge=1, le=MAX_STEPS)]
 GuidanceScale = Annotated[float, msgspec.Meta(ge=0, le=MAX_GUIDANCE_SCALE)]
 ClipSkip = Annotated[int, msgspec.Meta(ge=0, le=MAX_CLIP_SKIP)]
 Seed = Annotated[int, msgspec.Meta(ge=-1, le=SEED_LIMIT, description="-1 (or null): the server draws one.")]
+SamplingSeed = Annotated[
+    int, msgspec.Meta(ge=MIN_SAMPLING_SEED, le=MAX_SAMPLING_SEED, description="A signed 64-bit integer.")
+]
+# vLLM's truncate_prompt_tokens: keep the last N prompt tokens; -1: as many as the context holds.
+TruncatePromptTokens = Annotated[int, msgspec.Meta(ge=-1, description="-1: the model's context length.")]
 UnitInterval = Annotated[float, msgspec.Meta(ge=0, le=1)]
 _TOKEN_ID = f"A token id of the model's vocabulary (0 to at most {MAX_TOKEN_ID})."
 TokenId = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKEN_ID, description=_TOKEN_ID)]

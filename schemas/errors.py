@@ -17,6 +17,8 @@ class ErrorCode(enum.StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
     TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    # A stored response (/v1/responses) that does not exist, expired, or is another key's.
+    RESPONSE_NOT_FOUND = "RESPONSE_NOT_FOUND"
     REQUEST_BODY_TOO_LARGE = "REQUEST_BODY_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
@@ -56,6 +58,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.MODEL_NOT_FOUND: 404,
     ErrorCode.TASK_NOT_FOUND: 404,
+    ErrorCode.RESPONSE_NOT_FOUND: 404,
     ErrorCode.REQUEST_BODY_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.RATE_LIMIT_EXCEEDED: 429,

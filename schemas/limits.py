@@ -20,6 +20,8 @@ MAX_PROMPT_CHARS = 4096
 MAX_NAME_CHARS = 256
 # Seeds are 32-bit; -1 (or null) asks the server to draw one.
 SEED_LIMIT = 2**32 - 1
+# Chat and completions seeds go to vLLM as a signed 64-bit integer (its own server's range).
+MIN_SAMPLING_SEED, MAX_SAMPLING_SEED = -(2**63), 2**63 - 1
 MAX_CONTROL_UNITS = 4
 MAX_CONTROL_STRENGTH = 2.0  # A1111's upper bound for a unit's weight
 MAX_NSFW_DETECTION_LEVEL = 2

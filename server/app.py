@@ -48,6 +48,7 @@ from server.routes.health import HealthController
 from server.routes.openai.batches import batch_routers
 from server.routes.openai.images import ImagesController
 from server.routes.openai.models import ModelsController
+from server.routes.openai.responses_api import ResponsesController
 from server.routes.openai.speech import SpeechController
 from server.routes.openai.text import TextController
 from server.routes.openai.transcriptions import transcriptions_router
@@ -163,9 +164,11 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "v3_videos": components.v3_videos,
         "chat": text.chat,
         "turns": text.turns,
+        "responses": components.responses,
         "completions": text.completions,
         "embeddings": text.embeddings,
         "rerank": text.rerank,
+        "pooling": text.pooling,
         "tokenize": text.tokenize,
         "batch_files": components.batch_files,
         "batches": components.batches,
@@ -213,6 +216,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
             path=path,
             route_handlers=[
                 TextController,
+                ResponsesController,
                 ImagesController,
                 ModelsController,
                 SpeechController,

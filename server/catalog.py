@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import cast
 
-from engines.base import ModelKind, TextGenerationEngine
+from engines.base import AdapterEngine, ModelKind, TextGenerationEngine
 from engines.residency import Residency
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
@@ -34,6 +34,19 @@ class ModelCatalog:
                         kind=cast(ModelKindName, spec.kind.value),
                         max_model_len=max_len,
                     )
+                )
+            if isinstance(engine, AdapterEngine):
+                # `root` names the adapter, not its folder: no server path reaches a client.
+                cards.extend(
+                    ModelCard(
+                        id=adapter.name,
+                        created=self.started_at,
+                        kind=cast(ModelKindName, spec.kind.value),
+                        max_model_len=max_len,
+                        parent=spec.name,
+                        root=adapter.name,
+                    )
+                    for adapter in engine.adapters()
                 )
         return cards
 

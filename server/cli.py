@@ -33,6 +33,7 @@ def _keys_exist(settings: Settings) -> bool:
 
 
 def cmd_serve(settings: Settings, models: list[str], kinds: list[str]) -> int:
+    from engines.registry import CatalogError
     from engines.sizing import FootprintTooLarge
     from server.app import VERSION, build_components, create_app
     from server.data_lock import DataDirLocked
@@ -61,7 +62,7 @@ def cmd_serve(settings: Settings, models: list[str], kinds: list[str]) -> int:
     tracer_provider = configure_tracing(settings.telemetry, os.environ, version=VERSION)
     try:
         components = build_components(settings, catalog)
-    except FootprintTooLarge as exc:
+    except (FootprintTooLarge, CatalogError) as exc:  # CatalogError: what an engine refused in its entry
         print(exc, file=sys.stderr)
         return 2
     try:

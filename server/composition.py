@@ -23,6 +23,8 @@ from server.capabilities.images.safety import NsfwDetector
 from server.capabilities.output_limits import OutputLimit
 from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
+from server.capabilities.text.responses import ResponsesService
+from server.capabilities.text.responses_store import ResponseStore
 from server.capabilities.transcription.transcriber import Transcriber
 from server.capabilities.upscale import Upscaler
 from server.capabilities.video.generation import VideoGenerator
@@ -105,6 +107,14 @@ class Components:
 
         # Capabilities, and the adapters of each API family over them.
         self.text = TextCapability(scheduler, settings.limits)
+        self.response_store = ResponseStore(
+            data / "responses.sqlite3",
+            retention_s=settings.responses.retention_s,
+            max_per_owner=settings.responses.max_stored_per_key,
+        )
+        self.responses = ResponsesService(
+            self.text.chat, self.response_store, max_conversation_bytes=settings.responses.max_conversation_bytes
+        )
         self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
         # The Batch API: its lines run through the text services above (server/batches/).
         self.batch_store = BatchStore(data / "batches.sqlite3")
@@ -203,5 +213,6 @@ class Components:
         await self.batch_runner.stop()
         self.task_store.close()
         self.batch_store.close()
+        self.response_store.close()
         self.keystore.close()
         self.data_lock.release()

@@ -266,6 +266,25 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("tasks.fetch_timeout_s and tasks.max_fetch_bytes must be positive")
 
 
+class ResponsesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Stored responses (/v1/responses with store: true), in SQLite under the data dir."""
+
+    # Stored responses are deleted this long after they were made; 0 keeps them forever.
+    retention_s: float = 30 * 86400.0
+    # Per key: past this many, the oldest stored response makes room for the newest.
+    max_stored_per_key: int = 10_000
+    # The most JSON one stored response's conversation may take (its input and, through
+    # previous_response_id, everything before it); a request past it is refused with a 400
+    # unless it sets store: false. Bounds the disk a chain can take.
+    max_conversation_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.retention_s < 0:
+            raise ValueError("responses.retention_s must not be negative")
+        if self.max_stored_per_key < 1 or self.max_conversation_bytes < 1:
+            raise ValueError("responses.max_stored_per_key and responses.max_conversation_bytes must be positive")
+
+
 class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Uploads for transcription: OpenAI's own limit is 25 MB.
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -520,6 +539,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     threads: ThreadSettings = msgspec.field(default_factory=ThreadSettings)
     scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
     s3: S3Settings = msgspec.field(default_factory=S3Settings)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from engines.base import (
+    ClassifyResult,
     EmbeddingResult,
     EngineInfo,
     GenerationStep,
@@ -18,6 +19,8 @@ from engines.base import (
     SamplingOptions,
     ScoreResult,
     SequenceDelta,
+    TokenChoice,
+    TokenLogprobs,
     UpscaleJob,
     upscaled_size,
 )
@@ -61,10 +64,22 @@ class _FakeBase:
         return [ord(char) for char in text]
 
 
+def fake_logprobs(token: int, top_n: int) -> TokenLogprobs:
+    """The fakes' logprobs at one position: the token at -1.0 and, ranked above it, ``top_n``
+    alternatives from "0" on (as a sampled token that was not among the likeliest)."""
+    top = [
+        TokenChoice(token=chr(ord("0") + rank), logprob=-0.5 - rank / 100, token_id=ord("0") + rank)
+        for rank in range(top_n)
+    ]
+    return TokenLogprobs(token=_token_text(token), logprob=-1.0, top=top, token_id=token, rank=top_n + 1)
+
+
 class FakeTextEngine(_FakeBase):
-    """Characters are tokens; generation emits "ab" repeated, one token per step."""
+    """Characters are tokens; generation emits "ab" repeated, one token per step, with
+    `fake_logprobs` when logprobs (or prompt logprobs) are asked for."""
 
     step_delay = 0.0
+    last_options: SamplingOptions | None = None  # what the last generation was asked, for tests
 
     def render_chat(
         self,
@@ -72,9 +87,14 @@ class FakeTextEngine(_FakeBase):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         text = "".join(f"{m['role']}:{m['content']}\n" for m in messages)
+        if tools:  # as a real template lists the tools before the conversation
+            text = "tools:" + ",".join(tool["function"]["name"] for tool in tools) + "\n" + text
+        if continue_final_message:  # the last message stays open, for the model to go on with
+            text = text.removesuffix("\n")
         return self.tokenize(text + ("assistant:" if add_generation_prompt else ""))
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
@@ -86,24 +106,38 @@ class FakeTextEngine(_FakeBase):
     def tool_parser(self) -> Any | None:
         return None
 
+    def reasoning_parser(self) -> Any | None:
+        return None
+
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
     ) -> AsyncIterator[GenerationStep]:
+        self.last_options = options
         finished = False
         try:
             for position in range(options.max_tokens):
                 await asyncio.sleep(self.step_delay)
                 last = position == options.max_tokens - 1
                 char = "ab"[position % 2]
-                yield GenerationStep(
+                logprobs = None if options.logprobs is None else [fake_logprobs(ord(char), options.logprobs)]
+                step = GenerationStep(
                     prompt_tokens=len(prompt_token_ids),
                     sequences=[
                         SequenceDelta(
-                            index=i, text=char, token_ids=[ord(char)], finish_reason="length" if last else None
+                            index=i,
+                            text=char,
+                            token_ids=[ord(char)],
+                            logprobs=logprobs,
+                            finish_reason="length" if last else None,
                         )
                         for i in range(options.n)
                     ],
                 )
+                if position == 0 and options.prompt_logprobs is not None:
+                    step.prompt_logprobs = [None] + [
+                        fake_logprobs(token, options.prompt_logprobs) for token in prompt_token_ids[1:]
+                    ]
+                yield step
             finished = True
         finally:
             if not finished:
@@ -120,6 +154,11 @@ class FakeScoreEngine(_FakeBase):
     async def score(self, pairs: list[tuple[str, str]], request_id: str) -> ScoreResult:
         scores = [len(set(query.split()) & set(doc.split())) / 10 for query, doc in pairs]
         return ScoreResult(scores=scores, prompt_tokens=sum(len(q) + len(d) for q, d in pairs))
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult:
+        """Two classes: "short" with probability 1/len, "long" with the rest."""
+        probs = [[1 / len(ids), 1 - 1 / len(ids)] for ids in inputs]
+        return ClassifyResult(probs=probs, labels=["short", "long"], prompt_tokens=sum(len(ids) for ids in inputs))
 
 
 class FakeImageEngine(_FakeBase):

@@ -14,11 +14,14 @@ from engines.base import (
     ModelSpec,
     SamplingOptions,
     SequenceDelta,
+    TextAdapter,
     TokenChoice,
     TokenLogprobs,
 )
 from engines.errors import EngineError, EngineFailure, InvalidJob
+from engines.llm.adapters import AdapterError, AdapterTable, adapter_rank
 from engines.llm.runtime import VllmEngineBase
+from engines.workpools import WorkPool, run_in
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -51,6 +54,8 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
         structured = StructuredOutputsParams(regex=options.regex)
     elif options.choice is not None:
         structured = StructuredOutputsParams(choice=options.choice)
+    elif options.grammar is not None:
+        structured = StructuredOutputsParams(grammar=options.grammar)
     kwargs: dict[str, Any] = {
         "n": 1 if greedy_copies(options) > 1 else options.n,
         "max_tokens": options.max_tokens,
@@ -91,11 +96,16 @@ def to_sampling_params(options: SamplingOptions) -> SamplingParams:
 def _position_logprobs(chosen: int, entries: dict[int, Any], top_n: int) -> TokenLogprobs:
     chosen_entry = entries.get(chosen)
     ranked = sorted(entries.items(), key=lambda item: item[1].rank or 0)
-    top = [TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob) for _, entry in ranked[:top_n]]
+    top = [
+        TokenChoice(token=entry.decoded_token or "", logprob=entry.logprob, token_id=token)
+        for token, entry in ranked[:top_n]
+    ]
     return TokenLogprobs(
         token=(chosen_entry.decoded_token or "") if chosen_entry else "",
         logprob=chosen_entry.logprob if chosen_entry else float("-inf"),
         top=top,
+        token_id=chosen,
+        rank=chosen_entry.rank if chosen_entry else None,
     )
 
 
@@ -105,9 +115,48 @@ class VllmTextEngine(VllmEngineBase):
     def __init__(self, spec: ModelSpec, *, cpu_threads: int = 0) -> None:
         super().__init__(spec, cpu_threads=cpu_threads)
         self.aborted_requests = 0
+        try:
+            self._adapters = AdapterTable(spec)
+        except AdapterError as exc:
+            from engines.registry import CatalogError
+
+            raise CatalogError(f"model {spec.name}: loras: {exc}") from None
+
+    def _engine_kind_options(self) -> dict[str, Any]:
+        return self._adapters.engine_options()
+
+    def adapters(self) -> list[TextAdapter]:
+        return self._adapters.list()
+
+    async def add_adapter(self, adapter: TextAdapter) -> None:
+        try:
+            rank = await run_in(WorkPool.STORAGE, adapter_rank, adapter.path)
+        except AdapterError as exc:
+            raise InvalidJob(f"The adapter cannot be used: {exc}.", "path") from None
+        request = self._adapters.add(adapter, rank)
+        if self._llm is None:
+            return  # vLLM reads it with the first request that names it
+        # Loaded now, so that a broken adapter is refused here rather than by a later request.
+        try:
+            await self._llm.add_lora(request)
+        except Exception as exc:
+            self._adapters.remove(adapter.name)
+            raise InvalidJob(f"vLLM refused the adapter: {exc}", "path") from None
+
+    def remove_adapter(self, name: str) -> None:
+        # vLLM keeps no request for it past this point; its weights leave vLLM's adapter cache
+        # as other adapters displace them (requests already running finish with it).
+        self._adapters.remove(name)
 
     async def load(self) -> None:
         await self._start()
+        reasoning = self.reasoning_parser()
+        if reasoning is not None:
+            try:
+                reasoning.check()
+            except Exception:
+                await self.unload()
+                raise
         # One token end to end, so that "ready" means the first real request is fast.
         warmup = SamplingOptions(max_tokens=1)
         async for _ in self.generate(self.tokenize("warm up"), warmup, f"warmup-{self.spec.name}"):
@@ -119,6 +168,7 @@ class VllmTextEngine(VllmEngineBase):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         try:
@@ -126,6 +176,7 @@ class VllmTextEngine(VllmEngineBase):
                 messages,
                 tools=tools,
                 add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
                 tokenize=False,
                 **(template_kwargs or {}),
             )
@@ -147,6 +198,13 @@ class VllmTextEngine(VllmEngineBase):
 
         return ToolCallParser(self.spec.tool_parser, self.tokenizer)
 
+    def reasoning_parser(self) -> Any | None:
+        if self.spec.reasoning_parser is None:
+            return None
+        from engines.llm.reasoning import ReasoningParser
+
+        return ReasoningParser(self.spec.reasoning_parser, self.tokenizer)
+
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
     ) -> AsyncIterator[GenerationStep]:
@@ -154,6 +212,7 @@ class VllmTextEngine(VllmEngineBase):
         from vllm.inputs.engine import tokens_input
 
         params = to_sampling_params(options)
+        lora_request = self._adapters.request(options.adapter) if options.adapter is not None else None
         copies = greedy_copies(options)
         # The caller's span context (traceparent), so vLLM's own spans join the request's trace.
         # Only when its OTLP tracing is on (otlp_traces_endpoint in the model's options): vLLM
@@ -165,7 +224,11 @@ class VllmTextEngine(VllmEngineBase):
         finished = False
         try:
             async for output in self.llm.generate(
-                tokens_input(prompt_token_ids), params, request_id, trace_headers=trace_headers or None
+                tokens_input(prompt_token_ids),
+                params,
+                request_id,
+                lora_request=lora_request,
+                trace_headers=trace_headers or None,
             ):
                 sequences = [self._delta(seq, options.logprobs) for seq in output.outputs]
                 if copies > 1 and sequences:

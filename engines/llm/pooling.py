@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from engines.base import EmbeddingResult, ScoreResult
+from engines.base import ClassifyResult, EmbeddingResult, ScoreResult
 from engines.errors import EngineFailure, InvalidJob
 from engines.llm.runtime import VllmEngineBase
 
@@ -77,9 +77,19 @@ class VllmScoreEngine(_PoolingEngine):
         await self.score([("warm", "up")], f"warmup-{self.spec.name}")
 
     def _pair_prompt(self, query: str, document: str) -> tuple[list[int], int]:
-        encoded = self.tokenizer(
-            query, text_pair=document, truncation="only_second", max_length=self.info.max_model_len
-        )
+        limit = self.info.max_model_len
+        # Only the document is cut to fit; a query that fills the context alone cannot be
+        # scored (the tokenizer raises a bare Exception on it), and is the caller's fault.
+        query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        room = limit - self.tokenizer.num_special_tokens_to_add(pair=True)
+        if query_tokens >= room:
+            raise InvalidJob(
+                f"This model's maximum context length is {limit} tokens, but the query has {query_tokens} "
+                f"tokens: a query may have at most {room - 1}, to leave room for the special tokens and "
+                "the document.",
+                "query",
+            )
+        encoded = self.tokenizer(query, text_pair=document, truncation="only_second", max_length=limit)
         ids = list(encoded["input_ids"])
         type_ids = encoded.get("token_type_ids")
         # vLLM takes BERT's segment ids compressed to where the second segment starts.
@@ -100,3 +110,15 @@ class VllmScoreEngine(_PoolingEngine):
         outputs = await self._pool_all(items, request_id)
         scores = [float(output.outputs.data.reshape(-1)[0]) for output in outputs]
         return ScoreResult(scores=scores, prompt_tokens=prompt_tokens)
+
+    async def classify(self, inputs: list[list[int]], request_id: str) -> ClassifyResult:
+        from vllm import PoolingParams
+        from vllm.inputs.engine import tokens_input
+
+        params = PoolingParams(task="classify")
+        outputs = await self._pool_all([(tokens_input(ids), params) for ids in inputs], request_id)
+        probs = [[float(value) for value in output.outputs.data.reshape(-1).tolist()] for output in outputs]
+        # The model's own class names (transformers' LABEL_<n> where it names none).
+        id2label = getattr(self.llm.model_config.hf_config, "id2label", None) or {}
+        labels = [str(id2label.get(index, f"LABEL_{index}")) for index in range(len(probs[0]) if probs else 0)]
+        return ClassifyResult(probs=probs, labels=labels, prompt_tokens=sum(len(ids) for ids in inputs))

@@ -85,6 +85,10 @@ class VllmEngineBase:
         if self.cpu_threads:
             os.environ["OMP_NUM_THREADS"] = str(self.cpu_threads)
 
+    def _engine_kind_options(self) -> dict[str, Any]:
+        """Engine arguments one engine kind adds (the catalog's options still win)."""
+        return {}
+
     async def _start(self, runner: str | None = None) -> None:
         if self._llm is not None:
             return
@@ -105,6 +109,7 @@ class VllmEngineBase:
             "enable_log_requests": False,
             "disable_log_stats": True,
             **cache_options(self.spec, self._plan, on_cpu=on_cpu),
+            **self._engine_kind_options(),
             **engine_options(self.spec.options, on_cpu=on_cpu),
         }
         if runner is not None:

@@ -59,12 +59,12 @@ def calls_from_forced_output(text: str, tool_choice: Any) -> list[tuple[str, str
     return [(item["name"], json.dumps(item["parameters"])) for item in items]
 
 
-def _without_nulls(value: Any) -> Any:
+def without_nulls(value: Any) -> Any:
     # vLLM's request model rejects explicit nulls for fields that are merely optional.
     if isinstance(value, dict):
-        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
     if isinstance(value, list):
-        return [_without_nulls(item) for item in value]
+        return [without_nulls(item) for item in value]
     return value
 
 
@@ -80,7 +80,7 @@ class ToolCallParser:
     def start(self, request: dict[str, Any]) -> ToolCallSession:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        vllm_request: Any = ChatCompletionRequest.model_validate(_without_nulls(request))
+        vllm_request: Any = ChatCompletionRequest.model_validate(without_nulls(request))
         parser = self._parser_cls(self._tokenizer, tools=vllm_request.tools)
         vllm_request = parser.adjust_request(vllm_request)
         return ToolCallSession(parser, vllm_request)

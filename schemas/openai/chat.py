@@ -4,7 +4,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from schemas.openai.common import SamplingRequest, TokenLogprob, Usage
+from schemas.openai.common import PromptLogprobs, SamplingRequest, TokenLogprob, Usage
 
 
 class ImageUrl(msgspec.Struct, kw_only=True):
@@ -99,7 +99,13 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     # A whole Jinja template of the client's own; refused unless the server allows it.
     chat_template: str | None = None
-    add_generation_prompt: bool = True
+    # vLLM's: null means true, unless continue_final_message (which leaves the last message
+    # open for the model to continue; both true is refused).
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool = False
+    # vLLM's: the last message's content is prepended to each choice's, when its role is the
+    # reply's (the assistant's; any role with add_generation_prompt false).
+    echo: bool = False
 
 
 class ChoiceLogprobs(msgspec.Struct, kw_only=True):
@@ -109,6 +115,9 @@ class ChoiceLogprobs(msgspec.Struct, kw_only=True):
 class AssistantMessage(msgspec.Struct, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # A reasoning model's thinking (catalog reasoning_parser): null when it gave none;
+    # absent for models without a reasoning parser.
+    reasoning_content: str | msgspec.UnsetType | None = msgspec.UNSET
     tool_calls: list[ToolCall] | None = None
 
 
@@ -117,6 +126,7 @@ class ChatChoice(msgspec.Struct, kw_only=True):
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # vLLM's return_token_ids
 
 
 class ChatCompletion(msgspec.Struct, kw_only=True):
@@ -127,6 +137,9 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    # vLLM's extensions, when asked for.
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 class DeltaFunctionCall(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -144,6 +157,7 @@ class DeltaToolCall(msgspec.Struct, kw_only=True, omit_defaults=True):
 class ChatDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
 
 
@@ -152,6 +166,7 @@ class ChatChunkChoice(msgspec.Struct, kw_only=True):
     delta: ChatDelta
     logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
+    token_ids: list[int] | None = None  # vLLM's return_token_ids: this chunk's
 
 
 class ChatCompletionChunk(msgspec.Struct, kw_only=True):
@@ -161,3 +176,4 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    prompt_token_ids: list[int] | None = None  # vLLM's return_token_ids: on the first chunks

@@ -4,7 +4,7 @@ from typing import Any
 
 import msgspec
 
-from schemas.constraints import TokenId, TokenIdKey
+from schemas.constraints import SamplingSeed, TokenId, TokenIdKey, TruncatePromptTokens
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
@@ -29,6 +29,19 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     continuous_usage_stats: bool = False
 
 
+class PromptLogprob(msgspec.Struct, kw_only=True):
+    """One token at one prompt position, in vLLM's prompt_logprobs (keyed by token id)."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str
+
+
+# One prompt position: the prompt's own token and the likeliest alternatives, by token id
+# (a JSON key); None for the first position, which has no logprob.
+PromptLogprobs = list[dict[str, PromptLogprob] | None]
+
+
 class TopLogprob(msgspec.Struct, kw_only=True):
     token: str
     logprob: float
@@ -40,6 +53,19 @@ class TokenLogprob(msgspec.Struct, kw_only=True):
     logprob: float
     bytes: list[int] | None = None
     top_logprobs: list[TopLogprob] = []
+
+
+class StructuredOutputs(msgspec.Struct, kw_only=True):
+    """vLLM's ``structured_outputs``: one constraint on what is generated (the newer name of
+    the guided_* fields)."""
+
+    json: Any = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool = False
 
 
 class SamplingExtras(msgspec.Struct, kw_only=True):
@@ -56,6 +82,14 @@ class SamplingExtras(msgspec.Struct, kw_only=True):
     guided_json: Any = None
     guided_regex: str | None = None
     guided_choice: list[str] | None = None
+    structured_outputs: StructuredOutputs | None = None
+    truncate_prompt_tokens: TruncatePromptTokens | None = None
+    # The prompt's own logprobs, with this many alternatives at each position (not streamed).
+    prompt_logprobs: int | None = None
+    # prompt_token_ids on the answer, token_ids on each choice.
+    return_token_ids: bool | None = None
+    # Logprob tokens as "token_id:N", for tokens that are no text of their own.
+    return_tokens_as_token_ids: bool | None = None
 
 
 class SamplingRequest(SamplingExtras, kw_only=True):
@@ -66,7 +100,7 @@ class SamplingRequest(SamplingExtras, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: SamplingSeed | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[TokenIdKey, float] | None = None

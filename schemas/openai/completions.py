@@ -5,7 +5,7 @@ from typing import Literal
 import msgspec
 
 from schemas.constraints import TokenId
-from schemas.openai.common import SamplingRequest, Usage
+from schemas.openai.common import PromptLogprobs, SamplingRequest, Usage
 
 # msgspec allows one array type per union; the service checks that a list is all
 # strings, all token ids, or all token-id lists.
@@ -33,6 +33,10 @@ class CompletionChoice(msgspec.Struct, kw_only=True):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    # vLLM's extensions, when asked for (prompt_* on a choice's first chunk when streamed).
+    prompt_logprobs: PromptLogprobs | None = None
+    prompt_token_ids: list[int] | None = None
+    token_ids: list[int] | None = None
 
 
 class Completion(msgspec.Struct, kw_only=True):

@@ -4,7 +4,7 @@ from typing import Literal
 
 import msgspec
 
-from schemas.constraints import TokenId
+from schemas.constraints import TokenId, TruncatePromptTokens
 
 # As with completion prompts, the service checks that a list is homogeneous.
 EmbeddingInput = str | list[str | TokenId | list[TokenId]]
@@ -16,6 +16,7 @@ class EmbeddingRequest(msgspec.Struct, kw_only=True):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    truncate_prompt_tokens: TruncatePromptTokens | None = None  # vLLM's (see SamplingExtras)
 
 
 class Embedding(msgspec.Struct, kw_only=True):

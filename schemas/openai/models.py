@@ -18,6 +18,9 @@ class ModelCard(msgspec.Struct, kw_only=True):
     owned_by: str = "omniserve"
     object: Literal["model"] = "model"
     max_model_len: int | None = None
+    # A LoRA adapter's card: the model it adapts, and (where vLLM puts the folder) its name.
+    parent: str | None = None
+    root: str | None = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -26,6 +26,7 @@ class RerankResult(msgspec.Struct, kw_only=True):
 
 
 class RerankUsage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
     total_tokens: int
 
 
@@ -36,10 +37,20 @@ class RerankResponse(msgspec.Struct, kw_only=True):
     usage: RerankUsage
 
 
+# The pairs of field names vLLM's /score takes (one pair per request): the queries, then
+# what each is scored against.
+SCORE_FIELDS = (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"), ("data_1", "data_2"))
+
+
 class ScoreRequest(msgspec.Struct, kw_only=True):
     model: str
-    text_1: str | list[str]
-    text_2: str | list[str]
+    text_1: str | list[str] | None = None
+    text_2: str | list[str] | None = None
+    queries: str | list[str] | None = None
+    documents: str | list[str] | None = None
+    items: str | list[str] | None = None
+    data_1: str | list[str] | None = None
+    data_2: str | list[str] | None = None
 
 
 class ScoreData(msgspec.Struct, kw_only=True):

@@ -5,6 +5,9 @@ runtime.
 The model actions are idempotent PUTs and DELETEs on two sets, the loaded models and the
 pinned ones; each answers the model as it stands afterwards. Names may hold slashes, so the
 name is the last segment of each path. What they change lasts until the process ends.
+
+LoRA adapters of chat models are a third set, by adapter name: PUT serves one (its base model
+and folder in the body), DELETE stops serving it. They are not kept across restarts either.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from __future__ import annotations
 from litestar import Controller, delete, get, put
 from litestar.openapi.datastructures import ResponseSpec
 
+from engines.base import AdapterEngine, TextAdapter
+from engines.errors import ModelNotFound
 from engines.residency import SchedulerReport
 from engines.scheduler import Scheduler
-from schemas.admin import AdminModel, AdminModelList
+from schemas.admin import AdminAdapter, AdminAdapterBody, AdminAdapterList, AdminModel, AdminModelList
+from server.errors import bad_request
 
 # The conflicts the model actions answer with (the envelope is added with the other errors).
 _CONFLICT = {
@@ -42,6 +48,22 @@ def _admin_model(scheduler: Scheduler, name: str, report: SchedulerReport | None
         leases=residency.leases,
         queue_depth=residency.queue_depth,
     )
+
+
+def _adapters(scheduler: Scheduler) -> list[AdminAdapter]:
+    return [
+        AdminAdapter(name=adapter.name, model=engine.spec.name, path=adapter.path)
+        for engine in scheduler.registry
+        if isinstance(engine, AdapterEngine)
+        for adapter in engine.adapters()
+    ]
+
+
+def _adapter(scheduler: Scheduler, name: str) -> AdminAdapter:
+    for adapter in _adapters(scheduler):
+        if adapter.name == name:
+            return adapter
+    raise ModelNotFound(name)
 
 
 class AdminController(Controller):
@@ -102,3 +124,31 @@ class AdminController(Controller):
     )
     async def unpin_model(self, name: str, scheduler: Scheduler) -> AdminModel:
         return _admin_model(scheduler, scheduler.unpin_model(name.lstrip("/")))
+
+    @get("/loras", summary="The LoRA adapters served, each with the model it adapts", operation_id="listAdapters")
+    async def list_adapters(self, scheduler: Scheduler) -> AdminAdapterList:
+        return AdminAdapterList(adapters=_adapters(scheduler))
+
+    @put(
+        "/loras/{name:path}",
+        summary="Serve a chat model's LoRA adapter under a model name of its own, until the process ends",
+        operation_id="addAdapter",
+        responses={409: ResponseSpec(data_container=None, description="The name is taken (MODEL_IN_USE)")},
+    )
+    async def add_adapter(self, name: str, data: AdminAdapterBody, scheduler: Scheduler) -> AdminAdapter:
+        name = name.lstrip("/")
+        if not name.strip():
+            raise bad_request("An adapter needs a name.", "name")
+        await scheduler.add_adapter(data.model, TextAdapter(name=name, path=data.path))
+        return _adapter(scheduler, name)
+
+    @delete(
+        "/loras/{name:path}",
+        summary="Stop serving a LoRA adapter (requests running with it finish)",
+        operation_id="removeAdapter",
+        status_code=200,
+    )
+    async def remove_adapter(self, name: str, scheduler: Scheduler) -> AdminAdapter:
+        adapter = _adapter(scheduler, name.lstrip("/"))
+        scheduler.remove_adapter(adapter.name)
+        return adapter

@@ -8,12 +8,11 @@ import anthropic
 import httpx
 import pytest
 
+from engines.demo import TINY_CHAT_MODEL
 from tests.e2e.conftest import RunningServer
 
 pytestmark = pytest.mark.e2e
 
-# The demo chat model is the served chat model whose name starts with this.
-CHAT_MODEL_PREFIX = "demo-chat"
 MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Write about the sea."}]
 WEATHER_TOOL: anthropic.types.ToolParam = {
     "name": "get_weather",
@@ -44,9 +43,9 @@ def model(server: RunningServer) -> str:
     listed = httpx.get(
         f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {server.api_key}"}, timeout=10
     ).json()
-    names = sorted(entry["id"] for entry in listed["data"] if entry["id"].startswith(CHAT_MODEL_PREFIX))
-    assert names, listed
-    return names[0]
+    # The tiny random chat model: fast, with the Hermes tool parser.
+    assert TINY_CHAT_MODEL in {entry["id"] for entry in listed["data"]}, listed
+    return TINY_CHAT_MODEL
 
 
 def test_create(client: anthropic.Anthropic, model: str) -> None:

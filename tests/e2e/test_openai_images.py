@@ -104,5 +104,5 @@ def test_bad_size_and_bad_image_are_bad_requests(client: openai.OpenAI) -> None:
         client.images.edit(model=MODEL, image=("x.png", b"not an image", "image/png"), prompt="x")
     assert bad_image.value.code == "INVALID_IMAGE_FORMAT" and bad_image.value.param == "image"
     with pytest.raises(openai.BadRequestError) as not_an_image_model:
-        client.images.generate(model="demo-chat", prompt="x", size="128x128")
+        client.images.generate(model="demo-chat-tiny", prompt="x", size="128x128")
     assert not_an_image_model.value.param == "model"

@@ -24,11 +24,11 @@ def client(server: RunningServer) -> openai.OpenAI:
 
 def test_models_list(client: openai.OpenAI) -> None:
     ids = {model.id for model in client.models.list()}
-    assert {"demo-chat", "demo-embed", "demo-rerank"} <= ids
+    assert {"demo-chat", "demo-chat-tiny", "demo-embed", "demo-rerank"} <= ids
 
 
 def test_chat_non_streaming(client: openai.OpenAI) -> None:
-    result = client.chat.completions.create(model="demo-chat", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+    result = client.chat.completions.create(model="demo-chat-tiny", messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
     assert result.object == "chat.completion"
     assert result.choices[0].message.role == "assistant"
     assert result.usage is not None and 0 < result.usage.completion_tokens <= 8
@@ -37,7 +37,7 @@ def test_chat_non_streaming(client: openai.OpenAI) -> None:
 
 def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="demo-chat",
+        model="demo-chat-tiny",
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=10,
         stream=True,
@@ -53,7 +53,7 @@ def test_chat_streaming_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_completions(client: openai.OpenAI) -> None:
-    result = client.completions.create(model="demo-chat", prompt="Once upon a time", max_tokens=6, n=2)
+    result = client.completions.create(model="demo-chat-tiny", prompt="Once upon a time", max_tokens=6, n=2)
     assert len(result.choices) == 2
     assert result.usage is not None and result.usage.prompt_tokens > 0
 
@@ -68,7 +68,7 @@ def _reference(texts: list[str], server: RunningServer) -> np.ndarray:
 
 def test_greedy_n_gives_identical_choices(client: openai.OpenAI) -> None:
     result = client.chat.completions.create(
-        model="demo-chat",
+        model="demo-chat-tiny",
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=6,
         n=3,
@@ -77,7 +77,7 @@ def test_greedy_n_gives_identical_choices(client: openai.OpenAI) -> None:
     )
     texts = [choice.message.content for choice in result.choices]
     assert texts[0] and texts == [texts[0]] * 3
-    completion = client.completions.create(model="demo-chat", prompt="Once upon", max_tokens=4, n=2, temperature=0)
+    completion = client.completions.create(model="demo-chat-tiny", prompt="Once upon", max_tokens=4, n=2, temperature=0)
     assert completion.choices[0].text == completion.choices[1].text
 
 
@@ -86,7 +86,7 @@ def test_client_chat_templates_are_refused_at_once(client: openai.OpenAI, server
     started = time.monotonic()
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(
-            model="demo-chat",
+            model="demo-chat-tiny",
             messages=MESSAGES,  # type: ignore[arg-type]
             max_tokens=2,
             extra_body={"chat_template_kwargs": {"chat_template": bomb}},
@@ -96,7 +96,7 @@ def test_client_chat_templates_are_refused_at_once(client: openai.OpenAI, server
     assert httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200
     # Template variables still reach the model's own template.
     result = client.chat.completions.create(
-        model="demo-chat",
+        model="demo-chat-tiny",
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=2,
         extra_body={"chat_template_kwargs": {"enable_thinking": False}},
@@ -132,7 +132,7 @@ def test_rerank_over_httpx(server: RunningServer) -> None:
 
 def test_sdk_exception_classes(client: openai.OpenAI, server: RunningServer) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="demo-chat", messages=MESSAGES, max_tokens=100_000)  # type: ignore[arg-type]
+        client.chat.completions.create(model="demo-chat-tiny", messages=MESSAGES, max_tokens=100_000)  # type: ignore[arg-type]
     assert "maximum context length is 512" in str(bad.value)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)  # type: ignore[arg-type]
@@ -148,7 +148,7 @@ def test_sdk_exception_classes(client: openai.OpenAI, server: RunningServer) -> 
 
 def _metric(server: RunningServer, name: str) -> float:
     text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    match = re.search(rf'^{name}(?:_total)?{{model="demo-chat"}} (\S+)$', text, re.MULTILINE)
+    match = re.search(rf'^{name}(?:_total)?{{model="demo-chat-tiny"}} (\S+)$', text, re.MULTILINE)
     assert match, text
     return float(match.group(1))
 
@@ -156,7 +156,7 @@ def _metric(server: RunningServer, name: str) -> float:
 def test_disconnect_mid_stream_aborts_the_engine_request(server: RunningServer) -> None:
     aborted_before = _metric(server, "omniserve_engine_aborted_requests")
     body = {
-        "model": "demo-chat",
+        "model": "demo-chat-tiny",
         "messages": MESSAGES,
         "max_tokens": 450,
         "stream": True,
@@ -193,10 +193,43 @@ def test_disconnect_while_waiting_for_a_full_response_aborts_it(server: RunningS
     aborted_before = _metric(server, "omniserve_engine_aborted_requests")
     # Eight sequences of 480 tokens take seconds on the tiny model; the client gives up
     # after half a second and closes its connection.
-    body = {"model": "demo-chat", "messages": MESSAGES, "max_tokens": 480, "n": 8, "ignore_eos": True}
+    body = {"model": "demo-chat-tiny", "messages": MESSAGES, "max_tokens": 480, "n": 8, "ignore_eos": True}
     headers = {"Authorization": f"Bearer {server.api_key}"}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.openai_url}/chat/completions", json=body, headers=headers, timeout=0.5)
     _wait_for_no_unfinished(server)
     assert _metric(server, "omniserve_engine_unfinished_requests") == 0
     assert _metric(server, "omniserve_engine_aborted_requests") == aborted_before + 1
+
+
+def test_vllm_conformance_through_the_sdk(client: openai.OpenAI, server: RunningServer) -> None:
+    stream = client.chat.completions.create(
+        model="demo-chat",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=3,
+        n=2,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    chunks = list(stream)
+    assert all(len(chunk.choices) == 1 for chunk in chunks[:-1])  # one choice per chunk
+    assert all(chunk.usage is not None for chunk in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="demo-chat",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=3,
+            stream_options={"include_usage": True},
+        )
+    assert refused.value.body["param"] == "stream_options"  # type: ignore[index]
+    classified = httpx.post(
+        f"{server.openai_url}/classify",
+        json={"model": "demo-rerank", "input": ["the sea"]},
+        headers={"Authorization": f"Bearer {server.api_key}"},
+        timeout=60,
+    )
+    assert classified.status_code == 200, classified.text
+    assert classified.json()["data"][0]["num_classes"] == 1

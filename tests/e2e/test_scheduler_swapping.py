@@ -36,14 +36,14 @@ pytestmark = pytest.mark.e2e
 
 MB = 1 << 20
 FOOTPRINTS_MB = {
-    "demo-chat": 400,
+    "demo-chat-tiny": 400,
     "demo-embed": 300,
     "demo-sd": 200,
     "demo-sdxl": 200,
     "demo-tts": 200,
     "demo-whisper": 200,
 }
-PINNED = {"demo-chat", "demo-embed"}
+PINNED = {"demo-chat-tiny", "demo-embed"}
 BUDGET_MB = 400 + 300 + 2 * 200
 SWAPPING = set(FOOTPRINTS_MB) - PINNED
 ROUNDS = 2
@@ -129,7 +129,7 @@ def _stream(server: TightServer, round_index: int) -> list[Callable[[], None]]:
 
     def chat() -> None:
         result = client.chat.completions.create(
-            model="demo-chat", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
+            model="demo-chat-tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=8
         )
         assert result.choices[0].finish_reason in ("stop", "length")
 

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from engines.demo import _build_chat
+from engines.demo import build_tiny_chat
 from engines.model_build import build_atomically
 from server.data_lock import LOCK_NAME
 from tests.e2e.conftest import RunningServer, _cli, free_port, launched
@@ -44,7 +44,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hub cache under HF_HOME holding the tiny chat model as `org/tiny-chat`, and a second copy
     of it in a plain folder."""
     work = tmp_path_factory.mktemp("serve-by-model")
-    build_atomically(work / "built", _build_chat, "tiny-chat")
+    build_atomically(work / "built", build_tiny_chat, "tiny-chat")
     add_to_hub_cache(work / "hf" / "hub", HUB_MODEL, work / "built")
     shutil.copytree(work / "built", work / "local-chat")
     return work

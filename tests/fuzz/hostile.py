@@ -109,6 +109,8 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
     "/v1/embeddings": {"model": "fake-embed", "input": ["hello", "world"], "encoding_format": "float"},
     "/v1/rerank": {"model": "fake-rerank", "query": "a cat", "documents": ["a cat sat", "a dog"], "top_n": 1},
     "/v1/score": {"model": "fake-rerank", "text_1": "a cat", "text_2": ["a cat sat", "a dog"]},
+    "/v1/classify": {"model": "fake-rerank", "input": ["a cat", "a dog"], "truncate_prompt_tokens": 4},
+    "/v1/pooling": {"model": "fake-embed", "input": "a cat", "task": "embed", "encoding_format": "float"},
     "/v1/images/generations": {
         "model": "fake-sd",
         "prompt": "a cat",

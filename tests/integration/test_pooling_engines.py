@@ -75,3 +75,31 @@ async def test_score_pairs(services: TextCapability) -> None:
     response = await services.rerank.score(ScoreRequest(model="demo-rerank", text_1="query", text_2=["a", "b c"]))
     assert [item.index for item in response.data] == [0, 1]
     assert all(0 < item.score < 1 for item in response.data)
+
+
+@pytest.mark.parametrize("route", ["rerank", "score"])
+async def test_a_query_longer_than_the_context_is_refused_naming_the_limit(
+    services: TextCapability, route: str
+) -> None:
+    query = "word " * 600  # 600 tokens: past the demo reranker's 512
+    with pytest.raises(ApiError) as caught:
+        if route == "rerank":
+            await services.rerank.rerank(RerankRequest(model="demo-rerank", query=query, documents=["a"]))
+        else:
+            await services.rerank.score(ScoreRequest(model="demo-rerank", text_1=query, text_2=["a"]))
+    assert caught.value.status == 400
+    assert caught.value.param == ("query" if route == "rerank" else "text_1")
+    assert "maximum context length is 512 tokens" in caught.value.message
+
+
+async def test_classify_gives_the_one_label_probability_of_the_cross_encoder(services: TextCapability) -> None:
+    from schemas.openai.pooling import ClassifyRequest, PoolingRequest
+
+    classified = await services.pooling.classify(ClassifyRequest(model="demo-rerank", input=["the sea", "a desk"]))
+    assert [(item.num_classes, item.label) for item in classified.data] == [(1, "LABEL_0"), (1, "LABEL_0")]
+    assert all(0 < item.probs[0] < 1 for item in classified.data)
+    assert classified.usage.prompt_tokens == classified.usage.total_tokens > 0
+    pooled = await services.pooling.pool(PoolingRequest(model="demo-rerank", input=["the sea", "a desk"]))
+    assert [item.data for item in pooled.data] == [item.probs for item in classified.data]
+    embedded = await services.pooling.pool(PoolingRequest(model="demo-embed", input="the sea"))
+    assert len(embedded.data[0].data) == 384

@@ -22,11 +22,11 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 def chat_request(**fields: Any) -> ChatCompletionRequest:
-    return msgspec.convert({"model": "demo-chat", "messages": MESSAGES, **fields}, ChatCompletionRequest)
+    return msgspec.convert({"model": "demo-chat-tiny", "messages": MESSAGES, **fields}, ChatCompletionRequest)
 
 
 async def test_usage_counts_are_exact(services: TextCapability, scheduler: Scheduler) -> None:
-    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat"))
+    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat-tiny"))
     expected_prompt = len(engine.render_chat(MESSAGES))
     result = await services.chat.create(chat_request(max_tokens=12, ignore_eos=True, n=2))
     assert result.usage.prompt_tokens == expected_prompt
@@ -103,12 +103,17 @@ async def test_named_tool_choice_returns_a_call(services: TextCapability) -> Non
 
 
 async def test_hermes_parser_extracts_calls_with_the_real_tokenizer(scheduler: Scheduler) -> None:
-    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat"))
+    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat-tiny"))
     parser = engine.tool_parser()
     assert parser is not None
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     session = parser.start(
-        {"model": "demo-chat", "messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "auto"}
+        {
+            "model": "demo-chat-tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": tools,
+            "tool_choice": "auto",
+        }
     )
     content, calls = session.extract('<tool_call>\n{"name": "lookup", "arguments": {"q": "rivers"}}\n</tool_call>')
     assert calls == [("lookup", '{"q": "rivers"}')]
@@ -117,7 +122,7 @@ async def test_hermes_parser_extracts_calls_with_the_real_tokenizer(scheduler: S
 
 async def test_completions_echo_with_prompt_logprobs(services: TextCapability) -> None:
     request = msgspec.convert(
-        {"model": "demo-chat", "prompt": ["The quick", "Hello"], "max_tokens": 4, "echo": True, "logprobs": 2},
+        {"model": "demo-chat-tiny", "prompt": ["The quick", "Hello"], "max_tokens": 4, "echo": True, "logprobs": 2},
         CompletionRequest,
     )
     result = await services.completions.create(request)
@@ -140,7 +145,7 @@ async def test_context_overflow_is_refused_with_the_limit(services: TextCapabili
 
 
 async def test_cancelling_a_generation_aborts_it_in_the_engine(scheduler: Scheduler) -> None:
-    engine = cast(Any, scheduler.engine("demo-chat"))
+    engine = cast(Any, scheduler.engine("demo-chat-tiny"))
     aborted_before = engine.aborted_requests
     started = asyncio.Event()
 
@@ -166,9 +171,9 @@ async def test_cancelling_a_generation_aborts_it_in_the_engine(scheduler: Schedu
 async def test_tokenize_round_trip(services: TextCapability) -> None:
     from schemas.openai.tokenize import DetokenizeRequest, TokenizeRequest
 
-    tokens = await services.tokenize.tokenize(TokenizeRequest(model="demo-chat", prompt="the lazy dog"))
+    tokens = await services.tokenize.tokenize(TokenizeRequest(model="demo-chat-tiny", prompt="the lazy dog"))
     assert tokens.count == len(tokens.tokens) and tokens.max_model_len == 512
-    text = await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat", tokens=tokens.tokens))
+    text = await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat-tiny", tokens=tokens.tokens))
     assert text.prompt.strip() == "the lazy dog"
 
 
@@ -177,13 +182,13 @@ async def test_ids_past_the_vocabulary_are_refused_before_the_tokenizer(
 ) -> None:
     from schemas.openai.tokenize import DetokenizeRequest
 
-    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat"))
+    engine = cast(TextGenerationEngine, scheduler.engine("demo-chat-tiny"))
     vocab_size = engine.info.vocab_size
     assert vocab_size >= len(engine.tokenizer)  # type: ignore[attr-defined]
-    last = await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat", tokens=[vocab_size - 1]))
+    last = await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat-tiny", tokens=[vocab_size - 1]))
     assert isinstance(last.prompt, str)
     with pytest.raises(ApiError) as refused:
-        await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat", tokens=[1, vocab_size]))
+        await services.tokenize.detokenize(DetokenizeRequest(model="demo-chat-tiny", tokens=[1, vocab_size]))
     assert (refused.value.status, refused.value.param) == (400, "tokens[1]")
 
 
@@ -195,10 +200,66 @@ async def test_greedy_n_gives_n_identical_choices(services: TextCapability) -> N
     assert result.usage.completion_tokens == 18
     completion = await services.completions.create(
         msgspec.convert(
-            {"model": "demo-chat", "prompt": ["The quick", "Hello"], "max_tokens": 4, "temperature": 0, "n": 2},
+            {"model": "demo-chat-tiny", "prompt": ["The quick", "Hello"], "max_tokens": 4, "temperature": 0, "n": 2},
             CompletionRequest,
         )
     )
     assert len(completion.choices) == 4
     assert completion.choices[0].text == completion.choices[1].text
     assert completion.choices[2].text == completion.choices[3].text
+
+
+def completion_request(**fields: Any) -> CompletionRequest:
+    return msgspec.convert({"model": "demo-chat", "prompt": "The answer is", **fields}, CompletionRequest)
+
+
+@pytest.mark.parametrize(
+    "structured",
+    [{"grammar": 'root ::= "yes" | "no"'}, {"choice": ["yes", "no"]}, {"regex": "(yes|no)"}],
+    ids=["grammar", "choice", "regex"],
+)
+async def test_structured_outputs_constrain_the_text(services: TextCapability, structured: dict[str, Any]) -> None:
+    result = await services.completions.create(
+        completion_request(max_tokens=8, temperature=1.0, seed=3, n=3, structured_outputs=structured)
+    )
+    assert {choice.text for choice in result.choices} <= {"yes", "no"}
+    assert all(choice.finish_reason == "stop" for choice in result.choices)
+
+
+async def test_token_ids_and_prompt_logprobs_match_the_tokens(services: TextCapability) -> None:
+    result = await services.completions.create(
+        completion_request(
+            max_tokens=4,
+            ignore_eos=True,
+            logprobs=2,
+            prompt_logprobs=2,
+            return_token_ids=True,
+            return_tokens_as_token_ids=True,
+        )
+    )
+    choice = result.choices[0]
+    assert choice.prompt_token_ids and choice.token_ids and len(choice.token_ids) == 4
+    prompt_logprobs = choice.prompt_logprobs
+    assert prompt_logprobs is not None and prompt_logprobs[0] is None
+    for token, position in zip(choice.prompt_token_ids[1:], prompt_logprobs[1:], strict=True):
+        assert position is not None and str(token) in position
+        assert 2 <= len(position) <= 3  # the prompt's token and two alternatives (it may be one)
+    assert choice.logprobs is not None
+    assert choice.logprobs.tokens == [f"token_id:{token}" for token in choice.token_ids]
+    for top in choice.logprobs.top_logprobs:
+        assert top is not None and all(key.startswith("token_id:") for key in top)
+
+
+async def test_continue_final_message_renders_with_the_real_template(services: TextCapability) -> None:
+    messages = [*MESSAGES, {"role": "assistant", "content": "The river"}]
+    result = await services.chat.create(
+        chat_request(messages=messages, continue_final_message=True, echo=True, max_tokens=3, return_token_ids=True)
+    )
+    assert result.prompt_token_ids is not None  # the rendered prompt ends inside the assistant's message
+    from schemas.openai.tokenize import DetokenizeRequest
+
+    engine_text = await services.tokenize.detokenize(
+        DetokenizeRequest(model="demo-chat", tokens=result.prompt_token_ids)
+    )
+    assert engine_text.prompt.endswith("The river"), engine_text.prompt
+    assert (result.choices[0].message.content or "").startswith("The river")

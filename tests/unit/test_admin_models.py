@@ -203,6 +203,9 @@ ROUTES = [
     ("DELETE", "/admin/loaded/fake-chat"),
     ("PUT", "/admin/pinned/fake-chat"),
     ("DELETE", "/admin/pinned/fake-chat"),
+    ("GET", "/admin/loras"),
+    ("PUT", "/admin/loras/some-lora"),
+    ("DELETE", "/admin/loras/some-lora"),
 ]
 
 
@@ -238,12 +241,16 @@ async def test_the_document_describes_the_routes_and_their_conflicts(admin: tupl
         ("DELETE", "/admin/loaded/{name}"): "unloadModel",
         ("PUT", "/admin/pinned/{name}"): "pinModel",
         ("DELETE", "/admin/pinned/{name}"): "unpinModel",
+        ("GET", "/admin/loras"): "listAdapters",
+        ("PUT", "/admin/loras/{name}"): "addAdapter",
+        ("DELETE", "/admin/loras/{name}"): "removeAdapter",
     }
     conflicts = {key for key, operation in operations.items() if "409" in operation["responses"]}
     assert conflicts == {
         ("PUT", "/admin/loaded/{name}"),
         ("DELETE", "/admin/loaded/{name}"),
         ("PUT", "/admin/pinned/{name}"),
+        ("PUT", "/admin/loras/{name}"),
     }
     async with state.scheduler.lease("fake-chat"):
         refused = await client.delete("/admin/loaded/fake-chat")

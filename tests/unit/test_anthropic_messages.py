@@ -60,10 +60,13 @@ class ScriptedChatEngine(FakeTextEngine):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         self.rendered = messages
-        prompt = super().render_chat(messages, add_generation_prompt=add_generation_prompt)
+        prompt = super().render_chat(
+            messages, add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message
+        )
         return prompt + self.tokenize(json.dumps(tools)) if tools else prompt
 
     async def generate(

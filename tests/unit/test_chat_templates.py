@@ -55,11 +55,16 @@ class TemplateTextEngine(FakeTextEngine):
         *,
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         self.template_kwargs.append(template_kwargs)
         return self.renderer.render_chat(
-            messages, tools=tools, add_generation_prompt=add_generation_prompt, template_kwargs=template_kwargs
+            messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            template_kwargs=template_kwargs,
         )
 
 
@@ -168,12 +173,11 @@ async def test_an_allowed_client_template_is_used(trusting: App) -> None:
 async def test_a_slow_template_times_out_without_holding_the_loop(trusting: App) -> None:
     started = time.perf_counter()
     response, lag = await with_loop_lag(trusting.chat(chat_template=SLOW))
+    answered_s = time.perf_counter() - started
     error = refused(response, "chat_template")
     assert "within 0.3 s" in error["message"]
-    assert time.perf_counter() - started < 1.5
-    assert lag < 0.25, f"the event loop was held {lag:.2f} s"
-    health, lag = await with_loop_lag(trusting.http.get(trusting.url + "/health"))
-    assert health.status_code == 200 and lag < 0.25
+    health, health_lag = await with_loop_lag(trusting.http.get(trusting.url + "/health"))
+    assert health.status_code == 200
 
     # The abandoned render still runs: another client template waits for its turn (503).
     busy = await trusting.chat(chat_template="CUSTOM")
@@ -184,3 +188,11 @@ async def test_a_slow_template_times_out_without_holding_the_loop(trusting: App)
     async with asyncio.timeout(60):
         while (await trusting.chat(chat_template="CUSTOM")).status_code != 200:
             await asyncio.sleep(0.2)
+    render_s = time.perf_counter() - started
+    # Compared with the render itself, not with a fixed figure, so a loaded machine cannot
+    # fail it: the answer came at the deadline, long before the render ended, and the loop
+    # was never held for more than a small part of it.
+    assert answered_s < render_s / 2, (answered_s, render_s)
+    assert max(lag, health_lag) < render_s / 4, (
+        f"the event loop was held {max(lag, health_lag):.2f} s of {render_s:.2f} s"
+    )

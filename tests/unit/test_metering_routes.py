@@ -241,7 +241,7 @@ async def test_rerank_charges_the_input_tokens_the_engine_read(app: Metered) -> 
     body = {"model": "fake-rerank", "query": query, "documents": documents}
     response = await app.client.post("/v1/rerank", json=body, headers=app.auth)
     assert response.status_code == 200, response.text
-    assert response.json()["usage"] == {"total_tokens": tokens}
+    assert response.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     assert app.credits() == 100 - tokens * INPUT_TOKEN  # no output tokens: a score is not generated text
     assert app.charges() == [(tokens * INPUT_TOKEN, "committed")]
 
@@ -256,7 +256,7 @@ async def test_score_charges_the_input_tokens_the_engine_read(app: Metered) -> N
     body = {"model": "fake-rerank", "text_1": left, "text_2": right}
     response = await app.client.post("/v1/score", json=body, headers=app.auth)
     assert response.status_code == 200, response.text
-    assert response.json()["usage"] == {"total_tokens": tokens}
+    assert response.json()["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
     assert app.credits() == 0
     refused(await app.client.post("/v1/score", json=body, headers=app.auth), 0, app)
 

@@ -1,4 +1,4 @@
-"""Text: chat, completions, embeddings, rerank and score, tokenize, on vLLM engines."""
+"""Text: chat, completions, embeddings, rerank and score, classify and pooling, tokenize, on vLLM engines."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from server.capabilities.text.chat import ChatService
 from server.capabilities.text.chat_turns import ChatTurns
 from server.capabilities.text.completions import CompletionService
 from server.capabilities.text.embeddings import EmbeddingService
+from server.capabilities.text.pooling import PoolingService
 from server.capabilities.text.rerank import RerankService
 from server.capabilities.text.templates import TemplateRenderer
 from server.capabilities.text.tokenize import TokenizeService
@@ -25,4 +26,5 @@ class TextCapability:
         self.completions = CompletionService(scheduler, limits)
         self.embeddings = EmbeddingService(scheduler, limits)
         self.rerank = RerankService(scheduler, limits)
+        self.pooling = PoolingService(scheduler, limits)
         self.tokenize = TokenizeService(scheduler, templates)

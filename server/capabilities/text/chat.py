@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -19,76 +18,42 @@ from schemas.openai.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
-    ChatMessage,
-    ChoiceLogprobs,
     DeltaFunctionCall,
     DeltaToolCall,
     FunctionCall,
-    TextPart,
     ToolCall,
 )
-from schemas.openai.common import TokenLogprob, TopLogprob, Usage
+from schemas.openai.common import Usage
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.started_streams import READY, started_stream
+from server.capabilities.text.chat_shapes import (
+    echo_text,
+    message_to_template,
+    to_openai_logprobs,
+    tool_calls_reason,
+)
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
+    check_stream_options,
     new_id,
     resolve_max_tokens,
     sampling_options,
+    truncate_prompt,
     unix_now,
 )
-from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer, template_input
+from server.capabilities.text.structured import has_constraint
+from server.capabilities.text.templates import (
+    ChatTemplateInput,
+    TemplateRenderer,
+    generation_prompt,
+    template_input,
+)
+from server.capabilities.text.token_output import prompt_logprobs_out
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
-
-
-def message_to_template(message: ChatMessage) -> dict[str, Any]:
-    """A message as chat templates expect it: plain-string content, parsed tool arguments."""
-    content = message.content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, TextPart):
-                raise bad_request("This model accepts text content parts only.", "messages")
-            texts.append(part.text)
-        content = "\n".join(texts)
-    rendered: dict[str, Any] = {"role": message.role, "content": content or ""}
-    if message.name is not None:
-        rendered["name"] = message.name
-    if message.tool_call_id is not None:
-        rendered["tool_call_id"] = message.tool_call_id
-    if message.tool_calls:
-        calls = []
-        for call in message.tool_calls:
-            try:
-                arguments: Any = json.loads(call.function.arguments)
-            except ValueError:
-                arguments = call.function.arguments
-            calls.append(
-                {"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}}
-            )
-        rendered["tool_calls"] = calls
-    return rendered
-
-
-def to_openai_logprobs(entries: list[TokenLogprobs]) -> ChoiceLogprobs:
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprob(
-                token=entry.token,
-                logprob=entry.logprob,
-                bytes=list(entry.token.encode()),
-                top_logprobs=[
-                    TopLogprob(token=top.token, logprob=top.logprob, bytes=list(top.token.encode()))
-                    for top in entry.top
-                ],
-            )
-            for entry in entries
-        ]
-    )
 
 
 class _ChatPlan(msgspec.Struct, kw_only=True):
@@ -101,6 +66,9 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
     tool_mode: str  # "none" | "forced" | "parsed"
     tool_choice: Any = None
     parser_session: Any = None
+    echo_text: str = ""  # what each choice's content starts with (echo)
+    # One reasoning session per choice, when the model has a reasoning parser.
+    reasoning: list[Any] = []
 
 
 class ChatService:
@@ -113,6 +81,7 @@ class ChatService:
         self, request: ChatCompletionRequest, engine: TextGenerationEngine, template: ChatTemplateInput
     ) -> _ChatPlan:
         check_n(request.n, self.limits.max_n)
+        check_stream_options(request)
         check_sequences(1, request.n, self.limits.max_sequences_per_request, "messages")
         if not request.messages:
             raise bad_request("messages must hold at least one message.", "messages")
@@ -124,13 +93,18 @@ class ChatService:
         if tools and tool_choice is None:
             tool_choice = "auto"
         messages = [message_to_template(message) for message in request.messages]
+        add_generation_prompt = generation_prompt(request.add_generation_prompt, request.continue_final_message)
         prompt_ids = await self.templates.render(
             engine,
             messages,
             template,
             tools=tools if tools else None,
-            add_generation_prompt=request.add_generation_prompt,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=request.continue_final_message,
         )
+        prompt_ids = truncate_prompt(prompt_ids, request.truncate_prompt_tokens, engine.info.max_model_len)
+        if not prompt_ids:
+            raise bad_request("truncate_prompt_tokens leaves no prompt.", "truncate_prompt_tokens")
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         budget = resolve_max_tokens(
             max_tokens,
@@ -141,8 +115,16 @@ class ChatService:
         top_logprobs = (request.top_logprobs or 0) if request.logprobs else None
         if request.top_logprobs and not request.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true.", "top_logprobs")
-        options = sampling_options(request, max_tokens=budget, logprobs=top_logprobs, vocab_size=engine.info.vocab_size)
+        options = sampling_options(
+            request,
+            max_tokens=budget,
+            logprobs=top_logprobs,
+            vocab_size=engine.info.vocab_size,
+            adapter=self.scheduler.adapter_name(request.model),
+        )
         fmt = request.response_format
+        if fmt is not None and fmt.type != "text" and has_constraint(options):
+            raise bad_request("Give response_format or a structured output constraint, not both.", "response_format")
         if fmt is not None and fmt.type == "json_object":
             options.json_object = True
         elif fmt is not None and fmt.type == "json_schema":
@@ -156,13 +138,19 @@ class ChatService:
             options=options,
             tool_mode="none",
             tool_choice=tool_choice,
+            echo_text=echo_text(request.echo, messages[-1], add_generation_prompt),
         )
+        reasoning = engine.reasoning_parser()
+        if reasoning is not None:
+            reasoning_request = request_dict or cast(dict[str, Any], msgspec.to_builtins(request))
+            plan.reasoning = [reasoning.start(reasoning_request, prompt_ids) for _ in range(request.n)]
         if not tools or tool_choice == "none":
             return plan
         schema = forced_tool_schema(tools, tool_choice, request.parallel_tool_calls)
         if schema is not None:
             options.json_schema, options.json_object, options.compact_json = schema, False, True
             plan.tool_mode = "forced"
+            plan.reasoning = []  # the schema holds the whole output: no room for reasoning
             return plan
         parser = engine.tool_parser()
         if parser is None:
@@ -192,12 +180,17 @@ class ChatService:
         token_counts = [0] * request.n
         logprobs: list[list[TokenLogprobs]] = [[] for _ in range(request.n)]
         finish: list[str | None] = [None] * request.n
+        output_ids: list[list[int]] = [[] for _ in range(request.n)]
+        prompt_logprobs = None
         call = self._call(request, plan, charge)
         async with call as (engine, record):
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
                 record.observe(step)
+                if step.prompt_logprobs is not None and request.prompt_logprobs is not None:
+                    prompt_logprobs = prompt_logprobs_out(step.prompt_logprobs, request.prompt_logprobs)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
+                    output_ids[seq.index].extend(seq.token_ids)
                     texts[seq.index] += seq.text
                     token_counts[seq.index] += len(seq.token_ids)
                     if seq.logprobs:
@@ -206,13 +199,20 @@ class ChatService:
                         finish[seq.index] = seq.finish_reason
         choices = []
         for index in range(request.n):
-            message, reason = self._final_message(plan, texts[index], finish[index])
+            message, reason = self._final_message(plan, index, texts[index], finish[index])
+            if plan.echo_text:
+                message.content = plan.echo_text + (message.content or "")
             choices.append(
                 ChatChoice(
                     index=index,
                     message=message,
-                    logprobs=to_openai_logprobs(logprobs[index]) if plan.options.logprobs is not None else None,
+                    logprobs=(
+                        to_openai_logprobs(logprobs[index], bool(request.return_tokens_as_token_ids))
+                        if plan.options.logprobs is not None
+                        else None
+                    ),
                     finish_reason=reason,
+                    token_ids=output_ids[index] if request.return_token_ids else None,
                 )
             )
         prompt_tokens = len(plan.prompt_ids)
@@ -227,22 +227,36 @@ class ChatService:
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
             ),
+            prompt_token_ids=plan.prompt_ids if request.return_token_ids else None,
+            prompt_logprobs=prompt_logprobs,
         )
 
-    def _final_message(self, plan: _ChatPlan, text: str, reason: str | None) -> tuple[AssistantMessage, str | None]:
+    def _final_message(
+        self, plan: _ChatPlan, index: int, text: str, reason: str | None
+    ) -> tuple[AssistantMessage, str | None]:
         calls: list[tuple[str, str]] = []
+        reasoning: str | msgspec.UnsetType | None = msgspec.UNSET
+        if plan.reasoning:
+            # Reasoning first: a tool-call parser reads only the answer after it.
+            reasoning, answer = plan.reasoning[index].extract(text)
+            if answer is None:
+                return AssistantMessage(content=None, reasoning_content=reasoning), reason
+            text = answer
         content: str | None = text
         if plan.tool_mode == "forced":
             calls, content = calls_from_forced_output(text, plan.tool_choice), None
         elif plan.tool_mode == "parsed":
             content, calls = plan.parser_session.extract(text)
         if not calls:
-            return AssistantMessage(content=content if content is not None else text), reason
+            content = content if content is not None else text
+            return AssistantMessage(content=content, reasoning_content=reasoning), reason
         tool_calls = [
             ToolCall(id=new_id("call"), function=FunctionCall(name=name, arguments=arguments))
             for name, arguments in calls
         ]
-        return AssistantMessage(content=content or None, tool_calls=tool_calls), "tool_calls"
+        return AssistantMessage(
+            content=content or None, reasoning_content=reasoning, tool_calls=tool_calls
+        ), tool_calls_reason(reason)
 
     def _call(
         self,
@@ -274,56 +288,84 @@ class ChatService:
     async def _stream_events(
         self, request: ChatCompletionRequest, plan: _ChatPlan, charge: Charge
     ) -> AsyncGenerator[bytes, None]:
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        options = request.stream_options
+        include_usage = bool(options and options.include_usage)
+        # vLLM's continuous_usage_stats: every chunk carries the usage so far (its choice's
+        # tokens), when usage is asked for at all.
+        continuous = include_usage and bool(options and options.continuous_usage_stats)
         created = unix_now()
+        prompt_tokens = len(plan.prompt_ids)
 
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
+        def usage(completion_tokens: int) -> Usage:
+            return Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+
+        def chunk(choice: ChatChunkChoice | None, choice_tokens: int = 0, first: bool = False) -> bytes:
+            # One choice per chunk, as OpenAI streams n > 1; the last chunk has none, and usage.
+            choices = [choice] if choice is not None else []
             return sse_event(
                 ChatCompletionChunk(
-                    id=plan.request_id, created=created, model=request.model, choices=choices, usage=usage
+                    id=plan.request_id,
+                    created=created,
+                    model=request.model,
+                    choices=choices,
+                    usage=usage(choice_tokens) if continuous and choice is not None else None,
+                    prompt_token_ids=plan.prompt_ids if first and request.return_token_ids else None,
                 )
             )
 
-        completion_tokens = 0
+        tokens = [0] * request.n
         called_tools = [False] * request.n
         forced_text = [""] * request.n
         async with self._call(request, plan, charge) as (engine, record):
             yield READY
             for index in range(request.n):
-                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
+                yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")), first=True)
+            if plan.echo_text:
+                for index in range(request.n):
+                    yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=plan.echo_text)))
             step: GenerationStep
             async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
                 record.observe(step)
-                choices = []
                 for seq in step.sequences:
-                    completion_tokens += len(seq.token_ids)
+                    tokens[seq.index] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
-                    delta = self._stream_delta(plan, seq.index, seq.text, seq.token_ids, forced_text, called_tools)
                     reason = seq.finish_reason
+                    reasoning, text, token_ids = None, seq.text, seq.token_ids
+                    if plan.reasoning:
+                        split = plan.reasoning[seq.index].split_delta(text, token_ids, finished=reason is not None)
+                        reasoning, text, token_ids = split.reasoning, split.content, split.content_ids
+                    delta = None
+                    if text or not plan.reasoning:
+                        delta = self._stream_delta(plan, seq.index, text, token_ids, forced_text, called_tools)
+                    if reasoning:
+                        delta = delta or ChatDelta()
+                        delta.reasoning_content = reasoning
                     if reason is not None:
                         if plan.tool_mode == "forced" and plan.tool_choice == "required":
                             delta = self._required_calls_delta(forced_text[seq.index], plan, called_tools, seq.index)
                         if called_tools[seq.index]:
-                            reason = "tool_calls"
-                    if delta is None and reason is None:
+                            reason = tool_calls_reason(reason)
+                    if delta is None and reason is None and not (request.return_token_ids and seq.token_ids):
                         continue
-                    logprobs = to_openai_logprobs(seq.logprobs) if seq.logprobs is not None else None
-                    choices.append(
-                        ChatChunkChoice(
-                            index=seq.index, delta=delta or ChatDelta(), logprobs=logprobs, finish_reason=reason
-                        )
+                    as_ids = bool(request.return_tokens_as_token_ids)
+                    logprobs = to_openai_logprobs(seq.logprobs, as_ids) if seq.logprobs is not None else None
+                    choice = ChatChunkChoice(
+                        index=seq.index,
+                        delta=delta or ChatDelta(),
+                        logprobs=logprobs,
+                        finish_reason=reason,
+                        token_ids=seq.token_ids if request.return_token_ids else None,
                     )
-                if choices:
-                    yield chunk(choices)
+                    yield chunk(choice, tokens[seq.index])
             if include_usage:
-                prompt_tokens = len(plan.prompt_ids)
-                yield chunk(
-                    [],
-                    Usage(
-                        prompt_tokens=prompt_tokens,
-                        completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens,
-                    ),
+                yield sse_event(
+                    ChatCompletionChunk(
+                        id=plan.request_id, created=created, model=request.model, choices=[], usage=usage(sum(tokens))
+                    )
                 )
 
     def _stream_delta(

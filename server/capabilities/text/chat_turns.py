@@ -96,7 +96,7 @@ class ChatTurns(ChatService):
                     tokens += len(seq.token_ids)
                     if seq.finish_reason is not None:
                         finish, stop_string = seq.finish_reason, seq.stop_string
-        message, _ = self._final_message(plan, text, finish)
+        message, _ = self._final_message(plan, 0, text, finish)
         return TurnResult(
             text=message.content,
             tool_calls=message.tool_calls or [],

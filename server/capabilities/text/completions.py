@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import msgspec
 
 from engines.base import GenerationStep, SamplingOptions, TextGenerationEngine, TokenLogprobs
 from engines.scheduler import Scheduler
-from schemas.openai.common import Usage
+from schemas.openai.common import PromptLogprobs, Usage
 from schemas.openai.completions import Completion, CompletionChoice, CompletionLogprobs, CompletionRequest
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
@@ -17,14 +17,17 @@ from server.capabilities.text.sampling import (
     check_input_ids,
     check_n,
     check_sequences,
+    check_stream_options,
     merge_streams,
     new_id,
     resolve_max_tokens,
     sampling_options,
     split_inputs,
     token_ids,
+    truncate_prompt,
     unix_now,
 )
+from server.capabilities.text.token_output import as_token_ids, id_label, prompt_logprobs_out
 from server.errors import bad_request
 from server.settings import Limits
 from server.sse import guarded_events, sse_event
@@ -43,7 +46,9 @@ class _LogprobsBuilder:
         self.offset = offset
         self.value = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
 
-    def add(self, entries: list[TokenLogprobs | None], tokens: list[str]) -> None:
+    def add(self, entries: Sequence[TokenLogprobs | None], tokens: list[str], top_n: int | None = None) -> None:
+        """``tokens``: how each position's token is written; ``top_n``: at most this many
+        alternatives (the engine may have computed more, for prompt_logprobs)."""
         for entry, token in zip(entries, tokens, strict=False):
             self.value.tokens.append(token)
             self.value.text_offset.append(self.offset)
@@ -53,12 +58,21 @@ class _LogprobsBuilder:
                 self.value.top_logprobs.append(None)
             else:
                 self.value.token_logprobs.append(entry.logprob)
-                self.value.top_logprobs.append({top.token: top.logprob for top in entry.top})
+                # OpenAI lists the sampled token among the alternatives too: up to logprobs + 1.
+                alternatives = {top.token: top.logprob for top in entry.top[:top_n]}
+                alternatives.setdefault(token, entry.logprob)
+                self.value.top_logprobs.append(alternatives)
 
     def take(self) -> CompletionLogprobs:
         value = self.value
         self.value = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[])
         return value
+
+
+def prompt_tokens_written(engine: TextGenerationEngine, ids: list[int], as_ids: bool) -> list[str]:
+    """How the logprobs arrays write an echoed prompt's tokens: as text, or as "token_id:N"
+    (return_tokens_as_token_ids)."""
+    return [id_label(token) for token in ids] if as_ids else engine.token_strings(ids)
 
 
 class CompletionService:
@@ -68,6 +82,7 @@ class CompletionService:
 
     async def _prompts(self, request: CompletionRequest, engine: TextGenerationEngine) -> list[_Prompt]:
         check_n(request.n, self.limits.max_n)
+        check_stream_options(request)
         if request.suffix is not None:
             raise bad_request("suffix is not supported by this server.", "suffix")
         if request.best_of is not None and request.best_of != request.n:
@@ -76,16 +91,23 @@ class CompletionService:
         check_sequences(len(raw), request.n, self.limits.max_sequences_per_request)
         check_input_ids(request.prompt, engine.info.vocab_size, "prompt")
         prompts = []
-        for item, ids in zip(raw, await token_ids(engine, raw), strict=True):
+        for item, tokens in zip(raw, await token_ids(engine, raw), strict=True):
+            ids = truncate_prompt(tokens, request.truncate_prompt_tokens, engine.info.max_model_len)
             if not ids:
                 raise bad_request("A prompt is empty.", "prompt")
             budget = resolve_max_tokens(request.max_tokens, len(ids), engine.info.max_model_len, "max_tokens")
             options = sampling_options(
-                request, max_tokens=budget, logprobs=request.logprobs, vocab_size=engine.info.vocab_size
+                request,
+                max_tokens=budget,
+                logprobs=request.logprobs,
+                vocab_size=engine.info.vocab_size,
+                adapter=self.scheduler.adapter_name(request.model),
             )
             if request.echo and request.logprobs is not None:
-                options.prompt_logprobs = request.logprobs
-            echo_text = (item if isinstance(item, str) else engine.detokenize(ids)) if request.echo else ""
+                options.prompt_logprobs = max(options.prompt_logprobs or 0, request.logprobs)
+            echo_text = ""
+            if request.echo:
+                echo_text = item if isinstance(item, str) and len(ids) == len(tokens) else engine.detokenize(ids)
             prompts.append(_Prompt(ids=ids, options=options, echo_text=echo_text))
         return prompts
 
@@ -114,20 +136,29 @@ class CompletionService:
         texts = [prompt.echo_text for prompt in prompts for _ in range(n)]
         logprobs = [_LogprobsBuilder() for _ in texts]
         finish: list[str | None] = [None] * len(texts)
+        output_ids: list[list[int]] = [[] for _ in texts]
+        prompt_logprobs: list[PromptLogprobs | None] = [None] * len(prompts)
+        as_ids = bool(request.return_tokens_as_token_ids)
         completion_tokens = 0
         async with self._call(request, prompts, request_id, charge) as (engine, record):
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
+                prompt = prompts[prompt_index]
+                if step.prompt_logprobs is not None and request.prompt_logprobs is not None:
+                    prompt_logprobs[prompt_index] = prompt_logprobs_out(step.prompt_logprobs, request.prompt_logprobs)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
                     choice = prompt_index * n + seq.index
-                    if step.prompt_logprobs is not None and request.echo:
-                        prompt = prompts[prompt_index]
-                        logprobs[choice].add(step.prompt_logprobs, engine.token_strings(prompt.ids))
+                    if step.prompt_logprobs is not None and request.echo and request.logprobs is not None:
+                        logprobs[choice].add(
+                            step.prompt_logprobs, prompt_tokens_written(engine, prompt.ids, as_ids), request.logprobs
+                        )
                     texts[choice] += seq.text
+                    output_ids[choice].extend(seq.token_ids)
                     completion_tokens += len(seq.token_ids)
                     if seq.logprobs is not None:
-                        logprobs[choice].add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
+                        entries = as_token_ids(seq.logprobs) if as_ids else list(seq.logprobs)
+                        logprobs[choice].add(entries, [entry.token for entry in entries])
                     if seq.finish_reason is not None:
                         finish[choice] = seq.finish_reason
         prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
@@ -141,6 +172,9 @@ class CompletionService:
                     text=texts[i],
                     logprobs=logprobs[i].take() if request.logprobs is not None else None,
                     finish_reason=finish[i],
+                    prompt_logprobs=prompt_logprobs[i // n],
+                    prompt_token_ids=prompts[i // n].ids if request.return_token_ids else None,
+                    token_ids=output_ids[i] if request.return_token_ids else None,
                 )
                 for i in range(len(texts))
             ],
@@ -183,9 +217,21 @@ class CompletionService:
         request_id = new_id("cmpl")
         created = unix_now()
         n = request.n
-        echoed = [False] * (len(prompts) * n)
+        echoed = [False] * (len(prompts) * n)  # whether a choice has had its first chunk
+        as_ids = bool(request.return_tokens_as_token_ids)
         offsets = [_LogprobsBuilder() for _ in echoed]
-        completion_tokens = 0
+        tokens = [0] * len(echoed)
+        stream_options = request.stream_options
+        include_usage = bool(stream_options and stream_options.include_usage)
+        # vLLM's continuous_usage_stats: each chunk carries its choice's usage so far.
+        continuous = include_usage and bool(stream_options and stream_options.continuous_usage_stats)
+
+        def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+            return Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
             return sse_event(
@@ -196,37 +242,32 @@ class CompletionService:
             yield READY
             async for prompt_index, step in self._run(engine, prompts, request_id):
                 record.observe(step)
-                choices = []
+                prompt = prompts[prompt_index]
                 for seq in step.sequences:
                     choice = prompt_index * n + seq.index
                     text = seq.text
                     builder = offsets[choice]
-                    if request.echo and not echoed[choice]:
-                        echoed[choice] = True
-                        prompt = prompts[prompt_index]
+                    first = not echoed[choice]
+                    echoed[choice] = True
+                    if request.echo and first:
                         text = prompt.echo_text + text
-                        if step.prompt_logprobs is not None:
-                            builder.add(step.prompt_logprobs, engine.token_strings(prompt.ids))
-                    completion_tokens += len(seq.token_ids)
+                        if step.prompt_logprobs is not None and request.logprobs is not None:
+                            written = prompt_tokens_written(engine, prompt.ids, as_ids)
+                            builder.add(step.prompt_logprobs, written, request.logprobs)
+                    tokens[choice] += len(seq.token_ids)
                     charge.add(len(seq.token_ids))
                     if seq.logprobs is not None:
-                        builder.add(list(seq.logprobs), [entry.token for entry in seq.logprobs])
-                    choices.append(
-                        CompletionChoice(
-                            index=choice,
-                            text=text,
-                            logprobs=builder.take() if request.logprobs is not None else None,
-                            finish_reason=seq.finish_reason,
-                        )
+                        entries = as_token_ids(seq.logprobs) if as_ids else list(seq.logprobs)
+                        builder.add(entries, [entry.token for entry in entries])
+                    # One choice per chunk, as OpenAI streams n > 1 (and several prompts).
+                    completion = CompletionChoice(
+                        index=choice,
+                        text=text,
+                        logprobs=builder.take() if request.logprobs is not None else None,
+                        finish_reason=seq.finish_reason,
+                        prompt_token_ids=prompt.ids if first and request.return_token_ids else None,
+                        token_ids=seq.token_ids if request.return_token_ids else None,
                     )
-                yield chunk(choices)
-        if request.stream_options and request.stream_options.include_usage:
-            prompt_tokens = sum(len(prompt.ids) for prompt in prompts)
-            yield chunk(
-                [],
-                Usage(
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    total_tokens=prompt_tokens + completion_tokens,
-                ),
-            )
+                    yield chunk([completion], usage(len(prompt.ids), tokens[choice]) if continuous else None)
+        if include_usage:
+            yield chunk([], usage(sum(len(prompt.ids) for prompt in prompts), sum(tokens)))

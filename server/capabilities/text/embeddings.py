@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import base64
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
-from engines.base import EmbeddingEngine
+from engines.base import EmbeddingEngine, ScoreEngine
 from engines.scheduler import Scheduler
 from schemas.openai.embeddings import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import engine_call, resident_engine
-from server.capabilities.text.sampling import check_input_ids, new_id, split_inputs, token_ids
+from server.capabilities.text.sampling import check_input_ids, new_id, split_inputs, token_ids, truncate_prompt
 from server.errors import bad_request
 from server.settings import Limits
 
@@ -24,27 +24,35 @@ def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str
     return cast(list[float], vector.tolist())
 
 
+async def pooling_inputs(
+    raw: str | list[Any], truncate: int | None, engine: EmbeddingEngine | ScoreEngine, max_items: int
+) -> list[list[int]]:
+    """The ``input`` of a pooling route (embeddings, classify, pooling) as token id lists, each
+    one truncated as asked and within the model's context."""
+    items = split_inputs(raw, "input", max_items)
+    check_input_ids(raw, engine.info.vocab_size, "input")
+    limit = engine.info.max_model_len
+    token_lists = []
+    for position, tokens in enumerate(await token_ids(engine, items)):
+        ids = truncate_prompt(tokens, truncate, limit)
+        if not ids:
+            raise bad_request(f"input[{position}] is empty.", "input")
+        if len(ids) > limit:
+            raise bad_request(
+                f"This model's maximum context length is {limit} tokens, but input[{position}] has {len(ids)} tokens.",
+                "input",
+            )
+        token_lists.append(ids)
+    return token_lists
+
+
 class EmbeddingService:
     def __init__(self, scheduler: Scheduler, limits: Limits) -> None:
         self.scheduler = scheduler
         self.limits = limits
 
     async def _inputs(self, request: EmbeddingRequest, engine: EmbeddingEngine) -> list[list[int]]:
-        items = split_inputs(request.input, "input", self.limits.max_batch_inputs)
-        check_input_ids(request.input, engine.info.vocab_size, "input")
-        limit = engine.info.max_model_len
-        token_lists = []
-        for position, ids in enumerate(await token_ids(engine, items)):
-            if not ids:
-                raise bad_request(f"input[{position}] is empty.", "input")
-            if len(ids) > limit:
-                raise bad_request(
-                    f"This model's maximum context length is {limit} tokens, "
-                    f"but input[{position}] has {len(ids)} tokens.",
-                    "input",
-                )
-            token_lists.append(ids)
-        return token_lists
+        return await pooling_inputs(request.input, request.truncate_prompt_tokens, engine, self.limits.max_batch_inputs)
 
     async def create(self, request: EmbeddingRequest, meter: Meter = UNMETERED) -> EmbeddingResponse:
         engine = await resident_engine(self.scheduler, request.model, EmbeddingEngine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from engines.base import ScoreEngine, ScoreResult
 from engines.scheduler import Scheduler
 from schemas.openai.rerank import (
+    SCORE_FIELDS,
     RerankDocument,
     RerankRequest,
     RerankResponse,
@@ -15,10 +16,27 @@ from schemas.openai.rerank import (
     ScoreResponse,
 )
 from server.accounts import UNMETERED, Meter
-from server.capabilities.calls import engine_call
+from server.capabilities.calls import SAME_NAMES, WireNames, engine_call
 from server.capabilities.text.sampling import new_id, unix_now
 from server.errors import bad_request
 from server.settings import Limits
+
+
+def score_texts(request: ScoreRequest) -> tuple[list[str], list[str], str, str]:
+    """The queries and texts of a /score request, in whichever of vLLM's field pairs it used,
+    and the two field names."""
+    given = [
+        (left, right)
+        for left, right in SCORE_FIELDS
+        if getattr(request, left) is not None and getattr(request, right) is not None
+    ]
+    present = {name for pair in SCORE_FIELDS for name in pair if getattr(request, name) is not None}
+    if len(given) != 1 or present != set(given[0]):
+        pairs = ", ".join(f"{left} and {right}" for left, right in SCORE_FIELDS)
+        raise bad_request(f"Give exactly one pair of fields to score: {pairs}.", "text_1")
+    left_name, right_name = given[0]
+    left, right = getattr(request, left_name), getattr(request, right_name)
+    return ([left] if isinstance(left, str) else left), ([right] if isinstance(right, str) else right), *given[0]
 
 
 class RerankService:
@@ -27,9 +45,16 @@ class RerankService:
         self.limits = limits
 
     async def _score(
-        self, model: str, pairs: list[tuple[str, str]], request_id: str, meter: Meter = UNMETERED
+        self,
+        model: str,
+        pairs: list[tuple[str, str]],
+        request_id: str,
+        meter: Meter = UNMETERED,
+        names: WireNames = SAME_NAMES,
     ) -> ScoreResult:
-        async with engine_call(self.scheduler, model, ScoreEngine, "rerank", response_id=request_id) as call:
+        async with engine_call(
+            self.scheduler, model, ScoreEngine, "rerank", response_id=request_id, names=names
+        ) as call:
             engine, record = call
             result = await engine.score(pairs, request_id)
             record.usage(input_tokens=result.prompt_tokens)
@@ -59,24 +84,24 @@ class RerankService:
                 )
                 for index, score in ranked
             ],
-            usage=RerankUsage(total_tokens=result.prompt_tokens),
+            usage=RerankUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
         )
 
     async def score(self, request: ScoreRequest, meter: Meter = UNMETERED) -> ScoreResponse:
-        left = [request.text_1] if isinstance(request.text_1, str) else request.text_1
-        right = [request.text_2] if isinstance(request.text_2, str) else request.text_2
+        left, right, left_name, right_name = score_texts(request)
         if len(left) == 1:
             left = left * len(right)
         if len(left) != len(right) or not right:
-            raise bad_request("text_1 must be one text or as many texts as text_2.", "text_1")
+            raise bad_request(f"{left_name} must be one text or as many texts as {right_name}.", left_name)
         if len(right) > self.limits.max_batch_inputs:
-            raise bad_request(f"At most {self.limits.max_batch_inputs} pairs per request.", "text_2")
+            raise bad_request(f"At most {self.limits.max_batch_inputs} pairs per request.", right_name)
         request_id = new_id("score")
-        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id, meter)
+        names = WireNames({"query": left_name})  # the engine's "query" is the first text
+        result = await self._score(request.model, list(zip(left, right, strict=True)), request_id, meter, names)
         return ScoreResponse(
             id=request_id,
             created=unix_now(),
             model=request.model,
             data=[ScoreData(index=i, score=score) for i, score in enumerate(result.scores)],
-            usage=RerankUsage(total_tokens=result.prompt_tokens),
+            usage=RerankUsage(prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens),
         )

@@ -8,9 +8,11 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, TypeVar
 
-from engines.base import EmbeddingEngine, SamplingOptions, TextGenerationEngine
+from engines.base import EmbeddingEngine, SamplingOptions, ScoreEngine, TextGenerationEngine
 from engines.workpools import WorkPool, run_in
 from schemas.openai.common import SamplingRequest
+from server.capabilities.text.structured import apply_structured_outputs
+from server.capabilities.text.token_output import set_prompt_logprobs
 from server.errors import bad_request
 
 T = TypeVar("T")
@@ -29,6 +31,12 @@ def unix_now() -> int:
 def check_n(n: int, max_n: int) -> None:
     if not 1 <= n <= max_n:
         raise bad_request(f"n must be between 1 and {max_n}.", "n")
+
+
+def check_stream_options(request: SamplingRequest) -> None:
+    """stream_options steers a stream only; OpenAI and vLLM refuse it on a plain answer."""
+    if request.stream_options is not None and not request.stream:
+        raise bad_request("stream_options is allowed only when stream is true.", "stream_options")
 
 
 def check_sequences(prompts: int, n: int, max_sequences: int, prompt_param: str = "prompt") -> int:
@@ -64,6 +72,20 @@ def resolve_max_tokens(requested: int | None, prompt_tokens: int, max_model_len:
             param,
         )
     return requested
+
+
+def truncate_prompt(ids: list[int], keep: int | None, max_model_len: int) -> list[int]:
+    """vLLM's truncate_prompt_tokens: the last ``keep`` tokens (-1: the model's context length)."""
+    if keep is None:
+        return ids
+    if keep > max_model_len:
+        raise bad_request(
+            f"truncate_prompt_tokens is {keep}, more than this model's maximum context length "
+            f"of {max_model_len} tokens.",
+            "truncate_prompt_tokens",
+        )
+    keep = max_model_len if keep == -1 else keep
+    return ids[-keep:] if keep else []
 
 
 def split_inputs(raw: str | list[Any], param: str, max_items: int) -> list[str | list[int]]:
@@ -108,7 +130,9 @@ def check_input_ids(raw: str | list[Any], vocab_size: int, param: str) -> None:
             check_token_ids(item, vocab_size, f"{param}[{position}]")
 
 
-async def token_ids(engine: TextGenerationEngine | EmbeddingEngine, items: list[str | list[int]]) -> list[list[int]]:
+async def token_ids(
+    engine: TextGenerationEngine | EmbeddingEngine | ScoreEngine, items: list[str | list[int]]
+) -> list[list[int]]:
     """Each item as token ids. Texts are tokenized on the engine pool: a batch of long
     texts keeps a CPU busy for a while, which the event loop must not wait out."""
 
@@ -125,14 +149,21 @@ def normalize_stop(stop: str | list[str] | None) -> list[str]:
 
 
 def sampling_options(
-    request: SamplingRequest, *, max_tokens: int, logprobs: int | None, vocab_size: int
+    request: SamplingRequest,
+    *,
+    max_tokens: int,
+    logprobs: int | None,
+    vocab_size: int,
+    adapter: str | None = None,
 ) -> SamplingOptions:
     """The engine's options for a request; token ids in them (stop_token_ids, logit_bias) must
-    be ids of the model's vocabulary of ``vocab_size`` ids."""
+    be ids of the model's vocabulary of ``vocab_size`` ids. ``adapter``: the LoRA adapter the
+    request names as its model (the scheduler leases the model it adapts)."""
     check_token_ids(request.stop_token_ids or (), vocab_size, "stop_token_ids")
     options = SamplingOptions(
         n=request.n,
         max_tokens=max_tokens,
+        adapter=adapter,
         temperature=request.temperature,
         top_p=request.top_p,
         top_k=request.top_k,
@@ -152,6 +183,9 @@ def sampling_options(
         regex=request.guided_regex,
         choice=request.guided_choice,
     )
+    set_prompt_logprobs(request, options)
+    if request.structured_outputs is not None:
+        apply_structured_outputs(request.structured_outputs, options)
     if request.logit_bias:
         options.logit_bias = {}
         for key, bias in request.logit_bias.items():

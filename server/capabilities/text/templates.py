@@ -98,6 +98,18 @@ def template_input(request: ChatCompletionRequest, limits: Limits) -> ChatTempla
     return ChatTemplateInput(kwargs or None, client_template=template is not None)
 
 
+def generation_prompt(add_generation_prompt: bool | None, continue_final_message: bool) -> bool:
+    """Whether the template opens a new assistant turn. vLLM's fields: by default it does,
+    unless the final message is continued; asking for both is a contradiction."""
+    if add_generation_prompt and continue_final_message:
+        raise bad_request(
+            "continue_final_message and add_generation_prompt cannot both be true: the one continues "
+            "the last message, the other opens a new one.",
+            "continue_final_message",
+        )
+    return not continue_final_message if add_generation_prompt is None else add_generation_prompt
+
+
 class TemplateRenderer:
     """Renders chat templates on the engine pool, within the configured time."""
 
@@ -113,10 +125,15 @@ class TemplateRenderer:
         *,
         tools: list[dict[str, Any]] | None,
         add_generation_prompt: bool,
+        continue_final_message: bool = False,
     ) -> list[int]:
         def render() -> list[int]:
             return engine.render_chat(
-                messages, tools=tools, add_generation_prompt=add_generation_prompt, template_kwargs=template.kwargs
+                messages,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                template_kwargs=template.kwargs,
             )
 
         def client_render() -> list[int]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from engines.base import EmbeddingEngine, Engine, ModelKind, TextGenerationEngine
 from engines.scheduler import Scheduler
 from engines.workpools import WorkPool, run_in
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.capabilities.calls import resident_engine
-from server.capabilities.text.chat import message_to_template
+from server.capabilities.text.chat_shapes import message_to_template
 from server.capabilities.text.sampling import check_token_ids
-from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer
+from server.capabilities.text.templates import ChatTemplateInput, TemplateRenderer, generation_prompt
 from server.errors import bad_request
 
 # A plain prompt is tokenized by any model with a tokenizer of its own.
@@ -28,8 +30,9 @@ class TokenizeService:
                 chat,
                 [message_to_template(message) for message in request.messages],
                 ChatTemplateInput(None, client_template=False),
-                tools=None,
-                add_generation_prompt=request.add_generation_prompt,
+                tools=msgspec.to_builtins(request.tools) if request.tools else None,
+                add_generation_prompt=generation_prompt(request.add_generation_prompt, request.continue_final_message),
+                continue_final_message=request.continue_final_message,
             )
             return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=chat.info.max_model_len)
         if request.prompt is None:

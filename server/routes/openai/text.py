@@ -1,4 +1,5 @@
-"""Chat, completions, embeddings, rerank, score, tokenize: parse, call the capability, encode."""
+"""Chat, completions, embeddings, rerank, score, classify, pooling, tokenize: parse, call the
+capability, encode."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from litestar.response.base import ASGIResponse
 from schemas.openai.chat import ChatCompletion, ChatCompletionRequest
 from schemas.openai.completions import Completion, CompletionRequest
 from schemas.openai.embeddings import EmbeddingRequest, EmbeddingResponse
+from schemas.openai.pooling import ClassificationResponse, ClassifyRequest, PoolingRequest, PoolingResponse
 from schemas.openai.rerank import RerankRequest, RerankResponse, ScoreRequest, ScoreResponse
 from schemas.openai.tokenize import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 from server.accounts_hooks import Caller
 from server.capabilities.text.chat import ChatService
 from server.capabilities.text.completions import CompletionService
 from server.capabilities.text.embeddings import EmbeddingService
+from server.capabilities.text.pooling import PoolingService
 from server.capabilities.text.rerank import RerankService
 from server.capabilities.text.tokenize import TokenizeService
 from server.routes.openapi import operation_id
@@ -71,6 +74,21 @@ class TextController(Controller):
     @post("/score", status_code=200, operation_id=operation_id("createScore"), responses=_documented(ScoreResponse))
     async def score(self, data: ScoreRequest, rerank: RerankService, caller: Caller) -> ASGIResponse:
         return json_response(await rerank.score(data, caller.meter))
+
+    @post(
+        "/classify",
+        status_code=200,
+        operation_id=operation_id("createClassification"),
+        responses=_documented(ClassificationResponse),
+    )
+    async def classify(self, data: ClassifyRequest, pooling: PoolingService, caller: Caller) -> ASGIResponse:
+        return json_response(await pooling.classify(data, caller.meter))
+
+    @post(
+        "/pooling", status_code=200, operation_id=operation_id("createPooling"), responses=_documented(PoolingResponse)
+    )
+    async def pooling(self, data: PoolingRequest, pooling: PoolingService, caller: Caller) -> ASGIResponse:
+        return json_response(await pooling.pool(data, caller.meter))
 
     @post("/tokenize", status_code=200, operation_id=operation_id("tokenize"))
     async def tokenize(self, data: TokenizeRequest, tokenize: TokenizeService) -> TokenizeResponse:
