@@ -12,13 +12,14 @@ from typing import Any
 import openai
 import pytest
 
+from engines.demo import TINY_CHAT_MODEL
 from tests.e2e.conftest import RunningServer
 from tests.e2e.test_task_restarts import Server, metered_key, wait_for
 
 pytestmark = pytest.mark.e2e
 
 # The demo catalog's tiny random chat model (one place to rename it).
-CHAT_MODEL = "demo-chat"
+CHAT_MODEL = TINY_CHAT_MODEL
 EMBEDDING_MODEL = "demo-embed"
 ENDED = ("completed", "failed", "expired", "cancelled")
 
