@@ -99,7 +99,7 @@ class Components:
         )
 
         # Capabilities, and the adapters of each API family over them.
-        self.text = TextCapability(scheduler, settings.limits)
+        self.text = TextCapability(scheduler, settings.limits, self.outbound)
         self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
         self.submission = TaskSubmission(
             self.task_runner, allow_private_urls=tasks.allow_private_urls, nsfw_detection=self.nsfw.configured

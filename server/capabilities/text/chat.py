@@ -31,6 +31,7 @@ from schemas.openai.common import TokenLogprob, TopLogprob, Usage
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.started_streams import READY, started_stream
+from server.capabilities.text.chat_images import ChatImages
 from server.capabilities.text.sampling import (
     check_n,
     check_sequences,
@@ -101,13 +102,21 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
     tool_mode: str  # "none" | "forced" | "parsed"
     tool_choice: Any = None
     parser_session: Any = None
+    media: Any = None  # the engine's prepared prompt, when it has images
 
 
 class ChatService:
-    def __init__(self, scheduler: Scheduler, limits: Limits, templates: TemplateRenderer | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        limits: Limits,
+        templates: TemplateRenderer | None = None,
+        images: ChatImages | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.limits = limits
         self.templates = templates or TemplateRenderer(limits)
+        self.images = images or ChatImages(limits, None)
 
     async def _plan(
         self, request: ChatCompletionRequest, engine: TextGenerationEngine, template: ChatTemplateInput
@@ -123,7 +132,9 @@ class ChatService:
         tool_choice = request_dict.get("tool_choice")
         if tools and tool_choice is None:
             tool_choice = "auto"
-        messages = [message_to_template(message) for message in request.messages]
+        messages, images = await self.images.template_messages(
+            request.messages, engine, request.model, message_to_template
+        )
         prompt_ids = await self.templates.render(
             engine,
             messages,
@@ -131,6 +142,10 @@ class ChatService:
             tools=tools if tools else None,
             add_generation_prompt=request.add_generation_prompt,
         )
+        media = None
+        if images:  # the placeholders widened to the images' tokens: the prompt's true length
+            media = await engine.attach_images(prompt_ids, images)
+            prompt_ids = media.token_ids
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         budget = resolve_max_tokens(
             max_tokens,
@@ -156,6 +171,7 @@ class ChatService:
             options=options,
             tool_mode="none",
             tool_choice=tool_choice,
+            media=media,
         )
         if not tools or tool_choice == "none":
             return plan
@@ -194,7 +210,7 @@ class ChatService:
         finish: list[str | None] = [None] * request.n
         call = self._call(request, plan, charge)
         async with call as (engine, record):
-            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id, media=plan.media):
                 record.observe(step)
                 for seq in step.sequences:
                     charge.add(len(seq.token_ids))
@@ -292,7 +308,7 @@ class ChatService:
             for index in range(request.n):
                 yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content=""))])
             step: GenerationStep
-            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id, media=plan.media):
                 record.observe(step)
                 choices = []
                 for seq in step.sequences:
