@@ -25,7 +25,7 @@ import msgspec
 from engines.base import TextGenerationEngine
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
-from schemas.openai.chat import ChatMessage, ImagePart, TextPart
+from schemas.openai.chat import ChatMessage, ContentPart, ImagePart, TextPart
 from server.capabilities.images.inputs import INPUT_FORMATS
 from server.errors import bad_request
 from server.outbound import OutboundHttp
@@ -47,19 +47,17 @@ def image_part_params(messages: list[ChatMessage]) -> list[tuple[str, str]]:
     return found
 
 
-def vision_message(message: ChatMessage, rendered: dict[str, Any]) -> dict[str, Any]:
-    """``rendered`` (the message as templates take it) with its content as text and image parts."""
-    if not isinstance(message.content, list):
-        return rendered
+def vision_content(content: list[ContentPart]) -> list[dict[str, Any]]:
+    """Content parts as a vision model's chat template takes them: text, and images in place."""
     parts: list[dict[str, Any]] = []
-    for part in message.content:
+    for part in content:
         if isinstance(part, TextPart):
             parts.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
             parts.append({"type": "image"})
         else:
             raise bad_request("This model accepts text and image content parts only.", "messages")
-    return {**rendered, "content": parts}
+    return parts
 
 
 def data_url_bytes(url: str, param: str, max_bytes: int) -> bytes:
@@ -134,7 +132,10 @@ class ChatImages:
             return [to_template(message) for message in messages], []
         images = await self.load(parts, engine, model)
         rendered = [
-            vision_message(message, to_template(msgspec.structs.replace(message, content=None))) for message in messages
+            {**to_template(msgspec.structs.replace(message, content=None)), "content": vision_content(message.content)}
+            if isinstance(message.content, list)
+            else to_template(message)
+            for message in messages
         ]
         return rendered, images
 
