@@ -18,7 +18,7 @@ from engines.base import ModelKind, ModelSpec
 from engines.model_build import build_atomically
 
 # Changing the recipe below? Bump this: a marker with another text triggers a rebuild.
-BUILD_VERSION = "omniserve-vision-demo-1"
+BUILD_VERSION = "omniserve-vision-demo-2"
 
 VLM_NAME = "demo-vlm"
 _KV_BYTES = 64 * 1024 * 1024  # as the other demo models: default KV sizing fails on small CPU machines
@@ -30,6 +30,13 @@ _SHUFFLE = 2
 IMAGE_SEQ_LEN = (IMAGE_SIDE // _PATCH) ** 2 // _SHUFFLE**2
 
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Training text for the tokenizer: the words image questions use. Byte-level, so any text encodes.
+_TEXT = """\
+What is in this picture? Describe the image. The photo shows a red square on a white background.
+A cat sits on a blue chair near the window; the sky is grey and the trees are green.
+How many people are there? Two children play with a yellow ball in the park at noon.
+Read the text in the image. The sign says: open from 9 to 5, Monday to Friday.
+"""
 # Idefics3's processor looks every one of these up: marker tokens and the (unused) tile tags.
 _IMAGE_TOKENS = [
     "<fake_token_around_image>",
@@ -61,8 +68,6 @@ _CHAT_TEMPLATE = "".join(
 def _tokenizer() -> Any:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from engines.demo import _TEXT  # the chat demo's training text
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
