@@ -154,8 +154,9 @@ def vision_demo_catalog(root: Path) -> list[ModelSpec]:
                 "enforce_eager": True,  # no compile/graph capture: start in seconds
                 "kv_cache_memory_bytes": _KV_BYTES,
                 "max_model_len": 512,
-                # vLLM sizes its encoder cache for this many images per prompt.
-                "limit_mm_per_prompt": {"image": 4},
+                # Images per prompt vLLM sizes its encoder cache for: as many as a chat request
+                # may carry by default (limits.max_chat_images); more are refused by vLLM.
+                "limit_mm_per_prompt": {"image": 8},
             },
         )
     ]
