@@ -125,11 +125,21 @@ class GenerationStep(msgspec.Struct, kw_only=True, gc=False):
     prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
+class MediaPrompt(msgspec.Struct, kw_only=True):
+    """A prompt with images: its full token ids (each image's tokens in place of its placeholder)
+    and the engine's own prepared input, passed back to ``generate`` as ``media``."""
+
+    token_ids: list[int]
+    engine_input: Any
+
+
 class EngineInfo(msgspec.Struct, kw_only=True):
     max_model_len: int
     # Token ids 0 .. vocab_size - 1 are the model's (its tokenizer's and its embedding's):
     # the server refuses any other id a client sends before the tokenizer or the engine sees it.
     vocab_size: int
+    # Whether the model takes images in its prompts (a vision-language model).
+    accepts_images: bool = False
 
 
 @runtime_checkable
@@ -205,8 +215,15 @@ class TextGenerationEngine(Engine, Protocol):
     def token_strings(self, token_ids: Sequence[int]) -> list[str]: ...
 
     def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
-    ) -> AsyncIterator[GenerationStep]: ...
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
+    ) -> AsyncIterator[GenerationStep]:
+        """``media``: what ``attach_images`` made of these ids, when the prompt has images."""
+        ...
+
+    async def attach_images(self, prompt_token_ids: list[int], images: list[Any]) -> MediaPrompt:
+        """The prompt with its image placeholders widened to each image's tokens, as the model's
+        processor does (only for models whose ``info.accepts_images``)."""
+        ...
 
     async def abort(self, request_id: str) -> None: ...
 

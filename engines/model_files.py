@@ -14,8 +14,8 @@ sentence-transformers files), never weights, so classifying a model costs millis
 - A Coqui config (config.json naming a `model` with an `audio` section) is `speech` on Coqui TTS.
 - A transformers config.json: its `architectures` decide. A sequence classifier with one label
   (a cross-encoder) is `rerank`; a model with sentence-transformers files is `embedding`; a causal
-  or conditional-generation language model is `chat`; an image classifier with NSFW labels is
-  `safety`.
+  or conditional-generation language model is `chat` (with a `vision_config`, one that also takes
+  images); an image classifier with NSFW labels is `safety`.
 
 What fits none of these is refused with what was found, so an operator can name the kind.
 """
@@ -195,6 +195,9 @@ def _classify_transformers(path: Path, config: dict[str, Any]) -> tuple[ModelKin
             raise UnrecognizedModel(
                 f"{path}: an encoder-decoder model ({evidence}); vLLM serves decoder-only language models as chat"
             )
+        if isinstance(config.get("vision_config"), dict):
+            # A vision-language model: chat that also takes image_url parts (the engine asks vLLM).
+            return ModelKind.CHAT, f"{evidence} with a vision_config (takes images)"
         return ModelKind.CHAT, evidence
     if any(a.endswith("ForImageClassification") for a in architectures):
         _nsfw_levels(path, strict=True)  # refuses a classifier without NSFW labels

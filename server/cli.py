@@ -95,6 +95,7 @@ def cmd_demo(settings: Settings, force: bool) -> int:
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
     from engines.video.demo import build_video_demo_models
+    from engines.vision_demo import build_vision_demo_models
 
     started = time.monotonic()
     root = settings.data_path / "models" / "demo"
@@ -103,6 +104,7 @@ def cmd_demo(settings: Settings, force: bool) -> int:
         *build_image_demo_models(root, force=force),
         *build_audio_demo_models(root, force=force),
         *build_video_demo_models(root, force=force),
+        *build_vision_demo_models(root, force=force),
     ]
     for spec in specs:
         print(f"{spec.name:<14} {spec.kind.value:<10} {spec.path}")

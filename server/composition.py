@@ -106,7 +106,7 @@ class Components:
         )
 
         # Capabilities, and the adapters of each API family over them.
-        self.text = TextCapability(scheduler, settings.limits)
+        self.text = TextCapability(scheduler, settings.limits, self.outbound)
         self.response_store = ResponseStore(
             data / "responses.sqlite3",
             retention_s=settings.responses.retention_s,

@@ -68,6 +68,15 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Pixels a request produces in all (width x height x images or frames). 1024 x 1024 x 128,
     # the largest /v3 video; also 8 images of 2048 x 2048.
     max_request_pixels: int = 1024 * 1024 * 128
+    # Images in one chat request (image_url parts, for models that take images): each one is
+    # downloaded or decoded, and runs through the model's vision encoder.
+    max_chat_images: int = 8
+    # Bytes of one chat image, as encoded (a data URL's decoded payload, or a downloaded body;
+    # downloads are also bound by tasks.max_fetch_bytes and tasks.fetch_timeout_s).
+    max_chat_image_bytes: int = 8 * 1024 * 1024
+    # Pixels of one chat image (width x height), read from its header before any pixel is
+    # decoded, so a decompression bomb is refused without allocating it.
+    max_chat_image_pixels: int = 4096 * 4096
 
     def __post_init__(self) -> None:
         if self.max_json_depth < 1 or self.max_connections < 1 or self.max_header_bytes < 1024:
@@ -78,7 +87,14 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"limits.{name} must be positive")
-        for name in ("max_prompt_chars", "max_output_pixels", "max_request_pixels"):
+        for name in (
+            "max_prompt_chars",
+            "max_output_pixels",
+            "max_request_pixels",
+            "max_chat_images",
+            "max_chat_image_bytes",
+            "max_chat_image_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"limits.{name} must be at least 1")
 

@@ -86,6 +86,7 @@ def demo_catalog(settings: Settings) -> list[ModelSpec]:
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
     from engines.video.demo import build_video_demo_models
+    from engines.vision_demo import build_vision_demo_models
 
     root = settings.data_path / "models" / "demo"
     return [
@@ -93,6 +94,7 @@ def demo_catalog(settings: Settings) -> list[ModelSpec]:
         *build_image_demo_models(root),
         *build_audio_demo_models(root),
         *build_video_demo_models(root),
+        *build_vision_demo_models(root),
     ]
 
 

@@ -17,10 +17,12 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engines.demo import build_demo_models
     from engines.image.demo import build_image_demo_models
     from engines.video.demo import build_video_demo_models
+    from engines.vision_demo import build_vision_demo_models
 
     root = tmp_path_factory.mktemp("demo-models")
     build_demo_models(root)
     build_image_demo_models(root)
     build_audio_demo_models(root)
     build_video_demo_models(root)
+    build_vision_demo_models(root)
     return root

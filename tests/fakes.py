@@ -13,6 +13,7 @@ from engines.base import (
     GenerationStep,
     ImageGeneration,
     ImageResult,
+    MediaPrompt,
     ModelKind,
     ModelSpec,
     ProgressCallback,
@@ -109,8 +110,11 @@ class FakeTextEngine(_FakeBase):
     def reasoning_parser(self) -> Any | None:
         return None
 
+    async def attach_images(self, prompt_token_ids: list[int], images: list[Any]) -> MediaPrompt:
+        raise AssertionError("the fake text engine takes no images")
+
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
     ) -> AsyncIterator[GenerationStep]:
         self.last_options = options
         finished = False

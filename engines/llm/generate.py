@@ -11,6 +11,7 @@ from opentelemetry import propagate
 
 from engines.base import (
     GenerationStep,
+    MediaPrompt,
     ModelSpec,
     SamplingOptions,
     SequenceDelta,
@@ -205,8 +206,22 @@ class VllmTextEngine(VllmEngineBase):
 
         return ReasoningParser(self.spec.reasoning_parser, self.tokenizer)
 
+    async def attach_images(self, prompt_token_ids: list[int], images: list[Any]) -> MediaPrompt:
+        """vLLM's own multimodal processing (the model's HF processor, as its OpenAI server runs
+        it): each image placeholder in the ids becomes the image's tokens, and the pixels become
+        the tensors the vision tower takes. Runs before generation so that the prompt's true
+        length is known for max_tokens, metering and usage."""
+        from vllm.exceptions import VLLMClientError
+
+        prompt = {"prompt_token_ids": prompt_token_ids, "multi_modal_data": {"image": images}}
+        try:
+            (engine_input,) = await self.llm.renderer.render_cmpl_async([prompt])
+        except (ValueError, VLLMClientError) as exc:  # placeholders and images that do not match
+            raise InvalidJob(f"The images cannot be placed in this prompt: {exc}", "messages") from exc
+        return MediaPrompt(token_ids=list(engine_input["prompt_token_ids"]), engine_input=engine_input)
+
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
     ) -> AsyncIterator[GenerationStep]:
         from vllm.exceptions import VLLMClientError
         from vllm.inputs.engine import tokens_input
@@ -223,8 +238,9 @@ class VllmTextEngine(VllmEngineBase):
         first = True
         finished = False
         try:
+            prompt = media.engine_input if isinstance(media, MediaPrompt) else tokens_input(prompt_token_ids)
             async for output in self.llm.generate(
-                tokens_input(prompt_token_ids),
+                prompt,
                 params,
                 request_id,
                 lora_request=lora_request,

@@ -45,6 +45,19 @@ def vocab_size(llm: AsyncLLM, tokenizer: Any) -> int:
     return max(tokenizer_ids, int(llm.model_config.get_vocab_size()))
 
 
+def takes_images(llm: AsyncLLM) -> bool:
+    """Whether vLLM runs this model with image inputs: its processor takes images and the
+    catalog's limit_mm_per_prompt does not set them to 0."""
+    config = llm.model_config
+    if not config.is_multimodal_model or config.multimodal_config is None:
+        return False
+    try:
+        supported = llm.renderer.mm_processor.info.get_supported_mm_limits()
+    except Exception:  # no processor for this model: nothing it could take
+        return False
+    return "image" in supported and config.multimodal_config.get_limit_per_prompt("image") > 0
+
+
 class VllmEngineBase:
     """Owns an AsyncLLM, whose engine core always runs in a process of its own.
 
@@ -130,7 +143,9 @@ class VllmEngineBase:
         self._sleep_enabled = bool(options.get("enable_sleep_mode"))
         self._tokenizer = llm.get_tokenizer()
         self._info = EngineInfo(
-            max_model_len=llm.model_config.max_model_len, vocab_size=vocab_size(llm, self._tokenizer)
+            max_model_len=llm.model_config.max_model_len,
+            vocab_size=vocab_size(llm, self._tokenizer),
+            accepts_images=takes_images(llm),
         )
 
     async def unload(self) -> None:

@@ -80,6 +80,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_root: Path, s3: LocalS
         # Novassium draws small on the tiny demo model; the answer is still the requested size.
         "OMNISERVE_VENDOR__NOVASSIUM_MAX_SIDE": "256",
         "OMNISERVE_VENDOR__NOVASSIUM_STEPS": "4",
+        # Chat images past 64 KiB are refused: an oversize one stays a small request body.
+        "OMNISERVE_LIMITS__MAX_CHAT_IMAGE_BYTES": "65536",
         # extra.custom_storage.aws_s3 goes to the local S3 server; the credentials come
         # through boto3's default chain, as they would from a deployment's environment.
         "OMNISERVE_S3__ENDPOINT_URL": s3.endpoint_url,

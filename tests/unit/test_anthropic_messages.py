@@ -70,7 +70,7 @@ class ScriptedChatEngine(FakeTextEngine):
         return prompt + self.tokenize(json.dumps(tools)) if tools else prompt
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
     ) -> AsyncIterator[GenerationStep]:
         schema = options.json_schema
         if schema is None:

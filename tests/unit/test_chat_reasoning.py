@@ -73,7 +73,7 @@ class ThinkingEngine(FakeTextEngine):
         return self.calls
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
     ) -> AsyncIterator[GenerationStep]:
         for position, (text, ids) in enumerate(SCRIPT):
             reason = "stop" if position == len(SCRIPT) - 1 else None

@@ -37,6 +37,14 @@ def test_other_decoder_language_models_are_chat(tmp_path: Path, architecture: st
     assert infer_model(layout(tmp_path, {"config.json": config(architecture)})).kind is ModelKind.CHAT
 
 
+@pytest.mark.parametrize("architecture", ["Idefics3ForConditionalGeneration", "Qwen2VLForConditionalGeneration"])
+def test_a_vision_language_model_is_chat_that_takes_images(tmp_path: Path, architecture: str) -> None:
+    files = {"config.json": config(architecture, vision_config={"hidden_size": 64}, text_config={})}
+    inferred = infer_model(layout(tmp_path, files))
+    assert (inferred.kind, inferred.engine) == (ModelKind.CHAT, "vllm")
+    assert "takes images" in inferred.evidence
+
+
 def test_an_encoder_decoder_language_model_is_refused(tmp_path: Path) -> None:
     folder = layout(tmp_path, {"config.json": config("T5ForConditionalGeneration", is_encoder_decoder=True)})
     with pytest.raises(UnrecognizedModel, match=r"encoder-decoder.*T5ForConditionalGeneration"):

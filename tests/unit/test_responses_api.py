@@ -181,7 +181,7 @@ class ScriptedTextEngine(FakeTextEngine):
     script: Sequence[str] = ("Hello", ", ", "world")
 
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
     ) -> AsyncIterator[GenerationStep]:
         pieces = list(self.script)
         for position, piece in enumerate(pieces):
@@ -374,7 +374,7 @@ async def test_one_key_cannot_read_or_delete_another_keys_responses(tmp_path: Pa
 
 class FailingTextEngine(ScriptedTextEngine):
     async def generate(
-        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
     ) -> AsyncIterator[GenerationStep]:
         yield GenerationStep(
             prompt_tokens=len(prompt_token_ids), sequences=[SequenceDelta(index=0, text="He", token_ids=[72, 101])]

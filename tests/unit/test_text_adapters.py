@@ -43,9 +43,11 @@ class FakeAdapterEngine(FakeTextEngine):
     def remove_adapter(self, name: str) -> None:
         del self._adapters[name]
 
-    def generate(self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str) -> Any:
+    def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
+    ) -> Any:
         self.generated_with.append(options.adapter)
-        return super().generate(prompt_token_ids, options, request_id)
+        return super().generate(prompt_token_ids, options, request_id, media=media)
 
 
 SPECS = [

@@ -27,6 +27,7 @@ from schemas.openai.common import Usage
 from server.accounts import UNMETERED, Charge, Meter
 from server.capabilities.calls import EngineCall, engine_call, resident_engine
 from server.capabilities.started_streams import READY, started_stream
+from server.capabilities.text.chat_images import ChatImages
 from server.capabilities.text.chat_shapes import (
     echo_text,
     message_to_template,
@@ -69,13 +70,21 @@ class _ChatPlan(msgspec.Struct, kw_only=True):
     echo_text: str = ""  # what each choice's content starts with (echo)
     # One reasoning session per choice, when the model has a reasoning parser.
     reasoning: list[Any] = []
+    media: Any = None  # the engine's prepared prompt, when it has images
 
 
 class ChatService:
-    def __init__(self, scheduler: Scheduler, limits: Limits, templates: TemplateRenderer | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        limits: Limits,
+        templates: TemplateRenderer | None = None,
+        images: ChatImages | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.limits = limits
         self.templates = templates or TemplateRenderer(limits)
+        self.images = images or ChatImages(limits, None)
 
     async def _plan(
         self, request: ChatCompletionRequest, engine: TextGenerationEngine, template: ChatTemplateInput
@@ -92,7 +101,9 @@ class ChatService:
         tool_choice = request_dict.get("tool_choice")
         if tools and tool_choice is None:
             tool_choice = "auto"
-        messages = [message_to_template(message) for message in request.messages]
+        messages, images = await self.images.template_messages(
+            request.messages, engine, request.model, message_to_template
+        )
         add_generation_prompt = generation_prompt(request.add_generation_prompt, request.continue_final_message)
         prompt_ids = await self.templates.render(
             engine,
@@ -105,6 +116,10 @@ class ChatService:
         prompt_ids = truncate_prompt(prompt_ids, request.truncate_prompt_tokens, engine.info.max_model_len)
         if not prompt_ids:
             raise bad_request("truncate_prompt_tokens leaves no prompt.", "truncate_prompt_tokens")
+        media = None
+        if images:  # the placeholders widened to the images' tokens: the prompt's true length
+            media = await engine.attach_images(prompt_ids, images)
+            prompt_ids = media.token_ids
         max_tokens = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
         budget = resolve_max_tokens(
             max_tokens,
@@ -139,6 +154,7 @@ class ChatService:
             tool_mode="none",
             tool_choice=tool_choice,
             echo_text=echo_text(request.echo, messages[-1], add_generation_prompt),
+            media=media,
         )
         reasoning = engine.reasoning_parser()
         if reasoning is not None:
@@ -184,7 +200,7 @@ class ChatService:
         prompt_logprobs = None
         call = self._call(request, plan, charge)
         async with call as (engine, record):
-            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id, media=plan.media):
                 record.observe(step)
                 if step.prompt_logprobs is not None and request.prompt_logprobs is not None:
                     prompt_logprobs = prompt_logprobs_out(step.prompt_logprobs, request.prompt_logprobs)
@@ -328,7 +344,7 @@ class ChatService:
                 for index in range(request.n):
                     yield chunk(ChatChunkChoice(index=index, delta=ChatDelta(content=plan.echo_text)))
             step: GenerationStep
-            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id):
+            async for step in engine.generate(plan.prompt_ids, plan.options, plan.request_id, media=plan.media):
                 record.observe(step)
                 for seq in step.sequences:
                     tokens[seq.index] += len(seq.token_ids)
