@@ -204,7 +204,7 @@ def test_disconnect_while_waiting_for_a_full_response_aborts_it(server: RunningS
 
 def test_vllm_conformance_through_the_sdk(client: openai.OpenAI, server: RunningServer) -> None:
     stream = client.chat.completions.create(
-        model="demo-chat",
+        model="demo-chat-tiny",
         messages=MESSAGES,  # type: ignore[arg-type]
         max_tokens=3,
         n=2,
@@ -219,7 +219,7 @@ def test_vllm_conformance_through_the_sdk(client: openai.OpenAI, server: Running
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(
-            model="demo-chat",
+            model="demo-chat-tiny",
             messages=MESSAGES,  # type: ignore[arg-type]
             max_tokens=3,
             stream_options={"include_usage": True},

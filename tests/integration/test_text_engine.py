@@ -210,7 +210,7 @@ async def test_greedy_n_gives_n_identical_choices(services: TextCapability) -> N
 
 
 def completion_request(**fields: Any) -> CompletionRequest:
-    return msgspec.convert({"model": "demo-chat", "prompt": "The answer is", **fields}, CompletionRequest)
+    return msgspec.convert({"model": "demo-chat-tiny", "prompt": "The answer is", **fields}, CompletionRequest)
 
 
 @pytest.mark.parametrize(
@@ -259,7 +259,7 @@ async def test_continue_final_message_renders_with_the_real_template(services: T
     from schemas.openai.tokenize import DetokenizeRequest
 
     engine_text = await services.tokenize.detokenize(
-        DetokenizeRequest(model="demo-chat", tokens=result.prompt_token_ids)
+        DetokenizeRequest(model="demo-chat-tiny", tokens=result.prompt_token_ids)
     )
     assert engine_text.prompt.endswith("The river"), engine_text.prompt
     assert (result.choices[0].message.content or "").startswith("The river")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from engines.admission import AdmissionPolicy
 from engines.base import ModelKind, ModelSpec, SamplingOptions, TextGenerationEngine
-from engines.demo import build_demo_models
+from engines.demo import TINY_CHAT_MODEL
 from engines.devices import HOST, discover_devices
 from engines.llm.generate import VllmTextEngine
 from engines.registry import ModelRegistry, vllm_factory
@@ -26,11 +26,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def chat_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo chat model alone (the text demo models build in seconds)."""
-    root = tmp_path_factory.mktemp("undeclared")
-    build_demo_models(root)
-    return root / "demo-chat"
+def chat_folder(demo_root: Path) -> Path:
+    """The session's tiny random chat model, served twice under two names."""
+    return demo_root / TINY_CHAT_MODEL
 
 
 def undeclared_chat(name: str, folder: Path) -> ModelSpec:
