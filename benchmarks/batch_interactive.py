@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from machine import free_port, load  # noqa: E402
 
-MODEL = "demo-chat"  # the demo catalog's tiny chat model
+MODEL = "demo-chat-tiny"  # the demo catalog's tiny random chat model (--model-path for another)
 ENGINE_OPTIONS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20}
 PROMPT = [{"role": "user", "content": "Tell me a long story about the river and the old library."}]
 ENDED = {"completed", "failed", "expired", "cancelled"}
