@@ -61,8 +61,12 @@ def stop_after(state: Components, tokens: int) -> None:
     engine = state.scheduler.engine("fake-chat")
     original = engine.generate  # type: ignore[attr-defined]
 
-    async def short(prompt: list[int], options: SamplingOptions, request_id: str) -> AsyncIterator[GenerationStep]:
-        async for step in original(prompt, msgspec.structs.replace(options, max_tokens=tokens), request_id):
+    async def short(
+        prompt: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
+    ) -> AsyncIterator[GenerationStep]:
+        async for step in original(
+            prompt, msgspec.structs.replace(options, max_tokens=tokens), request_id, media=media
+        ):
             yield step
 
     engine.generate = short  # type: ignore[attr-defined]

@@ -106,8 +106,12 @@ def stop_after(app: Metered, tokens: int) -> None:
     engine = text_engine(app)
     original = engine.generate
 
-    async def short(prompt: list[int], options: SamplingOptions, request_id: str) -> AsyncIterator[GenerationStep]:
-        async for step in original(prompt, msgspec.structs.replace(options, max_tokens=tokens), request_id):
+    async def short(
+        prompt: list[int], options: SamplingOptions, request_id: str, *, media: Any = None
+    ) -> AsyncIterator[GenerationStep]:
+        async for step in original(
+            prompt, msgspec.structs.replace(options, max_tokens=tokens), request_id, media=media
+        ):
             yield step
 
     engine.generate = short  # type: ignore[method-assign, assignment]
