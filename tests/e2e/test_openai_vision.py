@@ -85,7 +85,8 @@ def test_images_by_data_url_and_http_url_count_in_the_prompt(client: openai.Open
     assert both.usage.prompt_tokens == text_only.usage.prompt_tokens + 2 * per_image
     for result in (by_data, both):
         assert result.usage.completion_tokens == 4
-        assert result.choices[0].message.content
+        # Random weights may pick special tokens, which decode to nothing: the tokens are the proof.
+        assert result.choices[0].finish_reason == "length" and result.choices[0].message.content is not None
 
 
 def test_an_oversize_image_is_refused_naming_its_part(client: openai.OpenAI) -> None:
