@@ -29,6 +29,8 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import FormMultiDict
 from litestar.dto import AbstractDTO, DTOConfig
+from litestar.enums import RequestEncodingType
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 from litestar.typing import FieldDefinition
@@ -375,6 +377,25 @@ async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
     except LookupError:  # codecs.lookup: the only lookup form parsing does
         raise ApiError(
             ErrorCode.INVALID_REQUEST_BODY, "A text field of the form declares a charset this server does not know."
+        ) from None
+
+
+async def read_upload_form(request: Request[Any, Any, Any], file_part: str) -> FormMultiDict:
+    """The form of an upload route, which takes multipart/form-data only (``file_part`` says
+    what its file part holds): anything else is refused naming ``file``, and a body over the
+    route's limit is REQUEST_BODY_TOO_LARGE with that limit."""
+    if request.content_type[0] != RequestEncodingType.MULTI_PART:
+        raise ApiError(
+            ErrorCode.INVALID_REQUEST_BODY,
+            f"This route takes multipart/form-data: {file_part}.",
+            param="file",
+        )
+    try:
+        return await read_form(request)
+    except RequestEntityTooLarge:
+        limit = request.route_handler.resolve_request_max_body_size()
+        raise ApiError(
+            ErrorCode.REQUEST_BODY_TOO_LARGE, f"The upload is larger than the {limit} bytes accepted.", param="file"
         ) from None
 
 

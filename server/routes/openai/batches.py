@@ -7,10 +7,8 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, Router, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import Body
 
-from schemas.errors import ApiError, ErrorCode
 from schemas.openai.batches import (
     Batch,
     BatchCreateRequest,
@@ -26,7 +24,7 @@ from server.batches.service import Batches
 from server.errors import bad_request
 from server.routes.openapi import file_download, operation_id
 from server.settings import BatchSettings
-from server.validation import ParsedForm, parse_into_data, read_form
+from server.validation import ParsedForm, parse_into_data, read_upload_form
 
 # The form fields beside the file (purpose, the multipart framing) fit well within this.
 _FORM_OVERHEAD_BYTES = 64 * 1024
@@ -38,15 +36,7 @@ _FILENAME = "omniserve_upload_filename"
 async def _upload_form(request: Request[Any, Any, Any]) -> FileUploadRequest:
     """The form as the openai SDK sends it; the file part's name is kept in the request's
     state for the file object."""
-    if request.content_type[0] != RequestEncodingType.MULTI_PART:
-        raise bad_request("This route takes multipart/form-data: the JSONL file as a part named 'file'.", "file")
-    try:
-        form = await read_form(request)
-    except RequestEntityTooLarge:
-        limit = request.route_handler.resolve_request_max_body_size()
-        raise ApiError(
-            ErrorCode.REQUEST_BODY_TOO_LARGE, f"The upload is larger than the {limit} bytes accepted.", param="file"
-        ) from None
+    form = await read_upload_form(request, "the JSONL file as a part named 'file'")
     try:
         uploads = form.getall("file", [])
         if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):

@@ -7,13 +7,11 @@ from typing import Annotated, TypeVar
 from litestar import Controller, Request, Router, post
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
-from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body
 from litestar.response.base import ASGIResponse
 
 from engines.base import TranscriptionTask
-from schemas.errors import ApiError, ErrorCode
 from schemas.openai.transcriptions import Transcription, TranscriptionRequest, TranslationRequest
 from server.accounts_hooks import Caller
 from server.capabilities.transcription.rendering import RenderedTranscript
@@ -22,7 +20,7 @@ from server.errors import bad_request
 from server.routes.openapi import operation_id
 from server.routes.responses import event_stream
 from server.settings import AudioSettings
-from server.validation import ParsedForm, convert, parse_into_data, read_form
+from server.validation import ParsedForm, convert, parse_into_data, read_upload_form
 
 RequestT = TypeVar("RequestT", TranscriptionRequest, TranslationRequest)
 _RESPONSES = {
@@ -45,15 +43,7 @@ def transcriptions_router(audio: AudioSettings) -> Router:
 async def _read_form(request: Request, schema: type[RequestT]) -> RequestT:
     """The multipart form as a typed request. The openai SDK sends the audio as the ``file``
     part, lists as repeated ``name[]`` parts, and every other field (extra_body too) as text."""
-    if request.content_type[0] != RequestEncodingType.MULTI_PART:
-        raise bad_request("This route takes multipart/form-data: the audio is a file part named 'file'.", "file")
-    try:
-        form = await read_form(request)
-    except RequestEntityTooLarge:
-        limit = request.route_handler.resolve_request_max_body_size()
-        raise ApiError(
-            ErrorCode.REQUEST_BODY_TOO_LARGE, f"The upload is larger than the {limit} bytes accepted.", param="file"
-        ) from None
+    form = await read_upload_form(request, "the audio is a file part named 'file'")
     try:
         fields: dict[str, object] = {}
         for name, value in form.multi_items():
