@@ -330,6 +330,19 @@ class ImageGeneration(msgspec.Struct, kw_only=True):
     controlnets: list[ControlUnit] = []
 
 
+class ImageDefaults(msgspec.Struct, kw_only=True, frozen=True):
+    """What an image model's family runs with where a client sent nothing, and which rules its
+    wire fields follow. The SD 1.x / SDXL engine has none: the routes' own defaults apply."""
+
+    steps: int
+    # None: the family takes no guidance (FLUX.1 schnell), and a client's value is refused.
+    guidance_scale: float | None
+    # Width and height must be multiples of this.
+    side_multiple: int = 8
+    # The one sampler name the family accepts (its own scheduler); None: A1111 names choose one.
+    own_sampler: str | None = None
+
+
 class ImageResult(msgspec.Struct, kw_only=True):
     images: list[Any]  # PIL.Image.Image, encoded by the caller into the requested format
     seed: int
@@ -342,6 +355,18 @@ ProgressCallback = Callable[[float], None]
 @runtime_checkable
 class ImageEngine(Engine, Protocol):
     async def generate(self, job: ImageGeneration, progress: ProgressCallback | None = None) -> ImageResult: ...
+
+
+@runtime_checkable
+class FamilyImageEngine(ImageEngine, Protocol):
+    """An image engine whose model family sets its own defaults and refuses what means nothing
+    to it (the flow-matching families: FLUX.1, SD3, Qwen-Image). Both work on an unloaded engine."""
+
+    @property
+    def image_defaults(self) -> ImageDefaults: ...
+
+    # Raises engines.errors.InvalidJob naming the job field the family cannot honour.
+    def check_job(self, job: ImageGeneration) -> None: ...
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ sentence-transformers files), never weights, so classifying a model costs millis
   `upscaler`; video pipelines (AnimateDiff, Stable Video Diffusion, text-to-video, Wan...) and an
   SD 1.x checkpoint with a `motion_adapter/` folder beside its components are `video`; image-to-image
   and inpainting pipelines are refused (the image engine derives those from a text-to-image one);
-  every other pipeline is `image`. A lone diffusers component (VAE, ControlNet) is refused.
+  every other pipeline is `image` (FLUX.1, SD3 and Qwen-Image ones with their `options.family`). A lone diffusers component (VAE, ControlNet) is refused.
 - CTranslate2 Whisper (model.bin and a config.json with Whisper's decoding fields) is
   `transcription` on faster-whisper. Whisper in transformers form is refused: faster-whisper needs
   the CTranslate2 conversion, and the message says how to make it.
@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from engines.base import ModelKind
+from engines.image.families import folder_family
 
 # The engine that serves each kind when the catalog names none.
 ENGINE_FOR_KIND: dict[ModelKind, str] = {
@@ -99,6 +100,8 @@ def infer_model(path: Path, kind: ModelKind | None = None) -> InferredModel:
         levels = _nsfw_levels(folder, strict=kind is None)
         if levels["0"]:  # else the engine's default labels apply (engines/image/safety.py)
             options["levels"] = levels
+    elif found is ModelKind.IMAGE and (family := folder_family(folder)) is not None:
+        options["family"] = family.value  # a flow-matching family (engines/image/families.py)
     elif found is ModelKind.VIDEO and _image_pipeline_with_motion_adapter(folder):
         options["motion_adapter"] = str(folder / _MOTION_ADAPTER_DIR)
     return InferredModel(

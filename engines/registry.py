@@ -57,6 +57,12 @@ def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
             from engines.video.pipelines import DiffusersVideoEngine
 
             return cast(Engine, DiffusersVideoEngine(spec, device=device))
+        from engines.image.families import spec_family
+
+        if spec_family(spec) is not None:  # FLUX.1, SD3 / 3.5, Qwen-Image: model_index.json decides
+            from engines.image.flow import FlowImageEngine
+
+            return cast(Engine, FlowImageEngine(spec, device=device))
         from engines.image.pipelines import DiffusersImageEngine
 
         return cast(Engine, DiffusersImageEngine(spec, device=device))

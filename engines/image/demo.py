@@ -5,6 +5,7 @@ embedding and a ControlNet made for it; `demo-sdxl` is an SDXL layout (two text 
 text-time conditioning) with a refiner (an SDXL img2img layout with only the second text encoder
 and aesthetic-score conditioning, as real refiners have); both list the spare VAE `demo-vae`.
 `demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
+`demo-flux`, `demo-sd3` and `demo-qwen-image` are the flow-matching families (engines/image/flow_demo.py);
 `demo-nsfw` is a ViT image classifier with the labels that NSFW detection levels
 expect (engines/image/safety.py). Weights are random but seeded, so every build is identical and
 pixel comparisons between runs are meaningful. Building follows engines/demo.py: each model is
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.image import flow_demo
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
@@ -334,6 +336,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     SAFETY_MODEL: _build_nsfw,
     UPSCALER_MODEL: _build_upscaler,
 }
+_BUILDERS.update(flow_demo.BUILDERS)  # the flow-matching families (engines/image/flow_demo.py)
 
 
 def image_demo_catalog(root: Path) -> list[ModelSpec]:
@@ -361,6 +364,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / "demo-sdxl"),
             options={"refiner": str(root / _REFINER_DIR), "vaes": vaes},
         ),
+        *flow_demo.catalog(root),
         # No options.levels: its labels are those of safety.DEFAULT_LEVELS.
         ModelSpec(name=SAFETY_MODEL, kind=ModelKind.SAFETY, engine="transformers", path=str(root / SAFETY_MODEL)),
         # Two steps instead of the real checkpoint's 20: random weights make no better picture with more.

@@ -31,8 +31,9 @@ class ImageRequestFields(msgspec.Struct, kw_only=True):
     # Partial-image streaming (gpt-image) is not offered; true is refused rather than ignored.
     stream: bool = False
     negative_prompt: PromptText | None = None
-    steps: Steps = 20
-    guidance_scale: GuidanceScale = 7.5
+    # Not sent: the model family's default (SD 1.x / SDXL: 20 steps at guidance 7.5).
+    steps: Steps | None = None
+    guidance_scale: GuidanceScale | None = None
     # None or -1: the server draws one.
     seed: Seed | None = None
     # An A1111 sampler name (as in /v3); None keeps the checkpoint's own scheduler.

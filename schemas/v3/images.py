@@ -71,12 +71,14 @@ class ImageTaskRequest(msgspec.Struct, kw_only=True):
     loras: Annotated[list[LoraRef], msgspec.Meta(extra=refusal(at_field=True))] | None = None
     embeddings: list[EmbeddingRef] | None = None
     image_num: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMAGE_NUM)] = 1
-    steps: Steps = 20
+    # Not sent: the model family's default (SD 1.x / SDXL: 20 steps, guidance 7.5, "Euler a";
+    # FLUX.1, SD3 and Qwen-Image: their own, see server/capabilities/images/defaults.py).
+    steps: Steps | None = None
     # -1 or null: the server draws one and reports it in the task result.
     seed: Seed | None = -1
     clip_skip: ClipSkip | None = None
-    guidance_scale: GuidanceScale = 7.5
-    sampler_name: Name | None = "Euler a"
+    guidance_scale: GuidanceScale | None = None
+    sampler_name: Name | None = None
 
 
 class Txt2ImgRequest(ImageTaskRequest, kw_only=True):

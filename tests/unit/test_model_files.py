@@ -149,7 +149,6 @@ def test_a_coqui_config_is_speech(tmp_path: Path, model: str) -> None:
     [
         ("StableDiffusionPipeline", ModelKind.IMAGE),
         ("StableDiffusionXLPipeline", ModelKind.IMAGE),
-        ("FluxPipeline", ModelKind.IMAGE),
         ("StableDiffusionUpscalePipeline", ModelKind.UPSCALER),
         ("StableDiffusionLatentUpscalePipeline", ModelKind.UPSCALER),
         ("AnimateDiffPipeline", ModelKind.VIDEO),
@@ -162,6 +161,26 @@ def test_a_diffusers_pipeline_is_classified_by_its_class(tmp_path: Path, pipelin
     inferred = infer_model(layout(tmp_path, {"model_index.json": {"_class_name": pipeline}}))
     assert (inferred.kind, inferred.engine, inferred.options) == (kind, "diffusers", {})
     assert pipeline in inferred.evidence
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "transformer", "family"),
+    [
+        ("FluxPipeline", {"guidance_embeds": False}, "flux-schnell"),
+        ("FluxPipeline", {"guidance_embeds": True}, "flux-dev"),
+        ("StableDiffusion3Pipeline", {"qk_norm": None}, "sd3"),
+        ("StableDiffusion3Pipeline", {"qk_norm": "rms_norm"}, "sd3.5"),
+        ("QwenImagePipeline", {}, "qwen-image"),
+    ],
+)
+def test_a_flow_pipeline_is_an_image_model_of_its_family(
+    tmp_path: Path, pipeline: str, transformer: dict[str, object], family: str
+) -> None:
+    folder = layout(
+        tmp_path, {"model_index.json": {"_class_name": pipeline}, "transformer/config.json": transformer}
+    )
+    inferred = infer_model(folder)
+    assert (inferred.kind, inferred.engine, inferred.options) == (ModelKind.IMAGE, "diffusers", {"family": family})
 
 
 def test_an_sd_checkpoint_with_a_motion_adapter_is_animatediff_video(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ from typing import Any
 from engines.admission import Priority
 from engines.base import (
     BatchImageEngine,
+    FamilyImageEngine,
     ImageEngine,
     ImageGeneration,
     ImageResult,
     ProgressCallback,
 )
+from engines.errors import InvalidJob
 from engines.image.control import PREPROCESSORS
 from engines.image.hires import HIRES_UPSCALERS
 from engines.image.samplers import SAMPLERS
@@ -72,11 +74,16 @@ class ImageGenerator:
         """Refuse what ``engine`` cannot run; the wire schemas have checked every fixed range."""
         self.check_output(job, names)
         self.check_denoising(job, names)
+        if isinstance(engine, FamilyImageEngine):  # its own rules first: they name the field it refuses
+            try:
+                engine.check_job(job)
+            except InvalidJob as exc:
+                raise names.invalid(exc.field or "prompt", exc.message) from None
         options = engine.spec.options
         if job.vae and job.vae not in options.get("vaes", {}):
             raise names.invalid("vae", f"Unknown VAE '{job.vae}' for model {engine.spec.name}.")
         check_addons(engine.spec, job.loras, job.embeddings, names)
-        if job.sampler and job.sampler not in SAMPLERS:
+        if job.sampler and job.sampler not in SAMPLERS and not isinstance(engine, FamilyImageEngine):
             raise names.invalid("sampler", f"Unknown sampler '{job.sampler}'.")
         if job.refiner_switch_at is not None and "refiner" not in options:
             raise names.invalid("refiner_switch_at", f"The model '{engine.spec.name}' has no refiner on this server.")

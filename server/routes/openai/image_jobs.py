@@ -8,7 +8,7 @@ import re
 import secrets
 from typing import Any
 
-from engines.base import ImageGeneration
+from engines.base import ImageEngine, ImageGeneration
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.limits import MAX_IMAGE_NUM, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
@@ -21,6 +21,7 @@ from schemas.openai.images import (
 )
 from server.accounts import UNMETERED, Meter
 from server.capabilities.calls import WireNames
+from server.capabilities.images.defaults import image_defaults, image_settings
 from server.capabilities.images.encoding import encode_image, store_images
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.inputs import inpaint_mask, open_input_image
@@ -63,22 +64,23 @@ def parse_size(size: str, auto: tuple[int, int]) -> tuple[int, int]:
     return width, height
 
 
-def fit_size(width: int, height: int) -> tuple[int, int]:
+def fit_size(width: int, height: int, multiple: int = SIDE_MULTIPLE) -> tuple[int, int]:
     """An output size for an input of ``width`` x ``height``: the same aspect, scaled down
-    to at most MAX_IMAGE_SIDE a side, each side a multiple of 8 and at least MIN_IMAGE_SIDE."""
+    to at most MAX_IMAGE_SIDE a side, each side a multiple of ``multiple`` (the model family's:
+    8, or 16 for the flow families) and at least MIN_IMAGE_SIDE."""
     scale = min(1.0, MAX_IMAGE_SIDE / max(width, height))
 
     def side(value: int) -> int:
-        return max(MIN_IMAGE_SIDE, int(value * scale) // SIDE_MULTIPLE * SIDE_MULTIPLE)
+        return max(MIN_IMAGE_SIDE, int(value * scale) // multiple * multiple)
 
     return side(width), side(height)
 
 
-def _edit_inputs(request: ImageEditRequest) -> tuple[tuple[int, int], bytes | None]:
+def _edit_inputs(request: ImageEditRequest, multiple: int) -> tuple[tuple[int, int], bytes | None]:
     """Output size and engine mask, from the uploads (decoded here, then dropped: the engine
     decodes the bytes again at the job's size). Blocking: run in a thread."""
     image = open_input_image(request.image, "image")
-    size = parse_size(request.size, fit_size(*image.size))
+    size = parse_size(request.size, fit_size(*image.size, multiple))
     if request.mask is None:
         return size, None
     mask = open_input_image(request.mask, "mask")
@@ -113,18 +115,27 @@ class OpenAIImages:
             )
 
     @staticmethod
-    def _job(request: ImageRequestFields, size: tuple[int, int], **image_inputs: Any) -> ImageGeneration:
+    def _job(
+        engine: ImageEngine, request: ImageRequestFields, size: tuple[int, int], **image_inputs: Any
+    ) -> ImageGeneration:
         seed = request.seed
+        settings = image_settings(
+            engine,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            sampler=request.sampler_name,
+            names=OPENAI_IMAGE_NAMES,
+        )
         return ImageGeneration(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt or "",
             width=size[0],
             height=size[1],
-            steps=request.steps,
-            guidance_scale=request.guidance_scale,
+            steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
             seed=secrets.randbelow(SEED_LIMIT) if seed is None or seed < 0 else seed,
             image_num=request.n,
-            sampler=request.sampler_name or None,
+            sampler=settings.sampler,
             **image_inputs,
         )
 
@@ -133,15 +144,16 @@ class OpenAIImages:
     ) -> ImagesResponse:
         engine = self.images.engine(request.model, OPENAI_IMAGE_NAMES)
         self._check(request)
-        job = self._job(request, parse_size(request.size, DEFAULT_SIZE))
+        job = self._job(engine, request, parse_size(request.size, DEFAULT_SIZE))
         self.images.check(engine, job, OPENAI_IMAGE_NAMES)
         return await self._run(request, job, base_url, meter)
 
     async def edit(self, request: ImageEditRequest, base_url: str, meter: Meter = UNMETERED) -> ImagesResponse:
         engine = self.images.engine(request.model, OPENAI_IMAGE_NAMES)
         self._check(request)
-        size, mask = await run_in(WorkPool.MEDIA, _edit_inputs, request)
-        job = self._job(request, size, init_image=request.image, mask_image=mask, strength=request.strength)
+        multiple = image_defaults(engine).side_multiple
+        size, mask = await run_in(WorkPool.MEDIA, _edit_inputs, request, multiple)
+        job = self._job(engine, request, size, init_image=request.image, mask_image=mask, strength=request.strength)
         self.images.check(engine, job, OPENAI_IMAGE_NAMES)
         return await self._run(request, job, base_url, meter)
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import secrets
 
-from engines.base import ControlUnit, HiresFix, ImageGeneration, LoraWeight
+from engines.base import ControlUnit, HiresFix, ImageEngine, ImageGeneration, LoraWeight
 from engines.workpools import WorkPool, run_in
 from schemas.limits import MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, SEED_LIMIT, SIDE_MULTIPLE
 from schemas.v3.common import CommonExtra
 from schemas.v3.images import Img2ImgBody, InpaintingBody, Txt2ImgBody
 from server.capabilities.calls import WireNames
+from server.capabilities.images.defaults import ImageSettings, image_settings
 from server.capabilities.images.encoding import ImageOutputs
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.inputs import base64_image_bytes, decode_input_image
@@ -21,6 +22,8 @@ from server.tasks.submission import TaskSubmission
 from server.validation import decode_task_body
 
 ImageBody = Txt2ImgBody | Img2ImgBody | InpaintingBody
+# A1111's default sampler for SD 1.x / SDXL when a body names none (novita-client sends it too).
+V3_SD_SAMPLER = "Euler a"
 BODY_TYPES: dict[TaskType, type[Txt2ImgBody] | type[Img2ImgBody] | type[InpaintingBody]] = {
     TaskType.TXT_TO_IMG: Txt2ImgBody,
     TaskType.IMG_TO_IMG: Img2ImgBody,
@@ -64,17 +67,17 @@ def _input_image(value: str, field: str, *, check: bool) -> bytes:
     return decode_input_image(data, param) if check else data
 
 
-def _side(pixels: int) -> int:
-    # The pipelines need multiples of 8; keep the input's size as closely as allowed.
-    return min(max(pixels // SIDE_MULTIPLE * SIDE_MULTIPLE, MIN_IMAGE_SIDE), MAX_IMAGE_SIDE)
+def _side(pixels: int, multiple: int = SIDE_MULTIPLE) -> int:
+    # The pipelines need multiples of 8 (the flow families 16); keep the input's size as closely as allowed.
+    return min(max(pixels // multiple * multiple, MIN_IMAGE_SIDE), MAX_IMAGE_SIDE // multiple * multiple)
 
 
-def _input_size(data: bytes) -> tuple[int, int]:
+def _input_size(data: bytes, multiple: int) -> tuple[int, int]:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
-    return _side(width), _side(height)
+    return _side(width, multiple), _side(height, multiple)
 
 
 def _inverted(mask: bytes) -> bytes:
@@ -86,7 +89,20 @@ def _inverted(mask: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def image_job(body: ImageBody, seed: int, *, check_inputs: bool = False) -> ImageGeneration:
+def image_settings_for(engine: ImageEngine, body: ImageBody) -> ImageSettings:
+    """Steps, guidance and sampler of a /v3 body: what it sent, else the model family's defaults."""
+    request = body.request
+    return image_settings(
+        engine,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        sampler=request.sampler_name,
+        sd_sampler=V3_SD_SAMPLER,
+        names=V3_IMAGE_NAMES,
+    )
+
+
+def image_job(body: ImageBody, seed: int, settings: ImageSettings, *, check_inputs: bool = False) -> ImageGeneration:
     """The engine job a /v3 body asks for. Decodes the input images: blocking, run in a thread."""
     request = body.request
     job = ImageGeneration(
@@ -94,11 +110,11 @@ def image_job(body: ImageBody, seed: int, *, check_inputs: bool = False) -> Imag
         negative_prompt=request.negative_prompt or "",
         width=0,
         height=0,
-        steps=request.steps,
-        guidance_scale=request.guidance_scale,
+        steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
         seed=seed,
         image_num=request.image_num,
-        sampler=request.sampler_name or None,
+        sampler=settings.sampler,
         clip_skip=request.clip_skip or None,
         loras=[LoraWeight(name=lora.model_name, strength=lora.strength) for lora in request.loras or []],
         embeddings=[embedding.model_name for embedding in request.embeddings or []],
@@ -116,7 +132,7 @@ def image_job(body: ImageBody, seed: int, *, check_inputs: bool = False) -> Imag
         return job
     job.init_image = _input_image(body.request.image_base64, "init_image", check=check_inputs)
     job.strength = body.request.strength
-    width, height = _input_size(job.init_image)
+    width, height = _input_size(job.init_image, settings.side_multiple)
     if isinstance(body, Img2ImgBody):
         job.width, job.height = body.request.width or width, body.request.height or height
         units = body.request.controlnet.units if body.request.controlnet else []
@@ -154,14 +170,16 @@ class V3ImageTasks:
         await self.submission.check_extra(body.extra)
         seed = secrets.randbelow(SEED_LIMIT) if request.seed is None or request.seed < 0 else request.seed
         # Decoding input images costs milliseconds per megapixel: off the event loop.
-        job = await run_in(WorkPool.MEDIA, image_job, body, seed, check_inputs=True)
+        settings = image_settings_for(engine, body)
+        job = await run_in(WorkPool.MEDIA, image_job, body, seed, settings, check_inputs=True)
         self.images.check(engine, job, V3_IMAGE_NAMES)
         task = await self.submission.submit(task_type, engine.spec.name, raw, body.extra, owner, seed=seed)
         return task.task_id
 
     async def execute(self, task: Task, progress: ProgressReporter) -> TaskOutcome:
         body = decode_task_body(task.request, BODY_TYPES[task.task_type])
-        job = await run_in(WorkPool.MEDIA, image_job, body, task.seed or 0)
+        settings = image_settings_for(self.images.engine(task.model, V3_IMAGE_NAMES), body)
+        job = await run_in(WorkPool.MEDIA, image_job, body, task.seed or 0, settings)
         return await self.images.run_task(
             task.task_id, task.model, job, progress, image_outputs(body.extra), owner=task.owner_key_id
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from engines.base import ModelKind, ModelSpec
+from engines.image.families import RULES, spec_family
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.models import ModelInfo, ModelList, ModelType, Pagination
 
@@ -57,8 +58,9 @@ def _entries(specs: list[ModelSpec]) -> list[tuple[ModelInfo, bool, bool]]:
             continue
         if spec.kind is not ModelKind.IMAGE:
             continue
-        sdxl = _is_sdxl(spec)
-        base = "SDXL 1.0" if sdxl else "SD 1.5"
+        family = spec_family(spec)
+        sdxl = family is None and _is_sdxl(spec)
+        base = RULES[family].base_model if family is not None else "SDXL 1.0" if sdxl else "SD 1.5"
         inpainting = bool(spec.options.get("inpainting", False))
         checkpoint = ModelInfo(
             id=_stable_id(spec.name), name=spec.name, sd_name=spec.name, sd_name_in_api=spec.name,
