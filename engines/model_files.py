@@ -7,7 +7,8 @@ sentence-transformers files), never weights, so classifying a model costs millis
   `upscaler`; video pipelines (AnimateDiff, Stable Video Diffusion, text-to-video, Wan...) and an
   SD 1.x checkpoint with a `motion_adapter/` folder beside its components are `video`; image-to-image
   and inpainting pipelines are refused (the image engine derives those from a text-to-image one);
-  every other pipeline is `image` (FLUX.1, SD3 and Qwen-Image ones with their `options.family`). A lone diffusers component (VAE, ControlNet) is refused.
+  every other pipeline is `image` (FLUX.1, SD3 and Qwen-Image ones with their `options.family`).
+  A lone diffusers component (VAE, ControlNet) is refused.
 - CTranslate2 Whisper (model.bin and a config.json with Whisper's decoding fields) is
   `transcription` on faster-whisper. Whisper in transformers form is refused: faster-whisper needs
   the CTranslate2 conversion, and the message says how to make it.

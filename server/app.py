@@ -56,6 +56,7 @@ from server.routes.openai.videos import VideosController
 from server.routes.openapi import document_error_responses
 from server.routes.v3.account import AccountController
 from server.routes.v3.files import FilesController
+from server.routes.v3.flow_routes import FlowModelsController
 from server.routes.v3.images import V3ImageController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.speech import V3SpeechController
@@ -153,6 +154,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         # Images.
         "images": components.openai_images,
         "v3_images": components.v3_images,
+        "flow_routes": components.flow_routes,
         "v3_upscale": components.v3_upscale,
         "novassium": components.novassium,
         "sdapi": components.sdapi,
@@ -238,6 +240,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         path="/",
         route_handlers=[
             V3ImageController,
+            FlowModelsController,
             V3SpeechController,
             V3VideoController,
             TaskResultController,

@@ -37,6 +37,7 @@ from server.prompt_limit import set_max_prompt_chars
 from server.routes.health import Readiness
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openai.video_jobs import OpenAIVideos
+from server.routes.v3.flow_routes import FlowRoutes
 from server.routes.v3.image_tasks import V3ImageTasks
 from server.routes.v3.speech_tasks import V3SpeechTasks
 from server.routes.v3.upscale_tasks import V3UpscaleTasks
@@ -145,6 +146,7 @@ class Components:
             self.image_generator, self.storage, settings.limits, url_ttl_s=tasks.url_ttl_s
         )
         self.v3_images = V3ImageTasks(self.image_generator, self.submission, self.task_runner)
+        self.flow_routes = FlowRoutes(self.image_generator, self.v3_images, self.storage, url_ttl_s=tasks.url_ttl_s)
         self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
 

@@ -98,8 +98,6 @@ def spec_family(spec: ModelSpec) -> FlowFamily | None:
         try:
             return FlowFamily(named)
         except ValueError:
-            raise ValueError(
-                f"model {spec.name}: unknown family {named!r}; known: {', '.join(FlowFamily)}"
-            ) from None
+            raise ValueError(f"model {spec.name}: unknown family {named!r}; known: {', '.join(FlowFamily)}") from None
     path = Path(spec.path)
     return folder_family(path) if path.is_dir() else None

@@ -73,9 +73,9 @@ def family_refusal(family: FlowFamily, job: ImageGeneration) -> InvalidJob | Non
         if present:
             return InvalidJob(f"{field} is not available for {name} models on this server.", field)
     multiple = rules.defaults.side_multiple
-    for field, value in (("width", job.width), ("height", job.height)):
-        if value % multiple:
-            return InvalidJob(f"{field} must be a multiple of {multiple} for {name} models; got {value}.", field)
+    for side, pixels in (("width", job.width), ("height", job.height)):
+        if pixels % multiple:
+            return InvalidJob(f"{side} must be a multiple of {multiple} for {name} models; got {pixels}.", side)
     if job.init_image is not None and job.strength is not None and int(job.steps * job.strength) < 1:
         return InvalidJob("steps * strength must leave at least one denoising step.", "strength")
     return None

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", params=list(flow_demo.BUILDERS))
-async def flow(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FlowImageEngine]:
+async def flow(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FlowImageEngine]:
     root: Path = tmp_path_factory.mktemp("flow-demo")
     build_atomically(root / request.param, flow_demo.BUILDERS[request.param], BUILD_VERSION)
     spec = next(spec for spec in flow_demo.catalog(root) if spec.name == request.param)

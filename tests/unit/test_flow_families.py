@@ -70,7 +70,9 @@ def test_the_sd_engine_keeps_the_routes_defaults() -> None:
 
 def test_guidance_sent_to_a_model_without_guidance_is_refused_by_name() -> None:
     with pytest.raises(ApiError) as refused:
-        image_settings(engine(FlowFamily.FLUX_SCHNELL), steps=None, guidance_scale=3.0, sampler=None, names=V3_IMAGE_NAMES)
+        image_settings(
+            engine(FlowFamily.FLUX_SCHNELL), steps=None, guidance_scale=3.0, sampler=None, names=V3_IMAGE_NAMES
+        )
     assert refused.value.param == "request.guidance_scale"
     dev = image_settings(engine(FlowFamily.FLUX_DEV), steps=None, guidance_scale=2.0, sampler=None)
     assert dev.guidance_scale == 2.0

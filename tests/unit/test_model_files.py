@@ -176,9 +176,7 @@ def test_a_diffusers_pipeline_is_classified_by_its_class(tmp_path: Path, pipelin
 def test_a_flow_pipeline_is_an_image_model_of_its_family(
     tmp_path: Path, pipeline: str, transformer: dict[str, object], family: str
 ) -> None:
-    folder = layout(
-        tmp_path, {"model_index.json": {"_class_name": pipeline}, "transformer/config.json": transformer}
-    )
+    folder = layout(tmp_path, {"model_index.json": {"_class_name": pipeline}, "transformer/config.json": transformer})
     inferred = infer_model(folder)
     assert (inferred.kind, inferred.engine, inferred.options) == (ModelKind.IMAGE, "diffusers", {"family": family})
 

@@ -80,7 +80,7 @@ def _edit_inputs(request: ImageEditRequest, multiple: int) -> tuple[tuple[int, i
     """Output size and engine mask, from the uploads (decoded here, then dropped: the engine
     decodes the bytes again at the job's size). Blocking: run in a thread."""
     image = open_input_image(request.image, "image")
-    size = parse_size(request.size, fit_size(*image.size, multiple))
+    size = parse_size(request.size, fit_size(image.width, image.height, multiple))
     if request.mask is None:
         return size, None
     mask = open_input_image(request.mask, "mask")
