@@ -103,6 +103,11 @@ def _flow_scheduler(**extra: Any) -> Any:
 
 
 def _build_flux(out: Path) -> None:
+    build_flux(out)
+
+
+def build_flux(out: Path, *, layers: int = 1, single_layers: int = 1, heads: int = 2, head_dim: int = 16) -> None:
+    """A FLUX.1 schnell layout at `out`; the defaults are demo-flux, larger ones suit a benchmark."""
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
@@ -122,13 +127,13 @@ def _build_flux(out: Path) -> None:
         transformer=FluxTransformer2DModel(
             patch_size=1,
             in_channels=latent_channels * 4,  # latents are packed 2x2 into tokens
-            num_layers=1,
-            num_single_layers=1,
-            attention_head_dim=16,
-            num_attention_heads=2,
+            num_layers=layers,
+            num_single_layers=single_layers,
+            attention_head_dim=head_dim,
+            num_attention_heads=heads,
             joint_attention_dim=_HIDDEN,
             pooled_projection_dim=_HIDDEN,
-            axes_dims_rope=(4, 4, 8),
+            axes_dims_rope=(head_dim // 4, head_dim // 4, head_dim // 2),
             guidance_embeds=False,  # schnell: guidance-distilled away
         ),
     )
