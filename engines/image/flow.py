@@ -9,8 +9,9 @@ clip_skip above 1, "(word:1.3)" weighting, VAEs, embeddings, LoRAs, ControlNets,
 refiner are refused naming the field, never dropped. The text encoders are T5 / Qwen2.5-VL, whose
 windows (256 tokens for schnell and SD3, 512 for dev and Qwen-Image) the pipelines truncate to;
 CLIP's 77-token window only adds pooled text. `guidance_scale` is the family's guidance:
-FLUX.1 dev's embedded guidance, SD3's CFG, Qwen-Image's true CFG (with " " as the negative prompt when none is sent, as its model card does).
-FLUX.1 has no negative prompt (no true CFG): one sent is refused.
+FLUX.1 dev's embedded guidance, SD3's CFG, Qwen-Image's true CFG (with " " as the negative
+prompt when none is sent, as its model card does). FLUX.1 has no negative prompt (no true CFG):
+one sent is refused.
 
 Prompts are encoded per job with the pipeline's own encode_prompt and handed over as embeddings,
 so jobs of one batch stack into one call whatever their prompts (FLUX and SD3 pad text to a fixed
