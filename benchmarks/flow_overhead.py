@@ -14,11 +14,19 @@ Each round times --jobs jobs per side, after --warmup uncounted ones; rounds alt
 first. It prints each side's mean seconds per job, the ratio omniserve/direct and the overhead as a
 share of the direct time. Goal: omniserve adds at most 5%.
 
-    python benchmarks/flow_overhead.py [--size 256] [--steps 4] [--jobs 8] [--rounds 3] [--poll-ms 20]
+    python benchmarks/flow_overhead.py [--size 512] [--steps 4] [--jobs 8] [--rounds 3] [--poll-ms 20]
+                                       [--threads 1] [--batch-wait-ms 20]
                                        [--layers 2 --single-layers 4 --heads 4 --head-dim 64]
 
-Polling costs up to one interval per job: with a pipeline time of T the overhead of polling alone
-is about poll/2 / T, so the figure depends on the size and model scale chosen, which are printed.
+Polling costs up to one interval per job, and a background task waits up to tasks.batch_wait_ms
+(20 ms) for companions to batch with: with a pipeline time of T the fixed cost weighs about
+(poll/2 + 20 ms) / T, so the figure depends on the size and model scale chosen, which are printed.
+
+Both sides run torch with --threads intra-op threads (default 1: the server's OMP_NUM_THREADS, and
+torch.set_num_threads here). On a small shared machine two OpenMP threads per process stall at
+every parallel region whenever another process takes a core (the polling client, the other side's
+idle process, other work), which slowed the server side 3-10x in a first run; one thread each
+compares the two paths, not the scheduling luck.
 """
 
 from __future__ import annotations
@@ -52,9 +60,11 @@ GOAL_PERCENT = 5.0
 class Direct:
     """The diffusers pipeline itself, in this process, on the engine's terms (CPU generator, PIL out)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int) -> None:
+        import torch
         from diffusers import FluxPipeline
 
+        torch.set_num_threads(threads)
         self.pipe = FluxPipeline.from_pretrained(str(path))
         self.pipe.set_progress_bar_config(disable=True)
 
@@ -121,10 +131,11 @@ async def measure_omniserve(
     return times
 
 
-def omniserve_command(path: Path, work: Path, port: int) -> list[str]:
+def omniserve_command(path: Path, work: Path, port: int, batch_wait_ms: float) -> list[str]:
     config = work / "bench.toml"
     config.write_text(
         f'host = "127.0.0.1"\nport = {port}\ndata_dir = {toml_value(str(work / "data"))}\nlog_level = "warning"\n\n'
+        f"[tasks]\nbatch_wait_ms = {batch_wait_ms}\n\n"
         f'[[models]]\nname = "{MODEL}"\nkind = "image"\nengine = "diffusers"\npath = {toml_value(str(path))}\n'
         f"options = {toml_value({'family': FAMILY})}\n"
     )
@@ -133,7 +144,7 @@ def omniserve_command(path: Path, work: Path, port: int) -> list[str]:
 
 async def bench(path: Path, server: Server, args: argparse.Namespace) -> tuple[list[float], list[float]]:
     await wait_ready(server)
-    direct = Direct(path)
+    direct = Direct(path, args.threads)
     poll_s = args.poll_ms / 1000
     sides: dict[str, list[float]] = {"direct": [], "omniserve": []}
     for round_index in range(args.rounds):
@@ -154,12 +165,19 @@ async def bench(path: Path, server: Server, args: argparse.Namespace) -> tuple[l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=256, help="square side, a multiple of 16 from 128")
+    parser.add_argument("--size", type=int, default=512, help="square side, a multiple of 16 from 128")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=8, help="timed jobs per side and round")
     parser.add_argument("--warmup", type=int, default=2, help="uncounted jobs before each timed turn")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating who goes first")
     parser.add_argument("--poll-ms", type=float, default=20.0, help="task-result polling interval")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on each side")
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=20.0,
+        help="the server's tasks.batch_wait_ms (its default 20; 0: no wait)",
+    )
     parser.add_argument("--layers", type=int, default=2, help="double-stream transformer blocks")
     parser.add_argument("--single-layers", type=int, default=4, help="single-stream transformer blocks")
     parser.add_argument("--heads", type=int, default=4)
@@ -169,6 +187,7 @@ def main() -> None:
         parser.error("size: FLUX takes multiples of 16, and /v3 sides from 128")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process inherits it
 
     wall_started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="omniserve-flow-bench-"))
@@ -178,7 +197,7 @@ def main() -> None:
     build_flux(path, layers=args.layers, single_layers=args.single_layers, heads=args.heads, head_dim=args.head_dim)
     print(f"built {MODEL} under {path} in {time.monotonic() - wall_started:.1f} s", flush=True)
     port = free_port()
-    server = Server(omniserve_command(path, work, port), port, work / "omniserve.log")
+    server = Server(omniserve_command(path, work, port, args.batch_wait_ms), port, work / "omniserve.log")
     try:
         direct, omni = asyncio.run(bench(path, server, args))
     finally:
@@ -188,7 +207,9 @@ def main() -> None:
     overhead = 100 * (omni_s - direct_s) / direct_s
     print(
         f"\n{args.size}x{args.size}, {args.steps} steps, transformer {args.layers}+{args.single_layers} blocks "
-        f"x {args.heads} heads x {args.head_dim}, poll {args.poll_ms:.0f} ms, {args.rounds} rounds x {args.jobs} jobs\n"
+        f"x {args.heads} heads x {args.head_dim}, {args.threads} thread(s), poll {args.poll_ms:.0f} ms, "
+        f"batch wait {args.batch_wait_ms:.0f} ms, "
+        f"{args.rounds} rounds x {args.jobs} jobs\n"
     )
     print("| direct ms/job | omniserve ms/job | ratio omni/direct | overhead |\n|---|---|---|---|")
     print(f"| {direct_s * 1000:.1f} | {omni_s * 1000:.1f} | {omni_s / direct_s:.3f} | {overhead:+.1f}% |")
