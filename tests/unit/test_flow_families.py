@@ -22,6 +22,7 @@ from engines.image.families import RULES, FlowFamily, folder_family, spec_family
 from engines.image.flow import FlowImageEngine, family_refusal
 from schemas.errors import ApiError
 from server.capabilities.images.defaults import SD_DEFAULTS, image_settings
+from server.routes.v3.flow_routes import qwen_size
 from server.routes.v3.image_tasks import V3_IMAGE_NAMES
 
 
@@ -148,3 +149,17 @@ def test_the_family_comes_from_the_folder_or_the_catalog(tmp_path: Path) -> None
     assert spec_family(named) is FlowFamily.FLUX_SCHNELL
     with pytest.raises(ValueError, match="unknown family"):
         spec_family(ModelSpec(name="d", kind=ModelKind.IMAGE, path=str(dev), options={"family": "sd9"}))
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"), [("1024*1024", (1024, 1024)), ("256*1536", (256, 1536)), (" 512*768 ", (512, 768))]
+)
+def test_qwen_image_sizes_are_width_star_height(size: str, expected: tuple[int, int]) -> None:
+    assert qwen_size(size) == expected
+
+
+@pytest.mark.parametrize("size", ["1024x1024", "1024", "255*512", "512*1537", "*512", "a*b"])
+def test_other_qwen_image_sizes_are_refused_naming_size(size: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        qwen_size(size)
+    assert refused.value.param == "size"
