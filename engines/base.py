@@ -16,6 +16,7 @@ class ModelKind(enum.StrEnum):
     IMAGE = "image"  # diffusers text-to-image checkpoints (img2img/inpaint derive from them)
     SAFETY = "safety"  # image classifiers for NSFW detection on generated images
     UPSCALER = "upscaler"  # image super-resolution models (/v3 upscale)
+    SEGMENTATION = "segmentation"  # foreground/background segmenters (/v3 remove-background)
     TRANSCRIPTION = "transcription"  # speech to text (faster-whisper)
     SPEECH = "speech"  # text to speech (Coqui TTS)
     VIDEO = "video"  # diffusers text-to-video and image-to-video pipelines
@@ -381,6 +382,13 @@ class UpscaleEngine(Engine, Protocol):
     async def upscale(self, job: UpscaleJob, progress: ProgressCallback | None = None) -> Any: ...
 
 
+@runtime_checkable
+class SegmentationEngine(Engine, Protocol):
+    # The foreground of a PIL image as a PIL "L" mask of the image's own size: 255 where the
+    # subject is, 0 where the background is, soft values along its edges (an alpha channel).
+    async def segment(self, image: Any) -> Any: ...
+
+
 class SpeechJob(msgspec.Struct, kw_only=True):
     """One text to speak, in engine terms: voice and language already checked against the engine."""
 
@@ -559,6 +567,7 @@ SERVED_KINDS: dict[type, frozenset[ModelKind]] = {
     BatchImageEngine: frozenset({ModelKind.IMAGE}),
     UpscaleEngine: frozenset({ModelKind.UPSCALER}),
     SafetyEngine: frozenset({ModelKind.SAFETY}),
+    SegmentationEngine: frozenset({ModelKind.SEGMENTATION}),
     SpeechEngine: frozenset({ModelKind.SPEECH}),
     TranscriptionEngine: frozenset({ModelKind.TRANSCRIPTION}),
     VideoEngine: frozenset({ModelKind.VIDEO}),

@@ -78,10 +78,29 @@ def _single_kind_factory(engine: str, kind: ModelKind, module: str, class_name: 
 
 
 def transformers_factory(*, device: str = "cpu") -> EngineFactory:
-    """Engines on plain transformers models; so far the NSFW classifiers (kind "safety")."""
-    return _single_kind_factory(
-        "transformers", ModelKind.SAFETY, "engines.image.safety", "SafetyClassifierEngine", device
-    )
+    """Engines on plain transformers models: the NSFW classifiers (kind "safety") and the
+    foreground segmenters (kind "segmentation")."""
+    by_kind = {
+        ModelKind.SAFETY: _single_kind_factory(
+            "transformers", ModelKind.SAFETY, "engines.image.safety", "SafetyClassifierEngine", device
+        ),
+        ModelKind.SEGMENTATION: _single_kind_factory(
+            "transformers",
+            ModelKind.SEGMENTATION,
+            "engines.image.segmentation",
+            "TransformersSegmentationEngine",
+            device,
+        ),
+    }
+
+    def build(spec: ModelSpec) -> Engine:
+        factory = by_kind.get(spec.kind)
+        if factory is None:
+            kinds = ", ".join(repr(kind.value) for kind in by_kind)
+            raise CatalogError(f"model {spec.name}: engine 'transformers' serves kinds {kinds} only")
+        return factory(spec)
+
+    return build
 
 
 def faster_whisper_factory(*, device: str = "cpu") -> EngineFactory:

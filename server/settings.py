@@ -447,6 +447,39 @@ class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sdapi_fetch_timeout_s: float = 15.0
 
 
+class ImageToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Novita's synchronous image tools: /v3/remove-background, /v3/replace-background, /v3/cleanup."""
+
+    # The catalog's segmentation model that finds the foreground (remove- and replace-background).
+    # Unset: "demo-segmenter" when the catalog has it, else its first segmentation model; ""
+    # turns those two routes off (they answer 404).
+    segmentation_model: str | None = None
+    # The catalog's image model that repaints (replace-background's new background, cleanup's
+    # masked area). Unset: "demo-sd" when the catalog has it, else its first image model; ""
+    # turns those two routes off.
+    inpainting_model: str | None = None
+    # Each input image (and cleanup's mask), as Novita documents them: at most 30 MB of encoded
+    # bytes and 16 megapixels. The request body limit of these routes follows from the bytes.
+    max_image_bytes: int = 30 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    # replace-background's own limits (Novita: 2048 x 2048, neither side above 4096).
+    replace_background_max_pixels: int = 2048 * 2048
+    replace_background_max_side: int = 4096
+    # The repainting runs at most this many pixels a side (aspect kept, sides multiples of 8);
+    # its result is resized to the input's size, and only the repainted area replaces pixels.
+    inpaint_max_side: int = 1024
+    inpaint_steps: int = 20
+    inpaint_guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if min(self.max_image_bytes, self.max_image_pixels, self.replace_background_max_pixels) < 1:
+            raise ValueError("image_tools.max_image_bytes and the pixel limits must be at least 1")
+        if self.replace_background_max_side < 1 or self.inpaint_max_side < 8:
+            raise ValueError("image_tools.replace_background_max_side must be positive, inpaint_max_side at least 8")
+        if self.inpaint_steps < 1 or self.inpaint_guidance_scale < 0:
+            raise ValueError("image_tools.inpaint_steps must be at least 1, inpaint_guidance_scale not negative")
+
+
 AWS_REGIONS = (
     "us-east-1",
     "us-east-2",
@@ -562,6 +595,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
     vendor: VendorSettings = msgspec.field(default_factory=VendorSettings)
+    image_tools: ImageToolSettings = msgspec.field(default_factory=ImageToolSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.

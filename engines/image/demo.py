@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.image.segmentation_demo import SEGMENTATION_MODEL, build_demo_segmenter
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
@@ -333,6 +334,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     CONTROLNET_NAME: _build_controlnet,
     SAFETY_MODEL: _build_nsfw,
     UPSCALER_MODEL: _build_upscaler,
+    SEGMENTATION_MODEL: build_demo_segmenter,
 }
 
 
@@ -370,6 +372,9 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             engine="diffusers",
             path=str(root / UPSCALER_MODEL),
             options={"steps": 2},
+        ),
+        ModelSpec(
+            name=SEGMENTATION_MODEL, kind=ModelKind.SEGMENTATION, engine="transformers", path=str(root / SEGMENTATION_MODEL)
         ),
     ]
 
