@@ -184,7 +184,10 @@ class TransformersSegmentationEngine:
         from transformers import AutoModelForSemanticSegmentation
 
         try:
-            model = AutoModelForSemanticSegmentation.from_pretrained(self.spec.path, dtype=torch.float32)
+            # trust_remote_code=False outright: left unset, transformers would ask on stdin.
+            model = AutoModelForSemanticSegmentation.from_pretrained(
+                self.spec.path, trust_remote_code=False, dtype=torch.float32
+            )
         except ValueError as exc:  # a custom-code folder, or a config of no semantic-segmentation class
             raise CatalogError(
                 f"model {self.spec.name}: not a semantic-segmentation model transformers knows ({exc}); "
