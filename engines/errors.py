@@ -44,6 +44,7 @@ _SERVES = {
     ModelKind.IMAGE: "images",
     ModelKind.SAFETY: "safety classification",
     ModelKind.UPSCALER: "upscaling",
+    ModelKind.SEGMENTATION: "background removal",
     ModelKind.TRANSCRIPTION: "transcription",
     ModelKind.SPEECH: "speech",
     ModelKind.VIDEO: "videos",

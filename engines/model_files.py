@@ -40,6 +40,7 @@ ENGINE_FOR_KIND: dict[ModelKind, str] = {
     ModelKind.UPSCALER: "diffusers",
     ModelKind.VIDEO: "diffusers",
     ModelKind.SAFETY: "transformers",
+    ModelKind.SEGMENTATION: "transformers",
     ModelKind.TRANSCRIPTION: "faster-whisper",
     ModelKind.SPEECH: "coqui",
 }
@@ -202,6 +203,8 @@ def _classify_transformers(path: Path, config: dict[str, Any]) -> tuple[ModelKin
     if any(a.endswith("ForImageClassification") for a in architectures):
         _nsfw_levels(path, strict=True)  # refuses a classifier without NSFW labels
         return ModelKind.SAFETY, evidence
+    if any(a.endswith("ForSemanticSegmentation") for a in architectures):
+        return ModelKind.SEGMENTATION, evidence
     hint = (
         " (an encoder without sentence-transformers files: name kind embedding to serve it so)"
         if any(a.endswith("Model") for a in architectures)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
-from engines.image.segmentation_demo import SEGMENTATION_MODEL, build_demo_segmenter
+from engines.image.segmentation_demo import SEGMENTATION_MODEL, build_demo_segmenter, demo_segmenter_spec
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
@@ -373,9 +373,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / UPSCALER_MODEL),
             options={"steps": 2},
         ),
-        ModelSpec(
-            name=SEGMENTATION_MODEL, kind=ModelKind.SEGMENTATION, engine="transformers", path=str(root / SEGMENTATION_MODEL)
-        ),
+        demo_segmenter_spec(root),
     ]
 
 

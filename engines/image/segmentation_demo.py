@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engines.base import ModelKind, ModelSpec
+
 SEGMENTATION_MODEL = "demo-segmenter"
 SEGMENTATION_LABELS = ["background", "foreground"]
 
@@ -47,3 +49,10 @@ def build_demo_segmenter(out: Path) -> None:
         "rescale_factor": 1 / 255,
     }
     (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+
+
+def demo_segmenter_spec(root: Path) -> ModelSpec:
+    """Its catalog entry; the folder is built under ``root`` by engines/image/demo.py."""
+    return ModelSpec(
+        name=SEGMENTATION_MODEL, kind=ModelKind.SEGMENTATION, engine="transformers", path=str(root / SEGMENTATION_MODEL)
+    )

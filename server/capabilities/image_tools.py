@@ -188,9 +188,7 @@ class ImageTools:
             data, names("mask"), max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
         if mask.size != size:
-            message = (
-                f"The mask is {mask.size[0]}x{mask.size[1]}; it must have the image's size, {size[0]}x{size[1]}."
-            )
+            message = f"The mask is {mask.size[0]}x{mask.size[1]}; it must have the image's size, {size[0]}x{size[1]}."
             raise names.invalid("mask", message, ErrorCode.INVALID_IMAGE_SIZE)
         return mask.convert("L")
 

@@ -75,9 +75,15 @@ async def test_the_mask_is_an_alpha_channel_of_the_image_size(segmenter: Transfo
         ({"mean": [0.5, 0.5]}, "mean must be three numbers"),
     ],
 )
-async def test_catalog_mistakes_are_refused(specs: dict[str, ModelSpec], options: dict[str, object], problem: str) -> None:
+async def test_catalog_mistakes_are_refused(
+    specs: dict[str, ModelSpec], options: dict[str, object], problem: str
+) -> None:
     spec = ModelSpec(
-        name="seg", kind=ModelKind.SEGMENTATION, engine="transformers", path=specs[SEGMENTATION_MODEL].path, options=options
+        name="seg",
+        kind=ModelKind.SEGMENTATION,
+        engine="transformers",
+        path=specs[SEGMENTATION_MODEL].path,
+        options=options,
     )
     with pytest.raises(CatalogError, match=problem):
         engine = TransformersSegmentationEngine(spec)
@@ -148,7 +154,11 @@ async def test_a_custom_code_model_runs_only_when_trusted(tmp_path: Path) -> Non
     _build_matting_model(tmp_path / "matting")
     options = {"trust_remote_code": True, "input_size": [32, 32], "mean": [0.5, 0.5, 0.5], "std": [1, 1, 1]}
     spec = ModelSpec(
-        name="matting", kind=ModelKind.SEGMENTATION, engine="transformers", path=str(tmp_path / "matting"), options=options
+        name="matting",
+        kind=ModelKind.SEGMENTATION,
+        engine="transformers",
+        path=str(tmp_path / "matting"),
+        options=options,
     )
     engine = TransformersSegmentationEngine(spec)
     await engine.load()
@@ -158,7 +168,7 @@ async def test_a_custom_code_model_runs_only_when_trusted(tmp_path: Path) -> Non
     await engine.unload()
 
     untrusted = ModelSpec(name="matting", kind=ModelKind.SEGMENTATION, engine="transformers", path=spec.path)
-    with pytest.raises(CatalogError, match="options.trust_remote_code = true"):
+    with pytest.raises(CatalogError, match=r"options\.trust_remote_code = true"):
         await TransformersSegmentationEngine(untrusted).load()
 
 

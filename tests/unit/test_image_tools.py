@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 from PIL import Image
 
-from engines.base import ModelKind, ModelSpec
+from engines.base import ModelKind, ModelSpec, SegmentationEngine
+from engines.errors import WrongModelKind
+from engines.model_files import infer_model
 from engines.registry import CatalogError
 from server.app import build_components, create_app
 from server.capabilities.image_tools import work_size
@@ -294,3 +297,16 @@ def test_settings_refuse_nonsense() -> None:
     for bad in ({"max_image_bytes": 0}, {"inpaint_max_side": 4}, {"inpaint_steps": 0}):
         with pytest.raises(msgspec.ValidationError):
             msgspec.convert({"image_tools": bad}, Settings)
+
+
+def test_a_segformer_folder_is_served_as_segmentation(tmp_path: Path) -> None:
+    config = {"architectures": ["SegformerForSemanticSegmentation"], "model_type": "segformer"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    inferred = infer_model(tmp_path)
+    assert (inferred.kind, inferred.engine) == (ModelKind.SEGMENTATION, "transformers")
+
+
+def test_another_kind_leased_as_a_segmenter_is_refused_by_name(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    with pytest.raises(WrongModelKind, match="'fake-sd' is a image model and does not serve background removal"):
+        state.scheduler.engine("fake-sd", SegmentationEngine)

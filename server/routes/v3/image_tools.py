@@ -11,7 +11,13 @@ import base64
 from litestar import Controller, Router, post
 
 from engines.workpools import WorkPool, run_in
-from schemas.v3.image_tools import CleanupBody, ImageFileAnswer, RemoveBackgroundBody, ReplaceBackgroundBody
+from schemas.v3.image_tools import (
+    CleanupBody,
+    ImageFileAnswer,
+    ImageType,
+    RemoveBackgroundBody,
+    ReplaceBackgroundBody,
+)
 from server.capabilities.calls import WireNames
 from server.capabilities.image_tools import ImageTools
 from server.capabilities.images.inputs import base64_image_bytes
@@ -23,8 +29,8 @@ V3_TOOL_NAMES = WireNames({"image": "image_file", "mask": "mask_file"})
 _BODY_OVERHEAD_BYTES = 64 * 1024
 
 
-def _answer(data: bytes, image_type: str) -> ImageFileAnswer:
-    return ImageFileAnswer(image_file=base64.b64encode(data).decode("ascii"), image_type=image_type)  # type: ignore[arg-type]
+def _answer(data: bytes, image_type: ImageType) -> ImageFileAnswer:
+    return ImageFileAnswer(image_file=base64.b64encode(data).decode("ascii"), image_type=image_type)
 
 
 async def _image(value: str, field: str) -> bytes:
@@ -39,7 +45,9 @@ class V3ImageToolsController(Controller):
     return_dto = None
     guards = [refuse_empty_body]
 
-    @post("/remove-background", status_code=200, summary="Remove an image's background", operation_id="remove_background")
+    @post(
+        "/remove-background", status_code=200, summary="Remove an image's background", operation_id="remove_background"
+    )
     async def remove_background(self, data: RemoveBackgroundBody, image_tools: ImageTools) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
