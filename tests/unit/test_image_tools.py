@@ -310,3 +310,21 @@ def test_another_kind_leased_as_a_segmenter_is_refused_by_name(tmp_path: Path) -
     state = make_state(tmp_path)
     with pytest.raises(WrongModelKind, match="'fake-sd' is a image model and does not serve background removal"):
         state.scheduler.engine("fake-sd", SegmentationEngine)
+
+
+async def test_each_answer_costs_one_image_and_a_failure_costs_nothing(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    info, key = state.keystore.create("tester")
+    state.keystore.set_credits(info.id, 2)
+    auth = {"Authorization": f"Bearer {key}"}
+    async with AsyncTestClient(create_app(state)) as client:
+        await state.load_task  # type: ignore[misc]
+        answered(await client.post("/v3/remove-background", json={"image_file": b64(half_red())}, headers=auth))
+        assert state.keystore.account(info.id).credits == 1  # type: ignore[union-attr]
+        bad_mask = {"image_file": b64(half_red()), "mask_file": b64(square_mask((8, 8), (0, 0, 4, 4)))}
+        refused(await client.post("/v3/cleanup", json=bad_mask, headers=auth), 400, "INVALID_IMAGE_SIZE")
+        assert state.keystore.account(info.id).credits == 1  # type: ignore[union-attr]
+        answered(await client.post("/v3/cleanup", json={**bad_mask, **TOOLS[2][1]}, headers=auth))
+        assert state.keystore.account(info.id).credits == 0  # type: ignore[union-attr]
+        broke = await client.post("/v3/remove-background", json={"image_file": b64(half_red())}, headers=auth)
+        refused(broke, 400, "BILLING_BALANCE_NOT_ENOUGH")

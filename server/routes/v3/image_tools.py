@@ -1,12 +1,15 @@
 """/v3/remove-background, /v3/replace-background, /v3/cleanup: Novita's synchronous image tools.
 
 Each answers at once with ``{image_file, image_type}`` (the image, base64); the work itself is
-the `ImageTools` capability's (server/capabilities/image_tools.py).
+the `ImageTools` capability's (server/capabilities/image_tools.py). Each answer is one image at
+`accounts.price_per_image`: reserved first, kept only once the image is made.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
+from collections.abc import Awaitable, Callable
 
 from litestar import Controller, Router, post
 
@@ -18,6 +21,7 @@ from schemas.v3.image_tools import (
     RemoveBackgroundBody,
     ReplaceBackgroundBody,
 )
+from server.accounts_hooks import Caller
 from server.capabilities.calls import WireNames
 from server.capabilities.image_tools import ImageTools
 from server.capabilities.images.inputs import base64_image_bytes
@@ -29,7 +33,12 @@ V3_TOOL_NAMES = WireNames({"image": "image_file", "mask": "mask_file"})
 _BODY_OVERHEAD_BYTES = 64 * 1024
 
 
-def _answer(data: bytes, image_type: ImageType) -> ImageFileAnswer:
+async def _answer(caller: Caller, work: Callable[[], Awaitable[bytes]], image_type: ImageType) -> ImageFileAnswer:
+    """The tool's image as the answer, charged as one image (reserved before the work starts,
+    nothing kept if it fails)."""
+    async with caller.meter.images(1) as charge:
+        data = await work()
+        charge.add(1)
     return ImageFileAnswer(image_file=base64.b64encode(data).decode("ascii"), image_type=image_type)
 
 
@@ -48,10 +57,13 @@ class V3ImageToolsController(Controller):
     @post(
         "/remove-background", status_code=200, summary="Remove an image's background", operation_id="remove_background"
     )
-    async def remove_background(self, data: RemoveBackgroundBody, image_tools: ImageTools) -> ImageFileAnswer:
+    async def remove_background(
+        self, data: RemoveBackgroundBody, image_tools: ImageTools, caller: Caller
+    ) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
-        return _answer(await image_tools.remove_background(image, image_type, V3_TOOL_NAMES), image_type)
+        work = functools.partial(image_tools.remove_background, image, image_type, V3_TOOL_NAMES)
+        return await _answer(caller, work, image_type)
 
     @post(
         "/replace-background",
@@ -59,18 +71,21 @@ class V3ImageToolsController(Controller):
         summary="Replace an image's background from a prompt",
         operation_id="replace_background",
     )
-    async def replace_background(self, data: ReplaceBackgroundBody, image_tools: ImageTools) -> ImageFileAnswer:
+    async def replace_background(
+        self, data: ReplaceBackgroundBody, image_tools: ImageTools, caller: Caller
+    ) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
-        result = await image_tools.replace_background(image, data.prompt, image_type, V3_TOOL_NAMES)
-        return _answer(result, image_type)
+        work = functools.partial(image_tools.replace_background, image, data.prompt, image_type, V3_TOOL_NAMES)
+        return await _answer(caller, work, image_type)
 
     @post("/cleanup", status_code=200, summary="Remove the masked objects from an image", operation_id="cleanup")
-    async def cleanup(self, data: CleanupBody, image_tools: ImageTools) -> ImageFileAnswer:
+    async def cleanup(self, data: CleanupBody, image_tools: ImageTools, caller: Caller) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
         mask = await _image(data.mask_file, "mask")
-        return _answer(await image_tools.cleanup(image, mask, image_type, V3_TOOL_NAMES), image_type)
+        work = functools.partial(image_tools.cleanup, image, mask, image_type, V3_TOOL_NAMES)
+        return await _answer(caller, work, image_type)
 
 
 def image_tools_router(settings: ImageToolSettings) -> Router:
