@@ -152,8 +152,8 @@ class ImageTools:
         painter = self._require(self.inpainting_model, "cleanup", "inpainting_model")
         image = await run_in(WorkPool.MEDIA, self.open_image, data, "image", names)
         mask = await run_in(WorkPool.MEDIA, self.open_mask, mask_data, image.size, names)
-        if mask.getbbox() is None:  # nothing marked: nothing to repaint
-            return await run_in(WorkPool.MEDIA, encode_tool_image, image.convert("RGB"), image_type)
+        if await run_in(WorkPool.MEDIA, mask.getbbox) is None:  # nothing marked: nothing to repaint
+            return await run_in(WorkPool.MEDIA, lambda: encode_tool_image(image.convert("RGB"), image_type))
         painted = await self._repaint(painter, image, mask, "", names)
         result = await run_in(WorkPool.MEDIA, repainted_into, image, painted, mask)
         return await run_in(WorkPool.MEDIA, encode_tool_image, result, image_type)
