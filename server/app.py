@@ -56,7 +56,7 @@ from server.routes.openai.videos import VideosController
 from server.routes.openapi import document_error_responses
 from server.routes.v3.account import AccountController
 from server.routes.v3.files import FilesController
-from server.routes.v3.image_tools import image_tools_router
+from server.routes.v3.image_editor import image_editor_router
 from server.routes.v3.images import V3ImageController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.speech import V3SpeechController
@@ -155,7 +155,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "images": components.openai_images,
         "v3_images": components.v3_images,
         "v3_upscale": components.v3_upscale,
-        "image_tools": components.image_tools,
+        "image_editor": components.image_editor,
         "novassium": components.novassium,
         "sdapi": components.sdapi,
         # Audio and video.
@@ -240,7 +240,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         path="/",
         route_handlers=[
             V3ImageController,
-            image_tools_router(components.settings.image_tools),
+            image_editor_router(components.settings.image_tools),
             V3SpeechController,
             V3VideoController,
             TaskResultController,

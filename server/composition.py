@@ -18,7 +18,7 @@ from server.batches.lines import line_services
 from server.batches.runner import BatchRunner
 from server.batches.service import Batches
 from server.batches.store import BatchStore, FileContents
-from server.capabilities.image_tools import ImageTools
+from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
 from server.capabilities.output_limits import OutputLimit
@@ -148,7 +148,7 @@ class Components:
         self.v3_images = V3ImageTasks(self.image_generator, self.submission, self.task_runner)
         self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
-        self.image_tools = ImageTools(scheduler, self.image_generator, settings.image_tools)
+        self.image_editor = ImageEditor(scheduler, self.image_generator, settings.image_tools)
 
         self.transcriber = Transcriber(scheduler, settings.audio)
         self.speech = SpeechSynthesis(scheduler, self.storage, settings.audio)

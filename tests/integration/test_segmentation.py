@@ -26,7 +26,7 @@ from engines.image.segmentation import TransformersSegmentationEngine
 from engines.image.segmentation_demo import SEGMENTATION_MODEL
 from engines.registry import CatalogError, ModelRegistry, diffusers_factory, transformers_factory
 from engines.scheduler import Scheduler
-from server.capabilities.image_tools import ImageTools
+from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
 from server.settings import ImageToolSettings
@@ -176,7 +176,7 @@ async def test_a_custom_code_model_runs_only_when_trusted(tmp_path: Path) -> Non
 
 
 @pytest.fixture(scope="module")
-async def tools(specs: dict[str, ModelSpec], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ImageTools]:
+async def tools(specs: dict[str, ModelSpec], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ImageEditor]:
     served = [specs[SEGMENTATION_MODEL], specs["demo-sd"]]
     registry = ModelRegistry(served, {"transformers": transformers_factory(), "diffusers": diffusers_factory()})
     scheduler = Scheduler(registry, AdmissionPolicy())
@@ -184,7 +184,7 @@ async def tools(specs: dict[str, ModelSpec], tmp_path_factory: pytest.TempPathFa
     storage = LocalStorage(tmp_path_factory.mktemp("outputs"), secrets.token_bytes(32))
     images = ImageGenerator(scheduler, storage, NsfwDetector(scheduler, ""))
     # Few steps: random weights paint no better with more.
-    yield ImageTools(scheduler, images, ImageToolSettings(inpaint_steps=2))
+    yield ImageEditor(scheduler, images, ImageToolSettings(inpaint_steps=2))
     await scheduler.stop()
     await scheduler.unload_all()
 
@@ -195,7 +195,7 @@ def _png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-async def test_remove_background_answers_the_mask_as_alpha(tools: ImageTools) -> None:
+async def test_remove_background_answers_the_mask_as_alpha(tools: ImageEditor) -> None:
     assert (tools.segmentation_model, tools.inpainting_model) == (SEGMENTATION_MODEL, "demo-sd")
     source = half_red((72, 40))
     for image_type, expected_mode in (("png", "RGBA"), ("webp", "RGBA"), ("jpeg", "RGB")):
@@ -210,7 +210,7 @@ async def test_remove_background_answers_the_mask_as_alpha(tools: ImageTools) ->
         assert answer.convert("RGB").tobytes() == source.tobytes()  # the colours are the input's
 
 
-async def test_replace_background_and_cleanup_keep_the_input_size(tools: ImageTools) -> None:
+async def test_replace_background_and_cleanup_keep_the_input_size(tools: ImageEditor) -> None:
     source = half_red((90, 50))
     replaced = await tools.replace_background(_png(source), "a quiet beach", "png")
     with Image.open(io.BytesIO(replaced)) as answer:

@@ -21,7 +21,7 @@ from engines.errors import WrongModelKind
 from engines.model_files import infer_model
 from engines.registry import CatalogError
 from server.app import build_components, create_app
-from server.capabilities.image_tools import work_size
+from server.capabilities.image_editor import work_size
 from server.composition import Components
 from server.settings import Settings
 from tests.fakes import FAKE_SPECS, FakeImageEngine, _FakeBase, fake_factory
@@ -265,7 +265,7 @@ async def test_tools_whose_model_is_off_answer_404(tmp_path: Path) -> None:
 
 async def test_a_catalog_without_a_segmenter_serves_cleanup_only(tmp_path: Path) -> None:
     state = make_state(tmp_path, FAKE_SPECS)
-    assert (state.image_tools.segmentation_model, state.image_tools.inpainting_model) == (None, "fake-sd")
+    assert (state.image_editor.segmentation_model, state.image_editor.inpainting_model) == (None, "fake-sd")
 
 
 @pytest.mark.parametrize(

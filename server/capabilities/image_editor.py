@@ -107,7 +107,7 @@ def repainted_into(original: Any, painted: Any, mask: Any) -> Any:
     return Image.composite(painted.convert("RGB"), original.convert("RGB"), mask)
 
 
-class ImageTools:
+class ImageEditor:
     def __init__(self, scheduler: Scheduler, images: ImageGenerator, settings: ImageToolSettings) -> None:
         self.scheduler = scheduler
         self.images = images

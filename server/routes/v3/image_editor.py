@@ -1,7 +1,7 @@
 """/v3/remove-background, /v3/replace-background, /v3/cleanup: Novita's synchronous image tools.
 
 Each answers at once with ``{image_file, image_type}`` (the image, base64); the work itself is
-the `ImageTools` capability's (server/capabilities/image_tools.py). Each answer is one image at
+the `ImageEditor` capability's (server/capabilities/image_editor.py). Each answer is one image at
 `accounts.price_per_image`: reserved first, kept only once the image is made.
 """
 
@@ -14,21 +14,16 @@ from collections.abc import Awaitable, Callable
 from litestar import Controller, Router, post
 
 from engines.workpools import WorkPool, run_in
-from schemas.v3.image_tools import (
-    CleanupBody,
-    ImageFileAnswer,
-    ImageType,
-    RemoveBackgroundBody,
-    ReplaceBackgroundBody,
-)
+from schemas.v3.image_editor import CleanupBody, RemoveBackgroundBody, ReplaceBackgroundBody
+from schemas.v3.image_tools import ImageFileAnswer, ImageType
 from server.accounts_hooks import Caller
 from server.capabilities.calls import WireNames
-from server.capabilities.image_tools import ImageTools
+from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.inputs import base64_image_bytes
 from server.settings import ImageToolSettings
 from server.validation import NovitaBody, refuse_empty_body
 
-V3_TOOL_NAMES = WireNames({"image": "image_file", "mask": "mask_file"})
+V3_EDITOR_NAMES = WireNames({"image": "image_file", "mask": "mask_file"})
 # Room in a body beside its base64 images: the prompt and the extra object.
 _BODY_OVERHEAD_BYTES = 64 * 1024
 
@@ -44,10 +39,10 @@ async def _answer(caller: Caller, work: Callable[[], Awaitable[bytes]], image_ty
 
 async def _image(value: str, field: str) -> bytes:
     # Decoding tens of megabytes of base64 takes a while: off the event loop.
-    return await run_in(WorkPool.MEDIA, base64_image_bytes, value, V3_TOOL_NAMES(field))
+    return await run_in(WorkPool.MEDIA, base64_image_bytes, value, V3_EDITOR_NAMES(field))
 
 
-class V3ImageToolsController(Controller):
+class V3ImageEditorController(Controller):
     path = "/v3"
     tags = ["v3: image tools"]
     dto = NovitaBody
@@ -58,11 +53,11 @@ class V3ImageToolsController(Controller):
         "/remove-background", status_code=200, summary="Remove an image's background", operation_id="remove_background"
     )
     async def remove_background(
-        self, data: RemoveBackgroundBody, image_tools: ImageTools, caller: Caller
+        self, data: RemoveBackgroundBody, image_editor: ImageEditor, caller: Caller
     ) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
-        work = functools.partial(image_tools.remove_background, image, image_type, V3_TOOL_NAMES)
+        work = functools.partial(image_editor.remove_background, image, image_type, V3_EDITOR_NAMES)
         return await _answer(caller, work, image_type)
 
     @post(
@@ -72,28 +67,28 @@ class V3ImageToolsController(Controller):
         operation_id="replace_background",
     )
     async def replace_background(
-        self, data: ReplaceBackgroundBody, image_tools: ImageTools, caller: Caller
+        self, data: ReplaceBackgroundBody, image_editor: ImageEditor, caller: Caller
     ) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
-        work = functools.partial(image_tools.replace_background, image, data.prompt, image_type, V3_TOOL_NAMES)
+        work = functools.partial(image_editor.replace_background, image, data.prompt, image_type, V3_EDITOR_NAMES)
         return await _answer(caller, work, image_type)
 
     @post("/cleanup", status_code=200, summary="Remove the masked objects from an image", operation_id="cleanup")
-    async def cleanup(self, data: CleanupBody, image_tools: ImageTools, caller: Caller) -> ImageFileAnswer:
+    async def cleanup(self, data: CleanupBody, image_editor: ImageEditor, caller: Caller) -> ImageFileAnswer:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
         mask = await _image(data.mask_file, "mask")
-        work = functools.partial(image_tools.cleanup, image, mask, image_type, V3_TOOL_NAMES)
+        work = functools.partial(image_editor.cleanup, image, mask, image_type, V3_EDITOR_NAMES)
         return await _answer(caller, work, image_type)
 
 
-def image_tools_router(settings: ImageToolSettings) -> Router:
+def image_editor_router(settings: ImageToolSettings) -> Router:
     """The tools' routes, whose bodies may carry two images of image_tools.max_image_bytes each
     as base64 (cleanup's image and mask): larger than the app's own body limit."""
     base64_bytes = -(-settings.max_image_bytes // 3) * 4
     return Router(
         path="/",
-        route_handlers=[V3ImageToolsController],
+        route_handlers=[V3ImageEditorController],
         request_max_body_size=2 * base64_bytes + _BODY_OVERHEAD_BYTES,
     )
