@@ -91,9 +91,13 @@ def _png(image: Any) -> bytes:
 
 
 def with_alpha(image: Any, mask: Any) -> Any:
-    """``image`` as RGBA with ``mask`` (an "L" image of its size) as its alpha channel."""
+    """``image`` as RGBA with ``mask`` (an "L" image of its size) as its alpha channel; where
+    the input was already transparent it stays so (the two alphas multiply)."""
+    from PIL import ImageChops
+
     rgba = image.convert("RGBA")
-    rgba.putalpha(mask)
+    alpha = ImageChops.multiply(rgba.getchannel("A"), mask) if image.mode == "RGBA" else mask
+    rgba.putalpha(alpha)
     return rgba
 
 

@@ -328,3 +328,12 @@ async def test_each_answer_costs_one_image_and_a_failure_costs_nothing(tmp_path:
         assert state.keystore.account(info.id).credits == 0  # type: ignore[union-attr]
         broke = await client.post("/v3/remove-background", json={"image_file": b64(half_red())}, headers=auth)
         refused(broke, 400, "BILLING_BALANCE_NOT_ENOUGH")
+
+
+async def test_an_input_with_alpha_keeps_its_transparent_pixels(client: AsyncTestClient) -> None:
+    source = Image.open(io.BytesIO(half_red())).convert("RGBA")
+    source.putpixel((2, 2), (*RED, 0))  # transparent, though the segmenter calls it foreground
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG")
+    image = answered(await client.post("/v3/remove-background", json={"image_file": b64(buffer.getvalue())}))
+    assert (image.getpixel((2, 2))[3], image.getpixel((5, 5))[3], image.getpixel((35, 5))[3]) == (0, 255, 0)
