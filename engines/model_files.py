@@ -42,6 +42,8 @@ ENGINE_FOR_KIND: dict[ModelKind, str] = {
     ModelKind.SAFETY: "transformers",
     ModelKind.TRANSCRIPTION: "faster-whisper",
     ModelKind.SPEECH: "coqui",
+    ModelKind.CAPTION: "transformers",
+    ModelKind.VARIATION: "diffusers",
 }
 
 # Files sentence-transformers writes beside a bi-encoder (embedding) model.

@@ -57,6 +57,7 @@ from server.routes.openapi import document_error_responses
 from server.routes.v3.account import AccountController
 from server.routes.v3.files import FilesController
 from server.routes.v3.images import V3ImageController
+from server.routes.v3.img2prompt_reimagine import V3Img2PromptReimagineController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.speech import V3SpeechController
 from server.routes.v3.tasks import TaskResultController
@@ -154,6 +155,8 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "images": components.openai_images,
         "v3_images": components.v3_images,
         "v3_upscale": components.v3_upscale,
+        "image_prompts": components.image_prompts,
+        "reimaginer": components.reimaginer,
         "novassium": components.novassium,
         "sdapi": components.sdapi,
         # Audio and video.
@@ -238,6 +241,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         path="/",
         route_handlers=[
             V3ImageController,
+            V3Img2PromptReimagineController,
             V3SpeechController,
             V3VideoController,
             TaskResultController,

@@ -20,7 +20,9 @@ from server.batches.service import Batches
 from server.batches.store import BatchStore, FileContents
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
+from server.capabilities.img2prompt import ImagePrompts
 from server.capabilities.output_limits import OutputLimit
+from server.capabilities.reimagine import Reimaginer
 from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
 from server.capabilities.text.responses import ResponsesService
@@ -147,6 +149,8 @@ class Components:
         self.v3_images = V3ImageTasks(self.image_generator, self.submission, self.task_runner)
         self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
+        self.image_prompts = ImagePrompts(scheduler, settings.image_tools)
+        self.reimaginer = Reimaginer(scheduler, settings.image_tools)
 
         self.transcriber = Transcriber(scheduler, settings.audio)
         self.speech = SpeechSynthesis(scheduler, self.storage, settings.audio)

@@ -447,6 +447,25 @@ class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sdapi_fetch_timeout_s: float = 15.0
 
 
+class ImageToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The synchronous /v3 image tools: the catalog model behind each, and their input limits."""
+
+    # The captioner (kind "caption") that /v3/img2prompt runs, and the variation pipeline (kind
+    # "variation") that /v3/reimagine runs. Unset: the demo model when the catalog has it, else
+    # the catalog's first model of that kind; "" turns the route off (it answers 404). A name
+    # that is not such a model in the catalog stops the start.
+    caption_model: str | None = None
+    reimagine_model: str | None = None
+    # Novita's documented limits on each input image's sides (2048x2048 and 1024x1024). The
+    # bytes are bounded by the server's input-image limit (8 MiB), below Novita's 30 MB.
+    img2prompt_max_side: int = 2048
+    reimagine_max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.img2prompt_max_side < 1 or self.reimagine_max_side < 1:
+            raise ValueError("image_tools.img2prompt_max_side and reimagine_max_side must be at least 1")
+
+
 AWS_REGIONS = (
     "us-east-1",
     "us-east-2",
@@ -562,6 +581,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
     vendor: VendorSettings = msgspec.field(default_factory=VendorSettings)
+    image_tools: ImageToolSettings = msgspec.field(default_factory=ImageToolSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
