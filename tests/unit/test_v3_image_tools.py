@@ -98,7 +98,8 @@ async def test_reimagine_defaults_to_png_and_draws_a_seed_per_call(tmp_path: Pat
 
 async def test_enterprise_plan_and_explicit_nulls_are_accepted(client: AsyncTestClient) -> None:
     # What novita-client sends: enterprise_plan in extra, every optional field present.
-    body = {"image_file": encoded((8, 8)), "extra": {"response_image_type": None, "enterprise_plan": {"enabled": False}}}
+    extra = {"response_image_type": None, "enterprise_plan": {"enabled": False}}
+    body = {"image_file": encoded((8, 8)), "extra": extra}
     response = await client.post("/v3/reimagine", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["image_type"] == "png"
