@@ -14,6 +14,7 @@ import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -81,6 +82,20 @@ async def test_the_caption_is_text_the_model_generated(captioner: CaptionerEngin
     assert all(word in vocabulary for word in caption.text.replace(",", " , ").split())
     again = await captioner.caption(noise((64, 48)))
     assert again == caption  # greedy decoding of the same pixels
+
+
+async def test_a_prompt_starts_the_caption_but_is_not_part_of_it(captioner: CaptionerEngine) -> None:
+    options = {**captioner.spec.options, "prompt": "a picture of"}
+    prompted = CaptionerEngine(msgspec.structs.replace(captioner.spec, options=options))
+    await prompted.load()
+    try:
+        caption = await prompted.caption(noise((64, 48)))
+    finally:
+        await prompted.unload()
+    assert 8 <= caption.generated_tokens <= 16 and caption.text.strip()
+    assert not caption.text.startswith("a picture of")
+    # Conditioned on other tokens, the words differ from the unprompted caption's.
+    assert caption.text != (await captioner.caption(noise((64, 48)))).text
 
 
 async def test_a_grayscale_or_transparent_image_is_captioned_as_rgb(captioner: CaptionerEngine) -> None:
