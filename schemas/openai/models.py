@@ -6,7 +6,17 @@ import msgspec
 
 # What a model serves: omniserve's catalog kinds (engines/base.py ModelKind).
 ModelKindName = Literal[
-    "chat", "embedding", "rerank", "image", "safety", "upscaler", "transcription", "speech", "video"
+    "chat",
+    "embedding",
+    "rerank",
+    "image",
+    "safety",
+    "upscaler",
+    "transcription",
+    "speech",
+    "video",
+    "caption",
+    "variation",
 ]
 
 

@@ -4,7 +4,7 @@ without loading a model."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -17,6 +17,7 @@ from engines.image.variation import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, Uncli
 from engines.image.variation_demo import VARIATION_MODEL
 from engines.model_files import infer_model
 from engines.registry import CatalogError, diffusers_factory, transformers_factory
+from schemas.openai.models import ModelKindName
 from tests.unit.test_model_files import config, layout
 
 
@@ -91,6 +92,10 @@ def test_the_factories_make_each_kind_its_engine() -> None:
         transformers_factory()(spec(ModelKind.CHAT, "transformers"))
     assert served_kinds(CaptionEngine) == {ModelKind.CAPTION}
     assert served_kinds(VariationEngine) == {ModelKind.VARIATION}
+
+
+def test_model_cards_document_every_kind() -> None:
+    assert set(get_args(ModelKindName)) == {kind.value for kind in ModelKind}
 
 
 def test_the_demo_catalog_lists_both_tools(tmp_path: Path) -> None:
