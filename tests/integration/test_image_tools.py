@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from engines.admission import AdmissionPolicy
-from engines.base import CaptionEngine, VariationEngine, VariationJob
+from engines.base import CaptionEngine, ModelKind, ModelSpec, VariationEngine, VariationJob
 from engines.image.caption import CaptionerEngine
 from engines.image.caption_demo import CAPTION_MODEL
 from engines.image.demo import image_demo_catalog
@@ -28,6 +28,7 @@ from engines.image.variation import UnclipVariationEngine
 from engines.image.variation_demo import VARIATION_MODEL
 from engines.registry import ModelRegistry, diffusers_factory, transformers_factory
 from engines.scheduler import Scheduler
+from engines.vision_demo import VLM_NAME
 from server.capabilities.img2prompt import ImagePrompts
 from server.capabilities.reimagine import Reimaginer
 from server.settings import ImageToolSettings
@@ -96,6 +97,28 @@ async def test_a_prompt_starts_the_caption_but_is_not_part_of_it(captioner: Capt
     assert not caption.text.startswith("a picture of")
     # Conditioned on other tokens, the words differ from the unprompted caption's.
     assert caption.text != (await captioner.caption(noise((64, 48)))).text
+
+
+async def test_an_instruction_captions_with_a_vision_language_models_chat_template(demo_root: Path) -> None:
+    # demo-vlm (engines/vision_demo.py, served by vLLM as chat) loads in transformers too.
+    vlm = ModelSpec(
+        name="vlm-captioner",
+        kind=ModelKind.CAPTION,
+        engine="transformers",
+        path=str(demo_root / VLM_NAME),
+        options={"instruction": "Describe this image.", "max_new_tokens": 8, "min_new_tokens": 4},
+    )
+    engine = transformers_factory()(vlm)
+    assert isinstance(engine, CaptionerEngine)
+    await engine.load()
+    try:
+        assert engine._text is not None and "Describe this image." in engine._text and "<image>" in engine._text
+        caption = await engine.caption(noise((64, 48)))
+    finally:
+        await engine.unload()
+    # Random weights may decode to special tokens only, so the words are not checked: the tokens are.
+    assert 4 <= caption.generated_tokens <= 8
+    assert "Describe this image." not in caption.text  # the prompt is not part of the answer
 
 
 async def test_a_grayscale_or_transparent_image_is_captioned_as_rgb(captioner: CaptionerEngine) -> None:
