@@ -20,6 +20,8 @@ class ModelKind(enum.StrEnum):
     TRANSCRIPTION = "transcription"  # speech to text (faster-whisper)
     SPEECH = "speech"  # text to speech (Coqui TTS)
     VIDEO = "video"  # diffusers text-to-video and image-to-video pipelines
+    CAPTION = "caption"  # transformers image-to-text models that describe an image (/v3 img2prompt)
+    VARIATION = "variation"  # diffusers image-variation pipelines (/v3 reimagine)
 
 
 class TextAdapter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -389,6 +391,33 @@ class SegmentationEngine(Engine, Protocol):
     async def segment(self, image: Any) -> Any: ...
 
 
+class Caption(msgspec.Struct, kw_only=True):
+    """What a captioner wrote about an image, and how many tokens it generated for it."""
+
+    text: str
+    generated_tokens: int
+
+
+@runtime_checkable
+class CaptionEngine(Engine, Protocol):
+    # The image (PIL) described in words, as a prompt that could draw it.
+    async def caption(self, image: Any) -> Caption: ...
+
+
+class VariationJob(msgspec.Struct, kw_only=True):
+    """One image variation in engine terms: the encoded input image (PNG/JPEG/WebP), already
+    checked, and the seed of its noise (the same job and seed give the same pixels)."""
+
+    image: bytes
+    seed: int
+
+
+@runtime_checkable
+class VariationEngine(Engine, Protocol):
+    # A variation of the image (PIL), of the input image's size.
+    async def vary(self, job: VariationJob, progress: ProgressCallback | None = None) -> Any: ...
+
+
 class SpeechJob(msgspec.Struct, kw_only=True):
     """One text to speak, in engine terms: voice and language already checked against the engine."""
 
@@ -571,6 +600,8 @@ SERVED_KINDS: dict[type, frozenset[ModelKind]] = {
     SpeechEngine: frozenset({ModelKind.SPEECH}),
     TranscriptionEngine: frozenset({ModelKind.TRANSCRIPTION}),
     VideoEngine: frozenset({ModelKind.VIDEO}),
+    CaptionEngine: frozenset({ModelKind.CAPTION}),
+    VariationEngine: frozenset({ModelKind.VARIATION}),
 }
 
 

@@ -48,6 +48,8 @@ _SERVES = {
     ModelKind.TRANSCRIPTION: "transcription",
     ModelKind.SPEECH: "speech",
     ModelKind.VIDEO: "videos",
+    ModelKind.CAPTION: "image captions",
+    ModelKind.VARIATION: "image variations",
 }
 
 

@@ -6,7 +6,8 @@ sentence-transformers files), never weights, so classifying a model costs millis
 - model_index.json (a diffusers pipeline): its `_class_name` decides. Upscale pipelines are
   `upscaler`; video pipelines (AnimateDiff, Stable Video Diffusion, text-to-video, Wan...) and an
   SD 1.x checkpoint with a `motion_adapter/` folder beside its components are `video`; image-to-image
-  and inpainting pipelines are refused (the image engine derives those from a text-to-image one);
+  and inpainting pipelines are refused (the image engine derives those from a text-to-image one),
+  except Stable unCLIP's image-to-image, which is `variation`;
   every other pipeline is `image`. A lone diffusers component (VAE, ControlNet) is refused.
 - CTranslate2 Whisper (model.bin and a config.json with Whisper's decoding fields) is
   `transcription` on faster-whisper. Whisper in transformers form is refused: faster-whisper needs
@@ -15,7 +16,8 @@ sentence-transformers files), never weights, so classifying a model costs millis
 - A transformers config.json: its `architectures` decide. A sequence classifier with one label
   (a cross-encoder) is `rerank`; a model with sentence-transformers files is `embedding`; a causal
   or conditional-generation language model is `chat` (with a `vision_config`, one that also takes
-  images); an image classifier with NSFW labels is `safety`.
+  images); BLIP, BLIP-2, GIT and vision encoder-decoder models are `caption`; an image classifier
+  with NSFW labels is `safety`.
 
 What fits none of these is refused with what was found, so an operator can name the kind.
 """
@@ -43,6 +45,8 @@ ENGINE_FOR_KIND: dict[ModelKind, str] = {
     ModelKind.SEGMENTATION: "transformers",
     ModelKind.TRANSCRIPTION: "faster-whisper",
     ModelKind.SPEECH: "coqui",
+    ModelKind.CAPTION: "transformers",
+    ModelKind.VARIATION: "diffusers",
 }
 
 # Files sentence-transformers writes beside a bi-encoder (embedding) model.
@@ -53,6 +57,10 @@ _VIDEO_PIPELINE = re.compile(
     r"^(AnimateDiff|StableVideoDiffusion|TextToVideo|VideoToVideo|Wan|I2VGenXL|CogVideoX)|Video"
 )
 _MOTION_ADAPTER_DIR = "motion_adapter"
+# Image-variation pipelines (engines/image/variation.py), served as such rather than refused as img2img.
+_VARIATION_PIPELINES = frozenset({"StableUnCLIPImg2ImgPipeline"})
+# Image captioners (engines/image/caption.py): encoder-decoder or BLIP-style image-to-text models.
+_CAPTIONER = re.compile(r"^(Blip2?\w*ForConditionalGeneration|GitForCausalLM|VisionEncoderDecoderModel)$")
 # A chat template's tool-call markup, and the vLLM tool parser that reads it.
 _TOOL_MARKUP = (("<tool_call>", "hermes"), ("<|python_tag|>", "llama3_json"), ("[TOOL_CALLS]", "mistral"))
 # Classifier labels (lower case) each NSFW detection level counts, cumulatively (engines/image/safety.py).
@@ -146,6 +154,8 @@ def _classify_pipeline(path: Path, index: dict[str, Any]) -> tuple[ModelKind, st
         raise UnrecognizedModel(f"{path}: model_index.json names no diffusers pipeline (_class_name {name!r})")
     if "Upscale" in name:
         return ModelKind.UPSCALER, evidence
+    if name in _VARIATION_PIPELINES:
+        return ModelKind.VARIATION, evidence
     if name.endswith(("Img2ImgPipeline", "InpaintPipeline")):
         # The image engine starts from a text-to-image pipeline and derives these from it.
         raise UnrecognizedModel(
@@ -191,6 +201,8 @@ def _classify_transformers(path: Path, config: dict[str, Any]) -> tuple[ModelKin
         )
     if any((path / name).is_file() for name in _SENTENCE_TRANSFORMERS_FILES):
         return ModelKind.EMBEDDING, f"{evidence} with sentence-transformers files"
+    if any(_CAPTIONER.match(a) for a in architectures):
+        return ModelKind.CAPTION, f"{evidence} (an image captioner)"
     if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
         if config.get("is_encoder_decoder"):
             raise UnrecognizedModel(

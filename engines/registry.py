@@ -53,6 +53,10 @@ def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
             from engines.image.upscale import UpscalerEngine
 
             return cast(Engine, UpscalerEngine(spec, device=device))
+        if spec.kind is ModelKind.VARIATION:
+            from engines.image.variation import UnclipVariationEngine
+
+            return cast(Engine, UnclipVariationEngine(spec, device=device))
         if spec.kind is ModelKind.VIDEO:
             from engines.video.pipelines import DiffusersVideoEngine
 
@@ -78,8 +82,8 @@ def _single_kind_factory(engine: str, kind: ModelKind, module: str, class_name: 
 
 
 def transformers_factory(*, device: str = "cpu") -> EngineFactory:
-    """Engines on plain transformers models: the NSFW classifiers (kind "safety") and the
-    foreground segmenters (kind "segmentation")."""
+    """Engines on plain transformers models: the NSFW classifiers (kind "safety"), the
+    foreground segmenters (kind "segmentation") and the image captioners (kind "caption")."""
     by_kind = {
         ModelKind.SAFETY: _single_kind_factory(
             "transformers", ModelKind.SAFETY, "engines.image.safety", "SafetyClassifierEngine", device
@@ -90,6 +94,9 @@ def transformers_factory(*, device: str = "cpu") -> EngineFactory:
             "engines.image.segmentation",
             "TransformersSegmentationEngine",
             device,
+        ),
+        ModelKind.CAPTION: _single_kind_factory(
+            "transformers", ModelKind.CAPTION, "engines.image.caption", "CaptionerEngine", device
         ),
     }
 

@@ -58,6 +58,7 @@ from server.routes.v3.account import AccountController
 from server.routes.v3.files import FilesController
 from server.routes.v3.image_editor import image_editor_router
 from server.routes.v3.images import V3ImageController
+from server.routes.v3.img2prompt_reimagine import V3Img2PromptReimagineController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.speech import V3SpeechController
 from server.routes.v3.tasks import TaskResultController
@@ -156,6 +157,8 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "v3_images": components.v3_images,
         "v3_upscale": components.v3_upscale,
         "image_editor": components.image_editor,
+        "image_prompts": components.image_prompts,
+        "reimaginer": components.reimaginer,
         "novassium": components.novassium,
         "sdapi": components.sdapi,
         # Audio and video.
@@ -241,6 +244,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         route_handlers=[
             V3ImageController,
             image_editor_router(components.settings.image_tools),
+            V3Img2PromptReimagineController,
             V3SpeechController,
             V3VideoController,
             TaskResultController,

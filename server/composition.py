@@ -21,7 +21,9 @@ from server.batches.store import BatchStore, FileContents
 from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
+from server.capabilities.img2prompt import ImagePrompts
 from server.capabilities.output_limits import OutputLimit
+from server.capabilities.reimagine import Reimaginer
 from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
 from server.capabilities.text.responses import ResponsesService
@@ -149,6 +151,8 @@ class Components:
         self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
         self.image_editor = ImageEditor(scheduler, self.image_generator, settings.image_tools)
+        self.image_prompts = ImagePrompts(scheduler, settings.image_tools)
+        self.reimaginer = Reimaginer(scheduler, settings.image_tools)
 
         self.transcriber = Transcriber(scheduler, settings.audio)
         self.speech = SpeechSynthesis(scheduler, self.storage, settings.audio)

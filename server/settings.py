@@ -448,7 +448,7 @@ class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class ImageToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Novita's synchronous image tools: /v3/remove-background, /v3/replace-background, /v3/cleanup."""
+    """Novita's synchronous /v3 image tools: the catalog model behind each, and their input limits."""
 
     # The catalog's segmentation model that finds the foreground (remove- and replace-background).
     # Unset: "demo-segmenter" when the catalog has it, else its first segmentation model; ""
@@ -458,13 +458,24 @@ class ImageToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     # masked area). Unset: "demo-sd" when the catalog has it, else its first image model; ""
     # turns those two routes off.
     inpainting_model: str | None = None
-    # Each input image (and cleanup's mask), as Novita documents them: at most 30 MB of encoded
-    # bytes and 16 megapixels. The request body limit of these routes follows from the bytes.
+    # The captioner (kind "caption") that /v3/img2prompt runs, and the variation pipeline (kind
+    # "variation") that /v3/reimagine runs. Unset: the demo model when the catalog has it, else
+    # the catalog's first model of that kind; "" turns the route off (it answers 404). A name
+    # that is not such a model in the catalog stops the start.
+    caption_model: str | None = None
+    reimagine_model: str | None = None
+    # Each input image of the background and cleanup tools (and cleanup's mask), as Novita
+    # documents them: at most 30 MB of encoded bytes and 16 megapixels. The request body limit
+    # of these routes follows from the bytes.
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     # replace-background's own limits (Novita: 2048 x 2048, neither side above 4096).
     replace_background_max_pixels: int = 2048 * 2048
     replace_background_max_side: int = 4096
+    # Novita's documented limits on img2prompt's and reimagine's input sides (2048x2048 and
+    # 1024x1024). Their bytes are bounded by the server's input-image limit (8 MiB).
+    img2prompt_max_side: int = 2048
+    reimagine_max_side: int = 1024
     # The repainting runs at most this many pixels a side (aspect kept, sides multiples of 8);
     # its result is resized to the input's size, and only the repainted area replaces pixels.
     inpaint_max_side: int = 1024
@@ -478,6 +489,8 @@ class ImageToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             raise ValueError("image_tools.replace_background_max_side must be positive, inpaint_max_side at least 8")
         if self.inpaint_steps < 1 or self.inpaint_guidance_scale < 0:
             raise ValueError("image_tools.inpaint_steps must be at least 1, inpaint_guidance_scale not negative")
+        if self.img2prompt_max_side < 1 or self.reimagine_max_side < 1:
+            raise ValueError("image_tools.img2prompt_max_side and reimagine_max_side must be at least 1")
 
 
 AWS_REGIONS = (

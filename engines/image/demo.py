@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.image.caption_demo import CAPTION_MODEL, build_captioner
 from engines.image.segmentation_demo import SEGMENTATION_MODEL, build_demo_segmenter, demo_segmenter_spec
+from engines.image.variation_demo import VARIATION_MODEL, build_variation
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
@@ -335,6 +337,8 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     SAFETY_MODEL: _build_nsfw,
     UPSCALER_MODEL: _build_upscaler,
     SEGMENTATION_MODEL: build_demo_segmenter,
+    CAPTION_MODEL: build_captioner,
+    VARIATION_MODEL: build_variation,
 }
 
 
@@ -374,6 +378,22 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             options={"steps": 2},
         ),
         demo_segmenter_spec(root),
+        # At least eight tokens: a random decoder may otherwise end its caption before any word.
+        ModelSpec(
+            name=CAPTION_MODEL,
+            kind=ModelKind.CAPTION,
+            engine="transformers",
+            path=str(root / CAPTION_MODEL),
+            options={"max_new_tokens": 16, "min_new_tokens": 8},
+        ),
+        # Two steps, as the upscaler: random weights make no better picture with more.
+        ModelSpec(
+            name=VARIATION_MODEL,
+            kind=ModelKind.VARIATION,
+            engine="diffusers",
+            path=str(root / VARIATION_MODEL),
+            options={"steps": 2},
+        ),
     ]
 
 
@@ -385,7 +405,8 @@ def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpe
         build_atomically(root / name, builder, BUILD_VERSION, force=force)
     specs = image_demo_catalog(root)
     for spec in specs:
-        index = "model_index.json" if spec.kind in (ModelKind.IMAGE, ModelKind.UPSCALER) else "config.json"
+        pipelines = (ModelKind.IMAGE, ModelKind.UPSCALER, ModelKind.VARIATION)
+        index = "model_index.json" if spec.kind in pipelines else "config.json"
         if not Path(spec.path, index).is_file():
             raise FileNotFoundError(f"{spec.name}: no model at {spec.path}")
     return specs

@@ -1,6 +1,6 @@
 """POST /v3/remove-background, /v3/replace-background and /v3/cleanup: their bodies.
 
-Each answers at once with an `ImageFileAnswer` (schemas/v3/image_tools.py), not a task id.
+Each answers at once with an `ImageFileResponse` (schemas/v3/image_tools.py), not a task id.
 """
 
 from __future__ import annotations
@@ -8,18 +8,11 @@ from __future__ import annotations
 import msgspec
 
 from schemas.constraints import Prompt
-from schemas.v3.common import EnterprisePlan
-from schemas.v3.image_tools import ImageType
-
-
-class ImageToolExtra(msgspec.Struct, kw_only=True):
-    # JPEG has no alpha channel: remove-background's transparent pixels are flattened onto white.
-    response_image_type: ImageType = "png"
-    # Accepted for compatibility; it changes nothing on a self-hosted server.
-    enterprise_plan: EnterprisePlan | None = None
+from schemas.v3.image_tools import ImageToolExtra
 
 
 class RemoveBackgroundBody(msgspec.Struct, kw_only=True):
+    # JPEG has no alpha channel: in a JPEG answer the transparent pixels are flattened onto white.
     image_file: str  # base64 (a data: URL too): PNG, JPEG or WebP
     extra: ImageToolExtra = msgspec.field(default_factory=ImageToolExtra)
 

@@ -15,7 +15,7 @@ from litestar import Controller, Router, post
 
 from engines.workpools import WorkPool, run_in
 from schemas.v3.image_editor import CleanupBody, RemoveBackgroundBody, ReplaceBackgroundBody
-from schemas.v3.image_tools import ImageFileAnswer, ImageType
+from schemas.v3.image_tools import ImageFileResponse, ImageType
 from server.accounts_hooks import Caller
 from server.capabilities.calls import WireNames
 from server.capabilities.image_editor import ImageEditor
@@ -28,13 +28,13 @@ V3_EDITOR_NAMES = WireNames({"image": "image_file", "mask": "mask_file"})
 _BODY_OVERHEAD_BYTES = 64 * 1024
 
 
-async def _answer(caller: Caller, work: Callable[[], Awaitable[bytes]], image_type: ImageType) -> ImageFileAnswer:
+async def _answer(caller: Caller, work: Callable[[], Awaitable[bytes]], image_type: ImageType) -> ImageFileResponse:
     """The tool's image as the answer, charged as one image (reserved before the work starts,
     nothing kept if it fails)."""
     async with caller.meter.images(1) as charge:
         data = await work()
         charge.add(1)
-    return ImageFileAnswer(image_file=base64.b64encode(data).decode("ascii"), image_type=image_type)
+    return ImageFileResponse(image_file=base64.b64encode(data).decode("ascii"), image_type=image_type)
 
 
 async def _image(value: str, field: str) -> bytes:
@@ -54,7 +54,7 @@ class V3ImageEditorController(Controller):
     )
     async def remove_background(
         self, data: RemoveBackgroundBody, image_editor: ImageEditor, caller: Caller
-    ) -> ImageFileAnswer:
+    ) -> ImageFileResponse:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
         work = functools.partial(image_editor.remove_background, image, image_type, V3_EDITOR_NAMES)
@@ -68,14 +68,14 @@ class V3ImageEditorController(Controller):
     )
     async def replace_background(
         self, data: ReplaceBackgroundBody, image_editor: ImageEditor, caller: Caller
-    ) -> ImageFileAnswer:
+    ) -> ImageFileResponse:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
         work = functools.partial(image_editor.replace_background, image, data.prompt, image_type, V3_EDITOR_NAMES)
         return await _answer(caller, work, image_type)
 
     @post("/cleanup", status_code=200, summary="Remove the masked objects from an image", operation_id="cleanup")
-    async def cleanup(self, data: CleanupBody, image_editor: ImageEditor, caller: Caller) -> ImageFileAnswer:
+    async def cleanup(self, data: CleanupBody, image_editor: ImageEditor, caller: Caller) -> ImageFileResponse:
         image_type = data.extra.response_image_type
         image = await _image(data.image_file, "image")
         mask = await _image(data.mask_file, "mask")
