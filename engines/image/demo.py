@@ -5,6 +5,7 @@ embedding and a ControlNet made for it; `demo-sdxl` is an SDXL layout (two text 
 text-time conditioning) with a refiner (an SDXL img2img layout with only the second text encoder
 and aesthetic-score conditioning, as real refiners have); both list the spare VAE `demo-vae`.
 `demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
+`demo-esrgan` an RRDBNet (engines/image/esrgan_demo.py), also demo-sd's hires-fix ESRGAN upscaler;
 `demo-nsfw` is a ViT image classifier with the labels that NSFW detection levels
 expect (engines/image/safety.py). Weights are random but seeded, so every build is identical and
 pixel comparisons between runs are meaningful. Building follows engines/demo.py: each model is
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import ModelKind, ModelSpec
+from engines.image.esrgan_demo import ESRGAN_DEMO_FILE, ESRGAN_DEMO_MODEL, build_esrgan_demo
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
@@ -333,6 +335,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     CONTROLNET_NAME: _build_controlnet,
     SAFETY_MODEL: _build_nsfw,
     UPSCALER_MODEL: _build_upscaler,
+    ESRGAN_DEMO_MODEL: build_esrgan_demo,
 }
 
 
@@ -341,6 +344,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
     root = Path(root)
     sd = root / "demo-sd"
     vaes = {VAE_NAME: str(root / VAE_NAME)}
+    esrgan = str(root / ESRGAN_DEMO_MODEL / ESRGAN_DEMO_FILE)
     return [
         ModelSpec(
             name="demo-sd",
@@ -352,6 +356,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
                 "embeddings": {EMBEDDING_NAME: str(sd / _EMBEDDING_FILE)},
                 "vaes": vaes,
                 "controlnets": {CONTROLNET_NAME: str(root / CONTROLNET_NAME)},
+                "upscalers": {"RealESRGAN_x4plus_anime_6B": esrgan},
             },
         ),
         ModelSpec(
@@ -371,6 +376,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / UPSCALER_MODEL),
             options={"steps": 2},
         ),
+        ModelSpec(name=ESRGAN_DEMO_MODEL, kind=ModelKind.UPSCALER, engine="esrgan", path=esrgan),
     ]
 
 
@@ -383,7 +389,7 @@ def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpe
     specs = image_demo_catalog(root)
     for spec in specs:
         index = "model_index.json" if spec.kind in (ModelKind.IMAGE, ModelKind.UPSCALER) else "config.json"
-        if not Path(spec.path, index).is_file():
+        if not Path(spec.path, "" if spec.engine == "esrgan" else index).is_file():
             raise FileNotFoundError(f"{spec.name}: no model at {spec.path}")
     return specs
 

@@ -80,6 +80,10 @@ class ImageGenerator:
             raise names.invalid("sampler", f"Unknown sampler '{job.sampler}'.")
         if job.refiner_switch_at is not None and "refiner" not in options:
             raise names.invalid("refiner_switch_at", f"The model '{engine.spec.name}' has no refiner on this server.")
+        if job.refiner_switch_at is not None and (job.controlnets or job.mask_image is not None):
+            raise names.invalid(
+                "refiner_switch_at", "The refiner applies to text-to-image and img2img without ControlNet."
+            )
         self._check_hires(job, names)
         self._check_controlnets(engine, job, names)
 
