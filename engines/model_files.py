@@ -26,7 +26,6 @@ What fits none of these is refused with what was found, so an operator can name 
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -171,7 +170,7 @@ def _classify_pipeline(path: Path, index: dict[str, Any]) -> tuple[ModelKind, st
 
 def _esrgan_weights(path: Path) -> Path | None:
     """The RRDBNet weights file at `path` (the file, or a folder's only .pth/.safetensors), or None."""
-    from engines.image.esrgan import WEIGHT_SUFFIXES, NotEsrgan, is_rrdb_state, state_dict_keys, weights_file
+    from engines.image.esrgan import WEIGHT_SUFFIXES, is_rrdb_state, state_dict_keys, weights_file
 
     if path.is_dir() and not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
         return None
@@ -180,7 +179,9 @@ def _esrgan_weights(path: Path) -> Path | None:
     try:
         weights = weights_file(path)
         return weights if is_rrdb_state(state_dict_keys(weights)) else None
-    except (NotEsrgan, OSError, RuntimeError, ValueError, pickle.UnpicklingError):  # unreadable, or no state dict
+    # Unreadable, truncated, a pickle of other things, a header safetensors rejects: no ESRGAN model,
+    # and the caller says what the file is not. Each library raises its own kind of error.
+    except Exception:
         return None
 
 
