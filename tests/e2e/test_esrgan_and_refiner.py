@@ -134,9 +134,8 @@ def test_restore_faces_true_is_refused(server: RunningServer) -> None:
         body = {"request": {**request, "restore_faces": value}}
         response = httpx.post(f"{server.base_url}/v3/async/txt2img", json=body, headers=_auth(server))
         assert response.status_code == status, response.text
-    refused = httpx.post(
-        f"{server.base_url}/v3/async/txt2img", json={"request": {**request, "restore_faces": True}}, headers=_auth(server)
-    ).json()
+    body = {"request": {**request, "restore_faces": True}}
+    refused = httpx.post(f"{server.base_url}/v3/async/txt2img", json=body, headers=_auth(server)).json()
     assert refused["reason"] == "INVALID_REQUEST_BODY"
     assert refused["metadata"]["param"] == "request.restore_faces"
     assert "face restoration" in refused["message"]

@@ -93,7 +93,7 @@ def test_old_esrgan_keys_load_as_the_same_network(tmp_path: Path) -> None:
     old = old_style(net.state_dict(), config.num_block)
     assert is_rrdb_state(set(old)) and "model.0.weight" in old
     inferred, renamed = rrdb_state(old)
-    assert inferred == config
+    assert inferred == config and set(renamed) == set(net.state_dict())
     torch.save(old, tmp_path / "4x-old.pth")
     loaded = load_rrdbnet(tmp_path / "4x-old.pth")
     image = torch.rand(1, 3, 8, 11)
@@ -128,7 +128,7 @@ def test_a_stop_between_tiles_ends_the_run() -> None:
 
 
 def test_other_state_dicts_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(NotEsrgan, match="conv_first.weight"):
+    with pytest.raises(NotEsrgan, match=r"conv_first\.weight"):
         rrdb_state({"linear.weight": torch.zeros(2, 2)})
     state = net_of(TINY).state_dict()
     state["conv_first.weight"] = torch.zeros(8, 5, 3, 3)  # 5 input channels: no unshuffle of 3 colours
