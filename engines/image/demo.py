@@ -376,7 +376,14 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / UPSCALER_MODEL),
             options={"steps": 2},
         ),
-        ModelSpec(name=ESRGAN_DEMO_MODEL, kind=ModelKind.UPSCALER, engine="esrgan", path=esrgan),
+        # Aliased with the model name of Novita's upscale example, so that request runs as documented.
+        ModelSpec(
+            name=ESRGAN_DEMO_MODEL,
+            kind=ModelKind.UPSCALER,
+            engine="esrgan",
+            path=esrgan,
+            aliases=["RealESRGAN_x4plus_anime_6B"],
+        ),
     ]
 
 

@@ -59,6 +59,8 @@ def test_upscale_with_the_esrgan_demo_through_the_novita_client(novita: NovitaCl
     [image] = _images(first)
     assert (image.format, image.size) == ("PNG", (80, 48))
     assert _upscale(novita, "demo-esrgan", 2, source).images_encoded == first.images_encoded  # deterministic
+    # Novita's documented request names RealESRGAN_x4plus_anime_6B: the demo answers to it.
+    assert _upscale(novita, "RealESRGAN_x4plus_anime_6B", 2, source).images_encoded == first.images_encoded
     [native] = _images(_upscale(novita, "demo-esrgan", 4, source))
     assert native.size == (160, 96)
     # The SD x4 upscaler is still picked by its own name: another model, another picture.
