@@ -194,8 +194,13 @@ def upscale_tensor(
     tile: int = 0,
     pad: int = 16,
     on_tile: Callable[[int, int], None] | None = None,
+    as_bytes: bool = False,
 ) -> Any:
     """`image` (1, C, H, W floats in [0, 1]) through `net`, at net.config.scale times its size.
+
+    The result is floats in [0, 1] on the CPU, or with `as_bytes` uint8 in [0, 255]: each tile is
+    converted as it comes, so the full-size result takes a quarter of the memory (a 2048-pixel
+    input gives an 8192-pixel x4 output: 805 MB as floats, 201 MB as bytes).
 
     With `tile` > 0 the input is cut into tiles of at most tile x tile pixels; each runs with up to
     `pad` pixels of its neighbours around it, and only its own share of the output is kept. Beyond
@@ -219,7 +224,8 @@ def upscale_tensor(
     tile = max(factor, tile // factor * factor)
     pad = -(-pad // factor) * factor  # tiles and their context stay on the unshuffle grid
     spans = [(y, x) for y in tile_spans(padded_h, tile) for x in tile_spans(padded_w, tile)]
-    output = torch.empty((1, config.num_out_ch, padded_h * scale, padded_w * scale), dtype=image.dtype)
+    dtype = torch.uint8 if as_bytes else torch.float32
+    output = torch.empty((1, config.num_out_ch, padded_h * scale, padded_w * scale), dtype=dtype)
     with torch.inference_mode():
         for index, ((top, bottom), (left, right)) in enumerate(spans):
             if on_tile is not None:
@@ -233,7 +239,10 @@ def upscale_tensor(
                 (top - ctx_top) * scale : (bottom - ctx_top) * scale,
                 (left - ctx_left) * scale : (right - ctx_left) * scale,
             ]
-            output[:, :, top * scale : bottom * scale, left * scale : right * scale] = keep.to(output.device)
+            keep = keep.float().clamp(0, 1).cpu()
+            if as_bytes:
+                keep = keep.mul(255).round().to(torch.uint8)
+            output[:, :, top * scale : bottom * scale, left * scale : right * scale] = keep
     if on_tile is not None:
         on_tile(len(spans), len(spans))
-    return output[:, :, : height * scale, : width * scale].clamp_(0, 1)
+    return output[:, :, : height * scale, : width * scale]

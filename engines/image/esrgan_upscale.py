@@ -47,12 +47,11 @@ def image_to_tensor(image: Any, device: str) -> Any:
     return pixels.permute(2, 0, 1).unsqueeze(0).to(device)
 
 
-def tensor_to_image(tensor: Any) -> Any:
-    """A (1, 3, H, W) tensor in [0, 1] as a PIL RGB image."""
+def bytes_to_image(tensor: Any) -> Any:
+    """A (1, 3, H, W) uint8 tensor as a PIL RGB image."""
     from PIL import Image
 
-    pixels = (tensor[0].permute(1, 2, 0).float().cpu().numpy() * 255.0).round().clip(0, 255).astype("uint8")
-    return Image.fromarray(pixels)
+    return Image.fromarray(tensor[0].permute(1, 2, 0).contiguous().numpy())
 
 
 def esrgan_upscale(
@@ -65,7 +64,8 @@ def esrgan_upscale(
     on_tile: Any = None,
 ) -> Any:
     """A PIL RGB image through `net` at its native scale, tiled. Blocking."""
-    return tensor_to_image(upscale_tensor(net, image_to_tensor(image, device), tile=tile, pad=pad, on_tile=on_tile))
+    pixels = upscale_tensor(net, image_to_tensor(image, device), tile=tile, pad=pad, on_tile=on_tile, as_bytes=True)
+    return bytes_to_image(pixels)
 
 
 class EsrganUpscalerEngine:

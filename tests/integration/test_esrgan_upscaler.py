@@ -45,7 +45,9 @@ def esrgan_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 async def upscaler(esrgan_spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Upscaler]:
-    tiled = msgspec.structs.replace(esrgan_spec, name="demo-esrgan-tiled", options={"tile_size": 16, "tile_pad": 24})
+    tiled = msgspec.structs.replace(
+        esrgan_spec, name="demo-esrgan-tiled", aliases=[], options={"tile_size": 16, "tile_pad": 24}
+    )
     scheduler = Scheduler(ModelRegistry([esrgan_spec, tiled], {"esrgan": esrgan_factory()}), AdmissionPolicy())
     storage = LocalStorage(tmp_path_factory.mktemp("outputs"), b"s" * 32)
     images = ImageGenerator(scheduler, storage, NsfwDetector(scheduler, ""))

@@ -110,6 +110,10 @@ def test_tiles_give_the_untiled_result() -> None:
     assert seen[-1] == (9, 9) and [done for done, _ in seen] == list(range(10))  # 3 x 3 tiles, then the end
     assert tiled.shape == untiled.shape
     assert torch.allclose(tiled, untiled, atol=1e-5)
+    # As bytes, tile by tile: the float result rounded to 8 bits.
+    as_bytes = upscale_tensor(net, image, tile=16, pad=24, as_bytes=True)
+    assert as_bytes.dtype == torch.uint8
+    assert (as_bytes.int() - untiled.mul(255).round().int()).abs().max() <= 1
     # Without context each tile sees zero padding at its cut: the seams differ.
     seamed = upscale_tensor(net, image, tile=16, pad=0)
     assert not torch.allclose(seamed, untiled, atol=1e-3)
