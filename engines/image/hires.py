@@ -10,6 +10,7 @@ picture again with img2img so that the new pixels get detail of their own. Novit
   .safetensors RRDBNet}), the decoded picture goes through that network (engines/image/esrgan.py)
   and is resized with Lanczos to the target; without such an entry it is resized with Lanczos
   alone, in image space as ESRGAN works, and the second pass adds the detail.
+- Any other name options.upscalers maps (A1111 names such as "4x-UltraSharp"): that network.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from typing import Any
 LATENT_UPSCALER = "Latent"
 IMAGE_UPSCALERS = ("RealESRGAN_x4plus_anime_6B", "RealESRNet_x4plus")
 HIRES_UPSCALERS = (LATENT_UPSCALER, *IMAGE_UPSCALERS)
+
+
+def hires_upscalers(options: dict[str, Any]) -> tuple[str, ...]:
+    """The upscaler names a checkpoint's hires fix takes: Novita's, then those its options.upscalers adds."""
+    mapped = options.get("upscalers") or {}
+    return (*HIRES_UPSCALERS, *(name for name in mapped if name not in HIRES_UPSCALERS))
 
 
 def upscale_latents(latents: Any, size: tuple[int, int], vae_scale_factor: int) -> Any:

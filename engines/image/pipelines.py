@@ -29,8 +29,8 @@ from engines.image.addons import PipelineAddons, swapped_vae
 from engines.image.control import PREPROCESSORS, control_arguments
 from engines.image.devices import parameter_bytes, pipeline_bytes, release_memory
 from engines.image.hires import (
-    HIRES_UPSCALERS,
     LATENT_UPSCALER,
+    hires_upscalers,
     load_hires_upscaler,
     upscale_images,
     upscale_latents,
@@ -432,8 +432,9 @@ class DiffusersImageEngine:
             return
         if job.init_image is not None:
             raise _invalid("hires_fix applies to text-to-image only", "hires_fix")
-        if hires.upscaler not in HIRES_UPSCALERS:
-            raise _invalid(f"unknown upscaler {hires.upscaler!r}; known: {', '.join(HIRES_UPSCALERS)}", "hires_fix")
+        known = hires_upscalers(self.spec.options)
+        if hires.upscaler not in known:
+            raise _invalid(f"unknown upscaler {hires.upscaler!r}; known: {', '.join(known)}", "hires_fix")
         for param, target, base in (("width", hires.width, job.width), ("height", hires.height, job.height)):
             if target % factor or target < base:
                 raise _invalid(f"hires_fix {param} must be a multiple of {factor}, at least {base}", "hires_fix")

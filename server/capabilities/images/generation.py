@@ -22,7 +22,7 @@ from engines.base import (
     ProgressCallback,
 )
 from engines.image.control import PREPROCESSORS
-from engines.image.hires import HIRES_UPSCALERS
+from engines.image.hires import hires_upscalers
 from engines.image.samplers import SAMPLERS
 from engines.scheduler import Scheduler
 from schemas.errors import ErrorCode
@@ -84,7 +84,7 @@ class ImageGenerator:
             raise names.invalid(
                 "refiner_switch_at", "The refiner applies to text-to-image and img2img without ControlNet."
             )
-        self._check_hires(job, names)
+        self._check_hires(job, hires_upscalers(options), names)
         self._check_controlnets(engine, job, names)
 
     def check_output(self, job: ImageGeneration, names: WireNames = SAME_NAMES) -> None:
@@ -97,7 +97,7 @@ class ImageGenerator:
         self.output_limit.check(width, height, job.image_num, names, size_field=side)
 
     @staticmethod
-    def _check_hires(job: ImageGeneration, names: WireNames) -> None:
+    def _check_hires(job: ImageGeneration, known: tuple[str, ...], names: WireNames) -> None:
         hires = job.hires_fix
         if hires is None:
             return
@@ -108,8 +108,8 @@ class ImageGenerator:
         if int(job.steps * hires.strength) < 1:
             message = "hires_fix.strength x steps must be at least 1: no denoising step would run."
             raise names.invalid("hires_fix.strength", message)
-        if hires.upscaler not in HIRES_UPSCALERS:
-            message = f"Unknown hires_fix upscaler '{hires.upscaler}'; known: {', '.join(HIRES_UPSCALERS)}."
+        if hires.upscaler not in known:
+            message = f"Unknown hires_fix upscaler '{hires.upscaler}'; known: {', '.join(known)}."
             raise names.invalid("hires_fix.upscaler", message)
 
     @staticmethod
