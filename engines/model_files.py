@@ -13,6 +13,9 @@ sentence-transformers files), never weights, so classifying a model costs millis
   `transcription` on faster-whisper. Whisper in transformers form is refused: faster-whisper needs
   the CTranslate2 conversion, and the message says how to make it.
 - A Coqui config (config.json naming a `model` with an `audio` section) is `speech` on Coqui TTS.
+- A lone .pth or .safetensors file (or a folder holding only one) whose state-dict keys are an
+  RRDBNet's is an ESRGAN-family `upscaler` on the `esrgan` engine (engines/image/esrgan.py); only
+  the keys are read (a .safetensors header, a memory-mapped .pth).
 - A transformers config.json: its `architectures` decide. A sequence classifier with one label
   (a cross-encoder) is `rerank`; a model with sentence-transformers files is `embedding`; a causal
   or conditional-generation language model is `chat` (with a `vision_config`, one that also takes
@@ -48,6 +51,8 @@ ENGINE_FOR_KIND: dict[ModelKind, str] = {
     ModelKind.CAPTION: "transformers",
     ModelKind.VARIATION: "diffusers",
 }
+# The engine of ESRGAN-family upscalers (a weights file, not a diffusers pipeline).
+ESRGAN_ENGINE = "esrgan"
 
 # Files sentence-transformers writes beside a bi-encoder (embedding) model.
 _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -110,9 +115,10 @@ def infer_model(path: Path, kind: ModelKind | None = None) -> InferredModel:
             options["levels"] = levels
     elif found is ModelKind.VIDEO and _image_pipeline_with_motion_adapter(folder):
         options["motion_adapter"] = str(folder / _MOTION_ADAPTER_DIR)
-    return InferredModel(
-        kind=found, engine=ENGINE_FOR_KIND[found], options=options, tool_parser=tool_parser, evidence=evidence
-    )
+    engine = ENGINE_FOR_KIND[found]
+    if found is ModelKind.UPSCALER and _esrgan_weights(path) is not None:
+        engine = ESRGAN_ENGINE
+    return InferredModel(kind=found, engine=engine, options=options, tool_parser=tool_parser, evidence=evidence)
 
 
 def _classify(path: Path) -> tuple[ModelKind, str]:
@@ -122,6 +128,8 @@ def _classify(path: Path) -> tuple[ModelKind, str]:
     if index is not None:
         return _classify_pipeline(path, index)
     config = _read_json(path / "config.json")
+    if config is None and (weights := _esrgan_weights(path)) is not None:
+        return ModelKind.UPSCALER, f"{weights.name}: an RRDBNet (ESRGAN) state dict"
     if config is None:
         raise UnrecognizedModel(f"{path}: no config.json or model_index.json; found {_listing(path)}")
     if (path / "model.bin").is_file() and any(field in config for field in _CT2_WHISPER_FIELDS):
@@ -141,6 +149,8 @@ def _classify_file(path: Path) -> tuple[ModelKind, str]:
         config = _read_json(path.parent / "config.json")
         if config is not None and isinstance(config.get("model"), str) and isinstance(config.get("audio"), dict):
             return ModelKind.SPEECH, f"a Coqui TTS checkpoint (model {config['model']!r})"
+    if _esrgan_weights(path) is not None:
+        return ModelKind.UPSCALER, f"{path.name}: an RRDBNet (ESRGAN) state dict"
     raise UnrecognizedModel(
         f"{path}: a single weights file says nothing of its kind; name the kind (a single-file "
         "Stable Diffusion checkpoint is kind image)"
@@ -167,6 +177,23 @@ def _classify_pipeline(path: Path, index: dict[str, Any]) -> tuple[ModelKind, st
     if _image_pipeline_with_motion_adapter(path):
         return ModelKind.VIDEO, f"{evidence} with an AnimateDiff {_MOTION_ADAPTER_DIR}/"
     return ModelKind.IMAGE, evidence
+
+
+def _esrgan_weights(path: Path) -> Path | None:
+    """The RRDBNet weights file at `path` (the file, or a folder's only .pth/.safetensors), or None."""
+    from engines.image.esrgan import WEIGHT_SUFFIXES, is_rrdb_state, state_dict_keys, weights_file
+
+    if path.is_dir() and not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        return None
+    if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
+        return None
+    try:
+        weights = weights_file(path)
+        return weights if is_rrdb_state(state_dict_keys(weights)) else None
+    # Unreadable, truncated, a pickle of other things, a header safetensors rejects: no ESRGAN model,
+    # and the caller says what the file is not. Each library raises its own kind of error.
+    except Exception:
+        return None
 
 
 def _image_pipeline_with_motion_adapter(folder: Path) -> bool:

@@ -110,6 +110,13 @@ def transformers_factory(*, device: str = "cpu") -> EngineFactory:
     return build
 
 
+def esrgan_factory(*, device: str = "cpu") -> EngineFactory:
+    """ESRGAN-family upscalers: one RRDBNet weights file (kind "upscaler"; engines/image/esrgan.py)."""
+    return _single_kind_factory(
+        "esrgan", ModelKind.UPSCALER, "engines.image.esrgan_upscale", "EsrganUpscalerEngine", device
+    )
+
+
 def faster_whisper_factory(*, device: str = "cpu") -> EngineFactory:
     """Speech-to-text engines on CTranslate2 Whisper models (kind "transcription")."""
     return _single_kind_factory(

@@ -22,6 +22,7 @@ from engines.registry import (
     ModelRegistry,
     coqui_factory,
     diffusers_factory,
+    esrgan_factory,
     faster_whisper_factory,
     transformers_factory,
     vllm_factory,
@@ -79,6 +80,7 @@ def default_factories(settings: Settings) -> dict[str, EngineFactory]:
     return {
         "vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads),
         "diffusers": diffusers_factory(),
+        "esrgan": esrgan_factory(),
         "transformers": transformers_factory(),
         "faster-whisper": faster_whisper_factory(),
         "coqui": coqui_factory(),

@@ -5,6 +5,7 @@ embedding and a ControlNet made for it; `demo-sdxl` is an SDXL layout (two text 
 text-time conditioning) with a refiner (an SDXL img2img layout with only the second text encoder
 and aesthetic-score conditioning, as real refiners have); both list the spare VAE `demo-vae`.
 `demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
+`demo-esrgan` an RRDBNet (engines/image/esrgan_demo.py), also demo-sd's hires-fix ESRGAN upscaler;
 `demo-nsfw` is a ViT image classifier with the labels that NSFW detection levels
 expect (engines/image/safety.py). Weights are random but seeded, so every build is identical and
 pixel comparisons between runs are meaningful. Building follows engines/demo.py: each model is
@@ -19,6 +20,7 @@ from typing import Any
 
 from engines.base import ModelKind, ModelSpec
 from engines.image.caption_demo import CAPTION_MODEL, build_captioner
+from engines.image.esrgan_demo import ESRGAN_DEMO_FILE, ESRGAN_DEMO_MODEL, build_esrgan_demo
 from engines.image.segmentation_demo import SEGMENTATION_MODEL, build_demo_segmenter, demo_segmenter_spec
 from engines.image.variation_demo import VARIATION_MODEL, build_variation
 from engines.model_build import build_atomically
@@ -339,6 +341,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     SEGMENTATION_MODEL: build_demo_segmenter,
     CAPTION_MODEL: build_captioner,
     VARIATION_MODEL: build_variation,
+    ESRGAN_DEMO_MODEL: build_esrgan_demo,
 }
 
 
@@ -347,6 +350,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
     root = Path(root)
     sd = root / "demo-sd"
     vaes = {VAE_NAME: str(root / VAE_NAME)}
+    esrgan = str(root / ESRGAN_DEMO_MODEL / ESRGAN_DEMO_FILE)
     return [
         ModelSpec(
             name="demo-sd",
@@ -358,6 +362,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
                 "embeddings": {EMBEDDING_NAME: str(sd / _EMBEDDING_FILE)},
                 "vaes": vaes,
                 "controlnets": {CONTROLNET_NAME: str(root / CONTROLNET_NAME)},
+                "upscalers": {"RealESRGAN_x4plus_anime_6B": esrgan},
             },
         ),
         ModelSpec(
@@ -394,6 +399,14 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / VARIATION_MODEL),
             options={"steps": 2},
         ),
+        # Aliased with the model name of Novita's upscale example, so that request runs as documented.
+        ModelSpec(
+            name=ESRGAN_DEMO_MODEL,
+            kind=ModelKind.UPSCALER,
+            engine="esrgan",
+            path=esrgan,
+            aliases=["RealESRGAN_x4plus_anime_6B"],
+        ),
     ]
 
 
@@ -407,7 +420,7 @@ def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpe
     for spec in specs:
         pipelines = (ModelKind.IMAGE, ModelKind.UPSCALER, ModelKind.VARIATION)
         index = "model_index.json" if spec.kind in pipelines else "config.json"
-        if not Path(spec.path, index).is_file():
+        if not Path(spec.path, "" if spec.engine == "esrgan" else index).is_file():
             raise FileNotFoundError(f"{spec.name}: no model at {spec.path}")
     return specs
 
