@@ -16,6 +16,8 @@ from typing import Any
 
 from engines.base import ModelKind, ModelSpec
 from engines.model_build import build_atomically
+from engines.video.ltx_demo import LTX_BUILDERS, ltx_demo_specs
+from engines.video.wan_demo import WAN_BUILDERS, wan_demo_specs
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
 BUILD_VERSION = "omniserve-video-demo-1"
@@ -205,6 +207,8 @@ def _build_svd(out: Path) -> None:
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     ANIMATEDIFF_MODEL: _build_animatediff,
     SVD_MODEL: _build_svd,
+    **WAN_BUILDERS,
+    **LTX_BUILDERS,
 }
 
 
@@ -236,6 +240,8 @@ def video_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / SVD_MODEL),
             options={"width": DEMO_SVD_SIZE[0], "height": DEMO_SVD_SIZE[1], "fps": 4, "steps": 2},
         ),
+        *wan_demo_specs(root),
+        *ltx_demo_specs(root),
     ]
 
 

@@ -89,14 +89,20 @@ class VideoGenerator:
 
     @staticmethod
     def image_size(
-        image: bytes, resize_mode: str, native: tuple[int, int], names: WireNames = SAME_NAMES
+        image: bytes,
+        resize_mode: str,
+        native: tuple[int, int],
+        names: WireNames = SAME_NAMES,
+        *,
+        multiple: int = SIDE_MULTIPLE,
     ) -> tuple[int, int]:
-        """The size of a video made from ``image``; checks the image on the way. Blocking."""
+        """The size of a video made from ``image``; checks the image on the way. Blocking.
+        ``multiple``: the model family's side multiple (8, Wan 16, LTX-Video 32)."""
         with open_input_image(image, names("image")) as opened:
             width, height = opened.size
         if resize_mode == "CROP_TO_ASPECT_RATIO":
             return native
-        size = (width // SIDE_MULTIPLE * SIDE_MULTIPLE, height // SIDE_MULTIPLE * SIDE_MULTIPLE)
+        size = (width // multiple * multiple, height // multiple * multiple)
         if not all(MIN_VIDEO_SIDE <= side <= MAX_VIDEO_SIDE for side in size):
             message = (
                 f"The image is {width}x{height}; with {resize_mode} each side must be between {MIN_VIDEO_SIDE} and "
