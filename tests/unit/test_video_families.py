@@ -7,6 +7,7 @@ real pipelines."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from litestar.testing import AsyncTestClient
 
 from engines.base import ModelKind, ModelSpec, VideoGeneration, VideoMode, VideoPrompt
 from engines.errors import InvalidJob
-from engines.video.families import LTX_FAMILY, SVD_FAMILY, WAN_FAMILY, check_job, model_defaults
+from engines.video.animated import animated_checkpoints
+from engines.video.families import LTX_FAMILY, SVD_FAMILY, WAN_FAMILY, check_job, model_defaults, pipeline_class_name
 from server.app import build_components, create_app
 from server.settings import Settings
 from tests.fakes import FAKE_SPECS
@@ -39,7 +41,7 @@ class FamilyVideoEngine(FakeVideoEngine):
 
     @property
     def mode(self) -> VideoMode:
-        pipeline = self.spec.options["pipeline"]
+        pipeline = pipeline_class_name(self.spec)
         image = "ImageToVideo" in pipeline or "StableVideo" in pipeline
         return "image-to-video" if image else "text-to-video"
 
@@ -59,14 +61,26 @@ SPECS = [
 
 
 def _factory(spec: ModelSpec) -> Any:
-    return FamilyVideoEngine(spec) if spec.engine == "family-video" else factory(spec)
+    video = spec.engine == "family-video" or (spec.engine == "diffusers" and spec.kind is ModelKind.VIDEO)
+    return FamilyVideoEngine(spec) if video else factory(spec)
+
+
+def _sd_checkpoint(folder: Path, name: str, pipeline: str = "StableDiffusionPipeline") -> ModelSpec:
+    """An image model whose folder says which pipeline it is (the twins read only that)."""
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    return ModelSpec(name=name, kind=ModelKind.IMAGE, engine="fake", path=str(folder))
 
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[AsyncTestClient]:
-    settings = msgspec.convert({"data_dir": str(tmp_path)}, Settings)
-    factories = {"fake": _factory, "fake-video": _factory, "family-video": _factory}
-    state = build_components(settings, [*FAKE_SPECS, TEXT_SPEC, IMAGE_SPEC, *SPECS], factories)
+    settings = msgspec.convert({"data_dir": str(tmp_path), "video": {"motion_adapter": "/adapters/motion"}}, Settings)
+    factories = {"fake": _factory, "fake-video": _factory, "family-video": _factory, "diffusers": _factory}
+    checkpoints = [
+        _sd_checkpoint(tmp_path / "sd", "fake-sd15"),
+        _sd_checkpoint(tmp_path / "sdxl", "fake-sdxl", "StableDiffusionXLPipeline"),
+    ]
+    state = build_components(settings, [*FAKE_SPECS, TEXT_SPEC, IMAGE_SPEC, *SPECS, *checkpoints], factories)
     async with AsyncTestClient(create_app(state)) as test_client:
         await state.load_task  # type: ignore[misc]
         test_client.app_state = state  # type: ignore[attr-defined]
@@ -247,3 +261,44 @@ async def test_openai_image_to_video_passes_the_prompt_to_wan(client: AsyncTestC
     await poll(client, created.json()["id"])
     [job] = jobs(client, "fake-wan-i2v")
     assert (job.image_prompt, job.num_frames, (job.width, job.height)) == ("make it move", 17, (64, 64))
+
+
+# -- SD 1.x checkpoints as txt2video models -----------------------------------------------------
+
+
+async def test_txt2video_animates_an_sd1_checkpoint_with_the_motion_adapter(client: AsyncTestClient) -> None:
+    body = txt2video("fake-sd15", 6, steps=2)
+    submitted = await client.post("/v3/async/txt2video", json=body)
+    assert submitted.status_code == 200, submitted.text
+    result = await poll(client, submitted.json()["task_id"])
+    assert result["task"]["status"] == "TASK_STATUS_SUCCEED", result["task"]["reason"]
+    twin: FamilyVideoEngine = client.app_state.scheduler.engine("fake-sd15-animatediff")  # type: ignore[attr-defined]
+    assert twin.spec.options["motion_adapter"] == "/adapters/motion"
+    assert twin.spec.path.endswith("sd")
+    [job] = twin.jobs
+    assert (job.frame_count, job.steps, job.guidance_scale) == (6, 2, 7.5)  # AnimateDiff's rules and defaults
+
+
+@pytest.mark.parametrize(("path", "body"), [("txt2video", txt2video("fake-sdxl")), ("img2video", img2video("fake-sd15"))])
+async def test_other_image_models_and_modes_are_refused(
+    client: AsyncTestClient, path: str, body: dict[str, Any]
+) -> None:
+    response = await client.post(f"/v3/async/{path}", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["metadata"]["param"] == "model_name"
+
+
+def test_twins_only_for_sd1_checkpoints_with_an_adapter(tmp_path: Path) -> None:
+    sd = _sd_checkpoint(tmp_path / "sd", "sd")
+    sdxl = _sd_checkpoint(tmp_path / "sdxl", "sdxl", "StableDiffusionXLPipeline")
+    inpaint = msgspec.structs.replace(_sd_checkpoint(tmp_path / "inp", "inp"), options={"inpainting": True})
+    adapter_model = ModelSpec(
+        name="ad", kind=ModelKind.VIDEO, engine="diffusers", path="-",
+        options={"motion_adapter": "/from/catalog", "context_frames": 8},
+    )  # fmt: skip
+    assert animated_checkpoints([sd, sdxl, inpaint]) == []  # no adapter anywhere
+    [twin] = animated_checkpoints([sd, sdxl, inpaint, adapter_model])
+    assert (twin.name, twin.kind, twin.path) == ("sd-animatediff", ModelKind.VIDEO, sd.path)
+    assert twin.options == {"motion_adapter": "/from/catalog", "animates": "sd", "context_frames": 8}
+    [configured] = animated_checkpoints([sd, adapter_model], "/configured")
+    assert configured.options["motion_adapter"] == "/configured"

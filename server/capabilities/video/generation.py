@@ -15,6 +15,7 @@ from collections.abc import Callable
 from engines.admission import Priority
 from engines.base import ModelKind, ProgressCallback, VideoEngine, VideoGeneration, VideoMode
 from engines.scheduler import Scheduler
+from engines.video.animated import ANIMATES
 from engines.video.encoding import VideoType, encode_video, interpolate_frames
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ErrorCode
@@ -47,10 +48,18 @@ class VideoGenerator:
         """The catalog's video model if it makes ``mode`` videos (404 for an unknown name, 400 for
         another kind or mode), neither loaded nor leased: its mode, frame rate and native size
         come from the catalog."""
-        engine = catalog_engine(self.scheduler, model, VideoEngine, names)
+        engine = catalog_engine(self.scheduler, self.video_model(model), VideoEngine, names)
         if engine.mode != mode:
             raise names.invalid("model", f"The model '{model}' makes {engine.mode} videos, not {mode}.")
         return engine
+
+    def video_model(self, model: str) -> str:
+        """The video model a name stands for: an SD 1.x image model's AnimateDiff twin
+        (engines/video/animated.py), else the name itself."""
+        for listed in self.scheduler.registry:
+            if listed.spec.options.get(ANIMATES) == model and listed.spec.kind is ModelKind.VIDEO:
+                return listed.spec.name
+        return model
 
     def default_model(self, mode: VideoMode) -> str | None:
         """The first catalog model that makes ``mode`` videos."""
