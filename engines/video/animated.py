@@ -39,9 +39,7 @@ def _is_sd1(spec: ModelSpec) -> bool:
 def animated_checkpoints(specs: list[ModelSpec], motion_adapter: str = "") -> list[ModelSpec]:
     """The video twins of the SD 1.x checkpoints in `specs` (see the module docstring). Blocking:
     reads each image model's model_index.json."""
-    source = next(
-        (spec for spec in specs if spec.kind is ModelKind.VIDEO and spec.options.get("motion_adapter")), None
-    )
+    source = next((spec for spec in specs if spec.kind is ModelKind.VIDEO and spec.options.get("motion_adapter")), None)
     adapter = motion_adapter or (str(source.options["motion_adapter"]) if source else "")
     if not adapter:
         return []

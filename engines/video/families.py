@@ -12,7 +12,8 @@ it runs. The rules follow the pipelines' own checks:
 - AnimateDiff and Stable Video Diffusion: sides multiples of the VAE's x8, any frame count.
 
 What a family cannot honour (prompt travel, closed loops, clip skip, SVD's micro-conditioning
-on a model without it, a prompt for SVD) is refused naming the field, never silently dropped.
+on a model without it, a prompt for SVD) is refused naming the field, never silently dropped;
+SVD's default conditioning values pass, as novita-client sends them in every img2video body.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from engines.errors import InvalidJob
 
 ANIMATEDIFF = "AnimateDiffPipeline"
 SVD = "StableVideoDiffusionPipeline"
+# Stable Video Diffusion's micro-conditioning where a job leaves it open (Novita's defaults).
+SVD_MOTION_BUCKET_ID = 127
+SVD_NOISE_AUG_STRENGTH = 0.02
 
 
 @dataclass(frozen=True)
@@ -217,9 +221,10 @@ def check_job(family: VideoFamily, model: str, job: VideoGeneration, *, text_to_
                         f"{model} ({family.name}) animates the image alone: it takes no text or guidance.", field
                     )
         if not family.svd_conditioning:
+            # SVD's own defaults pass: novita-client sends them with every img2video body.
             for field, asked in (
-                ("motion_bucket_id", job.motion_bucket_id is not None),
-                ("noise_aug_strength", job.noise_aug_strength is not None),
+                ("motion_bucket_id", job.motion_bucket_id not in (None, SVD_MOTION_BUCKET_ID)),
+                ("noise_aug_strength", job.noise_aug_strength not in (None, SVD_NOISE_AUG_STRENGTH)),
             ):
                 if asked:
                     message = f"{field} is Stable Video Diffusion's conditioning; {model} ({family.name}) has none."

@@ -30,6 +30,8 @@ from engines.image.devices import pipeline_bytes, release_memory
 from engines.threads import run_cancellable
 from engines.video.families import (
     ANIMATEDIFF,
+    SVD_MOTION_BUCKET_ID,
+    SVD_NOISE_AUG_STRENGTH,
     VideoFamily,
     check_job,
     model_defaults,
@@ -41,9 +43,6 @@ log = logging.getLogger("omniserve.engines.video")
 
 # Pipelines that animate an input image; every other video pipeline starts from text.
 _IMAGE_TO_VIDEO = {"StableVideoDiffusionPipeline", "I2VGenXLPipeline"}
-# Stable Video Diffusion's micro-conditioning where a job leaves it open.
-_SVD_MOTION_BUCKET_ID = 127
-_SVD_NOISE_AUG_STRENGTH = 0.02
 # AnimateDiff's motion modules were trained on 16-frame clips; longer videos are denoised in
 # overlapping windows of this many frames (FreeNoise), `_CONTEXT_STRIDE` frames apart.
 _CONTEXT_FRAMES = 16
@@ -267,10 +266,8 @@ class DiffusersVideoEngine:
             candidates["image"] = _fitted_image(job.image, (job.width, job.height))
             candidates.update(
                 fps=job.fps,
-                motion_bucket_id=_SVD_MOTION_BUCKET_ID if job.motion_bucket_id is None else job.motion_bucket_id,
-                noise_aug_strength=_SVD_NOISE_AUG_STRENGTH
-                if job.noise_aug_strength is None
-                else job.noise_aug_strength,
+                motion_bucket_id=SVD_MOTION_BUCKET_ID if job.motion_bucket_id is None else job.motion_bucket_id,
+                noise_aug_strength=SVD_NOISE_AUG_STRENGTH if job.noise_aug_strength is None else job.noise_aug_strength,
             )
             if self.family.text_prompt_with_image:
                 candidates["prompt"] = job.image_prompt

@@ -157,6 +157,7 @@ def test_check_job_names_the_field() -> None:
         ("img2video", img2video("fake-ltx-i2v", frames_num=5), "frames_num"),
         ("img2video", img2video("fake-wan-i2v", motion_bucket_id=100), "motion_bucket_id"),
         ("img2video", img2video("fake-ltx-i2v", cond_aug=0.1), "cond_aug"),
+        ("img2video", img2video("fake-wan-i2v", motion_bucket_id=128), "motion_bucket_id"),
         ("img2video", img2video("fake-svd", frames_num=3, prompt="move"), "prompt"),
         ("img2video", img2video("fake-svd", frames_num=3, negative_prompt="blur"), "negative_prompt"),
         ("img2video", img2video("fake-svd", frames_num=3, guidance_scale=3), "guidance_scale"),
@@ -210,6 +211,13 @@ async def test_img2video_wan_and_ltx_take_a_prompt_and_their_defaults(client: As
     assert (job.motion_bucket_id, job.noise_aug_strength) == (None, None)
     data, _ = await download(client, result["videos"][0]["video_url"])
     assert probe(data)[1:] == (9, (64, 64), 8.0)
+
+
+async def test_svd_defaults_pass_as_novita_client_sends_them(client: AsyncTestClient) -> None:
+    submitted = await client.post(
+        "/v3/async/img2video", json=img2video("fake-wan-i2v", motion_bucket_id=127, cond_aug=0.02)
+    )
+    assert submitted.status_code == 200, submitted.text
 
 
 async def test_img2video_original_dimension_rounds_down_to_the_family_multiple(client: AsyncTestClient) -> None:
@@ -279,7 +287,9 @@ async def test_txt2video_animates_an_sd1_checkpoint_with_the_motion_adapter(clie
     assert (job.frame_count, job.steps, job.guidance_scale) == (6, 2, 7.5)  # AnimateDiff's rules and defaults
 
 
-@pytest.mark.parametrize(("path", "body"), [("txt2video", txt2video("fake-sdxl")), ("img2video", img2video("fake-sd15"))])
+@pytest.mark.parametrize(
+    ("path", "body"), [("txt2video", txt2video("fake-sdxl")), ("img2video", img2video("fake-sd15"))]
+)
 async def test_other_image_models_and_modes_are_refused(
     client: AsyncTestClient, path: str, body: dict[str, Any]
 ) -> None:
