@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from engines.base import ModelKind, ModelSpec
 
@@ -43,7 +44,7 @@ def animated_checkpoints(specs: list[ModelSpec], motion_adapter: str = "") -> li
     adapter = motion_adapter or (str(source.options["motion_adapter"]) if source else "")
     if not adapter:
         return []
-    adapter_options = {}
+    adapter_options: dict[str, Any] = {}
     if source is not None and not motion_adapter:
         adapter_options = {key: source.options[key] for key in _ADAPTER_OPTIONS if key in source.options}
     taken = {name for spec in specs for name in (spec.name, *spec.aliases)}
@@ -52,7 +53,7 @@ def animated_checkpoints(specs: list[ModelSpec], motion_adapter: str = "") -> li
         name = spec.name + TWIN_SUFFIX
         if name in taken or not _is_sd1(spec):
             continue
-        options = {
+        options: dict[str, Any] = {
             "motion_adapter": adapter,
             ANIMATES: spec.name,
             **adapter_options,
