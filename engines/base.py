@@ -522,6 +522,8 @@ class VideoGeneration(msgspec.Struct, kw_only=True):
     # conditioning image. None: not asked (the engine uses SVD's 127 and 0.02).
     motion_bucket_id: int | None = None
     noise_aug_strength: float | None = None
+    # Flow-matching models (Wan, HunyuanVideo): the scheduler's shift, for faster or slower motion.
+    flow_shift: float | None = None
 
     @property
     def frame_count(self) -> int:

@@ -165,6 +165,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "transcriber": components.transcriber,
         "videos": components.openai_videos,
         "v3_videos": components.v3_videos,
+        "v3_model_videos": components.v3_model_videos,
         "chat": text.chat,
         "turns": text.turns,
         "responses": components.responses,

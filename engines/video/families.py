@@ -9,6 +9,7 @@ it runs. The rules follow the pipelines' own checks:
   first; the pipeline silently rounds other counts down).
 - LTX-Video (LTXPipeline, LTXImageToVideoPipeline): sides multiples of 32 (check_inputs), frames
   8k+1 (x8 in time; the decoded clip has (latent frames - 1) x 8 + 1 frames whatever was asked).
+- HunyuanVideo (HunyuanVideoPipeline): as Wan (x8/x4 VAE, 2x2 patches).
 - AnimateDiff and Stable Video Diffusion: sides multiples of the VAE's x8, any frame count.
 
 What a family cannot honour (prompt travel, closed loops, clip skip, SVD's micro-conditioning
@@ -51,6 +52,7 @@ class VideoFamily:
     clip_skip: bool = False
     text_prompt_with_image: bool = False  # image-to-video also takes a prompt (and guidance)
     svd_conditioning: bool = False  # motion_bucket_id and cond_aug
+    flow_shift: bool = False  # a flow-matching scheduler whose shift a job may set
 
     def fits_frames(self, frames: int) -> bool:
         return frames >= 1 and (frames - 1) % self.frame_step == 0
@@ -100,6 +102,7 @@ WAN_FAMILY = VideoFamily(
     native_size=(832, 480),
     frames=33,
     text_prompt_with_image=True,
+    flow_shift=True,
 )
 # LTX-Video 0.9: 704x480 (multiples of 32) at 24 frames a second; 50 steps, guidance 3.
 LTX_FAMILY = VideoFamily(
@@ -112,6 +115,19 @@ LTX_FAMILY = VideoFamily(
     native_size=(704, 480),
     frames=49,
     text_prompt_with_image=True,
+)
+# HunyuanVideo: 4k+1 frames (x4 in time), multiples of 16 (x8 VAE, 2x2 patches); guidance is
+# its embedded (distilled) guidance, 6 by default; 24 frames a second.
+HUNYUAN_FAMILY = VideoFamily(
+    name="hunyuan",
+    frame_step=4,
+    side_multiple=16,
+    steps=50,
+    guidance_scale=6.0,
+    fps=24,
+    native_size=(1280, 720),
+    frames=129,
+    flow_shift=True,
 )
 # Any other diffusers video pipeline: no rule beyond the VAE's x8, features refused.
 OTHER_FAMILY = VideoFamily(
@@ -132,6 +148,7 @@ _BY_CLASS = {
     "WanImageToVideoPipeline": WAN_FAMILY,
     "LTXPipeline": LTX_FAMILY,
     "LTXImageToVideoPipeline": LTX_FAMILY,
+    "HunyuanVideoPipeline": HUNYUAN_FAMILY,
 }
 
 
@@ -206,6 +223,8 @@ def check_job(family: VideoFamily, model: str, job: VideoGeneration, *, text_to_
         ("closed_loop", job.closed_loop and not family.closed_loop, "closed loops"),
         ("clip_skip", job.clip_skip is not None and job.clip_skip > 1 and not family.clip_skip, "clip_skip"),
     )
+    if job.flow_shift is not None and not family.flow_shift:
+        raise _refuse(f"{model} ({family.name}) has no flow-matching shift to set.", "flow_shift")
     for field, asked, what in unsupported:
         if asked:
             raise _refuse(f"{model} ({family.name}) does not support {what}.", field)

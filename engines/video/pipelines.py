@@ -234,7 +234,9 @@ class DiffusersVideoEngine:
         if cancelled.is_set():
             raise _Cancelled
         pipe = self._pipe
-        pipe.scheduler = type(pipe.scheduler).from_config(self._scheduler_config)  # per-run state
+        # A fresh scheduler per run (per-run state), with the job's flow-matching shift if any.
+        shift_config = {} if job.flow_shift is None else {"shift": job.flow_shift}
+        pipe.scheduler = type(pipe.scheduler).from_config(self._scheduler_config, **shift_config)
         self._activate_loras(job)
         self._add_embeddings(job)
         if self._is_animatediff:

@@ -33,6 +33,7 @@ from schemas.v3.images import EmbeddingRef, LoraRef
 VideoType = Literal["mp4", "gif", "webm"]
 VideoSide = Annotated[int, pixel_side(MIN_VIDEO_SIDE, MAX_VIDEO_SIDE)]
 VideoSteps = Annotated[int, msgspec.Meta(ge=1, le=MAX_VIDEO_STEPS)]
+FlowShift = Annotated[float, msgspec.Meta(ge=1, le=10)]  # Novita's wan-t2v range
 
 
 class VideoExtra(CommonExtra, kw_only=True):
@@ -68,6 +69,9 @@ class Txt2VideoBody(msgspec.Struct, kw_only=True):
     # The last frame leads back into the first: the video loops without a cut.
     closed_loop: bool = False
     clip_skip: ClipSkip | None = None
+    # Wan and HunyuanVideo: the flow-matching scheduler's shift (more, faster motion); refused
+    # for other families. What /v3/async/wan-t2v's flow_shift becomes.
+    flow_shift: FlowShift | None = None
     extra: VideoExtra = msgspec.field(default_factory=VideoExtra)
 
 
@@ -93,6 +97,7 @@ class Img2VideoBody(msgspec.Struct, kw_only=True):
     prompt: PromptText | None = None
     negative_prompt: PromptText | None = None
     guidance_scale: GuidanceScale | None = None
+    flow_shift: FlowShift | None = None
     # Blend a frame between each pair (2n - 1 frames at twice the frame rate).
     enable_frame_interpolation: bool = False
     extra: VideoExtra = msgspec.field(default_factory=VideoExtra)

@@ -98,14 +98,15 @@ def _image_size(image_file: str, multiple: int) -> tuple[int, int]:
     return width // multiple * multiple, height // multiple * multiple
 
 
-def _stored(body: B) -> tuple[bytes, B]:
+def stored_body(body: B, names: WireNames = _FROM_NOVITA) -> tuple[bytes, B]:
     """The body as a task stores it, and as its schema reads it back: the schema checks the ranges
-    (of the size, of the frames) of what this adapter made of the request."""
+    (of the size, of the frames) of what an adapter made of the request; a refusal names the
+    field through ``names``."""
     raw = msgspec.json.encode(body)
     try:
         return raw, decode_task_body(raw, type(body))
     except ApiError as error:
-        error.param = _FROM_NOVITA(error.param) if error.param else None
+        error.param = names(error.param) if error.param else None
         raise
 
 
@@ -147,7 +148,7 @@ class OpenAIVideos:
         self, request: VideoCreateRequest, engine: VideoEngine, frames: int, owner: str | None
     ) -> Task:
         width, height = _parse_size(request.size) if request.size else engine.native_size
-        raw, body = _stored(
+        raw, body = stored_body(
             Txt2VideoBody(
                 model_name=engine.spec.name,
                 prompts=[VideoPromptSegment(prompt=request.prompt, frames=frames)],
@@ -179,7 +180,7 @@ class OpenAIVideos:
                     f"size asks {request.size}."
                 )
                 raise bad_request(message, "input_reference")
-        raw, body = _stored(
+        raw, body = stored_body(
             Img2VideoBody(
                 model_name=engine.spec.name,
                 image_file=image_file,

@@ -77,6 +77,7 @@ def _job(body: VideoBody, engine: VideoEngine, seed: int, names: WireNames) -> V
             embeddings=[embedding.model_name for embedding in body.embeddings or []],
             closed_loop=body.closed_loop,
             fps=defaults.fps,
+            flow_shift=body.flow_shift,
         )
     image = base64_image_bytes(body.image_file, names("image"))
     multiple = defaults.family.side_multiple
@@ -96,6 +97,7 @@ def _job(body: VideoBody, engine: VideoEngine, seed: int, names: WireNames) -> V
         fps=defaults.fps if body.frames_per_second is None else body.frames_per_second,
         motion_bucket_id=body.motion_bucket_id,
         noise_aug_strength=body.cond_aug,
+        flow_shift=body.flow_shift,
     )
 
 
