@@ -73,7 +73,8 @@ def _transformer(in_channels: int, image_dim: int | None = None) -> Any:
         num_layers=2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
+        # Rotary tables for up to 1024 patches a side: any size the routes take (2x2 patches).
+        rope_max_seq_len=1024,
         image_dim=image_dim,
     )
 
