@@ -146,6 +146,7 @@ def test_check_job_names_the_field() -> None:
         ("txt2video", txt2video("fake-ltx", height=80), "height"),  # a multiple of 16, not 32
         ("txt2video", txt2video("fake-wan", clip_skip=2), "clip_skip"),
         ("txt2video", txt2video("fake-ltx", closed_loop=True), "closed_loop"),
+        ("txt2video", txt2video("fake-ltx", flow_shift=3), "flow_shift"),  # LTX shifts by resolution
         ("txt2video", txt2video("fake-wan", loras=[{"model_name": "ok-lora", "strength": 1}]), "loras"),
         ("txt2video", txt2video("fake-wan", embeddings=[{"model_name": "some-embedding"}]), "embeddings"),
         (
