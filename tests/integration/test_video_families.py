@@ -140,3 +140,12 @@ async def test_what_the_family_cannot_run_is_refused_naming_the_field(
     with pytest.raises(InvalidJob) as refused:
         await engines[name].generate(job)
     assert refused.value.field == field
+
+
+async def test_flow_shift_reaches_the_wan_scheduler(engines: dict[str, DiffusersVideoEngine]) -> None:
+    engine = engines[WAN_MODEL]
+    default = (await engine.generate(text_job())).frames
+    shifted = (await engine.generate(text_job(flow_shift=8.0))).frames
+    again = (await engine.generate(text_job())).frames
+    assert changed(default, shifted) > 0.01
+    assert np.array_equal(default, again)  # the shift was for that job only
