@@ -44,7 +44,6 @@ ROUTE_NAMES = WireNames(
         "image": "image_url",
         "image_file": "image_url",
         "image_prompt": "prompt",
-        "frames_num": "image_url",
     }
 )
 
@@ -97,43 +96,39 @@ class ModelVideoRoutes:
         _check_size(body.width, body.height, WAN_SIZES)
         _refuse_loras(body.loras)
         engine = await self._engine(body.model_name, "text-to-video", WAN_FAMILY, "wan-t2v")
-        frames = WAN_FAMILY.nearest_frames(WAN_SECONDS * engine.fps)
-        return await self._text_task(
-            engine, body.prompt, frames, body.width, body.height, body, owner, flow_shift=body.flow_shift
+        text = Txt2VideoBody(
+            model_name=engine.spec.name,
+            prompts=[
+                VideoPromptSegment(prompt=body.prompt, frames=WAN_FAMILY.nearest_frames(WAN_SECONDS * engine.fps))
+            ],
+            width=body.width,
+            height=body.height,
+            steps=body.steps,
+            negative_prompt=body.negative_prompt,
+            guidance_scale=body.guidance_scale,
+            seed=body.seed,
+            flow_shift=body.flow_shift,
+            extra=body.extra,
         )
+        return await self._text_task(text, owner)
 
     async def hunyuan_video_fast(self, body: HunyuanVideoFastBody, owner: str | None) -> Task:
         _check_size(body.width, body.height, HUNYUAN_SIZES)
         engine = await self._engine(body.model_name, "text-to-video", HUNYUAN_FAMILY, "hunyuan-video-fast")
-        return await self._text_task(engine, body.prompt, body.frames, body.width, body.height, body, owner)
-
-    async def _text_task(
-        self,
-        engine: VideoEngine,
-        prompt: str,
-        frames: int,
-        width: int,
-        height: int,
-        body: WanT2VBody | HunyuanVideoFastBody,
-        owner: str | None,
-        *,
-        flow_shift: float | None = None,
-    ) -> Task:
-        raw, stored = stored_body(
-            Txt2VideoBody(
-                model_name=engine.spec.name,
-                prompts=[VideoPromptSegment(prompt=prompt, frames=frames)],
-                width=width,
-                height=height,
-                steps=body.steps,
-                negative_prompt=getattr(body, "negative_prompt", None),
-                guidance_scale=getattr(body, "guidance_scale", None),
-                seed=body.seed,
-                flow_shift=flow_shift,
-                extra=body.extra,
-            ),
-            ROUTE_NAMES,
+        text = Txt2VideoBody(
+            model_name=engine.spec.name,
+            prompts=[VideoPromptSegment(prompt=body.prompt, frames=body.frames)],
+            width=body.width,
+            height=body.height,
+            steps=body.steps,
+            seed=body.seed,
+            extra=body.extra,
         )
+        return await self._text_task(text, owner)
+
+    async def _text_task(self, body: Txt2VideoBody, owner: str | None) -> Task:
+        # Stored as the txt2video body it stands for; its schema checks what was made of the request.
+        raw, stored = stored_body(body, ROUTE_NAMES)
         return await self.tasks.submit(TaskType.TXT_TO_VIDEO, raw, stored, owner, ROUTE_NAMES)
 
     async def wan_i2v(self, body: WanI2VBody, owner: str | None) -> Task:
