@@ -2,7 +2,8 @@
 
 `demo-animatediff` is an SD 1.x layout (one CLIP text encoder) with an AnimateDiff motion adapter
 beside it, a LoRA and a textual-inversion embedding; `demo-svd` is a Stable Video Diffusion
-layout (temporal UNet and VAE decoder, CLIP image encoder). Weights are random but seeded, so
+layout (temporal UNet and VAE decoder, CLIP image encoder). The Wan and LTX-Video demo models are
+built by their own modules (wan_demo.py, ltx_demo.py) and listed here. Weights are random but seeded, so
 every build is identical and frame comparisons between runs are meaningful. Each model is
 assembled in a hidden sibling folder and renamed into place with a marker written last
 (engines/model_build.py).
