@@ -551,11 +551,16 @@ class VideoGeneration(msgspec.Struct, kw_only=True):
     # Image-to-video: the encoded conditioning image (PNG/JPEG/WebP), resized by the engine.
     image: bytes | None = None
     num_frames: int = 0
-    # Stable Video Diffusion's micro-conditioning: frame rate, amount of motion, noise added
-    # to the conditioning image.
+    # Image-to-video models that also read text (Wan, LTX-Video): what the video shows.
+    image_prompt: str = ""
+    # The frame rate the video is made for (Stable Video Diffusion's and LTX-Video's conditioning).
     fps: int = 6
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
+    # Stable Video Diffusion's micro-conditioning: amount of motion, noise added to the
+    # conditioning image. None: not asked (the engine uses SVD's 127 and 0.02).
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
+    # Flow-matching models (Wan, HunyuanVideo): the scheduler's shift, for faster or slower motion.
+    flow_shift: float | None = None
 
     @property
     def frame_count(self) -> int:

@@ -29,6 +29,7 @@ from engines.registry import (
 )
 from engines.scheduler import Scheduler
 from engines.sizing import SizingPolicy
+from engines.video.animated import animated_checkpoints
 from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
@@ -98,6 +99,8 @@ def build_components(
             WorkPool.STORAGE: settings.threads.storage,
         }
     )
+    # SD 1.x image models get AnimateDiff video twins (txt2video may name a checkpoint).
+    specs = [*specs, *animated_checkpoints(specs, settings.video.motion_adapter)]
     registry = ModelRegistry(specs, factories or default_factories(settings))
     policy = AdmissionPolicy(
         max_queue_depth=settings.limits.max_queue_depth,
@@ -169,6 +172,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "transcriber": components.transcriber,
         "videos": components.openai_videos,
         "v3_videos": components.v3_videos,
+        "v3_model_videos": components.v3_model_videos,
         "chat": text.chat,
         "turns": text.turns,
         "responses": components.responses,

@@ -41,6 +41,7 @@ from server.routes.health import Readiness
 from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openai.video_jobs import OpenAIVideos
 from server.routes.v3.image_tasks import V3ImageTasks
+from server.routes.v3.model_video_tasks import ModelVideoRoutes
 from server.routes.v3.speech_tasks import V3SpeechTasks
 from server.routes.v3.upscale_tasks import V3UpscaleTasks
 from server.routes.v3.video_tasks import V3VideoTasks
@@ -161,6 +162,9 @@ class Components:
         )
         self.videos = VideoGenerator(scheduler, self.storage, output_limit=output_limit)
         self.v3_videos = V3VideoTasks(self.videos, self.submission, self.task_runner, scheduler)
+        self.v3_model_videos = ModelVideoRoutes(
+            self.v3_videos, self.outbound, fetch_timeout_s=settings.tasks.fetch_timeout_s
+        )
         self.openai_videos = OpenAIVideos(
             self.videos,
             self.v3_videos,

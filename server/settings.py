@@ -312,6 +312,13 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_speech_chars: int = 4096
 
 
+class VideoSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The AnimateDiff MotionAdapter folder put over SD 1.x image models when txt2video (or
+    # /v1/videos) names one (engines/video/animated.py). Empty: the motion adapter of the
+    # catalog's first AnimateDiff model, if any; without one, image models make no videos.
+    motion_adapter: str = ""
+
+
 class BatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The Files and Batch API (/v1/files, /v1/batches): what one upload and one batch may hold."""
 
@@ -603,6 +610,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
+    video: VideoSettings = msgspec.field(default_factory=VideoSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
     s3: S3Settings = msgspec.field(default_factory=S3Settings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
