@@ -16,9 +16,12 @@ class ModelKind(enum.StrEnum):
     IMAGE = "image"  # diffusers text-to-image checkpoints (img2img/inpaint derive from them)
     SAFETY = "safety"  # image classifiers for NSFW detection on generated images
     UPSCALER = "upscaler"  # image super-resolution models (/v3 upscale)
+    SEGMENTATION = "segmentation"  # foreground/background segmenters (/v3 remove-background)
     TRANSCRIPTION = "transcription"  # speech to text (faster-whisper)
     SPEECH = "speech"  # text to speech (Coqui TTS)
     VIDEO = "video"  # diffusers text-to-video and image-to-video pipelines
+    CAPTION = "caption"  # transformers image-to-text models that describe an image (/v3 img2prompt)
+    VARIATION = "variation"  # diffusers image-variation pipelines (/v3 reimagine)
 
 
 class TextAdapter(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -406,6 +409,40 @@ class UpscaleEngine(Engine, Protocol):
     async def upscale(self, job: UpscaleJob, progress: ProgressCallback | None = None) -> Any: ...
 
 
+@runtime_checkable
+class SegmentationEngine(Engine, Protocol):
+    # The foreground of a PIL image as a PIL "L" mask of the image's own size: 255 where the
+    # subject is, 0 where the background is, soft values along its edges (an alpha channel).
+    async def segment(self, image: Any) -> Any: ...
+
+
+class Caption(msgspec.Struct, kw_only=True):
+    """What a captioner wrote about an image, and how many tokens it generated for it."""
+
+    text: str
+    generated_tokens: int
+
+
+@runtime_checkable
+class CaptionEngine(Engine, Protocol):
+    # The image (PIL) described in words, as a prompt that could draw it.
+    async def caption(self, image: Any) -> Caption: ...
+
+
+class VariationJob(msgspec.Struct, kw_only=True):
+    """One image variation in engine terms: the encoded input image (PNG/JPEG/WebP), already
+    checked, and the seed of its noise (the same job and seed give the same pixels)."""
+
+    image: bytes
+    seed: int
+
+
+@runtime_checkable
+class VariationEngine(Engine, Protocol):
+    # A variation of the image (PIL), of the input image's size.
+    async def vary(self, job: VariationJob, progress: ProgressCallback | None = None) -> Any: ...
+
+
 class SpeechJob(msgspec.Struct, kw_only=True):
     """One text to speak, in engine terms: voice and language already checked against the engine."""
 
@@ -539,11 +576,16 @@ class VideoGeneration(msgspec.Struct, kw_only=True):
     # Image-to-video: the encoded conditioning image (PNG/JPEG/WebP), resized by the engine.
     image: bytes | None = None
     num_frames: int = 0
-    # Stable Video Diffusion's micro-conditioning: frame rate, amount of motion, noise added
-    # to the conditioning image.
+    # Image-to-video models that also read text (Wan, LTX-Video): what the video shows.
+    image_prompt: str = ""
+    # The frame rate the video is made for (Stable Video Diffusion's and LTX-Video's conditioning).
     fps: int = 6
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
+    # Stable Video Diffusion's micro-conditioning: amount of motion, noise added to the
+    # conditioning image. None: not asked (the engine uses SVD's 127 and 0.02).
+    motion_bucket_id: int | None = None
+    noise_aug_strength: float | None = None
+    # Flow-matching models (Wan, HunyuanVideo): the scheduler's shift, for faster or slower motion.
+    flow_shift: float | None = None
 
     @property
     def frame_count(self) -> int:
@@ -584,9 +626,12 @@ SERVED_KINDS: dict[type, frozenset[ModelKind]] = {
     BatchImageEngine: frozenset({ModelKind.IMAGE}),
     UpscaleEngine: frozenset({ModelKind.UPSCALER}),
     SafetyEngine: frozenset({ModelKind.SAFETY}),
+    SegmentationEngine: frozenset({ModelKind.SEGMENTATION}),
     SpeechEngine: frozenset({ModelKind.SPEECH}),
     TranscriptionEngine: frozenset({ModelKind.TRANSCRIPTION}),
     VideoEngine: frozenset({ModelKind.VIDEO}),
+    CaptionEngine: frozenset({ModelKind.CAPTION}),
+    VariationEngine: frozenset({ModelKind.VARIATION}),
 }
 
 

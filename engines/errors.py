@@ -44,9 +44,12 @@ _SERVES = {
     ModelKind.IMAGE: "images",
     ModelKind.SAFETY: "safety classification",
     ModelKind.UPSCALER: "upscaling",
+    ModelKind.SEGMENTATION: "background removal",
     ModelKind.TRANSCRIPTION: "transcription",
     ModelKind.SPEECH: "speech",
     ModelKind.VIDEO: "videos",
+    ModelKind.CAPTION: "image captions",
+    ModelKind.VARIATION: "image variations",
 }
 
 

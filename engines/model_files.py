@@ -6,17 +6,22 @@ sentence-transformers files), never weights, so classifying a model costs millis
 - model_index.json (a diffusers pipeline): its `_class_name` decides. Upscale pipelines are
   `upscaler`; video pipelines (AnimateDiff, Stable Video Diffusion, text-to-video, Wan...) and an
   SD 1.x checkpoint with a `motion_adapter/` folder beside its components are `video`; image-to-image
-  and inpainting pipelines are refused (the image engine derives those from a text-to-image one);
+  and inpainting pipelines are refused (the image engine derives those from a text-to-image one),
+  except Stable unCLIP's image-to-image, which is `variation`;
   every other pipeline is `image` (FLUX.1, SD3 and Qwen-Image ones with their `options.family`).
   A lone diffusers component (VAE, ControlNet) is refused.
 - CTranslate2 Whisper (model.bin and a config.json with Whisper's decoding fields) is
   `transcription` on faster-whisper. Whisper in transformers form is refused: faster-whisper needs
   the CTranslate2 conversion, and the message says how to make it.
 - A Coqui config (config.json naming a `model` with an `audio` section) is `speech` on Coqui TTS.
+- A lone .pth or .safetensors file (or a folder holding only one) whose state-dict keys are an
+  RRDBNet's is an ESRGAN-family `upscaler` on the `esrgan` engine (engines/image/esrgan.py); only
+  the keys are read (a .safetensors header, a memory-mapped .pth).
 - A transformers config.json: its `architectures` decide. A sequence classifier with one label
   (a cross-encoder) is `rerank`; a model with sentence-transformers files is `embedding`; a causal
   or conditional-generation language model is `chat` (with a `vision_config`, one that also takes
-  images); an image classifier with NSFW labels is `safety`.
+  images); BLIP, BLIP-2, GIT and vision encoder-decoder models are `caption`; an image classifier
+  with NSFW labels is `safety`.
 
 What fits none of these is refused with what was found, so an operator can name the kind.
 """
@@ -42,9 +47,14 @@ ENGINE_FOR_KIND: dict[ModelKind, str] = {
     ModelKind.UPSCALER: "diffusers",
     ModelKind.VIDEO: "diffusers",
     ModelKind.SAFETY: "transformers",
+    ModelKind.SEGMENTATION: "transformers",
     ModelKind.TRANSCRIPTION: "faster-whisper",
     ModelKind.SPEECH: "coqui",
+    ModelKind.CAPTION: "transformers",
+    ModelKind.VARIATION: "diffusers",
 }
+# The engine of ESRGAN-family upscalers (a weights file, not a diffusers pipeline).
+ESRGAN_ENGINE = "esrgan"
 
 # Files sentence-transformers writes beside a bi-encoder (embedding) model.
 _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -54,6 +64,10 @@ _VIDEO_PIPELINE = re.compile(
     r"^(AnimateDiff|StableVideoDiffusion|TextToVideo|VideoToVideo|Wan|I2VGenXL|CogVideoX)|Video"
 )
 _MOTION_ADAPTER_DIR = "motion_adapter"
+# Image-variation pipelines (engines/image/variation.py), served as such rather than refused as img2img.
+_VARIATION_PIPELINES = frozenset({"StableUnCLIPImg2ImgPipeline"})
+# Image captioners (engines/image/caption.py): encoder-decoder or BLIP-style image-to-text models.
+_CAPTIONER = re.compile(r"^(Blip2?\w*ForConditionalGeneration|GitForCausalLM|VisionEncoderDecoderModel)$")
 # A chat template's tool-call markup, and the vLLM tool parser that reads it.
 _TOOL_MARKUP = (("<tool_call>", "hermes"), ("<|python_tag|>", "llama3_json"), ("[TOOL_CALLS]", "mistral"))
 # Classifier labels (lower case) each NSFW detection level counts, cumulatively (engines/image/safety.py).
@@ -105,9 +119,10 @@ def infer_model(path: Path, kind: ModelKind | None = None) -> InferredModel:
         options["family"] = family.value  # a flow-matching family (engines/image/families.py)
     elif found is ModelKind.VIDEO and _image_pipeline_with_motion_adapter(folder):
         options["motion_adapter"] = str(folder / _MOTION_ADAPTER_DIR)
-    return InferredModel(
-        kind=found, engine=ENGINE_FOR_KIND[found], options=options, tool_parser=tool_parser, evidence=evidence
-    )
+    engine = ENGINE_FOR_KIND[found]
+    if found is ModelKind.UPSCALER and _esrgan_weights(path) is not None:
+        engine = ESRGAN_ENGINE
+    return InferredModel(kind=found, engine=engine, options=options, tool_parser=tool_parser, evidence=evidence)
 
 
 def _classify(path: Path) -> tuple[ModelKind, str]:
@@ -117,6 +132,8 @@ def _classify(path: Path) -> tuple[ModelKind, str]:
     if index is not None:
         return _classify_pipeline(path, index)
     config = _read_json(path / "config.json")
+    if config is None and (weights := _esrgan_weights(path)) is not None:
+        return ModelKind.UPSCALER, f"{weights.name}: an RRDBNet (ESRGAN) state dict"
     if config is None:
         raise UnrecognizedModel(f"{path}: no config.json or model_index.json; found {_listing(path)}")
     if (path / "model.bin").is_file() and any(field in config for field in _CT2_WHISPER_FIELDS):
@@ -136,6 +153,8 @@ def _classify_file(path: Path) -> tuple[ModelKind, str]:
         config = _read_json(path.parent / "config.json")
         if config is not None and isinstance(config.get("model"), str) and isinstance(config.get("audio"), dict):
             return ModelKind.SPEECH, f"a Coqui TTS checkpoint (model {config['model']!r})"
+    if _esrgan_weights(path) is not None:
+        return ModelKind.UPSCALER, f"{path.name}: an RRDBNet (ESRGAN) state dict"
     raise UnrecognizedModel(
         f"{path}: a single weights file says nothing of its kind; name the kind (a single-file "
         "Stable Diffusion checkpoint is kind image)"
@@ -149,6 +168,8 @@ def _classify_pipeline(path: Path, index: dict[str, Any]) -> tuple[ModelKind, st
         raise UnrecognizedModel(f"{path}: model_index.json names no diffusers pipeline (_class_name {name!r})")
     if "Upscale" in name:
         return ModelKind.UPSCALER, evidence
+    if name in _VARIATION_PIPELINES:
+        return ModelKind.VARIATION, evidence
     if name.endswith(("Img2ImgPipeline", "InpaintPipeline")):
         # The image engine starts from a text-to-image pipeline and derives these from it.
         raise UnrecognizedModel(
@@ -160,6 +181,23 @@ def _classify_pipeline(path: Path, index: dict[str, Any]) -> tuple[ModelKind, st
     if _image_pipeline_with_motion_adapter(path):
         return ModelKind.VIDEO, f"{evidence} with an AnimateDiff {_MOTION_ADAPTER_DIR}/"
     return ModelKind.IMAGE, evidence
+
+
+def _esrgan_weights(path: Path) -> Path | None:
+    """The RRDBNet weights file at `path` (the file, or a folder's only .pth/.safetensors), or None."""
+    from engines.image.esrgan import WEIGHT_SUFFIXES, is_rrdb_state, state_dict_keys, weights_file
+
+    if path.is_dir() and not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
+        return None
+    if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
+        return None
+    try:
+        weights = weights_file(path)
+        return weights if is_rrdb_state(state_dict_keys(weights)) else None
+    # Unreadable, truncated, a pickle of other things, a header safetensors rejects: no ESRGAN model,
+    # and the caller says what the file is not. Each library raises its own kind of error.
+    except Exception:
+        return None
 
 
 def _image_pipeline_with_motion_adapter(folder: Path) -> bool:
@@ -194,6 +232,8 @@ def _classify_transformers(path: Path, config: dict[str, Any]) -> tuple[ModelKin
         )
     if any((path / name).is_file() for name in _SENTENCE_TRANSFORMERS_FILES):
         return ModelKind.EMBEDDING, f"{evidence} with sentence-transformers files"
+    if any(_CAPTIONER.match(a) for a in architectures):
+        return ModelKind.CAPTION, f"{evidence} (an image captioner)"
     if any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
         if config.get("is_encoder_decoder"):
             raise UnrecognizedModel(
@@ -206,6 +246,8 @@ def _classify_transformers(path: Path, config: dict[str, Any]) -> tuple[ModelKin
     if any(a.endswith("ForImageClassification") for a in architectures):
         _nsfw_levels(path, strict=True)  # refuses a classifier without NSFW labels
         return ModelKind.SAFETY, evidence
+    if any(a.endswith("ForSemanticSegmentation") for a in architectures):
+        return ModelKind.SEGMENTATION, evidence
     hint = (
         " (an encoder without sentence-transformers files: name kind embedding to serve it so)"
         if any(a.endswith("Model") for a in architectures)

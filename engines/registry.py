@@ -53,6 +53,10 @@ def diffusers_factory(*, device: str = "cpu") -> EngineFactory:
             from engines.image.upscale import UpscalerEngine
 
             return cast(Engine, UpscalerEngine(spec, device=device))
+        if spec.kind is ModelKind.VARIATION:
+            from engines.image.variation import UnclipVariationEngine
+
+            return cast(Engine, UnclipVariationEngine(spec, device=device))
         if spec.kind is ModelKind.VIDEO:
             from engines.video.pipelines import DiffusersVideoEngine
 
@@ -84,9 +88,38 @@ def _single_kind_factory(engine: str, kind: ModelKind, module: str, class_name: 
 
 
 def transformers_factory(*, device: str = "cpu") -> EngineFactory:
-    """Engines on plain transformers models; so far the NSFW classifiers (kind "safety")."""
+    """Engines on plain transformers models: the NSFW classifiers (kind "safety"), the
+    foreground segmenters (kind "segmentation") and the image captioners (kind "caption")."""
+    by_kind = {
+        ModelKind.SAFETY: _single_kind_factory(
+            "transformers", ModelKind.SAFETY, "engines.image.safety", "SafetyClassifierEngine", device
+        ),
+        ModelKind.SEGMENTATION: _single_kind_factory(
+            "transformers",
+            ModelKind.SEGMENTATION,
+            "engines.image.segmentation",
+            "TransformersSegmentationEngine",
+            device,
+        ),
+        ModelKind.CAPTION: _single_kind_factory(
+            "transformers", ModelKind.CAPTION, "engines.image.caption", "CaptionerEngine", device
+        ),
+    }
+
+    def build(spec: ModelSpec) -> Engine:
+        factory = by_kind.get(spec.kind)
+        if factory is None:
+            kinds = ", ".join(repr(kind.value) for kind in by_kind)
+            raise CatalogError(f"model {spec.name}: engine 'transformers' serves kinds {kinds} only")
+        return factory(spec)
+
+    return build
+
+
+def esrgan_factory(*, device: str = "cpu") -> EngineFactory:
+    """ESRGAN-family upscalers: one RRDBNet weights file (kind "upscaler"; engines/image/esrgan.py)."""
     return _single_kind_factory(
-        "transformers", ModelKind.SAFETY, "engines.image.safety", "SafetyClassifierEngine", device
+        "esrgan", ModelKind.UPSCALER, "engines.image.esrgan_upscale", "EsrganUpscalerEngine", device
     )
 
 

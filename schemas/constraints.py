@@ -10,7 +10,7 @@ constraint failures only, never to a value of the wrong type or a missing field.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -70,6 +70,20 @@ def refusal(
 
 
 # The constrained types several schemas share.
+
+# A1111's restore_faces (GFPGAN or CodeFormer after generation): no face restoration model is
+# served, so true is refused naming the field rather than dropped; false, the default, is accepted.
+NoFaceRestoration = Annotated[
+    Literal[False],
+    msgspec.Meta(
+        extra=refusal(
+            message="restore_faces is not supported: this server has no face restoration model "
+            "(GFPGAN, CodeFormer); send false or leave it out."
+        )
+    ),
+]
+
+
 def pixel_side(low: int, high: int) -> msgspec.Meta:
     """A picture's side in pixels, a multiple of SIDE_MULTIPLE in [low, high]; refused as INVALID_IMAGE_SIZE."""
     return msgspec.Meta(

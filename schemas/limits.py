@@ -38,11 +38,12 @@ MIN_SPEECH_SPEED, MAX_SPEECH_SPEED = 0.8, 3.0
 MIN_OPENAI_SPEECH_SPEED, MAX_OPENAI_SPEECH_SPEED = 0.25, 4.0
 
 # /v3 video tasks. 64 keeps CPU tests fast and is the smallest side at which the x8 latents
-# still have room.
-MIN_VIDEO_SIDE, MAX_VIDEO_SIDE = 64, 1024
+# still have room; 1280 is the long side of Wan's and HunyuanVideo's 720p (the output pixel
+# limit still bounds a whole video).
+MIN_VIDEO_SIDE, MAX_VIDEO_SIDE = 64, 1280
 MAX_VIDEO_STEPS = 50
 MAX_TXT2VIDEO_FRAMES = 128  # Novita's limit, all prompt segments together
-MAX_IMG2VIDEO_FRAMES = 64  # before interpolation
+MAX_IMG2VIDEO_FRAMES = 128  # before interpolation; Wan's 5 s clips (81 frames at 16 fps) fit
 MAX_VIDEO_FPS = 30
 MIN_MOTION_BUCKET_ID, MAX_MOTION_BUCKET_ID = 1, 255
 # OpenAI /videos: the longest clip asked for; the frame limits above still apply to seconds x fps.

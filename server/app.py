@@ -22,12 +22,14 @@ from engines.registry import (
     ModelRegistry,
     coqui_factory,
     diffusers_factory,
+    esrgan_factory,
     faster_whisper_factory,
     transformers_factory,
     vllm_factory,
 )
 from engines.scheduler import Scheduler
 from engines.sizing import SizingPolicy
+from engines.video.animated import animated_checkpoints
 from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
@@ -57,7 +59,9 @@ from server.routes.openapi import document_error_responses
 from server.routes.v3.account import AccountController
 from server.routes.v3.files import FilesController
 from server.routes.v3.flow_routes import FlowModelsController
+from server.routes.v3.image_editor import image_editor_router
 from server.routes.v3.images import V3ImageController
+from server.routes.v3.img2prompt_reimagine import V3Img2PromptReimagineController
 from server.routes.v3.models import ModelsV3Controller
 from server.routes.v3.speech import V3SpeechController
 from server.routes.v3.tasks import TaskResultController
@@ -78,6 +82,7 @@ def default_factories(settings: Settings) -> dict[str, EngineFactory]:
     return {
         "vllm": vllm_factory(cpu_threads=settings.vllm.cpu_threads),
         "diffusers": diffusers_factory(),
+        "esrgan": esrgan_factory(),
         "transformers": transformers_factory(),
         "faster-whisper": faster_whisper_factory(),
         "coqui": coqui_factory(),
@@ -95,6 +100,8 @@ def build_components(
             WorkPool.STORAGE: settings.threads.storage,
         }
     )
+    # SD 1.x image models get AnimateDiff video twins (txt2video may name a checkpoint).
+    specs = [*specs, *animated_checkpoints(specs, settings.video.motion_adapter)]
     registry = ModelRegistry(specs, factories or default_factories(settings))
     policy = AdmissionPolicy(
         max_queue_depth=settings.limits.max_queue_depth,
@@ -156,6 +163,9 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "v3_images": components.v3_images,
         "flow_routes": components.flow_routes,
         "v3_upscale": components.v3_upscale,
+        "image_editor": components.image_editor,
+        "image_prompts": components.image_prompts,
+        "reimaginer": components.reimaginer,
         "novassium": components.novassium,
         "sdapi": components.sdapi,
         # Audio and video.
@@ -164,6 +174,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "transcriber": components.transcriber,
         "videos": components.openai_videos,
         "v3_videos": components.v3_videos,
+        "v3_model_videos": components.v3_model_videos,
         "chat": text.chat,
         "turns": text.turns,
         "responses": components.responses,
@@ -241,6 +252,8 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         route_handlers=[
             V3ImageController,
             FlowModelsController,
+            image_editor_router(components.settings.image_tools),
+            V3Img2PromptReimagineController,
             V3SpeechController,
             V3VideoController,
             TaskResultController,

@@ -18,9 +18,12 @@ from server.batches.lines import line_services
 from server.batches.runner import BatchRunner
 from server.batches.service import Batches
 from server.batches.store import BatchStore, FileContents
+from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
+from server.capabilities.img2prompt import ImagePrompts
 from server.capabilities.output_limits import OutputLimit
+from server.capabilities.reimagine import Reimaginer
 from server.capabilities.speech.synthesis import SpeechSynthesis
 from server.capabilities.text import TextCapability
 from server.capabilities.text.responses import ResponsesService
@@ -39,6 +42,7 @@ from server.routes.openai.image_jobs import OpenAIImages
 from server.routes.openai.video_jobs import OpenAIVideos
 from server.routes.v3.flow_routes import FlowRoutes
 from server.routes.v3.image_tasks import V3ImageTasks
+from server.routes.v3.model_video_tasks import ModelVideoRoutes
 from server.routes.v3.speech_tasks import V3SpeechTasks
 from server.routes.v3.upscale_tasks import V3UpscaleTasks
 from server.routes.v3.video_tasks import V3VideoTasks
@@ -149,6 +153,9 @@ class Components:
         self.flow_routes = FlowRoutes(self.image_generator, self.v3_images, self.storage, url_ttl_s=tasks.url_ttl_s)
         self.upscaler = Upscaler(scheduler, self.image_generator)
         self.v3_upscale = V3UpscaleTasks(self.upscaler, self.submission, self.task_runner)
+        self.image_editor = ImageEditor(scheduler, self.image_generator, settings.image_tools)
+        self.image_prompts = ImagePrompts(scheduler, settings.image_tools)
+        self.reimaginer = Reimaginer(scheduler, settings.image_tools)
 
         self.transcriber = Transcriber(scheduler, settings.audio)
         self.speech = SpeechSynthesis(scheduler, self.storage, settings.audio)
@@ -157,6 +164,9 @@ class Components:
         )
         self.videos = VideoGenerator(scheduler, self.storage, output_limit=output_limit)
         self.v3_videos = V3VideoTasks(self.videos, self.submission, self.task_runner, scheduler)
+        self.v3_model_videos = ModelVideoRoutes(
+            self.v3_videos, self.outbound, fetch_timeout_s=settings.tasks.fetch_timeout_s
+        )
         self.openai_videos = OpenAIVideos(
             self.videos,
             self.v3_videos,

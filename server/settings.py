@@ -312,6 +312,13 @@ class AudioSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_speech_chars: int = 4096
 
 
+class VideoSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # The AnimateDiff MotionAdapter folder put over SD 1.x image models when txt2video (or
+    # /v1/videos) names one (engines/video/animated.py). Empty: the motion adapter of the
+    # catalog's first AnimateDiff model, if any; without one, image models make no videos.
+    motion_adapter: str = ""
+
+
 class BatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The Files and Batch API (/v1/files, /v1/batches): what one upload and one batch may hold."""
 
@@ -447,6 +454,52 @@ class VendorSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sdapi_fetch_timeout_s: float = 15.0
 
 
+class ImageToolSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Novita's synchronous /v3 image tools: the catalog model behind each, and their input limits."""
+
+    # The catalog's segmentation model that finds the foreground (remove- and replace-background).
+    # Unset: "demo-segmenter" when the catalog has it, else its first segmentation model; ""
+    # turns those two routes off (they answer 404).
+    segmentation_model: str | None = None
+    # The catalog's image model that repaints (replace-background's new background, cleanup's
+    # masked area). Unset: "demo-sd" when the catalog has it, else its first image model; ""
+    # turns those two routes off.
+    inpainting_model: str | None = None
+    # The captioner (kind "caption") that /v3/img2prompt runs, and the variation pipeline (kind
+    # "variation") that /v3/reimagine runs. Unset: the demo model when the catalog has it, else
+    # the catalog's first model of that kind; "" turns the route off (it answers 404). A name
+    # that is not such a model in the catalog stops the start.
+    caption_model: str | None = None
+    reimagine_model: str | None = None
+    # Each input image of the background and cleanup tools (and cleanup's mask), as Novita
+    # documents them: at most 30 MB of encoded bytes and 16 megapixels. The request body limit
+    # of these routes follows from the bytes.
+    max_image_bytes: int = 30 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    # replace-background's own limits (Novita: 2048 x 2048, neither side above 4096).
+    replace_background_max_pixels: int = 2048 * 2048
+    replace_background_max_side: int = 4096
+    # Novita's documented limits on img2prompt's and reimagine's input sides (2048x2048 and
+    # 1024x1024). Their bytes are bounded by the server's input-image limit (8 MiB).
+    img2prompt_max_side: int = 2048
+    reimagine_max_side: int = 1024
+    # The repainting runs at most this many pixels a side (aspect kept, sides multiples of 8);
+    # its result is resized to the input's size, and only the repainted area replaces pixels.
+    inpaint_max_side: int = 1024
+    inpaint_steps: int = 20
+    inpaint_guidance_scale: float = 7.5
+
+    def __post_init__(self) -> None:
+        if min(self.max_image_bytes, self.max_image_pixels, self.replace_background_max_pixels) < 1:
+            raise ValueError("image_tools.max_image_bytes and the pixel limits must be at least 1")
+        if self.replace_background_max_side < 1 or self.inpaint_max_side < 8:
+            raise ValueError("image_tools.replace_background_max_side must be positive, inpaint_max_side at least 8")
+        if self.inpaint_steps < 1 or self.inpaint_guidance_scale < 0:
+            raise ValueError("image_tools.inpaint_steps must be at least 1, inpaint_guidance_scale not negative")
+        if self.img2prompt_max_side < 1 or self.reimagine_max_side < 1:
+            raise ValueError("image_tools.img2prompt_max_side and reimagine_max_side must be at least 1")
+
+
 AWS_REGIONS = (
     "us-east-1",
     "us-east-2",
@@ -557,11 +610,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tasks: TaskSettings = msgspec.field(default_factory=TaskSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)
     audio: AudioSettings = msgspec.field(default_factory=AudioSettings)
+    video: VideoSettings = msgspec.field(default_factory=VideoSettings)
     batches: BatchSettings = msgspec.field(default_factory=BatchSettings)
     s3: S3Settings = msgspec.field(default_factory=S3Settings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
     accounts: AccountSettings = msgspec.field(default_factory=AccountSettings)
     vendor: VendorSettings = msgspec.field(default_factory=VendorSettings)
+    image_tools: ImageToolSettings = msgspec.field(default_factory=ImageToolSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.

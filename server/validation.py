@@ -48,7 +48,10 @@ T = TypeVar("T")
 
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 # msgspec's wording when a value has the right type but breaks a Meta constraint.
-_CONSTRAINT = re.compile(r"Expected `[^`]+` (?:>=|<=|>|<|of length|that's a multiple of|matching regex)")
+# A failed constraint, or a value outside a Literal (refused as its field declares when it has a message).
+_CONSTRAINT = re.compile(
+    r"Expected `[^`]+` (?:>=|<=|>|<|of length|that's a multiple of|matching regex)|Invalid enum value"
+)
 _PATH_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _PATH = re.compile(r"(?:\.[^.\[]+|\[\d+\])+")
 

@@ -5,6 +5,7 @@ embedding and a ControlNet made for it; `demo-sdxl` is an SDXL layout (two text 
 text-time conditioning) with a refiner (an SDXL img2img layout with only the second text encoder
 and aesthetic-score conditioning, as real refiners have); both list the spare VAE `demo-vae`.
 `demo-upscaler` is a Stable Diffusion x4 upscaler layout (engines/image/upscale.py);
+`demo-esrgan` an RRDBNet (engines/image/esrgan_demo.py), also demo-sd's hires-fix ESRGAN upscaler;
 `demo-flux`, `demo-sd3` and `demo-qwen-image` are the flow-matching families (engines/image/flow_demo.py);
 `demo-nsfw` is a ViT image classifier with the labels that NSFW detection levels
 expect (engines/image/safety.py). Weights are random but seeded, so every build is identical and
@@ -20,6 +21,10 @@ from typing import Any
 
 from engines.base import ModelKind, ModelSpec
 from engines.image import flow_demo
+from engines.image.caption_demo import CAPTION_MODEL, build_captioner
+from engines.image.esrgan_demo import ESRGAN_DEMO_FILE, ESRGAN_DEMO_MODEL, build_esrgan_demo
+from engines.image.segmentation_demo import SEGMENTATION_MODEL, build_demo_segmenter, demo_segmenter_spec
+from engines.image.variation_demo import VARIATION_MODEL, build_variation
 from engines.model_build import build_atomically
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
@@ -335,6 +340,10 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     CONTROLNET_NAME: _build_controlnet,
     SAFETY_MODEL: _build_nsfw,
     UPSCALER_MODEL: _build_upscaler,
+    SEGMENTATION_MODEL: build_demo_segmenter,
+    CAPTION_MODEL: build_captioner,
+    VARIATION_MODEL: build_variation,
+    ESRGAN_DEMO_MODEL: build_esrgan_demo,
 }
 _BUILDERS.update(flow_demo.BUILDERS)  # the flow-matching families (engines/image/flow_demo.py)
 
@@ -344,6 +353,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
     root = Path(root)
     sd = root / "demo-sd"
     vaes = {VAE_NAME: str(root / VAE_NAME)}
+    esrgan = str(root / ESRGAN_DEMO_MODEL / ESRGAN_DEMO_FILE)
     return [
         ModelSpec(
             name="demo-sd",
@@ -355,6 +365,7 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
                 "embeddings": {EMBEDDING_NAME: str(sd / _EMBEDDING_FILE)},
                 "vaes": vaes,
                 "controlnets": {CONTROLNET_NAME: str(root / CONTROLNET_NAME)},
+                "upscalers": {"RealESRGAN_x4plus_anime_6B": esrgan},
             },
         ),
         ModelSpec(
@@ -375,6 +386,31 @@ def image_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / UPSCALER_MODEL),
             options={"steps": 2},
         ),
+        demo_segmenter_spec(root),
+        # At least eight tokens: a random decoder may otherwise end its caption before any word.
+        ModelSpec(
+            name=CAPTION_MODEL,
+            kind=ModelKind.CAPTION,
+            engine="transformers",
+            path=str(root / CAPTION_MODEL),
+            options={"max_new_tokens": 16, "min_new_tokens": 8},
+        ),
+        # Two steps, as the upscaler: random weights make no better picture with more.
+        ModelSpec(
+            name=VARIATION_MODEL,
+            kind=ModelKind.VARIATION,
+            engine="diffusers",
+            path=str(root / VARIATION_MODEL),
+            options={"steps": 2},
+        ),
+        # Aliased with the model name of Novita's upscale example, so that request runs as documented.
+        ModelSpec(
+            name=ESRGAN_DEMO_MODEL,
+            kind=ModelKind.UPSCALER,
+            engine="esrgan",
+            path=esrgan,
+            aliases=["RealESRGAN_x4plus_anime_6B"],
+        ),
     ]
 
 
@@ -386,8 +422,9 @@ def build_image_demo_models(root: Path, *, force: bool = False) -> list[ModelSpe
         build_atomically(root / name, builder, BUILD_VERSION, force=force)
     specs = image_demo_catalog(root)
     for spec in specs:
-        index = "model_index.json" if spec.kind in (ModelKind.IMAGE, ModelKind.UPSCALER) else "config.json"
-        if not Path(spec.path, index).is_file():
+        pipelines = (ModelKind.IMAGE, ModelKind.UPSCALER, ModelKind.VARIATION)
+        index = "model_index.json" if spec.kind in pipelines else "config.json"
+        if not Path(spec.path, "" if spec.engine == "esrgan" else index).is_file():
             raise FileNotFoundError(f"{spec.name}: no model at {spec.path}")
     return specs
 

@@ -28,7 +28,13 @@ from engines.image.adapters import activate_loras, add_embeddings
 from engines.image.addons import PipelineAddons, swapped_vae
 from engines.image.control import PREPROCESSORS, control_arguments
 from engines.image.devices import parameter_bytes, pipeline_bytes, release_memory
-from engines.image.hires import HIRES_UPSCALERS, LATENT_UPSCALER, upscale_images, upscale_latents
+from engines.image.hires import (
+    LATENT_UPSCALER,
+    hires_upscalers,
+    load_hires_upscaler,
+    upscale_images,
+    upscale_latents,
+)
 from engines.image.prompt_encoding import encode_weighted
 from engines.image.samplers import SAMPLERS, make_scheduler
 from engines.threads import run_cancellable
@@ -203,6 +209,18 @@ def _stacked(inputs: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
     }
 
 
+def _switch_point(switch_at: float, job: ImageGeneration) -> float:
+    """diffusers' denoising_end (base) and denoising_start (refiner) for A1111's switch_at.
+
+    switch_at is the share of the steps the base runs. txt2img denoises the whole schedule, so
+    it is the same fraction; img2img only the last `strength` of it (its init image is noised
+    to that level), so the switch falls at strength x (1 - switch_at) of the noise left.
+    """
+    if job.init_image is None or job.strength is None:
+        return switch_at
+    return 1 - job.strength * (1 - switch_at)
+
+
 class DiffusersImageEngine:
     """One diffusers text-to-image pipeline; img2img, inpainting and ControlNet pipelines share its modules."""
 
@@ -220,6 +238,7 @@ class DiffusersImageEngine:
         self._scheduler_config: Any = None
         self._loras: set[str] = set()  # adapters loaded into the modules so far
         self._embeddings: set[str] = set()  # textual-inversion tokens added so far
+        self._hires_nets: dict[str, Any] = {}  # hires-fix upscaler name -> its ESRGAN net (or None)
 
     @property
     def loaded(self) -> bool:
@@ -258,12 +277,14 @@ class DiffusersImageEngine:
         self._addons.clear()
         self._loras.clear()
         self._embeddings.clear()
+        self._hires_nets.clear()
         release_memory(self.device)
 
     def memory_bytes(self) -> int:
         if self._pipe is None:
             return self.spec.memory_bytes
-        return pipeline_bytes(self._pipe) + parameter_bytes(self._addons.modules())
+        nets = [net for net in self._hires_nets.values() if net is not None]
+        return pipeline_bytes(self._pipe) + parameter_bytes([*self._addons.modules(), *nets])
 
     async def health(self) -> bool:
         return self._pipe is not None
@@ -411,8 +432,9 @@ class DiffusersImageEngine:
             return
         if job.init_image is not None:
             raise _invalid("hires_fix applies to text-to-image only", "hires_fix")
-        if hires.upscaler not in HIRES_UPSCALERS:
-            raise _invalid(f"unknown upscaler {hires.upscaler!r}; known: {', '.join(HIRES_UPSCALERS)}", "hires_fix")
+        known = hires_upscalers(self.spec.options)
+        if hires.upscaler not in known:
+            raise _invalid(f"unknown upscaler {hires.upscaler!r}; known: {', '.join(known)}", "hires_fix")
         for param, target, base in (("width", hires.width, job.width), ("height", hires.height, job.height)):
             if target % factor or target < base:
                 raise _invalid(f"hires_fix {param} must be a multiple of {factor}, at least {base}", "hires_fix")
@@ -424,8 +446,10 @@ class DiffusersImageEngine:
             return
         if not self._is_xl or "refiner" not in self.spec.options:
             raise _invalid(f"model {self.spec.name} has no refiner", "refiner_switch_at")
-        if job.init_image is not None:
-            raise _invalid("the refiner applies to text-to-image only", "refiner_switch_at")
+        if job.mask_image is not None or job.controlnets:
+            raise _invalid("the refiner applies to text-to-image and plain img2img only", "refiner_switch_at")
+        if job.init_image is not None and job.strength is None:
+            raise _invalid("img2img with the refiner needs its strength", "strength")
         if not 0 < job.refiner_switch_at < 1:
             raise _invalid("refiner switch_at must be between 0 and 1", "refiner_switch_at")
 
@@ -475,6 +499,10 @@ class DiffusersImageEngine:
                 progress((done + min(1.0, (step + 1) / max(1, pipe.num_timesteps))) / passes)
             return tensors
 
+        def stop_if_cancelled(*_: int) -> None:
+            if cancelled.is_set():
+                raise _Cancelled
+
         def run(pipe: Any, **arguments: Any) -> Any:
             # Every pass draws fresh CPU generators: the same pixels on any device, and image i of
             # a batch starts from the noise of a one-image job with seed + i.
@@ -501,25 +529,33 @@ class DiffusersImageEngine:
         hires_pipe = self._derived_pipeline("img2img") if hires is not None else None
         vae = self._addons.vae(job.vae, self._pipe.vae) if job.vae is not None else None
         with swapped_vae([p for p in (pipe, refiner, hires_pipe) if p is not None], vae):
-            ends = {} if switch_at is None else {"denoising_end": switch_at}
+            switch = None if switch_at is None else _switch_point(switch_at, job)
+            ends = {} if switch is None else {"denoising_end": switch}
             first_type = "latent" if switch_at is not None or latent_hires else "pil"
             images = run(pipe, **prompt, **inputs, **ends, output_type=first_type)
             done += 1
-            if refiner is not None:
+            if refiner is not None and switch is not None:
                 refiner.scheduler = self._scheduler(job, self._addons.refiner_scheduler)
                 refined = self._prompt_inputs(refiner, job)
                 output_type = "latent" if latent_hires else "pil"
-                images = run(refiner, **refined, image=images, denoising_start=switch_at, output_type=output_type)
+                images = run(refiner, **refined, image=images, denoising_start=switch, output_type=output_type)
                 done += 1
             if hires is not None and hires_pipe is not None:
                 target = (hires.width, hires.height)
                 if latent_hires:
                     images = upscale_latents(images, target, self._pipe.vae_scale_factor)
                 else:
-                    images = upscale_images(images, target)
+                    net = self._hires_net(hires.upscaler)
+                    images = upscale_images(images, target, net, device=self.device, on_tile=stop_if_cancelled)
                 hires_pipe.scheduler = self._scheduler(job)
                 images = run(hires_pipe, **prompt, image=images, strength=hires.strength, output_type="pil")
         return list(images)
+
+    def _hires_net(self, name: str) -> Any:
+        """The ESRGAN network options.upscalers names for a hires-fix upscaler, loaded once; None: Lanczos."""
+        if name not in self._hires_nets:
+            self._hires_nets[name] = load_hires_upscaler(self.spec.options, name, self.device)
+        return self._hires_nets[name]
 
     def _scheduler(self, job: ImageGeneration, own: tuple[Any, Any] | None = None) -> Any:
         """A fresh scheduler for the job's sampler (schedulers keep per-run state), on `own` or the checkpoint's."""

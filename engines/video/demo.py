@@ -2,7 +2,8 @@
 
 `demo-animatediff` is an SD 1.x layout (one CLIP text encoder) with an AnimateDiff motion adapter
 beside it, a LoRA and a textual-inversion embedding; `demo-svd` is a Stable Video Diffusion
-layout (temporal UNet and VAE decoder, CLIP image encoder). Weights are random but seeded, so
+layout (temporal UNet and VAE decoder, CLIP image encoder). The Wan and LTX-Video demo models are
+built by their own modules (wan_demo.py, ltx_demo.py) and listed here. Weights are random but seeded, so
 every build is identical and frame comparisons between runs are meaningful. Each model is
 assembled in a hidden sibling folder and renamed into place with a marker written last
 (engines/model_build.py).
@@ -16,6 +17,8 @@ from typing import Any
 
 from engines.base import ModelKind, ModelSpec
 from engines.model_build import build_atomically
+from engines.video.ltx_demo import LTX_BUILDERS, ltx_demo_specs
+from engines.video.wan_demo import WAN_BUILDERS, wan_demo_specs
 
 # Changing a recipe below? Bump this: a marker with another text triggers a rebuild.
 BUILD_VERSION = "omniserve-video-demo-1"
@@ -205,6 +208,8 @@ def _build_svd(out: Path) -> None:
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     ANIMATEDIFF_MODEL: _build_animatediff,
     SVD_MODEL: _build_svd,
+    **WAN_BUILDERS,
+    **LTX_BUILDERS,
 }
 
 
@@ -236,6 +241,8 @@ def video_demo_catalog(root: Path) -> list[ModelSpec]:
             path=str(root / SVD_MODEL),
             options={"width": DEMO_SVD_SIZE[0], "height": DEMO_SVD_SIZE[1], "fps": 4, "steps": 2},
         ),
+        *wan_demo_specs(root),
+        *ltx_demo_specs(root),
     ]
 
 

@@ -1,11 +1,13 @@
-"""DiffusersVideoEngine: text-to-video (AnimateDiff) and image-to-video (Stable Video Diffusion)
-on diffusers, behind the VideoEngine protocol.
+"""DiffusersVideoEngine: text-to-video (AnimateDiff, Wan 2.1/2.2, LTX-Video) and image-to-video
+(Stable Video Diffusion, Wan, LTX-Video) on diffusers, behind the VideoEngine protocol.
 
 Which pipeline a catalog entry runs: `options.pipeline` (a diffusers class name) if given;
 AnimateDiffPipeline when `options.motion_adapter` names a MotionAdapter folder to put over the SD
-checkpoint at `path`; otherwise the class named in the folder's model_index.json. AnimateDiff
-gets prompt travel, closed loops and clip skip; any other diffusers video pipeline runs with
-the arguments its __call__ accepts and refuses the features it cannot honour.
+checkpoint at `path`; otherwise the class named in the folder's model_index.json. The class
+gives the model's family (engines/video/families.py): its frame and size rules, its defaults and
+the features it honours. AnimateDiff gets prompt travel, closed loops and clip skip; any other
+diffusers video pipeline runs with the arguments its __call__ accepts and refuses the features
+it cannot honour.
 
 Like the image engines, a job runs on a worker thread under the device's lock.
 """
@@ -15,12 +17,10 @@ from __future__ import annotations
 import functools
 import inspect
 import io
-import json
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Literal
 
 from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoMode, VideoResult
@@ -28,14 +28,21 @@ from engines.errors import InvalidJob
 from engines.image.adapters import activate_loras, add_embeddings
 from engines.image.devices import pipeline_bytes, release_memory
 from engines.threads import run_cancellable
+from engines.video.families import (
+    ANIMATEDIFF,
+    SVD_MOTION_BUCKET_ID,
+    SVD_NOISE_AUG_STRENGTH,
+    VideoFamily,
+    check_job,
+    model_defaults,
+    pipeline_class_name,
+)
 from engines.workpools import WorkPool, run_in
 
 log = logging.getLogger("omniserve.engines.video")
 
-ANIMATEDIFF = "AnimateDiffPipeline"
 # Pipelines that animate an input image; every other video pipeline starts from text.
 _IMAGE_TO_VIDEO = {"StableVideoDiffusionPipeline", "I2VGenXLPipeline"}
-_NATIVE_SIZES = {"StableVideoDiffusionPipeline": (1024, 576)}
 # AnimateDiff's motion modules were trained on 16-frame clips; longer videos are denoised in
 # overlapping windows of this many frames (FreeNoise), `_CONTEXT_STRIDE` frames apart.
 _CONTEXT_FRAMES = 16
@@ -49,21 +56,6 @@ class _Cancelled(Exception):
 def _invalid(message: str, field: str) -> InvalidJob:
     """A refusal of the job's `field` (a VideoGeneration or VideoPrompt field)."""
     return InvalidJob(message, field)
-
-
-def pipeline_class_name(spec: ModelSpec) -> str:
-    """The diffusers pipeline class a catalog entry runs (see the module docstring)."""
-    if spec.options.get("pipeline"):
-        return str(spec.options["pipeline"])
-    if spec.options.get("motion_adapter"):
-        return ANIMATEDIFF
-    try:
-        index = json.loads(Path(spec.path, "model_index.json").read_text())
-    except (OSError, ValueError):
-        # Not built or not readable yet; loading reports the real problem. Text-to-video is
-        # the safer guess: it never asks a client for an image the model would not use.
-        return ""
-    return str(index.get("_class_name", ""))
 
 
 def _hold_prompt(start: int, end: int, start_embeds: Any, end_embeds: Any) -> Any:
@@ -94,6 +86,7 @@ class DiffusersVideoEngine:
         self._loras: set[str] = set()
         self._embeddings: set[str] = set()
         self._class_name = pipeline_class_name(spec)
+        self.defaults = model_defaults(spec)
 
     @property
     def mode(self) -> VideoMode:
@@ -104,13 +97,16 @@ class DiffusersVideoEngine:
         return "image-to-video" if image else "text-to-video"
 
     @property
+    def family(self) -> VideoFamily:
+        return self.defaults.family
+
+    @property
     def fps(self) -> int:
-        return int(self.spec.options.get("fps", 8 if self._is_animatediff else 6))
+        return self.defaults.fps
 
     @property
     def native_size(self) -> tuple[int, int]:
-        width, height = _NATIVE_SIZES.get(self._class_name, (512, 512))
-        return int(self.spec.options.get("width", width)), int(self.spec.options.get("height", height))
+        return self.defaults.native_size
 
     @property
     def _is_animatediff(self) -> bool:
@@ -192,19 +188,12 @@ class DiffusersVideoEngine:
         if not text and job.image is None:
             raise _invalid(f"{self.spec.name} animates an image: give image_file", "image")
         if job.frame_count < 1:
-            raise _invalid("a video needs at least one frame", "frames")
+            raise _invalid("a video needs at least one frame", "prompts" if text else "num_frames")
+        check_job(self.family, self.spec.name, job, text_to_video=text)
         factor = getattr(self._pipe, "vae_scale_factor", 8)
         for param, value in (("width", job.width), ("height", job.height)):
             if value % factor:
                 raise _invalid(f"{param} must be a multiple of {factor}", param)
-        if not self._is_animatediff:
-            for param, asked in (
-                ("prompts", len(job.prompts) > 1),
-                ("closed_loop", job.closed_loop),
-                ("clip_skip", job.clip_skip is not None and job.clip_skip > 1),
-            ):
-                if asked:
-                    raise _invalid(f"{param} needs an AnimateDiff model; {self.spec.name} is not one", param)
         for param, names, known in (
             ("loras", [lora.name for lora in job.loras], self.spec.options.get("loras", {})),
             ("embeddings", job.embeddings, self.spec.options.get("embeddings", {})),
@@ -245,7 +234,9 @@ class DiffusersVideoEngine:
         if cancelled.is_set():
             raise _Cancelled
         pipe = self._pipe
-        pipe.scheduler = type(pipe.scheduler).from_config(self._scheduler_config)  # per-run state
+        # A fresh scheduler per run (per-run state), with the job's flow-matching shift if any.
+        shift_config = {} if job.flow_shift is None else {"shift": job.flow_shift}
+        pipe.scheduler = type(pipe.scheduler).from_config(self._scheduler_config, **shift_config)
         self._activate_loras(job)
         self._add_embeddings(job)
         if self._is_animatediff:
@@ -271,11 +262,18 @@ class DiffusersVideoEngine:
         candidates: dict[str, Any] = {"num_frames": job.frame_count, "width": job.width, "height": job.height}
         if job.guidance_scale is not None:
             candidates["guidance_scale"] = job.guidance_scale
+        # LTX-Video conditions on the frame rate (frame_rate), SVD too (fps).
+        candidates["frame_rate"] = job.fps
         if job.image is not None:
             candidates["image"] = _fitted_image(job.image, (job.width, job.height))
             candidates.update(
-                fps=job.fps, motion_bucket_id=job.motion_bucket_id, noise_aug_strength=job.noise_aug_strength
+                fps=job.fps,
+                motion_bucket_id=SVD_MOTION_BUCKET_ID if job.motion_bucket_id is None else job.motion_bucket_id,
+                noise_aug_strength=SVD_NOISE_AUG_STRENGTH if job.noise_aug_strength is None else job.noise_aug_strength,
             )
+            if self.family.text_prompt_with_image:
+                candidates["prompt"] = job.image_prompt
+                candidates["negative_prompt"] = job.negative_prompt or None
         if self._is_animatediff:
             # Prompt travel: each segment starts at the frame after the previous one ends.
             prompts, start = {}, 0

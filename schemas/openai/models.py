@@ -6,7 +6,18 @@ import msgspec
 
 # What a model serves: omniserve's catalog kinds (engines/base.py ModelKind).
 ModelKindName = Literal[
-    "chat", "embedding", "rerank", "image", "safety", "upscaler", "transcription", "speech", "video"
+    "chat",
+    "embedding",
+    "rerank",
+    "image",
+    "safety",
+    "upscaler",
+    "segmentation",
+    "transcription",
+    "speech",
+    "video",
+    "caption",
+    "variation",
 ]
 
 

@@ -12,6 +12,7 @@ from schemas.constraints import (
     GuidanceScale,
     ImageSide,
     Name,
+    NoFaceRestoration,
     Prompt,
     PromptText,
     Seed,
@@ -79,6 +80,7 @@ class ImageTaskRequest(msgspec.Struct, kw_only=True):
     clip_skip: ClipSkip | None = None
     guidance_scale: GuidanceScale | None = None
     sampler_name: Name | None = None
+    restore_faces: NoFaceRestoration = False
 
 
 class Txt2ImgRequest(ImageTaskRequest, kw_only=True):
@@ -95,6 +97,7 @@ class Img2ImgRequest(ImageTaskRequest, kw_only=True):
     height: ImageSide | None = None
     strength: UnitInterval = 0.5
     controlnet: ControlNet | None = None
+    refiner: Refiner | None = None
 
 
 class InpaintingRequest(ImageTaskRequest, kw_only=True):

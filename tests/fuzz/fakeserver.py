@@ -15,6 +15,7 @@ from PIL import Image
 from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoResult
 from tests.fakes import FAKE_SAFETY_SPEC, FAKE_SPECS, FAKE_UPSCALER_SPEC, fake_factory
 from tests.fakes_audio import FAKE_WHISPER_SPEC, FakeWhisperEngine
+from tests.fakes_image_tools import FAKE_CAPTION_SPEC, FAKE_VARIATION_SPEC, fake_tools_factory
 from tests.fakes_speech import FAKE_SPEECH_SPEC, FakeSpeechEngine
 from tests.unit.test_video_tasks import IMAGE_SPEC, TEXT_SPEC, FakeVideoEngine
 
@@ -39,12 +40,15 @@ FUZZ_SPECS: list[ModelSpec] = [
     FAKE_SPEECH_SPEC,
     TEXT_SPEC,
     IMAGE_SPEC,
+    FAKE_CAPTION_SPEC,
+    FAKE_VARIATION_SPEC,
 ]
 FACTORIES: dict[str, Any] = {
     "fake": fake_factory,
     "fake-whisper": FakeWhisperEngine,
     "fake-speech": FakeSpeechEngine,
     "fake-video": FlatVideoEngine,
+    "fake-tools": fake_tools_factory,
 }
 VOICES = sorted(FakeSpeechEngine.voice_pitch)
 # Loopback with no keys: the server is open, so every body reaches its route's validation

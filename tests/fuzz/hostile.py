@@ -183,6 +183,8 @@ BASE_BODIES: dict[str, dict[str, Any]] = {
         "extra": V3_EXTRA,
     },
     "/v3/async/upscale": {"request": {"model_name": "fake-upscaler", "image_base64": PNG, "scale_factor": 2}},
+    "/v3/img2prompt": {"image_file": PNG},
+    "/v3/reimagine": {"image_file": PNG, "extra": {"response_image_type": "webp"}},
     "/v3/async/txt2speech": {
         "request": {"voice_id": "Emily", "language": "en-US", "texts": ["Hello there."], "volume": 1.0, "speed": 1.0},
         "extra": {"response_audio_type": "wav"},

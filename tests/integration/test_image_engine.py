@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from PIL import Image
@@ -278,6 +279,43 @@ async def test_refiner_takes_over_at_switch_at(sdxl: DiffusersImageEngine) -> No
     )
     assert [image.size for image in chained.images] == [(96, 96)] * 2
     assert np.array_equal(base_only, pixels(await sdxl.generate(job(steps=4))))  # base-only is unchanged
+
+
+async def test_hires_fix_through_the_esrgan_network_the_catalog_names(image_specs: dict[str, ModelSpec]) -> None:
+    # demo-sd maps RealESRGAN_x4plus_anime_6B to demo-esrgan; without the mapping the name resizes with Lanczos.
+    spec = image_specs["demo-sd"]
+    assert "RealESRGAN_x4plus_anime_6B" in spec.options["upscalers"]
+    hires = HiresFix(width=128, height=128, strength=0.5, upscaler="RealESRGAN_x4plus_anime_6B")
+    options = {key: value for key, value in spec.options.items() if key != "upscalers"}
+    with_net, lanczos_only = await _loaded(spec), await _loaded(msgspec.structs.replace(spec, options=options))
+    try:
+        before = with_net.memory_bytes()
+        fractions: list[float] = []
+        through_net = await with_net.generate(job(hires_fix=hires), fractions.append)
+        assert through_net.images[0].size == (128, 128) and fractions[-1] == 1.0
+        assert with_net.memory_bytes() > before  # the network stays loaded for the next hires fix
+        assert np.array_equal(pixels(through_net), pixels(await with_net.generate(job(hires_fix=hires))))
+        resized = await lanczos_only.generate(job(hires_fix=hires))
+    finally:
+        await with_net.unload()
+        await lanczos_only.unload()
+    assert not np.array_equal(pixels(through_net), pixels(resized))
+
+
+async def test_refiner_on_img2img(sdxl: DiffusersImageEngine) -> None:
+    init = png((64, 64))
+    plain = pixels(await sdxl.generate(job(steps=8, init_image=init, strength=0.6)))
+    refined = await sdxl.generate(job(steps=8, init_image=init, strength=0.6, refiner_switch_at=0.5))
+    assert refined.images[0].size == (64, 64)
+    assert not np.array_equal(plain, pixels(refined))
+    again = await sdxl.generate(job(steps=8, init_image=init, strength=0.6, refiner_switch_at=0.5))
+    assert np.array_equal(pixels(refined), pixels(again))
+    # The switch falls within the steps img2img runs, whatever the strength.
+    weak = await sdxl.generate(job(steps=8, init_image=init, strength=0.3, refiner_switch_at=0.5))
+    assert not np.array_equal(pixels(weak), pixels(await sdxl.generate(job(steps=8, init_image=init, strength=0.3))))
+    with pytest.raises(InvalidJob) as caught:
+        await sdxl.generate(job(init_image=init, mask_image=png((64, 64), 1), strength=0.5, refiner_switch_at=0.5))
+    assert caught.value.field == "refiner_switch_at"
 
 
 @pytest.mark.parametrize("model", ["sd", "sdxl"])

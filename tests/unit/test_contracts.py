@@ -196,7 +196,7 @@ async def test_novassium_checks_the_key_before_the_body(keyed: tuple[AsyncTestCl
             {"model_name": "x", "prompts": [{"prompt": "a", "frames": 4}], "width": 60},
             "INVALID_IMAGE_SIZE",
             "width",
-            "width must be a multiple of 8 between 64 and 1024.",
+            "width must be a multiple of 8 between 64 and 1280.",
         ),
         (
             "/v3/async/img2video",

@@ -251,7 +251,7 @@ async def test_progress_is_visible_while_running(client: AsyncTestClient) -> Non
         ("txt2video", txt2video(extra={"response_video_type": "avi"}), 400, "INVALID_REQUEST_BODY", None),
         ("img2video", img2video(model_name="fake-animatediff"), 400, "INVALID_REQUEST_BODY", "model_name"),
         ("img2video", img2video(frames_num=0), 400, "INVALID_REQUEST_BODY", "frames_num"),
-        ("img2video", img2video(frames_num=65), 400, "INVALID_REQUEST_BODY", "frames_num"),
+        ("img2video", img2video(frames_num=129), 400, "INVALID_REQUEST_BODY", "frames_num"),
         ("img2video", img2video(frames_per_second=0), 400, "INVALID_REQUEST_BODY", "frames_per_second"),
         ("img2video", img2video(steps=0), 400, "INVALID_REQUEST_BODY", "steps"),
         ("img2video", img2video(motion_bucket_id=0), 400, "INVALID_REQUEST_BODY", "motion_bucket_id"),
@@ -439,4 +439,5 @@ async def test_routes_have_their_operation_ids(client: AsyncTestClient) -> None:
         ("/openai/v1/videos/{video_id}/content", "get"): "openaiRetrieveVideoContent",
         ("/v3/async/txt2video", "post"): "txt2video",
         ("/v3/async/img2video", "post"): "img2video",
+        ("/v3/async/hunyuan-video-fast", "post"): "hunyuan_video_fast",
     }

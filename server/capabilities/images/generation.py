@@ -24,7 +24,7 @@ from engines.base import (
 )
 from engines.errors import InvalidJob
 from engines.image.control import PREPROCESSORS
-from engines.image.hires import HIRES_UPSCALERS
+from engines.image.hires import hires_upscalers
 from engines.image.samplers import SAMPLERS
 from engines.scheduler import Scheduler
 from schemas.errors import ErrorCode
@@ -87,7 +87,11 @@ class ImageGenerator:
             raise names.invalid("sampler", f"Unknown sampler '{job.sampler}'.")
         if job.refiner_switch_at is not None and "refiner" not in options:
             raise names.invalid("refiner_switch_at", f"The model '{engine.spec.name}' has no refiner on this server.")
-        self._check_hires(job, names)
+        if job.refiner_switch_at is not None and (job.controlnets or job.mask_image is not None):
+            raise names.invalid(
+                "refiner_switch_at", "The refiner applies to text-to-image and img2img without ControlNet."
+            )
+        self._check_hires(job, hires_upscalers(options), names)
         self._check_controlnets(engine, job, names)
 
     def check_output(self, job: ImageGeneration, names: WireNames = SAME_NAMES) -> None:
@@ -100,7 +104,7 @@ class ImageGenerator:
         self.output_limit.check(width, height, job.image_num, names, size_field=side)
 
     @staticmethod
-    def _check_hires(job: ImageGeneration, names: WireNames) -> None:
+    def _check_hires(job: ImageGeneration, known: tuple[str, ...], names: WireNames) -> None:
         hires = job.hires_fix
         if hires is None:
             return
@@ -111,8 +115,8 @@ class ImageGenerator:
         if int(job.steps * hires.strength) < 1:
             message = "hires_fix.strength x steps must be at least 1: no denoising step would run."
             raise names.invalid("hires_fix.strength", message)
-        if hires.upscaler not in HIRES_UPSCALERS:
-            message = f"Unknown hires_fix upscaler '{hires.upscaler}'; known: {', '.join(HIRES_UPSCALERS)}."
+        if hires.upscaler not in known:
+            message = f"Unknown hires_fix upscaler '{hires.upscaler}'; known: {', '.join(known)}."
             raise names.invalid("hires_fix.upscaler", message)
 
     @staticmethod

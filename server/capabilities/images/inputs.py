@@ -22,31 +22,34 @@ MAX_INPUT_PIXELS = 4096 * 4096
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
-def open_input_image(data: bytes, param: str) -> Any:
+def open_input_image(
+    data: bytes, param: str, *, max_bytes: int = MAX_INPUT_IMAGE_BYTES, max_pixels: int = MAX_INPUT_PIXELS
+) -> Any:
     """The decoded image (PIL), or a 400 naming ``param``. Blocking: run it in a thread.
 
     The size checks come before any pixel is decoded: PIL reads the dimensions from the
-    header, so a decompression bomb is refused without allocating its pixels.
+    header, so a decompression bomb is refused without allocating its pixels. A route with
+    limits of its own (the /v3 image tools) passes them.
     """
     from PIL import Image
 
-    if len(data) > MAX_INPUT_IMAGE_BYTES:
+    if len(data) > max_bytes:
         raise ApiError(
             ErrorCode.IMAGE_FILE_EXCEEDS_MAX_SIZE,
-            f"{param} is {len(data)} bytes; at most {MAX_INPUT_IMAGE_BYTES} are accepted.",
+            f"{param} is {len(data)} bytes; at most {max_bytes} are accepted.",
             param=param,
         )
     try:
         image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
     except Image.DecompressionBombError:
-        raise _too_many_pixels(param) from None
+        raise _too_many_pixels(param, max_pixels) from None
     except (OSError, ValueError):  # UnidentifiedImageError is an OSError
         raise ApiError(
             ErrorCode.INVALID_IMAGE_FORMAT, f"{param} is not a readable PNG, JPEG or WebP image.", param=param
         ) from None
     width, height = image.size
-    if width * height > MAX_INPUT_PIXELS:
-        raise _too_many_pixels(param, width, height)
+    if width * height > max_pixels:
+        raise _too_many_pixels(param, max_pixels, width, height)
     try:
         image.load()  # a truncated or corrupt body passes open() and fails only here
     except (OSError, ValueError, Image.DecompressionBombError):
@@ -56,11 +59,11 @@ def open_input_image(data: bytes, param: str) -> Any:
     return image
 
 
-def _too_many_pixels(param: str, width: int = 0, height: int = 0) -> ApiError:
+def _too_many_pixels(param: str, max_pixels: int, width: int = 0, height: int = 0) -> ApiError:
     size = f" is {width}x{height}, which" if width else ""
     return ApiError(
         ErrorCode.IMAGE_EXCEEDS_MAX_RESOLUTION,
-        f"{param}{size} exceeds the limit of {MAX_INPUT_PIXELS} pixels.",
+        f"{param}{size} exceeds the limit of {max_pixels} pixels.",
         param=param,
     )
 

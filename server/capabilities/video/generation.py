@@ -15,6 +15,7 @@ from collections.abc import Callable
 from engines.admission import Priority
 from engines.base import ModelKind, ProgressCallback, VideoEngine, VideoGeneration, VideoMode
 from engines.scheduler import Scheduler
+from engines.video.animated import ANIMATES
 from engines.video.encoding import VideoType, encode_video, interpolate_frames
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ErrorCode
@@ -47,10 +48,18 @@ class VideoGenerator:
         """The catalog's video model if it makes ``mode`` videos (404 for an unknown name, 400 for
         another kind or mode), neither loaded nor leased: its mode, frame rate and native size
         come from the catalog."""
-        engine = catalog_engine(self.scheduler, model, VideoEngine, names)
+        engine = catalog_engine(self.scheduler, self.video_model(model), VideoEngine, names)
         if engine.mode != mode:
             raise names.invalid("model", f"The model '{model}' makes {engine.mode} videos, not {mode}.")
         return engine
+
+    def video_model(self, model: str) -> str:
+        """The video model a name stands for: an SD 1.x image model's AnimateDiff twin
+        (engines/video/animated.py), else the name itself."""
+        for listed in self.scheduler.registry:
+            if listed.spec.options.get(ANIMATES) == model and listed.spec.kind is ModelKind.VIDEO:
+                return listed.spec.name
+        return model
 
     def default_model(self, mode: VideoMode) -> str | None:
         """The first catalog model that makes ``mode`` videos."""
@@ -89,14 +98,20 @@ class VideoGenerator:
 
     @staticmethod
     def image_size(
-        image: bytes, resize_mode: str, native: tuple[int, int], names: WireNames = SAME_NAMES
+        image: bytes,
+        resize_mode: str,
+        native: tuple[int, int],
+        names: WireNames = SAME_NAMES,
+        *,
+        multiple: int = SIDE_MULTIPLE,
     ) -> tuple[int, int]:
-        """The size of a video made from ``image``; checks the image on the way. Blocking."""
+        """The size of a video made from ``image``; checks the image on the way. Blocking.
+        ``multiple``: the model family's side multiple (8, Wan 16, LTX-Video 32)."""
         with open_input_image(image, names("image")) as opened:
             width, height = opened.size
         if resize_mode == "CROP_TO_ASPECT_RATIO":
             return native
-        size = (width // SIDE_MULTIPLE * SIDE_MULTIPLE, height // SIDE_MULTIPLE * SIDE_MULTIPLE)
+        size = (width // multiple * multiple, height // multiple * multiple)
         if not all(MIN_VIDEO_SIDE <= side <= MAX_VIDEO_SIDE for side in size):
             message = (
                 f"The image is {width}x{height}; with {resize_mode} each side must be between {MIN_VIDEO_SIDE} and "

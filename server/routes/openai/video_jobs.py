@@ -14,6 +14,7 @@ from typing import TypeVar
 import msgspec
 
 from engines.base import VideoEngine, VideoMode
+from engines.video.families import ModelDefaults, model_defaults
 from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from schemas.limits import MAX_VIDEO_SECONDS
@@ -61,7 +62,6 @@ _FROM_NOVITA = WireNames(
         "image_file": "input_reference",
     }
 )
-_DEFAULT_STEPS = 25
 # Patterns over ASCII digits: `\d` and str.isdigit take other scripts' digits, which int() may refuse.
 _SECONDS = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
 _SIZE = re.compile(r"([0-9]{1,5})[xX]([0-9]{1,5})")
@@ -90,22 +90,23 @@ def _format_seconds(frames: int, fps: int) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _image_size(image_file: str) -> tuple[int, int]:
-    """The size of an img2video task's video, from the header of its input image; cached because
-    clients poll a job about once a second."""
+def _image_size(image_file: str, multiple: int) -> tuple[int, int]:
+    """The size of an img2video task's video, from the header of its input image, in the model
+    family's side multiple; cached because clients poll a job about once a second."""
     with open_input_image(base64.b64decode(image_file.split(",", 1)[-1]), "input_reference") as image:
         width, height = image.size
-    return width // 8 * 8, height // 8 * 8
+    return width // multiple * multiple, height // multiple * multiple
 
 
-def _stored(body: B) -> tuple[bytes, B]:
+def stored_body(body: B, names: WireNames = _FROM_NOVITA) -> tuple[bytes, B]:
     """The body as a task stores it, and as its schema reads it back: the schema checks the ranges
-    (of the size, of the frames) of what this adapter made of the request."""
+    (of the size, of the frames) of what an adapter made of the request; a refusal names the
+    field through ``names``."""
     raw = msgspec.json.encode(body)
     try:
         return raw, decode_task_body(raw, type(body))
     except ApiError as error:
-        error.param = _FROM_NOVITA(error.param) if error.param else None
+        error.param = names(error.param) if error.param else None
         raise
 
 
@@ -131,52 +132,63 @@ class OpenAIVideos:
         if name is None:
             raise bad_request(f"This server has no {mode} model.", "model")
         engine = self.videos.engine(name, mode, OPENAI_VIDEO_NAMES)
+        defaults = await run_in(WorkPool.MEDIA, model_defaults, engine.spec)
         frames = round(_parse_seconds(request.seconds) * engine.fps)
         if frames < 1:
             raise bad_request(f"At {engine.fps} frames a second, {request.seconds} s holds no frame.", "seconds")
-        steps = int(engine.spec.options.get("steps", _DEFAULT_STEPS))
+        # OpenAI asks in seconds: the count is the nearest the family makes (Wan 4k+1, LTX 8k+1).
+        frames = defaults.family.nearest_frames(frames)
         if request.input_reference is None:
-            task = await self._text_to_video(request, engine, frames, steps, owner)
+            task = await self._text_to_video(request, engine, frames, owner)
         else:
-            task = await self._image_to_video(request, engine, frames, steps, owner)
+            task = await self._image_to_video(request, engine, defaults, frames, owner)
         return await self._video(task)
 
     async def _text_to_video(
-        self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
+        self, request: VideoCreateRequest, engine: VideoEngine, frames: int, owner: str | None
     ) -> Task:
         width, height = _parse_size(request.size) if request.size else engine.native_size
-        raw, body = _stored(
+        raw, body = stored_body(
             Txt2VideoBody(
                 model_name=engine.spec.name,
                 prompts=[VideoPromptSegment(prompt=request.prompt, frames=frames)],
                 width=width,
                 height=height,
-                steps=steps,
                 seed=request.seed,
             )
         )
         return await self.tasks.submit(TaskType.TXT_TO_VIDEO, raw, body, owner, OPENAI_VIDEO_NAMES)
 
     async def _image_to_video(
-        self, request: VideoCreateRequest, engine: VideoEngine, frames: int, steps: int, owner: str | None
+        self,
+        request: VideoCreateRequest,
+        engine: VideoEngine,
+        defaults: ModelDefaults,
+        frames: int,
+        owner: str | None,
     ) -> Task:
         assert request.input_reference is not None
         image_file = base64.b64encode(request.input_reference).decode()
         if request.size:
             # As with OpenAI, the reference image is the first frame: it must have the video's size.
             wanted = _parse_size(request.size)
-            actual = await run_in(WorkPool.MEDIA, _image_size, image_file)
+            multiple = defaults.family.side_multiple
+            actual = await run_in(WorkPool.MEDIA, _image_size, image_file, multiple)
             if actual != wanted:
-                message = f"input_reference is {actual[0]}x{actual[1]} (in multiples of 8); size asks {request.size}."
+                message = (
+                    f"input_reference is {actual[0]}x{actual[1]} (in multiples of {multiple}); "
+                    f"size asks {request.size}."
+                )
                 raise bad_request(message, "input_reference")
-        raw, body = _stored(
+        raw, body = stored_body(
             Img2VideoBody(
                 model_name=engine.spec.name,
                 image_file=image_file,
                 frames_num=frames,
                 frames_per_second=engine.fps,
                 image_file_resize_mode="ORIGINAL_DIMENSION",
-                steps=steps,
+                # Wan and LTX-Video animate the image as the prompt says; SVD reads no text.
+                prompt=request.prompt if defaults.family.text_prompt_with_image else None,
                 seed=request.seed,
             )
         )
@@ -206,6 +218,7 @@ class OpenAIVideos:
 
     async def _video(self, task: Task) -> Video:
         engine = self.videos.engine(task.model, MODES[task.task_type])
+        defaults = await run_in(WorkPool.MEDIA, model_defaults, engine.spec)
         fps = engine.fps
         prompt: str | None = None
         if task.task_type is TaskType.TXT_TO_VIDEO:
@@ -215,13 +228,14 @@ class OpenAIVideos:
             size = (text.width, text.height)
         else:
             image = msgspec.json.decode(task.request, type=Img2VideoBody)
-            frames, fps = image.frames_num, image.frames_per_second
+            frames = defaults.frames if image.frames_num is None else image.frames_num
+            fps = fps if image.frames_per_second is None else image.frames_per_second
             if image.enable_frame_interpolation:  # a blended frame between each pair, twice the rate
                 frames, fps = 2 * frames - 1, 2 * fps
             if image.image_file_resize_mode == "CROP_TO_ASPECT_RATIO":
                 size = engine.native_size
             else:
-                size = await run_in(WorkPool.MEDIA, _image_size, image.image_file)
+                size = await run_in(WorkPool.MEDIA, _image_size, image.image_file, defaults.family.side_multiple)
         percent = self.progress.get(task.task_id, (0, 0))[0]
         completed_at = task.complete_time_ms // 1000 if task.complete_time_ms is not None else None
         return Video(

@@ -135,6 +135,8 @@ def image_job(body: ImageBody, seed: int, settings: ImageSettings, *, check_inpu
     width, height = _input_size(job.init_image, settings.side_multiple)
     if isinstance(body, Img2ImgBody):
         job.width, job.height = body.request.width or width, body.request.height or height
+        if body.request.refiner is not None:
+            job.refiner_switch_at = body.request.refiner.switch_at
         units = body.request.controlnet.units if body.request.controlnet else []
         job.controlnets = [
             ControlUnit(

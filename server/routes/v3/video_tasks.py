@@ -8,7 +8,9 @@ from __future__ import annotations
 import secrets
 
 from engines.base import Engine, LoraWeight, VideoEngine, VideoGeneration, VideoMode, VideoPrompt
+from engines.errors import InvalidJob
 from engines.scheduler import Scheduler
+from engines.video.families import check_job, model_defaults
 from engines.workpools import WorkPool, run_in
 from schemas.limits import SEED_LIMIT
 from schemas.v3.videos import Img2VideoBody, Txt2VideoBody
@@ -37,6 +39,7 @@ V3_VIDEO_NAMES = WireNames(
         "fps": "frames_per_second",
         "noise_aug_strength": "cond_aug",
         "resize_mode": "image_file_resize_mode",
+        "image_prompt": "prompt",
     }
 )
 
@@ -46,33 +49,55 @@ def _seed(requested: int | None) -> int:
 
 
 def video_job(body: VideoBody, engine: VideoEngine, seed: int, names: WireNames = V3_VIDEO_NAMES) -> VideoGeneration:
-    """The engine job a /v3 body asks for. Blocking: an img2video body's image is decoded."""
+    """The engine job a /v3 body asks for, with the model's defaults for what it leaves out,
+    checked against the model family's rules. Blocking: an img2video body's image is decoded
+    and the model's folder read for its pipeline class."""
+    defaults = model_defaults(engine.spec)
+    job = _job(body, engine, seed, names)
+    try:
+        check_job(defaults.family, engine.spec.name, job, text_to_video=isinstance(body, Txt2VideoBody))
+    except InvalidJob as refused:
+        raise names.invalid(refused.field or "model", refused.message) from None
+    return job
+
+
+def _job(body: VideoBody, engine: VideoEngine, seed: int, names: WireNames) -> VideoGeneration:
+    defaults = model_defaults(engine.spec)
     if isinstance(body, Txt2VideoBody):
         return VideoGeneration(
             width=body.width,
             height=body.height,
-            steps=body.steps,
+            steps=defaults.steps if body.steps is None else body.steps,
             seed=seed,
             prompts=[VideoPrompt(prompt=segment.prompt, frames=segment.frames) for segment in body.prompts],
             negative_prompt=body.negative_prompt or "",
-            guidance_scale=body.guidance_scale,
+            guidance_scale=defaults.guidance_scale if body.guidance_scale is None else body.guidance_scale,
             clip_skip=body.clip_skip or None,
             loras=[LoraWeight(name=lora.model_name, strength=lora.strength) for lora in body.loras or []],
             embeddings=[embedding.model_name for embedding in body.embeddings or []],
             closed_loop=body.closed_loop,
+            fps=defaults.fps,
+            flow_shift=body.flow_shift,
         )
     image = base64_image_bytes(body.image_file, names("image"))
-    width, height = VideoGenerator.image_size(image, body.image_file_resize_mode, engine.native_size, names)
+    multiple = defaults.family.side_multiple
+    size = VideoGenerator.image_size(image, body.image_file_resize_mode, engine.native_size, names, multiple=multiple)
+    # Guidance is a default only where the family reads text with the image (not SVD).
+    guidance = defaults.guidance_scale if defaults.family.text_prompt_with_image else None
     return VideoGeneration(
-        width=width,
-        height=height,
-        steps=body.steps,
+        width=size[0],
+        height=size[1],
+        steps=defaults.steps if body.steps is None else body.steps,
         seed=seed,
         image=image,
-        num_frames=body.frames_num,
-        fps=body.frames_per_second,
+        num_frames=defaults.frames if body.frames_num is None else body.frames_num,
+        image_prompt=body.prompt or "",
+        negative_prompt=body.negative_prompt or "",
+        guidance_scale=guidance if body.guidance_scale is None else body.guidance_scale,
+        fps=defaults.fps if body.frames_per_second is None else body.frames_per_second,
         motion_bucket_id=body.motion_bucket_id,
         noise_aug_strength=body.cond_aug,
+        flow_shift=body.flow_shift,
     )
 
 
@@ -121,7 +146,7 @@ class V3VideoTasks:
             job,
             progress,
             # A text-to-video model plays at the rate it was made for; an animated image at the one asked.
-            fps=image_body.frames_per_second if image_body else engine.fps,
+            fps=job.fps,
             video_type=body.extra.response_video_type,
             interpolate=image_body is not None and image_body.enable_frame_interpolation,
             owner=task.owner_key_id,
