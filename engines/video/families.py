@@ -36,6 +36,9 @@ SVD_NOISE_AUG_STRENGTH = 0.02
 @dataclass(frozen=True)
 class VideoFamily:
     name: str
+    # What /v3/model lists as the family's base_model (catalog option "base_model" overrides it,
+    # e.g. "Wan 2.2" for a Wan 2.2 checkpoint, which runs the same pipeline class).
+    base_model: str
     # Frames must be frame_step * k + 1 (a step of 1 takes any count).
     frame_step: int
     side_multiple: int
@@ -68,6 +71,7 @@ class VideoFamily:
 
 ANIMATEDIFF_FAMILY = VideoFamily(
     name="animatediff",
+    base_model="AnimateDiff",
     frame_step=1,
     side_multiple=8,
     steps=20,
@@ -81,6 +85,7 @@ ANIMATEDIFF_FAMILY = VideoFamily(
 )
 SVD_FAMILY = VideoFamily(
     name="svd",
+    base_model="SVD",
     frame_step=1,
     side_multiple=8,
     steps=20,
@@ -94,6 +99,7 @@ SVD_FAMILY = VideoFamily(
 # Wan's own defaults). The default clip is two seconds, within the img2video frame limit.
 WAN_FAMILY = VideoFamily(
     name="wan",
+    base_model="Wan 2.1",
     frame_step=4,
     side_multiple=16,
     steps=50,
@@ -107,6 +113,7 @@ WAN_FAMILY = VideoFamily(
 # LTX-Video 0.9: 704x480 (multiples of 32) at 24 frames a second; 50 steps, guidance 3.
 LTX_FAMILY = VideoFamily(
     name="ltx",
+    base_model="LTX-Video",
     frame_step=8,
     side_multiple=32,
     steps=50,
@@ -120,6 +127,7 @@ LTX_FAMILY = VideoFamily(
 # its embedded (distilled) guidance, 6 by default; 24 frames a second.
 HUNYUAN_FAMILY = VideoFamily(
     name="hunyuan",
+    base_model="HunyuanVideo",
     frame_step=4,
     side_multiple=16,
     steps=50,
@@ -132,6 +140,7 @@ HUNYUAN_FAMILY = VideoFamily(
 # Any other diffusers video pipeline: no rule beyond the VAE's x8, features refused.
 OTHER_FAMILY = VideoFamily(
     name="diffusers",
+    base_model="",
     frame_step=1,
     side_multiple=8,
     steps=20,
@@ -248,3 +257,20 @@ def check_job(family: VideoFamily, model: str, job: VideoGeneration, *, text_to_
                 if asked:
                     message = f"{field} is Stable Video Diffusion's conditioning; {model} ({family.name}) has none."
                     raise _refuse(message, field)
+
+
+def base_model(spec: ModelSpec) -> str:
+    """The base_model /v3/model lists for a video model: the catalog's `base_model` option, else
+    its family's, told apart where one pipeline class runs two generations (Wan 2.2's two-expert
+    checkpoints have a second transformer). Blocking: may read model_index.json."""
+    if given := spec.options.get("base_model"):
+        return str(given)
+    family = family_of(pipeline_class_name(spec))
+    if family is WAN_FAMILY:
+        try:
+            index = json.loads(Path(spec.path, "model_index.json").read_text())
+        except (OSError, ValueError):
+            index = {}
+        if (index.get("transformer_2") or [None])[0] is not None:
+            return "Wan 2.2"
+    return family.base_model

@@ -163,3 +163,11 @@ def test_other_qwen_image_sizes_are_refused_naming_size(size: str) -> None:
     with pytest.raises(ApiError) as refused:
         qwen_size(size)
     assert refused.value.param == "size"
+
+
+def test_schnell_takes_a_guidance_of_zero_and_refuses_any_other() -> None:
+    schnell = engine(FlowFamily.FLUX_SCHNELL)
+    assert image_settings(schnell, steps=None, guidance_scale=0, sampler=None).guidance_scale == 0.0
+    with pytest.raises(ApiError) as refused:
+        image_settings(schnell, steps=None, guidance_scale=7.5, sampler=None, names=V3_IMAGE_NAMES)
+    assert refused.value.param == "request.guidance_scale"

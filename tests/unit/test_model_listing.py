@@ -84,3 +84,33 @@ def test_vaes_and_controlnets_are_listed_with_their_types() -> None:
     ]
     assert [m.name for m in list_models(specs, ModelFilter(types=["vae"]), 100, None).models] == ["vae-ft-mse"]
     assert all(m.base_model == "SD 1.5" for m in listed)
+
+
+def test_video_models_are_listed_with_their_family_as_base_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    wan22 = tmp_path / "wan22"
+    wan22.mkdir()
+    index = {"_class_name": "WanPipeline", "transformer": ["diffusers", "X"], "transformer_2": ["diffusers", "X"]}
+    (wan22 / "model_index.json").write_text(json.dumps(index))
+    ltx = tmp_path / "ltx"
+    ltx.mkdir()
+    (ltx / "model_index.json").write_text(json.dumps({"_class_name": "LTXPipeline"}))
+    specs = [
+        *SPECS,
+        ModelSpec(name="wan", kind=ModelKind.VIDEO, engine="diffusers", path=str(wan22)),
+        ModelSpec(name="ltx", kind=ModelKind.VIDEO, engine="diffusers", path=str(ltx)),
+        ModelSpec(name="mine", kind=ModelKind.VIDEO, engine="diffusers", path=str(ltx), options={"base_model": "X 1"}),
+        # An SD checkpoint's AnimateDiff twin: already listed as its checkpoint.
+        ModelSpec(
+            name="sd15-animatediff", kind=ModelKind.VIDEO, engine="diffusers", path="-", options={"animates": "sd15"}
+        ),
+    ]
+    videos = list_models(specs, ModelFilter(types=["video"]), 100, None).models
+    assert [(m.name, m.type.display_name, m.base_model) for m in videos] == [
+        ("wan", "Video", "Wan 2.2"),
+        ("ltx", "Video", "LTX-Video"),
+        ("mine", "Video", "X 1"),
+    ]
+    checkpoints = list_models(specs, ModelFilter(types=["checkpoint"]), 100, None).models
+    assert [m.name for m in checkpoints] == ["sd15", "xl"]

@@ -40,9 +40,11 @@ def image_settings(
     """The job's steps, guidance and sampler: the client's where sent, else the family's.
     ``sd_sampler`` is the route's default sampler for SD 1.x / SDXL checkpoints."""
     defaults = image_defaults(engine)
-    if defaults.guidance_scale is None and guidance_scale is not None:
+    # 0 means "no guidance" too: novita-client always sends a guidance_scale, so that is the one
+    # value its users can send for such a model.
+    if defaults.guidance_scale is None and guidance_scale not in (None, 0):
         raise names.invalid(
-            "guidance_scale", f"The model '{engine.spec.name}' takes no guidance; leave guidance_scale unset."
+            "guidance_scale", f"The model '{engine.spec.name}' takes no guidance; leave guidance_scale unset or 0."
         )
     if defaults.own_sampler is None:  # A1111 samplers choose the scheduler
         sampler = sampler or sd_sampler

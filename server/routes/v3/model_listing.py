@@ -1,5 +1,5 @@
-"""GET /v3/model: the image catalog (checkpoints, LoRAs, embeddings, VAEs, ControlNets, upscalers) with Novita's filters
-and cursor pagination (``c_<offset>``)."""
+"""GET /v3/model: the image catalog (checkpoints, LoRAs, embeddings, VAEs, ControlNets, upscalers)
+and the video models, with Novita's filters and cursor pagination (``c_<offset>``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import msgspec
 
 from engines.base import ModelKind, ModelSpec
 from engines.image.families import RULES, spec_family
+from engines.video.animated import ANIMATES
+from engines.video.families import base_model as video_base_model
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.models import ModelInfo, ModelList, ModelType, Pagination
 
@@ -21,6 +23,9 @@ _DISPLAY = {
     "vae": "VAE",
     "controlnet": "ControlNet",
     "upscaler": "Upscaler",
+    # Novita's model list has no video type; video models are listed under this one, so a client
+    # filtering for checkpoints never sees a model that txt2img would refuse.
+    "video": "Video",
 }
 
 
@@ -55,6 +60,15 @@ def _entries(specs: list[ModelSpec]) -> list[tuple[ModelInfo, bool, bool]]:
                 type=ModelType(name="upscaler", display_name=_DISPLAY["upscaler"]),
             )  # fmt: skip
             entries.append((upscaler, False, False))
+            continue
+        if spec.kind is ModelKind.VIDEO:
+            # An SD checkpoint's AnimateDiff twin is listed as the checkpoint it animates.
+            if ANIMATES not in spec.options:
+                video = ModelInfo(
+                    id=_stable_id(spec.name), name=spec.name, sd_name=spec.name, sd_name_in_api=spec.name,
+                    type=ModelType(name="video", display_name=_DISPLAY["video"]), base_model=video_base_model(spec),
+                )  # fmt: skip
+                entries.append((video, False, False))
             continue
         if spec.kind is not ModelKind.IMAGE:
             continue
