@@ -97,11 +97,11 @@ async def test_a_folder_of_another_model_type_is_refused_with_a_hint(specs: dict
         await TransformersSegmentationEngine(spec).load()
 
 
-def test_the_transformers_engine_serves_segmentation_and_safety_only(specs: dict[str, ModelSpec]) -> None:
+def test_the_transformers_engine_refuses_a_kind_it_does_not_serve(specs: dict[str, ModelSpec]) -> None:
     factory = transformers_factory()
     assert isinstance(factory(specs[SEGMENTATION_MODEL]), TransformersSegmentationEngine)
     wrong = ModelSpec(name="x", kind=ModelKind.IMAGE, engine="transformers", path="-")
-    with pytest.raises(CatalogError, match="serves kinds 'safety', 'segmentation' only"):
+    with pytest.raises(CatalogError, match="serves kinds 'safety', 'segmentation', 'caption' only"):
         factory(wrong)
 
 
