@@ -11,6 +11,7 @@ from engines.base import (
     EmbeddingResult,
     EngineInfo,
     GenerationStep,
+    ImageDefaults,
     ImageGeneration,
     ImageResult,
     MediaPrompt,
@@ -25,6 +26,8 @@ from engines.base import (
     UpscaleJob,
     upscaled_size,
 )
+from engines.image.families import RULES, FlowFamily, spec_family
+from engines.image.flow import family_refusal
 
 # Characters are the fakes' tokens: every code point is one.
 FAKE_VOCAB_SIZE = 0x110000
@@ -183,6 +186,26 @@ class FakeImageEngine(_FakeBase):
         size = (job.hires_fix.width, job.hires_fix.height) if job.hires_fix else (job.width, job.height)
         images = [Image.new("RGB", size, ((job.seed + i) % 256, 40, 90)) for i in range(job.image_num)]
         return ImageResult(images=images, seed=job.seed)
+
+
+class FakeFlowImageEngine(FakeImageEngine):
+    """The fake image engine under a flow family's rules (options.family: FLUX.1, SD3, Qwen-Image),
+    the real engine's defaults and refusals, so requests to it meet the family's checks."""
+
+    @property
+    def image_defaults(self) -> ImageDefaults:
+        return RULES[self._family].defaults
+
+    def check_job(self, job: ImageGeneration) -> None:
+        refusal = family_refusal(self._family, job)
+        if refusal is not None:
+            raise refusal
+
+    @property
+    def _family(self) -> FlowFamily:
+        family = spec_family(self.spec)
+        assert family is not None, f"{self.spec.name} names no options.family"
+        return family
 
 
 class FakeSafetyEngine(_FakeBase):

@@ -12,17 +12,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engines.base import ModelSpec, ProgressCallback, VideoGeneration, VideoResult
-from tests.fakes import FAKE_SAFETY_SPEC, FAKE_SPECS, FAKE_UPSCALER_SPEC, fake_factory
+from engines.base import ModelKind, ModelSpec, ProgressCallback, VideoGeneration, VideoResult
+from tests.fakes import FAKE_SAFETY_SPEC, FAKE_SPECS, FAKE_UPSCALER_SPEC, FakeFlowImageEngine, fake_factory
 from tests.fakes_audio import FAKE_WHISPER_SPEC, FakeWhisperEngine
 from tests.fakes_image_tools import FAKE_CAPTION_SPEC, FAKE_VARIATION_SPEC, fake_tools_factory
 from tests.fakes_speech import FAKE_SPEECH_SPEC, FakeSpeechEngine
-from tests.unit.test_video_tasks import IMAGE_SPEC, TEXT_SPEC, FakeVideoEngine
+from tests.unit.test_image_editor import SEGMENTER, FakeSegmenter
+from tests.unit.test_video_families import FamilyVideoEngine
+from tests.unit.test_video_tasks import IMAGE_SPEC, TEXT_SPEC
 
 
-class FlatVideoEngine(FakeVideoEngine):
+class FlatVideoEngine(FamilyVideoEngine):
     """Frames of one flat colour: a fuzzed 1024x1024, 128-frame video encodes in a moment
-    (random frames, as the unit tests' fake draws, take the encoder seconds)."""
+    (random frames, as the unit tests' fake draws, take the encoder seconds). Its mode, frame
+    rate and size follow the spec's pipeline class, as the diffusers engine's do."""
 
     async def generate(self, job: VideoGeneration, progress: ProgressCallback | None = None) -> VideoResult:
         self.jobs.append(job)
@@ -30,6 +33,19 @@ class FlatVideoEngine(FakeVideoEngine):
             progress(1.0)
         frames = np.full((job.frame_count, job.height, job.width, 3), job.seed % 256, dtype=np.uint8)
         return VideoResult(frames=frames, seed=job.seed)
+
+
+def _flow_spec(name: str, family: str, alias: str) -> ModelSpec:
+    # Served by the fixed-model flow routes under Novita's model id, its alias.
+    options = {"family": family}
+    return ModelSpec(name=name, kind=ModelKind.IMAGE, engine="fake-flow", path="-", aliases=[alias], options=options)
+
+
+def _family_video_spec(name: str, pipeline: str, alias: str) -> ModelSpec:
+    # The pipeline class picks the family the fixed-model video routes ask for; 4 fps keeps
+    # their 5-second clips at 21 frames.
+    options = {"pipeline": pipeline, "fps": 4}
+    return ModelSpec(name=name, kind=ModelKind.VIDEO, engine="fake-video", path="-", aliases=[alias], options=options)
 
 
 FUZZ_SPECS: list[ModelSpec] = [
@@ -42,6 +58,12 @@ FUZZ_SPECS: list[ModelSpec] = [
     IMAGE_SPEC,
     FAKE_CAPTION_SPEC,
     FAKE_VARIATION_SPEC,
+    SEGMENTER,
+    _flow_spec("fake-flux", "flux-schnell", "flux-1-schnell"),
+    _flow_spec("fake-qwen-image", "qwen-image", "qwen-image"),
+    _family_video_spec("fake-wan", "WanPipeline", "wan2.1-t2v"),
+    _family_video_spec("fake-wan-i2v", "WanImageToVideoPipeline", "wan2.1-i2v"),
+    _family_video_spec("fake-hunyuan", "HunyuanVideoPipeline", "hunyuan-video-fast"),
 ]
 FACTORIES: dict[str, Any] = {
     "fake": fake_factory,
@@ -49,6 +71,8 @@ FACTORIES: dict[str, Any] = {
     "fake-speech": FakeSpeechEngine,
     "fake-video": FlatVideoEngine,
     "fake-tools": fake_tools_factory,
+    "fake-segmentation": FakeSegmenter,
+    "fake-flow": FakeFlowImageEngine,
 }
 VOICES = sorted(FakeSpeechEngine.voice_pitch)
 # Loopback with no keys: the server is open, so every body reaches its route's validation
