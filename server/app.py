@@ -39,7 +39,7 @@ from server.console.pages import ConsoleController
 from server.cors import UnlistedOriginsAsSameSite, cors_config
 from server.errors import handle_exception
 from server.hosts import HOSTS_STATE, HostPolicy, open_server_guard
-from server.keystore import KeyStore
+from server.keystore import open_keystore
 from server.metrics import Metrics
 from server.metrics_access import METRICS_PATH, MetricsListenerOnlyServesMetrics, metrics_guards
 from server.request_bodies import BodyGuard
@@ -121,7 +121,12 @@ def build_components(
     devices = discover_devices(scheduling.host_budget, scheduling.gpu_budget)
     # Before anything opens: a catalog model that can never fit raises FootprintTooLarge here.
     scheduler = Scheduler(registry, policy, devices, sizing)
-    keystore = KeyStore(settings.data_path / "keys.sqlite3")
+    keystore = open_keystore(
+        settings.store_url,
+        settings.data_path,
+        timeout_s=settings.store_timeout_s,
+        retry_after_s=settings.store_retry_after_s,
+    )
     authenticator = Authenticator(
         keystore,
         settings.auth.static_keys,

@@ -20,12 +20,22 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _keys_exist(settings: Settings) -> bool:
-    from server.keystore import KeyStore
+def _open_keystore(settings: Settings) -> KeyStore:
+    """The store settings name (``store_url``): the server's and the CLI's are the same one."""
+    from server.keystore import open_keystore
 
+    return open_keystore(
+        settings.store_url,
+        settings.data_path,
+        timeout_s=settings.store_timeout_s,
+        retry_after_s=settings.store_retry_after_s,
+    )
+
+
+def _keys_exist(settings: Settings) -> bool:
     if settings.auth.static_keys:
         return True
-    store = KeyStore(settings.data_path / "keys.sqlite3")
+    store = _open_keystore(settings)
     try:
         return store.has_active_keys()
     finally:
@@ -38,9 +48,15 @@ def cmd_serve(settings: Settings, models: list[str], kinds: list[str]) -> int:
     from server.app import VERSION, build_components, create_app
     from server.data_lock import DataDirLocked
     from server.http_server import DrainingServer, listening_sockets, uvicorn_config
+    from server.keystore import StoreUnavailable
     from server.startup_catalog import CatalogStartError, startup_catalog
 
-    if not settings.is_loopback and not settings.auth.allow_open and not _keys_exist(settings):
+    try:
+        keys_exist = settings.is_loopback or settings.auth.allow_open or _keys_exist(settings)
+    except StoreUnavailable:
+        print("the key store (store_url) cannot be reached: start it first", file=sys.stderr)
+        return 2
+    if not keys_exist:
         print(
             f"refusing to serve on {settings.host} without API keys: create one with "
             "`omniserve keys create NAME`, or set auth.allow_open = true to serve openly",
@@ -113,9 +129,9 @@ def cmd_demo(settings: Settings, force: bool) -> int:
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
-    from server.keystore import KeyNotFound, KeyStore
+    from server.keystore import KeyNotFound, StoreUnavailable
 
-    store = KeyStore(settings.data_path / "keys.sqlite3")
+    store = _open_keystore(settings)
     try:
         if args.keys_command == "create":
             info, key = store.create(args.name, admin=args.admin)
@@ -141,6 +157,9 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             _account_command(store, args)
     except KeyNotFound:
         print(f"no active key with id {args.id}", file=sys.stderr)
+        return 1
+    except StoreUnavailable:
+        print("the key store (store_url) cannot be reached", file=sys.stderr)
         return 1
     finally:
         store.close()

@@ -1,4 +1,8 @@
-"""API keys, stored only as SHA-256 hashes in SQLite under the data dir.
+"""API keys and their accounts: the `KeyStore` protocol, and its SQLite implementation.
+
+Keys are stored only as SHA-256 hashes: in SQLite under the data dir (`SqliteKeyStore`, the
+default), or in Redis when settings' ``store_url`` names one (server/keystore_redis.py), which
+several replicas of the server share. `open_keystore` picks the one the settings name.
 
 A key reads ``os-<id>.<secret>``: the id finds the row, and the hash of the whole key is
 compared in constant time. Keys are 256-bit random, so a plain hash is enough at rest;
@@ -15,9 +19,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
+from schemas.errors import ApiError, ErrorCode
 from server.sqlite_tx import immediate_transaction
 
 KEY_PREFIX = "os-"
@@ -91,21 +97,68 @@ class InsufficientCredits(Exception):
         self.balance = balance
 
 
+class StoreUnavailable(ApiError):
+    """The key store cannot be reached (a shared store that is down or too slow): 503 with
+    Retry-After in every envelope; the request may be retried once the store is back."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(
+            ErrorCode.SERVICE_NOT_AVAILABLE,
+            "The key store is unavailable; try again shortly.",
+            retry_after=retry_after,
+        )
+
+
 def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
-def _new_key(key_id: str) -> str:
+def new_key(key_id: str) -> str:
     return f"{KEY_PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
 
 
-def _key_id(key: str) -> str | None:
+def key_id_of(key: str) -> str | None:
     if not key.startswith(KEY_PREFIX) or "." not in key:
         return None
     return key[len(KEY_PREFIX) :].split(".", 1)[0]
 
 
-class KeyStore:
+class KeyStore(Protocol):
+    """What the server and the `keys` CLI need of a key store. Every implementation keeps the
+    same semantics: keys only as hashes; a revoke or rotate takes effect on the next lookup;
+    ``reserve`` never overdraws and a request id pays at most once; ``settle`` of a request id
+    that is not reserved (any more) changes nothing. A store that cannot be reached raises
+    `StoreUnavailable`."""
+
+    def close(self) -> None: ...
+    def create(self, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]: ...
+    def list(self) -> list[KeyInfo]: ...
+    def revoke(self, key_id: str) -> None: ...
+    def rotate(self, key_id: str) -> str: ...
+    def has_active_keys(self) -> bool: ...
+    def verify(self, key: str) -> str | None: ...
+    def identify(self, key: str) -> tuple[str, bool] | None: ...
+    def account(self, key_id: str) -> KeyAccount | None: ...
+    def set_credits(self, key_id: str, credits: float | None) -> None: ...
+    def add_credits(self, key_id: str, amount: float) -> float: ...
+    def set_limits(self, key_id: str, hour_limit: int | None, day_limit: int | None) -> None: ...
+    def set_subscription(self, key_id: str, active: bool) -> None: ...
+    def reserve(self, request_id: str, key_id: str, amount: float) -> float | None: ...
+    def settle(self, request_id: str, *, refund: bool, keep: float | None = None) -> bool: ...
+    def open_reservations(self) -> tuple[str, ...]: ...
+
+
+def open_keystore(store_url: str, data_path: Path, *, timeout_s: float, retry_after_s: float) -> KeyStore:
+    """The store settings name: Redis for a ``redis://`` or ``rediss://`` URL, else SQLite
+    in the data dir."""
+    if store_url:
+        from server.keystore_redis import RedisKeyStore  # redis-py only when it is used
+
+        return RedisKeyStore(store_url, timeout_s=timeout_s, retry_after_s=retry_after_s)
+    return SqliteKeyStore(data_path / "keys.sqlite3")
+
+
+class SqliteKeyStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -138,7 +191,7 @@ class KeyStore:
 
     def create(self, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]:
         key_id = secrets.token_hex(6)
-        key = _new_key(key_id)
+        key = new_key(key_id)
         now = time.time()
         with self._lock:
             self._db.execute(
@@ -167,7 +220,7 @@ class KeyStore:
 
     def rotate(self, key_id: str) -> str:
         """A new secret for the same key id; the old secret stops working at once."""
-        key = _new_key(key_id)
+        key = new_key(key_id)
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE api_keys SET hash = ?, rotated_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -189,7 +242,7 @@ class KeyStore:
 
     def identify(self, key: str) -> tuple[str, bool] | None:
         """The key's id and whether it is an admin key, when the key is valid and not revoked."""
-        key_id = _key_id(key)
+        key_id = key_id_of(key)
         if key_id is None:
             return None
         with self._lock:

@@ -602,6 +602,16 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The address clients use to reach this server (behind a proxy); used for output
     # URLs in webhook payloads. Empty: http://<host>:<port>.
     public_url: str = ""
+    # Where API keys, balances and credit reservations live. Empty: SQLite in data_dir (one
+    # server). ``redis://host:port/db`` or ``rediss://`` (TLS): a Redis that several replicas
+    # share, so a key, a revoke or a balance change is seen by every replica at once.
+    store_url: str = ""
+    # Connect and read timeout of each Redis call: a store that is down or slow answers 503
+    # within this, never hanging a request.
+    store_timeout_s: float = 0.5
+    # After a failed Redis call, further calls fail at once (503, this Retry-After) for this
+    # long before the store is tried again, so a dead store costs one timeout per period.
+    store_retry_after_s: float = 2.0
     limits: Limits = msgspec.field(default_factory=Limits)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     vllm: VllmSettings = msgspec.field(default_factory=VllmSettings)
@@ -621,6 +631,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
+
+    def __post_init__(self) -> None:
+        if self.store_url and not self.store_url.startswith(("redis://", "rediss://")):
+            raise ValueError("store_url must be empty (SQLite in data_dir), redis://... or rediss://...")
+        if self.store_timeout_s <= 0 or self.store_retry_after_s <= 0:
+            raise ValueError("store_timeout_s and store_retry_after_s must be positive")
 
     @property
     def data_path(self) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.keystore import KeyStore
+from server.keystore import SqliteKeyStore
 from tests.e2e.conftest import free_port
 
 pytestmark = pytest.mark.e2e
@@ -132,7 +132,7 @@ def wait_for(check: Any, timeout_s: float = 30.0) -> Any:
 
 
 def metered_key(data_dir: Path, credits: float) -> tuple[str, str]:
-    store = KeyStore(data_dir / "keys.sqlite3")
+    store = SqliteKeyStore(data_dir / "keys.sqlite3")
     try:
         info, key = store.create("restarts")
         store.set_credits(info.id, credits)

@@ -19,7 +19,7 @@ from schemas.errors import ApiError, ErrorCode
 from server.accounts import Accounts
 from server.app import create_app
 from server.composition import Components
-from server.keystore import KeyStore
+from server.keystore import SqliteKeyStore
 from server.settings import AccountSettings
 from tests.unit.conftest import make_state
 
@@ -58,17 +58,17 @@ def test_migration_adds_account_columns_to_an_old_key_store(tmp_path: Path) -> N
     )
     old.commit()
     old.close()
-    store = KeyStore(path)
+    store = SqliteKeyStore(path)
     info, key = store.create("after-upgrade")
     assert store.verify(key) == info.id
     account = store.account(info.id)
     assert account is not None and account.credits is None and account.subscription_active
     store.close()
-    KeyStore(path).close()  # opening an upgraded store again changes nothing
+    SqliteKeyStore(path).close()  # opening an upgraded store again changes nothing
 
 
 def test_reserve_is_idempotent_and_never_overdraws(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     info, _ = store.create("k")
     store.set_credits(info.id, 3)
     assert store.reserve("r1", info.id, 2) == 1
@@ -135,7 +135,7 @@ async def test_each_family_answers_its_own_429(app: tuple[AsyncTestClient, Compo
 
 
 def test_default_windows_hold_only_on_novassium(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     info, _ = store.create("k")
     accounts = Accounts(store, AccountSettings(), clock=Clock())
     for _ in range(150):  # past Novassium's 100 an hour: no limit on the other families
@@ -150,7 +150,7 @@ def test_default_windows_hold_only_on_novassium(tmp_path: Path) -> None:
 
 
 def test_each_familys_windows_come_from_settings_and_a_keys_own_limits_win(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     first, _ = store.create("first")
     second, _ = store.create("second")
     windows = {"openai": {"requests_per_hour": 2}, "v3": {"requests_per_day": 1}, "novassium": {"requests_per_hour": 0}}
@@ -250,7 +250,7 @@ def test_cli_account_commands(
     assert main(["keys", "list"]) == 0
     out = capsys.readouterr().out
     assert "7.5 credits" in out and "10 per hour, unlimited per day" in out and "inactive" in out
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     account = store.account(key_id)
     store.close()
     assert account is not None and account.credits == 7.5 and account.hour_limit == 10 and account.day_limit == 0

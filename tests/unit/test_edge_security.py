@@ -17,7 +17,7 @@ from openapi_spec_validator import validate as validate_openapi
 from server.app import create_app
 from server.cli import main
 from server.composition import Components
-from server.keystore import KeyStore
+from server.keystore import SqliteKeyStore
 from tests.live_server import live_server
 from tests.unit.conftest import make_state
 
@@ -182,7 +182,7 @@ def test_an_older_key_store_gains_the_role_column(tmp_path: Path) -> None:
     db.execute("INSERT INTO api_keys VALUES ('abc', 'old', x'00', 1.0, NULL, NULL)")
     db.commit()
     db.close()
-    store = KeyStore(path)
+    store = SqliteKeyStore(path)
     try:
         (old,) = store.list()
         assert old.id == "abc" and not old.admin

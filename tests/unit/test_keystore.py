@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from server.keystore import KeyNotFound, KeyStore
+from server.keystore import KeyNotFound, SqliteKeyStore
 
 
 def test_create_verify_revoke(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     info, key = store.create("ci")
     assert store.verify(key) == info.id
     assert store.verify(key + "x") is None
@@ -22,7 +22,7 @@ def test_create_verify_revoke(tmp_path: Path) -> None:
 
 
 def test_rotate_invalidates_the_old_secret(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.sqlite3")
+    store = SqliteKeyStore(tmp_path / "keys.sqlite3")
     info, old = store.create("svc")
     new = store.rotate(info.id)
     assert new != old
@@ -33,7 +33,7 @@ def test_rotate_invalidates_the_old_secret(tmp_path: Path) -> None:
 
 def test_only_hashes_are_stored(tmp_path: Path) -> None:
     path = tmp_path / "keys.sqlite3"
-    store = KeyStore(path)
+    store = SqliteKeyStore(path)
     _, key = store.create("secret-holder")
     secret = key.split(".", 1)[1]
     store.close()
