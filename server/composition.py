@@ -33,7 +33,7 @@ from server.capabilities.upscale import Upscaler
 from server.capabilities.video.generation import VideoGenerator
 from server.catalog import ModelCatalog
 from server.data_lock import DataDirLock, DataDirLocked
-from server.keystore import KeyStore
+from server.keystore import KeyStore, StoreUnavailable
 from server.metrics import Metrics
 from server.outbound import OutboundHttp
 from server.prompt_limit import set_max_prompt_chars
@@ -207,7 +207,12 @@ class Components:
         await self.task_runner.start()
         await self.batch_runner.start()  # unfinished batches resume where their results end
         # After the runner's recovery: reservations of tasks it failed are refunded.
-        await self.accounts.reconcile(self.task_store.status_of)
+        try:
+            await self.accounts.reconcile(self.task_store.status_of)
+        except StoreUnavailable:
+            # A shared store that is down does not keep the server from starting; these stay
+            # open until the next start finds the store up.
+            log.warning("key store unavailable: open credit reservations not reconciled")
         max_age = max(self.settings.tasks.output_max_age_s, self.settings.tasks.url_ttl_s)
         self._cleaner = asyncio.create_task(clean_outputs_periodically(self.storage, max_age))
         self.loop_lag.start()

@@ -154,8 +154,19 @@ def open_keystore(store_url: str, data_path: Path, *, timeout_s: float, retry_af
     if store_url:
         from server.keystore_redis import RedisKeyStore  # redis-py only when it is used
 
-        return RedisKeyStore(store_url, timeout_s=timeout_s, retry_after_s=retry_after_s)
+        return RedisKeyStore(store_url, replica=replica_id(data_path), timeout_s=timeout_s, retry_after_s=retry_after_s)
     return SqliteKeyStore(data_path / "keys.sqlite3")
+
+
+def replica_id(data_path: Path) -> str:
+    """This server's id among the replicas sharing a store: kept in its data dir, so a restart
+    finds the reservations it left open (and only those)."""
+    path = data_path / "replica-id"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    data_path.mkdir(parents=True, exist_ok=True)
+    path.write_text(secrets.token_hex(8))
+    return path.read_text().strip()
 
 
 class SqliteKeyStore:

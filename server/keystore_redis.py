@@ -7,8 +7,11 @@ Layout, under the ``omniserve:`` prefix:
   hour_limit and day_limit (absent: the settings' defaults).
 - ``keys``: every key id, scored by its creation time (the listing order).
 - ``active``: the ids of the keys not revoked.
-- ``charge:<request id>``: a reservation: key_id, amount, state, created_at, settled_at.
-- ``open``: the request ids whose reservation is not settled yet.
+- ``charge:<request id>``: a reservation: key_id, amount, state, the replica that made it,
+  created_at, settled_at.
+- ``open:<replica>``: the request ids a replica reserved and nobody settled yet. Each replica
+  (its data dir: settings' ``data_dir`` holds its id) reconciles only its own at startup, so a
+  restarting replica never refunds the requests another one is serving.
 
 Everything that reads and then writes (reserve, settle, add_credits, the updates of an active
 key, revoke) is one Lua script, which Redis runs alone: two replicas can never both spend the
@@ -86,8 +89,8 @@ end
 return redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[1])
 """
 
-# KEYS: the key, the charge, the open set. ARGV: the amount, minus the amount, the request id,
-# the key id, the time. {'unmetered'}, {'paid', balance} or {'short', balance}.
+# KEYS: the key, the charge, this replica's open set. ARGV: the amount, minus the amount, the
+# request id, the key id, the time, the replica. {'unmetered'}, {'paid', balance} or {'short', balance}.
 _RESERVE = """
 local credits = redis.call('HGET', KEYS[1], 'credits')
 if not credits then
@@ -100,13 +103,14 @@ if tonumber(credits) < tonumber(ARGV[1]) then
     return {'short', credits}
 end
 local left = redis.call('HINCRBYFLOAT', KEYS[1], 'credits', ARGV[2])
-redis.call('HSET', KEYS[2], 'key_id', ARGV[4], 'amount', ARGV[1], 'state', 'reserved', 'created_at', ARGV[5])
+redis.call('HSET', KEYS[2], 'key_id', ARGV[4], 'amount', ARGV[1], 'state', 'reserved')
+redis.call('HSET', KEYS[2], 'created_at', ARGV[5], 'replica', ARGV[6])
 redis.call('SADD', KEYS[3], ARGV[3])
 return {'paid', left}
 """
 
-# KEYS: the charge, the open set. ARGV: '1' to refund, what to keep ('' for all of it), the
-# time, the request id, the key name prefix. 1 when a reservation was settled, else 0.
+# KEYS: the charge. ARGV: '1' to refund, what to keep ('' for all of it), the time, the
+# request id, the key names' prefix. The reservation may be another replica's. 1 when a reservation was settled, else 0.
 _SETTLE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'reserved' then
     return 0
@@ -123,8 +127,8 @@ else
     end
     redis.call('HSET', KEYS[1], 'state', 'committed', 'amount', string.format('%.17g', kept), 'settled_at', ARGV[3])
 end
-redis.call('SREM', KEYS[2], ARGV[4])
-local key = ARGV[5] .. key_id
+redis.call('SREM', ARGV[5] .. 'open:' .. redis.call('HGET', KEYS[1], 'replica'), ARGV[4])
+local key = ARGV[5] .. 'key:' .. key_id
 -- A key made unmetered since the reservation stays unmetered (as NULL + x is in SQL).
 if reserved > kept and redis.call('HEXISTS', key, 'credits') == 1 then
     redis.call('HINCRBYFLOAT', key, 'credits', string.format('%.17g', reserved - kept))
@@ -149,7 +153,7 @@ def _int(value: str | None) -> int | None:
 
 
 class RedisKeyStore:
-    def __init__(self, url: str, *, timeout_s: float, retry_after_s: float, prefix: str = PREFIX) -> None:
+    def __init__(self, url: str, *, replica: str, timeout_s: float, retry_after_s: float, prefix: str = PREFIX) -> None:
         self._redis = redis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -160,6 +164,8 @@ class RedisKeyStore:
             decode_responses=True,
         )
         self._prefix = prefix
+        self._replica = replica
+        self._open = f"{prefix}open:{replica}"
         self._retry_after_s = retry_after_s
         self._down_until = float("-inf")
         self._lock = threading.Lock()
@@ -298,8 +304,8 @@ class RedisKeyStore:
         self._update(key_id, {"subscription_active": str(int(active))})
 
     def reserve(self, request_id: str, key_id: str, amount: float) -> float | None:
-        keys = [self._key(key_id), self._charge(request_id), self._prefix + "open"]
-        args = [repr(float(amount)), repr(-float(amount)), request_id, key_id, repr(time.time())]
+        keys = [self._key(key_id), self._charge(request_id), self._open]
+        args = [repr(float(amount)), repr(-float(amount)), request_id, key_id, repr(time.time()), self._replica]
         with self._reaching():
             outcome = self._reserve(keys=keys, args=args)
         if outcome[0] == "unmetered":
@@ -309,17 +315,18 @@ class RedisKeyStore:
         return float(outcome[1])
 
     def settle(self, request_id: str, *, refund: bool, keep: float | None = None) -> bool:
-        keys = [self._charge(request_id), self._prefix + "open"]
+        keys = [self._charge(request_id)]
         args = [
             "1" if refund else "0",
             "" if keep is None else repr(float(keep)),
             repr(time.time()),
             request_id,
-            self._prefix + "key:",
+            self._prefix,
         ]
         with self._reaching():
             return bool(self._settle(keys=keys, args=args))
 
     def open_reservations(self) -> tuple[str, ...]:
+        """This replica's reservations that are not settled yet."""
         with self._reaching() as db:
-            return tuple(cast("set[str]", db.smembers(self._prefix + "open")))
+            return tuple(cast("set[str]", db.smembers(self._open)))
