@@ -11,6 +11,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import Guard
 
 from engines.admission import lease_owner
+from engines.workpools import WorkPool, run_in
 from schemas.errors import ApiError, ErrorCode
 from server.accounts import STATIC_KEY_PREFIX
 from server.keystore import KeyStore, hash_key
@@ -102,7 +103,12 @@ def key_guard(authenticator: Authenticator) -> Guard:
     async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """The guard of every key-guarded router (async: a sync guard would run in a thread)."""
         with step("authenticate") as span:
-            identity = authenticator.identify(presented_key(connection))
+            key = presented_key(connection)
+            if authenticator.store.remote:
+                # A shared store answers over the network: its wait (at most its timeout) is a thread's.
+                identity = await run_in(WorkPool.NETWORK, authenticator.identify, key)
+            else:
+                identity = authenticator.identify(key)
             key_id = identity.key_id if identity is not None else None
             if key_id is not None and span.is_recording():
                 span.set_attribute("omniserve.api_key_id", key_id)

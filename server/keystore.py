@@ -130,6 +130,10 @@ class KeyStore(Protocol):
     that is not reserved (any more) changes nothing. A store that cannot be reached raises
     `StoreUnavailable`."""
 
+    # Whether calls cross the network (Redis): the key guard, on every request, hands them to a
+    # thread. Other callers on the event loop call directly, bounded by the store's timeout.
+    remote: bool
+
     def close(self) -> None: ...
     def create(self, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]: ...
     def list(self) -> list[KeyInfo]: ...
@@ -170,6 +174,8 @@ def replica_id(data_path: Path) -> str:
 
 
 class SqliteKeyStore:
+    remote = False  # sub-millisecond local lookups, called on the event loop
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path

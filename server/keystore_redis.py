@@ -153,6 +153,8 @@ def _int(value: str | None) -> int | None:
 
 
 class RedisKeyStore:
+    remote = True
+
     def __init__(self, url: str, *, replica: str, timeout_s: float, retry_after_s: float, prefix: str = PREFIX) -> None:
         self._redis = redis.Redis.from_url(
             url,

@@ -1,0 +1,93 @@
+"""The app on a Redis key store that goes away: 503 with Retry-After, then service again.
+
+A real redis-server on a loopback port, stopped and started again on the same port; it keeps
+nothing on disk, so the key is made again once it is back (as an operator restoring it would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+
+from server.app import create_app
+from server.cli import main
+from server.keystore_redis import RedisKeyStore
+from tests.redis_server import redis_server
+from tests.unit.conftest import make_state
+
+RECOVERY_DEADLINE_S = 15.0
+
+
+async def _until_served(client: AsyncTestClient, path: str, key: str) -> httpx.Response:
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    while True:
+        response = await client.get(path, headers={"Authorization": f"Bearer {key}"})
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.2)
+
+
+async def test_a_stopped_store_answers_503_with_retry_after_and_recovers(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        state = make_state(tmp_path / "data", store_url=server.url, store_timeout_s=0.5, store_retry_after_s=1.0)
+        _, key = state.keystore.create("app")
+        headers = {"Authorization": f"Bearer {key}"}
+        async with AsyncTestClient(create_app(state)) as client:
+            await state.load_task  # type: ignore[misc]
+            assert (await client.get("/v1/models", headers=headers)).status_code == 200
+
+            server.stop()
+            openai = await client.get("/v1/models", headers=headers)
+            assert openai.status_code == 503, openai.text
+            assert openai.headers["Retry-After"] == "1"
+            assert openai.json()["error"]["code"] == "SERVICE_NOT_AVAILABLE"
+            novita = await client.get("/v3/model", headers=headers)  # every family's envelope
+            assert novita.status_code == 503
+            assert novita.json()["reason"] == "SERVICE_NOT_AVAILABLE"
+            assert "Retry-After" in novita.headers
+
+            server.start()
+            replica = RedisKeyStore(server.url, replica="operator", timeout_s=2.0, retry_after_s=1.0)
+            _, key = replica.create("app")  # the restarted Redis kept nothing
+            replica.close()
+            recovered = await _until_served(client, "/v1/models", key)
+            assert recovered.status_code == 200, recovered.text
+
+
+async def test_the_server_starts_while_the_store_is_down(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        server.stop()  # its port, with nothing listening
+        state = make_state(tmp_path / "data", store_url=server.url, store_timeout_s=0.5, store_retry_after_s=1.0)
+        async with AsyncTestClient(create_app(state)) as client:
+            await state.load_task  # type: ignore[misc]
+            refused = await client.get("/v1/models", headers={"Authorization": "Bearer os-abc.def"})
+            assert refused.status_code == 503
+            assert (await client.get("/health")).status_code == 200  # probes do not need the store
+
+
+def test_the_keys_cli_works_on_the_configured_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with redis_server(tmp_path) as server:
+        monkeypatch.setenv("OMNISERVE_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("OMNISERVE_STORE_URL", server.url)
+        assert main(["keys", "create", "app"]) == 0
+        key = next(line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("key:"))
+        store = RedisKeyStore(server.url, replica="check", timeout_s=2.0, retry_after_s=1.0)
+        key_id = store.verify(key)
+        assert key_id is not None
+        assert main(["keys", "credit", key_id, "--add", "5"]) == 0
+        account = store.account(key_id)
+        assert account is not None and account.credits == 5.0
+        assert main(["keys", "revoke", key_id]) == 0
+        assert store.verify(key) is None
+        store.close()
+        assert not (tmp_path / "data" / "keys.sqlite3").exists()  # nothing went to SQLite
+        server.stop()
+        assert main(["keys", "list"]) == 1
+        assert "cannot be reached" in capsys.readouterr().err
