@@ -1,4 +1,5 @@
-"""The app on a Redis key store that goes away: 503 with Retry-After, then service again.
+"""The app, the CLI and settings on a Redis key store: credits every replica sees, and a Redis
+that goes away: 503 with Retry-After, then service again.
 
 A real redis-server on a loopback port, stopped and started again on the same port; it keeps
 nothing on disk, so the key is made again once it is back (as an operator restoring it would).
@@ -17,10 +18,12 @@ from litestar.testing import AsyncTestClient
 from server.app import create_app
 from server.cli import main
 from server.keystore_redis import RedisKeyStore
+from server.settings_loading import SettingsError, load_settings
 from tests.redis_server import redis_server
 from tests.unit.conftest import make_state
 
 RECOVERY_DEADLINE_S = 15.0
+IMAGES = {"model": "fake-sd", "prompt": "a red barn", "size": "128x128", "steps": 2, "seed": 7}
 
 
 async def _until_served(client: AsyncTestClient, path: str, key: str) -> httpx.Response:
@@ -91,3 +94,29 @@ def test_the_keys_cli_works_on_the_configured_store(
         server.stop()
         assert main(["keys", "list"]) == 1
         assert "cannot be reached" in capsys.readouterr().err
+
+
+async def test_images_are_paid_from_the_balance_every_replica_sees(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        state = make_state(tmp_path / "data", store_url=server.url, accounts={"price_per_image": 1.0})
+        other = RedisKeyStore(server.url, replica="other", timeout_s=2.0, retry_after_s=1.0)
+        info, key = other.create("app")  # made on another replica
+        other.set_credits(info.id, 3.0)
+        async with AsyncTestClient(create_app(state)) as client:
+            await state.load_task  # type: ignore[misc]
+            body = {**IMAGES, "n": 2}
+            paid = await client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert paid.status_code == 200, paid.text
+            account = other.account(info.id)
+            assert account is not None and account.credits == 1.0
+            short = await client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert short.status_code == 400
+            assert short.json()["error"]["code"] == "BILLING_BALANCE_NOT_ENOUGH"
+            assert other.open_reservations() == () and state.keystore.open_reservations() == ()
+        other.close()
+
+
+def test_store_url_takes_redis_urls_only() -> None:
+    assert load_settings(environ={"OMNISERVE_STORE_URL": "rediss://cache.internal:6380/2"}).store_url
+    with pytest.raises(SettingsError, match="store_url"):
+        load_settings(environ={"OMNISERVE_STORE_URL": "http://cache.internal:6379"})
