@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -25,9 +26,11 @@ import msgspec
 
 from engines.base import SamplingOptions
 from schemas.errors import ApiError, ErrorCode
-from server.keystore import InsufficientCredits, KeyAccount, KeyStore
+from server.keystore import InsufficientCredits, KeyAccount, KeyStore, StoreUnavailable
 from server.settings import AccountSettings
 from server.tasks.models import Task, TaskStatus, TaskType
+
+log = logging.getLogger("omniserve.accounts")
 
 HOUR_S = 3600.0
 DAY_S = 86400.0
@@ -136,7 +139,13 @@ class Accounts:
             ) from None
 
     def settle(self, request_id: str, *, succeeded: bool, keep: float | None = None) -> None:
-        self.store.settle(request_id, refund=not succeeded, keep=keep)
+        try:
+            self.store.settle(request_id, refund=not succeeded, keep=keep)
+        except StoreUnavailable:
+            # The work is over and its answer (or error) is on its way: a shared store that went
+            # away must not turn it into a 503. The reservation stays open, and this replica's
+            # next start settles it (refunded, like any request a stop cut off).
+            log.warning("key store unavailable: reservation %s left open", request_id)
 
     def meter(self, key_id: str | None, account: KeyAccount | None) -> Meter:
         """What one request of this key may spend; free (no key store work) unless the key

@@ -15,9 +15,12 @@ import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
+from server.accounts import Accounts
 from server.app import create_app
 from server.cli import main
+from server.keystore import StoreUnavailable
 from server.keystore_redis import RedisKeyStore
+from server.settings import AccountSettings
 from server.settings_loading import SettingsError, load_settings
 from tests.redis_server import redis_server
 from tests.unit.conftest import make_state
@@ -120,3 +123,18 @@ def test_store_url_takes_redis_urls_only() -> None:
     assert load_settings(environ={"OMNISERVE_STORE_URL": "rediss://cache.internal:6380/2"}).store_url
     with pytest.raises(SettingsError, match="store_url"):
         load_settings(environ={"OMNISERVE_STORE_URL": "http://cache.internal:6379"})
+
+
+def test_a_settle_while_the_store_is_down_does_not_fail_the_finished_request(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        store = RedisKeyStore(server.url, replica="first", timeout_s=0.5, retry_after_s=1.0)
+        accounts = Accounts(store, AccountSettings())
+        info, _ = store.create("app")
+        store.set_credits(info.id, 5.0)
+        assert accounts.reserve(info.id, "cut-off", 2.0) == 3.0
+        server.stop()
+        accounts.settle("cut-off", succeeded=True)  # no error for the request that finished
+        with pytest.raises(StoreUnavailable) as down:
+            accounts.reserve(info.id, "next", 1.0)
+        assert down.value.status == 503 and down.value.retry_after is not None
+        store.close()
