@@ -191,7 +191,8 @@ class RedisKeyStore:
             raise StoreUnavailable(wait)
         try:
             yield self._redis
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        # InvalidResponse: something that is not Redis answered (a proxy, a wrong port).
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse) as exc:
             with self._lock:
                 self._down_until = time.monotonic() + self._retry_after_s
             raise StoreUnavailable(self._retry_after_s) from exc

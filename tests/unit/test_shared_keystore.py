@@ -8,6 +8,7 @@ nothing on disk, so the key is made again once it is back (as an operator restor
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 
@@ -137,4 +138,19 @@ def test_a_settle_while_the_store_is_down_does_not_fail_the_finished_request(tmp
         with pytest.raises(StoreUnavailable) as down:
             accounts.reserve(info.id, "next", 1.0)
         assert down.value.status == 503 and down.value.retry_after is not None
+        store.close()
+
+
+def test_a_store_that_never_answers_is_unavailable_not_a_hang() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        store = RedisKeyStore(f"redis://127.0.0.1:{port}/0", replica="first", timeout_s=0.2, retry_after_s=5.0)
+        with pytest.raises(StoreUnavailable) as down:
+            store.identify("os-abc.def")
+        assert down.value.retry_after == 5.0
+        with pytest.raises(StoreUnavailable) as again:  # within the retry period: at once
+            store.reserve("r", "abc", 1.0)
+        assert again.value.retry_after is not None and again.value.retry_after <= 5.0
         store.close()
