@@ -80,6 +80,17 @@ class Authenticator:
         identity = self.identify(key)
         return identity.key_id if identity is not None else None
 
+    async def checked(self, key: str | None) -> Identity | None:
+        """`identify` for the event loop: a network store's wait (at most its timeout) is a thread's."""
+        if self.store.remote:
+            return await run_in(WorkPool.NETWORK, self.identify, key)
+        return self.identify(key)
+
+    async def checked_id(self, key: str | None) -> str | None:
+        """`authenticate` for the event loop."""
+        identity = await self.checked(key)
+        return identity.key_id if identity is not None else None
+
     def identify(self, key: str | None) -> Identity | None:
         """Who the key is and its role; None when the server is open."""
         if not self.keys_configured():
@@ -103,12 +114,7 @@ def key_guard(authenticator: Authenticator) -> Guard:
     async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """The guard of every key-guarded router (async: a sync guard would run in a thread)."""
         with step("authenticate") as span:
-            key = presented_key(connection)
-            if authenticator.store.remote:
-                # A shared store answers over the network: its wait (at most its timeout) is a thread's.
-                identity = await run_in(WorkPool.NETWORK, authenticator.identify, key)
-            else:
-                identity = authenticator.identify(key)
+            identity = await authenticator.checked(presented_key(connection))
             key_id = identity.key_id if identity is not None else None
             if key_id is not None and span.is_recording():
                 span.set_attribute("omniserve.api_key_id", key_id)

@@ -127,11 +127,13 @@ class KeyStore(Protocol):
     """What the server and the `keys` CLI need of a key store. Every implementation keeps the
     same semantics: keys only as hashes; a revoke or rotate takes effect on the next lookup;
     ``reserve`` never overdraws and a request id pays at most once; ``settle`` of a request id
-    that is not reserved (any more) changes nothing. A store that cannot be reached raises
-    `StoreUnavailable`."""
+    that is not reserved (any more) changes nothing, whichever server made it;
+    ``open_reservations`` are the ones this server made (for SQLite, the only server of its data
+    dir), which its startup settles. A store that cannot be reached raises `StoreUnavailable`."""
 
-    # Whether calls cross the network (Redis): the key guard, on every request, hands them to a
-    # thread. Other callers on the event loop call directly, bounded by the store's timeout.
+    # Whether calls cross the network (Redis): key checks, on every request, hand them to a
+    # thread (Authenticator.checked). Other callers on the event loop call directly, bounded by
+    # the store's timeout.
     remote: bool
 
     def close(self) -> None: ...

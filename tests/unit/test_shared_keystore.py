@@ -57,6 +57,11 @@ async def test_a_stopped_store_answers_503_with_retry_after_and_recovers(tmp_pat
             assert novita.status_code == 503
             assert novita.json()["reason"] == "SERVICE_NOT_AVAILABLE"
             assert "Retry-After" in novita.headers
+            novassium = await client.post("/api/novassium/v1/generate", json={}, headers={"X-API-Key": key})
+            assert novassium.status_code == 503  # its own key check, before the body
+            assert novassium.json()["code"] == "server_error" and "Retry-After" in novassium.headers
+            sdapi = await client.post("/api/v3/fetch/abc", json={"key": key})
+            assert sdapi.status_code == 503 and "Retry-After" in sdapi.headers
 
             server.start()
             replica = RedisKeyStore(server.url, replica="operator", timeout_s=2.0, retry_after_s=1.0)

@@ -22,7 +22,7 @@ _NOTHING_SENT = GenerateRequest()
 def novassium_key_guard(authenticator: Authenticator, accounts: Accounts) -> Guard:
     async def novassium_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         """The key is checked before the body is read, so a client without one learns that first."""
-        key_id = authenticator.authenticate(presented_key(connection))
+        key_id = await authenticator.checked_id(presented_key(connection))
         account = accounts.admit(key_id, "novassium")
         connection.scope["state"]["api_key_id"] = key_id
         if key_id is not None:

@@ -35,7 +35,7 @@ class SdApiController(Controller):
         authenticator: Authenticator,
         accounts: Accounts,
     ) -> dict[str, Any]:
-        key_id = authenticator.authenticate(body.key)
+        key_id = await authenticator.checked_id(body.key)
         # The duplicate filter compares the bodies as sent (Litestar keeps the bytes it decoded).
         sdapi.check_duplicate(key_id, await request.body())
         accounts.admit(key_id, "sdapi")
@@ -94,7 +94,7 @@ class SdApiController(Controller):
         accounts: Accounts,
         data: FetchRequest = _NO_KEY_SENT,
     ) -> dict[str, Any]:
-        key_id = authenticator.authenticate(data.key)
+        key_id = await authenticator.checked_id(data.key)
         # Polling is not new work: it checks the subscription but uses no request window.
         accounts.admit(key_id, "sdapi", count=False)
         return await sdapi.fetch(request_id, key_id, output_base_url(request))
