@@ -14,7 +14,14 @@ many probe wake-ups came 100 ms or more late. Answers other than 200 are counted
 waits the Retry-After it was given (at most 1 s) before its next request, so a refusing
 server is not hammered in a tight loop.
 
+omniserve runs with explicit admission bounds (--max-running streams at once per model,
+--max-queue-depth waiting): at c=256 the streams past both must be answered 429 with
+Retry-After at once rather than queue inside the engine, where TTFT p99 grows with the burst.
+Latencies are those of the accepted (200) streams; the last lines check that every 429 carried
+Retry-After. --omniserve-only skips vLLM's server (a second vLLM engine on the machine).
+
     python benchmarks/llm_frontend.py [--duration 10] [--rounds 3] [--concurrency 1,16,64,256]
+        [--max-running 64] [--max-queue-depth 64] [--omniserve-only]
 
 Only one server is under load at a time; the load generator runs in this process on the
 same machine.
@@ -65,6 +72,7 @@ class Result(msgspec.Struct):
     errors: int
     refused_with_retry_after: int = 0
     refused_without_retry_after: int = 0
+    queue_full_429: int = 0  # of the refusals, 429s (the rest are 503s)
     loop_lag_max_ms: float | None = None
     loop_stalls_100ms: int | None = None
 
@@ -74,6 +82,7 @@ class Refused(Exception):
 
     def __init__(self, status: int, retry_after: float | None) -> None:
         super().__init__(status)
+        self.status = status
         self.retry_after = retry_after
 
 
@@ -85,13 +94,14 @@ class Level(msgspec.Struct):
     ttft_p99_max_ms: float
 
 
-def omniserve_command(model_path: str, data_dir: Path, port: int) -> list[str]:
+def omniserve_command(model_path: str, data_dir: Path, port: int, max_running: int, max_queue_depth: int) -> list[str]:
     config = data_dir / "bench.toml"
     options = ", ".join(f"{key} = {msgspec.json.encode(value).decode()}" for key, value in ENGINE_OPTIONS.items())
     config.write_text(
         f'port = {port}\ndata_dir = "{data_dir}"\nlog_level = "warning"\n\n'
         # The benchmark reads the loop-lag gauge from /metrics without a key.
         '[metrics]\naccess = "open"\n\n'
+        f"[limits]\nmax_running_per_model = {max_running}\nmax_queue_depth = {max_queue_depth}\n\n"
         f'[[models]]\nname = "{MODEL}"\nkind = "chat"\npath = "{model_path}"\noptions = {{ {options} }}\n'
     )
     return [sys.executable, "-m", "server", "serve", "--config", str(config)]
@@ -185,18 +195,20 @@ async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: in
     gaps: list[float] = []
     errors = 0
     refused: Counter[bool] = Counter()
+    queue_full = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         stop_at = time.perf_counter() + duration_s
 
         async def worker() -> None:
-            nonlocal errors
+            nonlocal errors, queue_full
             while time.perf_counter() < stop_at:
                 try:
                     first, request_gaps = await one_request(session, url, max_tokens)
                 except Refused as refusal:
                     refused[refusal.retry_after is not None] += 1
+                    queue_full += refusal.status == 429
                     await asyncio.sleep(min(refusal.retry_after or 0.0, MAX_REFUSED_WAIT_S))
                     continue
                 except (TimeoutError, aiohttp.ClientError):
@@ -219,6 +231,7 @@ async def run_load(url: str, concurrency: int, duration_s: float, max_tokens: in
         errors=errors,
         refused_with_retry_after=refused[True],
         refused_without_retry_after=refused[False],
+        queue_full_429=queue_full,
     )
 
 
@@ -263,6 +276,7 @@ def summarize(results: list[Result]) -> Level:
         errors=sum(r.errors for r in results),
         refused_with_retry_after=sum(r.refused_with_retry_after for r in results),
         refused_without_retry_after=sum(r.refused_without_retry_after for r in results),
+        queue_full_429=sum(r.queue_full_429 for r in results),
         loop_lag_max_ms=max(lags) if lags else None,
         loop_stalls_100ms=sum(stalls) if stalls else None,
     )
@@ -299,33 +313,51 @@ def ratio(ours: float, theirs: float, higher_is_better: bool) -> str:
     return f"{(ours / theirs) if higher_is_better else (theirs / ours):.2f}"
 
 
-def print_table(ours: list[Level], theirs: list[Level], rounds: int) -> None:
+def print_table(ours: list[Level], theirs: list[Level] | None, rounds: int) -> None:
     print(
-        "| c | server | req/s | TTFT p50 ms | TTFT p99 ms | p99 min..max | ITL p50 ms | 200 | 429/503 (+RA / -RA) "
-        "| errors | loop lag max ms | lag >=100 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| c | server | req/s | TTFT p50 ms | TTFT p99 ms | p99 min..max | ITL p50 ms | 200 | 429 "
+        "| 429/503 (+RA / -RA) | errors | loop lag max ms | lag >=100 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
-    for a, b in zip(ours, theirs, strict=True):
-        for name, level in (("omniserve", a), ("vLLM", b)):
+    for index, a in enumerate(ours):
+        rows = [("omniserve", a)] + ([("vLLM", theirs[index])] if theirs else [])
+        for name, level in rows:
             r = level.mean
             lag = f"{r.loop_lag_max_ms:.1f}" if r.loop_lag_max_ms is not None else "n/a"
             stalls = str(r.loop_stalls_100ms) if r.loop_stalls_100ms is not None else "n/a"
             print(
                 f"| {r.concurrency} | {name} | {r.requests_per_s:.2f} | {r.ttft_p50_ms:.1f} | {r.ttft_p99_ms:.1f} "
                 f"| {level.ttft_p99_min_ms:.0f}..{level.ttft_p99_max_ms:.0f} | {r.itl_p50_ms:.2f} | {r.completed} "
-                f"| {r.refused_with_retry_after} / {r.refused_without_retry_after} | {r.errors} | {lag} | {stalls} |"
+                f"| {r.queue_full_429} | {r.refused_with_retry_after} / {r.refused_without_retry_after} | {r.errors} "
+                f"| {lag} | {stalls} |"
             )
-        x, y = a.mean, b.mean
-        print(
-            f"| {x.concurrency} | **ratio** | {ratio(x.requests_per_s, y.requests_per_s, True)} "
-            f"| {ratio(x.ttft_p50_ms, y.ttft_p50_ms, False)} | {ratio(x.ttft_p99_ms, y.ttft_p99_ms, False)} | "
-            f"| {ratio(x.itl_p50_ms, y.itl_p50_ms, False)} | | | | | |"
-        )
+        if theirs:
+            x, y = a.mean, theirs[index].mean
+            print(
+                f"| {x.concurrency} | **ratio** | {ratio(x.requests_per_s, y.requests_per_s, True)} "
+                f"| {ratio(x.ttft_p50_ms, y.ttft_p50_ms, False)} | {ratio(x.ttft_p99_ms, y.ttft_p99_ms, False)} | "
+                f"| {ratio(x.itl_p50_ms, y.itl_p50_ms, False)} | | | | | | |"
+            )
     print(
         f"\n{rounds} rounds per server and level; req/s, p50s and p99 are means over rounds, p99 min..max their "
-        "spread, counts are totals.\nratios: req/s omniserve/vLLM; latencies vLLM/omniserve (above 1.0 means "
-        "omniserve is better).\nloop lag: omniserve's worst event-loop delay in any round of the level, and its "
-        "25 ms probe's wake-ups that came 100 ms or more late (vLLM has no such probe)."
+        "spread, counts are totals; latencies are of the accepted (200) streams.\nratios: req/s omniserve/vLLM; "
+        "latencies vLLM/omniserve (above 1.0 means omniserve is better).\nloop lag: omniserve's worst event-loop "
+        "delay in any round of the level, and its 25 ms probe's wake-ups that came 100 ms or more late (vLLM has no "
+        "such probe)."
     )
+
+
+def check_refusals(ours: list[Level]) -> bool:
+    """Every refusal omniserve gave carried Retry-After; prints one line per level that refused."""
+    ok = True
+    for level in ours:
+        r = level.mean
+        refused = r.refused_with_retry_after + r.refused_without_retry_after
+        if refused:
+            verdict = "all with Retry-After" if not r.refused_without_retry_after else "SOME WITHOUT Retry-After"
+            print(f"omniserve c={r.concurrency}: {r.queue_full_429} 429s, {refused - r.queue_full_429} 503s: {verdict}")
+        ok = ok and not r.refused_without_retry_after
+    return ok
 
 
 def main() -> None:
@@ -335,6 +367,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="turns per server at each level")
     parser.add_argument("--model-path", help="a chat model folder (default: build the demo chat model)")
+    parser.add_argument("--max-running", type=int, default=64, help="omniserve's limits.max_running_per_model")
+    parser.add_argument("--max-queue-depth", type=int, default=64, help="omniserve's limits.max_queue_depth")
+    parser.add_argument("--omniserve-only", action="store_true", help="do not start vLLM's own server")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -346,18 +381,21 @@ def main() -> None:
 
         model_path = next(spec.path for spec in build_demo_models(work / "models") if spec.name == MODEL)
     omniserve_port, vllm_port = free_port(), free_port()
-    servers = [
-        Server("omniserve", omniserve_command(model_path, work, omniserve_port), omniserve_port),
-        Server("vllm", vllm_command(model_path, vllm_port), vllm_port),
-    ]
+    command = omniserve_command(model_path, work, omniserve_port, args.max_running, args.max_queue_depth)
+    servers = [Server("omniserve", command, omniserve_port)]
+    if not args.omniserve_only:
+        servers.append(Server("vllm", vllm_command(model_path, vllm_port), vllm_port))
     try:
         summary = asyncio.run(bench(servers, levels, args.rounds, args.duration, args.max_tokens))
     finally:
         for server in servers:
             server.stop()
-    ours, theirs = summary["omniserve"], summary["vllm"]
+    ours, theirs = summary["omniserve"], summary.get("vllm")
     print()
+    print(f"omniserve: limits.max_running_per_model {args.max_running}, limits.max_queue_depth {args.max_queue_depth}")
     print_table(ours, theirs, args.rounds)
+    if not check_refusals(ours):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def build_components(
     specs = [*specs, *animated_checkpoints(specs, settings.video.motion_adapter)]
     registry = ModelRegistry(specs, factories or default_factories(settings))
     policy = AdmissionPolicy(
+        max_concurrency=settings.limits.max_running_per_model,
         max_queue_depth=settings.limits.max_queue_depth,
         queue_timeout_s=settings.limits.queue_timeout_s,
         idle_ttl_s=settings.scheduler.idle_ttl_s,

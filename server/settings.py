@@ -18,6 +18,11 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 10 * 1024 * 1024
+    # Requests (sequences, for chat and completions) one model runs at once; more wait in its
+    # queue. 256, as many as vLLM batches by default. A smaller engine (a CPU model) serves a
+    # burst of 256 streams with a TTFT that grows with the burst: set this to what it keeps up
+    # with, and max_queue_depth to how many may wait, and the rest are answered 429 at once.
+    max_running_per_model: int = 256
     # Requests waiting for a model beyond those it runs; a full queue answers 429.
     max_queue_depth: int = 512
     # Longest a request waits for admission before a 503 with Retry-After.
@@ -87,7 +92,10 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"limits.{name} must be positive")
+        if self.max_queue_depth < 0:
+            raise ValueError("limits.max_queue_depth must be at least 0")
         for name in (
+            "max_running_per_model",
             "max_prompt_chars",
             "max_output_pixels",
             "max_request_pixels",

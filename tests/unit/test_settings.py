@@ -63,6 +63,10 @@ def test_bad_values_are_rejected_with_the_field() -> None:
         load_settings(environ={"OMNISERVE_PORT": "eighty"})
     with pytest.raises(SettingsError, match="max_body_bytes"):
         load_settings(environ={"OMNISERVE_LIMITS__MAX_BODY_BYTES": "lots"})
+    with pytest.raises(SettingsError, match="max_running_per_model"):
+        load_settings(environ={"OMNISERVE_LIMITS__MAX_RUNNING_PER_MODEL": "0"})
+    with pytest.raises(SettingsError, match="max_queue_depth"):
+        load_settings(environ={"OMNISERVE_LIMITS__MAX_QUEUE_DEPTH": "-1"})
     with pytest.raises(SettingsError, match="must not be negative"):
         load_settings(environ={"OMNISERVE_ACCOUNTS__WINDOWS__OPENAI__REQUESTS_PER_HOUR": "-1"})
 

@@ -99,6 +99,26 @@ async def test_a_stream_to_a_full_queue_is_a_429(tmp_path: Path, path: str, body
         plain_refusal(response, "QUEUE_FULL", 429)
 
 
+async def test_a_burst_past_the_running_and_queue_bounds_is_answered_429(tmp_path: Path) -> None:
+    """limits.max_running_per_model streams run, max_queue_depth wait for their 200, and every
+    stream of the burst past both is refused at once with Retry-After."""
+    async with served_app(tmp_path, max_running_per_model=2, max_queue_depth=1) as (_, scheduler, http):
+        assert scheduler.policy.max_concurrency == 2
+        async with ModelFull(scheduler) as full:  # the two running streams
+            queued = asyncio.create_task(http.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+            async with asyncio.timeout(5):
+                while scheduler.queue_state()["fake-chat"][0] < 1:
+                    await asyncio.sleep(0.01)
+            burst = [http.post("/v1/chat/completions", json={**CHAT, "stream": True}) for _ in range(3)]
+            for response in await asyncio.gather(*burst):
+                plain_refusal(response, "QUEUE_FULL", 429)
+            assert not queued.done()
+            full.release.set()
+        response = await asyncio.wait_for(queued, 5)
+        assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+        await settled(scheduler)
+
+
 async def test_a_stream_waits_for_its_turn_before_its_200(tmp_path: Path) -> None:
     async with served_app(tmp_path) as (_, scheduler, http):
         async with ModelFull(scheduler) as full:

@@ -34,6 +34,9 @@ _CONTAINER_OPTIONS = {"ogg": {"page_duration": "100000"}}
 # LAME's default algorithm quality (3) spends more CPU than speaking the text does; 7 halves the
 # encoding time at the same bit rate, and at 64 kbit/s speech it measured the same signal-to-noise.
 # It is LAME's fastest: 8 and 9 write the same bytes, and a lower bit rate or cutoff saves no time.
+# Measured on the demo VITS' 60 s of speech (8 texts): 0.27-0.29 s at quality 7, the same with
+# s16p or fltp input or VBR (-V2..-V6), about 0.5 s at quality 5; 16 kHz output saves under 20%
+# at the cost of the band above 8 kHz. So mp3 stays CBR 64k at quality 7.
 _CODEC_OPTIONS = {"libmp3lame": {"compression_level": "7"}}
 _UNKNOWN_LENGTH = 0xFFFFFFFF
 
