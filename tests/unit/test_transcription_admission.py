@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-import server.app
 import server.capabilities.transcription.transcriber as transcriber_module
-from engines.admission import AdmissionPolicy
 from engines.audio.decoding import decode_upload
 from engines.base import TranscribedSegment, TranscriptionJob
 from server.composition import Components
@@ -55,9 +52,8 @@ ServeFactory = Callable[..., Awaitable[Served]]
 
 
 @pytest.fixture
-async def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ServeFactory]:
+async def serve(tmp_path: Path) -> AsyncIterator[ServeFactory]:
     """Starts the app under uvicorn with the given `limits` settings, one request per model at a time."""
-    monkeypatch.setattr(server.app, "AdmissionPolicy", functools.partial(AdmissionPolicy, max_concurrency=1))
     async with contextlib.AsyncExitStack() as running:
 
         async def start(**limits: Any) -> Served:
@@ -66,7 +62,7 @@ async def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
                     tmp_path,
                     specs=[*FAKE_SPECS, FAKE_WHISPER_SPEC],
                     factories={"fake-whisper": FakeWhisperEngine},
-                    limits=limits,
+                    limits={"max_running_per_model": 1, **limits},
                 )
             )
             return Served(url, state)
