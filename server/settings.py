@@ -600,6 +600,34 @@ class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             raise ValueError("telemetry.sample_ratio must be between 0 and 1")
 
 
+class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Replicas sharing one store (``store_url`` a Redis): which models this one runs and how
+    the others learn of it. With the SQLite store there is one server, which runs everything."""
+
+    # Catalog models (names or aliases) this replica runs. Empty: all of them. Every replica
+    # knows the whole catalog, so any replica validates and accepts any request; a model
+    # only runs where it is served.
+    serve: list[str] = []
+    # Where other replicas (and the clients they redirect) reach this one. Empty: public_url.
+    advertise_url: str = ""
+    # How often this replica renews its cluster catalog entry and the leases of its tasks; an
+    # entry or lease not renewed within lease_s is dead, and its tasks are taken over.
+    heartbeat_s: float = 2.0
+    lease_s: float = 10.0
+    # Times a task whose replica died mid-run is run again by another replica before it
+    # fails with a reason.
+    max_task_retries: int = 1
+    # Forward an OpenAI-family request for a model served only elsewhere to a replica that
+    # serves it, instead of answering 404 with where it is served.
+    proxy_to_peers: bool = False
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
+            raise ValueError("cluster.heartbeat_s must be positive and cluster.lease_s at least twice it")
+        if self.max_task_retries < 0:
+            raise ValueError("cluster.max_task_retries must not be negative")
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -637,6 +665,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     image_tools: ImageToolSettings = msgspec.field(default_factory=ImageToolSettings)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 
