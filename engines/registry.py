@@ -19,6 +19,12 @@ def check_vllm_spec(spec: ModelSpec) -> None:
     """Refuses, at catalog load, what a vLLM model's entry names but vLLM does not know."""
     if spec.loras and spec.kind is not ModelKind.CHAT:
         raise CatalogError(f"model {spec.name}: loras are for chat models only")
+    from engines.llm.parallel import parallel_options
+
+    try:
+        parallel_options(spec.options)
+    except ValueError as exc:
+        raise CatalogError(f"model {spec.name}: {exc}") from None
     if spec.reasoning_parser is None:
         return
     if spec.kind is not ModelKind.CHAT:

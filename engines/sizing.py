@@ -26,6 +26,7 @@ import msgspec
 
 from engines.base import ModelSpec
 from engines.devices import HOST, DeviceMemory, host_total_bytes
+from engines.llm.parallel import parallel_options
 from engines.llm.sizing import (
     VLLM_DEFAULT_MODEL_LEN,
     config_model_len,
@@ -123,13 +124,17 @@ def _vllm_plan(
 ) -> Footprint:
     config = read_config(folder) if folder.is_dir() else {}
     options = engine_options(spec.options, on_cpu=device == HOST)
-    per_token = kv_bytes_per_token(config, kv_dtype_bytes(options, config))
+    # Split over several GPUs, each holds its share of the weights and of every token's cache
+    # (heads across tensor-parallel ranks, layers across pipeline stages); the footprint and
+    # vLLM's kv_cache_memory_bytes are those of one GPU.
+    gpus = parallel_options(spec.options).gpus
+    per_token = math.ceil(kv_bytes_per_token(config, kv_dtype_bytes(options, config)) / gpus)
     option = options.get("max_model_len")
     if isinstance(option, int) and option > 0:
         max_model_len = option
     else:
         max_model_len = min(config_model_len(config) or VLLM_DEFAULT_MODEL_LEN, policy.default_max_model_len)
-    weights = weight_bytes(options, folder)
+    weights = math.ceil(weight_bytes(options, folder) / gpus)
     total = budget.total_bytes if budget else 0
     cache = planned_cache_bytes(per_token, max_model_len, budget.budget_bytes if budget else None, policy)
     # Where the catalog sizes the cache itself, that is the cache the model holds.

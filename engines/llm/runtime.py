@@ -7,6 +7,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from engines.base import EngineInfo, ModelSpec
+from engines.llm.parallel import parallel_options
 from engines.llm.sizing import cache_options, engine_options
 from engines.sizing import Footprint, standalone_plan
 from engines.workpools import WorkPool, run_in
@@ -56,6 +57,36 @@ def takes_images(llm: AsyncLLM) -> bool:
     except Exception:  # no processor for this model: nothing it could take
         return False
     return "image" in supported and config.multimodal_config.get_limit_per_prompt("image") > 0
+
+
+def engine_arguments(
+    spec: ModelSpec,
+    plan: Footprint | None,
+    *,
+    on_cpu: bool,
+    kind_options: dict[str, Any],
+    runner: str | None,
+    sleep_available: bool,
+) -> dict[str, Any]:
+    """The AsyncEngineArgs fields (besides the model) a catalog entry loads with: the cache
+    sized to its footprint, its kind's arguments, then the catalog's own options, which win;
+    the parallelism ones among them typed (engines/llm/parallel.py)."""
+    options: dict[str, Any] = {
+        "enable_log_requests": False,
+        "disable_log_stats": True,
+        **cache_options(spec, plan, on_cpu=on_cpu),
+        **kind_options,
+        **engine_options(spec.options, on_cpu=on_cpu),
+        **parallel_options(spec.options).engine_arguments(),
+    }
+    if runner is not None:
+        options.setdefault("runner", runner)
+    # Sleep mode lets the scheduler evict the model by moving its weights to host
+    # memory (level 1) and wake it later instead of reloading; a catalog entry can
+    # turn it off with options.enable_sleep_mode = false.
+    if "enable_sleep_mode" not in options and sleep_available:
+        options["enable_sleep_mode"] = True
+    return options
 
 
 class VllmEngineBase:
@@ -117,21 +148,14 @@ class VllmEngineBase:
         # On CPU an entry without a dtype runs in float32 (engines/llm/sizing.py: CPU_DTYPE).
         if self._plan is None and not self.spec.memory_bytes:
             self._plan = await run_in(WorkPool.ENGINE, standalone_plan, self.spec)
-        on_cpu = runs_on_cpu()
-        options: dict[str, Any] = {
-            "enable_log_requests": False,
-            "disable_log_stats": True,
-            **cache_options(self.spec, self._plan, on_cpu=on_cpu),
-            **self._engine_kind_options(),
-            **engine_options(self.spec.options, on_cpu=on_cpu),
-        }
-        if runner is not None:
-            options.setdefault("runner", runner)
-        # Sleep mode lets the scheduler evict the model by moving its weights to host
-        # memory (level 1) and wake it later instead of reloading; a catalog entry can
-        # turn it off with options.enable_sleep_mode = false.
-        if "enable_sleep_mode" not in options and sleep_mode_available():
-            options["enable_sleep_mode"] = True
+        options = engine_arguments(
+            self.spec,
+            self._plan,
+            on_cpu=runs_on_cpu(),
+            kind_options=self._engine_kind_options(),
+            runner=runner,
+            sleep_available=sleep_mode_available(),
+        )
         args = AsyncEngineArgs(model=self.spec.path, **options)
         log.info("loading model %s with vLLM", self.spec.name)
         # Construction blocks while the engine process starts (tens of seconds on a

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engines.devices import HOST
+from engines.llm.parallel import parallel_options
 from engines.weights import model_weight_bytes
 
 if TYPE_CHECKING:
@@ -150,8 +151,10 @@ def cache_options(spec: ModelSpec, plan: Footprint | None, *, on_cpu: bool = Fal
     if _CACHE_OPTIONS & spec.options.keys():
         return {}
     if spec.memory_bytes > 0:
+        # A model split over several GPUs declares the footprint on each: its share of the weights.
         folder = Path(spec.path)
         weights = weight_bytes(engine_options(spec.options, on_cpu=on_cpu), folder) if folder.is_dir() else 0
+        weights = math.ceil(weights / parallel_options(spec.options).gpus)
         cache = spec.memory_bytes - weights
         return {"kv_cache_memory_bytes": cache} if cache > 0 else {}
     if plan is None or plan.kv_cache_bytes <= 0:
