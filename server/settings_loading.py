@@ -35,7 +35,8 @@ def _set_path(target: dict[str, Any], path: list[str], value: str) -> None:
     target[leaf] = value.split(",") if leaf in _LIST_FIELDS else value
 
 
-_LIST_FIELDS = frozenset({"static_keys", "static_admin_keys", "allowed_hosts"})
+# cluster.serve too: each replica of a Deployment sets the models it runs in its environment.
+_LIST_FIELDS = frozenset({"static_keys", "static_admin_keys", "allowed_hosts", "serve"})
 FILE_SUFFIX = "_FILE"
 # A secret file is a key or a password; anything larger is a wrong path (a device, a log).
 MAX_SETTING_FILE_BYTES = 64 * 1024

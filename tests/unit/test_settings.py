@@ -207,3 +207,10 @@ def test_the_old_single_window_and_the_new_ones_together_are_refused() -> None:
                 "OMNISERVE_ACCOUNTS__WINDOWS__OPENAI__REQUESTS_PER_HOUR": "5",
             }
         )
+
+
+def test_cluster_serve_is_a_comma_separated_list_in_the_environment() -> None:
+    # A Deployment names the models its replicas run in their environment (deploy/).
+    settings = load_settings(environ={"OMNISERVE_CLUSTER__SERVE": "chat-7b,chat-7b-lora"})
+    assert settings.cluster.serve == ["chat-7b", "chat-7b-lora"]
+    assert load_settings(environ={"OMNISERVE_CLUSTER__SERVE": "sdxl"}).cluster.serve == ["sdxl"]
