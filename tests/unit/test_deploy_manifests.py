@@ -48,11 +48,11 @@ def one(kind: str, name: str) -> dict[str, Any]:
 def container(deployment: dict[str, Any]) -> dict[str, Any]:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]  # type: ignore[no-any-return]
+    return containers[0]
 
 
 def settings_toml() -> str:
-    return one("ConfigMap", "omniserve-settings")["data"]["omniserve.toml"]  # type: ignore[no-any-return]
+    return one("ConfigMap", "omniserve-settings")["data"]["omniserve.toml"]
 
 
 def decode_settings(text: str) -> Settings:
@@ -61,7 +61,7 @@ def decode_settings(text: str) -> Settings:
 
 
 def secret() -> dict[str, str]:
-    return one("Secret", "omniserve-secrets")["stringData"]  # type: ignore[no-any-return]
+    return one("Secret", "omniserve-secrets")["stringData"]
 
 
 def pod_environment(deployment: dict[str, Any]) -> dict[str, str]:
@@ -243,11 +243,10 @@ def test_service_disruption_budgets_and_autoscaler_select_the_replicas(tmp_path:
     assert all(labels_match(service["spec"]["selector"], pod["metadata"]["labels"]) for pod in pods.values())
     port_names = {p["name"] for pod in pods.values() for p in pod["spec"]["containers"][0]["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
-    for name, pod in pods.items():
+    for name in pods:
         selector = one("PodDisruptionBudget", name)["spec"]["selector"]["matchLabels"]
-        assert [other for other, template in pods.items() if labels_match(selector, template["metadata"]["labels"])] == [
-            name
-        ]
+        selected = [other for other, pod in pods.items() if labels_match(selector, pod["metadata"]["labels"])]
+        assert selected == [name]
     hpa = one("HorizontalPodAutoscaler", "omniserve-llm")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "omniserve-llm"
     # The commented queue-depth example names a metric the server exports.

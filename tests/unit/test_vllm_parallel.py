@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,11 +23,11 @@ GB = 1 << 30
 GPU = DeviceMemory(name="cuda:0", total_bytes=80 * GB, budget_bytes=72 * GB)
 
 
-def chat(path: str = "/models/big", memory_bytes: int = 0, **options: object) -> ModelSpec:
+def chat(path: str = "/models/big", memory_bytes: int = 0, **options: Any) -> ModelSpec:
     return ModelSpec(name="big", kind=ModelKind.CHAT, path=path, memory_bytes=memory_bytes, options=options)
 
 
-def registry(**options: object) -> ModelRegistry:
+def registry(**options: Any) -> ModelRegistry:
     return ModelRegistry([chat(**options)], {"vllm": vllm_factory(cpu_threads=0)})
 
 
@@ -82,7 +83,7 @@ def test_the_planned_footprint_is_one_gpus_share(tmp_path: Path) -> None:
     folder = llm_folder(tmp_path, TINY_LLAMA)
     policy = SizingPolicy()
 
-    def plan(**options: object) -> Footprint:
+    def plan(**options: Any) -> Footprint:
         planned = plan_footprint(chat(str(folder), **options), device=GPU.name, budget=GPU, policy=policy)
         assert planned is not None
         return planned
