@@ -8,12 +8,14 @@ on any other.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.keystore import StoreUnavailable
 from server.storage.local import SECRET_BYTES, load_or_create_secret
 
 if TYPE_CHECKING:  # redis-py is imported only where a Redis store is used
@@ -23,9 +25,9 @@ KEY_NAME = "url-signing-key"
 
 
 class SharedSigningKey:
-    """The key in Redis, fetched (made, the first time anywhere) on first use and then kept:
-    a replica that starts while Redis is away serves, and signs once Redis is back (until
-    then, signing or checking a URL answers 503)."""
+    """The key in Redis, fetched (made, the first time anywhere) once and then kept: a replica
+    that starts while Redis is away serves, and signs once Redis is back (until then, signing
+    or checking a URL answers 503)."""
 
     def __init__(self, link: RedisLink) -> None:
         self._link = link
@@ -55,5 +57,10 @@ def url_signing_key(setting: str, link: RedisLink | None, key_file: Path) -> byt
     if setting:
         return setting.encode()
     if link is not None:
-        return SharedSigningKey(link)
+        shared = SharedSigningKey(link)
+        # Fetched now when Redis is up, so a later outage never reaches signing; a replica that
+        # starts while it is away fetches on first use.
+        with contextlib.suppress(StoreUnavailable):
+            shared()
+        return shared
     return load_or_create_secret(key_file)
