@@ -165,6 +165,9 @@ class BatchRunner:
                 await self._beat()
             except StoreUnavailable:
                 log.warning("batch leases not renewed: the store is unavailable")
+            except Exception:
+                # The heartbeat must outlive any one failure: without it the leases expire.
+                log.exception("batch heartbeat failed")
             await asyncio.sleep(self.heartbeat_s)
 
     async def _beat(self) -> None:

@@ -81,6 +81,21 @@ end
 return added
 """
 
+# KEYS: the lease. ARGV: the token, the lease in ms. SET NX PX, and also 1 for the holder itself
+# (a batch this process paused while the store was away is taken up again at once).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+if held then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # KEYS: the lease, the batch. ARGV: the token, the lease in ms. The batch's status while the
 # lease is this token's (now renewed), false when it is not.
 _RENEW = """
@@ -134,6 +149,7 @@ class RedisBatchStore:
         self._add_file = self._redis.register_script(_ADD_FILE)
         self._delete_file = self._redis.register_script(_DELETE_FILE)
         self._record = self._redis.register_script(_RECORD)
+        self._claim = self._redis.register_script(_CLAIM)
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._file_decoder = msgspec.json.Decoder(FileObject)
@@ -360,8 +376,8 @@ class RedisBatchStore:
 
     def claim(self, batch_id: str) -> bool:
         """Take the batch's lease when nobody holds it (or its holder's has expired)."""
-        with self._reaching() as db:
-            return bool(db.set(self._batch_key(batch_id, "lease"), self._token, nx=True, px=self._lease_ms))
+        with self._reaching():
+            return bool(self._claim(keys=[self._batch_key(batch_id, "lease")], args=[self._token, self._lease_ms]))
 
     def renew(self, batch_id: str) -> str | None:
         """Renew the lease held here: the batch's status, or None when the lease is lost."""

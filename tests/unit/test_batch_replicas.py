@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis
 
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.batches import Batch, BatchCreateRequest
@@ -23,7 +24,7 @@ from server.batches.runner import BatchRunner
 from server.batches.service import Batches
 from server.batches.store import FileContents
 from server.batches.store_redis import RedisBatchStore
-from server.keystore_redis import RedisKeyStore
+from server.keystore_redis import PREFIX, RedisKeyStore
 from server.settings import AccountSettings, BatchSettings
 from tests.redis_server import RedisServer, redis_server
 
@@ -227,3 +228,24 @@ async def test_a_line_turned_away_runs_again_and_is_paid_once(cluster: Cluster) 
     assert done.status == "completed" and first.service.calls == ["t0", "t1", "t1"]
     assert cluster.balance() == CREDITS - 2
     assert first.keys.open_reservations() == ()
+
+
+async def test_a_replica_that_lost_its_lease_stops_and_the_new_holder_finishes(cluster: Cluster) -> None:
+    first = await cluster.replica("a", FakeEmbeddings(held={"t1"}))
+    batch = await cluster.submit(first, [f"t{i}" for i in range(3)])
+    await wait_for(first.service.waiting)
+    second = await cluster.replica("b", FakeEmbeddings())
+    # As if the first had stalled past its lease: it expires and the second takes the batch.
+    client = redis.Redis.from_url(cluster.server.url)
+    client.delete(f"{PREFIX}batch:{batch.id}:lease")
+    client.close()
+    assert second.store.claim(batch.id)
+    done = await cluster.ended(second, batch.id)
+    assert done.status == "completed"
+    assert first.service.calls == ["t0", "t1"] and second.service.calls == ["t1", "t2"]
+    assert await cluster.output(second, done.output_file_id) == ["l0", "l1", "l2"]
+    # The first stopped at its next heartbeat, its line cut off unpaid.
+    async with asyncio.timeout(WAIT_S):
+        while batch.id in first.runner._tasks:
+            await asyncio.sleep(0.02)
+    assert cluster.balance() == CREDITS - 3
