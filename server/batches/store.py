@@ -12,6 +12,7 @@ Every method blocks: callers run them on the STORAGE pool (engines/workpools.py)
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS batch_lines (
     PRIMARY KEY (batch_id, line)
 );
 """
+
+log = logging.getLogger("omniserve.batches")
 
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 
@@ -363,6 +366,12 @@ def open_batch_store(settings: Settings, data_path: Path) -> tuple[BatchStore, F
     if not settings.store_url:
         return SqliteBatchStore(data_path / "batches.sqlite3"), contents, None
     from server.batches.store_redis import RedisBatchStore  # redis-py only when it is used
+
+    if not settings.batches.files_dir:
+        log.warning(
+            "batches.files_dir is empty: files uploaded here are read only here, so another replica "
+            "running their batch fails it (missing_input_file); set it to a folder all replicas share"
+        )
 
     store = RedisBatchStore(
         settings.store_url,
