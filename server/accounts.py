@@ -211,7 +211,16 @@ class Charge:
 
     __slots__ = ("_accounts", "_key_id", "_left", "_request_id", "_reserved", "base", "most", "price", "units")
 
-    def __init__(self, accounts: Accounts | None, key_id: str | None, base: float, price: float, most: float) -> None:
+    def __init__(
+        self,
+        accounts: Accounts | None,
+        key_id: str | None,
+        base: float,
+        price: float,
+        most: float,
+        *,
+        request_id: str | None = None,  # the caller's id for it (a batch line's run); default: a new one
+    ) -> None:
         self._accounts = accounts
         self._key_id = key_id
         self._request_id: str | None = None
@@ -220,7 +229,7 @@ class Charge:
         self._reserved = False
         if accounts is not None and key_id is not None and base + price * most > 0:
             self._reserved = True
-            self._request_id = uuid.uuid4().hex
+            self._request_id = request_id or uuid.uuid4().hex
             self._left = accounts.reserve(key_id, self._request_id, base + price * most)
 
     @property

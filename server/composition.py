@@ -17,7 +17,7 @@ from server.batches.files import BatchFiles
 from server.batches.lines import line_services
 from server.batches.runner import BatchRunner
 from server.batches.service import Batches
-from server.batches.store import BatchStore, FileContents
+from server.batches.store import open_batch_store
 from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
@@ -125,8 +125,7 @@ class Components:
         )
         self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
         # The Batch API: its lines run through the text services above (server/batches/).
-        self.batch_store = BatchStore(data / "batches.sqlite3")
-        batch_contents = FileContents(data / "batch_files")
+        self.batch_store, batch_contents, batch_leases = open_batch_store(settings, data)
         self.batch_files = BatchFiles(self.batch_store, batch_contents, settings.batches)
         self.batch_runner = BatchRunner(
             self.batch_store,
@@ -134,6 +133,8 @@ class Components:
             line_services(self.text),
             accounts=self.accounts,
             concurrent_lines=settings.batches.concurrent_lines,
+            leases=batch_leases,
+            heartbeat_s=settings.cluster.heartbeat_s,
         )
         self.batches = Batches(self.batch_store, self.batch_files, self.batch_runner, settings.batches)
         self.submission = TaskSubmission(

@@ -343,6 +343,10 @@ class BatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrent_lines: int = 2
     # Longest completion_window a batch may ask for, in hours ("24h" and "48h" are accepted).
     max_window_h: int = 48
+    # Where uploaded and output files' bytes are kept. Empty: <data_dir>/batch_files. With
+    # replicas sharing a Redis store (store_url), a folder every replica mounts (NFS, a shared
+    # volume): a file uploaded to one replica is read by whichever runs its batch.
+    files_dir: str = ""
 
     def __post_init__(self) -> None:
         if min(self.max_file_bytes, self.max_lines, self.max_line_bytes, self.max_files_per_key) < 1:
