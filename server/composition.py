@@ -54,7 +54,7 @@ from server.storage.local import LocalStorage, clean_outputs_periodically, load_
 from server.storage.s3 import S3Uploader
 from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
-from server.tasks.store import SqliteTaskStore
+from server.tasks.store import open_task_store
 from server.tasks.submission import TaskSubmission
 from server.tasks.webhooks import WebhookSender
 from server.telemetry.loop_lag import LoopLagProbe
@@ -80,7 +80,7 @@ class Components:
         self.catalog = ModelCatalog(scheduler)
         self.readiness = Readiness(scheduler)
         self.accounts = Accounts(keystore, settings.accounts)
-        self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
+        self.task_store = open_task_store(settings)
         self.outbound = OutboundHttp(
             allow_private=tasks.allow_private_urls, timeout_s=tasks.fetch_timeout_s, max_bytes=tasks.max_fetch_bytes
         )
@@ -90,7 +90,7 @@ class Components:
         self.s3_uploader = S3Uploader(settings.s3, self.storage)
         self.webhook_bodies = WebhookBodies(self.storage, settings.public_base_url, self.s3_uploader.presigned_url)
         self.task_runner = TaskRunner(
-            self.task_store,
+            self.task_store,  # type: ignore[arg-type]  # runner.py still names SqliteTaskStore
             self.webhooks,
             self.webhook_bodies,
             workers=tasks.workers,
@@ -102,6 +102,7 @@ class Components:
             drain_grace_s=tasks.drain_grace_s,
             retention_s=tasks.retention_s,
         )
+        self.task_runner.outbox.lease_s = tasks.webhook_lease_s
         self.task_results = TaskResults(
             self.task_store,
             self.task_runner.progress,
@@ -228,7 +229,7 @@ class Components:
             await asyncio.gather(self._cleaner, return_exceptions=True)
         await self.task_runner.stop()
         await self.batch_runner.stop()
-        self.task_store.close()
+        await self.task_store.close()
         self.batch_store.close()
         self.response_store.close()
         self.keystore.close()
