@@ -75,6 +75,7 @@ class Components:
         self.load_task: asyncio.Task[None] | None = None
         self.data_lock = DataDirLock(data)
         self._cleaner: asyncio.Task[None] | None = None
+        self._tasks_start: asyncio.Task[None] | None = None
 
         self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
         self.catalog = ModelCatalog(scheduler)
@@ -205,7 +206,13 @@ class Components:
         except DataDirLocked as exc:
             log.error("%s", exc)
             raise
-        await self.task_runner.start()
+        if await self._task_store_answers():
+            await self.task_runner.start()
+        else:
+            # A shared task store that is down does not keep the server from starting: task
+            # routes answer 503 meanwhile, and the runner starts once the store answers.
+            log.warning("task store unavailable: the task runner starts once it answers")
+            self._tasks_start = asyncio.create_task(self._start_tasks_when_the_store_answers())
         await self.batch_runner.start()  # unfinished batches resume where their results end
         # After the runner's recovery: reservations of tasks it failed are refunded.
         try:
@@ -218,6 +225,19 @@ class Components:
         self._cleaner = asyncio.create_task(clean_outputs_periodically(self.storage, max_age))
         self.loop_lag.start()
 
+    async def _task_store_answers(self) -> bool:
+        try:
+            await self.task_store.pending_webhooks()
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def _start_tasks_when_the_store_answers(self) -> None:
+        while not await self._task_store_answers():
+            await asyncio.sleep(self.settings.store_retry_after_s)
+        log.info("task store reachable: starting the task runner")
+        await self.task_runner.start()
+
     def begin_drain(self) -> None:
         """The stop signal arrived (called from the signal handler): start no new task."""
         self.task_runner.drain()
@@ -227,6 +247,9 @@ class Components:
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.gather(self._cleaner, return_exceptions=True)
+        if self._tasks_start is not None:
+            self._tasks_start.cancel()
+            await asyncio.gather(self._tasks_start, return_exceptions=True)
         await self.task_runner.stop()
         await self.batch_runner.stop()
         await self.task_store.close()
