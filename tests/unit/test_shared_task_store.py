@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.composition import Components
 from server.keystore_redis import RedisKeyStore
+from server.settings_loading import SettingsError, load_settings
 from server.tasks.models import TaskStatus
 from server.tasks.store_redis import RedisTaskStore
 from tests.redis_server import redis_server
@@ -94,3 +96,10 @@ async def test_the_task_runner_starts_once_redis_answers(tmp_path: Any) -> None:
             assert submitted.status_code == 200, submitted.text
             result = await _result(client, key, submitted.json()["task_id"])
             assert result["task"]["status"] == TaskStatus.SUCCEED, result
+
+
+def test_the_webhook_lease_comes_from_settings_and_outlasts_an_attempt(tmp_path: Any) -> None:
+    with pytest.raises(SettingsError, match="webhook_lease_s"):
+        load_settings(environ={"OMNISERVE_TASKS__WEBHOOK_LEASE_S": "20"})  # fetch_timeout_s is 15
+    state = make_state(tmp_path, tasks={"webhook_lease_s": 90.0})
+    assert state.task_runner.outbox.lease_s == 90.0
