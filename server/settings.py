@@ -276,8 +276,14 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Finished tasks (their stored request bodies with them) are deleted this long after
     # they end; 0 keeps them forever.
     retention_s: float = 7 * 86400.0
+    # A webhook delivery being sent is leased for this long: no other replica sharing the
+    # store sends it meanwhile, and it is due again after it if this one died. Must be well
+    # above one attempt's deadline (at most fetch_timeout_s).
+    webhook_lease_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.webhook_lease_s < 2 * self.fetch_timeout_s:
+            raise ValueError("tasks.webhook_lease_s must be at least twice tasks.fetch_timeout_s")
         if self.workers < 1:
             raise ValueError("tasks.workers must be at least 1")
         if self.max_queued < 1 or self.max_queued_per_key < 1:
