@@ -268,20 +268,37 @@ def persistent_redis(workdir: Path) -> RedisServer:
     return RedisServer(workdir, persist=True)
 
 
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra``'s values, tables merged key by key."""
+    merged = dict(base)
+    for name, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = _merged(merged[name], value)
+        else:
+            merged[name] = value
+    return merged
+
+
 @contextmanager
 def running_cluster(
-    workdir: Path, catalog: list[ModelSpec], *, names: tuple[str, ...] = ("a", "b")
+    workdir: Path,
+    catalog: list[ModelSpec],
+    *,
+    names: tuple[str, ...] = ("a", "b"),
+    serve: dict[str, list[str]] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[Cluster]:
     """Redis, then the replicas, started at once and awaited together; all stopped on exit
-    (the logs stay in ``workdir``)."""
+    (the logs stay in ``workdir``). ``serve``: the catalog models each replica runs, by replica
+    name (settings ``cluster.serve``; a replica not named runs all of them). ``settings``: more
+    settings for every replica, merged over the harness's own."""
     assert shutil.which("redis-server"), "redis-server is not installed (Debian: apt-get install redis-server)"
     redis_dir = workdir / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
     outputs_dir = workdir / "outputs"
     outputs_dir.mkdir(parents=True, exist_ok=True)
     store = persistent_redis(redis_dir)
-    store.start()
-    settings: dict[str, Any] = {
+    common: dict[str, Any] = {
         "store_url": store.url,
         "store_retry_after_s": STORE_RETRY_AFTER_S,
         "log_format": "text",
@@ -291,9 +308,15 @@ def running_cluster(
         "models": [_spec_settings(spec) for spec in catalog],
         **shared_outputs_settings(outputs_dir),
     }
-    replicas = [Replica(name, workdir / f"replica-{name}", settings) for name in names]
+    common = _merged(common, settings or {})
+    serving = serve or {}
+    replicas: list[Replica] = []
+    for name in names:
+        own = _merged(common, {"cluster": {"serve": serving[name]}}) if name in serving else common
+        replicas.append(Replica(name, workdir / f"replica-{name}", own))
     cluster = Cluster(store, replicas, outputs_dir)
     try:
+        store.start()
         # An admin key first: with no key in the store a loopback server would serve openly.
         created = replicas[0].cli("keys", "create", "operator", "--admin")
         admin_key = re.search(r"^key:\s+(\S+)", created, re.MULTILINE)
