@@ -83,8 +83,10 @@ class Replica:
         self.log_path = workdir / "server.log"
         settings = {**settings, "cluster": {**settings.get("cluster", {}), "advertise_url": self.base_url}}
         self.config_path.write_text(tomli_w.dumps(settings))
+        # Only the harness's settings: none inherited from the environment the tests run in.
+        inherited = {name: value for name, value in os.environ.items() if not name.startswith("OMNISERVE_")}
         self.env = {
-            **os.environ,
+            **inherited,
             "OMNISERVE_CONFIG": str(self.config_path),
             "OMNISERVE_DATA_DIR": str(self.data_dir),
             "OMNISERVE_PORT": str(self.port),
