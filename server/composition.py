@@ -50,7 +50,8 @@ from server.routes.vendor.common import vendor_model
 from server.routes.vendor.novassium_images import NovassiumImages
 from server.routes.vendor.sdapi_tasks import SdApiTasks
 from server.settings import Settings
-from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
+from server.shared_state import output_storage, recent_requests, request_windows, store_link
+from server.storage.local import clean_outputs_periodically
 from server.storage.s3 import S3Uploader
 from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
@@ -76,10 +77,12 @@ class Components:
         self.data_lock = DataDirLock(data)
         self._cleaner: asyncio.Task[None] | None = None
 
-        self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
+        # Windows, duplicate filter and signing key: shared in Redis when the key store is.
+        link = store_link(settings, keystore)
+        self.storage = output_storage(settings, link)
         self.catalog = ModelCatalog(scheduler)
         self.readiness = Readiness(scheduler)
-        self.accounts = Accounts(keystore, settings.accounts)
+        self.accounts = Accounts(keystore, settings.accounts, windows=request_windows(link))
         self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
         self.outbound = OutboundHttp(
             allow_private=tasks.allow_private_urls, timeout_s=tasks.fetch_timeout_s, max_bytes=tasks.max_fetch_bytes
@@ -194,6 +197,7 @@ class Components:
             self.outbound,
             vendor,
             model=vendor_model(scheduler, vendor.sdapi_model, "sdapi_model"),
+            recent=recent_requests(link, "sdapi-duplicates"),
         )
         self.webhook_bodies.vendor_bodies.append(self.sdapi.webhook_body)
 

@@ -104,7 +104,7 @@ class StoreUnavailable(ApiError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(
             ErrorCode.SERVICE_NOT_AVAILABLE,
-            "The key store is unavailable; try again shortly.",
+            "The shared store is unavailable; try again shortly.",
             retry_after=retry_after,
         )
 

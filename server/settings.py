@@ -600,6 +600,27 @@ class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             raise ValueError("telemetry.sample_ratio must be between 0 and 1")
 
 
+# Bytes an HMAC key of output URLs needs at least (as server/storage/local.py's SECRET_BYTES).
+MIN_URL_SIGNING_KEY_BYTES = 32
+
+
+class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where task outputs are kept, and the key that signs their URLs. Replicas serve each
+    other's outputs when they share both: a folder every replica mounts, and one key."""
+
+    # Empty: <data_dir>/outputs. A folder on a volume every replica mounts (NFS, a Kubernetes
+    # ReadWriteMany claim) lets any replica serve any output.
+    outputs_dir: str = ""
+    # The HMAC key of output URLs, at least 32 bytes (``openssl rand -hex 32``). Empty: with a
+    # Redis store_url, a random one made once in Redis and read by every replica; else
+    # <data_dir>/url-signing.key, made on first use.
+    url_signing_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.url_signing_key and len(self.url_signing_key.encode()) < MIN_URL_SIGNING_KEY_BYTES:
+            raise ValueError(f"storage.url_signing_key must be at least {MIN_URL_SIGNING_KEY_BYTES} bytes")
+
+
 class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Replicas sharing one store (``store_url`` a Redis): which models this one runs and how
     the others learn of it. With the SQLite store there is one server, which runs everything."""
@@ -666,6 +687,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 
