@@ -1,11 +1,12 @@
 """Two omniserve processes (replicas) on one real redis-server, for the tests of what replicas
-share: keys, balances and (as they come) tasks, queues and outputs.
+share: keys, balances, outputs and (as they come) tasks and queues.
 
 Each replica is a real `python -m server serve` process (so a test can kill -9 it) with its own
 data dir (so its own replica id, `<data_dir>/replica-id`) and port, and one settings file of the
-same shape: the same catalog, `store_url` naming the shared Redis, metered accounts. The catalog
-is only `demo-sd` (built in about 6 s, loaded in about 5): one real model keeps each start short
-on a 2-core machine, and its images are priced per image (`accounts.price_per_image`).
+same shape: the same catalog, `store_url` naming the shared Redis, one outputs folder
+(`storage.outputs_dir`), metered accounts. The catalog is only `demo-sd` (built in about 6 s,
+loaded in about 5): one real model keeps each start short on a 2-core machine, and its images
+are priced per image (`accounts.price_per_image`).
 
 The Redis keeps what it is told on disk (an append-only file, synced on every write, in its
 workdir), as a deployment's would: a stop and start of Redis, or a kill -9 of it, loses nothing,
@@ -56,11 +57,10 @@ def build_catalog(root: Path) -> list[ModelSpec]:
 
 
 def shared_outputs_settings(outputs_dir: Path) -> dict[str, Any]:
-    """The settings that point every replica at one outputs directory (and the key that signs
-    its URLs), so that a replica serves the files another one made. There are none yet: once
-    they exist, return them here and every replica of the harness gets them."""
-    del outputs_dir
-    return {}
+    """The settings that point every replica at one outputs folder, so that a replica serves
+    the files another one made. The key that signs their URLs is left unset: with a Redis
+    store_url every replica reads the one made once in Redis."""
+    return {"storage": {"outputs_dir": str(outputs_dir)}}
 
 
 def _spec_settings(spec: ModelSpec) -> dict[str, Any]:

@@ -1,8 +1,8 @@
-"""Keys and balances that two replicas share through one Redis, with the official clients: a key
-made or revoked anywhere counts everywhere at the next request, a balance spent from both
+"""What two replicas share through one Redis and one outputs folder, with the official clients:
+a key made or revoked anywhere counts everywhere at the next request, a balance spent from both
 replicas at once is never overdrawn, a replica killed mid-request gives its reservation back
-when it starts again, and a Redis that stops answers 503 with Retry-After (never a hang) until
-it is back."""
+when it starts again, an output URL one replica made is served by the other, and a Redis that
+stops answers 503 with Retry-After (never a hang) until it is back."""
 
 from __future__ import annotations
 
@@ -127,6 +127,24 @@ def test_a_replica_killed_mid_request_refunds_its_reservation_when_it_starts_aga
     assert cluster.balance(key_id) == 4 * PRICE_PER_IMAGE
     assert cluster.open_reservations(cluster.a) == set()
     assert _image(cluster.a, key) == 1
+
+
+def test_an_output_url_made_by_one_replica_is_served_by_the_other(cluster: Cluster) -> None:
+    _, key = cluster.create_key("outputs")
+    with _openai(cluster.a, key) as client:
+        [item] = client.images.generate(**{**IMAGE, "response_format": "url"}, extra_body=QUICK).data or []
+    assert item.url is not None and item.url.startswith(cluster.a.base_url), item.url
+    made = httpx.get(item.url, timeout=CLIENT_TIMEOUT_S)
+    assert made.status_code == 200 and made.headers["content-type"] == "image/png"
+    # The same signed path on B: the file is in the shared folder, the signature made with the
+    # key both replicas read from Redis.
+    on_b = item.url.replace(cluster.a.base_url, cluster.b.base_url, 1)
+    elsewhere = httpx.get(on_b, timeout=CLIENT_TIMEOUT_S)
+    assert elsewhere.status_code == 200, elsewhere.text
+    assert elsewhere.content == made.content
+    # A signature that is not the shared key's is refused there as on A.
+    tampered = httpx.get(on_b[:-1] + ("1" if on_b.endswith("0") else "0"), timeout=CLIENT_TIMEOUT_S)
+    assert tampered.status_code == 403 and tampered.json()["reason"] == "ACCESS_DENY", tampered.text
 
 
 def test_a_stopped_redis_answers_503_with_retry_after_then_service_resumes(cluster: Cluster) -> None:
