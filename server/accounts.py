@@ -7,13 +7,13 @@ failed). Credits live in the key store, so a reservation is one SQL transaction 
 ``UPDATE ... WHERE credits >= cost`` keeps a balance from going negative under any
 concurrency; a request id pays at most once.
 
-Request windows are sliding, per key and per API family, kept in memory: a restart forgets them (the limits
-guard fair use, not money). Requests without a key (open mode) are not accounted at all.
+Request windows are sliding, per key and per API family (server/request_windows.py): in memory for
+one server (a restart forgets them: the limits guard fair use, not money), in the shared Redis for
+replicas. Requests without a key (open mode) are not accounted at all.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import time
@@ -27,13 +27,12 @@ import msgspec
 from engines.base import SamplingOptions
 from schemas.errors import ApiError, ErrorCode
 from server.keystore import InsufficientCredits, KeyAccount, KeyStore, StoreUnavailable
+from server.request_windows import MemoryWindows, RequestWindows
 from server.settings import AccountSettings
 from server.tasks.models import Task, TaskStatus, TaskType
 
 log = logging.getLogger("omniserve.accounts")
 
-HOUR_S = 3600.0
-DAY_S = 86400.0
 # Keys from settings (auth.static_keys) have no row in the key store: no balance, so they are
 # never charged, and the default request windows (each key its own, by its own id).
 STATIC_KEY_PREFIX = "static-"
@@ -55,32 +54,20 @@ def speech_seconds_bound(text: str, speed: float) -> float:
     return (1.0 + len(text) / SPEECH_CHARS_PER_SECOND) / max(speed, 0.01)
 
 
-class _Window:
-    """Timestamps of the requests admitted in the last ``span`` seconds."""
-
-    __slots__ = ("span", "times")
-
-    def __init__(self, span: float) -> None:
-        self.span = span
-        self.times: collections.deque[float] = collections.deque()
-
-    def wait(self, limit: int, now: float) -> float:
-        """Seconds until one more request fits; 0 when it fits now."""
-        while self.times and self.times[0] <= now - self.span:
-            self.times.popleft()
-        if limit <= 0 or len(self.times) < limit:
-            return 0.0
-        return self.times[len(self.times) - limit] + self.span - now
-
-
 class Accounts:
     def __init__(
-        self, store: KeyStore, settings: AccountSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        store: KeyStore,
+        settings: AccountSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        windows: RequestWindows | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        # The in-memory windows' clock; replaceable after construction (tests move it on).
         self.clock = clock
-        self._windows: dict[tuple[str, ApiFamily], tuple[_Window, _Window]] = {}
+        self.windows = windows if windows is not None else MemoryWindows(lambda: self.clock())
 
     def account(self, key_id: str) -> KeyAccount | None:
         return None if _is_static(key_id) else self.store.account(key_id)
@@ -105,21 +92,14 @@ class Accounts:
             day_limit = day_limit if account.day_limit is None else account.day_limit
         if hour_limit <= 0 and day_limit <= 0:
             return
-        windows = self._windows.get((key_id, family))
-        if windows is None:
-            windows = self._windows[(key_id, family)] = (_Window(HOUR_S), _Window(DAY_S))
-        now = self.clock()
-        hour, day = windows
-        wait = max(hour.wait(hour_limit, now), day.wait(day_limit, now))
-        if wait > 0:
-            which = "hourly" if hour.wait(hour_limit, now) > 0 else "daily"
+        refusal = self.windows.admit(key_id, family, hour_limit, day_limit)
+        if refusal is not None:
             raise ApiError(
                 ErrorCode.RATE_LIMIT_EXCEEDED,
-                f"This API key has used its {which} request limit; try again in {max(1, round(wait))} s.",
-                retry_after=wait,
+                f"This API key has used its {refusal.window} request limit; "
+                f"try again in {max(1, round(refusal.wait_s))} s.",
+                retry_after=refusal.wait_s,
             )
-        hour.times.append(now)
-        day.times.append(now)
 
     def balance(self, key_id: str | None) -> float | None:
         """The key's credits; None for an unmetered key or an open server."""
@@ -231,7 +211,16 @@ class Charge:
 
     __slots__ = ("_accounts", "_key_id", "_left", "_request_id", "_reserved", "base", "most", "price", "units")
 
-    def __init__(self, accounts: Accounts | None, key_id: str | None, base: float, price: float, most: float) -> None:
+    def __init__(
+        self,
+        accounts: Accounts | None,
+        key_id: str | None,
+        base: float,
+        price: float,
+        most: float,
+        *,
+        request_id: str | None = None,  # the caller's id for it (a batch line's run); default: a new one
+    ) -> None:
         self._accounts = accounts
         self._key_id = key_id
         self._request_id: str | None = None
@@ -240,7 +229,7 @@ class Charge:
         self._reserved = False
         if accounts is not None and key_id is not None and base + price * most > 0:
             self._reserved = True
-            self._request_id = uuid.uuid4().hex
+            self._request_id = request_id or uuid.uuid4().hex
             self._left = accounts.reserve(key_id, self._request_id, base + price * most)
 
     @property

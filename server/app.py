@@ -145,6 +145,7 @@ def build_components(
     tags=["operations"],
 )
 async def metrics(metrics: Metrics) -> Response[bytes]:
+    await metrics.refresh()
     return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
 

@@ -17,7 +17,7 @@ from server.batches.files import BatchFiles
 from server.batches.lines import line_services
 from server.batches.runner import BatchRunner
 from server.batches.service import Batches
-from server.batches.store import BatchStore, FileContents
+from server.batches.store import open_batch_store
 from server.capabilities.image_editor import ImageEditor
 from server.capabilities.images.generation import ImageGenerator
 from server.capabilities.images.safety import NsfwDetector
@@ -50,11 +50,12 @@ from server.routes.vendor.common import vendor_model
 from server.routes.vendor.novassium_images import NovassiumImages
 from server.routes.vendor.sdapi_tasks import SdApiTasks
 from server.settings import Settings
-from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
+from server.shared_state import output_storage, recent_requests, request_windows, store_link
+from server.storage.local import clean_outputs_periodically
 from server.storage.s3 import S3Uploader
 from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
-from server.tasks.store import SqliteTaskStore
+from server.tasks.store import open_task_store
 from server.tasks.submission import TaskSubmission
 from server.tasks.webhooks import WebhookSender
 from server.telemetry.loop_lag import LoopLagProbe
@@ -75,12 +76,15 @@ class Components:
         self.load_task: asyncio.Task[None] | None = None
         self.data_lock = DataDirLock(data)
         self._cleaner: asyncio.Task[None] | None = None
+        self._tasks_start: asyncio.Task[None] | None = None
 
-        self.storage = LocalStorage(data / "outputs", load_or_create_secret(data / "url-signing.key"))
+        # Windows, duplicate filter and signing key: shared in Redis when the key store is.
+        link = store_link(settings, keystore)
+        self.storage = output_storage(settings, link)
         self.catalog = ModelCatalog(scheduler)
         self.readiness = Readiness(scheduler)
-        self.accounts = Accounts(keystore, settings.accounts)
-        self.task_store = SqliteTaskStore(data / "tasks.sqlite3")
+        self.accounts = Accounts(keystore, settings.accounts, windows=request_windows(link))
+        self.task_store = open_task_store(settings)
         self.outbound = OutboundHttp(
             allow_private=tasks.allow_private_urls, timeout_s=tasks.fetch_timeout_s, max_bytes=tasks.max_fetch_bytes
         )
@@ -90,7 +94,7 @@ class Components:
         self.s3_uploader = S3Uploader(settings.s3, self.storage)
         self.webhook_bodies = WebhookBodies(self.storage, settings.public_base_url, self.s3_uploader.presigned_url)
         self.task_runner = TaskRunner(
-            self.task_store,
+            self.task_store,  # type: ignore[arg-type]  # runner.py still names SqliteTaskStore
             self.webhooks,
             self.webhook_bodies,
             workers=tasks.workers,
@@ -102,6 +106,7 @@ class Components:
             drain_grace_s=tasks.drain_grace_s,
             retention_s=tasks.retention_s,
         )
+        self.task_runner.outbox.lease_s = tasks.webhook_lease_s
         self.task_results = TaskResults(
             self.task_store,
             self.task_runner.progress,
@@ -122,8 +127,7 @@ class Components:
         )
         self.nsfw = NsfwDetector(scheduler, tasks.safety_model)
         # The Batch API: its lines run through the text services above (server/batches/).
-        self.batch_store = BatchStore(data / "batches.sqlite3")
-        batch_contents = FileContents(data / "batch_files")
+        self.batch_store, batch_contents, batch_leases = open_batch_store(settings, data)
         self.batch_files = BatchFiles(self.batch_store, batch_contents, settings.batches)
         self.batch_runner = BatchRunner(
             self.batch_store,
@@ -131,6 +135,8 @@ class Components:
             line_services(self.text),
             accounts=self.accounts,
             concurrent_lines=settings.batches.concurrent_lines,
+            leases=batch_leases,
+            heartbeat_s=settings.cluster.heartbeat_s,
         )
         self.batches = Batches(self.batch_store, self.batch_files, self.batch_runner, settings.batches)
         self.submission = TaskSubmission(
@@ -194,6 +200,7 @@ class Components:
             self.outbound,
             vendor,
             model=vendor_model(scheduler, vendor.sdapi_model, "sdapi_model"),
+            recent=recent_requests(link, "sdapi-duplicates"),
         )
         self.webhook_bodies.vendor_bodies.append(self.sdapi.webhook_body)
 
@@ -204,7 +211,13 @@ class Components:
         except DataDirLocked as exc:
             log.error("%s", exc)
             raise
-        await self.task_runner.start()
+        if await self._task_store_answers():
+            await self.task_runner.start()
+        else:
+            # A shared task store that is down does not keep the server from starting: task
+            # routes answer 503 meanwhile, and the runner starts once the store answers.
+            log.warning("task store unavailable: the task runner starts once it answers")
+            self._tasks_start = asyncio.create_task(self._start_tasks_when_the_store_answers())
         await self.batch_runner.start()  # unfinished batches resume where their results end
         # After the runner's recovery: reservations of tasks it failed are refunded.
         try:
@@ -217,6 +230,19 @@ class Components:
         self._cleaner = asyncio.create_task(clean_outputs_periodically(self.storage, max_age))
         self.loop_lag.start()
 
+    async def _task_store_answers(self) -> bool:
+        try:
+            await self.task_store.pending_webhooks()
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def _start_tasks_when_the_store_answers(self) -> None:
+        while not await self._task_store_answers():
+            await asyncio.sleep(self.settings.store_retry_after_s)
+        log.info("task store reachable: starting the task runner")
+        await self.task_runner.start()
+
     def begin_drain(self) -> None:
         """The stop signal arrived (called from the signal handler): start no new task."""
         self.task_runner.drain()
@@ -226,9 +252,12 @@ class Components:
         if self._cleaner is not None:
             self._cleaner.cancel()
             await asyncio.gather(self._cleaner, return_exceptions=True)
+        if self._tasks_start is not None:
+            self._tasks_start.cancel()
+            await asyncio.gather(self._tasks_start, return_exceptions=True)
         await self.task_runner.stop()
         await self.batch_runner.stop()
-        self.task_store.close()
+        await self.task_store.close()
         self.batch_store.close()
         self.response_store.close()
         self.keystore.close()

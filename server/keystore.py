@@ -98,13 +98,14 @@ class InsufficientCredits(Exception):
 
 
 class StoreUnavailable(ApiError):
-    """The key store cannot be reached (a shared store that is down or too slow): 503 with
-    Retry-After in every envelope; the request may be retried once the store is back."""
+    """The key store (or the task store: ``what``) cannot be reached (a shared store that is
+    down or too slow): 503 with Retry-After in every envelope; the request may be retried
+    once the store is back."""
 
-    def __init__(self, retry_after: float) -> None:
+    def __init__(self, retry_after: float, *, what: str = "shared store") -> None:
         super().__init__(
             ErrorCode.SERVICE_NOT_AVAILABLE,
-            "The key store is unavailable; try again shortly.",
+            f"The {what} is unavailable; try again shortly.",
             retry_after=retry_after,
         )
 

@@ -19,24 +19,17 @@ same credits, and a request id is settled at most once. Nothing is cached in the
 a revoke or rotate is seen by every replica on its next lookup. Scripts build key names from
 the prefix, so the store needs a standalone Redis (or one primary), not a Redis Cluster.
 
-A call that cannot reach Redis within ``timeout_s`` (one retry on a fresh connection, for
-the connections a restarted Redis dropped) raises `StoreUnavailable`; for ``retry_after_s``
-after that, calls fail at once without waiting on the network, and then Redis is tried again.
+Calls reach Redis through a `RedisLink` (server/redis_link.py): a Redis that is away raises
+`StoreUnavailable` within ``timeout_s``, and at once for ``retry_after_s`` after that. The link
+is ``link``, for the other shared state of the replica to use the same connection and breaker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import secrets
-import threading
 import time
-from collections.abc import Iterator
 from typing import cast
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from server.keystore import (
     COMMITTED,
@@ -46,13 +39,13 @@ from server.keystore import (
     KeyAccount,
     KeyInfo,
     KeyNotFound,
-    StoreUnavailable,
     hash_key,
     key_id_of,
     new_key,
 )
+from server.redis_link import PREFIX, RedisLink
 
-PREFIX = "omniserve:"
+__all__ = ["PREFIX", "RedisKeyStore"]
 
 # Runs only on a key that exists and is not revoked. ARGV: field, value pairs; an empty value
 # removes the field (None: unmetered credits, the default limits). 0 when the key is not active.
@@ -156,26 +149,15 @@ class RedisKeyStore:
     remote = True
 
     def __init__(self, url: str, *, replica: str, timeout_s: float, retry_after_s: float, prefix: str = PREFIX) -> None:
-        self._redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            # One retry at once on a fresh connection (a restarted Redis dropped the pooled
-            # ones); never redis-py's default of backing off and retrying for seconds.
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=True,
-        )
+        self.link = RedisLink(url, timeout_s=timeout_s, retry_after_s=retry_after_s, prefix=prefix)
         self._prefix = prefix
         self._replica = replica
         self._open = f"{prefix}open:{replica}"
-        self._retry_after_s = retry_after_s
-        self._down_until = float("-inf")
-        self._lock = threading.Lock()
-        self._update_active = self._redis.register_script(_UPDATE_ACTIVE)
-        self._revoke = self._redis.register_script(_REVOKE)
-        self._add_credits = self._redis.register_script(_ADD_CREDITS)
-        self._reserve = self._redis.register_script(_RESERVE)
-        self._settle = self._redis.register_script(_SETTLE)
+        self._update_active = self.link.script(_UPDATE_ACTIVE)
+        self._revoke = self.link.script(_REVOKE)
+        self._add_credits = self.link.script(_ADD_CREDITS)
+        self._reserve = self.link.script(_RESERVE)
+        self._settle = self.link.script(_SETTLE)
 
     def _key(self, key_id: str) -> str:
         return f"{self._prefix}key:{key_id}"
@@ -183,22 +165,8 @@ class RedisKeyStore:
     def _charge(self, request_id: str) -> str:
         return f"{self._prefix}charge:{request_id}"
 
-    @contextlib.contextmanager
-    def _reaching(self) -> Iterator[redis.Redis]:
-        """Redis, or StoreUnavailable while it is down (at once during the retry period)."""
-        wait = self._down_until - time.monotonic()
-        if wait > 0:
-            raise StoreUnavailable(wait)
-        try:
-            yield self._redis
-        # InvalidResponse: something that is not Redis answered (a proxy, a wrong port).
-        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse) as exc:
-            with self._lock:
-                self._down_until = time.monotonic() + self._retry_after_s
-            raise StoreUnavailable(self._retry_after_s) from exc
-
     def close(self) -> None:
-        self._redis.close()
+        self.link.close()
 
     def create(self, name: str, *, admin: bool = False) -> tuple[KeyInfo, str]:
         key_id = secrets.token_hex(6)
@@ -206,7 +174,7 @@ class RedisKeyStore:
         now = time.time()
         fields = ["name", name, "hash", hash_key(key).hex(), "created_at", repr(now)]
         fields += ["admin", str(int(admin)), "subscription_active", "1"]
-        with self._reaching() as db:
+        with self.link.reaching() as db:
             pipe = db.pipeline(transaction=True)
             pipe.hset(self._key(key_id), items=fields)
             pipe.zadd(self._prefix + "keys", {key_id: now})
@@ -215,7 +183,7 @@ class RedisKeyStore:
         return KeyInfo(id=key_id, name=name, created_at=now, rotated_at=None, revoked_at=None, admin=admin), key
 
     def list(self) -> list[KeyInfo]:
-        with self._reaching() as db:
+        with self.link.reaching() as db:
             ids = cast("list[str]", db.zrange(self._prefix + "keys", 0, -1))
             pipe = db.pipeline(transaction=False)
             for key_id in ids:
@@ -235,14 +203,14 @@ class RedisKeyStore:
         ]
 
     def revoke(self, key_id: str) -> None:
-        with self._reaching():
+        with self.link.reaching():
             done = self._revoke(keys=[self._key(key_id), self._prefix + "active"], args=[key_id, repr(time.time())])
         if not done:
             raise KeyNotFound(key_id)
 
     def _update(self, key_id: str, fields: dict[str, str]) -> None:
         args = [item for pair in fields.items() for item in pair]
-        with self._reaching():
+        with self.link.reaching():
             done = self._update_active(keys=[self._key(key_id)], args=args)
         if not done:
             raise KeyNotFound(key_id)
@@ -254,7 +222,7 @@ class RedisKeyStore:
         return key
 
     def has_active_keys(self) -> bool:
-        with self._reaching() as db:
+        with self.link.reaching() as db:
             return bool(db.scard(self._prefix + "active"))
 
     def verify(self, key: str) -> str | None:
@@ -265,14 +233,14 @@ class RedisKeyStore:
         key_id = key_id_of(key)
         if key_id is None:
             return None
-        with self._reaching() as db:
+        with self.link.reaching() as db:
             stored, admin, revoked_at = _texts(db.hmget(self._key(key_id), "hash", "admin", "revoked_at"))
         if stored is None or revoked_at is not None or not hmac.compare_digest(bytes.fromhex(stored), hash_key(key)):
             return None
         return key_id, admin == "1"
 
     def account(self, key_id: str) -> KeyAccount | None:
-        with self._reaching() as db:
+        with self.link.reaching() as db:
             name, revoked_at, credits, active, hour, day = _texts(
                 db.hmget(
                     self._key(key_id), "name", "revoked_at", "credits", "subscription_active", "hour_limit", "day_limit"
@@ -288,7 +256,7 @@ class RedisKeyStore:
         self._update(key_id, {"credits": "" if credits is None else repr(float(credits))})
 
     def add_credits(self, key_id: str, amount: float) -> float:
-        with self._reaching():
+        with self.link.reaching():
             balance = self._add_credits(keys=[self._key(key_id)], args=[repr(float(amount))])
         if balance is None:
             raise KeyNotFound(key_id)
@@ -309,7 +277,7 @@ class RedisKeyStore:
     def reserve(self, request_id: str, key_id: str, amount: float) -> float | None:
         keys = [self._key(key_id), self._charge(request_id), self._open]
         args = [repr(float(amount)), repr(-float(amount)), request_id, key_id, repr(time.time()), self._replica]
-        with self._reaching():
+        with self.link.reaching():
             outcome = self._reserve(keys=keys, args=args)
         if outcome[0] == "unmetered":
             return None
@@ -326,10 +294,10 @@ class RedisKeyStore:
             request_id,
             self._prefix,
         ]
-        with self._reaching():
+        with self.link.reaching():
             return bool(self._settle(keys=keys, args=args))
 
     def open_reservations(self) -> tuple[str, ...]:
         """This replica's reservations that are not settled yet."""
-        with self._reaching() as db:
+        with self.link.reaching() as db:
             return tuple(cast("set[str]", db.smembers(self._open)))

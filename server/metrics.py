@@ -1,6 +1,7 @@
 """Prometheus metrics at /metrics: the request-time instruments of server.telemetry, plus
 collectors that read the scheduler, task store and webhook sender at scrape time (queue
-depths, residency, memory, tasks by status) so the hot path keeps no extra books."""
+depths, residency, memory, tasks by status) so the hot path keeps no extra books. The task
+store is read before rendering (``refresh``): it may be a Redis across the network."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from prometheus_client.registry import Collector
 
 from engines.residency import Residency
 from engines.scheduler import Scheduler
+from server.keystore import StoreUnavailable
 from server.tasks.models import TaskStatus
-from server.tasks.store import SqliteTaskStore
+from server.tasks.store import TaskStore
 from server.tasks.webhooks import WebhookSender
 from server.telemetry import instruments
 from server.telemetry.loop_lag import LoopLagProbe
@@ -114,16 +116,24 @@ class _DeviceCollector(Collector):
 
 
 class _TaskCollector(Collector):
-    def __init__(self, store: SqliteTaskStore, webhooks: WebhookSender) -> None:
+    def __init__(self, store: TaskStore, webhooks: WebhookSender) -> None:
         self.store = store
         self.webhooks = webhooks
+        # Read by ``refresh`` before each render; None: the store could not be read.
+        self.counts: dict[TaskStatus, int] | None = None
+
+    async def refresh(self) -> None:
+        try:
+            self.counts = await self.store.status_counts()
+        except StoreUnavailable:  # a shared store that is down: the scrape goes on without it
+            self.counts = None
 
     def collect(self) -> Iterator[Metric]:
-        tasks = GaugeMetricFamily("omniserve_tasks", "/v3 tasks in the store by status", labels=["status"])
-        counts = self.store.status_counts()
-        for status in TaskStatus:
-            tasks.add_metric([status.value], float(counts.get(status, 0)))
-        yield tasks
+        if self.counts is not None:
+            tasks = GaugeMetricFamily("omniserve_tasks", "/v3 tasks in the store by status", labels=["status"])
+            for status in TaskStatus:
+                tasks.add_metric([status.value], float(self.counts.get(status, 0)))
+            yield tasks
         deliveries = CounterMetricFamily(
             "omniserve_webhook_deliveries",
             "Webhook deliveries by outcome (retries included in one)",
@@ -139,7 +149,7 @@ class Metrics:
         self,
         scheduler: Scheduler,
         *,
-        tasks: SqliteTaskStore | None = None,
+        tasks: TaskStore | None = None,
         webhooks: WebhookSender | None = None,
         loop_lag: LoopLagProbe | None = None,
     ) -> None:
@@ -150,10 +160,17 @@ class Metrics:
         self.registry.register(_DeviceCollector())
         # process_resident_memory_bytes and friends: host memory when no device is in use.
         self.registry.register(ProcessCollector(registry=None))
+        self._tasks: _TaskCollector | None = None
         if tasks is not None and webhooks is not None:
-            self.registry.register(_TaskCollector(tasks, webhooks))
+            self._tasks = _TaskCollector(tasks, webhooks)
+            self.registry.register(self._tasks)
         if loop_lag is not None:
             self.registry.register(loop_lag)
+
+    async def refresh(self) -> None:
+        """Read what the collectors cannot read inline (the task counts), before ``render``."""
+        if self._tasks is not None:
+            await self._tasks.refresh()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -276,8 +276,14 @@ class TaskSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Finished tasks (their stored request bodies with them) are deleted this long after
     # they end; 0 keeps them forever.
     retention_s: float = 7 * 86400.0
+    # A webhook delivery being sent is leased for this long: no other replica sharing the
+    # store sends it meanwhile, and it is due again after it if this one died. Must be well
+    # above one attempt's deadline (at most fetch_timeout_s).
+    webhook_lease_s: float = 60.0
 
     def __post_init__(self) -> None:
+        if self.webhook_lease_s < 2 * self.fetch_timeout_s:
+            raise ValueError("tasks.webhook_lease_s must be at least twice tasks.fetch_timeout_s")
         if self.workers < 1:
             raise ValueError("tasks.workers must be at least 1")
         if self.max_queued < 1 or self.max_queued_per_key < 1:
@@ -343,6 +349,10 @@ class BatchSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     concurrent_lines: int = 2
     # Longest completion_window a batch may ask for, in hours ("24h" and "48h" are accepted).
     max_window_h: int = 48
+    # Where uploaded and output files' bytes are kept. Empty: <data_dir>/batch_files. With
+    # replicas sharing a Redis store (store_url), a folder every replica mounts (NFS, a shared
+    # volume): a file uploaded to one replica is read by whichever runs its batch.
+    files_dir: str = ""
 
     def __post_init__(self) -> None:
         if min(self.max_file_bytes, self.max_lines, self.max_line_bytes, self.max_files_per_key) < 1:
@@ -600,6 +610,27 @@ class TelemetrySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             raise ValueError("telemetry.sample_ratio must be between 0 and 1")
 
 
+# Bytes an HMAC key of output URLs needs at least (as server/storage/local.py's SECRET_BYTES).
+MIN_URL_SIGNING_KEY_BYTES = 32
+
+
+class StorageSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where task outputs are kept, and the key that signs their URLs. Replicas serve each
+    other's outputs when they share both: a folder every replica mounts, and one key."""
+
+    # Empty: <data_dir>/outputs. A folder on a volume every replica mounts (NFS, a Kubernetes
+    # ReadWriteMany claim) lets any replica serve any output.
+    outputs_dir: str = ""
+    # The HMAC key of output URLs, at least 32 bytes (``openssl rand -hex 32``). Empty: with a
+    # Redis store_url, a random one made once in Redis and read by every replica; else
+    # <data_dir>/url-signing.key, made on first use.
+    url_signing_key: str = ""
+
+    def __post_init__(self) -> None:
+        if self.url_signing_key and len(self.url_signing_key.encode()) < MIN_URL_SIGNING_KEY_BYTES:
+            raise ValueError(f"storage.url_signing_key must be at least {MIN_URL_SIGNING_KEY_BYTES} bytes")
+
+
 class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Replicas sharing one store (``store_url`` a Redis): which models this one runs and how
     the others learn of it. With the SQLite store there is one server, which runs everything."""
@@ -666,6 +697,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     cluster: ClusterSettings = msgspec.field(default_factory=ClusterSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     # Empty means: serve the built-in demo catalog, built under data_dir when missing.
     models: list[ModelSpec] = []
 

@@ -1,7 +1,9 @@
 """A real redis-server on a free loopback port, for the tests of the shared key store.
 
-It keeps nothing on disk (no RDB snapshots, no append-only file), so a stop loses
-everything, as the tests that stop it expect; `stop` and `start` again reuse the port.
+By default it keeps nothing on disk (no RDB snapshots, no append-only file), so a stop loses
+everything, as the tests that stop it expect; `stop` and `start` again reuse the port. With
+``persist`` it keeps an append-only file in its workdir, synced on every write, so that even a
+kill loses nothing that was acknowledged (as a deployment's Redis would).
 """
 
 from __future__ import annotations
@@ -26,20 +28,26 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persist: bool = False) -> None:
         self.port = _free_port()
         self.workdir = workdir
+        self.persist = persist
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is not installed (Debian: apt-get install redis-server)"
-        # --dir: where redis-server would write; nothing is written with saving off.
-        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        # --dir: where redis-server writes; nothing is written with saving off.
+        command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else ["--appendonly", "no"]
         self._process = subprocess.Popen(
             [*command, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -21,7 +21,7 @@ from schemas.openai.chat import ChatCompletionRequest
 from schemas.openai.completions import CompletionRequest
 from schemas.openai.embeddings import EmbeddingRequest
 from schemas.openai.rerank import RerankRequest
-from server.accounts import Meter
+from server.accounts import Charge, Meter
 from server.batches.store import LineResult
 from server.capabilities.text import TextCapability
 from server.errors import openai_error_body
@@ -142,6 +142,27 @@ def _new_id(prefix: str) -> str:
 
 
 LineService = Callable[[Any, Meter], Awaitable[msgspec.Struct]]
+
+
+def run_charge_id(batch_id: str, line: int, run: int) -> str:
+    """The request id of the charge of one run of a line (runs counted from 1)."""
+    return f"{batch_id}.{line}.{run}"
+
+
+class LineMeter(Meter):
+    """A meter whose charge has an id the runner can find again (`run_charge_id`): a replica
+    taking over a batch refunds the charge that its dead holder's run of a line left open."""
+
+    __slots__ = ("_request_id",)
+
+    def __init__(self, meter: Meter, request_id: str) -> None:
+        super().__init__(meter.accounts, meter.key_id)
+        self._request_id: str | None = request_id
+
+    def _charge(self, base: float, price: float, most: float) -> Charge:
+        # A line's service makes one charge; a further one (none today) gets an id of its own.
+        request_id, self._request_id = self._request_id, None
+        return Charge(self.accounts, self.key_id, base, price, most, request_id=request_id)
 
 
 def line_services(text: TextCapability) -> dict[str, LineService]:

@@ -6,6 +6,13 @@ Durability: a line's result is committed (store.record_line) before it counts; a
 (``start``) resumes every unfinished batch with the lines that have no result. A line that was
 running when the process died had no result, so it runs again: recording is exactly once,
 execution at least once for the lines in flight at a crash (at most ``concurrent_lines``).
+
+Replicas sharing a store (``leases`` given): a batch runs where its lease is held, renewed
+every ``heartbeat_s``; each heartbeat also looks for unfinished batches whose lease is free
+(their replica died, or they were just created) and takes them, resuming where their results
+end, and passes on a cancel made through another replica. Each run of a line is numbered in
+the store and charged under that number (lines.run_charge_id), so the next run refunds the
+charge a dead replica's run left open: a line is paid once, by the run that recorded it.
 """
 
 from __future__ import annotations
@@ -25,14 +32,17 @@ from schemas.errors import ApiError, ErrorCode
 from schemas.openai.batches import Batch, BatchError, BatchErrors, BatchStatus, FileObject
 from server.accounts import UNMETERED, Accounts, Meter
 from server.batches.lines import (
+    LineMeter,
     LineService,
     ParsedLine,
     api_error_result,
     line_error,
     parse_lines,
+    run_charge_id,
     success_result,
 )
-from server.batches.store import BatchStore, FileContents, LineResult
+from server.batches.store import BatchLeases, BatchStore, FileContents, LineResult
+from server.keystore import StoreUnavailable
 
 log = logging.getLogger("omniserve.batches")
 _tracer = trace.get_tracer("omniserve.batches")
@@ -53,6 +63,8 @@ class BatchRunner:
         accounts: Accounts | None,
         concurrent_lines: int,
         clock: Callable[[], float] = time.time,
+        leases: BatchLeases | None = None,
+        heartbeat_s: float = 2.0,
     ) -> None:
         self.store = store
         self.contents = contents
@@ -63,15 +75,31 @@ class BatchRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._stopping = False
+        self.leases = leases
+        self.heartbeat_s = heartbeat_s
+        self._held: set[str] = set()  # the batches whose lease this runner holds
+        self._release_leases = True
+        self._heartbeat: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Resume every batch that had not finished when the process last stopped."""
+        """Resume every batch that had not finished when the process last stopped (with
+        leases: start the heartbeat, whose first beat takes every batch that nobody runs)."""
+        if self.leases is not None:
+            if self._heartbeat is None:
+                self._heartbeat = asyncio.create_task(self._keep_leases(), name="batch leases")
+            return
         for batch_id in await run_in(WorkPool.STORAGE, self.store.active_batch_ids):
             self.launch(batch_id)
 
-    async def stop(self) -> None:
-        """Stop running lines (those cut short run again at the next start)."""
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop running lines (those cut short run again at the next start, or on the replica
+        that takes the batch over: at once, as the leases are released). ``release`` False
+        leaves the leases to expire, as a crash does (tests)."""
         self._stopping = True
+        self._release_leases = release
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -104,13 +132,77 @@ class BatchRunner:
     # -- one batch ---------------------------------------------------------------------------
 
     async def _run(self, batch_id: str) -> None:
+        if self.leases is not None:
+            try:
+                if not await run_in(WorkPool.STORAGE, self.leases.claim, batch_id):
+                    return  # another replica runs it
+            except StoreUnavailable:
+                return  # a later heartbeat tries again
+            self._held.add(batch_id)
         try:
             await self._advance(batch_id)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable:
+            # The shared store went away: the batch waits, and the heartbeat that reaches the
+            # store again launches it anew (here or, once the lease expired, elsewhere).
+            log.warning("batch %s paused: the store is unavailable", batch_id)
         except Exception:
             log.exception("batch %s stopped on an unexpected error", batch_id)
             await self._fail(batch_id, "internal_error", "The batch stopped on a server error.")
+        finally:
+            if batch_id in self._held:
+                self._held.discard(batch_id)
+                if self._release_leases and self.leases is not None:
+                    with contextlib.suppress(StoreUnavailable):
+                        await run_in(WorkPool.STORAGE, self.leases.release, batch_id)
+
+    # -- leases (replicas sharing a store) -----------------------------------------------------
+
+    async def _keep_leases(self) -> None:
+        while True:
+            try:
+                await self._beat()
+            except StoreUnavailable:
+                log.warning("batch leases not renewed: the store is unavailable")
+            except Exception:
+                # The heartbeat must outlive any one failure: without it the leases expire.
+                log.exception("batch heartbeat failed")
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _beat(self) -> None:
+        """Renew this runner's leases (stopping a batch whose lease another replica took,
+        waking one cancelled through another replica), then take the batches nobody runs."""
+        assert self.leases is not None
+        for batch_id in list(self._held):
+            status = await run_in(WorkPool.STORAGE, self.leases.renew, batch_id)
+            if status is None:
+                # Not renewed in time (this process stalled past lease_s): another replica
+                # may run the batch now, so this one stops at once, recording nothing more.
+                log.warning("batch %s: lease lost, stopping here", batch_id)
+                self._held.discard(batch_id)
+                task = self._tasks.get(batch_id)
+                if task is not None:
+                    task.cancel()
+            elif status == "cancelling":
+                self.notify(batch_id)
+        for batch_id in await run_in(WorkPool.STORAGE, self.store.active_batch_ids):
+            self.launch(batch_id)
+
+    async def _still_held(self, batch_id: str) -> bool:
+        return self.leases is None or await run_in(WorkPool.STORAGE, self.leases.renew, batch_id) is not None
+
+    async def _run_meter(self, batch_id: str, line: int, meter: Meter) -> Meter:
+        """With leases, a metered line's run is charged under its number; the previous run's
+        charge, if its replica died before settling it, is refunded first (settling is
+        idempotent: a charge already settled stays as it is)."""
+        accounts = meter.accounts
+        if self.leases is None or accounts is None:
+            return meter
+        run = await run_in(WorkPool.STORAGE, self.leases.line_attempt, batch_id, line)
+        if run > 1:
+            await run_in(WorkPool.STORAGE, accounts.settle, run_charge_id(batch_id, line, run - 1), succeeded=False)
+        return LineMeter(meter, run_charge_id(batch_id, line, run))
 
     async def _advance(self, batch_id: str) -> None:
         batch = await self._batch(batch_id)
@@ -201,7 +293,8 @@ class BatchRunner:
         with _tracer.start_as_current_span(f"batch line {endpoint}", attributes=attributes):
             while True:
                 try:
-                    result = success_result(line.line, line.custom_id, await service(line.request, meter))
+                    run_meter = await self._run_meter(batch_id, line.line, meter)
+                    result = success_result(line.line, line.custom_id, await service(line.request, run_meter))
                 except ApiError as error:
                     if error.code in _RETRIED and not self._ending(batch_id, expires_at):
                         await asyncio.sleep(max(error.retry_after or _RETRY_S, 1.0))
@@ -214,7 +307,12 @@ class BatchRunner:
                     failure = ApiError(ErrorCode.ENGINE_ERROR, "The request failed on a server error.")
                     result = api_error_result(line.line, line.custom_id, failure)
                 break
-            await run_in(WorkPool.STORAGE, self.store.record_line, batch_id, result)
+            while True:
+                try:
+                    await run_in(WorkPool.STORAGE, self.store.record_line, batch_id, result)
+                    return
+                except StoreUnavailable as error:  # a shared store: the result waits for it
+                    await asyncio.sleep(max(error.retry_after or _RETRY_S, 1.0))
 
     def _ending(self, batch_id: str, expires_at: int | None) -> bool:
         wake = self._wake.get(batch_id)
@@ -237,6 +335,8 @@ class BatchRunner:
 
     async def _finish(self, batch_id: str, owner: str, batch: Batch, all_lines: list[int]) -> None:
         """Write the output and error files, and end the batch, in one transaction."""
+        if not await self._still_held(batch_id):
+            return  # the replica that took the batch over ends it
         now = int(self.clock())
         ending: BatchStatus
         if batch.status == "in_progress":

@@ -3,21 +3,28 @@
 A line's result row is written once (its primary key is the batch and the line): the row is
 what makes a line count as done, so a restart runs exactly the lines without one. Request
 counts are read from these rows, never kept apart from them, so they cannot drift.
-File contents live beside the database (``FileContents``), written whole with a rename.
-Every method here blocks: callers run them on the STORAGE pool (engines/workpools.py).
+File contents live in a folder (``FileContents``), written whole with a rename.
+
+`BatchStore` is what callers use; `SqliteBatchStore` keeps it in the data dir (one server), and
+server/batches/store_redis.py in the Redis that replicas share (settings' ``store_url``).
+Every method blocks: callers run them on the STORAGE pool (engines/workpools.py).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
 from schemas.openai.batches import Batch, BatchRequestCounts, FileObject
+from server.keystore import replica_id
+from server.settings import Settings
 from server.sqlite_tx import immediate_transaction
 
 _SCHEMA = """
@@ -44,6 +51,8 @@ CREATE TABLE IF NOT EXISTS batch_lines (
 );
 """
 
+log = logging.getLogger("omniserve.batches")
+
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 
 
@@ -58,7 +67,40 @@ class LineResult(msgspec.Struct, frozen=True):
     output: bytes  # one encoded BatchOutputLine
 
 
-class BatchStore:
+class BatchStore(Protocol):
+    """Files' metadata, batches and their recorded lines. A batch's ``request_counts`` are
+    counted from its recorded lines; a line's result, once recorded, is never replaced.
+    A shared store that cannot be reached raises StoreUnavailable (server/keystore.py)."""
+
+    def close(self) -> None: ...
+    def add_file(self, owner: str, file: FileObject, *, max_files: int) -> bool: ...
+    def file(self, owner: str, file_id: str) -> FileObject | None: ...
+    def files(
+        self, owner: str, *, purpose: str | None, after: str | None, limit: int
+    ) -> tuple[list[FileObject], bool]: ...
+    def delete_file(self, owner: str, file_id: str) -> bool: ...
+    def file_in_use(self, owner: str, file_id: str) -> str | None: ...
+    def add_batch(self, owner: str, batch: Batch) -> None: ...
+    def batch(self, owner: str | None, batch_id: str) -> Batch | None: ...
+    def owner_of(self, batch_id: str) -> str | None: ...
+    def batches(self, owner: str, *, after: str | None, limit: int) -> tuple[list[Batch], bool]: ...
+    def active_batch_ids(self) -> list[str]: ...
+    def update(
+        self,
+        batch_id: str,
+        leaving: Iterable[str],
+        change: Callable[[Batch], None],
+        *,
+        results: Iterable[LineResult] = (),
+        files: Iterable[tuple[str, FileObject]] = (),
+    ) -> Batch | None: ...
+    def record_line(self, batch_id: str, result: LineResult) -> bool: ...
+    def recorded_lines(self, batch_id: str) -> set[int]: ...
+    def record_lines(self, batch_id: str, results: Iterable[LineResult]) -> None: ...
+    def outputs(self, batch_id: str, *, ok: bool, chunk: int = 1000) -> Iterator[bytes]: ...
+
+
+class SqliteBatchStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -303,3 +345,39 @@ class FileContents:
 
     def delete(self, file_id: str) -> None:
         self.path(file_id).unlink(missing_ok=True)
+
+
+class BatchLeases(Protocol):
+    """Which replica runs a batch, when replicas share the store: a lease it renews, which
+    another replica takes over once it has expired (its holder died). Also numbers each run
+    of a line, so that the charge of a run cut short can be found and refunded."""
+
+    def claim(self, batch_id: str) -> bool: ...
+    def renew(self, batch_id: str) -> str | None: ...
+    def release(self, batch_id: str) -> None: ...
+    def line_attempt(self, batch_id: str, line: int) -> int: ...
+
+
+def open_batch_store(settings: Settings, data_path: Path) -> tuple[BatchStore, FileContents, BatchLeases | None]:
+    """The store settings name (as open_keystore picks the key store), the folder of the
+    files' bytes, and the leases of a shared store (None: one server runs every batch)."""
+    folder = Path(settings.batches.files_dir).expanduser() if settings.batches.files_dir else data_path / "batch_files"
+    contents = FileContents(folder)
+    if not settings.store_url:
+        return SqliteBatchStore(data_path / "batches.sqlite3"), contents, None
+    from server.batches.store_redis import RedisBatchStore  # redis-py only when it is used
+
+    if not settings.batches.files_dir:
+        log.warning(
+            "batches.files_dir is empty: files uploaded here are read only here, so another replica "
+            "running their batch fails it (missing_input_file); set it to a folder all replicas share"
+        )
+
+    store = RedisBatchStore(
+        settings.store_url,
+        replica=replica_id(data_path),
+        timeout_s=settings.store_timeout_s,
+        retry_after_s=settings.store_retry_after_s,
+        lease_s=settings.cluster.lease_s,
+    )
+    return store, contents, store

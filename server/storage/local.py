@@ -18,6 +18,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engines.workpools import WorkPool, run_in
@@ -52,8 +53,10 @@ class LocalStorage:
     """Files under ``root/<task_id>/``; blocking I/O, so async callers use a thread for
     large writes (``await asyncio.to_thread(storage.put, key, data)``)."""
 
-    def __init__(self, root: Path, secret: bytes, base_url_path: str = "/v3/files") -> None:
-        if len(secret) < SECRET_BYTES:
+    def __init__(self, root: Path, secret: bytes | Callable[[], bytes], base_url_path: str = "/v3/files") -> None:
+        """``secret``: the signing key, or what fetches it when first needed (one shared by
+        replicas, server/storage/signing_key.py)."""
+        if isinstance(secret, bytes) and len(secret) < SECRET_BYTES:
             raise ValueError(f"the signing secret needs at least {SECRET_BYTES} bytes")
         self.root = root
         self.base_url_path = base_url_path.rstrip("/")
@@ -81,7 +84,8 @@ class LocalStorage:
     def _signature(self, key: str, expires: int) -> str:
         # The newline keeps (key, expires) unambiguous: "a/b.png" + "123" would otherwise
         # sign the same bytes as "a/b.png1" + "23".
-        return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+        secret = self._secret if isinstance(self._secret, bytes) else self._secret()
+        return hmac.new(secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def signed_path(self, key: str, ttl_s: int, now: float | None = None) -> str:
         validate_key(key)

@@ -31,28 +31,28 @@ from server.sqlite_tx import immediate_transaction
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 
 
+class PendingWebhook(msgspec.Struct, kw_only=True):
+    """One delivery in the outbox: the body is rendered from the task when it is sent."""
+
+    task_id: str
+    url: str
+    attempts: int
+    next_attempt_ms: int
+
+
 class TaskStore(Protocol):
-    async def create(self, task: Task) -> None: ...
+    """Where tasks live: SQLite in the data dir (one server), or a Redis that replicas share
+    (``server/tasks/store_redis.py``). Every transition names the statuses it may leave and
+    reports False when the task is in none of them. A store that cannot be reached raises
+    `StoreUnavailable` (server/keystore.py)."""
+
+    async def create(self, task: Task) -> None:
+        """Record a new task; one created finished (webhook test mode) queues its webhook."""
+        ...
 
     async def get(self, task_id: str) -> Task | None: ...
 
-    async def mark_processing(self, task_id: str, execute_time_ms: int) -> bool:
-        """QUEUED -> PROCESSING; False when another runner took it or it already ended."""
-        ...
-
-    async def update_progress(self, task_id: str, percent: int, eta: int) -> bool: ...
-
-    async def finish(self, task_id: str, outputs: list[OutputFile], seed: int | None) -> bool: ...
-
-    async def fail(self, task_id: str, reason: str) -> bool: ...
-
-    async def list_by_status(self, status: TaskStatus, limit: int) -> list[Task]: ...
-
-    async def recover_interrupted(
-        self, reason: str, *, max_claims: int | None = None, held_reason: str = ""
-    ) -> list[str]: ...
-
-    async def next_queued(self, limit: int) -> list[Task]: ...
+    async def status_of(self, task_id: str) -> TaskStatus | None: ...
 
     async def claim(self, task_id: str) -> bool:
         """Count a runner taking a QUEUED task; False when it is no longer QUEUED."""
@@ -61,6 +61,65 @@ class TaskStore(Protocol):
     async def release(self, task_id: str) -> None:
         """Give back a claim of a task that never started (a clean stop)."""
         ...
+
+    async def requeue(self, task_id: str) -> bool:
+        """PROCESSING -> QUEUED, its progress and start time cleared (a run that stopped and
+        is to run again); False in any other status."""
+        ...
+
+    async def mark_processing(self, task_id: str, execute_time_ms: int) -> bool:
+        """QUEUED -> PROCESSING; False when another runner took it or it already ended."""
+        ...
+
+    async def update_progress(self, task_id: str, percent: int, eta: int) -> bool: ...
+
+    async def finish(self, task_id: str, outputs: list[OutputFile], seed: int | None) -> bool:
+        """QUEUED | PROCESSING -> SUCCEED, its webhook queued in the same write."""
+        ...
+
+    async def fail(self, task_id: str, reason: str) -> bool:
+        """QUEUED | PROCESSING -> FAILED, its webhook queued in the same write."""
+        ...
+
+    async def list_by_status(self, status: TaskStatus, limit: int) -> list[Task]:
+        """The oldest ``limit`` tasks in ``status`` (by submit time, then creation order)."""
+        ...
+
+    async def next_queued(self, limit: int) -> list[Task]: ...
+
+    async def recover_interrupted(
+        self, reason: str, *, max_claims: int | None = None, held_reason: str = ""
+    ) -> list[str]: ...
+
+    def queued_ids(self, page: int = 1000) -> AsyncIterator[tuple[str, str | None]]:
+        """Every QUEUED task as (task_id, owner_key_id), oldest first, a page at a time."""
+        ...
+
+    async def ids_with_status(self, status: TaskStatus) -> list[str]: ...
+
+    async def delete_finished_before(self, cutoff_ms: int, limit: int = 500) -> int: ...
+
+    async def status_counts(self) -> dict[TaskStatus, int]: ...
+
+    async def close(self) -> None: ...
+
+    # -- the webhook outbox: every finished task's delivery until it is sent or given up -----
+
+    async def due_webhooks(self, now_ms: int, limit: int, lease_ms: int) -> list[PendingWebhook]:
+        """Up to ``limit`` deliveries due at ``now_ms``, each leased in the same atomic step
+        (its next attempt pushed to ``now_ms + lease_ms``): no other dispatcher takes it while
+        this one sends it, and it is due again if this one dies before recording the outcome."""
+        ...
+
+    async def next_webhook_due(self) -> int | None: ...
+
+    async def webhook_done(self, task_id: str) -> None:
+        """Delivered, or given up: out of the outbox."""
+        ...
+
+    async def webhook_retry(self, task_id: str, attempts: int, next_attempt_ms: int) -> None: ...
+
+    async def pending_webhooks(self) -> int: ...
 
 
 _SCHEMA = """
@@ -110,15 +169,6 @@ _COLUMNS = (
 _QUEUED = TaskStatus.QUEUED.value
 _PROCESSING = TaskStatus.PROCESSING.value
 _FINISHED = (TaskStatus.SUCCEED.value, TaskStatus.FAILED.value)
-
-
-class PendingWebhook(msgspec.Struct, kw_only=True):
-    """One delivery in the outbox: the body is rendered from the task when it is sent."""
-
-    task_id: str
-    url: str
-    attempts: int
-    next_attempt_ms: int
 
 
 class _Extra(msgspec.Struct, kw_only=True):
@@ -180,7 +230,7 @@ class SqliteTaskStore:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             self._db.close()
 
@@ -247,6 +297,17 @@ class SqliteTaskStore:
     async def release(self, task_id: str) -> None:
         self._write(
             "UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE task_id = ? AND status = ?", (task_id, _QUEUED)
+        )
+
+    async def requeue(self, task_id: str) -> bool:
+        """PROCESSING -> QUEUED, to run again from the start."""
+        return (
+            self._write(
+                "UPDATE tasks SET status = ?, progress_percent = 0, eta = 0, execute_time_ms = NULL "
+                "WHERE task_id = ? AND status = ?",
+                (_QUEUED, task_id, _PROCESSING),
+            )
+            == 1
         )
 
     async def mark_processing(self, task_id: str, execute_time_ms: int) -> bool:
@@ -374,35 +435,39 @@ class SqliteTaskStore:
 
     # -- the webhook outbox ------------------------------------------------------------------
 
-    def due_webhooks(self, now: int, limit: int) -> list[PendingWebhook]:
-        with self._lock:
-            rows = self._db.execute(
+    async def due_webhooks(self, now_ms: int, limit: int, lease_ms: int) -> list[PendingWebhook]:
+        with self._transaction() as db:
+            rows = db.execute(
                 "SELECT task_id, url, attempts, next_attempt_ms FROM webhook_outbox WHERE next_attempt_ms <= ? "
                 "ORDER BY next_attempt_ms LIMIT ?",
-                (now, limit),
+                (now_ms, limit),
             ).fetchall()
+            db.executemany(
+                "UPDATE webhook_outbox SET next_attempt_ms = ? WHERE task_id = ?",
+                [(now_ms + lease_ms, row[0]) for row in rows],
+            )
         return [PendingWebhook(task_id=r[0], url=r[1], attempts=r[2], next_attempt_ms=r[3]) for r in rows]
 
-    def next_webhook_due(self) -> int | None:
+    async def next_webhook_due(self) -> int | None:
         with self._lock:
             row = self._db.execute("SELECT MIN(next_attempt_ms) FROM webhook_outbox").fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
-    def webhook_done(self, task_id: str) -> None:
+    async def webhook_done(self, task_id: str) -> None:
         """Delivered, or given up: out of the outbox."""
         self._write("DELETE FROM webhook_outbox WHERE task_id = ?", (task_id,))
 
-    def webhook_retry(self, task_id: str, attempts: int, next_attempt_ms: int) -> None:
+    async def webhook_retry(self, task_id: str, attempts: int, next_attempt_ms: int) -> None:
         self._write(
             "UPDATE webhook_outbox SET attempts = ?, next_attempt_ms = ? WHERE task_id = ?",
             (attempts, next_attempt_ms, task_id),
         )
 
-    def pending_webhooks(self) -> int:
+    async def pending_webhooks(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM webhook_outbox").fetchone()[0])
 
-    def status_counts(self) -> dict[TaskStatus, int]:
+    async def status_counts(self) -> dict[TaskStatus, int]:
         """Tasks by status, for /metrics (an indexed GROUP BY, cheap enough at scrape time)."""
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
@@ -414,5 +479,19 @@ class SqliteTaskStore:
 
 
 if TYPE_CHECKING:
+    from server.settings import Settings
+
     # mypy proves the implementation satisfies the protocol; never runs.
     _conforms: TaskStore = SqliteTaskStore(Path())
+
+
+def open_task_store(settings: Settings) -> TaskStore:
+    """The store settings name: Redis for a ``redis://`` or ``rediss://`` ``store_url`` (shared
+    by the replicas), else SQLite in the data dir."""
+    if settings.store_url:
+        from server.tasks.store_redis import RedisTaskStore  # redis-py only when it is used
+
+        return RedisTaskStore(
+            settings.store_url, timeout_s=settings.store_timeout_s, retry_after_s=settings.store_retry_after_s
+        )
+    return SqliteTaskStore(settings.data_path / "tasks.sqlite3")

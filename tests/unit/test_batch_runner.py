@@ -19,7 +19,7 @@ from server.accounts import Meter
 from server.batches.files import BatchFiles
 from server.batches.runner import BatchRunner
 from server.batches.service import Batches
-from server.batches.store import BatchStore, FileContents, LineResult
+from server.batches.store import FileContents, LineResult, SqliteBatchStore
 from server.settings import BatchSettings
 
 ENDPOINT = "/v1/embeddings"
@@ -62,7 +62,7 @@ class FakeEmbeddings:
 
 class Harness:
     def __init__(self, tmp_path: Path, service: FakeEmbeddings, clock: Clock, concurrent_lines: int = 1) -> None:
-        self.store = BatchStore(tmp_path / "batches.sqlite3")
+        self.store = SqliteBatchStore(tmp_path / "batches.sqlite3")
         self.contents = FileContents(tmp_path / "files")
         limits = BatchSettings(concurrent_lines=concurrent_lines)
         self.files = BatchFiles(self.store, self.contents, limits)
@@ -227,7 +227,7 @@ async def test_a_key_sees_only_its_own_files_and_batches(tmp_path: Path) -> None
 async def test_uploads_past_a_limit_are_refused(
     tmp_path: Path, data: bytes, status: int, limits: dict[str, int]
 ) -> None:
-    store = BatchStore(tmp_path / "b.sqlite3")
+    store = SqliteBatchStore(tmp_path / "b.sqlite3")
     files = BatchFiles(store, FileContents(tmp_path / "f"), BatchSettings(**limits))
     with pytest.raises(ApiError) as refused:
         await files.upload(KEY, "in.jsonl", "batch", data)
@@ -236,7 +236,7 @@ async def test_uploads_past_a_limit_are_refused(
 
 
 async def test_files_per_key_window_and_metadata_limits(tmp_path: Path) -> None:
-    store = BatchStore(tmp_path / "b.sqlite3")
+    store = SqliteBatchStore(tmp_path / "b.sqlite3")
     files = BatchFiles(store, FileContents(tmp_path / "f"), BatchSettings(max_files_per_key=1))
     first = await files.upload(KEY, "in.jsonl", "batch", line("a").encode())
     with pytest.raises(ApiError) as full:
@@ -264,7 +264,7 @@ async def test_files_per_key_window_and_metadata_limits(tmp_path: Path) -> None:
 
 
 def test_outputs_are_read_back_in_input_order_a_chunk_at_a_time(tmp_path: Path) -> None:
-    store = BatchStore(tmp_path / "b.sqlite3")
+    store = SqliteBatchStore(tmp_path / "b.sqlite3")
     results = [LineResult(line, line % 3 != 0, f"out-{line}".encode()) for line in range(9)]
     store.record_lines("batch_x", reversed(results))
     assert store.record_line("batch_x", LineResult(4, False, b"again")) is False  # never replaced

@@ -250,8 +250,12 @@ async def test_a_webhook_that_cannot_be_delivered_survives_a_restart(tmp_path: P
         assert len(received) == 1
         answers["status"] = 200
         again = make_state(tmp_path, **FREE)
+
+        async def outbox_empty() -> bool:
+            return await again.task_store.pending_webhooks() == 0
+
         async with running(again):
-            await until(lambda: asyncio.sleep(0, again.task_store.pending_webhooks() == 0), 15)
+            await until(outbox_empty, 15)
     delivered = msgspec.json.decode(received[-1][1])["payload"]["task"]
     assert (delivered["task_id"], delivered["status"]) == (task_id, "TASK_STATUS_SUCCEED")
     assert again.webhooks.delivered == 1
@@ -296,7 +300,7 @@ async def test_the_output_cleaner_survives_an_error(tmp_path: Path) -> None:
     finally:
         cleaner.cancel()
         await asyncio.gather(cleaner, return_exceptions=True)
-    state.task_store.close()
+    await state.task_store.close()
     state.keystore.close()
 
 
@@ -311,6 +315,6 @@ async def test_shutdown_does_not_wait_for_a_webhook_in_flight(tmp_path: Path) ->
             stopping = time.monotonic()
         assert time.monotonic() - stopping < 3.0  # not the 5 s attempt timeout, nor its retries
         again = make_state(tmp_path, **FREE)
-        assert again.task_store.pending_webhooks() == 1  # left in the outbox for the next start
-        again.task_store.close()
+        assert await again.task_store.pending_webhooks() == 1  # left in the outbox for the next start
+        await again.task_store.close()
         again.keystore.close()

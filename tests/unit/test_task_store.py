@@ -76,7 +76,7 @@ async def test_recover_interrupted_fails_only_processing(tmp_path: Path) -> None
     await store.mark_processing(running.task_id, 10)
     await store.mark_processing(done.task_id, 10)
     await store.finish(done.task_id, [], seed=None)
-    store.close()
+    await store.close()
 
     reopened = SqliteTaskStore(path)  # the process restarted
     assert await reopened.recover_interrupted("interrupted by a restart") == [running.task_id]
@@ -133,12 +133,12 @@ async def test_ending_a_task_with_a_webhook_queues_its_delivery_in_the_same_writ
     await store.finish(hooked.task_id, [], seed=None)
     await store.finish(silent.task_id, [], seed=None)
     await store.fail(failing.task_id, "no")
-    due = store.due_webhooks(now_ms() + 1, 10)
+    due = await store.due_webhooks(now_ms() + 1, 10, lease_ms=0)  # taken, still due
     assert sorted(p.task_id for p in due) == sorted([hooked.task_id, failing.task_id])
-    store.webhook_retry(hooked.task_id, 1, now_ms() + 60_000)
-    assert [p.task_id for p in store.due_webhooks(now_ms() + 1, 10)] == [failing.task_id]
-    store.webhook_done(failing.task_id)
-    assert store.pending_webhooks() == 1
+    await store.webhook_retry(hooked.task_id, 1, now_ms() + 60_000)
+    assert [p.task_id for p in await store.due_webhooks(now_ms() + 1, 10, lease_ms=0)] == [failing.task_id]
+    await store.webhook_done(failing.task_id)
+    assert await store.pending_webhooks() == 1
 
 
 async def test_retention_deletes_only_old_finished_tasks_and_their_deliveries(tmp_path: Path) -> None:
@@ -154,4 +154,4 @@ async def test_retention_deletes_only_old_finished_tasks_and_their_deliveries(tm
     assert await store.get(old_done.task_id) is None
     assert await store.get(new_done.task_id) is not None
     assert await store.get(old_queued.task_id) is not None  # never finished: never deleted
-    assert store.pending_webhooks() == 0
+    assert await store.pending_webhooks() == 0

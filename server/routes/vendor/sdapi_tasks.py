@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import hashlib
 import io
 import time
@@ -27,6 +26,7 @@ from schemas.limits import SIDE_MULTIPLE
 from schemas.vendor.sdapi import SdRequest, is_yes
 from server.netguard import check_public_url_async
 from server.outbound import OutboundHttp
+from server.recent_requests import MemoryRecent, RecentRequests
 from server.routes.v3.image_tasks import BODY_TYPES, V3ImageTasks
 from server.routes.vendor.downloads import fetch_image
 from server.settings import VendorSettings
@@ -78,6 +78,7 @@ class SdApiTasks:
         *,
         model: str | None,
         clock: Any = time.monotonic,
+        recent: RecentRequests | None = None,
     ) -> None:
         self.scheduler = scheduler
         # The Stable Diffusion API is an adapter over the /v3 one: a request becomes a /v3 body.
@@ -88,20 +89,18 @@ class SdApiTasks:
         self.outbound = outbound
         self.settings = settings
         self.model = model
+        # Deadlines, and the in-memory duplicate filter's clock; replaceable after construction.
         self.clock = clock
-        # Digests of recent request bodies, oldest first, for the duplicate-request filter.
-        self._recent: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+        # Digests of recent request bodies, for the duplicate-request filter: in this process,
+        # or shared by the replicas (server/recent_requests.py).
+        self.recent = recent if recent is not None else MemoryRecent(lambda: self.clock())
 
     def check_duplicate(self, key_id: str | None, raw: bytes) -> None:
         """The vendor's spam filter: the same body from the same key within 30 s is refused."""
-        now = self.clock()
-        while self._recent and next(iter(self._recent.values())) <= now - SPAM_WINDOW_S:
-            self._recent.popitem(last=False)
         digest = hashlib.sha256((key_id or "").encode() + b"\0" + raw).digest()
-        if digest in self._recent:
-            wait = self._recent[digest] + SPAM_WINDOW_S - now
+        wait = self.recent.first_seen(digest, SPAM_WINDOW_S)
+        if wait is not None:
             raise ApiError(ErrorCode.RATE_LIMIT_EXCEEDED, SPAM_TIPS, retry_after=wait)
-        self._recent[digest] = now
 
     def _model(self, model_id: str | None) -> str:
         if model_id is None:
