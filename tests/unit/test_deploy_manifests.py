@@ -18,7 +18,6 @@ from server.app import create_app
 from server.hosts import PROBE_OPT
 from server.settings import Settings
 from server.settings_loading import is_setting_path, load_settings
-from server.storage.local import SECRET_BYTES
 from tests.unit.conftest import make_state
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -198,19 +197,31 @@ def test_the_grace_period_outlasts_the_task_drain(name: str, tmp_path: Path) -> 
     assert grace > int(pre_stop[1]) + drain
 
 
+def mounted_claim(deployment: dict[str, Any], folder: Path) -> str | None:
+    """The claim whose volume holds ``folder`` in this pod (the deepest mount above it)."""
+    mounts = [m for m in container(deployment)["volumeMounts"] if folder.is_relative_to(m["mountPath"])]
+    if not mounts:
+        return None
+    mount = max(mounts, key=lambda m: len(Path(m["mountPath"]).parts))
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mount["name"]].get("persistentVolumeClaim")
+    return None if claim is None else claim["claimName"]  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("name", OMNISERVE_DEPLOYMENTS)
-def test_replicas_share_outputs_and_the_signing_key_and_keep_their_own_data_dir(name: str, tmp_path: Path) -> None:
+def test_replicas_share_outputs_files_and_the_signing_key_and_keep_their_own_data_dir(
+    name: str, tmp_path: Path
+) -> None:
     deployment = one("Deployment", name)
-    data = pod_settings(deployment, tmp_path).data_path
+    settings = pod_settings(deployment, tmp_path)
     mounts = {Path(m["mountPath"]): m for m in container(deployment)["volumeMounts"]}
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert "emptyDir" in volumes[mounts[data]["name"]]  # replica id and data-dir lock: per pod
-    outputs = mounts[data / "outputs"]  # server/composition.py: LocalStorage(data / "outputs")
-    claim = volumes[outputs["name"]]["persistentVolumeClaim"]["claimName"]
-    assert one("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
-    key = mounts[data / "url-signing.key"]  # server/composition.py: load_or_create_secret
-    assert volumes[key["name"]]["secret"]["secretName"] == "omniserve-secrets"
-    assert len(secret()[key["subPath"]].encode()) >= SECRET_BYTES
+    assert "emptyDir" in volumes[mounts[settings.data_path]["name"]]  # replica id and data-dir lock: per pod
+    for folder in (settings.storage.outputs_dir, settings.batches.files_dir):
+        claim = mounted_claim(deployment, Path(folder))
+        assert claim is not None, f"{folder} is not on a shared claim"
+        assert one("PersistentVolumeClaim", claim)["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert settings.storage.url_signing_key == secret()["url-signing-key"]
     shm = mounts[Path("/dev/shm")]
     assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
 
