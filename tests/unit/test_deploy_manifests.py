@@ -205,7 +205,7 @@ def mounted_claim(deployment: dict[str, Any], folder: Path) -> str | None:
     mount = max(mounts, key=lambda m: len(Path(m["mountPath"]).parts))
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     claim = volumes[mount["name"]].get("persistentVolumeClaim")
-    return None if claim is None else claim["claimName"]  # type: ignore[no-any-return]
+    return None if claim is None else claim["claimName"]
 
 
 @pytest.mark.parametrize("name", OMNISERVE_DEPLOYMENTS)
