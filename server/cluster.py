@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 import redis.asyncio as aioredis
@@ -59,6 +59,7 @@ class Replica(msgspec.Struct, frozen=True, kw_only=True):
     heartbeat_at: float  # Unix time of the writer's clock
 
 
+@runtime_checkable
 class ClusterCatalog(Protocol):
     @property
     def here(self) -> Replica:
@@ -163,6 +164,7 @@ class RedisCluster:
         self._read_at = float("-inf")  # monotonic time of the last view read
         self._reachable = True
         self._beating: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def here(self) -> Replica:
@@ -195,9 +197,12 @@ class RedisCluster:
         self._beating = asyncio.create_task(self._beat_forever())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._beating is not None:
+            # The flag too: a cancel landing inside a Redis call may reach the beat as a
+            # connection error, which the beat survives; the flag ends its loop then.
             self._beating.cancel()
-            await asyncio.gather(self._beating, return_exceptions=True)
+            await asyncio.wait([self._beating], timeout=self._beat_timeout_s + self._heartbeat_s)
             self._beating = None
         try:
             async with asyncio.timeout(self._beat_timeout_s):
@@ -211,7 +216,7 @@ class RedisCluster:
             await self._redis.aclose()
 
     async def _beat_forever(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._heartbeat_s)
             await self._beat()
 
