@@ -77,12 +77,10 @@ def streamed_text(events: list[dict[str, Any] | str]) -> str:
     )
 
 
-async def test_requests_for_a_model_run_elsewhere_are_refused_naming_where(
-    tmp_path: Path, store: RedisServer
-) -> None:
+async def test_requests_for_a_model_run_elsewhere_are_refused_naming_where(tmp_path: Path, store: RedisServer) -> None:
     async with (
         replica(tmp_path, store, "a", ["fake-embed"]) as (a_url, a),
-        replica(tmp_path, store, "b", ["fake-chat-alias"]) as (b_url, b),
+        replica(tmp_path, store, "b", ["fake-chat-alias"]) as (b_url, _),
         httpx.AsyncClient(headers=CUSTOMER, timeout=30) as client,
     ):
         await until(sees(a, "fake-chat", b_url))
@@ -184,6 +182,7 @@ class _Peer:
 
     def __init__(self) -> None:
         self.headers: dict[str, str] = {}
+        self.target = ""
         self.body = b""
         self.first_seen = asyncio.Event()
 
@@ -191,6 +190,7 @@ class _Peer:
         if scope["type"] != "http":
             return
         self.headers = {key.decode(): value.decode() for key, value in scope["headers"]}
+        self.target = f"{scope['path']}?{scope['query_string'].decode()}"
         more = True
         while more:
             message = await receive()
@@ -229,9 +229,10 @@ async def test_the_proxy_streams_chunk_by_chunk_and_marks_what_it_forwards(tmp_p
         ):
             await until(sees(a, "fake-chat", peer_url))
             sent = json.dumps({**CHAT, "stream": True}).encode()
-            async with asyncio.timeout(DEADLINE_S), client.stream(
-                "POST", f"{a_url}/v1/chat/completions?trace=1", content=sent, headers={"content-type": "application/json"}
-            ) as response:
+            url = f"{a_url}/v1/chat/completions?trace=1"
+            json_body = {"content-type": "application/json"}
+            streaming = client.stream("POST", url, content=sent, headers=json_body)
+            async with asyncio.timeout(DEADLINE_S), streaming as response:
                 assert response.status_code == 201
                 assert response.headers["x-peer"] == "stub"
                 chunks = response.aiter_raw()
@@ -240,7 +241,7 @@ async def test_the_proxy_streams_chunk_by_chunk_and_marks_what_it_forwards(tmp_p
                 assert await anext(chunks) == b"data: one\n\n"
                 peer.first_seen.set()
                 assert b"".join([chunk async for chunk in chunks]) == b"data: two\n\n"
-            assert peer.body == sent
+            assert peer.body == sent and peer.target == "/v1/chat/completions?trace=1"
             assert peer.headers["authorization"] == CUSTOMER["Authorization"]
             assert peer.headers[PROXIED_HEADER] == a.cluster.here.id
     finally:
