@@ -4,7 +4,8 @@
 An ASGI wrapper, so no route knows of it: it keeps a copy of the request body as the app reads
 it and holds back the app's answer when the error handler says (`server.cluster.ask_peer`) the
 request was refused for a model served elsewhere. The scheduler refuses such a request before
-anything waits, loads or is charged, so sending it again elsewhere repeats no work. Then the
+anything waits or loads (a credit reservation made first is refunded with the refusal), so
+sending it again elsewhere repeats no work; its request windows count it on both replicas. Then the
 request goes, body and headers (Authorization included) as received, to a live replica running
 the model, and that replica's status, headers and body come back as they arrive, chunk by chunk
 (a streamed chat's server-sent events too).
