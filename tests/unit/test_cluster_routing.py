@@ -171,6 +171,9 @@ async def test_with_proxying_a_streamed_chat_comes_from_the_replica_that_runs_it
         # A request another replica forwarded is never forwarded again: it gets this one's refusal.
         forwarded = await client.post(f"{a_url}/v1/chat/completions", json=CHAT, headers={PROXIED_HEADER: "other"})
         assert forwarded.status_code == 404 and b_url in forwarded.json()["error"]["message"]
+        # No live replica runs fake-sd: nothing to forward to, this replica's own refusal.
+        image = await client.post(f"{a_url}/v1/images/generations", json={"model": "fake-sd", "prompt": "a barn"})
+        assert image.status_code == 503 and image.json()["error"]["code"] == "SERVICE_NOT_AVAILABLE"
         # A refusal of the peer comes back as the peer gave it.
         bad = await client.post(f"{a_url}/v1/chat/completions", json={**CHAT, "max_tokens": -1})
         assert bad.status_code == 400, bad.text
