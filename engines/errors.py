@@ -127,3 +127,14 @@ class ModelLoadFailed(EngineError):
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' failed to load; see the server log.")
         self.model = model
+
+
+class ModelNotServedHere(EngineError):
+    """The catalog model exists but this server does not run it (settings' ``cluster.serve``):
+    another replica may. The server says where, or forwards the request there."""
+
+    field = "model"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' is not served by this server.")
+        self.model = model

@@ -25,6 +25,10 @@ pipelines, the upscaler, the safety classifier) also take turns on the device he
 same ordering. The device turn is the only guard of such a device: those engines hold no lock
 of their own, so they compute only inside a lease.
 
+Among replicas, a server may run only some of the catalog (``served``): every model stays known
+for validation (``spec``, ``engine``), but only a served one is planned, loaded or leased here;
+the others are refused with ``ModelNotServedHere`` before anything waits or loads.
+
 Failures reach the caller as ``engines.errors`` domain errors; the server maps them to its API.
 """
 
@@ -33,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, cast, overload
 
@@ -58,6 +62,7 @@ from engines.errors import (
     ModelInUse,
     ModelLoadFailed,
     ModelNotFound,
+    ModelNotServedHere,
     Overloaded,
     WrongModelKind,
 )
@@ -147,9 +152,12 @@ class Scheduler:
         policy: AdmissionPolicy,
         devices: list[DeviceMemory] | None = None,
         sizing: SizingPolicy | None = None,
+        served: Callable[[str], bool] | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy
+        # Which catalog models (canonical names) run here; None: all of them.
+        self._served = served
         # Without devices nothing is budgeted: every model fits.
         self.devices = {device.name: device for device in devices or []}
         # vLLM takes its device from the library's own detection: the first GPU when there is one.
@@ -179,6 +187,8 @@ class Scheduler:
         that could never fit their device's whole budget."""
         too_large: dict[str, tuple[Footprint, int]] = {}
         for slot in self._slots.values():
+            if not self.serves(slot.name):
+                continue  # it runs on other replicas, whose devices it must fit
             budget = self.devices.get(slot.device)
             if budget is None:
                 continue  # nothing is budgeted there: an engine sizes itself alone
@@ -205,6 +215,22 @@ class Scheduler:
         if engine.spec.kind not in wanted:
             raise WrongModelKind(name, engine.spec.kind, wanted)
         return self._slots[engine.spec.name]
+
+    def serves(self, name: str) -> bool:
+        """Whether the catalog model `name` (its canonical name) runs on this server."""
+        return self._served is None or self._served(name)
+
+    def served_models(self) -> list[str]:
+        """The canonical names of the catalog models that run on this server."""
+        return [name for name in self._slots if self.serves(name)]
+
+    def _served_slot(self, name: str, kind: type[Engine] = Engine) -> _Slot:
+        """The model's slot, as `_slot`, for work that runs it here: ModelNotServedHere when
+        it runs only on other replicas."""
+        slot = self._slot(name, kind)
+        if not self.serves(slot.name):
+            raise ModelNotServedHere(slot.name)
+        return slot
 
     def spec(self, name: str) -> ModelSpec:
         """The catalog entry for a name or alias."""
@@ -242,7 +268,7 @@ class Scheduler:
         if not self._startup_done:
             return False
         slots = self._slots.values()
-        if any(slot.pinned and slot.state is not Residency.RESIDENT for slot in slots):
+        if any(slot.pinned and slot.state is not Residency.RESIDENT and self.serves(slot.name) for slot in slots):
             return False
         return not any(slot.name in self._startup and slot.state is Residency.FAILED for slot in slots)
 
@@ -333,7 +359,7 @@ class Scheduler:
     # -- loading -------------------------------------------------------------------------------
 
     async def load(self, name: str, *, evict: bool = True) -> None:
-        slot = self._slot(name)
+        slot = self._served_slot(name)
         async with slot.load_lock:
             if slot.state is Residency.RESIDENT:
                 return
@@ -388,6 +414,8 @@ class Scheduler:
         """Pinned models first, then the others in catalog order while they fit without
         evicting anything; what does not fit loads on first use."""
         for slot in sorted(self._slots.values(), key=lambda s: not s.pinned):
+            if not self.serves(slot.name):
+                continue
             if not slot.pinned and not self._fits(slot):
                 log.info("model %s does not fit the budget of %s now; it loads on first use", slot.name, slot.device)
                 continue
@@ -458,7 +486,7 @@ class Scheduler:
     def check_admission(self, name: str) -> None:
         """Raise Overloaded (queue full) now if a lease would be refused: streaming routes call
         this before their first byte, so the refusal is a 429 rather than an in-stream error."""
-        self._check_queue(self._slot(name))
+        self._check_queue(self._served_slot(name))
 
     async def _take_turn(
         self,
@@ -553,7 +581,7 @@ class Scheduler:
         """The engine, loaded, as a `kind` engine, without taking a slot: for validating a
         request (tokenizer, context length) before it queues. Work itself still goes through
         ``lease``. A model of the wrong kind is refused before anything loads."""
-        slot = self._slot(name, kind)
+        slot = self._served_slot(name, kind)
         slot.demand += 1
         try:
             await self._make_resident(slot)
@@ -592,7 +620,7 @@ class Scheduler:
     async def _lease(
         self, name: str, kind: type[Engine], priority: Priority, owner: str | None, weight: int
     ) -> AsyncIterator[Engine]:
-        slot = self._slot(name, kind)
+        slot = self._served_slot(name, kind)
         owner = owner if owner is not None else lease_owner.get()
         priority = max(priority, lease_priority_floor.get())
         # One deadline for the whole wait: a slot, the load, the device turn.
@@ -630,7 +658,7 @@ class Scheduler:
         first, to make room. ModelDoesNotFit at once when pinned models and models in use
         leave no room; ModelLoadFailed when the engine fails (a failed model is tried again).
         The load runs shielded: a caller that gives up does not cancel it halfway."""
-        slot = self._slot(name)
+        slot = self._served_slot(name)
         await self._operator_load(slot)
         return slot.name
 
@@ -676,7 +704,7 @@ class Scheduler:
     async def pin_model(self, name: str) -> str:
         """Load the model as ``load_model`` does and keep it loaded: never evicted, never
         unloaded for idleness, and required by ``ready``. It stays unpinned if it cannot load."""
-        slot = self._slot(name)
+        slot = self._served_slot(name)
         was_pinned = slot.pinned
         # Pinned only once resident: a pinned model that is not resident makes the server unready.
         await self._operator_load(slot)

@@ -44,3 +44,17 @@ class AdminAdapter(msgspec.Struct, kw_only=True):
 
 class AdminAdapterList(msgspec.Struct, kw_only=True):
     adapters: list[AdminAdapter]
+
+
+class ClusterReplica(msgspec.Struct, kw_only=True):
+    id: str
+    url: str  # where the other replicas and clients reach it (cluster.advertise_url)
+    models: list[str]  # the catalog models it runs (canonical names)
+    started_at: float  # Unix time
+    # Seconds since its last heartbeat, by this server's clock against the replica's own.
+    heartbeat_age_s: float
+    this_server: bool
+
+
+class ClusterView(msgspec.Struct, kw_only=True):
+    replicas: list[ClusterReplica]

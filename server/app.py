@@ -34,6 +34,8 @@ from engines.workpools import WorkPool
 from server.accounts_hooks import account_guard, caller_dependency
 from server.auth import Authenticator, key_guard, require_admin
 from server.cancellation import CancelOnDisconnect
+from server.cluster import CLUSTER_STATE, served_models
+from server.cluster_proxy import PeerProxy
 from server.composition import Components
 from server.console.pages import ConsoleController
 from server.cors import UnlistedOriginsAsSameSite, cors_config
@@ -121,7 +123,8 @@ def build_components(
     )
     devices = discover_devices(scheduling.host_budget, scheduling.gpu_budget)
     # Before anything opens: a catalog model that can never fit raises FootprintTooLarge here.
-    scheduler = Scheduler(registry, policy, devices, sizing)
+    served = served_models(registry, settings.cluster.serve)
+    scheduler = Scheduler(registry, policy, devices, sizing, served=None if served is None else served.__contains__)
     keystore = open_keystore(
         settings.store_url,
         settings.data_path,
@@ -165,6 +168,7 @@ def _dependencies(components: Components) -> dict[str, Provide]:
         "storage": components.storage,
         "results": components.task_results,
         "authenticator": components.authenticator,
+        "cluster": components.cluster,
         # Images.
         "images": components.openai_images,
         "v3_images": components.v3_images,
@@ -293,7 +297,7 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         ],
         # Every route: on an open server, a trusted Host and JSON bodies sent as JSON.
         guards=[open_server_guard(components.authenticator, hosts)],
-        state=State({HOSTS_STATE: hosts}),
+        state=State({HOSTS_STATE: hosts, CLUSTER_STATE: components.cluster}),
         dependencies=_dependencies(components),
         exception_handlers={Exception: handle_exception},
         lifespan=[engines_lifespan],
@@ -314,5 +318,15 @@ def create_app(components: Components, *, tracer_provider: TracerProvider | None
         handler = UnlistedOriginsAsSameSite(handler, cors)
     if settings.metrics.access == "port":
         handler = MetricsListenerOnlyServesMetrics(handler, settings.metrics.port)
+    if settings.cluster.proxy_to_peers:
+        cluster = settings.cluster
+        proxy = PeerProxy(
+            handler,
+            components.cluster,
+            connect_timeout_s=cluster.proxy_connect_timeout_s,
+            read_timeout_s=cluster.proxy_read_timeout_s,
+        )
+        app.on_shutdown.append(proxy.aclose)
+        handler = proxy
     app.asgi_handler = RequestTelemetry(CancelOnDisconnect(handler))
     return app

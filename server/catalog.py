@@ -10,18 +10,27 @@ from engines.residency import Residency
 from engines.scheduler import Scheduler
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.models import ModelCard, ModelKindName
+from server.cluster import ClusterCatalog
 
 
 class ModelCatalog:
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, cluster: ClusterCatalog | None = None) -> None:
         self.scheduler = scheduler
+        # Lists only the models some live replica runs (all of them on one server by default).
+        self.cluster = cluster
         self.started_at = int(time.time())
+
+    def listed(self, name: str) -> bool:
+        """Whether the catalog model `name` (canonical) is listed: some live replica runs it."""
+        return self.cluster is None or bool(self.cluster.serving(name))
 
     def cards(self) -> list[ModelCard]:
         cards = []
         residency = self.scheduler.residency()
         for engine in self.scheduler.registry:
             spec = engine.spec
+            if not self.listed(spec.name):
+                continue
             max_len = None
             # Only a loaded chat model knows its context length; nothing is loaded to learn it.
             if spec.kind is ModelKind.CHAT and residency[spec.name] is Residency.RESIDENT:

@@ -32,6 +32,7 @@ from server.capabilities.transcription.transcriber import Transcriber
 from server.capabilities.upscale import Upscaler
 from server.capabilities.video.generation import VideoGenerator
 from server.catalog import ModelCatalog
+from server.cluster import open_cluster
 from server.data_lock import DataDirLock, DataDirLocked
 from server.keystore import KeyStore, StoreUnavailable
 from server.metrics import Metrics
@@ -81,7 +82,9 @@ class Components:
         # Windows, duplicate filter and signing key: shared in Redis when the key store is.
         link = store_link(settings, keystore)
         self.storage = output_storage(settings, link)
-        self.catalog = ModelCatalog(scheduler)
+        # Who runs which model: this server alone, or the replicas sharing the Redis store.
+        self.cluster = open_cluster(settings, scheduler.served_models())
+        self.catalog = ModelCatalog(scheduler, self.cluster)
         self.readiness = Readiness(scheduler)
         self.accounts = Accounts(keystore, settings.accounts, windows=request_windows(link))
         self.task_store = open_task_store(settings)
@@ -140,7 +143,10 @@ class Components:
         )
         self.batches = Batches(self.batch_store, self.batch_files, self.batch_runner, settings.batches)
         self.submission = TaskSubmission(
-            self.task_runner, allow_private_urls=tasks.allow_private_urls, nsfw_detection=self.nsfw.configured
+            self.task_runner,
+            allow_private_urls=tasks.allow_private_urls,
+            nsfw_detection=self.nsfw.configured,
+            cluster=self.cluster,
         )
         set_max_prompt_chars(settings.limits.max_prompt_chars)
         output_limit = OutputLimit.from_limits(settings.limits)
@@ -211,6 +217,7 @@ class Components:
         except DataDirLocked as exc:
             log.error("%s", exc)
             raise
+        await self.cluster.start()
         if await self._task_store_answers():
             await self.task_runner.start()
         else:
@@ -248,6 +255,7 @@ class Components:
         self.task_runner.drain()
 
     async def stop(self) -> None:
+        await self.cluster.stop()  # first: no replica sends this one more work
         await self.loop_lag.stop()
         if self._cleaner is not None:
             self._cleaner.cancel()

@@ -25,6 +25,7 @@ from engines.errors import (
     ModelDoesNotFit,
     ModelInUse,
     ModelNotFound,
+    ModelNotServedHere,
     Overloaded,
     WrongModelKind,
 )
@@ -34,6 +35,7 @@ from schemas.anthropic.messages import ErrorType as AnthropicErrorType
 from schemas.errors import ApiError, ErrorCode
 from schemas.openai.common import ErrorDetail, ErrorResponse
 from schemas.v3.common import V3Error
+from server.cluster import CLUSTER_STATE, ClusterCatalog, ModelServedElsewhere, ask_peer, cluster_refusal
 from server.request_bodies import client_left_mid_body
 from server.validation import validation_error as validation_error  # its home; imported from here too
 
@@ -228,6 +230,9 @@ def engine_api_error(exc: EngineError, names: Callable[[str], str] | None = None
     field = exc.field
     param = field if field is None or names is None else names(field)
     retry_after: float | None = None
+    if isinstance(exc, ModelNotServedHere):
+        # Where it runs is written by the error handler, which has the cluster catalog.
+        return ModelServedElsewhere(exc.model, param)
     if isinstance(exc, ModelNotFound):
         code = ErrorCode.MODEL_NOT_FOUND
     elif isinstance(exc, WrongModelKind):
@@ -293,9 +298,14 @@ def retry_after_headers(error: ApiError) -> dict[str, str]:
     return {"Retry-After": str(max(1, round(error.retry_after))), "retry-after-ms": str(int(error.retry_after * 1000))}
 
 
+def error_body(path: str, error: ApiError) -> bytes:
+    """The error as the body of the family that `path` belongs to."""
+    return _body_for(path)(error)
+
+
 def error_response(path: str, error: ApiError, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(
-        content=_body_for(path)(error),
+        content=error_body(path, error),
         status_code=error.status,
         media_type=MediaType.JSON,
         headers={**(headers or {}), **retry_after_headers(error)},
@@ -311,6 +321,13 @@ def handle_exception(request: Request, exc: Exception) -> Response[bytes]:
             request.url.path, ApiError(ErrorCode.INVALID_REQUEST_BODY, "The client left before sending the whole body.")
         )
     error = as_api_error(exc)
+    if isinstance(error, ModelServedElsewhere):
+        # With proxying on (server/cluster_proxy.py), this answer is replaced by the answer
+        # of a replica that runs the model.
+        ask_peer(request.scope, error.model)
+        cluster: ClusterCatalog | None = request.app.state.get(CLUSTER_STATE)
+        if cluster is not None:
+            error = cluster_refusal(cluster, error.model, error.param)
     # An engine's own failures were logged where they happened.
     if error.status >= 500 and not isinstance(exc, (ApiError, EngineError)):
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)

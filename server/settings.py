@@ -651,8 +651,16 @@ class ClusterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Forward an OpenAI-family request for a model served only elsewhere to a replica that
     # serves it, instead of answering 404 with where it is served.
     proxy_to_peers: bool = False
+    # A forwarded request gives up on a replica that does not accept the connection within
+    # proxy_connect_timeout_s (the next replica serving the model is tried), and on one that
+    # sends nothing for proxy_read_timeout_s (a non-streamed answer comes whole: this bounds
+    # its whole run, queue wait included).
+    proxy_connect_timeout_s: float = 2.0
+    proxy_read_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.proxy_connect_timeout_s <= 0 or self.proxy_read_timeout_s <= 0:
+            raise ValueError("cluster.proxy_connect_timeout_s and cluster.proxy_read_timeout_s must be positive")
         if self.heartbeat_s <= 0 or self.lease_s < 2 * self.heartbeat_s:
             raise ValueError("cluster.heartbeat_s must be positive and cluster.lease_s at least twice it")
         if self.max_task_retries < 0:

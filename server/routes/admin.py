@@ -12,6 +12,8 @@ and folder in the body), DELETE stops serving it. They are not kept across resta
 
 from __future__ import annotations
 
+import time
+
 from litestar import Controller, delete, get, put
 from litestar.openapi.datastructures import ResponseSpec
 
@@ -19,7 +21,16 @@ from engines.base import AdapterEngine, TextAdapter
 from engines.errors import ModelNotFound
 from engines.residency import SchedulerReport
 from engines.scheduler import Scheduler
-from schemas.admin import AdminAdapter, AdminAdapterBody, AdminAdapterList, AdminModel, AdminModelList
+from schemas.admin import (
+    AdminAdapter,
+    AdminAdapterBody,
+    AdminAdapterList,
+    AdminModel,
+    AdminModelList,
+    ClusterReplica,
+    ClusterView,
+)
+from server.cluster import ClusterCatalog
 from server.errors import bad_request
 
 # The conflicts the model actions answer with (the envelope is added with the other errors).
@@ -77,6 +88,23 @@ class AdminController(Controller):
     )
     async def scheduler(self, scheduler: Scheduler) -> SchedulerReport:
         return scheduler.report()
+
+    @get("/cluster", summary="The live replicas, where they are reached and what they run", operation_id="clusterView")
+    async def cluster(self, cluster: ClusterCatalog) -> ClusterView:
+        now = time.time()
+        return ClusterView(
+            replicas=[
+                ClusterReplica(
+                    id=replica.id,
+                    url=replica.url,
+                    models=list(replica.models),
+                    started_at=replica.started_at,
+                    heartbeat_age_s=round(max(now - replica.heartbeat_at, 0.0), 3),
+                    this_server=replica.id == cluster.here.id,
+                )
+                for replica in cluster.replicas()
+            ]
+        )
 
     @get("/models", summary="The catalog's models: where each lives and stands", operation_id="listAdminModels")
     async def list_models(self, scheduler: Scheduler) -> AdminModelList:

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CommonExtra
+from server.cluster import ClusterCatalog, cluster_refusal
 from server.netguard import check_public_url_async
 from server.tasks.models import Task, TaskStatus, TaskType, now_ms
 from server.tasks.runner import TaskRunner
 
 
 class TaskSubmission:
-    def __init__(self, runner: TaskRunner, *, allow_private_urls: bool, nsfw_detection: bool) -> None:
+    def __init__(
+        self,
+        runner: TaskRunner,
+        *,
+        allow_private_urls: bool,
+        nsfw_detection: bool,
+        cluster: ClusterCatalog | None = None,
+    ) -> None:
         self.runner = runner
+        # Who runs which model: a task is queued only for a model some live replica runs.
+        self.cluster = cluster
         self.allow_private_urls = allow_private_urls
         # Whether a safety classifier is configured (tasks.safety_model).
         self.nsfw_detection = nsfw_detection
@@ -61,5 +71,8 @@ class TaskSubmission:
                 task.reason = "Webhook test mode: a mock failure."
             await self.runner.record_finished(task)
         else:
+            if self.cluster is not None and not self.cluster.serving(model):
+                # Queued, it would wait for a replica nobody runs (cluster_refusal says why 503).
+                raise cluster_refusal(self.cluster, model, param=None)
             await self.runner.submit(task)
         return task

@@ -37,13 +37,15 @@ async def serve(
     specs: list[ModelSpec] | None = None,
     factory: Any = fake_factory,
     factories: dict[str, Any] | None = None,
+    port: int | None = None,
     **settings: object,
 ) -> AsyncIterator[tuple[str, Components]]:
     """The base URL of the running app, and its components. ``factory`` builds the fake
-    catalog's engines; ``factories`` adds engines of other kinds."""
+    catalog's engines; ``factories`` adds engines of other kinds; ``port``: the port to listen
+    on, for settings that must name it (a free one by default)."""
     config = msgspec.convert({"data_dir": str(tmp_path), **settings}, Settings)
     state = build_components(config, specs if specs is not None else FAKE_SPECS, {"fake": factory, **(factories or {})})
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(state), port=port, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())
     try:

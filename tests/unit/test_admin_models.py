@@ -197,6 +197,7 @@ async def test_a_loading_model_is_not_unloaded_and_a_load_outlives_its_caller(tm
 
 
 ROUTES = [
+    ("GET", "/admin/cluster"),
     ("GET", "/admin/models"),
     ("GET", "/admin/models/fake-chat"),
     ("PUT", "/admin/loaded/fake-chat"),
@@ -235,6 +236,7 @@ async def test_the_document_describes_the_routes_and_their_conflicts(admin: tupl
     ids = {key: operation["operationId"] for key, operation in operations.items()}
     assert ids == {
         ("GET", "/admin/scheduler"): "schedulerReport",
+        ("GET", "/admin/cluster"): "clusterView",
         ("GET", "/admin/models"): "listAdminModels",
         ("GET", "/admin/models/{name}"): "getAdminModel",
         ("PUT", "/admin/loaded/{name}"): "loadModel",

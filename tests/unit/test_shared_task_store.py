@@ -11,7 +11,6 @@ import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.composition import Components
 from server.keystore_redis import RedisKeyStore
 from server.settings_loading import SettingsError, load_settings
 from server.tasks.models import TaskStatus
@@ -22,6 +21,8 @@ from tests.unit.test_task_runner import FREE, REQUEST, auth, running
 from tests.unit.test_webhooks import receiver
 
 DEADLINE_S = 30.0
+# Reads /metrics; a key from settings, so it answers while Redis (the key store) is down too.
+ADMIN_KEY = "static-admin-key-for-metrics"
 
 
 async def _result(client: AsyncTestClient, key: str, task_id: str) -> dict[str, Any]:
@@ -36,12 +37,14 @@ async def _result(client: AsyncTestClient, key: str, task_id: str) -> dict[str, 
             await asyncio.sleep(0.05)
 
 
-async def _task_counts(state: Components) -> dict[str, float]:
-    """omniserve_tasks by status, as /metrics renders them (the route itself needs a key)."""
-    await state.metrics.refresh()
+async def _task_counts(client: AsyncTestClient) -> dict[str, float]:
+    """omniserve_tasks by status, as /metrics renders them (read over HTTP: the app's Redis
+    connections belong to the loop the app runs on)."""
+    response = await client.get("/metrics", headers=auth(ADMIN_KEY))
+    assert response.status_code == 200, response.text
     return {
         sample.labels["status"]: sample.value
-        for family in text_string_to_metric_families(state.metrics.render().decode())
+        for family in text_string_to_metric_families(response.text)
         for sample in family.samples
         if sample.name == "omniserve_tasks"
     }
@@ -49,7 +52,7 @@ async def _task_counts(state: Components) -> dict[str, float]:
 
 async def test_tasks_run_and_deliver_their_webhooks_through_redis(tmp_path: Any) -> None:
     with redis_server(tmp_path) as server:
-        state = make_state(tmp_path / "data", store_url=server.url, **FREE)
+        state = make_state(tmp_path / "data", store_url=server.url, auth={"static_admin_keys": [ADMIN_KEY]}, **FREE)
         _, key = state.keystore.create("a")
         replica = RedisTaskStore(server.url, timeout_s=2.0, retry_after_s=1.0)
         async with receiver(lambda n: 200) as (url, received), running(state) as client:
@@ -65,7 +68,7 @@ async def test_tasks_run_and_deliver_their_webhooks_through_redis(tmp_path: Any)
                     await asyncio.sleep(0.05)
             stored = await replica.get(task_id)  # what every replica sees
             assert stored is not None and stored.status is TaskStatus.SUCCEED and len(stored.outputs) == 1
-            counts = await _task_counts(state)
+            counts = await _task_counts(client)
             assert counts == {status.value: float(status is TaskStatus.SUCCEED) for status in TaskStatus}
         await replica.close()
     assert len(received) == 1
@@ -76,12 +79,17 @@ async def test_the_task_runner_starts_once_redis_answers(tmp_path: Any) -> None:
     with redis_server(tmp_path) as server:
         server.stop()  # its port, with nothing listening
         state = make_state(
-            tmp_path / "data", store_url=server.url, store_timeout_s=0.5, store_retry_after_s=0.2, **FREE
+            tmp_path / "data",
+            store_url=server.url,
+            store_timeout_s=0.5,
+            store_retry_after_s=0.2,
+            auth={"static_admin_keys": [ADMIN_KEY]},
+            **FREE,
         )
         async with running(state) as client:
             down = await client.get("/v3/async/task-result", params={"task_id": "t"}, headers=auth("os-abc.def"))
             assert down.status_code == 503
-            assert await _task_counts(state) == {}  # a scrape goes on without the task counts
+            assert await _task_counts(client) == {}  # a scrape goes on without the task counts
 
             server.start()  # empty: the operator makes the key again
             operator = RedisKeyStore(server.url, replica="operator", timeout_s=2.0, retry_after_s=1.0)

@@ -7,6 +7,7 @@ from litestar.params import Parameter
 
 from engines.scheduler import Scheduler
 from schemas.v3.models import ModelList
+from server.catalog import ModelCatalog
 from server.routes.v3.model_listing import ModelFilter, list_models
 
 
@@ -26,6 +27,7 @@ class ModelsV3Controller(Controller):
     async def list_models(
         self,
         scheduler: Scheduler,
+        catalog: ModelCatalog,
         visibility: Annotated[str | None, Parameter(query="filter.visibility")] = None,
         source: Annotated[str | None, Parameter(query="filter.source")] = None,
         types: Annotated[str | None, Parameter(query="filter.types")] = None,
@@ -46,5 +48,5 @@ class ModelsV3Controller(Controller):
             is_inpainting=_flag(is_inpainting),
             query=text,
         )
-        specs = [engine.spec for engine in scheduler.registry]
+        specs = [engine.spec for engine in scheduler.registry if catalog.listed(engine.spec.name)]
         return list_models(specs, filters, limit, cursor)
