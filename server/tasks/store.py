@@ -62,6 +62,11 @@ class TaskStore(Protocol):
         """Give back a claim of a task that never started (a clean stop)."""
         ...
 
+    async def requeue(self, task_id: str) -> bool:
+        """PROCESSING -> QUEUED, its progress reset, to run again (its runner died); False
+        when it is not PROCESSING."""
+        ...
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -247,6 +252,18 @@ class SqliteTaskStore:
     async def release(self, task_id: str) -> None:
         self._write(
             "UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE task_id = ? AND status = ?", (task_id, _QUEUED)
+        )
+
+    async def requeue(self, task_id: str) -> bool:
+        """PROCESSING -> QUEUED with its progress reset: the replica running it died, and
+        another runs it again (``attempts`` keeps counting the runs)."""
+        return (
+            self._write(
+                "UPDATE tasks SET status = ?, progress_percent = 0, eta = 0, execute_time_ms = NULL "
+                "WHERE task_id = ? AND status = ?",
+                (_QUEUED, task_id, _PROCESSING),
+            )
+            == 1
         )
 
     async def mark_processing(self, task_id: str, execute_time_ms: int) -> bool:
