@@ -52,6 +52,7 @@ from server.routes.vendor.sdapi_tasks import SdApiTasks
 from server.settings import Settings
 from server.storage.local import LocalStorage, clean_outputs_periodically, load_or_create_secret
 from server.storage.s3 import S3Uploader
+from server.tasks.queue import open_task_queue
 from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
 from server.tasks.store import SqliteTaskStore
@@ -93,6 +94,8 @@ class Components:
             self.task_store,
             self.webhooks,
             self.webhook_bodies,
+            queue=open_task_queue(settings, scheduler),
+            max_task_retries=settings.cluster.max_task_retries,
             workers=tasks.workers,
             uploader=self.s3_uploader,
             billing=self.accounts,

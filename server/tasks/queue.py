@@ -12,11 +12,15 @@ each item pending until ``done``, so an item whose runner died is taken over els
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
 from server.tasks.fairqueue import FairQueue
+
+if TYPE_CHECKING:
+    from engines.scheduler import Scheduler
+    from server.settings import Settings
 
 
 class QueuedTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,3 +107,34 @@ class LocalTaskQueue:
 
     def close(self) -> None:
         self.fair.close()
+
+
+def served_models(scheduler: Scheduler, serve: list[str]) -> list[str]:
+    """The canonical names of the catalog models settings' ``cluster.serve`` names (names or
+    aliases; empty: every catalog model): the queues this replica takes tasks from."""
+    if not serve:
+        return [engine.spec.name for engine in scheduler.registry]
+    return list(dict.fromkeys(scheduler.spec(name).name for name in serve))
+
+
+def open_task_queue(settings: Settings, scheduler: Scheduler) -> TaskQueue:
+    """The queue settings name: this process's own with the SQLite store, else the Redis
+    queue shared by the replicas on ``store_url``."""
+    tasks = settings.tasks
+    if not settings.store_url:
+        return LocalTaskQueue(max_total=tasks.max_queued, max_per_key=tasks.max_queued_per_key)
+    from server.keystore import replica_id
+    from server.tasks.queue_redis import RedisTaskQueue  # redis-py only when it is used
+
+    cluster = settings.cluster
+    return RedisTaskQueue(
+        settings.store_url,
+        replica=replica_id(settings.data_path),
+        models=served_models(scheduler, cluster.serve),
+        max_total=tasks.max_queued,
+        max_per_key=tasks.max_queued_per_key,
+        heartbeat_s=cluster.heartbeat_s,
+        lease_s=cluster.lease_s,
+        timeout_s=settings.store_timeout_s,
+        retry_after_s=settings.store_retry_after_s,
+    )
