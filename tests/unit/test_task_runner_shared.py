@@ -11,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from server.keystore import replica_id
 from server.tasks.models import Task, TaskStatus, TaskType
+from server.tasks.queue import LocalTaskQueue
 from server.tasks.queue_redis import RedisTaskQueue
 from server.tasks.runner import CANCELLED_REASON, ProgressReporter, TaskOutcome, TaskRunner, died_reason
 from server.tasks.store import SqliteTaskStore
 from tests.redis_server import RedisServer, redis_server
+from tests.unit import test_task_runner
+from tests.unit.conftest import make_state
+from tests.unit.test_task_runner import FREE, running, submit
 
 WAIT_S = 15.0
 HEARTBEAT_S = 0.1
@@ -222,3 +227,25 @@ async def test_progress_reaches_the_store_and_a_cancel_elsewhere_stops_the_job(c
 
 async def _progress_is(cluster: Cluster, task_id: str, percent: int) -> bool:
     return (await cluster.status(task_id)).progress_percent == percent
+
+
+async def test_the_app_queues_in_redis_the_models_this_replica_serves(
+    redis_instance: RedisServer, tmp_path: Path
+) -> None:
+    redis_instance.flush()
+    assert isinstance(make_state(tmp_path / "alone").task_runner._queue, LocalTaskQueue)
+    everything = make_state(tmp_path / "all", store_url=redis_instance.url)
+    queue = everything.task_runner._queue
+    assert isinstance(queue, RedisTaskQueue)
+    assert sorted(queue.models) == ["fake-chat", "fake-embed", "fake-rerank", "fake-sd"]
+    assert queue.replica == replica_id(tmp_path / "all")
+    state = make_state(
+        tmp_path / "some", store_url=redis_instance.url, cluster={"serve": ["fake-chat-alias", "fake-sd"]}, **FREE
+    )
+    queue = state.task_runner._queue
+    assert isinstance(queue, RedisTaskQueue) and queue.models == ["fake-chat", "fake-sd"]
+    _, key = state.keystore.create("a")
+    async with running(state) as client:
+        task_id = await submit(client, key)
+        await test_task_runner.until(lambda: test_task_runner._is(client, key, task_id, "TASK_STATUS_SUCCEED"))
+    assert await queue.counts() == {}
