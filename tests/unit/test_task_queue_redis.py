@@ -217,3 +217,39 @@ async def test_an_unreachable_redis_refuses_submissions_with_503(tmp_path: Path)
                     await call
             assert down.value.code is ErrorCode.SERVICE_NOT_AVAILABLE and down.value.retry_after
         await queue.stop()
+
+
+async def test_a_waiting_get_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as server:
+        queue = RedisTaskQueue(
+            server.url,
+            replica="r1",
+            models=["m"],
+            max_total=10,
+            max_per_key=10,
+            heartbeat_s=0.1,
+            lease_s=0.4,
+            timeout_s=0.5,
+            retry_after_s=0.2,
+            block_s=0.1,
+        )
+        await queue.start()
+        try:
+            await queue.put("t1", None, "m")
+            await queue.done(await take(queue))
+            server.stop()
+            waiting = asyncio.create_task(queue.get())
+            await asyncio.sleep(1.0)
+            assert not waiting.done()  # neither an error nor an answer while Redis is away
+            server.start()  # empty: its streams and groups are gone
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    try:
+                        await queue.put("t2", None, "m")
+                        break
+                    except ApiError:  # within the retry period after the failure
+                        await asyncio.sleep(0.1)
+                item = await waiting
+            assert item is not None and item.task_id == "t2"
+        finally:
+            await queue.stop()

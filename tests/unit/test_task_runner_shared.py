@@ -249,3 +249,22 @@ async def test_the_app_queues_in_redis_the_models_this_replica_serves(
         task_id = await submit(client, key)
         await test_task_runner.until(lambda: test_task_runner._is(client, key, task_id, "TASK_STATUS_SUCCEED"))
     assert await queue.counts() == {}
+
+
+async def test_requeue_takes_back_only_a_processing_task_and_resets_its_progress(tmp_path: Path) -> None:
+    store = SqliteTaskStore(tmp_path / "tasks.sqlite3")
+    task = Task(task_type=TaskType.TXT_TO_IMG, model="m", request=b"{}")
+    await store.create(task)
+    assert not await store.requeue(task.task_id)  # QUEUED: nothing to take back
+    assert await store.claim(task.task_id)
+    assert await store.mark_processing(task.task_id, 123)
+    assert await store.update_progress(task.task_id, 40, 9)
+    assert await store.requeue(task.task_id)
+    again = await store.get(task.task_id)
+    assert again is not None
+    assert (again.status, again.progress_percent, again.eta, again.execute_time_ms) == (TaskStatus.QUEUED, 0, 0, None)
+    assert again.attempts == 1  # the runs still count
+    assert await store.fail(task.task_id, "x")
+    assert not await store.requeue(task.task_id)  # finished is final
+    assert not await store.requeue("no-such-task")
+    store.close()
