@@ -54,6 +54,7 @@ from server.settings import Settings
 from server.shared_state import output_storage, recent_requests, request_windows, store_link
 from server.storage.local import clean_outputs_periodically
 from server.storage.s3 import S3Uploader
+from server.tasks.queue import open_task_queue
 from server.tasks.results import TaskResults, WebhookBodies
 from server.tasks.runner import TaskRunner
 from server.tasks.store import open_task_store
@@ -97,9 +98,11 @@ class Components:
         self.s3_uploader = S3Uploader(settings.s3, self.storage)
         self.webhook_bodies = WebhookBodies(self.storage, settings.public_base_url, self.s3_uploader.presigned_url)
         self.task_runner = TaskRunner(
-            self.task_store,  # type: ignore[arg-type]  # runner.py still names SqliteTaskStore
+            self.task_store,
             self.webhooks,
             self.webhook_bodies,
+            queue=open_task_queue(settings, scheduler),
+            max_task_retries=settings.cluster.max_task_retries,
             workers=tasks.workers,
             uploader=self.s3_uploader,
             billing=self.accounts,

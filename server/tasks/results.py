@@ -156,7 +156,8 @@ def build_result(
     *,
     presign: Presigner | None = None,
 ) -> TaskResult:
-    percent, eta = progress if progress is not None else (0, 0)
+    # Live progress from this process, else what the replica running it wrote (shared store).
+    percent, eta = progress if progress is not None else (task.progress_percent, task.eta)
     if task.status is TaskStatus.SUCCEED:
         percent, eta = 100, 0
     images: list[TaskImage] = []

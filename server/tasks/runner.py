@@ -2,9 +2,10 @@
 outputs (copying them to the client's bucket when ``extra.custom_storage`` asks), records
 the result, and notifies webhooks (through the durable outbox).
 
-Tasks live in the TaskStore, so the in-memory queue (one FIFO per key, served in turn:
-``fairqueue.py``) only carries ids: after a restart every queued one is read back from the
-store, page by page. A task stays QUEUED while its worker waits for an engine and becomes
+Tasks live in the TaskStore, so the queue (``queue.py``) only carries ids. One server
+(the SQLite store) uses the in-memory queue (one FIFO per key, served in turn:
+``fairqueue.py``): after a restart every queued one is read back from the store, page by
+page. A task stays QUEUED while its worker waits for an engine and becomes
 PROCESSING when its work starts (its first progress report), so a restart, clean or not,
 queues a waiting task again; one that was running is FAILED with a reason
 (``recover_interrupted``), refunded, and its webhook sent.
@@ -17,6 +18,17 @@ also deletes finished tasks past ``retention_s``.
 Stopping (``drain`` at the stop signal, then ``stop``): no new task starts; tasks waiting
 for an engine are let go and stay QUEUED; running ones get until ``drain_grace_s`` after
 the signal to finish, and are then failed with a reason; pending webhooks stay in the outbox.
+
+Replicas sharing a Redis store take tasks from a shared queue (``queue_redis.py``) whose
+entries are leased: the startup recovery and the sweep of PROCESSING tasks are not run
+(another replica's task is PROCESSING without a worker here), and queued tasks are not
+queued again at start (the queue persists). An entry taken over from a replica that died
+has its task run again if it was still QUEUED; if it was PROCESSING, run again (``requeue``)
+while it had fewer than 1 + ``max_task_retries`` runs, else failed with a reason, refunded,
+its webhook sent. A task held unstarted at a clean stop goes back to the queue at once.
+Progress is also written to the store (at most once a second per task) so every replica's
+task-result shows it; a progress write that finds the task ended (cancelled on another
+replica) stops its job.
 """
 
 from __future__ import annotations
@@ -33,10 +45,10 @@ from engines.errors import EngineError
 from schemas.errors import ApiError, ErrorCode
 from schemas.v3.common import CustomStorage
 from server.errors import engine_api_error
-from server.tasks.fairqueue import FairQueue
 from server.tasks.models import OutputFile, Task, TaskStatus, TaskType, now_ms
 from server.tasks.outbox import WebhookOutbox
-from server.tasks.store import SqliteTaskStore
+from server.tasks.queue import LocalTaskQueue, QueuedTask, TaskQueue
+from server.tasks.store import TaskStore
 from server.tasks.webhooks import WebhookSender
 from server.telemetry.tasks import capture_trace_context, traced_executor
 
@@ -49,12 +61,22 @@ CANCELLED_REASON = "Cancelled by the client."
 DEADLINE_REASON = "The task did not finish within the server's time limit."
 UNRECORDED_REASON = "The task's result could not be recorded."
 LOST_REASON = "The server lost track of this task; submit it again."
+UNQUEUED_REASON = "The task could not be queued; submit it again."
 # Runners that took a task, each time losing it to a crash, before it is failed instead of
 # taken again: a task that kills the process must not kill every restart.
 MAX_CLAIMS = 3
 # Tries of one result write (a busy or full disk), with doubling waits from the first.
 WRITE_TRIES = 5
 WRITE_RETRY_S = 0.05
+# Shared queue: the least time between two progress writes of one task to the store.
+PROGRESS_WRITE_S = 1.0
+# Shared queue: a worker whose task crashed (the store unreachable) waits this long before
+# taking the next, so a store that is down is not spun on.
+CRASH_PAUSE_S = 1.0
+
+
+def died_reason(runs: int) -> str:
+    return f"The replica running this task stopped; it was tried {runs} times."
 
 
 class TaskOutcome(msgspec.Struct, kw_only=True):
@@ -66,7 +88,8 @@ class TaskOutcome(msgspec.Struct, kw_only=True):
 
 class ProgressReporter:
     """Thread-safe progress for one running task, kept in memory (polled often, worth
-    nothing after a restart, so never written to the store)."""
+    nothing after a restart); replicas sharing a store also get it, throttled, through
+    ``on_report``."""
 
     def __init__(
         self,
@@ -74,6 +97,7 @@ class ProgressReporter:
         board: dict[str, tuple[int, int]],
         task_id: str,
         on_start: Callable[[], None] | None = None,
+        on_report: Callable[[tuple[int, int]], None] | None = None,
     ) -> None:
         self._loop = loop
         self._board = board
@@ -81,6 +105,7 @@ class ProgressReporter:
         self._started = time.monotonic()
         # Called once, on the loop, at the first report: the task's work has begun.
         self._on_start = on_start
+        self._on_report = on_report
         self.closed = False
 
     def __call__(self, fraction: float) -> None:
@@ -96,6 +121,8 @@ class ProgressReporter:
         if self._on_start is not None:
             on_start, self._on_start = self._on_start, None
             on_start()
+        if self._on_report is not None:
+            self._on_report(progress)
 
 
 Executor = Callable[[Task, ProgressReporter], Awaitable[TaskOutcome]]
@@ -135,6 +162,8 @@ class _Run:
         self.release = False  # let go unstarted (drain): it stays QUEUED
         self.stop_reason: str | None = None  # cut off (cancel, drain): fail with this reason
         self.recorded = False  # its end is already in the store (a client's cancel)
+        self.lost = False  # another replica took its queue entry over: nothing to ack
+        self.progress_written = float("-inf")  # when its progress last went to the store
 
     @property
     def task_id(self) -> str:
@@ -144,10 +173,12 @@ class _Run:
 class TaskRunner:
     def __init__(
         self,
-        store: SqliteTaskStore,
+        store: TaskStore,
         webhooks: WebhookSender | None,
         render_result: ResultRenderer,
         *,
+        queue: TaskQueue | None = None,
+        max_task_retries: int = 1,
         workers: int = 2,
         uploader: OutputUploader | None = None,
         billing: TaskBilling | None = None,
@@ -171,7 +202,11 @@ class TaskRunner:
         self.executors: dict[TaskType, Executor] = {}
         self.progress: dict[str, tuple[int, int]] = {}
         self.outbox = WebhookOutbox(store, webhooks, render_result)
-        self._queue = FairQueue(max_total=max_queued, max_per_key=max_queued_per_key)
+        # Default: the one process's own queue; replicas sharing a store pass theirs.
+        self._queue: TaskQueue = queue or LocalTaskQueue(max_total=max_queued, max_per_key=max_queued_per_key)
+        self._queue.on_lost = self._lost
+        self.max_task_retries = max_task_retries
+        self._progress_writes: set[asyncio.Task[None]] = set()
         self._active: dict[str, _Run] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -187,6 +222,14 @@ class TaskRunner:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if not self._queue.shared:  # a shared queue's leases say which tasks were interrupted
+            await self._recover()
+        await self._queue.start()
+        self._tasks = [asyncio.create_task(self._work(), name=f"task-worker-{i}") for i in range(self.workers)]
+        self.outbox.start()
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="task-sweeper")
+
+    async def _recover(self) -> None:
         failed = await self.store.recover_interrupted(
             INTERRUPTED_REASON, max_claims=MAX_CLAIMS, held_reason=HELD_REASON
         )
@@ -196,10 +239,7 @@ class TaskRunner:
             self._settle(task_id, succeeded=False)
         # Every queued task, however many: they were accepted, so no bound applies.
         async for task_id, owner in self.store.queued_ids():
-            self._queue.put(task_id, owner)
-        self._tasks = [asyncio.create_task(self._work(), name=f"task-worker-{i}") for i in range(self.workers)]
-        self.outbox.start()
-        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="task-sweeper")
+            await self._queue.put(task_id, owner, "")
 
     def drain(self) -> None:
         """The stop signal arrived: start no new task. Safe to call from a signal handler."""
@@ -239,10 +279,12 @@ class TaskRunner:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await asyncio.gather(*self._tasks, *([self._sweeper] if self._sweeper else []), return_exceptions=True)
+        await asyncio.gather(*self._progress_writes, return_exceptions=True)
+        await self._queue.stop()
         await self.outbox.stop()
 
     async def submit(self, task: Task) -> None:
-        self._queue.check_room(task.owner_key_id)
+        await self._queue.check_room(task.owner_key_id)
         capture_trace_context(task)
         if self.billing is not None:
             self.billing.reserve_task(task)
@@ -252,7 +294,15 @@ class TaskRunner:
             if self.billing is not None:
                 self.billing.settle_task(task.task_id, succeeded=False)
             raise
-        self._queue.put(task.task_id, task.owner_key_id)
+        try:
+            await self._queue.put(task.task_id, task.owner_key_id, task.model)
+        except BaseException:
+            # Recorded but not queued (a shared queue that is down): end it, so nothing waits
+            # for a runner that will never come; the client gets the error.
+            if await self._write(lambda: self.store.fail(task.task_id, UNQUEUED_REASON)):
+                self._settle(task.task_id, succeeded=False)
+                self.outbox.wake()
+            raise
 
     async def check_custom_storage(self, custom_storage: CustomStorage | None) -> None:
         """At submission, for every task kind: 400 unless the outputs can go where
@@ -278,7 +328,10 @@ class TaskRunner:
         running job stops at its next step. False when it had already ended."""
         if not await self._write(lambda: self.store.fail(task.task_id, CANCELLED_REASON)):
             return False
-        self._queue.discard(task.task_id, task.owner_key_id)
+        try:
+            await self._queue.discard(task.task_id, task.owner_key_id)
+        except Exception as exc:  # the entry stays; the runner taking it finds the task ended
+            log.warning("task %s: not taken out of the queue: %s", task.task_id, exc)
         run = self._active.get(task.task_id)
         if run is not None and run.job is not None:
             run.recorded = True
@@ -292,25 +345,40 @@ class TaskRunner:
 
     async def _work(self) -> None:
         while not self.draining:
-            task_id = await self._queue.get()
-            if task_id is None or self.draining:
-                return  # draining: the task stays QUEUED in the store for the next start
+            item = await self._queue.get()
+            if item is None:
+                return
+            if self.draining:  # the task stays QUEUED in the store, for the next start or replica
+                await self._queue.release(item)
+                return
             try:
-                await self._run(task_id)
+                await self._run(item.task_id, item)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one task must not stop the worker
-                log.exception("task %s crashed its worker", task_id)
+                log.exception("task %s crashed its worker", item.task_id)
+                if self._queue.shared:
+                    await self._queue.release(item)
+                    await asyncio.sleep(CRASH_PAUSE_S)
 
-    async def _run(self, task_id: str) -> None:
+    async def _run(self, task_id: str, item: QueuedTask | None = None) -> None:
         task = await self.store.get(task_id)
+        if task is not None and task.status is TaskStatus.PROCESSING and self._queue.shared:
+            # A live runner holds its entry: one that reaches us lost its runner mid-run.
+            task = await self._run_again_or_fail(task)
         if task is None or task.status is not TaskStatus.QUEUED or not await self.store.claim(task_id):
+            if item is not None:
+                await self._queue.done(item)
             return
         run = _Run(task)
         self._active[task_id] = run
         self.progress[task_id] = (0, 0)
         reporter = ProgressReporter(
-            asyncio.get_running_loop(), self.progress, task_id, on_start=lambda: self._mark_started(run)
+            asyncio.get_running_loop(),
+            self.progress,
+            task_id,
+            on_start=lambda: self._mark_started(run),
+            on_report=(lambda progress: self._write_progress(run, progress)) if self._queue.shared else None,
         )
         try:
             await self._execute(run, reporter)
@@ -318,6 +386,60 @@ class TaskRunner:
             reporter.closed = True
             self.progress.pop(task_id, None)
             self._active.pop(task_id, None)
+        if item is None or run.lost:
+            return
+        if run.release:
+            await self._queue.release(item)
+        else:
+            await self._queue.done(item)
+
+    async def _run_again_or_fail(self, task: Task) -> Task | None:
+        """A task whose replica died while running it: QUEUED again while it had fewer than
+        1 + max_task_retries runs (the task as it is now), else failed with a reason (None)."""
+        if task.attempts < 1 + self.max_task_retries:
+            if await self.store.requeue(task.task_id):
+                log.warning("task %s: its replica stopped during run %d; running it again", task.task_id, task.attempts)
+            return await self.store.get(task.task_id)
+        reason = died_reason(task.attempts)
+        if await self._write(lambda: self.store.fail(task.task_id, reason)):
+            log.warning("task %s: its replica stopped during run %d; failed", task.task_id, task.attempts)
+            self._settle(task.task_id, succeeded=False)
+        self.outbox.wake()
+        return None
+
+    def _lost(self, task_id: str) -> None:
+        """Another replica took this task's queue entry over (this one stalled past its
+        lease, or a client's cancel took it out): stop the job, recording nothing."""
+        run = self._active.get(task_id)
+        if run is not None and run.job is not None:
+            run.recorded = run.lost = True
+            run.job.cancel()
+
+    def _write_progress(self, run: _Run, progress: tuple[int, int]) -> None:
+        """Progress to the store, for every replica's task-result: at most once a second."""
+        now = time.monotonic()
+        if not run.started or now - run.progress_written < PROGRESS_WRITE_S:
+            return
+        run.progress_written = now
+
+        async def write() -> None:
+            if run.start_write is not None:
+                await asyncio.gather(run.start_write, return_exceptions=True)
+            try:
+                if await self.store.update_progress(run.task_id, *progress):
+                    return
+                task = await self.store.get(run.task_id)
+            except Exception as exc:  # progress is best effort; the result write retries
+                log.warning("task %s: progress not written: %s", run.task_id, exc)
+                return
+            if task is not None and task.status.finished and run.job is not None and not run.job.done():
+                # Ended elsewhere (a cancel on another replica): stop the job.
+                run.recorded = True
+                run.job.cancel()
+
+        write_task = asyncio.create_task(write())
+        self._progress_writes.add(write_task)
+        write_task.add_done_callback(self._progress_writes.discard)
 
     def _mark_started(self, run: _Run) -> None:
         if run.started or run.release:
@@ -423,12 +545,14 @@ class TaskRunner:
 
     async def sweep(self) -> None:
         """Fail PROCESSING tasks no worker holds (their end could not be recorded), and
-        delete finished tasks past the retention."""
-        for task_id in await self.store.ids_with_status(TaskStatus.PROCESSING):
-            if task_id not in self._active and await self.store.fail(task_id, LOST_REASON):
-                log.warning("task %s was PROCESSING without a worker; marked failed", task_id)
-                self._settle(task_id, succeeded=False)
-                self.outbox.wake()
+        delete finished tasks past the retention. With a shared queue, other replicas' tasks
+        are PROCESSING without a worker here: leases decide about those."""
+        if not self._queue.shared:
+            for task_id in await self.store.ids_with_status(TaskStatus.PROCESSING):
+                if task_id not in self._active and await self.store.fail(task_id, LOST_REASON):
+                    log.warning("task %s was PROCESSING without a worker; marked failed", task_id)
+                    self._settle(task_id, succeeded=False)
+                    self.outbox.wake()
         if self.retention_s > 0:
             cutoff = now_ms() - int(self.retention_s * 1000)
             deleted = 0

@@ -300,7 +300,8 @@ class SqliteTaskStore:
         )
 
     async def requeue(self, task_id: str) -> bool:
-        """PROCESSING -> QUEUED, to run again from the start."""
+        """PROCESSING -> QUEUED with its progress reset: the replica running it died, and
+        another runs it again (``attempts`` keeps counting the runs)."""
         return (
             self._write(
                 "UPDATE tasks SET status = ?, progress_percent = 0, eta = 0, execute_time_ms = NULL "

@@ -236,7 +236,7 @@ class OpenAIVideos:
                 size = engine.native_size
             else:
                 size = await run_in(WorkPool.MEDIA, _image_size, image.image_file, defaults.family.side_multiple)
-        percent = self.progress.get(task.task_id, (0, 0))[0]
+        percent = self.progress.get(task.task_id, (task.progress_percent, task.eta))[0]
         completed_at = task.complete_time_ms // 1000 if task.complete_time_ms is not None else None
         return Video(
             id=task.task_id,

@@ -211,7 +211,7 @@ class SdApiTasks:
             return {"status": "failed", **common, "message": "Failed, Try Again", "reason": task.reason, "output": []}
         meta = _meta(task, stored, vendor)
         if task.status is not TaskStatus.SUCCEED:
-            _, eta = self.runner.progress.get(task.task_id, (0, 0))
+            _, eta = self.runner.progress.get(task.task_id, (task.progress_percent, task.eta))
             return {
                 "status": "processing",
                 **common,
