@@ -4,9 +4,9 @@ share: keys, balances, outputs and (as they come) tasks and queues.
 Each replica is a real `python -m server serve` process (so a test can kill -9 it) with its own
 data dir (so its own replica id, `<data_dir>/replica-id`) and port, and one settings file of the
 same shape: the same catalog, `store_url` naming the shared Redis, one outputs folder
-(`storage.outputs_dir`), metered accounts. The catalog is only `demo-sd` (built in about 6 s,
-loaded in about 5): one real model keeps each start short on a 2-core machine, and its images
-are priced per image (`accounts.price_per_image`).
+(`storage.outputs_dir`), metered accounts. The catalog is `demo-sd` (built in about 6 s,
+loaded in about 5) and the tiny `demo-esrgan` upscaler: few real models keep each start short on a
+2-core machine; images are priced per image (`accounts.price_per_image`).
 
 The Redis keeps what it is told on disk (an append-only file, synced on every write, in its
 workdir), as a deployment's would: a stop and start of Redis, or a kill -9 of it, loses nothing,
@@ -36,6 +36,9 @@ from server.keystore_redis import PREFIX
 from tests.redis_server import RedisServer, _free_port
 
 MODEL = "demo-sd"
+# A second, tiny model (an RRDBNet upscaler, built in well under a second), so that replicas can
+# run different models (cluster.serve).
+UPSCALER = "demo-esrgan"
 PRICE_PER_IMAGE = 1.0
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
@@ -46,14 +49,21 @@ STORE_RETRY_AFTER_S = 1.0
 
 
 def build_catalog(root: Path) -> list[ModelSpec]:
-    """The replicas' catalog under ``root``: demo-sd alone, built once (a complete build is
-    found and kept)."""
-    from engines.image.demo import _BUILDERS, BUILD_VERSION  # one builder of the demo catalog
+    """The replicas' catalog under ``root``: demo-sd and demo-esrgan, built once (a complete
+    build is found and kept)."""
+    from engines.image.demo import _BUILDERS, BUILD_VERSION  # builders of the demo catalog
+    from engines.image.esrgan_demo import ESRGAN_DEMO_FILE
     from engines.model_build import build_atomically
 
     root.mkdir(parents=True, exist_ok=True)
-    build_atomically(root / MODEL, _BUILDERS[MODEL], BUILD_VERSION)
-    return [ModelSpec(name=MODEL, kind=ModelKind.IMAGE, engine="diffusers", path=str(root / MODEL))]
+    for name in (MODEL, UPSCALER):
+        build_atomically(root / name, _BUILDERS[name], BUILD_VERSION)
+    return [
+        ModelSpec(name=MODEL, kind=ModelKind.IMAGE, engine="diffusers", path=str(root / MODEL)),
+        ModelSpec(
+            name=UPSCALER, kind=ModelKind.UPSCALER, engine="esrgan", path=str(root / UPSCALER / ESRGAN_DEMO_FILE)
+        ),
+    ]
 
 
 def shared_outputs_settings(outputs_dir: Path) -> dict[str, Any]:
